@@ -1,0 +1,26 @@
+//! The list of served domains: one line per domain, naming how to build its server from a
+//! context. The appliance serves whichever of these `--domains` selects; the contracts of
+//! domains not listed here exist in `proto/` but are not served by this build.
+
+use std::sync::Arc;
+
+use aicore_proto::{Dispatch, Status};
+
+use crate::Ctx;
+
+/// How to build one domain's server.
+pub struct DomainSpec {
+    /// The domain name (`auth`), as in its proto package.
+    pub name: &'static str,
+    /// Builds the domain's dispatcher on a context.
+    pub build: fn(&Ctx) -> Result<Arc<dyn Dispatch>, Status>,
+}
+
+/// Every domain this build serves.
+pub static DOMAINS: &[DomainSpec] = &[];
+
+/// Finds a served domain by name (`state-manager` and `state_manager` both work).
+pub fn find(name: &str) -> Option<&'static DomainSpec> {
+    let name = name.replace('-', "_");
+    DOMAINS.iter().find(|d| d.name == name)
+}

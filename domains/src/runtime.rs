@@ -1,0 +1,397 @@
+//! What every domain runs on: the handler context ([`Ctx`]: store, clock, client, config)
+//! and [`serve`], which puts any generated `XxxServer` on NATS as a micro-protocol
+//! service — one endpoint per RPC on `svc.<domain>.v1.<rpc>`, queue group `<domain>` so
+//! replicas share load, `$SRV.PING/INFO/STATS` answered by async-nats. Requests run
+//! concurrently up to a per-domain bound; each honours the caller's deadline header; a
+//! panic is caught and answered as Internal while the service keeps serving; errors go
+//! out as micro-protocol error headers plus a `common.Error` body. Streams are sent as
+//! messages to the reply inbox closed by an end marker. It does not decide placement or
+//! connect to NATS: the appliance hands it a connected client.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aicore_proto::{Caller, Code, Dispatch, Metadata, Reply, Request, Status, headers};
+use async_nats::HeaderMap;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use prost::Message;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::DomainsConfig;
+use crate::store::Store;
+
+/// Where time comes from, so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    /// The current wall-clock time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock tests set and advance by hand.
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    /// A manual clock at `t`.
+    pub fn new(t: SystemTime) -> Self {
+        ManualClock(Mutex::new(t))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a handler gets: the store, the clock, a client for cross-domain calls, config.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The domains' store.
+    pub store: Store,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The SDK client for calls to other domains (absent in unit tests).
+    pub client: Option<aicore_sdk::Client>,
+    /// The domains' configuration.
+    pub config: Arc<DomainsConfig>,
+}
+
+impl Ctx {
+    /// A context on an in-memory store and a manual clock at a fixed instant, for tests.
+    pub fn for_tests() -> (Ctx, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
+        let ctx = Ctx {
+            store: Store::in_memory(),
+            clock: clock.clone(),
+            client: None,
+            config: Arc::new(DomainsConfig::default()),
+        };
+        (ctx, clock)
+    }
+
+    /// The client for cross-domain calls, or Unavailable when there is none.
+    pub fn client(&self) -> Result<&aicore_sdk::Client, Status> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Status::new(Code::Unavailable, "no NATS client in this context"))
+    }
+
+    /// Now, as a protobuf timestamp.
+    pub fn now_ts(&self) -> prost_types::Timestamp {
+        timestamp(self.clock.now())
+    }
+}
+
+/// A `SystemTime` as a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// A fresh random id with a readable prefix (`acc_3f9c…`), 128 bits of randomness.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:032x}", rand::random::<u128>())
+}
+
+/// Tunables of one served domain.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Requests of this domain handled at once; more wait in the subscription.
+    pub max_in_flight: usize,
+    /// Version announced in `$SRV.INFO`.
+    pub version: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_in_flight: 256,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// A domain being served; [`ServiceHandle::stop`] drains it.
+pub struct ServiceHandle {
+    domain: &'static str,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceHandle {
+    /// The domain served.
+    pub fn domain(&self) -> &'static str {
+        self.domain
+    }
+
+    /// Stops taking requests and waits for the ones in flight to finish.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Counters `$SRV.STATS` shows in each endpoint's `data` (the micro API counts errors only
+/// for header-only error replies, and ours carry a body).
+#[derive(Default)]
+struct ErrorCounts(Mutex<HashMap<String, (u64, String)>>);
+
+/// Serves `dispatch` on NATS until `shutdown` (or [`ServiceHandle::stop`]).
+pub async fn serve(
+    nats: async_nats::Client,
+    dispatch: Arc<dyn Dispatch>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<ServiceHandle, Status> {
+    let info = dispatch.service();
+    let errors = Arc::new(ErrorCounts::default());
+    let stats_errors = errors.clone();
+    let service = nats
+        .service_builder()
+        .description(info.description)
+        .queue_group(info.domain)
+        .stats_handler(move |endpoint, _stats| {
+            let map = stats_errors.0.lock().unwrap_or_else(|e| e.into_inner());
+            let (n, last) = map.get(&endpoint).cloned().unwrap_or_default();
+            serde_json::json!({ "errors": n, "last_error": last })
+        })
+        .start(info.domain, &options.version)
+        .await
+        .map_err(|e| {
+            Status::new(
+                Code::Unavailable,
+                format!("cannot start {}: {e}", info.domain),
+            )
+        })?;
+    let mut endpoints = Vec::with_capacity(info.methods.len());
+    for (i, m) in info.methods.iter().enumerate() {
+        let ep = service
+            .endpoint_builder()
+            .name(m.rpc)
+            .add(m.subject)
+            .await
+            .map_err(|e| {
+                Status::new(Code::Unavailable, format!("cannot add {}: {e}", m.subject))
+            })?;
+        endpoints.push(ep.map(move |r| (i, r)).boxed());
+    }
+    let mut requests = futures::stream::select_all(endpoints);
+    let cancel = shutdown.child_token();
+    let limit = options.max_in_flight.max(1);
+    let permits = Arc::new(Semaphore::new(limit));
+    let served = Arc::new(AtomicU64::new(0));
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (method, request) = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                r = requests.next() => match r { Some(r) => r, None => break },
+            };
+            served.fetch_add(1, Ordering::Relaxed);
+            let dispatch = dispatch.clone();
+            let nats = nats.clone();
+            let errors = errors.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle(&*dispatch, &nats, &errors, method, request).await;
+            });
+        }
+        // Stop taking requests, then wait for every in-flight one.
+        let _ = service.stop().await;
+        let _ = permits.acquire_many(limit as u32).await;
+        tracing::info!(
+            domain = info.domain,
+            served = served.load(Ordering::Relaxed),
+            "domain stopped"
+        );
+    });
+    Ok(ServiceHandle {
+        domain: info.domain,
+        cancel,
+        task,
+    })
+}
+
+/// Reads deadline, caller, trace and request id from the request headers.
+fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
+    let get = |name: &str| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+    let deadline = get(headers::TIMEOUT_MS)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| received + Duration::from_millis(ms));
+    let caller = get(headers::CALLER)
+        .filter(|c| !c.is_empty())
+        .map(|account_id| Caller {
+            account_id,
+            roles: get(headers::CALLER_ROLES)
+                .map(|r| {
+                    r.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    Metadata {
+        deadline,
+        caller,
+        traceparent: get(headers::TRACEPARENT),
+        request_id: get(headers::REQUEST_ID),
+    }
+}
+
+async fn handle(
+    dispatch: &dyn Dispatch,
+    nats: &async_nats::Client,
+    errors: &ErrorCounts,
+    method: usize,
+    request: async_nats::service::Request,
+) {
+    let info = &dispatch.service().methods[method];
+    let meta = metadata(request.message.headers.as_ref(), Instant::now());
+    let span = tracing::info_span!(
+        "rpc",
+        subject = info.subject,
+        request_id = meta.request_id.as_deref().unwrap_or(""),
+        traceparent = meta.traceparent.as_deref().unwrap_or("")
+    );
+    async move {
+        let deadline = meta.deadline;
+        let call = dispatch.call(
+            method,
+            Request {
+                body: request.message.payload.clone(),
+                meta,
+            },
+        );
+        let call = AssertUnwindSafe(call).catch_unwind();
+        let outcome = match deadline {
+            Some(d) if d <= Instant::now() => Err(Status::new(
+                Code::DeadlineExceeded,
+                "the request's deadline passed before it was handled",
+            )),
+            Some(d) => match tokio::time::timeout_at(d.into(), call).await {
+                Ok(r) => flatten_panic(r),
+                Err(_) => Err(Status::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "{} did not finish within the request's deadline",
+                        info.subject
+                    ),
+                )),
+            },
+            None => flatten_panic(call.await),
+        };
+        match outcome {
+            Ok(Reply::Unary(body)) => {
+                if let Err(e) = request.respond(Ok(body)).await {
+                    tracing::warn!(error = %e, "reply not sent");
+                }
+            }
+            Ok(Reply::Stream(mut items)) => {
+                let Some(reply) = request.message.reply.clone() else {
+                    return;
+                };
+                while let Some(item) = items.next().await {
+                    match item {
+                        Ok(b) => {
+                            if nats.publish(reply.clone(), b).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(s) => {
+                            respond_error(&request, errors, info.rpc, &s).await;
+                            return;
+                        }
+                    }
+                }
+                let mut h = HeaderMap::new();
+                h.insert(headers::STREAM, "end");
+                let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
+            }
+            Err(s) => respond_error(&request, errors, info.rpc, &s).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn flatten_panic(
+    r: Result<Result<Reply, Status>, Box<dyn std::any::Any + Send>>,
+) -> Result<Reply, Status> {
+    match r {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "handler panicked; answered as Internal");
+            Err(Status::internal("internal error"))
+        }
+    }
+}
+
+async fn respond_error(
+    request: &async_nats::service::Request,
+    errors: &ErrorCounts,
+    endpoint: &str,
+    status: &Status,
+) {
+    if status.code == Code::Internal {
+        tracing::error!(error = %status, "request failed");
+    } else {
+        tracing::debug!(error = %status, "request refused");
+    }
+    {
+        let mut map = errors.0.lock().unwrap_or_else(|e| e.into_inner());
+        let e = map.entry(endpoint.to_string()).or_default();
+        e.0 += 1;
+        e.1 = status.to_string();
+    }
+    let mut h = HeaderMap::new();
+    // Header values must stay on one line.
+    let msg: String = status
+        .message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect();
+    h.insert(headers::SERVICE_ERROR, msg.as_str());
+    h.insert(
+        headers::SERVICE_ERROR_CODE,
+        status.http_status().to_string().as_str(),
+    );
+    let body = Bytes::from(status.to_proto().encode_to_vec());
+    if let Err(e) = request.respond_with_headers(Ok(body), h).await {
+        tracing::warn!(error = %e, "error reply not sent");
+    }
+}

@@ -1,0 +1,785 @@
+//! The domains' durable state: one redb file, tables named `<domain>.<table>` holding
+//! byte keys and byte values (domains encode values as protobuf), a moka cache for hot
+//! reads, and one writer thread that batches concurrent write transactions into a single
+//! durable commit (group commit). A caller's write is acknowledged only after the commit
+//! holding it has reached the disk, so one fsync serves every write that queued up while
+//! the previous one ran.
+//!
+//! Each write is a closure over a [`Tx`] whose writes are buffered; if the closure fails
+//! (or panics) its buffer is dropped and nothing of it is written, so a refused request
+//! never half-writes, even though it shares a redb transaction with others. Reads inside
+//! a closure see the batch's earlier writes. An in-memory backend with the same semantics
+//! serves unit tests. What this module does not do: schemas, indexes or encoding — those
+//! belong to each domain.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use aicore_proto::{Code, Status};
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the store itself (not of a domain's logic).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, corruption, ...).
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The store is closing and takes no more writes.
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        match e {
+            StoreError::Storage(m) => {
+                tracing::error!(error = %m, "storage failure");
+                Status::new(Code::Internal, "storage failure")
+            }
+            StoreError::Closed => Status::new(Code::Unavailable, "the store is shutting down"),
+        }
+    }
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most write closures committed together.
+    pub max_batch: usize,
+    /// Queued writes before writers wait (backpressure).
+    pub queue: usize,
+    /// moka cache capacity in bytes of cached values.
+    pub cache_bytes: u64,
+    /// redb's page cache in bytes.
+    pub redb_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_batch: 1024,
+            queue: 8192,
+            cache_bytes: 64 << 20,
+            redb_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+type Key = (&'static str, Vec<u8>);
+
+/// A batch's view during one commit: reads see what earlier closures of the batch wrote.
+trait RawTx {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
+    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError>;
+}
+
+trait Backend: Send + Sync + 'static {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
+    /// Runs `body` inside one transaction and commits it durably.
+    fn batch(
+        &self,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+// ---------------------------------------------------------------- redb backend
+
+struct Redb {
+    db: redb::Database,
+}
+
+fn def(table: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(table)
+}
+
+fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    from: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+    let start = if from > prefix { from } else { prefix };
+    let mut out = Vec::new();
+    for item in t.range::<&[u8]>(start..).map_err(storage)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item.map_err(storage)?;
+        let k = k.value();
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push((k.to_vec(), Bytes::copy_from_slice(v.value())));
+    }
+    Ok(out)
+}
+
+impl Backend for Redb {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = match txn.open_table(def(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(t.get(key)
+            .map_err(storage)?
+            .map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        match txn.open_table(def(table)) {
+            Ok(t) => scan_table(&t, from, prefix, limit),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    fn batch(
+        &self,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(storage)?;
+        let mut raw = RedbTx { txn: &txn };
+        match body(&mut raw) {
+            Ok(()) => txn.commit().map_err(storage),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+struct RedbTx<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+impl RawTx for RedbTx<'_> {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        Ok(t.get(key)
+            .map_err(storage)?
+            .map(|v| Bytes::copy_from_slice(v.value())))
+    }
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        scan_table(&t, from, prefix, limit)
+    }
+    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(def(table)).map_err(storage)?;
+        t.insert(key, value).map_err(storage)?;
+        Ok(())
+    }
+    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(def(table)).map_err(storage)?;
+        t.remove(key).map_err(storage)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- memory backend
+
+type Tables = HashMap<&'static str, BTreeMap<Vec<u8>, Bytes>>;
+
+#[derive(Default)]
+struct Memory {
+    tables: RwLock<Tables>,
+}
+
+fn scan_map(
+    t: Option<&BTreeMap<Vec<u8>, Bytes>>,
+    from: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Vec<(Vec<u8>, Bytes)> {
+    let Some(t) = t else { return Vec::new() };
+    let start = if from > prefix { from } else { prefix };
+    t.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Backend for Memory {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let t = self.tables.read().map_err(storage)?;
+        Ok(t.get(table).and_then(|t| t.get(key)).cloned())
+    }
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        let t = self.tables.read().map_err(storage)?;
+        Ok(scan_map(t.get(table), from, prefix, limit))
+    }
+    fn batch(
+        &self,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // Work on a copy of the touched tables only at commit time: closures already
+        // buffer their writes, so applying them under the write lock is all-or-nothing.
+        let mut guard = self.tables.write().map_err(storage)?;
+        let mut staged = MemTx {
+            base: &guard,
+            writes: BTreeMap::new(),
+        };
+        body(&mut staged)?;
+        let writes = std::mem::take(&mut staged.writes);
+        for ((table, key), value) in writes {
+            let t = guard.entry(table).or_default();
+            match value {
+                Some(v) => {
+                    t.insert(key, v);
+                }
+                None => {
+                    t.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct MemTx<'a> {
+    base: &'a Tables,
+    writes: BTreeMap<Key, Option<Bytes>>,
+}
+
+impl RawTx for MemTx<'_> {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        if let Some(v) = self.writes.get(&(table, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        Ok(self.base.get(table).and_then(|t| t.get(key)).cloned())
+    }
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        let base = scan_map(
+            self.base.get(table),
+            from,
+            prefix,
+            limit.saturating_add(self.writes.len()),
+        );
+        Ok(merge(base, &self.writes, table, from, prefix, limit))
+    }
+    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writes
+            .insert((table, key.to_vec()), Some(Bytes::copy_from_slice(value)));
+        Ok(())
+    }
+    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
+        self.writes.insert((table, key.to_vec()), None);
+        Ok(())
+    }
+}
+
+/// Merges buffered writes over a base scan (which was asked for `limit` + number of
+/// buffered writes rows, enough to cover every buffered delete).
+fn merge(
+    base: Vec<(Vec<u8>, Bytes)>,
+    writes: &BTreeMap<Key, Option<Bytes>>,
+    table: &'static str,
+    from: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Vec<(Vec<u8>, Bytes)> {
+    let mut rows: BTreeMap<Vec<u8>, Bytes> = base.into_iter().collect();
+    let start = if from > prefix { from } else { prefix };
+    for ((t, k), v) in writes.range((Bound::Included((table, start.to_vec())), Bound::Unbounded)) {
+        if *t != table || !k.starts_with(prefix) {
+            break;
+        }
+        match v {
+            Some(v) => rows.insert(k.clone(), v.clone()),
+            None => rows.remove(k),
+        };
+    }
+    rows.into_iter().take(limit).collect()
+}
+
+// ---------------------------------------------------------------- Tx
+
+/// A write transaction as a domain sees it: reads see committed data plus this batch's
+/// earlier writes plus this closure's own writes; writes are buffered until the closure
+/// returns `Ok`.
+pub struct Tx<'a> {
+    raw: &'a dyn RawTx,
+    writes: BTreeMap<Key, Option<Bytes>>,
+}
+
+impl Tx<'_> {
+    /// Reads a value.
+    pub fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
+        if let Some(v) = self.writes.get(&(table, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        Ok(self.raw.get(table, key)?)
+    }
+
+    /// Reads and decodes a protobuf value.
+    pub fn get_msg<M: prost::Message + Default>(
+        &self,
+        table: &'static str,
+        key: &[u8],
+    ) -> Result<Option<M>, Status> {
+        self.get(table, key)?.map(|b| decode(table, b)).transpose()
+    }
+
+    /// Keys starting with `prefix`, from `from` (inclusive) on, in key order, at most `limit`.
+    pub fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, Status> {
+        let base = self
+            .raw
+            .scan(table, from, prefix, limit.saturating_add(self.writes.len()))?;
+        Ok(merge(base, &self.writes, table, from, prefix, limit))
+    }
+
+    /// Writes a value (visible to later reads of this closure, durable at commit).
+    pub fn put(&mut self, table: &'static str, key: &[u8], value: impl Into<Bytes>) {
+        self.writes
+            .insert((table, key.to_vec()), Some(value.into()));
+    }
+
+    /// Encodes and writes a protobuf value.
+    pub fn put_msg<M: prost::Message>(&mut self, table: &'static str, key: &[u8], m: &M) {
+        self.put(table, key, m.encode_to_vec());
+    }
+
+    /// Deletes a key.
+    pub fn delete(&mut self, table: &'static str, key: &[u8]) {
+        self.writes.insert((table, key.to_vec()), None);
+    }
+}
+
+/// Decodes a stored protobuf value; a failure is data corruption, answered as Internal.
+pub fn decode<M: prost::Message + Default>(table: &str, b: Bytes) -> Result<M, Status> {
+    M::decode(b).map_err(|e| {
+        tracing::error!(table, error = %e, "undecodable stored value");
+        Status::internal("stored data is unreadable")
+    })
+}
+
+// ---------------------------------------------------------------- Store
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn for<'a> FnOnce(&mut Tx<'a>) -> Completion + Send>;
+
+enum Msg {
+    Write(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// What readers and the writer thread share. The writer holds only this (not the
+/// sender), so dropping every [`Store`] closes the channel and ends the thread.
+struct Inner {
+    backend: Arc<dyn Backend>,
+    cache: moka::sync::Cache<Key, Option<Bytes>>,
+    generation: AtomicU64,
+}
+
+/// The domains' store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the redb file at `path` and starts its writer thread.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(options.redb_cache_bytes)
+            .create(path)
+            .map_err(storage)?;
+        Ok(Self::start(Arc::new(Redb { db }), options))
+    }
+
+    /// A store in memory, for unit tests (same semantics, nothing durable).
+    pub fn in_memory() -> Store {
+        Self::start(Arc::new(Memory::default()), StoreOptions::default())
+    }
+
+    fn start(backend: Arc<dyn Backend>, options: StoreOptions) -> Store {
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let cache = moka::sync::Cache::builder()
+            .weigher(|k: &Key, v: &Option<Bytes>| {
+                (k.1.len() + v.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize) as u32
+            })
+            .max_capacity(options.cache_bytes)
+            .build();
+        let inner = Arc::new(Inner {
+            backend,
+            cache,
+            generation: AtomicU64::new(0),
+        });
+        let writer = inner.clone();
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("aicore-store-writer".into())
+            .spawn(move || writer_loop(&writer, rx, max_batch))
+            .expect("spawning the store writer thread");
+        Store { inner, tx }
+    }
+
+    /// Reads a committed value.
+    pub fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
+        Ok(self.inner.backend.get(table, key)?)
+    }
+
+    /// Reads a committed value through the cache (for hot keys; invalidated on write).
+    pub fn get_cached(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
+        let k: Key = (table, key.to_vec());
+        if let Some(v) = self.inner.cache.get(&k) {
+            return Ok(v);
+        }
+        // The generation check closes the race where a read of the old value finishes
+        // after a commit's invalidation: such an entry is removed again.
+        let before = self.inner.generation.load(Ordering::SeqCst);
+        let v = self.inner.backend.get(table, key)?;
+        self.inner.cache.insert(k.clone(), v.clone());
+        if self.inner.generation.load(Ordering::SeqCst) != before {
+            self.inner.cache.invalidate(&k);
+        }
+        Ok(v)
+    }
+
+    /// Reads and decodes a committed protobuf value.
+    pub fn get_msg<M: prost::Message + Default>(
+        &self,
+        table: &'static str,
+        key: &[u8],
+    ) -> Result<Option<M>, Status> {
+        self.get(table, key)?.map(|b| decode(table, b)).transpose()
+    }
+
+    /// Like [`Store::get_msg`], through the cache.
+    pub fn get_msg_cached<M: prost::Message + Default>(
+        &self,
+        table: &'static str,
+        key: &[u8],
+    ) -> Result<Option<M>, Status> {
+        self.get_cached(table, key)?
+            .map(|b| decode(table, b))
+            .transpose()
+    }
+
+    /// Committed keys starting with `prefix`, from `from` (inclusive), at most `limit`.
+    pub fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, Status> {
+        Ok(self.inner.backend.scan(table, from, prefix, limit)?)
+    }
+
+    /// Runs `f` in a write transaction and returns its result once the commit holding it
+    /// is durable. If `f` returns an error or panics, none of its writes happen.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
+    {
+        let (done, wait) = oneshot::channel::<Result<R, Status>>();
+        let job: Job = Box::new(move |tx: &mut Tx<'_>| -> Completion {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f(tx))) {
+                Ok(Ok(r)) => Box::new(move |commit: Result<(), StoreError>| {
+                    let _ = done.send(commit.map(|()| r).map_err(Status::from));
+                }),
+                Ok(Err(status)) => {
+                    tx.writes.clear();
+                    Box::new(move |_| {
+                        let _ = done.send(Err(status));
+                    })
+                }
+                Err(_) => {
+                    tx.writes.clear();
+                    tracing::error!("a write transaction panicked; its writes were dropped");
+                    Box::new(move |_| {
+                        let _ = done.send(Err(Status::internal("internal error")));
+                    })
+                }
+            }
+        });
+        self.tx
+            .send(Msg::Write(job))
+            .await
+            .map_err(|_| Status::from(StoreError::Closed))?;
+        wait.await.map_err(|_| Status::from(StoreError::Closed))?
+    }
+
+    /// Finishes queued writes, then stops the writer; later writes fail as Unavailable.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        match first {
+            Msg::Write(j) => jobs.push(j),
+            Msg::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Write(j)) => jobs.push(j),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            commit_batch(inner, jobs);
+        }
+    }
+    rx.close();
+    // Writes that raced the close are refused rather than left waiting.
+    while let Ok(m) = rx.try_recv() {
+        if let Msg::Close(done) = m {
+            let _ = done.send(());
+        }
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
+    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+    let mut touched: Vec<Key> = Vec::new();
+    let result = inner.backend.batch(&mut |raw: &mut dyn RawTx| {
+        for job in jobs.iter_mut() {
+            let Some(job) = job.take() else { continue };
+            let mut tx = Tx {
+                raw: &*raw,
+                writes: BTreeMap::new(),
+            };
+            completions.push(job(&mut tx));
+            let writes = std::mem::take(&mut tx.writes);
+            for ((table, key), value) in writes {
+                match &value {
+                    Some(v) => raw.put(table, &key, v)?,
+                    None => raw.delete(table, &key)?,
+                }
+                touched.push((table, key));
+            }
+        }
+        Ok(())
+    });
+    if result.is_ok() {
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        for k in &touched {
+            inner.cache.invalidate(k);
+        }
+    }
+    let shared = result.map_err(|e| e.to_string());
+    for c in completions {
+        c(shared.clone().map_err(StoreError::Storage));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "test.items";
+
+    async fn both(test: impl AsyncFn(Store)) {
+        test(Store::in_memory()).await;
+        let dir = tempfile::tempdir().unwrap();
+        test(Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn failed_closure_writes_nothing_and_others_in_batch_commit() {
+        both(async |s: Store| {
+            let mut handles = Vec::new();
+            for i in 0..50u32 {
+                let s = s.clone();
+                handles.push(tokio::spawn(async move {
+                    s.write(move |tx| {
+                        tx.put(T, &i.to_be_bytes(), vec![1]);
+                        if i % 2 == 0 {
+                            Err(Status::conflict("even"))
+                        } else {
+                            Ok(i)
+                        }
+                    })
+                    .await
+                }));
+            }
+            for (i, h) in handles.into_iter().enumerate() {
+                let r = h.await.unwrap();
+                assert_eq!(r.is_ok(), i % 2 == 1);
+            }
+            let rows = s.scan(T, b"", b"", 1000).unwrap();
+            assert_eq!(rows.len(), 25);
+            assert!(
+                rows.iter()
+                    .all(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()) % 2 == 1)
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn panic_in_closure_is_internal_and_writes_nothing() {
+        both(async |s: Store| {
+            let r: Result<(), Status> = s
+                .write(|tx| {
+                    tx.put(T, b"k", vec![1]);
+                    panic!("boom")
+                })
+                .await;
+            assert_eq!(r.unwrap_err().code, Code::Internal);
+            assert_eq!(s.get(T, b"k").unwrap(), None);
+            // The writer survives.
+            s.write(|tx| {
+                tx.put(T, b"k", vec![2]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(s.get(T, b"k").unwrap().unwrap().as_ref(), &[2]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reads_in_tx_see_own_and_earlier_writes_and_scan_merges() {
+        both(async |s: Store| {
+            s.write(|tx| {
+                tx.put(T, b"a1", vec![1]);
+                tx.put(T, b"a2", vec![2]);
+                tx.put(T, b"b1", vec![3]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            let seen = s
+                .write(|tx| {
+                    tx.delete(T, b"a1");
+                    tx.put(T, b"a3", vec![4]);
+                    let got = tx.get(T, b"a3")?;
+                    let rows = tx.scan(T, b"a", b"", 10)?;
+                    Ok((got, rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>()))
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen.0.unwrap().as_ref(), &[4]);
+            assert_eq!(seen.1, vec![b"a2".to_vec(), b"a3".to_vec()]);
+            let page = s.scan(T, b"a", b"a3", 10).unwrap();
+            assert_eq!(page.len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn cache_is_invalidated_on_write() {
+        both(async |s: Store| {
+            assert_eq!(s.get_cached(T, b"x").unwrap(), None);
+            s.write(|tx| {
+                tx.put(T, b"x", vec![7]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(s.get_cached(T, b"x").unwrap().unwrap().as_ref(), &[7]);
+            s.write(|tx| {
+                tx.delete(T, b"x");
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(s.get_cached(T, b"x").unwrap(), None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn committed_writes_survive_reopen_and_close_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = Store::open(&path, StoreOptions::default()).unwrap();
+            s.write(|tx| {
+                tx.put(T, b"durable", vec![9]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            s.close().await;
+            let r = s.write(|_| Ok(())).await;
+            assert_eq!(r.unwrap_err().code, Code::Unavailable);
+        }
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.get(T, b"durable").unwrap().unwrap().as_ref(), &[9]);
+    }
+}

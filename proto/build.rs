@@ -1,0 +1,306 @@
+//! Compiles `proto/*.proto` with protox (pure Rust, no protoc on the machine) and generates,
+//! besides prost's messages, for every service: its RPC table (subjects and policies read
+//! from the custom options in `common.proto`), a handler trait, a dispatching server
+//! wrapper and a typed client. The encoded descriptor set is written beside them so the
+//! gateway and the CLI can transcode JSON by reflection.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+
+/// Policy of one RPC, read from `(aicore.common.v1.policy)`.
+#[derive(Default, Clone)]
+struct Policy {
+    access: i32,
+    roles: Vec<String>,
+    idempotent: bool,
+    default_deadline_ms: u32,
+}
+
+fn main() {
+    let proto_dir = PathBuf::from("proto");
+    println!("cargo:rerun-if-changed=proto");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&proto_dir)
+        .expect("read proto/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    let file_names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+
+    let mut compiler = protox::Compiler::new([&proto_dir]).expect("protox include path");
+    compiler.include_source_info(true).include_imports(true);
+    if let Err(e) = compiler.open_files(&file_names) {
+        panic!("proto compile error: {e:?}");
+    }
+    let fds = compiler.file_descriptor_set();
+    let pool: DescriptorPool = compiler.descriptor_pool();
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    std::fs::write(
+        out.join("descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )
+    .expect("write descriptor set");
+
+    let policy_ext = pool
+        .get_extension_by_name("aicore.common.v1.policy")
+        .expect("common.proto declares the policy option");
+    let service_ext = pool
+        .get_extension_by_name("aicore.common.v1.service")
+        .expect("common.proto declares the service option");
+
+    let mut policies: HashMap<String, Policy> = HashMap::new();
+    let mut descriptions: HashMap<String, String> = HashMap::new();
+    let mut services = Vec::new();
+    for svc in pool.services() {
+        let pkg = svc.package_name().to_string();
+        assert!(
+            pkg.starts_with("aicore.") && pkg.ends_with(".v1"),
+            "service {} must live in package aicore.<domain>.v1",
+            svc.full_name()
+        );
+        let opts = svc.options();
+        assert!(
+            opts.has_extension(&service_ext),
+            "service {} lacks option (aicore.common.v1.service)",
+            svc.full_name()
+        );
+        let so = opts.get_extension(&service_ext);
+        let so = so.as_message().expect("service option is a message");
+        let desc = msg_field(so, "description")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        descriptions.insert(svc.full_name().to_string(), desc);
+        services.push(svc.full_name().to_string());
+        for m in svc.methods() {
+            let mo = m.options();
+            assert!(
+                mo.has_extension(&policy_ext),
+                "rpc {} lacks option (aicore.common.v1.policy)",
+                m.full_name()
+            );
+            let p = mo.get_extension(&policy_ext);
+            let p = p.as_message().expect("policy is a message");
+            let policy = Policy {
+                access: msg_field(p, "access")
+                    .and_then(|v| v.as_enum_number())
+                    .unwrap_or(0),
+                roles: msg_field(p, "roles")
+                    .and_then(|v| {
+                        v.as_list().map(|l| {
+                            l.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                    })
+                    .unwrap_or_default(),
+                idempotent: msg_field(p, "idempotent")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+                default_deadline_ms: msg_field(p, "default_deadline_ms")
+                    .and_then(|v| v.as_u32())
+                    .unwrap_or(0),
+            };
+            assert!(
+                policy.access != 0,
+                "rpc {} has ACCESS_UNSPECIFIED",
+                m.full_name()
+            );
+            policies.insert(m.full_name().to_string(), policy);
+        }
+    }
+
+    let generator = ServiceGen {
+        policies,
+        descriptions,
+    };
+    prost_build::Config::new()
+        .bytes(["."])
+        .service_generator(Box::new(generator))
+        .include_file("_includes.rs")
+        .compile_fds(fds)
+        .expect("prost-build");
+
+    // The list of every service, for the runtime, the CLI and the gateway.
+    let mut list = String::from("/// Every service declared in `proto/`, in name order.\n");
+    list.push_str("pub static SERVICES: &[&crate::ServiceInfo] = &[\n");
+    for full in &services {
+        let pkg = full.rsplit_once('.').unwrap().0;
+        let _ = writeln!(list, "    &crate::{}::SERVICE,", pkg.replace('.', "::"));
+    }
+    list.push_str("];\n");
+    std::fs::write(out.join("services.rs"), list).expect("write services.rs");
+}
+
+fn msg_field(m: &DynamicMessage, name: &str) -> Option<Value> {
+    m.get_field_by_name(name).map(|c| c.into_owned())
+}
+
+struct ServiceGen {
+    policies: HashMap<String, Policy>,
+    descriptions: HashMap<String, String>,
+}
+
+fn doc(buf: &mut String, indent: &str, lines: &[String]) {
+    for l in lines {
+        let _ = writeln!(buf, "{indent}///{}", l.trim_end());
+    }
+}
+
+impl prost_build::ServiceGenerator for ServiceGen {
+    fn generate(&mut self, svc: prost_build::Service, buf: &mut String) {
+        let domain = svc
+            .package
+            .strip_prefix("aicore.")
+            .and_then(|p| p.strip_suffix(".v1"))
+            .expect("package aicore.<domain>.v1")
+            .to_string();
+        let full = format!("{}.{}", svc.package, svc.proto_name);
+        let description = self.descriptions.get(&full).cloned().unwrap_or_default();
+        let name = &svc.name;
+
+        // The RPC table.
+        let _ = writeln!(
+            buf,
+            "/// The RPCs of `{full}`, in declaration order; indexes match the handler dispatch."
+        );
+        let _ = writeln!(buf, "pub static METHODS: &[crate::MethodInfo] = &[");
+        for m in &svc.methods {
+            let rpc = m.name.trim_start_matches("r#");
+            let p = self
+                .policies
+                .get(&format!("{full}.{}", m.proto_name))
+                .cloned()
+                .unwrap_or_default();
+            let access = match p.access {
+                1 => "Public",
+                2 => "Authenticated",
+                3 => "Roles",
+                _ => unreachable!(),
+            };
+            let roles: Vec<String> = p.roles.iter().map(|r| format!("{r:?}")).collect();
+            let _ = writeln!(
+                buf,
+                "    crate::MethodInfo {{ domain: {domain:?}, service: {full:?}, name: {:?}, rpc: {rpc:?}, subject: \"svc.{domain}.v1.{rpc}\", input: {:?}, output: {:?}, server_streaming: {}, policy: crate::Policy {{ access: crate::Access::{access}, roles: &[{}], idempotent: {}, default_deadline_ms: {} }} }},",
+                m.proto_name,
+                m.input_proto_type.trim_start_matches('.'),
+                m.output_proto_type.trim_start_matches('.'),
+                m.server_streaming,
+                roles.join(", "),
+                p.idempotent,
+                p.default_deadline_ms,
+            );
+        }
+        let _ = writeln!(buf, "];");
+        let _ = writeln!(buf, "/// The `{full}` service: its domain, name and RPCs.");
+        let _ = writeln!(
+            buf,
+            "pub static SERVICE: crate::ServiceInfo = crate::ServiceInfo {{ domain: {domain:?}, name: {:?}, full_name: {full:?}, description: {description:?}, methods: METHODS }};",
+            svc.proto_name
+        );
+
+        // Handler trait.
+        doc(buf, "", &svc.comments.leading);
+        let _ = writeln!(buf, "///");
+        let _ = writeln!(
+            buf,
+            "/// Implemented by the domain that serves `{full}`; wrap it in [`{name}Server`] to serve it."
+        );
+        let _ = writeln!(buf, "pub trait {name}Handler: Send + Sync + 'static {{");
+        for m in &svc.methods {
+            doc(buf, "    ", &m.comments.leading);
+            let out = if m.server_streaming {
+                format!("crate::Streaming<{}>", m.output_type)
+            } else {
+                m.output_type.clone()
+            };
+            let _ = writeln!(
+                buf,
+                "    fn {}(&self, request: crate::Request<{}>) -> impl ::core::future::Future<Output = Result<{out}, crate::Status>> + Send;",
+                m.name, m.input_type
+            );
+        }
+        let _ = writeln!(buf, "}}");
+
+        // Server wrapper: decoding, dispatch by RPC index, encoding.
+        let _ = writeln!(
+            buf,
+            "/// Serves a [`{name}Handler`]: decodes requests, dispatches by RPC, encodes replies."
+        );
+        let _ = writeln!(buf, "pub struct {name}Server<T>(pub ::std::sync::Arc<T>);");
+        let _ = writeln!(
+            buf,
+            "impl<T: {name}Handler> crate::Dispatch for {name}Server<T> {{"
+        );
+        let _ = writeln!(
+            buf,
+            "    fn service(&self) -> &'static crate::ServiceInfo {{ &SERVICE }}"
+        );
+        let _ = writeln!(
+            buf,
+            "    fn call(&self, method: usize, request: crate::Request<::bytes::Bytes>) -> ::futures::future::BoxFuture<'static, Result<crate::Reply, crate::Status>> {{"
+        );
+        let _ = writeln!(buf, "        let handler = self.0.clone();");
+        let _ = writeln!(buf, "        match method {{");
+        for (i, m) in svc.methods.iter().enumerate() {
+            let body = if m.server_streaming {
+                "crate::Reply::stream(handler.".to_string()
+                    + &m.name
+                    + "(request.decode::<"
+                    + &m.input_type
+                    + ">()?).await?)"
+            } else {
+                "crate::Reply::unary(&handler.".to_string()
+                    + &m.name
+                    + "(request.decode::<"
+                    + &m.input_type
+                    + ">()?).await?)"
+            };
+            let _ = writeln!(
+                buf,
+                "            {i} => Box::pin(async move {{ Ok({body}) }}),"
+            );
+        }
+        let _ = writeln!(
+            buf,
+            "            _ => Box::pin(async move {{ Err(crate::Status::not_found(format!(\"no rpc #{{method}} in {full}\"))) }}),"
+        );
+        let _ = writeln!(buf, "        }}\n    }}\n}}");
+
+        // Typed client.
+        let _ = writeln!(
+            buf,
+            "/// Typed client of `{full}` over any [`crate::Transport`] (the SDK's NATS client)."
+        );
+        let _ = writeln!(buf, "#[derive(Clone)]");
+        let _ = writeln!(buf, "pub struct {name}Client<T> {{ transport: T }}");
+        let _ = writeln!(buf, "impl<T: crate::Transport> {name}Client<T> {{");
+        let _ = writeln!(
+            buf,
+            "    /// A client sending over `transport`.\n    pub fn new(transport: T) -> Self {{ Self {{ transport }} }}"
+        );
+        for (i, m) in svc.methods.iter().enumerate() {
+            doc(buf, "    ", &m.comments.leading);
+            let fname = m.name.trim_start_matches("r#");
+            if m.server_streaming {
+                let _ = writeln!(
+                    buf,
+                    "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<crate::Streaming<{}>, crate::Status> {{ crate::client_stream(&self.transport, &METHODS[{i}], &request, options).await }}",
+                    m.input_type, m.output_type
+                );
+            } else {
+                let _ = writeln!(
+                    buf,
+                    "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<{}, crate::Status> {{ crate::client_unary(&self.transport, &METHODS[{i}], &request, options).await }}",
+                    m.input_type, m.output_type
+                );
+            }
+        }
+        let _ = writeln!(buf, "}}");
+    }
+}

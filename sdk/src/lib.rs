@@ -1,0 +1,349 @@
+//! The AI Core client. [`Client`] implements the generated clients' [`Transport`] over
+//! NATS request/reply: it puts the deadline, trace context, request id and caller in
+//! headers, turns micro-protocol error replies back into [`Status`], retries idempotent
+//! RPCs (per their proto policy) with jittered backoff inside the deadline, and keeps a
+//! circuit breaker per subject so a dead service fails fast instead of eating every
+//! caller's deadline. Domains use the same client for cross-domain calls, so placement
+//! stays free. It does not connect or authenticate by itself: it wraps a connected
+//! `async_nats::Client`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport, headers};
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rand::Rng;
+
+pub use aicore_proto as proto;
+
+/// Tunables of a [`Client`]; the defaults suit a LAN appliance.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline when neither the call nor the RPC's policy sets one.
+    pub default_timeout: Duration,
+    /// Longest single attempt of an idempotent call, so a lost request leaves time to retry.
+    pub attempt_timeout: Duration,
+    /// Attempts of an idempotent call, the first included.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each retry, with full jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Consecutive transport failures (no responders, timeouts) that open a subject's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit refuses calls before letting a trial through.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            default_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(1000),
+            breaker_threshold: 20,
+            breaker_cooldown: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A NATS-backed transport for every generated client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    config: Arc<ClientConfig>,
+    breakers: Arc<Mutex<HashMap<&'static str, Breaker>>>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Client {
+    /// Wraps a connected NATS client.
+    pub fn new(nats: async_nats::Client, config: ClientConfig) -> Self {
+        Client {
+            nats,
+            config: Arc::new(config),
+            breakers: Arc::default(),
+        }
+    }
+
+    /// The underlying NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    fn deadline(&self, method: &MethodInfo, options: &CallOptions) -> Instant {
+        let t = options.timeout.unwrap_or_else(|| {
+            if method.policy.default_deadline_ms > 0 {
+                Duration::from_millis(method.policy.default_deadline_ms.into())
+            } else {
+                self.config.default_timeout
+            }
+        });
+        Instant::now() + t
+    }
+
+    fn breaker_check(&self, subject: &'static str) -> Result<(), Status> {
+        let b = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = b.get(subject).and_then(|b| b.open_until) {
+            let now = Instant::now();
+            if until > now {
+                return Err(Status::new(
+                    Code::Unavailable,
+                    format!("circuit open for {subject} after repeated failures"),
+                )
+                .with_retry_after(until - now));
+            }
+        }
+        Ok(())
+    }
+
+    fn breaker_record(&self, subject: &'static str, transport_failure: bool) {
+        let mut all = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let b = all.entry(subject).or_default();
+        if transport_failure {
+            b.failures = b.failures.saturating_add(1);
+            if b.failures >= self.config.breaker_threshold {
+                b.open_until = Some(Instant::now() + self.config.breaker_cooldown);
+            }
+        } else {
+            b.failures = 0;
+            b.open_until = None;
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let ms = backoff_cap(&self.config, retry).as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+}
+
+/// The longest pause before retry number `retry` (0-based): exponential, capped.
+fn backoff_cap(config: &ClientConfig, retry: u32) -> Duration {
+    config
+        .backoff_base
+        .saturating_mul(1u32 << retry.min(16))
+        .min(config.backoff_max)
+}
+
+/// Builds the request headers: remaining time, trace, request id, caller.
+fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        headers::TIMEOUT_MS,
+        remaining.as_millis().to_string().as_str(),
+    );
+    let tp = options.traceparent.clone().unwrap_or_else(new_traceparent);
+    h.insert(headers::TRACEPARENT, tp.as_str());
+    if let Some(id) = &options.request_id {
+        h.insert(headers::REQUEST_ID, id.as_str());
+    }
+    if let Some(c) = &options.caller {
+        h.insert(headers::CALLER, c.account_id.as_str());
+        h.insert(headers::CALLER_ROLES, c.roles.join(",").as_str());
+    }
+    h
+}
+
+/// A fresh W3C trace context (`00-<trace id>-<span id>-01`).
+pub fn new_traceparent() -> String {
+    let mut r = rand::rng();
+    format!(
+        "00-{:032x}-{:016x}-01",
+        r.random::<u128>().max(1),
+        r.random::<u64>().max(1)
+    )
+}
+
+/// Turns a reply message into its body or the error it carries.
+pub fn reply_result(msg: &Message) -> Result<Bytes, Status> {
+    if let Some(status) = msg.status
+        && status == async_nats::StatusCode::NO_RESPONDERS
+    {
+        return Err(Status::new(Code::Unavailable, "no service is answering"));
+    }
+    let hdr = msg.headers.as_ref();
+    let err_code = hdr
+        .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
+        .and_then(|v| v.as_str().parse::<u16>().ok());
+    if let Some(code) = err_code {
+        let message = hdr
+            .and_then(|h| h.get(headers::SERVICE_ERROR))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        return Err(Status::from_reply(Some(code), &message, &msg.payload));
+    }
+    Ok(msg.payload.clone())
+}
+
+fn map_request_error(subject: &str, e: async_nats::RequestError) -> Status {
+    use async_nats::RequestErrorKind;
+    match e.kind() {
+        RequestErrorKind::TimedOut => Status::new(
+            Code::DeadlineExceeded,
+            format!("{subject} did not answer in time"),
+        ),
+        RequestErrorKind::NoResponders => Status::new(
+            Code::Unavailable,
+            format!("no service is answering {subject}"),
+        ),
+        RequestErrorKind::MaxPayloadExceeded => Status::new(
+            Code::InvalidArgument,
+            format!("the request to {subject} exceeds the server's max_payload"),
+        ),
+        RequestErrorKind::InvalidSubject | RequestErrorKind::Other => Status::new(
+            Code::Unavailable,
+            format!("request to {subject} failed: {e}"),
+        ),
+    }
+}
+
+impl Transport for Client {
+    async fn unary(
+        &self,
+        method: &'static MethodInfo,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, Status> {
+        let deadline = self.deadline(method, options);
+        let attempts = if method.policy.idempotent {
+            self.config.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Status::new(
+                    Code::DeadlineExceeded,
+                    format!("deadline passed before {} answered", method.subject),
+                ));
+            }
+            self.breaker_check(method.subject)?;
+            let this_try = if attempt < attempts {
+                remaining.min(self.config.attempt_timeout)
+            } else {
+                remaining
+            };
+            let request = async_nats::Request::new()
+                .payload(body.clone())
+                .headers(request_headers(options, remaining))
+                .timeout(Some(this_try));
+            let result = match self.nats.send_request(method.subject, request).await {
+                Ok(msg) => reply_result(&msg),
+                Err(e) => Err(map_request_error(method.subject, e)),
+            };
+            let transport_failure = matches!(&result, Err(s) if s.is_retryable());
+            self.breaker_record(method.subject, transport_failure);
+            match result {
+                Err(s) if s.is_retryable() && attempt < attempts => {
+                    let pause = self.backoff(attempt - 1);
+                    if Instant::now() + pause >= deadline {
+                        return Err(s);
+                    }
+                    tracing::debug!(subject = method.subject, attempt, error = %s, "retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn server_stream(
+        &self,
+        method: &'static MethodInfo,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Result<BoxStream<'static, Result<Bytes, Status>>, Status> {
+        self.breaker_check(method.subject)?;
+        let deadline = self.deadline(method, options);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let inbox = self.nats.new_inbox();
+        let mut sub = self.nats.subscribe(inbox.clone()).await.map_err(|e| {
+            Status::new(Code::Unavailable, format!("cannot open a reply inbox: {e}"))
+        })?;
+        self.nats
+            .publish_with_reply_and_headers(
+                method.subject,
+                inbox,
+                request_headers(options, remaining),
+                body,
+            )
+            .await
+            .map_err(|e| Status::new(Code::Unavailable, format!("cannot send request: {e}")))?;
+        // The first message must come within the deadline; after that the stream lives as
+        // long as the caller keeps it (dropping it unsubscribes).
+        let first = match tokio::time::timeout(remaining, sub.next()).await {
+            Err(_) => {
+                self.breaker_record(method.subject, true);
+                return Err(Status::new(
+                    Code::DeadlineExceeded,
+                    format!("{} did not start streaming in time", method.subject),
+                ));
+            }
+            Ok(None) => return Err(Status::new(Code::Unavailable, "connection closed")),
+            Ok(Some(m)) => m,
+        };
+        let first_result = reply_result(&first);
+        self.breaker_record(
+            method.subject,
+            matches!(&first_result, Err(s) if s.is_retryable()),
+        );
+        first_result.as_ref().map_err(Clone::clone)?;
+        let stream = futures::stream::once(async move { first })
+            .chain(sub)
+            .map(|m| {
+                let end = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::STREAM))
+                    .is_some_and(|v| v.as_str() == "end");
+                (end, reply_result(&m))
+            })
+            .scan(false, |done, (end, item)| {
+                if *done {
+                    return futures::future::ready(None);
+                }
+                *done = end || item.is_err();
+                futures::future::ready(Some(if end { None } else { Some(item) }))
+            })
+            .filter_map(futures::future::ready);
+        Ok(stream.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_has_w3c_shape() {
+        let t = new_traceparent();
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[3], "01");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = ClientConfig::default();
+        assert_eq!(backoff_cap(&c, 0), c.backoff_base);
+        assert_eq!(backoff_cap(&c, 2), c.backoff_base * 4);
+        assert_eq!(backoff_cap(&c, 30), c.backoff_max);
+    }
+}
