@@ -1,1 +1,212 @@
-fn main() {}
+//! `aicore`: the appliance's one binary. This file only parses the command line, sets up
+//! logging and the TLS crypto provider, and hands off: `run` to the supervisor, `call` and
+//! `status` to the client commands, `bench` to the benchmark.
+
+mod bench;
+mod cli;
+mod config;
+mod nats_child;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// AI Core: a self-hosted game backend appliance.
+#[derive(Parser)]
+#[command(name = "aicore", version, about)]
+struct Cli {
+    /// Configuration file (default: ./aicore.toml if present, else built-in defaults).
+    #[arg(long, global = true, env = "AICORE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the appliance: nats-server child, store, domains. Stops on SIGTERM/SIGINT.
+    Run {
+        /// Directory for all state (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Client port of the nats-server child; 0 picks a free one.
+        #[arg(long)]
+        nats_port: Option<u16>,
+        /// Monitoring port of the nats-server child; 0 picks a free one.
+        #[arg(long)]
+        nats_monitor_port: Option<u16>,
+        /// Join this NATS server instead of starting a child.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Domains to serve: `all` or a comma-separated list.
+        #[arg(long)]
+        domains: Option<String>,
+    },
+    /// Call one RPC with a JSON request; prints the JSON reply. Exit 1 and the error on
+    /// stderr when the service refuses, 2 when the command is wrong.
+    Call {
+        /// Domain, e.g. `auth` or `state-manager`.
+        domain: String,
+        /// RPC, e.g. `login` (snake, kebab or Pascal case).
+        rpc: String,
+        /// The request as proto3 JSON.
+        #[arg(default_value = "{}")]
+        json: String,
+        /// NATS URL (default: from the configuration).
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Deadline in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Act on behalf of this account id (as the gateway does for end users).
+        #[arg(long = "as")]
+        caller: Option<String>,
+        /// Roles of `--as`, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Show which domains answer; exit 0 only when every configured domain does.
+    Status {
+        /// NATS URL (default: from the configuration).
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Domains expected (default: the configured `serve` list).
+        #[arg(long)]
+        domains: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        wait_ms: u64,
+    },
+    /// Measure request/reply throughput and latency against a raw NATS baseline.
+    Bench(bench::BenchArgs),
+    /// Print the default configuration as TOML.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run {
+            data_dir,
+            nats_port,
+            nats_monitor_port,
+            nats_url,
+            domains,
+        } => {
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            if let Some(p) = nats_port {
+                config.nats.port = p;
+            }
+            if let Some(p) = nats_monitor_port {
+                config.nats.monitor_port = p;
+            }
+            if let Some(u) = nats_url {
+                config.nats.url = Some(u);
+            }
+            if let Some(d) = domains {
+                config.serve = vec![d];
+            }
+            init_logging(&config.log);
+            supervisor::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            domain,
+            rpc,
+            json,
+            nats_url,
+            timeout_ms,
+            caller,
+            roles,
+        } => {
+            init_logging("warn");
+            let url = nats_url.unwrap_or_else(|| config.nats_url());
+            let nats = cli::connect_client(&url).await?;
+            let args = cli::CallArgs {
+                domain,
+                rpc,
+                json,
+                timeout: timeout_ms.map(Duration::from_millis),
+                caller,
+                roles,
+            };
+            match cli::call(nats, args).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(f) => {
+                    eprintln!("{}", cli::error_json(&f.status));
+                    Ok(ExitCode::from(f.exit as u8))
+                }
+            }
+        }
+        Command::Status {
+            nats_url,
+            domains,
+            json,
+            wait_ms,
+        } => {
+            init_logging("warn");
+            if let Some(d) = domains {
+                config.serve = vec![d];
+            }
+            let expected = config.served_domains()?;
+            let url = nats_url.unwrap_or_else(|| config.nats_url());
+            let nats = cli::connect_client(&url).await?;
+            let ok = cli::status(&nats, &expected, Duration::from_millis(wait_ms), json).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            bench::run(config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DefaultConfig => {
+            print!("{}", toml::to_string(&Config::default())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

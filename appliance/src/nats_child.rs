@@ -141,9 +141,9 @@ pub enum NatsStatus {
 /// Finds a nats-server binary of at least v2.10.
 ///
 /// Tries, in order: `configured`; the `AICORE_NATS_SERVER` environment variable;
-/// `.tools/nats/bin/nats-server` under the current directory and under every ancestor of
-/// the current executable (so `target/debug/aicore` finds `<repo>/.tools`); `nats-server`
-/// on `PATH`. An explicit choice (the first two) is used or rejected, never skipped over.
+/// `.tools/nats/bin/nats-server` under the current directory or any of its ancestors, then
+/// under every ancestor of the current executable (so `target/debug/aicore` finds
+/// `<repo>/.tools`); `nats-server` on `PATH`. An explicit choice (the first two) is used or rejected, never skipped over.
 /// Each candidate is run with `--version`, so this blocks for a few milliseconds.
 pub fn resolve_binary(configured: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = configured {
@@ -184,8 +184,10 @@ pub fn resolve_binary(configured: Option<&Path>) -> Result<PathBuf> {
 /// The places searched when nothing explicit is configured, in order, without duplicates.
 fn discovery_candidates() -> Vec<PathBuf> {
     let mut candidates = Vec::new();
+    // The current directory's ancestors too: `cargo test` runs in the crate directory,
+    // and with a shared CARGO_TARGET_DIR the executable is not under the repository.
     if let Ok(dir) = std::env::current_dir() {
-        candidates.push(dir.join(TOOLS_BINARY));
+        candidates.extend(dir.ancestors().map(|dir| dir.join(TOOLS_BINARY)));
     }
     if let Ok(exe) = std::env::current_exe() {
         candidates.extend(exe.ancestors().skip(1).map(|dir| dir.join(TOOLS_BINARY)));
@@ -406,7 +408,7 @@ async fn write_config(cfg: &NatsChildConfig) -> Result<()> {
 struct Shared {
     /// Pid of the current child process, 0 when there is none.
     pid: AtomicU32,
-    /// Restarts performed since start.
+    /// Restart attempts since start.
     restarts: AtomicU64,
 }
 
@@ -485,11 +487,25 @@ impl NatsChild {
     }
 
     /// A receiver of the child's [`NatsStatus`], for health reporting.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the supervisor's health and metrics; remove once used"
+        )
+    )]
     pub fn status(&self) -> watch::Receiver<NatsStatus> {
         self.status.clone()
     }
 
     /// Pid of the current child process, if one is running (or starting).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the supervisor's health and metrics; remove once used"
+        )
+    )]
     pub fn pid(&self) -> Option<u32> {
         match self.shared.pid.load(Ordering::SeqCst) {
             0 => None,
@@ -503,6 +519,13 @@ impl NatsChild {
     }
 
     /// Restart attempts since [`NatsChild::start`], successful or not.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the supervisor's health and metrics; remove once used"
+        )
+    )]
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::SeqCst)
     }
@@ -567,6 +590,10 @@ impl Process {
 
     /// SIGTERM, up to [`STOP_TIMEOUT`] to exit, then SIGKILL; reaps the child.
     async fn terminate(&mut self) -> Option<ExitStatus> {
+        // Already exited (and maybe already reaped): nothing to signal.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
         if let Some(pid) = self.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
             // SAFETY: plain syscall. `pid` is our own unreaped child (`id()` is None once
             // it has been waited for), so it cannot name a recycled, unrelated process.
@@ -1238,6 +1265,13 @@ mod tests {
         tokio::time::sleep(GIVE_UP).await;
     }
 
+    /// The helper's libtest name: its module path without the crate name.
+    fn helper_test_name() -> String {
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+        format!("{module}::helper_parent_process")
+    }
+
     /// Dead or a zombie waiting to be reaped by init (which may take its time).
     fn process_is_dead(pid: u32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -1255,7 +1289,7 @@ mod tests {
         use std::io::BufRead as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut helper = std::process::Command::new(std::env::current_exe().expect("test exe"))
-            .args(["--exact", "nats_child::tests::helper_parent_process"])
+            .args(["--exact", &helper_test_name()])
             .args(["--ignored", "--nocapture", "--test-threads=1"])
             .env(HELPER_DIR_ENV, dir.path())
             .stdout(Stdio::piped())
@@ -1265,7 +1299,8 @@ mod tests {
         let nats_pid: u32 = std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix(HELPER_PID_LINE)?.trim().parse().ok())
+            // libtest prints "test <name> ... " on the same line first.
+            .find_map(|line| line.split_once(HELPER_PID_LINE)?.1.trim().parse().ok())
             .expect("helper never reported a running nats-server");
         assert!(
             !process_is_dead(nats_pid),
@@ -1276,10 +1311,11 @@ mod tests {
         helper.wait().expect("reap helper");
         let deadline = Instant::now() + GIVE_UP;
         while !process_is_dead(nats_pid) {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {nats_pid} outlived its SIGKILLed parent"
-            );
+            if Instant::now() >= deadline {
+                // SAFETY: the orphan is the nats-server our helper started; don't leak it.
+                unsafe { libc::kill(libc::pid_t::try_from(nats_pid).expect("pid"), libc::SIGKILL) };
+                panic!("nats-server {nats_pid} outlived its SIGKILLed parent");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

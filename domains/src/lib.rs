@@ -3,8 +3,11 @@
 //! store ([`store`]) keeps their state. Adding a domain is its `.proto`, its module, its
 //! config section below and one line in [`registry::DOMAINS`].
 
+pub mod auth;
 pub mod registry;
 pub mod runtime;
+pub mod settings;
+pub mod state_manager;
 pub mod store;
 
 pub use runtime::{Clock, Ctx, ManualClock, SystemClock};
@@ -17,10 +20,21 @@ pub use store::Store;
 pub struct DomainsConfig {
     /// Requests one domain handles at once; further ones wait (bounded by their deadline).
     pub max_in_flight: usize,
+    /// auth: accounts, sessions, access and refresh tokens, roles.
+    pub auth: auth::AuthConfig,
+    /// settings: typed settings with schemas and defaults.
+    pub settings: settings::SettingsConfig,
+    /// state-manager: versioned player save data.
+    pub state_manager: state_manager::StateManagerConfig,
 }
 
 impl Default for DomainsConfig {
     fn default() -> Self {
-        DomainsConfig { max_in_flight: 256 }
+        DomainsConfig {
+            max_in_flight: 256,
+            auth: Default::default(),
+            settings: Default::default(),
+            state_manager: Default::default(),
+        }
     }
 }

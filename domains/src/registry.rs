@@ -17,7 +17,32 @@ pub struct DomainSpec {
 }
 
 /// Every domain this build serves.
-pub static DOMAINS: &[DomainSpec] = &[];
+pub static DOMAINS: &[DomainSpec] = &[
+    DomainSpec {
+        name: "auth",
+        build: crate::auth::server,
+    },
+    DomainSpec {
+        name: "settings",
+        build: |ctx| {
+            Ok(Arc::new(
+                aicore_proto::aicore::settings::v1::SettingsServer(Arc::new(
+                    crate::settings::Settings::new(ctx.clone()),
+                )),
+            ))
+        },
+    },
+    DomainSpec {
+        name: "state_manager",
+        build: |ctx| {
+            Ok(Arc::new(
+                aicore_proto::aicore::state_manager::v1::StateManagerServer(Arc::new(
+                    crate::state_manager::StateManager::new(ctx.clone()),
+                )),
+            ))
+        },
+    },
+];
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
 pub fn find(name: &str) -> Option<&'static DomainSpec> {

@@ -6,6 +6,10 @@
 //! descriptor set for reflection. It knows nothing of NATS: transports live in the SDK and
 //! the domain runtime.
 
+// Generated oneof enums (e.g. a stream item carrying either a message or a marker) are as
+// large as their largest case by design of prost; boxing them would change the API.
+#![allow(clippy::large_enum_variant)]
+
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -302,24 +302,26 @@ impl Transport for Client {
             matches!(&first_result, Err(s) if s.is_retryable()),
         );
         first_result.as_ref().map_err(Clone::clone)?;
-        let stream = futures::stream::once(async move { first })
-            .chain(sub)
-            .map(|m| {
-                let end = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(headers::STREAM))
-                    .is_some_and(|v| v.as_str() == "end");
-                (end, reply_result(&m))
-            })
-            .scan(false, |done, (end, item)| {
-                if *done {
-                    return futures::future::ready(None);
-                }
-                *done = end || item.is_err();
-                futures::future::ready(Some(if end { None } else { Some(item) }))
-            })
-            .filter_map(futures::future::ready);
+        // Items until the end marker; an error item ends the stream too.
+        let stream = futures::stream::unfold(Some((Some(first), sub)), |state| async move {
+            let (pending, mut sub) = state?;
+            let msg = match pending {
+                Some(m) => m,
+                None => sub.next().await?,
+            };
+            let end = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::STREAM))
+                .is_some_and(|v| v.as_str() == "end");
+            if end {
+                return None;
+            }
+            match reply_result(&msg) {
+                Ok(b) => Some((Ok(b), Some((None, sub)))),
+                Err(e) => Some((Err(e), None)),
+            }
+        });
         Ok(stream.boxed())
     }
 }

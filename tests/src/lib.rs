@@ -1,1 +1,324 @@
-//! End-to-end test support.
+//! End-to-end test support: starts the real `aicore run` binary (with its real
+//! nats-server child) on free ports in a temporary data directory, waits until every
+//! domain answers `$SRV.PING`, and hands out SDK clients and CLI invocations. Dropping an
+//! [`Appliance`] kills it (its nats-server child dies with it). Nothing here is a mock:
+//! tests talk to the processes a user would run.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+/// The domains `aicore run` serves by default in this build.
+pub const DOMAINS: &[&str] = &["auth", "settings", "state_manager"];
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The `aicore` binary under test (`AICORE_BIN`, else the workspace's debug build).
+pub fn aicore_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("AICORE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
+    let bin = target.join("debug").join("aicore");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` (it builds the binary first) or `cargo build -p aicore`",
+        bin.display()
+    );
+    bin
+}
+
+/// The pinned nats-server the project installs (`make tools`).
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("AICORE_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let bin = workspace().join(".tools/nats/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make tools` (scripts/install-nats.sh)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running `aicore run`.
+pub struct Appliance {
+    child: Option<Child>,
+    /// Its data directory (kept across restarts with [`Appliance::start_in`]).
+    pub data_dir: PathBuf,
+    /// The NATS URL of its nats-server child.
+    pub nats_url: String,
+    /// Where its log goes.
+    pub log_path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Appliance {
+    /// Starts an appliance in a fresh temporary directory and waits until it is ready.
+    pub async fn start() -> Appliance {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let mut a = Appliance::start_in(temp.path()).await;
+        a._temp = Some(temp);
+        a
+    }
+
+    /// Starts an appliance on `data_dir` (e.g. again after a crash).
+    pub async fn start_in(data_dir: &Path) -> Appliance {
+        let port = free_port();
+        let monitor = free_port();
+        let log_path = data_dir.join(format!("aicore-{port}.log"));
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(aicore_bin())
+            .args(["run", "--data-dir"])
+            .arg(data_dir)
+            .args(["--nats-port", &port.to_string()])
+            .args(["--nats-monitor-port", &monitor.to_string()])
+            .env("AICORE_NATS_SERVER", nats_server_bin())
+            .env("RUST_LOG", "info")
+            .current_dir(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning aicore");
+        let mut a = Appliance {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            nats_url: format!("nats://127.0.0.1:{port}"),
+            log_path,
+            _temp: None,
+        };
+        a.wait_ready(Duration::from_secs(60)).await;
+        a
+    }
+
+    /// Waits until every domain answers `$SRV.PING`, failing with the log otherwise.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let give_up = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("aicore exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(nats) = async_nats::connect(&self.nats_url).await {
+                let answered = ping(&nats, Duration::from_millis(300)).await;
+                if DOMAINS.iter().all(|d| answered.iter().any(|a| a == d)) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "aicore not ready in time:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The appliance's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A NATS connection to the appliance.
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).min(1000)))
+            .connect(&self.nats_url)
+            .await
+            .expect("connecting to the appliance's NATS")
+    }
+
+    /// An SDK client.
+    pub async fn client(&self) -> aicore_sdk::Client {
+        aicore_sdk::Client::new(self.nats().await, Default::default())
+    }
+
+    /// Runs `aicore <args>` against this appliance (with `--nats-url` appended).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(aicore_bin())
+            .args(args)
+            .args(["--nats-url", &self.nats_url])
+            .current_dir(&self.data_dir)
+            .output()
+            .expect("running aicore")
+    }
+
+    /// The appliance's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The pid of its nats-server child.
+    pub fn nats_pid(&self) -> Option<u32> {
+        child_pids(self.pid()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "nats-server")
+                .unwrap_or(false)
+        })
+    }
+
+    /// Sends a signal to the appliance.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a pid we spawned; no memory is touched.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for the appliance to exit and returns its exit code (None = killed by a signal).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let give_up = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(s) = child.try_wait().expect("waiting on aicore") {
+                self.child = None;
+                return s.code();
+            }
+            assert!(
+                Instant::now() < give_up,
+                "aicore did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the appliance with SIGKILL (a crash) and waits for it.
+    pub async fn crash(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(10)).await;
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Pids whose parent is `parent`.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, ...
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+            && rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                == Some(parent)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie waiting to be reaped.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+    }
+}
+
+/// A bare nats-server on a free port, killed on drop (for runtime-level tests).
+pub struct BareNats {
+    child: Child,
+    /// Its client URL.
+    pub url: String,
+}
+
+impl BareNats {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> BareNats {
+        let port = free_port();
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning nats-server");
+        let url = format!("nats://127.0.0.1:{port}");
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while async_nats::connect(&url).await.is_err() {
+            assert!(Instant::now() < give_up, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        BareNats { child, url }
+    }
+}
+
+impl Drop for BareNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Service names answering `$SRV.PING` within `wait`.
+pub async fn ping(nats: &async_nats::Client, wait: Duration) -> Vec<String> {
+    let inbox = nats.new_inbox();
+    let Ok(mut sub) = nats.subscribe(inbox.clone()).await else {
+        return Vec::new();
+    };
+    if nats
+        .publish_with_reply("$SRV.PING", inbox, bytes::Bytes::new())
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let _ = nats.flush().await;
+    let mut names = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload)
+            && let Some(n) = v.get("name").and_then(|n| n.as_str())
+        {
+            names.push(n.to_string());
+        }
+    }
+    names
+}

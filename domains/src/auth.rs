@@ -1,0 +1,1999 @@
+//! auth: accounts and sessions. It owns registration (argon2id password hashes, a
+//! common-password blocklist), login with a failure counter that locks an account for a
+//! growing interval, opaque bearer tokens (a short-lived access token and a single-use
+//! refresh token per session, rotated on every Refresh; a reused refresh token revokes its
+//! session), the gateway's Validate hot path, roles, and session listing. It does not
+//! rate-limit by client address (the gateway's job), send mail, or expire rows with a
+//! background sweeper: expired rows are removed on the account's and session's next write.
+//!
+//! Tokens are `at_` / `rt_` followed by 256 random bits in base64url; only their SHA-256
+//! is stored, so a copy of the store yields no usable token. A session is one refresh-token
+//! family; revoking it is one write to its session row, which Validate reads through the
+//! store's cache, so revocation (and a role change, a write to the account row) is seen by
+//! the very next Validate.
+//!
+//! Tables (ids are `acc_<hex>` / `ses_<hex>`, never containing `/`):
+//! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash, failure
+//!   counter and lock).
+//! - `auth.usernames`: lowercased username → `account_id` (case-insensitive uniqueness).
+//! - `auth.tokens`: `sha256(token)` → [`TokenRecord`] (kind, session, expiry, spent flag).
+//! - `auth.sessions`: `session_id` → [`SessionRecord`] (the family: current refresh hash,
+//!   revocation time).
+//! - `auth.account_sessions`: `account_id / !created_ms / session_id` → empty; `!x` is
+//!   `u64::MAX - x` big-endian, so a forward scan lists newest first.
+//! - `auth.session_tokens`: `session_id / expires_ms / sha256` → empty, so a session's
+//!   expired tokens are found oldest first and its tokens can be purged with it.
+//!
+//! Domains are not told which session a call comes from (`Caller` carries the account and
+//! roles only), so ChangePassword revokes every session, the caller's included, and
+//! ListSessions never marks a session `current`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aicore_proto::aicore::auth::v1::{
+    Account, AuthHandler, AuthServer, ChangePasswordRequest, ChangePasswordResponse,
+    GetAccountRequest, GetAccountResponse, GrantRoleRequest, GrantRoleResponse,
+    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, Session,
+    ValidateRequest, ValidateResponse, logout_request,
+};
+use aicore_proto::{Code, Dispatch, Request, Status};
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::Ctx;
+use crate::runtime::new_id;
+use crate::store::Tx;
+
+const ACCOUNTS: &str = "auth.accounts";
+const USERNAMES: &str = "auth.usernames";
+const TOKENS: &str = "auth.tokens";
+const SESSIONS: &str = "auth.sessions";
+const ACCOUNT_SESSIONS: &str = "auth.account_sessions";
+const SESSION_TOKENS: &str = "auth.session_tokens";
+
+const ACCESS_PREFIX: &str = "at_";
+const REFRESH_PREFIX: &str = "rt_";
+/// base64url (no padding) length of a 32-byte token secret.
+const TOKEN_SECRET_CHARS: usize = 43;
+
+/// The roles an account may hold.
+const ROLES: [&str; 3] = ["player", "service", "admin"];
+const ROLE_PLAYER: &str = "player";
+
+/// Limits from `auth.proto`.
+const USERNAME_MIN: usize = 3;
+const USERNAME_MAX: usize = 64;
+const PASSWORD_MIN: usize = 8;
+const PASSWORD_MAX: usize = 256;
+const DISPLAY_NAME_MAX: usize = 64;
+const USER_AGENT_MAX: usize = 256;
+const PAGE_SIZE_DEFAULT: usize = 50;
+const PAGE_SIZE_MAX: usize = 200;
+
+/// Validate records `last_used_at` at most this often per session, so the hot path stays
+/// a cache hit instead of a write per call.
+const TOUCH_EVERY_MS: i64 = 60_000;
+/// Expired sessions purged per Login (bounds the work one Login adds to the writer).
+const PURGE_PER_LOGIN: usize = 32;
+/// Upper bound of rows one scan of an account's sessions or a session's tokens reads.
+const SCAN_LIMIT: usize = 100_000;
+
+/// The blocklist shipped with the binary (one password a line, `#` comments).
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// The OWASP floor for argon2id; a configuration below it is allowed (tests) but logged.
+const OWASP_MIN_MEMORY_KIB: u32 = 19 * 1024;
+const OWASP_MIN_ITERATIONS: u32 = 2;
+
+/// Configuration of auth (`[domains.auth]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of an access token, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token, in seconds; each Refresh issues a fresh one, so a
+    /// session used at least this often never expires.
+    pub refresh_token_ttl_secs: u64,
+    /// argon2id memory cost in KiB (OWASP minimum: 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id passes over memory (OWASP minimum with 19 MiB: 2).
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (each holds `argon2_memory_kib`); further logins
+    /// wait. 0 = the number of CPUs.
+    pub max_concurrent_hashes: usize,
+    /// Consecutive failed logins after which the account locks.
+    pub lockout_threshold: u32,
+    /// Lock after the threshold-th failure, in milliseconds; doubles with every further
+    /// failure.
+    pub lockout_base_ms: u64,
+    /// Longest lock, in seconds.
+    pub lockout_max_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            argon2_memory_kib: OWASP_MIN_MEMORY_KIB,
+            argon2_iterations: OWASP_MIN_ITERATIONS,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            lockout_threshold: 5,
+            lockout_base_ms: 1000,
+            lockout_max_secs: 15 * 60,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// How long the account locks after its `failures`-th consecutive failure: nothing
+    /// below the threshold, then `base · 2^(failures − threshold)`, capped.
+    pub fn lock_for(&self, failures: u32) -> Duration {
+        if failures < self.lockout_threshold {
+            return Duration::ZERO;
+        }
+        let doublings = (failures - self.lockout_threshold).min(40);
+        let ms = self.lockout_base_ms.saturating_mul(1u64 << doublings);
+        Duration::from_millis(ms.min(self.lockout_max_secs.saturating_mul(1000)))
+    }
+}
+
+// ---------------------------------------------------------------- stored records
+
+/// An account as stored (never leaves the domain: [`Account`] is its public view).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AccountRecord {
+    #[prost(string, tag = "1")]
+    pub account_id: String,
+    #[prost(string, tag = "2")]
+    pub username: String,
+    #[prost(string, tag = "3")]
+    pub display_name: String,
+    #[prost(string, repeated, tag = "4")]
+    pub roles: Vec<String>,
+    #[prost(int64, tag = "5")]
+    pub created_ms: i64,
+    /// argon2id PHC string (`$argon2id$v=19$m=…`).
+    #[prost(string, tag = "6")]
+    pub password_hash: String,
+    /// Consecutive failed password checks since the last success.
+    #[prost(uint32, tag = "7")]
+    pub failed_logins: u32,
+    /// Logins are refused until then (ms since the epoch; 0 = not locked).
+    #[prost(int64, tag = "8")]
+    pub locked_until_ms: i64,
+}
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+enum TokenKind {
+    Unspecified = 0,
+    Access = 1,
+    Refresh = 2,
+}
+
+/// One issued token, stored under the SHA-256 of the token.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenRecord {
+    #[prost(enumeration = "TokenKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub session_id: String,
+    #[prost(string, tag = "3")]
+    pub account_id: String,
+    #[prost(int64, tag = "4")]
+    pub expires_ms: i64,
+    /// A refresh token already exchanged; presenting it again is reuse.
+    #[prost(bool, tag = "5")]
+    pub used: bool,
+}
+
+/// One session: a refresh-token family.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SessionRecord {
+    #[prost(string, tag = "1")]
+    pub session_id: String,
+    #[prost(string, tag = "2")]
+    pub account_id: String,
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub last_used_ms: i64,
+    /// Expiry of the current refresh token (the latest expiry of any token of the family).
+    #[prost(int64, tag = "5")]
+    pub refresh_expires_ms: i64,
+    #[prost(string, tag = "6")]
+    pub user_agent: String,
+    /// When the session was revoked (0 = open).
+    #[prost(int64, tag = "7")]
+    pub revoked_ms: i64,
+    /// SHA-256 of the one refresh token that may still be exchanged.
+    #[prost(bytes = "vec", tag = "8")]
+    pub refresh_hash: Vec<u8>,
+}
+
+impl SessionRecord {
+    fn is_open(&self, now: i64) -> bool {
+        self.revoked_ms == 0 && self.refresh_expires_ms > now
+    }
+}
+
+// ---------------------------------------------------------------- the service
+
+/// The auth domain.
+pub struct Auth {
+    ctx: Ctx,
+    config: AuthConfig,
+    argon: Argon2<'static>,
+    /// A hash of a random password, verified when the username is unknown so that an
+    /// unknown user costs the same time as a wrong password.
+    dummy_hash: String,
+    common_passwords: HashSet<&'static str>,
+    hashing: Arc<Semaphore>,
+}
+
+/// Builds auth's dispatcher (the registry's entry).
+pub fn server(ctx: &Ctx) -> Result<Arc<dyn Dispatch>, Status> {
+    Ok(Arc::new(AuthServer(Arc::new(Auth::new(ctx)?))))
+}
+
+fn bad_credentials() -> Status {
+    Status::unauthenticated("wrong username or password")
+}
+
+fn bad_token() -> Status {
+    Status::unauthenticated("the token is invalid, expired or revoked")
+}
+
+fn ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh token with `prefix` and the hash it is stored under.
+fn new_token(prefix: &str) -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = sha256(&token);
+    (token, hash)
+}
+
+/// The storage key of a presented token, or `None` when it cannot be one of ours.
+fn token_key(token: &str, prefix: &str) -> Option<[u8; 32]> {
+    let secret = token.strip_prefix(prefix)?;
+    (secret.len() == TOKEN_SECRET_CHARS).then(|| sha256(token))
+}
+
+fn account_sessions_prefix(account_id: &str) -> Vec<u8> {
+    format!("{account_id}/").into_bytes()
+}
+
+fn account_session_key(account_id: &str, created_ms: i64, session_id: &str) -> Vec<u8> {
+    let mut k = account_sessions_prefix(account_id);
+    k.extend_from_slice(&(u64::MAX - created_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(session_id.as_bytes());
+    k
+}
+
+fn session_tokens_prefix(session_id: &str) -> Vec<u8> {
+    format!("{session_id}/").into_bytes()
+}
+
+fn session_token_key(session_id: &str, expires_ms: i64, hash: &[u8]) -> Vec<u8> {
+    let mut k = session_tokens_prefix(session_id);
+    k.extend_from_slice(&(expires_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(hash);
+    k
+}
+
+/// The expiry and token hash encoded in a `session_tokens` key after its prefix.
+fn parse_session_token_key(prefix_len: usize, key: &[u8]) -> Option<(i64, &[u8])> {
+    let rest = key.get(prefix_len..)?;
+    let (exp, hash) = rest.split_at_checked(8)?;
+    let exp = i64::try_from(u64::from_be_bytes(exp.try_into().ok()?)).ok()?;
+    Some((exp, hash))
+}
+
+fn canonical_roles(roles: &[String]) -> Vec<String> {
+    ROLES
+        .iter()
+        .filter(|r| roles.iter().any(|h| h == *r))
+        .map(|r| r.to_string())
+        .collect()
+}
+
+fn public_account(a: &AccountRecord, now: i64) -> Account {
+    Account {
+        account_id: a.account_id.clone(),
+        username: a.username.clone(),
+        display_name: a.display_name.clone(),
+        roles: a.roles.clone(),
+        created_at: Some(ts(a.created_ms)),
+        locked_until: (a.locked_until_ms > now).then(|| ts(a.locked_until_ms)),
+    }
+}
+
+/// A newly issued token pair, as written by [`issue`].
+struct Issued {
+    access: String,
+    refresh: String,
+    access_expires_ms: i64,
+    refresh_expires_ms: i64,
+}
+
+/// Writes the records of a fresh access/refresh pair for `session` and points the session
+/// at the new refresh token.
+fn issue(
+    tx: &mut Tx<'_>,
+    session: &mut SessionRecord,
+    now: i64,
+    config: &AuthConfig,
+    access: (String, [u8; 32]),
+    refresh: (String, [u8; 32]),
+) -> Issued {
+    let access_expires_ms = now.saturating_add(secs_ms(config.access_token_ttl_secs));
+    let refresh_expires_ms = now.saturating_add(secs_ms(config.refresh_token_ttl_secs));
+    for (kind, hash, expires_ms) in [
+        (TokenKind::Access, access.1, access_expires_ms),
+        (TokenKind::Refresh, refresh.1, refresh_expires_ms),
+    ] {
+        let rec = TokenRecord {
+            kind: kind as i32,
+            session_id: session.session_id.clone(),
+            account_id: session.account_id.clone(),
+            expires_ms,
+            used: false,
+        };
+        tx.put_msg(TOKENS, &hash, &rec);
+        tx.put(
+            SESSION_TOKENS,
+            &session_token_key(&session.session_id, expires_ms, &hash),
+            Vec::new(),
+        );
+    }
+    session.refresh_hash = refresh.1.to_vec();
+    session.refresh_expires_ms = refresh_expires_ms;
+    session.last_used_ms = now;
+    tx.put_msg(SESSIONS, session.session_id.as_bytes(), &*session);
+    Issued {
+        access: access.0,
+        refresh: refresh.0,
+        access_expires_ms,
+        refresh_expires_ms,
+    }
+}
+
+/// Deletes the expired token rows of a session, oldest first (all of them when `all`).
+fn purge_tokens(tx: &mut Tx<'_>, session_id: &str, now: i64, all: bool) -> Result<(), Status> {
+    let prefix = session_tokens_prefix(session_id);
+    for (key, _) in tx.scan(SESSION_TOKENS, &prefix, &prefix, SCAN_LIMIT)? {
+        let Some((expires_ms, hash)) = parse_session_token_key(prefix.len(), &key) else {
+            continue;
+        };
+        if !all && expires_ms > now {
+            break;
+        }
+        tx.delete(TOKENS, hash);
+        tx.delete(SESSION_TOKENS, &key);
+    }
+    Ok(())
+}
+
+/// Marks a session revoked; returns whether it was open.
+fn revoke(tx: &mut Tx<'_>, session: &mut SessionRecord, now: i64) -> bool {
+    if session.revoked_ms != 0 {
+        return false;
+    }
+    session.revoked_ms = now.max(1);
+    tx.put_msg(SESSIONS, session.session_id.as_bytes(), &*session);
+    true
+}
+
+/// Revokes every open session of an account; returns how many were open.
+fn revoke_all(tx: &mut Tx<'_>, account_id: &str, now: i64) -> Result<u32, Status> {
+    let prefix = account_sessions_prefix(account_id);
+    let mut n = 0u32;
+    for (key, _) in tx.scan(ACCOUNT_SESSIONS, &prefix, &prefix, SCAN_LIMIT)? {
+        let Some(sid) = key.get(prefix.len() + 8..) else {
+            continue;
+        };
+        if let Some(mut s) = tx.get_msg::<SessionRecord>(SESSIONS, sid)?
+            && s.refresh_expires_ms > now
+            && revoke(tx, &mut s, now)
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Records a failed password check (inside a write), locking the account past the
+/// threshold.
+fn record_failure(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    now: i64,
+    config: &AuthConfig,
+) -> Result<(), Status> {
+    let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())? else {
+        return Ok(());
+    };
+    a.failed_logins = a.failed_logins.saturating_add(1);
+    let lock = config.lock_for(a.failed_logins);
+    if !lock.is_zero() {
+        a.locked_until_ms = now.saturating_add(i64::try_from(lock.as_millis()).unwrap_or(i64::MAX));
+        tracing::info!(
+            account_id,
+            failures = a.failed_logins,
+            lock_ms = lock.as_millis() as u64,
+            "account locked after failed logins"
+        );
+    }
+    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+    Ok(())
+}
+
+fn locked_error(locked_until_ms: i64, now: i64) -> Status {
+    let wait = Duration::from_millis(u64::try_from(locked_until_ms - now).unwrap_or(0));
+    Status::new(
+        Code::ResourceExhausted,
+        "too many failed logins: the account is locked for a while",
+    )
+    .with_retry_after(wait)
+}
+
+fn check_username(username: &str) -> Result<(), Status> {
+    let n = username.chars().count();
+    if !(USERNAME_MIN..=USERNAME_MAX).contains(&n) {
+        return Err(Status::invalid(
+            "username",
+            format!("must be {USERNAME_MIN}–{USERNAME_MAX} characters"),
+        ));
+    }
+    if !username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(Status::invalid(
+            "username",
+            "may hold only letters, digits, `_`, `-` and `.`",
+        ));
+    }
+    Ok(())
+}
+
+impl Auth {
+    /// Builds auth on a context: checks its configuration and prepares the dummy hash.
+    pub fn new(ctx: &Ctx) -> Result<Auth, Status> {
+        let config = ctx.config.auth.clone();
+        let params = Params::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            config.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| Status::invalid("domains.auth.argon2", e.to_string()))?;
+        if config.argon2_memory_kib < OWASP_MIN_MEMORY_KIB
+            || config.argon2_iterations < OWASP_MIN_ITERATIONS
+        {
+            tracing::warn!(
+                memory_kib = config.argon2_memory_kib,
+                iterations = config.argon2_iterations,
+                "argon2id parameters are below the OWASP minimum (19456 KiB, 2 passes)"
+            );
+        }
+        if config.access_token_ttl_secs == 0
+            || config.refresh_token_ttl_secs < config.access_token_ttl_secs
+        {
+            return Err(Status::invalid(
+                "domains.auth.refresh_token_ttl_secs",
+                "token lifetimes must be positive, the refresh token's at least the access token's",
+            ));
+        }
+        if config.lockout_threshold == 0 {
+            return Err(Status::invalid(
+                "domains.auth.lockout_threshold",
+                "must be at least 1",
+            ));
+        }
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let (dummy, _) = new_token("dummy_");
+        let dummy_hash = argon
+            .hash_password(dummy.as_bytes())
+            .map_err(|e| Status::internal(format!("argon2 self-test failed: {e}")))?
+            .to_string();
+        let common_passwords = COMMON_PASSWORDS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let permits = match config.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Auth {
+            ctx: ctx.clone(),
+            config,
+            argon,
+            dummy_hash,
+            common_passwords,
+            hashing: Arc::new(Semaphore::new(permits)),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        ms(self.ctx.clock.now())
+    }
+
+    /// Checks a new password against the rules of Register (reported under `field`).
+    fn check_password(&self, field: &str, password: &str, username: &str) -> Result<(), Status> {
+        let n = password.chars().count();
+        if n < PASSWORD_MIN {
+            return Err(Status::invalid(
+                field,
+                format!("must be at least {PASSWORD_MIN} characters"),
+            ));
+        }
+        if n > PASSWORD_MAX {
+            return Err(Status::invalid(
+                field,
+                format!("must be at most {PASSWORD_MAX} characters"),
+            ));
+        }
+        let lower = password.to_lowercase();
+        if self.common_passwords.contains(lower.as_str()) {
+            return Err(Status::invalid(
+                field,
+                "is one of the most common passwords; choose another",
+            ));
+        }
+        if lower == username.to_lowercase() {
+            return Err(Status::invalid(field, "must differ from the username"));
+        }
+        Ok(())
+    }
+
+    /// Hashes a password off the async threads, bounded by `max_concurrent_hashes`.
+    async fn hash_password(&self, password: String) -> Result<String, Status> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("password hashing is shut down"))?;
+        let argon = self.argon.clone();
+        tokio::task::spawn_blocking(move || {
+            argon
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await
+        .map_err(|_| Status::internal("password hashing failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "argon2 hashing failed");
+            Status::internal("password hashing failed")
+        })
+    }
+
+    /// Whether `password` matches the PHC string `hash` (argon2 compares in constant time).
+    async fn verify_password(&self, password: String, hash: String) -> Result<bool, Status> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("password hashing is shut down"))?;
+        let argon = self.argon.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            argon.verify_password(password.as_bytes(), hash.as_str())
+        })
+        .await
+        .map_err(|_| Status::internal("password verification failed"))?;
+        match r {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+            Err(e) => {
+                tracing::error!(error = %e, "stored password hash is unusable");
+                Err(Status::internal("password verification failed"))
+            }
+        }
+    }
+
+    fn account(&self, account_id: &str) -> Result<AccountRecord, Status> {
+        self.ctx
+            .store
+            .get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
+            .ok_or_else(|| Status::not_found(format!("no account {account_id}")))
+    }
+
+    fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>, Status> {
+        let key = username.to_ascii_lowercase();
+        let Some(id) = self.ctx.store.get(USERNAMES, key.as_bytes())? else {
+            return Ok(None);
+        };
+        self.ctx.store.get_msg::<AccountRecord>(ACCOUNTS, &id)
+    }
+
+    /// Sessions of an account whose refresh token has expired (candidates to purge).
+    fn expired_sessions(&self, account_id: &str, now: i64) -> Result<Vec<String>, Status> {
+        let prefix = account_sessions_prefix(account_id);
+        let rows = self
+            .ctx
+            .store
+            .scan(ACCOUNT_SESSIONS, &prefix, &prefix, SCAN_LIMIT)?;
+        let mut out = Vec::new();
+        // Newest first: the expired ones are at the end.
+        for (key, _) in rows.iter().rev() {
+            if out.len() >= PURGE_PER_LOGIN {
+                break;
+            }
+            let Some(sid) = key.get(prefix.len() + 8..) else {
+                continue;
+            };
+            match self.ctx.store.get_msg::<SessionRecord>(SESSIONS, sid)? {
+                Some(s) if s.refresh_expires_ms <= now => out.push(s.session_id),
+                Some(_) => {}
+                None => out.push(String::from_utf8_lossy(sid).into_owned()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl AuthHandler for Auth {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<RegisterResponse, Status> {
+        let RegisterRequest {
+            username,
+            password,
+            display_name,
+        } = request.body;
+        check_username(&username)?;
+        self.check_password("password", &password, &username)?;
+        let display_name = if display_name.is_empty() {
+            username.clone()
+        } else {
+            display_name
+        };
+        if display_name.chars().count() > DISPLAY_NAME_MAX {
+            return Err(Status::invalid(
+                "display_name",
+                format!("must be at most {DISPLAY_NAME_MAX} characters"),
+            ));
+        }
+        if display_name.chars().any(char::is_control) || display_name.trim().is_empty() {
+            return Err(Status::invalid(
+                "display_name",
+                "must be visible text without control characters",
+            ));
+        }
+        let password_hash = self.hash_password(password).await?;
+        let account = AccountRecord {
+            account_id: new_id("acc"),
+            username,
+            display_name,
+            roles: vec![ROLE_PLAYER.to_string()],
+            created_ms: self.now(),
+            password_hash,
+            failed_logins: 0,
+            locked_until_ms: 0,
+        };
+        let account_id = account.account_id.clone();
+        self.ctx
+            .store
+            .write(move |tx| {
+                let key = account.username.to_ascii_lowercase();
+                if tx.get(USERNAMES, key.as_bytes())?.is_some() {
+                    return Err(Status::conflict("this username is taken"));
+                }
+                tx.put(
+                    USERNAMES,
+                    key.as_bytes(),
+                    account.account_id.clone().into_bytes(),
+                );
+                tx.put_msg(ACCOUNTS, account.account_id.as_bytes(), &account);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(account_id, "account registered");
+        Ok(RegisterResponse { account_id })
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<LoginResponse, Status> {
+        let LoginRequest {
+            username,
+            password,
+            user_agent,
+        } = request.body;
+        if username.is_empty() {
+            return Err(Status::invalid("username", "is required"));
+        }
+        if username.chars().count() > USERNAME_MAX {
+            return Err(Status::invalid(
+                "username",
+                format!("must be at most {USERNAME_MAX} characters"),
+            ));
+        }
+        if password.is_empty() {
+            return Err(Status::invalid("password", "is required"));
+        }
+        if password.chars().count() > PASSWORD_MAX {
+            return Err(Status::invalid(
+                "password",
+                format!("must be at most {PASSWORD_MAX} characters"),
+            ));
+        }
+        if user_agent.chars().count() > USER_AGENT_MAX {
+            return Err(Status::invalid(
+                "user_agent",
+                format!("must be at most {USER_AGENT_MAX} characters"),
+            ));
+        }
+        let now = self.now();
+        let account = self.account_by_username(&username)?;
+        if let Some(a) = &account
+            && a.locked_until_ms > now
+        {
+            return Err(locked_error(a.locked_until_ms, now));
+        }
+        let hash = account
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
+        let ok = self.verify_password(password, hash).await?;
+        let Some(account) = account else {
+            return Err(bad_credentials());
+        };
+        let account_id = account.account_id.clone();
+        let config = self.config.clone();
+        if !ok {
+            self.ctx
+                .store
+                .write(move |tx| record_failure(tx, &account_id, now, &config))
+                .await?;
+            return Err(bad_credentials());
+        }
+        let purge = self.expired_sessions(&account_id, now)?;
+        let access = new_token(ACCESS_PREFIX);
+        let refresh = new_token(REFRESH_PREFIX);
+        let verified_hash = account.password_hash;
+        let (issued, session_id, roles) = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
+                else {
+                    return Err(bad_credentials());
+                };
+                // Failures recorded while this password was being checked still lock.
+                if a.locked_until_ms > now {
+                    return Err(locked_error(a.locked_until_ms, now));
+                }
+                if a.password_hash != verified_hash {
+                    return Err(bad_credentials());
+                }
+                if a.failed_logins != 0 || a.locked_until_ms != 0 {
+                    a.failed_logins = 0;
+                    a.locked_until_ms = 0;
+                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                }
+                for sid in &purge {
+                    let Some(s) = tx.get_msg::<SessionRecord>(SESSIONS, sid.as_bytes())? else {
+                        continue;
+                    };
+                    if s.refresh_expires_ms > now {
+                        continue;
+                    }
+                    purge_tokens(tx, sid, now, true)?;
+                    tx.delete(SESSIONS, sid.as_bytes());
+                    tx.delete(
+                        ACCOUNT_SESSIONS,
+                        &account_session_key(&account_id, s.created_ms, sid),
+                    );
+                }
+                let mut session = SessionRecord {
+                    session_id: new_id("ses"),
+                    account_id: account_id.clone(),
+                    created_ms: now,
+                    last_used_ms: now,
+                    refresh_expires_ms: 0,
+                    user_agent,
+                    revoked_ms: 0,
+                    refresh_hash: Vec::new(),
+                };
+                tx.put(
+                    ACCOUNT_SESSIONS,
+                    &account_session_key(&account_id, now, &session.session_id),
+                    Vec::new(),
+                );
+                let issued = issue(tx, &mut session, now, &config, access, refresh);
+                Ok((issued, session.session_id, a.roles))
+            })
+            .await?;
+        Ok(LoginResponse {
+            access_token: issued.access,
+            refresh_token: issued.refresh,
+            access_expires_at: Some(ts(issued.access_expires_ms)),
+            refresh_expires_at: Some(ts(issued.refresh_expires_ms)),
+            account_id: account.account_id,
+            roles,
+            session_id,
+        })
+    }
+
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<RefreshResponse, Status> {
+        let Some(hash) = token_key(&request.body.refresh_token, REFRESH_PREFIX) else {
+            return Err(bad_token());
+        };
+        enum Outcome {
+            Invalid,
+            Reused {
+                session_id: String,
+                account_id: String,
+            },
+            Issued(Issued, String, String),
+        }
+        let now = self.now();
+        let config = self.config.clone();
+        let access = new_token(ACCESS_PREFIX);
+        let refresh = new_token(REFRESH_PREFIX);
+        let outcome = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(mut rec) = tx.get_msg::<TokenRecord>(TOKENS, &hash)? else {
+                    return Ok(Outcome::Invalid);
+                };
+                if rec.kind != TokenKind::Refresh as i32 {
+                    return Ok(Outcome::Invalid);
+                }
+                let Some(mut session) =
+                    tx.get_msg::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
+                else {
+                    return Ok(Outcome::Invalid);
+                };
+                if session.revoked_ms != 0 {
+                    return Ok(Outcome::Invalid);
+                }
+                let current = bool::from(session.refresh_hash.as_slice().ct_eq(&hash[..]));
+                if rec.used || !current {
+                    // A spent token came back: either the client or a thief holds a copy.
+                    // The family cannot be trusted any more (the writes are kept: Ok).
+                    revoke(tx, &mut session, now);
+                    return Ok(Outcome::Reused {
+                        session_id: session.session_id,
+                        account_id: session.account_id,
+                    });
+                }
+                if rec.expires_ms <= now {
+                    return Ok(Outcome::Invalid);
+                }
+                if tx.get(ACCOUNTS, session.account_id.as_bytes())?.is_none() {
+                    return Ok(Outcome::Invalid);
+                }
+                rec.used = true;
+                tx.put_msg(TOKENS, &hash, &rec);
+                purge_tokens(tx, &session.session_id, now, false)?;
+                let issued = issue(tx, &mut session, now, &config, access, refresh);
+                Ok(Outcome::Issued(
+                    issued,
+                    session.account_id,
+                    session.session_id,
+                ))
+            })
+            .await?;
+        match outcome {
+            Outcome::Invalid => Err(bad_token()),
+            Outcome::Reused {
+                session_id,
+                account_id,
+            } => {
+                tracing::warn!(
+                    session_id,
+                    account_id,
+                    "refresh token reused: session revoked"
+                );
+                Err(bad_token())
+            }
+            Outcome::Issued(issued, account_id, session_id) => Ok(RefreshResponse {
+                access_token: issued.access,
+                refresh_token: issued.refresh,
+                access_expires_at: Some(ts(issued.access_expires_ms)),
+                refresh_expires_at: Some(ts(issued.refresh_expires_ms)),
+                account_id,
+                session_id,
+            }),
+        }
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<LogoutResponse, Status> {
+        let LogoutRequest {
+            token,
+            all_sessions,
+        } = request.body;
+        let (token, kind, prefix) = match token {
+            Some(logout_request::Token::RefreshToken(t)) => (t, TokenKind::Refresh, REFRESH_PREFIX),
+            Some(logout_request::Token::AccessToken(t)) => (t, TokenKind::Access, ACCESS_PREFIX),
+            None => {
+                return Err(Status::invalid(
+                    "token",
+                    "give the refresh_token or the access_token of the session",
+                ));
+            }
+        };
+        let Some(hash) = token_key(&token, prefix) else {
+            return Err(bad_token());
+        };
+        let now = self.now();
+        let revoked = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(rec) = tx.get_msg::<TokenRecord>(TOKENS, &hash)? else {
+                    return Ok(None);
+                };
+                if rec.kind != kind as i32 || rec.expires_ms <= now {
+                    return Ok(None);
+                }
+                if all_sessions {
+                    return revoke_all(tx, &rec.account_id, now).map(Some);
+                }
+                let Some(mut s) =
+                    tx.get_msg::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(u32::from(revoke(tx, &mut s, now))))
+            })
+            .await?;
+        match revoked {
+            Some(revoked_sessions) => Ok(LogoutResponse { revoked_sessions }),
+            None => Err(bad_token()),
+        }
+    }
+
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<ValidateResponse, Status> {
+        request.meta.authorize_roles(&["service", "admin"])?;
+        let Some(hash) = token_key(&request.body.access_token, ACCESS_PREFIX) else {
+            return Err(bad_token());
+        };
+        let store = &self.ctx.store;
+        let now = self.now();
+        let Some(rec) = store.get_msg_cached::<TokenRecord>(TOKENS, &hash)? else {
+            return Err(bad_token());
+        };
+        if rec.kind != TokenKind::Access as i32 || rec.expires_ms <= now {
+            return Err(bad_token());
+        }
+        // Revocation is a write to this row, which drops it from the cache.
+        let Some(session) =
+            store.get_msg_cached::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
+        else {
+            return Err(bad_token());
+        };
+        if session.revoked_ms != 0 {
+            return Err(bad_token());
+        }
+        let Some(account) =
+            store.get_msg_cached::<AccountRecord>(ACCOUNTS, rec.account_id.as_bytes())?
+        else {
+            return Err(bad_token());
+        };
+        if now - session.last_used_ms >= TOUCH_EVERY_MS {
+            // Off the hot path; re-checked in the writer so it never revives a session.
+            let store = store.clone();
+            let sid = session.session_id.clone();
+            tokio::spawn(async move {
+                let r = store
+                    .write(move |tx| {
+                        if let Some(mut s) =
+                            tx.get_msg::<SessionRecord>(SESSIONS, sid.as_bytes())?
+                            && s.revoked_ms == 0
+                            && s.last_used_ms < now
+                        {
+                            s.last_used_ms = now;
+                            tx.put_msg(SESSIONS, sid.as_bytes(), &s);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "session last-use not recorded");
+                }
+            });
+        }
+        Ok(ValidateResponse {
+            account_id: account.account_id,
+            roles: account.roles,
+            session_id: session.session_id,
+            expires_at: Some(ts(rec.expires_ms)),
+        })
+    }
+
+    /// Revokes every session of the account, the caller's included: domains are not told
+    /// which session a call comes from (see the module notes), so none can be spared.
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<ChangePasswordResponse, Status> {
+        let ChangePasswordRequest {
+            account_id,
+            old_password,
+            new_password,
+        } = request.body;
+        if account_id.is_empty() {
+            return Err(Status::invalid("account_id", "is required"));
+        }
+        request.meta.authorize_owner(&account_id, &["admin"])?;
+        // Trusted principals (admin CLI) and admins acting for someone else need no old
+        // password; an owner (admin or not) must prove it.
+        let needs_old = request
+            .meta
+            .caller
+            .as_ref()
+            .is_some_and(|c| c.account_id == account_id);
+        let account = self.account(&account_id)?;
+        self.check_password("new_password", &new_password, &account.username)?;
+        let now = self.now();
+        if needs_old {
+            if old_password.is_empty() {
+                return Err(Status::invalid("old_password", "is required"));
+            }
+            if old_password.chars().count() > PASSWORD_MAX {
+                return Err(bad_credentials());
+            }
+            if account.locked_until_ms > now {
+                return Err(locked_error(account.locked_until_ms, now));
+            }
+            let ok = self
+                .verify_password(old_password, account.password_hash.clone())
+                .await?;
+            if !ok {
+                let config = self.config.clone();
+                let id = account_id.clone();
+                self.ctx
+                    .store
+                    .write(move |tx| record_failure(tx, &id, now, &config))
+                    .await?;
+                return Err(Status::unauthenticated("the old password is wrong"));
+            }
+        }
+        let new_hash = self.hash_password(new_password).await?;
+        let checked_hash = account.password_hash;
+        let revoked_sessions = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
+                else {
+                    return Err(Status::not_found(format!("no account {account_id}")));
+                };
+                if a.password_hash != checked_hash {
+                    return Err(Status::conflict(
+                        "the password was changed meanwhile; try again",
+                    ));
+                }
+                a.password_hash = new_hash;
+                a.failed_logins = 0;
+                a.locked_until_ms = 0;
+                tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                revoke_all(tx, &account_id, now)
+            })
+            .await?;
+        Ok(ChangePasswordResponse { revoked_sessions })
+    }
+
+    async fn grant_role(
+        &self,
+        request: Request<GrantRoleRequest>,
+    ) -> Result<GrantRoleResponse, Status> {
+        request.meta.authorize_roles(&["admin"])?;
+        let GrantRoleRequest {
+            account_id,
+            role,
+            revoke,
+        } = request.body;
+        if account_id.is_empty() {
+            return Err(Status::invalid("account_id", "is required"));
+        }
+        if !ROLES.contains(&role.as_str()) {
+            return Err(Status::invalid(
+                "role",
+                "must be \"player\", \"service\" or \"admin\"",
+            ));
+        }
+        let roles = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
+                else {
+                    return Err(Status::not_found(format!("no account {account_id}")));
+                };
+                let mut roles = a.roles.clone();
+                roles.retain(|r| r != &role);
+                if !revoke {
+                    roles.push(role);
+                }
+                let roles = canonical_roles(&roles);
+                if roles != a.roles {
+                    a.roles = roles.clone();
+                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                }
+                Ok(roles)
+            })
+            .await?;
+        Ok(GrantRoleResponse { roles })
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<ListSessionsResponse, Status> {
+        let ListSessionsRequest {
+            account_id,
+            page_size,
+            page_token,
+        } = request.body;
+        if account_id.is_empty() {
+            return Err(Status::invalid("account_id", "is required"));
+        }
+        request.meta.authorize_owner(&account_id, &["admin"])?;
+        let page_size = match page_size {
+            n if n < 0 => return Err(Status::invalid("page_size", "must not be negative")),
+            0 => PAGE_SIZE_DEFAULT,
+            n => (n as usize).min(PAGE_SIZE_MAX),
+        };
+        let prefix = account_sessions_prefix(&account_id);
+        let mut from = prefix.clone();
+        if !page_token.is_empty() {
+            let last = URL_SAFE_NO_PAD
+                .decode(page_token.as_bytes())
+                .ok()
+                .filter(|k| k.starts_with(&prefix) && k.len() > prefix.len() + 8)
+                .ok_or_else(|| Status::invalid("page_token", "is not a token from this listing"))?;
+            from = last;
+            from.push(0);
+        }
+        let now = self.now();
+        let store = &self.ctx.store;
+        let mut sessions = Vec::new();
+        let mut last_key: Option<Vec<u8>> = None;
+        let mut next_page_token = String::new();
+        'scan: loop {
+            let rows = store.scan(ACCOUNT_SESSIONS, &prefix, &from, 256)?;
+            let Some((tail, _)) = rows.last() else {
+                break;
+            };
+            from = tail.clone();
+            from.push(0);
+            let exhausted = rows.len() < 256;
+            for (key, _) in rows {
+                let Some(sid) = key.get(prefix.len() + 8..) else {
+                    continue;
+                };
+                let Some(s) = store.get_msg::<SessionRecord>(SESSIONS, sid)? else {
+                    continue;
+                };
+                if !s.is_open(now) {
+                    continue;
+                }
+                if sessions.len() == page_size {
+                    if let Some(k) = &last_key {
+                        next_page_token = URL_SAFE_NO_PAD.encode(k);
+                    }
+                    break 'scan;
+                }
+                sessions.push(Session {
+                    session_id: s.session_id,
+                    created_at: Some(ts(s.created_ms)),
+                    last_used_at: Some(ts(s.last_used_ms)),
+                    expires_at: Some(ts(s.refresh_expires_ms)),
+                    user_agent: s.user_agent,
+                    // The caller's session is not known to domains (see the report).
+                    current: false,
+                });
+                last_key = Some(key);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(ListSessionsResponse {
+            sessions,
+            next_page_token,
+        })
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<GetAccountResponse, Status> {
+        let account_id = request.body.account_id;
+        if account_id.is_empty() {
+            return Err(Status::invalid("account_id", "is required"));
+        }
+        request.meta.authorize_owner(&account_id, &["admin"])?;
+        let a = self.account(&account_id)?;
+        Ok(GetAccountResponse {
+            account: Some(public_account(&a, self.now())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aicore_proto::{Caller, Metadata};
+
+    use crate::ManualClock;
+
+    const PW: &str = "correct horse battery";
+
+    fn req<T>(body: T) -> Request<T> {
+        Request {
+            body,
+            meta: Metadata::default(),
+        }
+    }
+
+    fn as_caller<T>(body: T, account_id: &str, roles: &[&str]) -> Request<T> {
+        Request {
+            body,
+            meta: Metadata {
+                caller: Some(Caller {
+                    account_id: account_id.to_string(),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                }),
+                ..Metadata::default()
+            },
+        }
+    }
+
+    fn setup() -> (Auth, Arc<ManualClock>) {
+        let (ctx, clock) = Ctx::for_tests();
+        (Auth::new(&ctx).unwrap(), clock)
+    }
+
+    async fn register(auth: &Auth, username: &str) -> String {
+        auth.register(req(RegisterRequest {
+            username: username.into(),
+            password: PW.into(),
+            display_name: String::new(),
+        }))
+        .await
+        .unwrap()
+        .account_id
+    }
+
+    async fn login(auth: &Auth, username: &str, password: &str) -> Result<LoginResponse, Status> {
+        auth.login(req(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+            user_agent: "test-agent".into(),
+        }))
+        .await
+    }
+
+    async fn validate(auth: &Auth, token: &str) -> Result<ValidateResponse, Status> {
+        auth.validate(req(ValidateRequest {
+            access_token: token.into(),
+        }))
+        .await
+    }
+
+    async fn refresh(auth: &Auth, token: &str) -> Result<RefreshResponse, Status> {
+        auth.refresh(req(RefreshRequest {
+            refresh_token: token.into(),
+        }))
+        .await
+    }
+
+    fn field(s: &Status) -> &str {
+        s.field_violations.first().map_or("", |v| v.field.as_str())
+    }
+
+    #[tokio::test]
+    async fn register_login_validate() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "Alice").await;
+        // Usernames are case-insensitive at login.
+        let l = login(&auth, "alice", PW).await.unwrap();
+        assert_eq!(l.account_id, id);
+        assert_eq!(l.roles, vec!["player"]);
+        assert!(l.access_token.starts_with("at_") && l.refresh_token.starts_with("rt_"));
+        assert_ne!(l.access_token, l.refresh_token);
+        let v = validate(&auth, &l.access_token).await.unwrap();
+        assert_eq!(v.account_id, id);
+        assert_eq!(v.roles, vec!["player"]);
+        assert_eq!(v.session_id, l.session_id);
+        assert_eq!(v.expires_at, l.access_expires_at);
+        let access_ttl = l.access_expires_at.unwrap().seconds - auth.ctx.now_ts().seconds;
+        assert_eq!(access_ttl, 15 * 60);
+        // A refresh token is not an access token, and vice versa.
+        assert_eq!(
+            validate(&auth, &l.refresh_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            refresh(&auth, &l.access_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        let a = auth
+            .get_account(as_caller(
+                GetAccountRequest {
+                    account_id: id.clone(),
+                },
+                &id,
+                &["player"],
+            ))
+            .await
+            .unwrap()
+            .account
+            .unwrap();
+        assert_eq!(
+            (a.username.as_str(), a.display_name.as_str()),
+            ("Alice", "Alice")
+        );
+        assert!(a.locked_until.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_store_holds_no_token_or_password() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "bob").await;
+        let l = login(&auth, "bob", PW).await.unwrap();
+        let tokens = auth.ctx.store.scan(TOKENS, b"", b"", 100).unwrap();
+        assert_eq!(tokens.len(), 2);
+        let account = auth
+            .ctx
+            .store
+            .get(ACCOUNTS, id.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(!contains(&account, PW.as_bytes()));
+        for table in [TOKENS, SESSIONS, SESSION_TOKENS, ACCOUNT_SESSIONS] {
+            for (k, v) in auth.ctx.store.scan(table, b"", b"", 100).unwrap() {
+                for t in [&l.access_token, &l.refresh_token] {
+                    let secret = &t.as_bytes()[3..];
+                    assert!(!contains(&k, secret) && !contains(&v, secret), "{table}");
+                }
+            }
+        }
+        let rec: AccountRecord = auth
+            .ctx
+            .store
+            .get_msg(ACCOUNTS, id.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(
+            rec.password_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn duplicate_username_conflicts_case_insensitively() {
+        let (auth, _clock) = setup();
+        register(&auth, "Carol").await;
+        let e = auth
+            .register(req(RegisterRequest {
+                username: "cAROL".into(),
+                password: "another good passphrase".into(),
+                display_name: String::new(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+    }
+
+    #[tokio::test]
+    async fn bad_usernames_and_weak_passwords_are_refused_naming_the_field() {
+        let (auth, _clock) = setup();
+        let cases = [
+            ("dave", "short7!", "password"),
+            ("dave", &"x".repeat(257), "password"),
+            ("dave", "Password1", "password"),
+            ("dave", "QWERTYUIOP", "password"),
+            ("dave", "iloveyou", "password"),
+            ("davedave", "DaveDave", "password"),
+            ("da", PW, "username"),
+            (&"d".repeat(65), PW, "username"),
+            ("dave smith", PW, "username"),
+            ("dave/x", PW, "username"),
+        ];
+        for (username, password, want) in cases {
+            let e = auth
+                .register(req(RegisterRequest {
+                    username: username.into(),
+                    password: password.into(),
+                    display_name: String::new(),
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::InvalidArgument, "{username} / {password}");
+            assert_eq!(field(&e), want, "{username} / {password}");
+        }
+        let e = auth
+            .register(req(RegisterRequest {
+                username: "dave".into(),
+                password: PW.into(),
+                display_name: "d".repeat(65),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "display_name");
+        // 256 characters is allowed, as are multi-byte characters.
+        let long = "é".repeat(256);
+        auth.register(req(RegisterRequest {
+            username: "dave".into(),
+            password: long.clone(),
+            display_name: String::new(),
+        }))
+        .await
+        .unwrap();
+        login(&auth, "dave", &long).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_wrong_password_answer_alike() {
+        let (auth, _clock) = setup();
+        register(&auth, "erin").await;
+        let wrong = login(&auth, "erin", "not the password").await.unwrap_err();
+        let unknown = login(&auth, "nobody", "not the password")
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code, Code::Unauthenticated);
+        assert_eq!(wrong, unknown);
+    }
+
+    #[tokio::test]
+    async fn refresh_rotates_the_pair_within_the_session() {
+        let (auth, clock) = setup();
+        register(&auth, "frank").await;
+        let l = login(&auth, "frank", PW).await.unwrap();
+        clock.advance(Duration::from_secs(60));
+        let r1 = refresh(&auth, &l.refresh_token).await.unwrap();
+        assert_eq!(r1.session_id, l.session_id);
+        assert_eq!(r1.account_id, l.account_id);
+        assert_ne!(r1.access_token, l.access_token);
+        assert_ne!(r1.refresh_token, l.refresh_token);
+        assert!(r1.refresh_expires_at.unwrap().seconds > l.refresh_expires_at.unwrap().seconds);
+        let v = validate(&auth, &r1.access_token).await.unwrap();
+        assert_eq!(v.session_id, l.session_id);
+        let r2 = refresh(&auth, &r1.refresh_token).await.unwrap();
+        validate(&auth, &r2.access_token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reused_refresh_token_revokes_the_family() {
+        let (auth, _clock) = setup();
+        register(&auth, "grace").await;
+        let l = login(&auth, "grace", PW).await.unwrap();
+        let other = login(&auth, "grace", PW).await.unwrap();
+        let r1 = refresh(&auth, &l.refresh_token).await.unwrap();
+        validate(&auth, &l.access_token).await.unwrap();
+        validate(&auth, &r1.access_token).await.unwrap();
+        // The spent token comes back (a thief, or a client that lost the reply).
+        let e = refresh(&auth, &l.refresh_token).await.unwrap_err();
+        assert_eq!(e.code, Code::Unauthenticated);
+        for t in [&l.access_token, &r1.access_token] {
+            assert_eq!(
+                validate(&auth, t).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        assert_eq!(
+            refresh(&auth, &r1.refresh_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        // Other sessions of the account are not part of the family.
+        validate(&auth, &other.access_token).await.unwrap();
+        refresh(&auth, &other.refresh_token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn logout_takes_effect_at_once_even_when_cached() {
+        let (auth, _clock) = setup();
+        register(&auth, "heidi").await;
+        let l = login(&auth, "heidi", PW).await.unwrap();
+        let keep = login(&auth, "heidi", PW).await.unwrap();
+        // Warm the cache.
+        validate(&auth, &l.access_token).await.unwrap();
+        validate(&auth, &l.access_token).await.unwrap();
+        let out = auth
+            .logout(req(LogoutRequest {
+                token: Some(logout_request::Token::AccessToken(l.access_token.clone())),
+                all_sessions: false,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 1);
+        assert_eq!(
+            validate(&auth, &l.access_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            refresh(&auth, &l.refresh_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        // Twice is not an error; the other session lives on.
+        let again = auth
+            .logout(req(LogoutRequest {
+                token: Some(logout_request::Token::RefreshToken(l.refresh_token.clone())),
+                all_sessions: false,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(again.revoked_sessions, 0);
+        validate(&auth, &keep.access_token).await.unwrap();
+        // A made-up token is Unauthenticated, a missing one InvalidArgument.
+        let e = auth
+            .logout(req(LogoutRequest {
+                token: Some(logout_request::Token::AccessToken(format!(
+                    "at_{}",
+                    "A".repeat(43)
+                ))),
+                all_sessions: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Unauthenticated);
+        let e = auth
+            .logout(req(LogoutRequest {
+                token: None,
+                all_sessions: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "token");
+    }
+
+    #[tokio::test]
+    async fn logout_of_all_sessions() {
+        let (auth, _clock) = setup();
+        register(&auth, "ivan").await;
+        let a = login(&auth, "ivan", PW).await.unwrap();
+        let b = login(&auth, "ivan", PW).await.unwrap();
+        let c = login(&auth, "ivan", PW).await.unwrap();
+        let out = auth
+            .logout(req(LogoutRequest {
+                token: Some(logout_request::Token::RefreshToken(a.refresh_token.clone())),
+                all_sessions: true,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 3);
+        for l in [&a, &b, &c] {
+            assert_eq!(
+                validate(&auth, &l.access_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn access_and_refresh_tokens_expire() {
+        let (auth, clock) = setup();
+        register(&auth, "judy").await;
+        let l = login(&auth, "judy", PW).await.unwrap();
+        clock.advance(Duration::from_secs(15 * 60 - 1));
+        validate(&auth, &l.access_token).await.unwrap();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            validate(&auth, &l.access_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        // The refresh token still works and gives a fresh access token.
+        let r = refresh(&auth, &l.refresh_token).await.unwrap();
+        validate(&auth, &r.access_token).await.unwrap();
+        // An expired access token cannot log out; the refresh token can.
+        let e = auth
+            .logout(req(LogoutRequest {
+                token: Some(logout_request::Token::AccessToken(l.access_token.clone())),
+                all_sessions: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Unauthenticated);
+        clock.advance(Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(
+            refresh(&auth, &r.refresh_token).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        // The next login purges the dead session's rows.
+        let l2 = login(&auth, "judy", PW).await.unwrap();
+        assert!(
+            auth.ctx
+                .store
+                .get(SESSIONS, l.session_id.as_bytes())
+                .unwrap()
+                .is_none()
+        );
+        let tokens = auth.ctx.store.scan(TOKENS, b"", b"", 100).unwrap();
+        assert_eq!(tokens.len(), 2, "only the new session's pair is left");
+        validate(&auth, &l2.access_token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn lockout_grows_and_success_resets_it() {
+        let (auth, clock) = setup();
+        let id = register(&auth, "mallory").await;
+        let wrong = "wrong password!";
+        for _ in 0..5 {
+            let e = login(&auth, "mallory", wrong).await.unwrap_err();
+            assert_eq!(e.code, Code::Unauthenticated);
+        }
+        // Locked: even the right password is refused, with when to retry.
+        let e = login(&auth, "mallory", PW).await.unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        assert_eq!(e.retry_after_ms, 1000);
+        let a = auth
+            .get_account(req(GetAccountRequest {
+                account_id: id.clone(),
+            }))
+            .await
+            .unwrap()
+            .account
+            .unwrap();
+        assert!(a.locked_until.is_some());
+        clock.advance(Duration::from_millis(1000));
+        // Each further failure doubles the lock: 2 s after the sixth, 4 s after the seventh.
+        assert_eq!(
+            login(&auth, "mallory", wrong).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            login(&auth, "mallory", PW)
+                .await
+                .unwrap_err()
+                .retry_after_ms,
+            2000
+        );
+        clock.advance(Duration::from_millis(2000));
+        assert_eq!(
+            login(&auth, "mallory", wrong).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        clock.advance(Duration::from_millis(1000));
+        assert_eq!(
+            login(&auth, "mallory", PW)
+                .await
+                .unwrap_err()
+                .retry_after_ms,
+            3000
+        );
+        clock.advance(Duration::from_millis(3000));
+        // Success resets the counter: the next failure does not lock.
+        login(&auth, "mallory", PW).await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(
+                login(&auth, "mallory", wrong).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        login(&auth, "mallory", PW).await.unwrap();
+        // The cap.
+        let cfg = AuthConfig::default();
+        assert_eq!(cfg.lock_for(4), Duration::ZERO);
+        assert_eq!(cfg.lock_for(5), Duration::from_secs(1));
+        assert_eq!(cfg.lock_for(8), Duration::from_secs(8));
+        assert_eq!(cfg.lock_for(50), Duration::from_secs(15 * 60));
+        assert_eq!(cfg.lock_for(u32::MAX), Duration::from_secs(15 * 60));
+    }
+
+    #[tokio::test]
+    async fn change_password_revokes_sessions_and_retires_the_old_password() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "nina").await;
+        let a = login(&auth, "nina", PW).await.unwrap();
+        let b = login(&auth, "nina", PW).await.unwrap();
+        let new_pw = "a brand new passphrase";
+        // Wrong old password.
+        let e = auth
+            .change_password(as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: "not it at all".into(),
+                    new_password: new_pw.into(),
+                },
+                &id,
+                &["player"],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Unauthenticated);
+        // New password breaking the rules.
+        let e = auth
+            .change_password(as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: PW.into(),
+                    new_password: "password123".into(),
+                },
+                &id,
+                &["player"],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "new_password");
+        validate(&auth, &a.access_token).await.unwrap();
+        let out = auth
+            .change_password(as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: PW.into(),
+                    new_password: new_pw.into(),
+                },
+                &id,
+                &["player"],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 2);
+        for l in [&a, &b] {
+            assert_eq!(
+                validate(&auth, &l.access_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+            assert_eq!(
+                refresh(&auth, &l.refresh_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        assert_eq!(
+            login(&auth, "nina", PW).await.unwrap_err().code,
+            Code::Unauthenticated
+        );
+        login(&auth, "nina", new_pw).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn change_password_authorization() {
+        let (auth, _clock) = setup();
+        let victim = register(&auth, "oscar").await;
+        let other = register(&auth, "peggy").await;
+        let body = |old: &str| ChangePasswordRequest {
+            account_id: victim.clone(),
+            old_password: old.into(),
+            new_password: "taken over by someone".into(),
+        };
+        let e = auth
+            .change_password(as_caller(body(PW), &other, &["player"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        // The owner must give the old password.
+        let e = auth
+            .change_password(as_caller(body(""), &victim, &["player"]))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "old_password");
+        // An admin acting for another account need not.
+        auth.change_password(as_caller(body(""), &other, &["admin"]))
+            .await
+            .unwrap();
+        login(&auth, "oscar", "taken over by someone")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn grant_role_takes_effect_in_validate_at_once() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "quinn").await;
+        let l = login(&auth, "quinn", PW).await.unwrap();
+        assert_eq!(
+            validate(&auth, &l.access_token).await.unwrap().roles,
+            vec!["player"]
+        );
+        let grant = |role: &str, revoke: bool| GrantRoleRequest {
+            account_id: id.clone(),
+            role: role.into(),
+            revoke,
+        };
+        // A player cannot grant themselves anything.
+        let e = auth
+            .grant_role(as_caller(grant("admin", false), &id, &["player"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let r = auth
+            .grant_role(as_caller(grant("admin", false), "acc_admin", &["admin"]))
+            .await
+            .unwrap();
+        assert_eq!(r.roles, vec!["player", "admin"]);
+        assert_eq!(
+            validate(&auth, &l.access_token).await.unwrap().roles,
+            vec!["player", "admin"]
+        );
+        // Granting again changes nothing; revoking applies at once too.
+        let r = auth.grant_role(req(grant("admin", false))).await.unwrap();
+        assert_eq!(r.roles, vec!["player", "admin"]);
+        auth.grant_role(req(grant("player", true))).await.unwrap();
+        assert_eq!(
+            validate(&auth, &l.access_token).await.unwrap().roles,
+            vec!["admin"]
+        );
+        let e = auth
+            .grant_role(req(grant("root", false)))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "role");
+        let e = auth
+            .grant_role(req(GrantRoleRequest {
+                account_id: "acc_missing".into(),
+                role: "admin".into(),
+                revoke: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn players_see_only_their_own_sessions_and_account() {
+        let (auth, _clock) = setup();
+        let alice = register(&auth, "rita").await;
+        let bob = register(&auth, "sam").await;
+        login(&auth, "rita", PW).await.unwrap();
+        let list = |caller: &str, roles: &[&str]| {
+            as_caller(
+                ListSessionsRequest {
+                    account_id: alice.clone(),
+                    page_size: 0,
+                    page_token: String::new(),
+                },
+                caller,
+                roles,
+            )
+        };
+        let e = auth
+            .list_sessions(list(&bob, &["player"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let own = auth.list_sessions(list(&alice, &["player"])).await.unwrap();
+        assert_eq!(own.sessions.len(), 1);
+        assert_eq!(own.sessions[0].user_agent, "test-agent");
+        let admin = auth.list_sessions(list(&bob, &["admin"])).await.unwrap();
+        assert_eq!(admin.sessions, own.sessions);
+        let e = auth
+            .get_account(as_caller(
+                GetAccountRequest {
+                    account_id: alice.clone(),
+                },
+                &bob,
+                &["player"],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        // Validate is for the gateway and services only.
+        let l = login(&auth, "sam", PW).await.unwrap();
+        let e = auth
+            .validate(as_caller(
+                ValidateRequest {
+                    access_token: l.access_token.clone(),
+                },
+                &bob,
+                &["player"],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn list_sessions_paginates_newest_first_and_skips_ended_sessions() {
+        let (auth, clock) = setup();
+        let id = register(&auth, "trent").await;
+        let mut logins = Vec::new();
+        for _ in 0..7 {
+            logins.push(login(&auth, "trent", PW).await.unwrap());
+            clock.advance(Duration::from_secs(1));
+        }
+        // End two of them.
+        for i in [1, 4] {
+            auth.logout(req(LogoutRequest {
+                token: Some(logout_request::Token::AccessToken(
+                    logins[i].access_token.clone(),
+                )),
+                all_sessions: false,
+            }))
+            .await
+            .unwrap();
+        }
+        let mut want: Vec<String> = logins.iter().map(|l| l.session_id.clone()).collect();
+        want.remove(4);
+        want.remove(1);
+        want.reverse();
+        let mut got = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = auth
+                .list_sessions(req(ListSessionsRequest {
+                    account_id: id.clone(),
+                    page_size: 2,
+                    page_token: token,
+                }))
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(page.sessions.len() <= 2);
+            assert!(page.sessions.iter().all(|s| !s.current));
+            got.extend(page.sessions.into_iter().map(|s| s.session_id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got, want);
+        assert_eq!(pages, 3);
+        let e = auth
+            .list_sessions(req(ListSessionsRequest {
+                account_id: id.clone(),
+                page_size: 2,
+                page_token: "bm90IGEgdG9rZW4".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "page_token");
+        let e = auth
+            .list_sessions(req(ListSessionsRequest {
+                account_id: id.clone(),
+                page_size: -1,
+                page_token: String::new(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(field(&e), "page_size");
+        let all = auth
+            .list_sessions(req(ListSessionsRequest {
+                account_id: id,
+                page_size: 1000,
+                page_token: String::new(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(all.sessions.len(), 5);
+        assert!(all.next_page_token.is_empty());
+    }
+}

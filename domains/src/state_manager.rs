@@ -1,0 +1,1019 @@
+//! state-manager: player save data as a small versioned document store. It owns objects
+//! addressed by `(player_id, key)` holding opaque bytes plus a content type, optimistic
+//! concurrency on `expected_version`, a per-object size limit and a bounded history in
+//! which a Delete is a tombstone version. It does not interpret the bytes, index their
+//! content, or keep anything beyond the last `history_depth` versions of an object.
+//!
+//! Tables (keys are bytes; ids never contain `\0`, which is a control character):
+//! - `state_manager.objects`: `player_id \0 key` → [`Head`], the metadata of the live
+//!   version. Only live objects have a head, so List is a plain prefix scan.
+//! - `state_manager.versions`: `player_id \0 key \0 !version` → [`VersionRecord`]
+//!   (metadata, tombstones included). `!version` is `u64::MAX - version` big-endian, so a
+//!   forward scan yields newest first: History is one scan, and the first row is the
+//!   newest version even after a Delete (which is how a re-created object continues the
+//!   version sequence — versions are never reused).
+//! - `state_manager.data`: same key as `versions` → the raw bytes of that version (absent
+//!   for tombstones), so History and List never read object contents.
+//!
+//! Every write decides its version check and prunes history inside one store closure, so
+//! concurrent writers are serialised there and a refused write changes nothing.
+
+use aicore_proto::aicore::state_manager::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
+    ListRequest, ListResponse, ObjectMetadata, PutRequest, PutResponse, StateManagerHandler,
+    VersionInfo,
+};
+use aicore_proto::{Code, FieldViolation, Request, Status};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::Ctx;
+use crate::store::Tx;
+
+const OBJECTS: &str = "state_manager.objects";
+const VERSIONS: &str = "state_manager.versions";
+const DATA: &str = "state_manager.data";
+
+/// Longest key the contract allows (`PutRequest.key`: 1–256 bytes).
+const CONTRACT_MAX_KEY_BYTES: usize = 256;
+/// Longest accepted `player_id`, in bytes.
+const MAX_PLAYER_ID_BYTES: usize = 128;
+/// Longest accepted `content_type`, in bytes.
+const MAX_CONTENT_TYPE_BYTES: usize = 255;
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// Most superseded versions one write prunes (more only after a lowered `history_depth`;
+/// later writes prune the rest).
+const PRUNE_BATCH: usize = 256;
+
+/// Configuration of state-manager (`[domains.state_manager]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateManagerConfig {
+    /// Largest accepted object, in bytes of `data`; a larger Put is ResourceExhausted.
+    pub max_object_bytes: usize,
+    /// Versions kept per object, tombstones included (at least 1 is always kept). The write
+    /// that pushes a version out of this window deletes it in the same transaction.
+    pub history_depth: u32,
+    /// Longest object key in bytes; at most 256 (the contract's limit), larger is capped.
+    pub max_key_bytes: usize,
+    /// Page size of List and History when the request asks for none.
+    pub default_page_size: u32,
+    /// Largest page of List and History; larger requests are capped to it.
+    pub max_page_size: u32,
+}
+
+impl Default for StateManagerConfig {
+    fn default() -> Self {
+        StateManagerConfig {
+            max_object_bytes: 256 * 1024,
+            history_depth: 16,
+            max_key_bytes: CONTRACT_MAX_KEY_BYTES,
+            default_page_size: 50,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// The live version of an object (value of `state_manager.objects`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Head {
+    /// The live version.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Length of its data.
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+    /// Its content type.
+    #[prost(string, tag = "3")]
+    pub content_type: String,
+    /// When it was written.
+    #[prost(message, optional, tag = "4")]
+    pub updated_at: Option<prost_types::Timestamp>,
+}
+
+/// One version of an object (value of `state_manager.versions`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VersionRecord {
+    /// The version number.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Length of its data (0 for a tombstone).
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+    /// Its content type (empty for a tombstone).
+    #[prost(string, tag = "3")]
+    pub content_type: String,
+    /// When it was written.
+    #[prost(message, optional, tag = "4")]
+    pub updated_at: Option<prost_types::Timestamp>,
+    /// Whether it is the tombstone of a Delete.
+    #[prost(bool, tag = "5")]
+    pub deleted: bool,
+}
+
+/// The state-manager domain.
+pub struct StateManager {
+    ctx: Ctx,
+}
+
+impl StateManager {
+    /// The domain on a context.
+    pub fn new(ctx: Ctx) -> Self {
+        StateManager { ctx }
+    }
+
+    fn config(&self) -> &StateManagerConfig {
+        &self.ctx.config.state_manager
+    }
+
+    fn check_key(&self, key: &str, field: &str) -> Result<(), Status> {
+        let max = self.config().max_key_bytes.min(CONTRACT_MAX_KEY_BYTES);
+        if key.is_empty() || key.len() > max {
+            return Err(Status::invalid(field, format!("must be 1 to {max} bytes")));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Status::invalid(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+
+    fn page_size(&self, requested: i32) -> Result<usize, Status> {
+        let c = self.config();
+        let max = c.max_page_size.max(1);
+        match requested {
+            n if n < 0 => Err(Status::invalid("page_size", "must not be negative")),
+            0 => Ok(c.default_page_size.clamp(1, max) as usize),
+            n => Ok((n as u32).min(max) as usize),
+        }
+    }
+
+    fn history_depth(&self) -> u64 {
+        u64::from(self.config().history_depth.max(1))
+    }
+}
+
+fn check_player_id(player_id: &str) -> Result<(), Status> {
+    if player_id.is_empty() || player_id.len() > MAX_PLAYER_ID_BYTES {
+        return Err(Status::invalid(
+            "player_id",
+            format!("must be 1 to {MAX_PLAYER_ID_BYTES} bytes"),
+        ));
+    }
+    if player_id.chars().any(char::is_control) {
+        return Err(Status::invalid(
+            "player_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The content type to store: the default when empty, else a `type/subtype` MIME type with
+/// optional `;` parameters.
+fn content_type(ct: &str) -> Result<String, Status> {
+    if ct.is_empty() {
+        return Ok(DEFAULT_CONTENT_TYPE.to_string());
+    }
+    let bad = || {
+        Status::invalid(
+            "content_type",
+            "must be a MIME type such as `application/json`",
+        )
+    };
+    if ct.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(Status::invalid(
+            "content_type",
+            format!("must be at most {MAX_CONTENT_TYPE_BYTES} bytes"),
+        ));
+    }
+    let (essence, params) = match ct.split_once(';') {
+        Some((e, p)) => (e, Some(p)),
+        None => (ct, None),
+    };
+    let (ty, sub) = essence.trim_end().split_once('/').ok_or_else(bad)?;
+    // RFC 9110 `token` characters.
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(ty) || !token(sub) {
+        return Err(bad());
+    }
+    if let Some(p) = params
+        && !p.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    Ok(ct.to_string())
+}
+
+fn object_key(player_id: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(player_id.len() + 1 + key.len());
+    k.extend_from_slice(player_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The prefix of every version row of one object.
+fn versions_prefix(player_id: &str, key: &str) -> Vec<u8> {
+    let mut k = object_key(player_id, key);
+    k.push(0);
+    k
+}
+
+fn version_key(prefix: &[u8], version: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&(u64::MAX - version).to_be_bytes());
+    k
+}
+
+fn version_of(row_key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = row_key
+        .get(row_key.len().checked_sub(8)?..)?
+        .try_into()
+        .ok()?;
+    Some(u64::MAX - u64::from_be_bytes(tail))
+}
+
+fn metadata(player_id: &str, key: &str, h: &Head) -> ObjectMetadata {
+    ObjectMetadata {
+        player_id: player_id.to_string(),
+        key: key.to_string(),
+        version: h.version,
+        size_bytes: h.size_bytes,
+        content_type: h.content_type.clone(),
+        updated_at: h.updated_at,
+    }
+}
+
+// Page tokens are opaque to clients: base64url of a one-byte kind tag and the position of
+// the next row, so a token of one RPC is refused by another.
+const LIST_TOKEN: u8 = b'L';
+const HISTORY_TOKEN: u8 = b'H';
+
+fn encode_token(kind: u8, position: &[u8]) -> String {
+    let mut raw = Vec::with_capacity(position.len() + 1);
+    raw.push(kind);
+    raw.extend_from_slice(position);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_token(kind: u8, token: &str) -> Result<Vec<u8>, Status> {
+    let bad = || Status::invalid("page_token", "is not a token this RPC returned");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    match raw.split_first() {
+        Some((k, rest)) if *k == kind => Ok(rest.to_vec()),
+        _ => Err(bad()),
+    }
+}
+
+/// Deletes the versions of one object that fall out of the `depth` newest once `newest`
+/// is written.
+fn prune(tx: &mut Tx<'_>, prefix: &[u8], newest: u64, depth: u64) -> Result<(), Status> {
+    let Some(oldest_kept) = newest.checked_sub(depth - 1).filter(|v| *v > 1) else {
+        return Ok(());
+    };
+    let from = version_key(prefix, oldest_kept - 1);
+    for (k, _) in tx.scan(VERSIONS, prefix, &from, PRUNE_BATCH)? {
+        tx.delete(VERSIONS, &k);
+        tx.delete(DATA, &k);
+    }
+    Ok(())
+}
+
+/// The newest version ever written of an object (live or tombstone), if any remains.
+fn newest_version(tx: &Tx<'_>, prefix: &[u8]) -> Result<Option<u64>, Status> {
+    Ok(tx
+        .scan(VERSIONS, prefix, prefix, 1)?
+        .first()
+        .and_then(|(k, _)| version_of(k)))
+}
+
+fn resource_exhausted(field: &str, description: String) -> Status {
+    let mut s = Status::new(Code::ResourceExhausted, format!("{field}: {description}"));
+    s.field_violations.push(FieldViolation {
+        field: field.to_string(),
+        description,
+    });
+    s
+}
+
+impl StateManagerHandler for StateManager {
+    async fn put(&self, request: Request<PutRequest>) -> Result<PutResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_player_id(&req.player_id)?;
+        meta.authorize_owner(&req.player_id, &["admin", "service"])?;
+        self.check_key(&req.key, "key")?;
+        let content_type = content_type(&req.content_type)?;
+        let max = self.config().max_object_bytes;
+        if req.data.len() > max {
+            return Err(resource_exhausted(
+                "data",
+                format!(
+                    "is {} bytes; the per-object limit is {max} bytes",
+                    req.data.len()
+                ),
+            ));
+        }
+        let depth = self.history_depth();
+        let now = self.ctx.now_ts();
+        let (player_id, key, data, expected) =
+            (req.player_id, req.key, req.data, req.expected_version);
+        self.ctx
+            .store
+            .write(move |tx| {
+                let okey = object_key(&player_id, &key);
+                let prefix = versions_prefix(&player_id, &key);
+                let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
+                match (expected, &live) {
+                    (None, _) | (Some(0), None) => {}
+                    (Some(n), Some(h)) if h.version == n => {}
+                    (Some(0), Some(h)) => {
+                        return Err(Status::conflict(format!(
+                            "the object exists at version {}; expected_version 0 only creates",
+                            h.version
+                        )));
+                    }
+                    (Some(n), Some(h)) => {
+                        return Err(Status::conflict(format!(
+                            "the object is at version {}, not the expected {n}",
+                            h.version
+                        )));
+                    }
+                    (Some(n), None) => {
+                        return Err(Status::conflict(format!(
+                            "the object does not exist (expected version {n})"
+                        )));
+                    }
+                }
+                let last = match &live {
+                    Some(h) => h.version,
+                    None => newest_version(tx, &prefix)?.unwrap_or(0),
+                };
+                let version = last
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                let head = Head {
+                    version,
+                    size_bytes: data.len() as u64,
+                    content_type: content_type.clone(),
+                    updated_at: Some(now),
+                };
+                let vkey = version_key(&prefix, version);
+                tx.put_msg(OBJECTS, &okey, &head);
+                tx.put_msg(
+                    VERSIONS,
+                    &vkey,
+                    &VersionRecord {
+                        version,
+                        size_bytes: head.size_bytes,
+                        content_type,
+                        updated_at: Some(now),
+                        deleted: false,
+                    },
+                );
+                tx.put(DATA, &vkey, data);
+                prune(tx, &prefix, version, depth)?;
+                Ok(PutResponse {
+                    metadata: Some(metadata(&player_id, &key, &head)),
+                })
+            })
+            .await
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<GetResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_player_id(&req.player_id)?;
+        meta.authorize_owner(&req.player_id, &["admin", "service"])?;
+        self.check_key(&req.key, "key")?;
+        let store = &self.ctx.store;
+        let prefix = versions_prefix(&req.player_id, &req.key);
+        if req.version != 0 {
+            let vkey = version_key(&prefix, req.version);
+            let not_found = || {
+                Status::not_found(format!(
+                    "version {} of the object does not exist (never written, deleted or pruned)",
+                    req.version
+                ))
+            };
+            let rec = store
+                .get_msg_cached::<VersionRecord>(VERSIONS, &vkey)?
+                .filter(|r| !r.deleted)
+                .ok_or_else(not_found)?;
+            let data = store.get_cached(DATA, &vkey)?.ok_or_else(not_found)?;
+            let head = Head {
+                version: rec.version,
+                size_bytes: rec.size_bytes,
+                content_type: rec.content_type,
+                updated_at: rec.updated_at,
+            };
+            return Ok(GetResponse {
+                metadata: Some(metadata(&req.player_id, &req.key, &head)),
+                data,
+            });
+        }
+        let okey = object_key(&req.player_id, &req.key);
+        // The head and the data are two reads; a write landing between them may prune the
+        // version just read (only with a tiny history depth), so read the head again.
+        for _ in 0..3 {
+            let head = store
+                .get_msg_cached::<Head>(OBJECTS, &okey)?
+                .ok_or_else(|| Status::not_found("the object does not exist"))?;
+            if let Some(data) = store.get_cached(DATA, &version_key(&prefix, head.version))? {
+                return Ok(GetResponse {
+                    metadata: Some(metadata(&req.player_id, &req.key, &head)),
+                    data,
+                });
+            }
+        }
+        Err(Status::new(
+            Code::Unavailable,
+            "the object kept changing while being read; retry",
+        ))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<DeleteResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_player_id(&req.player_id)?;
+        meta.authorize_owner(&req.player_id, &["admin", "service"])?;
+        self.check_key(&req.key, "key")?;
+        if req.expected_version == Some(0) {
+            return Err(Status::invalid(
+                "expected_version",
+                "0 means create-only and cannot apply to a delete; give the live version or none",
+            ));
+        }
+        let depth = self.history_depth();
+        let now = self.ctx.now_ts();
+        let (player_id, key, expected) = (req.player_id, req.key, req.expected_version);
+        self.ctx
+            .store
+            .write(move |tx| {
+                let okey = object_key(&player_id, &key);
+                let prefix = versions_prefix(&player_id, &key);
+                let head = tx
+                    .get_msg::<Head>(OBJECTS, &okey)?
+                    .ok_or_else(|| Status::not_found("the object does not exist"))?;
+                if let Some(n) = expected
+                    && n != head.version
+                {
+                    return Err(Status::conflict(format!(
+                        "the object is at version {}, not the expected {n}",
+                        head.version
+                    )));
+                }
+                let tombstone = head
+                    .version
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                tx.delete(OBJECTS, &okey);
+                tx.put_msg(
+                    VERSIONS,
+                    &version_key(&prefix, tombstone),
+                    &VersionRecord {
+                        version: tombstone,
+                        size_bytes: 0,
+                        content_type: String::new(),
+                        updated_at: Some(now),
+                        deleted: true,
+                    },
+                );
+                prune(tx, &prefix, tombstone, depth)?;
+                Ok(DeleteResponse {
+                    deleted_version: head.version,
+                    tombstone_version: tombstone,
+                })
+            })
+            .await
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<ListResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_player_id(&req.player_id)?;
+        meta.authorize_owner(&req.player_id, &["admin", "service"])?;
+        if !req.prefix.is_empty() {
+            self.check_key(&req.prefix, "prefix")?;
+        }
+        let limit = self.page_size(req.page_size)?;
+        let scan_prefix = object_key(&req.player_id, &req.prefix);
+        let from = if req.page_token.is_empty() {
+            scan_prefix.clone()
+        } else {
+            let next = decode_token(LIST_TOKEN, &req.page_token)?;
+            if !next.starts_with(req.prefix.as_bytes()) {
+                return Err(Status::invalid(
+                    "page_token",
+                    "belongs to a listing with another prefix",
+                ));
+            }
+            object_key(&req.player_id, "")
+                .into_iter()
+                .chain(next)
+                .collect()
+        };
+        let mut rows = self
+            .ctx
+            .store
+            .scan(OBJECTS, &scan_prefix, &from, limit + 1)?;
+        let key_start = req.player_id.len() + 1;
+        let next_page_token = if rows.len() > limit {
+            rows.pop()
+                .map(|(k, _)| encode_token(LIST_TOKEN, &k[key_start..]))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let objects = rows
+            .into_iter()
+            .map(|(k, v)| {
+                let head: Head = crate::store::decode(OBJECTS, v)?;
+                let key = String::from_utf8_lossy(&k[key_start..]);
+                Ok(metadata(&req.player_id, &key, &head))
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(ListResponse {
+            objects,
+            next_page_token,
+        })
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<HistoryResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_player_id(&req.player_id)?;
+        meta.authorize_owner(&req.player_id, &["admin", "service"])?;
+        self.check_key(&req.key, "key")?;
+        let limit = self.page_size(req.page_size)?;
+        let prefix = versions_prefix(&req.player_id, &req.key);
+        let from = if req.page_token.is_empty() {
+            prefix.clone()
+        } else {
+            let raw = decode_token(HISTORY_TOKEN, &req.page_token)?;
+            let next: [u8; 8] = raw
+                .try_into()
+                .map_err(|_| Status::invalid("page_token", "is not a token this RPC returned"))?;
+            version_key(&prefix, u64::from_be_bytes(next))
+        };
+        let mut rows = self.ctx.store.scan(VERSIONS, &prefix, &from, limit + 1)?;
+        if rows.is_empty() && req.page_token.is_empty() {
+            return Err(Status::not_found("the object has no history"));
+        }
+        let next_page_token = if rows.len() > limit {
+            rows.pop()
+                .and_then(|(k, _)| version_of(&k))
+                .map(|v| encode_token(HISTORY_TOKEN, &v.to_be_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let versions = rows
+            .into_iter()
+            .map(|(_, v)| {
+                let r: VersionRecord = crate::store::decode(VERSIONS, v)?;
+                Ok(VersionInfo {
+                    version: r.version,
+                    size_bytes: r.size_bytes,
+                    content_type: r.content_type,
+                    updated_at: r.updated_at,
+                    deleted: r.deleted,
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(HistoryResponse {
+            versions,
+            next_page_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use aicore_proto::{Caller, Metadata};
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::DomainsConfig;
+
+    fn domain(edit: impl FnOnce(&mut StateManagerConfig)) -> Arc<StateManager> {
+        let (mut ctx, _clock) = Ctx::for_tests();
+        let mut config = DomainsConfig::default();
+        edit(&mut config.state_manager);
+        ctx.config = Arc::new(config);
+        Arc::new(StateManager::new(ctx))
+    }
+
+    fn trusted<T>(body: T) -> Request<T> {
+        Request {
+            body,
+            meta: Metadata::default(),
+        }
+    }
+
+    fn as_player<T>(player: &str, body: T) -> Request<T> {
+        Request {
+            body,
+            meta: Metadata {
+                caller: Some(Caller {
+                    account_id: player.to_string(),
+                    roles: vec!["player".to_string()],
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn put_req(player: &str, key: &str, data: &str, expected: Option<u64>) -> PutRequest {
+        PutRequest {
+            player_id: player.to_string(),
+            key: key.to_string(),
+            data: Bytes::from(data.to_string()),
+            content_type: "application/json".to_string(),
+            expected_version: expected,
+        }
+    }
+
+    async fn put(
+        sm: &StateManager,
+        key: &str,
+        data: &str,
+        expected: Option<u64>,
+    ) -> Result<u64, Status> {
+        let r = sm.put(trusted(put_req("p1", key, data, expected))).await?;
+        Ok(r.metadata.map(|m| m.version).unwrap_or_default())
+    }
+
+    async fn get(sm: &StateManager, key: &str, version: u64) -> Result<(u64, Bytes), Status> {
+        let r = sm
+            .get(trusted(GetRequest {
+                player_id: "p1".into(),
+                key: key.into(),
+                version,
+            }))
+            .await?;
+        Ok((r.metadata.map(|m| m.version).unwrap_or_default(), r.data))
+    }
+
+    async fn history(sm: &StateManager, key: &str) -> Vec<VersionInfo> {
+        sm.history(trusted(HistoryRequest {
+            player_id: "p1".into(),
+            key: key.into(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .versions
+    }
+
+    #[tokio::test]
+    async fn put_then_get_returns_data_and_metadata() {
+        let sm = domain(|_| {});
+        let r = sm
+            .put(trusted(put_req("p1", "saves/slot1", "{\"hp\":3}", None)))
+            .await
+            .unwrap();
+        let m = r.metadata.unwrap();
+        assert_eq!((m.version, m.size_bytes), (1, 8));
+        assert_eq!(m.content_type, "application/json");
+        let g = sm
+            .get(trusted(GetRequest {
+                player_id: "p1".into(),
+                key: "saves/slot1".into(),
+                version: 0,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(g.data.as_ref(), b"{\"hp\":3}");
+        assert_eq!(g.metadata.unwrap(), m);
+        assert_eq!(put(&sm, "saves/slot1", "{}", None).await.unwrap(), 2);
+        assert_eq!(get(&sm, "saves/slot1", 0).await.unwrap().1.as_ref(), b"{}");
+        // Default content type, bad content type.
+        let mut req = put_req("p1", "raw", "x", None);
+        req.content_type.clear();
+        let m = sm.put(trusted(req)).await.unwrap().metadata.unwrap();
+        assert_eq!(m.content_type, "application/octet-stream");
+        let mut req = put_req("p1", "raw", "x", None);
+        req.content_type = "not a mime".into();
+        let e = sm.put(trusted(req)).await.unwrap_err();
+        assert_eq!(e.field_violations[0].field, "content_type");
+    }
+
+    #[tokio::test]
+    async fn bad_ids_are_refused_naming_the_field() {
+        let sm = domain(|_| {});
+        for (player, key, field) in [
+            ("", "k", "player_id"),
+            ("p\0x", "k", "player_id"),
+            ("p1", "", "key"),
+            ("p1", "a\0b", "key"),
+            ("p1", &"k".repeat(257), "key"),
+        ] {
+            let e = sm
+                .put(trusted(put_req(player, key, "x", None)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::InvalidArgument);
+            assert_eq!(e.field_violations[0].field, field);
+        }
+    }
+
+    #[tokio::test]
+    async fn create_only_conflicts_on_existing_but_recreates_after_delete() {
+        let sm = domain(|_| {});
+        assert_eq!(put(&sm, "k", "a", Some(0)).await.unwrap(), 1);
+        let e = put(&sm, "k", "b", Some(0)).await.unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+        assert_eq!(get(&sm, "k", 0).await.unwrap(), (1, Bytes::from("a")));
+        sm.delete(trusted(DeleteRequest {
+            player_id: "p1".into(),
+            key: "k".into(),
+            expected_version: None,
+        }))
+        .await
+        .unwrap();
+        // Versions are never reused: the re-created object continues after the tombstone.
+        assert_eq!(put(&sm, "k", "c", Some(0)).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn expected_version_mismatch_conflicts_and_writes_nothing() {
+        let sm = domain(|_| {});
+        put(&sm, "k", "v1", None).await.unwrap();
+        put(&sm, "k", "v2", Some(1)).await.unwrap();
+        let e = put(&sm, "k", "stale", Some(1)).await.unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+        assert_eq!(get(&sm, "k", 0).await.unwrap(), (2, Bytes::from("v2")));
+        assert_eq!(history(&sm, "k").await.len(), 2);
+        let e = put(&sm, "missing", "x", Some(4)).await.unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+        assert_eq!(
+            get(&sm, "missing", 0).await.unwrap_err().code,
+            Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_object_is_refused_and_nothing_written() {
+        let sm = domain(|c| c.max_object_bytes = 16);
+        put(&sm, "k", &"a".repeat(16), None).await.unwrap();
+        let e = put(&sm, "k", &"b".repeat(17), None).await.unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        assert_eq!(e.field_violations[0].field, "data");
+        assert_eq!(get(&sm, "k", 0).await.unwrap().0, 1);
+        assert_eq!(history(&sm, "k").await.len(), 1);
+        // The default limit is 256 KiB.
+        let sm = domain(|_| {});
+        let big = "x".repeat(256 * 1024 + 1);
+        assert_eq!(
+            put(&sm, "big", &big, None).await.unwrap_err().code,
+            Code::ResourceExhausted
+        );
+        assert_eq!(get(&sm, "big", 0).await.unwrap_err().code, Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn history_is_newest_first_pruned_to_depth_and_versions_readable() {
+        let sm = domain(|c| c.history_depth = 3);
+        for i in 1..=5 {
+            assert_eq!(put(&sm, "k", &format!("v{i}"), None).await.unwrap(), i);
+        }
+        let versions: Vec<u64> = history(&sm, "k").await.iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![5, 4, 3]);
+        assert_eq!(get(&sm, "k", 4).await.unwrap(), (4, Bytes::from("v4")));
+        assert_eq!(get(&sm, "k", 3).await.unwrap(), (3, Bytes::from("v3")));
+        assert_eq!(get(&sm, "k", 2).await.unwrap_err().code, Code::NotFound);
+        assert_eq!(get(&sm, "k", 9).await.unwrap_err().code, Code::NotFound);
+        // Pruned data rows are gone too, not only the metadata.
+        let prefix = versions_prefix("p1", "k");
+        let rows = sm.ctx.store.scan(DATA, &prefix, &prefix, 100).unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn history_pages_newest_first_without_gaps() {
+        let sm = domain(|_| {});
+        for i in 1..=7 {
+            put(&sm, "k", &format!("v{i}"), None).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = sm
+                .history(trusted(HistoryRequest {
+                    player_id: "p1".into(),
+                    key: "k".into(),
+                    page_size: 3,
+                    page_token: token,
+                }))
+                .await
+                .unwrap();
+            assert!(r.versions.len() <= 3);
+            seen.extend(r.versions.iter().map(|v| v.version));
+            token = r.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn delete_then_get_is_not_found_and_history_shows_tombstone() {
+        let sm = domain(|_| {});
+        put(&sm, "k", "v1", None).await.unwrap();
+        put(&sm, "k", "v2", None).await.unwrap();
+        let del = |expected| {
+            sm.delete(trusted(DeleteRequest {
+                player_id: "p1".into(),
+                key: "k".into(),
+                expected_version: expected,
+            }))
+        };
+        assert_eq!(del(Some(1)).await.unwrap_err().code, Code::Conflict);
+        assert_eq!(
+            del(Some(0)).await.unwrap_err().field_violations[0].field,
+            "expected_version"
+        );
+        let r = del(Some(2)).await.unwrap();
+        assert_eq!((r.deleted_version, r.tombstone_version), (2, 3));
+        assert_eq!(get(&sm, "k", 0).await.unwrap_err().code, Code::NotFound);
+        assert_eq!(get(&sm, "k", 3).await.unwrap_err().code, Code::NotFound);
+        assert_eq!(get(&sm, "k", 2).await.unwrap(), (2, Bytes::from("v2")));
+        let h = history(&sm, "k").await;
+        assert_eq!(h.len(), 3);
+        assert!(h[0].deleted && h[0].version == 3 && h[0].size_bytes == 0);
+        assert!(!h[1].deleted && h[1].version == 2);
+        // Deleting again: nothing live to delete.
+        assert_eq!(del(None).await.unwrap_err().code, Code::NotFound);
+        // A conditional put on the deleted object only works as a create.
+        assert_eq!(
+            put(&sm, "k", "x", Some(3)).await.unwrap_err().code,
+            Code::Conflict
+        );
+    }
+
+    #[tokio::test]
+    async fn list_by_prefix_pages_without_duplicates_or_gaps() {
+        let sm = domain(|_| {});
+        let mut expected = Vec::new();
+        for i in 0..23 {
+            let key = format!("saves/{i:02}");
+            put(&sm, &key, "x", None).await.unwrap();
+            expected.push(key);
+        }
+        put(&sm, "settings", "x", None).await.unwrap();
+        put(&sm, "saves/gone", "x", None).await.unwrap();
+        sm.delete(trusted(DeleteRequest {
+            player_id: "p1".into(),
+            key: "saves/gone".into(),
+            expected_version: None,
+        }))
+        .await
+        .unwrap();
+        // Another player's objects never show up.
+        sm.put(trusted(put_req("p10", "saves/00", "x", None)))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let r = sm
+                .list(trusted(ListRequest {
+                    player_id: "p1".into(),
+                    prefix: "saves/".into(),
+                    page_size: 5,
+                    page_token: token,
+                }))
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(r.objects.len() <= 5);
+            assert!(r.objects.iter().all(|o| o.player_id == "p1"));
+            seen.extend(r.objects.into_iter().map(|o| o.key));
+            token = r.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(pages, 5);
+        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
+        assert_eq!(seen, expected);
+        let e = sm
+            .list(trusted(ListRequest {
+                player_id: "p1".into(),
+                prefix: "saves/".into(),
+                page_size: 5,
+                page_token: "garbage!".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.field_violations[0].field, "page_token");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_puts_with_same_expected_version_exactly_one_wins() {
+        let sm = domain(|_| {});
+        put(&sm, "k", "base", None).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let sm = sm.clone();
+            tasks.push(tokio::spawn(async move {
+                sm.put(trusted(put_req("p1", "k", &format!("w{i}"), Some(1))))
+                    .await
+                    .map(|r| (i, r.metadata.map(|m| m.version)))
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(w) => winners.push(w),
+                Err(e) => assert_eq!(e.code, Code::Conflict),
+            }
+        }
+        assert_eq!(winners.len(), 1);
+        let (i, version) = winners[0];
+        assert_eq!(version, Some(2));
+        assert_eq!(
+            get(&sm, "k", 0).await.unwrap(),
+            (2, Bytes::from(format!("w{i}")))
+        );
+        assert_eq!(history(&sm, "k").await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_player_cannot_touch_another_players_data() {
+        let sm = domain(|_| {});
+        sm.put(as_player("alice", put_req("alice", "k", "mine", None)))
+            .await
+            .unwrap();
+        let e = sm
+            .put(as_player("mallory", put_req("alice", "k", "evil", None)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let e = sm
+            .get(as_player(
+                "mallory",
+                GetRequest {
+                    player_id: "alice".into(),
+                    key: "k".into(),
+                    version: 0,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let e = sm
+            .delete(as_player(
+                "mallory",
+                DeleteRequest {
+                    player_id: "alice".into(),
+                    key: "k".into(),
+                    expected_version: None,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let e = sm
+            .list(as_player(
+                "mallory",
+                ListRequest {
+                    player_id: "alice".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        // The owner still reads their data unchanged; a service principal may too.
+        let mut req = Request {
+            body: GetRequest {
+                player_id: "alice".into(),
+                key: "k".into(),
+                version: 0,
+            },
+            meta: Metadata {
+                caller: Some(Caller {
+                    account_id: "svc".into(),
+                    roles: vec!["service".into()],
+                }),
+                ..Default::default()
+            },
+        };
+        assert_eq!(sm.get(req.clone()).await.unwrap().data.as_ref(), b"mine");
+        req.meta.caller = Some(Caller {
+            account_id: "alice".into(),
+            roles: vec!["player".into()],
+        });
+        assert_eq!(sm.get(req).await.unwrap().data.as_ref(), b"mine");
+    }
+}

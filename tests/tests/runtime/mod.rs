@@ -1,0 +1,243 @@
+//! The domain runtime on a real nats-server, with a test service whose handlers panic,
+//! stall, stream and count their concurrency — behaviour no correct domain shows on
+//! purpose but every domain relies on the runtime to handle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aicore_domains::runtime::{ServeOptions, serve};
+use aicore_e2e::BareNats;
+use aicore_proto::{
+    Access, CallOptions, Code, Dispatch, MethodInfo, Policy, Reply, Request, ServiceInfo, Status,
+    Transport,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+const POLICY: Policy = Policy {
+    access: Access::Public,
+    roles: &[],
+    idempotent: false,
+    default_deadline_ms: 0,
+};
+
+macro_rules! method {
+    ($name:literal, $rpc:literal, $stream:literal) => {
+        MethodInfo {
+            domain: "rt_test",
+            service: "aicore.rt_test.v1.RtTest",
+            name: $name,
+            rpc: $rpc,
+            subject: concat!("svc.rt_test.v1.", $rpc),
+            input: "",
+            output: "",
+            server_streaming: $stream,
+            policy: POLICY,
+        }
+    };
+}
+
+static METHODS: &[MethodInfo] = &[
+    method!("Panic", "panic", false),
+    method!("Slow", "slow", false),
+    method!("Stream", "stream", true),
+    method!("Echo", "echo", false),
+];
+
+static SERVICE: ServiceInfo = ServiceInfo {
+    domain: "rt_test",
+    name: "RtTest",
+    full_name: "aicore.rt_test.v1.RtTest",
+    description: "runtime test service",
+    methods: METHODS,
+};
+
+#[derive(Default)]
+struct TestService {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+struct Server(Arc<TestService>);
+
+impl Dispatch for Server {
+    fn service(&self) -> &'static ServiceInfo {
+        &SERVICE
+    }
+    fn call(
+        &self,
+        method: usize,
+        request: Request<Bytes>,
+    ) -> BoxFuture<'static, Result<Reply, Status>> {
+        let this = self.0.clone();
+        Box::pin(async move {
+            match method {
+                0 => panic!("handler bug"),
+                1 => {
+                    let now = this.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    this.peak.fetch_max(now, Ordering::SeqCst);
+                    let ms: u64 = std::str::from_utf8(&request.body)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(100);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    this.running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Reply::Unary(request.body))
+                }
+                2 => Ok(Reply::Stream(
+                    futures::stream::iter((0..3).map(|i| Ok(Bytes::from(format!("item{i}")))))
+                        .boxed(),
+                )),
+                _ => Ok(Reply::Unary(request.body)),
+            }
+        })
+    }
+}
+
+async fn setup(
+    max_in_flight: usize,
+) -> (
+    BareNats,
+    Arc<TestService>,
+    aicore_sdk::Client,
+    CancellationToken,
+) {
+    let nats = BareNats::start().await;
+    let svc = Arc::new(TestService::default());
+    let server = async_nats::connect(&nats.url).await.unwrap();
+    let stop = CancellationToken::new();
+    serve(
+        server.clone(),
+        Arc::new(Server(svc.clone())),
+        ServeOptions {
+            max_in_flight,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    server.flush().await.unwrap();
+    let client = aicore_sdk::Client::new(
+        async_nats::connect(&nats.url).await.unwrap(),
+        Default::default(),
+    );
+    (nats, svc, client, stop)
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_internal_and_the_service_keeps_serving() {
+    let (_nats, _svc, client, _stop) = setup(8).await;
+    let opts = CallOptions::timeout(Duration::from_secs(5));
+    for _ in 0..3 {
+        let e = client
+            .unary(&METHODS[0], Bytes::new(), &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Internal);
+    }
+    let echo = client
+        .unary(&METHODS[3], Bytes::from_static(b"still here"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(echo.as_ref(), b"still here");
+}
+
+#[tokio::test]
+async fn the_deadline_header_is_honoured_by_the_server() {
+    let (nats, _svc, _client, _stop) = setup(8).await;
+    let raw = async_nats::connect(&nats.url).await.unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(aicore_proto::headers::TIMEOUT_MS, "100");
+    // The handler would take 3 s; the caller said 100 ms; the client itself waits 10 s, so
+    // an answer at all proves the server cut the work short.
+    let reply = raw
+        .send_request(
+            "svc.rt_test.v1.slow",
+            async_nats::Request::new()
+                .payload(Bytes::from_static(b"3000"))
+                .headers(h)
+                .timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("a reply before the client's own timeout");
+    let status = aicore_sdk::reply_result(&reply).unwrap_err();
+    assert_eq!(status.code, Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn requests_run_concurrently_up_to_the_bound_and_no_further() {
+    let (_nats, svc, client, _stop) = setup(3).await;
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .unary(
+                    &METHODS[1],
+                    Bytes::from_static(b"150"),
+                    &CallOptions::timeout(Duration::from_secs(20)),
+                )
+                .await
+        }));
+    }
+    for c in calls {
+        c.await.unwrap().expect("every request is served");
+    }
+    let peak = svc.peak.load(Ordering::SeqCst);
+    assert!(peak <= 3, "more than the bound ran at once: {peak}");
+    assert!(peak >= 2, "requests were served one at a time");
+}
+
+#[tokio::test]
+async fn a_stream_delivers_every_item_then_ends() {
+    let (_nats, _svc, client, _stop) = setup(8).await;
+    let stream = client
+        .server_stream(
+            &METHODS[2],
+            Bytes::new(),
+            &CallOptions::timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let items: Vec<Bytes> = stream.map(|r| r.unwrap()).collect().await;
+    assert_eq!(
+        items,
+        vec![
+            Bytes::from("item0"),
+            Bytes::from("item1"),
+            Bytes::from("item2")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn no_responders_is_unavailable_and_the_breaker_opens() {
+    let nats = BareNats::start().await;
+    let client = aicore_sdk::Client::new(
+        async_nats::connect(&nats.url).await.unwrap(),
+        aicore_sdk::ClientConfig {
+            breaker_threshold: 2,
+            breaker_cooldown: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
+    let opts = CallOptions::timeout(Duration::from_secs(2));
+    for _ in 0..2 {
+        let e = client
+            .unary(&METHODS[3], Bytes::new(), &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Unavailable);
+    }
+    let open = client
+        .unary(&METHODS[3], Bytes::new(), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(open.code, Code::Unavailable);
+    assert!(open.message.contains("circuit open"), "{}", open.message);
+    assert!(open.retry_after_ms > 0);
+}
