@@ -192,6 +192,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
                 data: payload.clone(),
                 content_type: "application/octet-stream".into(),
                 expected_version: None,
+                idempotency_key: String::new(),
             },
             &CallOptions::default(),
         )
@@ -236,6 +237,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
                             data: payload,
                             content_type: "application/octet-stream".into(),
                             expected_version: None,
+                            idempotency_key: String::new(),
                         },
                         &CallOptions::default(),
                     )

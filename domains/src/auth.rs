@@ -48,9 +48,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::Ctx;
 use crate::runtime::new_id;
 use crate::store::Tx;
+use crate::{Ctx, paging};
 
 const ACCOUNTS: &str = "auth.accounts";
 const USERNAMES: &str = "auth.usernames";
@@ -75,8 +75,10 @@ const PASSWORD_MIN: usize = 8;
 const PASSWORD_MAX: usize = 256;
 const DISPLAY_NAME_MAX: usize = 64;
 const USER_AGENT_MAX: usize = 256;
-const PAGE_SIZE_DEFAULT: usize = 50;
-const PAGE_SIZE_MAX: usize = 200;
+const PAGE_SIZE_DEFAULT: u32 = 50;
+const PAGE_SIZE_MAX: u32 = 200;
+/// Page-token kind of ListSessions.
+const SESSIONS_TOKEN: u8 = b'S';
 
 /// Validate records `last_used_at` at most this often per session, so the hot path stays
 /// a cache hit instead of a write per call.
@@ -1171,19 +1173,14 @@ impl AuthHandler for Auth {
             return Err(Status::invalid("account_id", "is required"));
         }
         request.meta.authorize_owner(&account_id, &["admin"])?;
-        let page_size = match page_size {
-            n if n < 0 => return Err(Status::invalid("page_size", "must not be negative")),
-            0 => PAGE_SIZE_DEFAULT,
-            n => (n as usize).min(PAGE_SIZE_MAX),
-        };
+        let page_size = paging::page_size(page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let prefix = account_sessions_prefix(&account_id);
         let mut from = prefix.clone();
         if !page_token.is_empty() {
-            let last = URL_SAFE_NO_PAD
-                .decode(page_token.as_bytes())
-                .ok()
-                .filter(|k| k.starts_with(&prefix) && k.len() > prefix.len() + 8)
-                .ok_or_else(|| Status::invalid("page_token", "is not a token from this listing"))?;
+            let last = paging::decode_token(SESSIONS_TOKEN, &page_token)?;
+            if !(last.starts_with(&prefix) && last.len() > prefix.len() + 8) {
+                return Err(paging::bad_token());
+            }
             from = last;
             from.push(0);
         }
@@ -1212,7 +1209,7 @@ impl AuthHandler for Auth {
                 }
                 if sessions.len() == page_size {
                     if let Some(k) = &last_key {
-                        next_page_token = URL_SAFE_NO_PAD.encode(k);
+                        next_page_token = paging::encode_token(SESSIONS_TOKEN, k);
                     }
                     break 'scan;
                 }
@@ -1256,30 +1253,17 @@ impl AuthHandler for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aicore_proto::{Caller, Metadata};
 
     use crate::ManualClock;
 
     const PW: &str = "correct horse battery";
 
     fn req<T>(body: T) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata::default(),
-        }
+        Request::new(body)
     }
 
     fn as_caller<T>(body: T, account_id: &str, roles: &[&str]) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata {
-                caller: Some(Caller {
-                    account_id: account_id.to_string(),
-                    roles: roles.iter().map(|r| r.to_string()).collect(),
-                }),
-                ..Metadata::default()
-            },
-        }
+        Request::new(body).on_behalf_of(account_id, roles)
     }
 
     fn setup() -> (Auth, Arc<ManualClock>) {

@@ -4,6 +4,8 @@
 //! config section below and one line in [`registry::DOMAINS`].
 
 pub mod auth;
+pub mod idempotency;
+pub mod paging;
 pub mod registry;
 pub mod runtime;
 pub mod settings;

@@ -23,10 +23,8 @@ use aicore_proto::aicore::settings::v1::{
     SetRequest, SetResponse, Setting, SettingType, SettingsHandler,
 };
 use aicore_proto::{Code, Metadata, Request, Status};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::Ctx;
+use crate::{Ctx, paging};
 
 const SCHEMAS: &str = "settings.schemas";
 const VALUES: &str = "settings.values";
@@ -273,27 +271,14 @@ fn check_expected(current: u64, expected: Option<u64>, what: &str) -> Result<(),
 const LIST_TOKEN: u8 = b'L';
 const SCHEMAS_TOKEN: u8 = b'S';
 
-fn encode_token(kind: u8, next_key: &str) -> String {
-    let mut raw = Vec::with_capacity(next_key.len() + 1);
-    raw.push(kind);
-    raw.extend_from_slice(next_key.as_bytes());
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
 /// The key a page starts at: the token's key, which must lie under `prefix`.
 fn decode_token(kind: u8, token: &str, prefix: &str) -> Result<String, Status> {
-    let bad = || Status::invalid("page_token", "is not a token this listing returned");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    match raw.split_first() {
-        Some((k, rest)) if *k == kind => {
-            let key = String::from_utf8(rest.to_vec()).map_err(|_| bad())?;
-            if key.starts_with(prefix) {
-                Ok(key)
-            } else {
-                Err(bad())
-            }
-        }
-        _ => Err(bad()),
+    let key =
+        String::from_utf8(paging::decode_token(kind, token)?).map_err(|_| paging::bad_token())?;
+    if key.starts_with(prefix) {
+        Ok(key)
+    } else {
+        Err(paging::bad_token())
     }
 }
 
@@ -340,12 +325,7 @@ impl Settings {
 
     fn page_size(&self, requested: i32) -> Result<usize, Status> {
         let c = self.config();
-        let max = c.max_page_size.max(1);
-        match requested {
-            n if n < 0 => Err(Status::invalid("page_size", "must not be negative")),
-            0 => Ok(c.default_page_size.clamp(1, max) as usize),
-            n => Ok((n as u32).min(max) as usize),
-        }
+        paging::page_size(requested, c.default_page_size, c.max_page_size)
     }
 
     /// Validates a DefineSchema request into the schema it defines (version and time unset).
@@ -532,7 +512,7 @@ impl SettingsHandler for Settings {
         let next_page_token = if schemas.len() > limit {
             schemas
                 .pop()
-                .map(|s| encode_token(LIST_TOKEN, &s.key))
+                .map(|s| paging::encode_token(LIST_TOKEN, s.key.as_bytes()))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -660,7 +640,7 @@ impl SettingsHandler for Settings {
         let next_page_token = if schemas.len() > limit {
             schemas
                 .pop()
-                .map(|s| encode_token(SCHEMAS_TOKEN, &s.key))
+                .map(|s| paging::encode_token(SCHEMAS_TOKEN, s.key.as_bytes()))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -676,8 +656,6 @@ impl SettingsHandler for Settings {
 mod tests {
     use std::sync::Arc;
 
-    use aicore_proto::Caller;
-
     use super::*;
 
     fn domain() -> Settings {
@@ -685,23 +663,11 @@ mod tests {
     }
 
     fn trusted<T>(body: T) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata::default(),
-        }
+        Request::new(body)
     }
 
     fn as_player<T>(player: &str, body: T) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata {
-                caller: Some(Caller {
-                    account_id: player.to_string(),
-                    roles: vec!["player".to_string()],
-                }),
-                ..Default::default()
-            },
-        }
+        Request::new(body).on_behalf_of(player, &["player"])
     }
 
     fn v(kind: Kind) -> Option<Value> {

@@ -24,11 +24,10 @@ use aicore_proto::aicore::state_manager::v1::{
     VersionInfo,
 };
 use aicore_proto::{Code, FieldViolation, Request, Status};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::Ctx;
+use crate::idempotency::{self, Idempotency};
 use crate::store::Tx;
+use crate::{Ctx, paging};
 
 const OBJECTS: &str = "state_manager.objects";
 const VERSIONS: &str = "state_manager.versions";
@@ -44,6 +43,21 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Most superseded versions one write prunes (more only after a lowered `history_depth`;
 /// later writes prune the rest).
 const PRUNE_BATCH: usize = 256;
+/// Replies of Put and Delete kept for replays of their idempotency keys.
+const IDEMPOTENCY: Idempotency = Idempotency::new(
+    "state_manager.idempotency",
+    std::time::Duration::from_secs(24 * 3600),
+);
+
+/// The fingerprint of a request, its idempotency key left out.
+fn fingerprint_without_key<M: prost::Message + Clone>(
+    req: &M,
+    clear: impl FnOnce(&mut M),
+) -> Vec<u8> {
+    let mut r = req.clone();
+    clear(&mut r);
+    idempotency::fingerprint(&r)
+}
 
 /// Configuration of state-manager (`[domains.state_manager]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -142,12 +156,7 @@ impl StateManager {
 
     fn page_size(&self, requested: i32) -> Result<usize, Status> {
         let c = self.config();
-        let max = c.max_page_size.max(1);
-        match requested {
-            n if n < 0 => Err(Status::invalid("page_size", "must not be negative")),
-            0 => Ok(c.default_page_size.clamp(1, max) as usize),
-            n => Ok((n as u32).min(max) as usize),
-        }
+        paging::page_size(requested, c.default_page_size, c.max_page_size)
     }
 
     fn history_depth(&self) -> u64 {
@@ -256,22 +265,6 @@ fn metadata(player_id: &str, key: &str, h: &Head) -> ObjectMetadata {
 const LIST_TOKEN: u8 = b'L';
 const HISTORY_TOKEN: u8 = b'H';
 
-fn encode_token(kind: u8, position: &[u8]) -> String {
-    let mut raw = Vec::with_capacity(position.len() + 1);
-    raw.push(kind);
-    raw.extend_from_slice(position);
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn decode_token(kind: u8, token: &str) -> Result<Vec<u8>, Status> {
-    let bad = || Status::invalid("page_token", "is not a token this RPC returned");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    match raw.split_first() {
-        Some((k, rest)) if *k == kind => Ok(rest.to_vec()),
-        _ => Err(bad()),
-    }
-}
-
 /// Deletes the versions of one object that fall out of the `depth` newest once `newest`
 /// is written.
 fn prune(tx: &mut Tx<'_>, prefix: &[u8], newest: u64, depth: u64) -> Result<(), Status> {
@@ -320,69 +313,78 @@ impl StateManagerHandler for StateManager {
                 ),
             ));
         }
+        idempotency::check_key(&req.idempotency_key)?;
+        let fingerprint = fingerprint_without_key(&req, |r| r.idempotency_key.clear());
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
+        let scope = format!("{}\0put", req.player_id);
         let (player_id, key, data, expected) =
             (req.player_id, req.key, req.data, req.expected_version);
-        self.ctx
-            .store
-            .write(move |tx| {
-                let okey = object_key(&player_id, &key);
-                let prefix = versions_prefix(&player_id, &key);
-                let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
-                match (expected, &live) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(h)) if h.version == n => {}
-                    (Some(0), Some(h)) => {
-                        return Err(Status::conflict(format!(
-                            "the object exists at version {}; expected_version 0 only creates",
-                            h.version
-                        )));
+        IDEMPOTENCY
+            .write(
+                &self.ctx.store,
+                &scope,
+                &req.idempotency_key,
+                fingerprint,
+                self.ctx.clock.now(),
+                move |tx| {
+                    let okey = object_key(&player_id, &key);
+                    let prefix = versions_prefix(&player_id, &key);
+                    let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
+                    match (expected, &live) {
+                        (None, _) | (Some(0), None) => {}
+                        (Some(n), Some(h)) if h.version == n => {}
+                        (Some(0), Some(h)) => {
+                            return Err(Status::conflict(format!(
+                                "the object exists at version {}; expected_version 0 only creates",
+                                h.version
+                            )));
+                        }
+                        (Some(n), Some(h)) => {
+                            return Err(Status::conflict(format!(
+                                "the object is at version {}, not the expected {n}",
+                                h.version
+                            )));
+                        }
+                        (Some(n), None) => {
+                            return Err(Status::conflict(format!(
+                                "the object does not exist (expected version {n})"
+                            )));
+                        }
                     }
-                    (Some(n), Some(h)) => {
-                        return Err(Status::conflict(format!(
-                            "the object is at version {}, not the expected {n}",
-                            h.version
-                        )));
-                    }
-                    (Some(n), None) => {
-                        return Err(Status::conflict(format!(
-                            "the object does not exist (expected version {n})"
-                        )));
-                    }
-                }
-                let last = match &live {
-                    Some(h) => h.version,
-                    None => newest_version(tx, &prefix)?.unwrap_or(0),
-                };
-                let version = last
-                    .checked_add(1)
-                    .ok_or_else(|| Status::internal("version overflow"))?;
-                let head = Head {
-                    version,
-                    size_bytes: data.len() as u64,
-                    content_type: content_type.clone(),
-                    updated_at: Some(now),
-                };
-                let vkey = version_key(&prefix, version);
-                tx.put_msg(OBJECTS, &okey, &head);
-                tx.put_msg(
-                    VERSIONS,
-                    &vkey,
-                    &VersionRecord {
+                    let last = match &live {
+                        Some(h) => h.version,
+                        None => newest_version(tx, &prefix)?.unwrap_or(0),
+                    };
+                    let version = last
+                        .checked_add(1)
+                        .ok_or_else(|| Status::internal("version overflow"))?;
+                    let head = Head {
                         version,
-                        size_bytes: head.size_bytes,
-                        content_type,
+                        size_bytes: data.len() as u64,
+                        content_type: content_type.clone(),
                         updated_at: Some(now),
-                        deleted: false,
-                    },
-                );
-                tx.put(DATA, &vkey, data);
-                prune(tx, &prefix, version, depth)?;
-                Ok(PutResponse {
-                    metadata: Some(metadata(&player_id, &key, &head)),
-                })
-            })
+                    };
+                    let vkey = version_key(&prefix, version);
+                    tx.put_msg(OBJECTS, &okey, &head);
+                    tx.put_msg(
+                        VERSIONS,
+                        &vkey,
+                        &VersionRecord {
+                            version,
+                            size_bytes: head.size_bytes,
+                            content_type,
+                            updated_at: Some(now),
+                            deleted: false,
+                        },
+                    );
+                    tx.put(DATA, &vkey, data);
+                    prune(tx, &prefix, version, depth)?;
+                    Ok(PutResponse {
+                        metadata: Some(metadata(&player_id, &key, &head)),
+                    })
+                },
+            )
             .await
     }
 
@@ -448,47 +450,56 @@ impl StateManagerHandler for StateManager {
                 "0 means create-only and cannot apply to a delete; give the live version or none",
             ));
         }
+        idempotency::check_key(&req.idempotency_key)?;
+        let fingerprint = fingerprint_without_key(&req, |r| r.idempotency_key.clear());
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
+        let scope = format!("{}\0delete", req.player_id);
         let (player_id, key, expected) = (req.player_id, req.key, req.expected_version);
-        self.ctx
-            .store
-            .write(move |tx| {
-                let okey = object_key(&player_id, &key);
-                let prefix = versions_prefix(&player_id, &key);
-                let head = tx
-                    .get_msg::<Head>(OBJECTS, &okey)?
-                    .ok_or_else(|| Status::not_found("the object does not exist"))?;
-                if let Some(n) = expected
-                    && n != head.version
-                {
-                    return Err(Status::conflict(format!(
-                        "the object is at version {}, not the expected {n}",
-                        head.version
-                    )));
-                }
-                let tombstone = head
-                    .version
-                    .checked_add(1)
-                    .ok_or_else(|| Status::internal("version overflow"))?;
-                tx.delete(OBJECTS, &okey);
-                tx.put_msg(
-                    VERSIONS,
-                    &version_key(&prefix, tombstone),
-                    &VersionRecord {
-                        version: tombstone,
-                        size_bytes: 0,
-                        content_type: String::new(),
-                        updated_at: Some(now),
-                        deleted: true,
-                    },
-                );
-                prune(tx, &prefix, tombstone, depth)?;
-                Ok(DeleteResponse {
-                    deleted_version: head.version,
-                    tombstone_version: tombstone,
-                })
-            })
+        IDEMPOTENCY
+            .write(
+                &self.ctx.store,
+                &scope,
+                &req.idempotency_key,
+                fingerprint,
+                self.ctx.clock.now(),
+                move |tx| {
+                    let okey = object_key(&player_id, &key);
+                    let prefix = versions_prefix(&player_id, &key);
+                    let head = tx
+                        .get_msg::<Head>(OBJECTS, &okey)?
+                        .ok_or_else(|| Status::not_found("the object does not exist"))?;
+                    if let Some(n) = expected
+                        && n != head.version
+                    {
+                        return Err(Status::conflict(format!(
+                            "the object is at version {}, not the expected {n}",
+                            head.version
+                        )));
+                    }
+                    let tombstone = head
+                        .version
+                        .checked_add(1)
+                        .ok_or_else(|| Status::internal("version overflow"))?;
+                    tx.delete(OBJECTS, &okey);
+                    tx.put_msg(
+                        VERSIONS,
+                        &version_key(&prefix, tombstone),
+                        &VersionRecord {
+                            version: tombstone,
+                            size_bytes: 0,
+                            content_type: String::new(),
+                            updated_at: Some(now),
+                            deleted: true,
+                        },
+                    );
+                    prune(tx, &prefix, tombstone, depth)?;
+                    Ok(DeleteResponse {
+                        deleted_version: head.version,
+                        tombstone_version: tombstone,
+                    })
+                },
+            )
             .await
     }
 
@@ -504,7 +515,7 @@ impl StateManagerHandler for StateManager {
         let from = if req.page_token.is_empty() {
             scan_prefix.clone()
         } else {
-            let next = decode_token(LIST_TOKEN, &req.page_token)?;
+            let next = paging::decode_token(LIST_TOKEN, &req.page_token)?;
             if !next.starts_with(req.prefix.as_bytes()) {
                 return Err(Status::invalid(
                     "page_token",
@@ -523,7 +534,7 @@ impl StateManagerHandler for StateManager {
         let key_start = req.player_id.len() + 1;
         let next_page_token = if rows.len() > limit {
             rows.pop()
-                .map(|(k, _)| encode_token(LIST_TOKEN, &k[key_start..]))
+                .map(|(k, _)| paging::encode_token(LIST_TOKEN, &k[key_start..]))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -552,7 +563,7 @@ impl StateManagerHandler for StateManager {
         let from = if req.page_token.is_empty() {
             prefix.clone()
         } else {
-            let raw = decode_token(HISTORY_TOKEN, &req.page_token)?;
+            let raw = paging::decode_token(HISTORY_TOKEN, &req.page_token)?;
             let next: [u8; 8] = raw
                 .try_into()
                 .map_err(|_| Status::invalid("page_token", "is not a token this RPC returned"))?;
@@ -565,7 +576,7 @@ impl StateManagerHandler for StateManager {
         let next_page_token = if rows.len() > limit {
             rows.pop()
                 .and_then(|(k, _)| version_of(&k))
-                .map(|v| encode_token(HISTORY_TOKEN, &v.to_be_bytes()))
+                .map(|v| paging::encode_token(HISTORY_TOKEN, &v.to_be_bytes()))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -610,23 +621,11 @@ mod tests {
     }
 
     fn trusted<T>(body: T) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata::default(),
-        }
+        Request::new(body)
     }
 
     fn as_player<T>(player: &str, body: T) -> Request<T> {
-        Request {
-            body,
-            meta: Metadata {
-                caller: Some(Caller {
-                    account_id: player.to_string(),
-                    roles: vec!["player".to_string()],
-                }),
-                ..Default::default()
-            },
-        }
+        Request::new(body).on_behalf_of(player, &["player"])
     }
 
     fn put_req(player: &str, key: &str, data: &str, expected: Option<u64>) -> PutRequest {
@@ -636,6 +635,7 @@ mod tests {
             data: Bytes::from(data.to_string()),
             content_type: "application/json".to_string(),
             expected_version: expected,
+            ..Default::default()
         }
     }
 
@@ -735,6 +735,7 @@ mod tests {
             player_id: "p1".into(),
             key: "k".into(),
             expected_version: None,
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -834,6 +835,7 @@ mod tests {
                 player_id: "p1".into(),
                 key: "k".into(),
                 expected_version: expected,
+                ..Default::default()
             }))
         };
         assert_eq!(del(Some(1)).await.unwrap_err().code, Code::Conflict);
@@ -874,6 +876,7 @@ mod tests {
             player_id: "p1".into(),
             key: "saves/gone".into(),
             expected_version: None,
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -978,6 +981,7 @@ mod tests {
                     player_id: "alice".into(),
                     key: "k".into(),
                     expected_version: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -1015,5 +1019,34 @@ mod tests {
             roles: vec!["player".into()],
         });
         assert_eq!(sm.get(req).await.unwrap().data.as_ref(), b"mine");
+    }
+
+    #[tokio::test]
+    async fn idempotent_put_and_delete_replay_the_first_reply() {
+        let sm = domain(|_| {});
+        let mut req = put_req("p1", "k", "first", None);
+        req.idempotency_key = "save-1".into();
+        let first = sm.put(trusted(req.clone())).await.unwrap();
+        let again = sm.put(trusted(req.clone())).await.unwrap();
+        assert_eq!(first, again);
+        // The retry wrote no second version.
+        assert_eq!(get(&sm, "k", 0).await.unwrap().0, 1);
+        let mut changed = req.clone();
+        changed.data = Bytes::from("other");
+        assert_eq!(
+            sm.put(trusted(changed)).await.unwrap_err().code,
+            Code::Conflict
+        );
+        assert_eq!(get(&sm, "k", 0).await.unwrap(), (1, Bytes::from("first")));
+
+        let del = DeleteRequest {
+            player_id: "p1".into(),
+            key: "k".into(),
+            idempotency_key: "del-1".into(),
+            ..Default::default()
+        };
+        let d1 = sm.delete(trusted(del.clone())).await.unwrap();
+        // A replayed delete answers as the first did instead of NotFound.
+        assert_eq!(sm.delete(trusted(del)).await.unwrap(), d1);
     }
 }

@@ -474,7 +474,7 @@ impl Store {
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("aicore-store-writer".into())
-            .spawn(move || writer_loop(&writer, rx, max_batch))
+            .spawn(move || writer_loop(writer, rx, max_batch))
             .expect("spawning the store writer thread");
         Store { inner, tx }
     }
@@ -576,7 +576,7 @@ impl Store {
     }
 }
 
-fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
     let mut closing = None;
     while closing.is_none() {
         let Some(first) = rx.blocking_recv() else {
@@ -595,7 +595,7 @@ fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
             }
         }
         if !jobs.is_empty() {
-            commit_batch(inner, jobs);
+            commit_batch(&inner, jobs);
         }
     }
     rx.close();
@@ -605,6 +605,9 @@ fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
             let _ = done.send(());
         }
     }
+    // Release the database before confirming, so that once every `Store` handle is gone
+    // after `close` the file can be opened again at once.
+    drop(inner);
     if let Some(done) = closing {
         let _ = done.send(());
     }

@@ -210,6 +210,25 @@ pub struct Request<T> {
     pub meta: Metadata,
 }
 
+impl<T> Request<T> {
+    /// A request from a trusted principal (no end user behind it) with no deadline.
+    pub fn new(body: T) -> Self {
+        Request {
+            body,
+            meta: Metadata::default(),
+        }
+    }
+
+    /// The same request, made on behalf of `account_id` holding `roles`.
+    pub fn on_behalf_of(mut self, account_id: &str, roles: &[&str]) -> Self {
+        self.meta.caller = Some(Caller {
+            account_id: account_id.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        });
+        self
+    }
+}
+
 impl Request<Bytes> {
     /// Decodes the raw body as `T`; malformed protobuf is InvalidArgument.
     pub fn decode<T: Message + Default>(self) -> Result<Request<T>, Status> {

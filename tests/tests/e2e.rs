@@ -31,6 +31,7 @@ async fn put(
             data: Bytes::copy_from_slice(data),
             content_type: "application/octet-stream".into(),
             expected_version: expected,
+            idempotency_key: String::new(),
         },
         &opts(),
     )
