@@ -20,7 +20,11 @@ run: tools build
 ## Build the binary the end-to-end tests start, then run every test in the workspace.
 test: tools
 	$(CARGO) build --bin aicore
-	$(CARGO) test --workspace --no-fail-fast
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
