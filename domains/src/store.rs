@@ -404,6 +404,79 @@ impl Tx<'_> {
     pub fn delete(&mut self, table: &'static str, key: &[u8]) {
         self.writes.insert((table, key.to_vec()), None);
     }
+
+    /// Queues an event for JetStream in this transaction: it is published (by the outbox
+    /// relay) if and only if this closure's writes commit, so state and events never
+    /// disagree. `subject` is e.g. `evt.world.changed`.
+    pub fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status> {
+        self.emit_with_headers(subject, Vec::new(), payload)
+    }
+
+    /// Like [`Tx::emit`], with message headers (name, value).
+    pub fn emit_with_headers(
+        &mut self,
+        subject: &str,
+        headers: Vec<(String, String)>,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Status> {
+        let mut meta = self
+            .get_msg::<OutboxMeta>(OUTBOX_META, b"meta")?
+            .unwrap_or_default();
+        if meta.epoch == 0 {
+            meta.epoch = rand::random::<u64>() | 1;
+        }
+        let seq = meta.next_seq.max(1);
+        meta.next_seq = seq + 1;
+        self.put_msg(OUTBOX_META, b"meta", &meta);
+        let event = OutboxEvent {
+            seq,
+            msg_id: format!("{:016x}-{seq}", meta.epoch),
+            subject: subject.to_string(),
+            payload: payload.into().to_vec(),
+            header_names: headers.iter().map(|h| h.0.clone()).collect(),
+            header_values: headers.into_iter().map(|h| h.1).collect(),
+        };
+        self.put_msg(OUTBOX, &seq.to_be_bytes(), &event);
+        Ok(())
+    }
+}
+
+/// The outbox table: events waiting for the relay, keyed by big-endian sequence.
+pub const OUTBOX: &str = "outbox.events";
+/// The outbox's counters.
+const OUTBOX_META: &str = "outbox.meta";
+
+/// Sequence counter and the store's random epoch, which makes message ids unique even if
+/// a data directory is recreated while JetStream's de-duplication window remembers ids.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutboxMeta {
+    #[prost(uint64, tag = "1")]
+    next_seq: u64,
+    #[prost(uint64, tag = "2")]
+    epoch: u64,
+}
+
+/// One event waiting in the outbox.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxEvent {
+    /// Its position; events are relayed in this order.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The `Nats-Msg-Id` JetStream de-duplicates on.
+    #[prost(string, tag = "2")]
+    pub msg_id: String,
+    /// Where it is published.
+    #[prost(string, tag = "3")]
+    pub subject: String,
+    /// The message body.
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: Vec<u8>,
+    /// Header names, parallel to `header_values`.
+    #[prost(string, repeated, tag = "5")]
+    pub header_names: Vec<String>,
+    /// Header values.
+    #[prost(string, repeated, tag = "6")]
+    pub header_values: Vec<String>,
 }
 
 /// Decodes a stored protobuf value; a failure is data corruption, answered as Internal.
@@ -430,6 +503,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     cache: moka::sync::Cache<Key, Option<Bytes>>,
     generation: AtomicU64,
+    /// Woken after every commit that queued outbox events.
+    outbox: tokio::sync::Notify,
 }
 
 /// The domains' store; cheap to clone.
@@ -469,6 +544,7 @@ impl Store {
             backend,
             cache,
             generation: AtomicU64::new(0),
+            outbox: tokio::sync::Notify::new(),
         });
         let writer = inner.clone();
         let max_batch = options.max_batch.max(1);
@@ -567,6 +643,12 @@ impl Store {
         wait.await.map_err(|_| Status::from(StoreError::Closed))?
     }
 
+    /// Waits until a commit queues outbox events (returns at once if one did since the
+    /// last call). For the outbox relay.
+    pub async fn outbox_signal(&self) {
+        self.inner.outbox.notified().await;
+    }
+
     /// Finishes queued writes, then stops the writer; later writes fail as Unavailable.
     pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
@@ -638,8 +720,13 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
     });
     if result.is_ok() {
         inner.generation.fetch_add(1, Ordering::SeqCst);
+        let mut events = false;
         for k in &touched {
+            events |= k.0 == OUTBOX;
             inner.cache.invalidate(k);
+        }
+        if events {
+            inner.outbox.notify_one();
         }
     }
     let shared = result.map_err(|e| e.to_string());
@@ -784,5 +871,44 @@ mod tests {
         }
         let s = Store::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(s.get(T, b"durable").unwrap().unwrap().as_ref(), &[9]);
+    }
+
+    #[tokio::test]
+    async fn events_are_queued_only_with_their_commit_in_order() {
+        both(async |s: Store| {
+            let r: Result<(), Status> = s
+                .write(|tx| {
+                    tx.emit("evt.test.a", vec![1])?;
+                    Err(Status::conflict("refused"))
+                })
+                .await;
+            assert!(r.is_err());
+            assert!(s.scan(OUTBOX, b"", b"", 10).unwrap().is_empty());
+            for i in 0..3u8 {
+                s.write(move |tx| {
+                    tx.put(T, &[i], vec![i]);
+                    tx.emit("evt.test.b", vec![i])
+                })
+                .await
+                .unwrap();
+            }
+            // The relay is signalled (the permit is stored even though nobody waited).
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.outbox_signal())
+                .await
+                .expect("signalled");
+            let rows = s.scan(OUTBOX, b"", b"", 10).unwrap();
+            let events: Vec<OutboxEvent> = rows
+                .into_iter()
+                .map(|(_, v)| decode(OUTBOX, v).unwrap())
+                .collect();
+            assert_eq!(
+                events.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+                vec![0, 1, 2]
+            );
+            let ids: std::collections::HashSet<_> =
+                events.iter().map(|e| e.msg_id.clone()).collect();
+            assert_eq!(ids.len(), 3);
+        })
+        .await;
     }
 }

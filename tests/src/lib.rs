@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-/// The domains `aicore run` serves by default in this build.
-pub const DOMAINS: &[&str] = &["auth", "settings", "state_manager"];
+/// The domains `aicore run` serves by default in this build (all registered ones).
+pub fn domains() -> Vec<&'static str> {
+    aicore_domains::registry::DOMAINS.iter().map(|d| d.name).collect()
+}
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -126,7 +128,7 @@ impl Appliance {
             }
             if let Ok(nats) = async_nats::connect(&self.nats_url).await {
                 let answered = ping(&nats, Duration::from_millis(300)).await;
-                if DOMAINS.iter().all(|d| answered.iter().any(|a| a == d)) {
+                if domains().iter().all(|d| answered.iter().any(|a| a == d)) {
                     return;
                 }
             }
