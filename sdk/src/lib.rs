@@ -143,8 +143,11 @@ fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
         headers::TIMEOUT_MS,
         remaining.as_millis().to_string().as_str(),
     );
-    let tp = options.traceparent.clone().unwrap_or_else(new_traceparent);
-    h.insert(headers::TRACEPARENT, tp.as_str());
+    // Traces start at the edge (the gateway, or a caller that sets one); the SDK carries
+    // an existing context onward rather than inventing one per call.
+    if let Some(tp) = &options.traceparent {
+        h.insert(headers::TRACEPARENT, tp.as_str());
+    }
     if let Some(id) = &options.request_id {
         h.insert(headers::REQUEST_ID, id.as_str());
     }
@@ -155,7 +158,8 @@ fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
     h
 }
 
-/// A fresh W3C trace context (`00-<trace id>-<span id>-01`).
+/// A fresh W3C trace context (`00-<trace id>-<span id>-01`), for the edge that starts a
+/// trace.
 pub fn new_traceparent() -> String {
     let mut r = rand::rng();
     format!(
