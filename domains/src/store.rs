@@ -101,10 +101,11 @@ trait Backend: Send + Sync + 'static {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
-    /// Runs `body` inside one transaction and commits it durably.
+    /// Runs `body` inside one transaction and commits it durably if `body` says it wrote
+    /// anything (a batch of refused or read-only closures costs no fsync).
     fn batch(
         &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
 }
 
@@ -170,7 +171,7 @@ impl Backend for Redb {
 
     fn batch(
         &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(redb::Durability::Immediate)
@@ -183,7 +184,8 @@ impl Backend for Redb {
         // Tables must be closed before the transaction commits.
         drop(raw);
         match outcome {
-            Ok(()) => txn.commit().map_err(storage),
+            Ok(true) => txn.commit().map_err(storage),
+            Ok(false) => txn.abort().map_err(storage),
             Err(e) => {
                 let _ = txn.abort();
                 Err(e)
@@ -289,7 +291,7 @@ impl Backend for Memory {
     }
     fn batch(
         &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<(), StoreError>,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         // Work on a copy of the touched tables only at commit time: closures already
         // buffer their writes, so applying them under the write lock is all-or-nothing.
@@ -769,12 +771,12 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
                 touched.push((table, key));
             }
         }
-        Ok(())
+        Ok(!touched.is_empty())
     });
     inner
         .writes
         .fetch_add(completions.len() as u64, Ordering::Relaxed);
-    if result.is_ok() {
+    if result.is_ok() && !touched.is_empty() {
         inner.commits.fetch_add(1, Ordering::Relaxed);
         inner.generation.fetch_add(1, Ordering::SeqCst);
         let mut events = false;
@@ -965,6 +967,28 @@ mod tests {
             let ids: std::collections::HashSet<_> =
                 events.iter().map(|e| e.msg_id.clone()).collect();
             assert_eq!(ids.len(), 3);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn batches_that_write_nothing_make_no_commit() {
+        both(async |s: Store| {
+            let before = s.stats();
+            let _ = s.write(|_| Err::<(), _>(Status::conflict("no"))).await;
+            s.write(|tx| tx.get(T, b"nothing").map(|_| ()))
+                .await
+                .unwrap();
+            let after = s.stats();
+            assert_eq!(after.writes, before.writes + 2);
+            assert_eq!(after.commits, before.commits);
+            s.write(|tx| {
+                tx.put(T, b"one", vec![1]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(s.stats().commits, before.commits + 1);
         })
         .await;
     }
