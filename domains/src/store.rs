@@ -199,14 +199,16 @@ impl Backend for Redb {
 /// and over).
 struct RedbTx<'a> {
     txn: &'a redb::WriteTransaction,
-    tables: RefCell<HashMap<&'static str, redb::Table<'a, &'static [u8], &'static [u8]>>>,
+    tables: RefCell<HashMap<&'static str, RedbTable<'a>>>,
 }
+
+type RedbTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 
 impl<'a> RedbTx<'a> {
     fn with_table<R>(
         &self,
         table: &'static str,
-        f: impl FnOnce(&mut redb::Table<'a, &'static [u8], &'static [u8]>) -> Result<R, StoreError>,
+        f: impl FnOnce(&mut RedbTable<'a>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut tables = self.tables.borrow_mut();
         let t = match tables.entry(table) {
