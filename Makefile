@@ -1,6 +1,7 @@
 # AI Core — the README's commands. `make run` and `make test` set up what they need.
 CARGO ?= cargo
 NATS  := .tools/nats/bin/nats-server
+OPENAPI_CHECK := .tools/venv/bin/openapi-spec-validator
 export AICORE_NATS_SERVER := $(CURDIR)/$(NATS)
 
 .PHONY: tools build run test lint bench clean
@@ -10,6 +11,13 @@ tools: $(NATS)
 $(NATS): scripts/install-nats.sh scripts/nats-server.requirements.txt
 	sh scripts/install-nats.sh
 
+## The independent OpenAPI checker the gateway tests run (pinned, in .tools/venv).
+$(OPENAPI_CHECK): scripts/openapi-validator.requirements.txt
+	python3 -m venv .tools/venv
+	.tools/venv/bin/python -m pip install --disable-pip-version-check -q \
+		-r scripts/openapi-validator.requirements.txt
+	touch $@
+
 build:
 	$(CARGO) build --release --bin aicore
 
@@ -18,7 +26,7 @@ run: tools build
 	./target/release/aicore run
 
 ## Build the binary the end-to-end tests start, then run every test in the workspace.
-test: tools
+test: tools $(OPENAPI_CHECK)
 	$(CARGO) build --bin aicore
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -5,13 +5,16 @@
 //! connection (as `aicore run` does); load comes from separate connections.
 //!
 //! Rows: raw async-nats request/reply echo; SDK state-manager Get of a cached object;
-//! SDK state-manager Put (durable, group commit); the same Put with group commit off
-//! (one durable commit per request) as the store's own baseline.
+//! SDK state-manager Put (durable, group commit); SDK payment Transfer (durable, group
+//! commit, contended: random pairs of a few wallets, a fresh idempotency key per call); SDK
+//! world-state Get of a cached fact; the same state-manager Put with group commit off (one
+//! durable commit per request) as the store's own baseline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,7 @@ use aicore_domains::runtime::{self, ServeOptions};
 use aicore_domains::store::{Store, StoreOptions};
 use aicore_domains::{Ctx, SystemClock, registry};
 use aicore_proto::CallOptions;
+use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
 
 use crate::config::Config;
@@ -108,9 +112,10 @@ where
     }
 }
 
-/// Serves state-manager on its own connection over `store`.
-async fn serve_state_manager(
+/// Serves domain `name` (as registered) on its own connection over `store`.
+async fn serve_domain(
     url: &str,
+    name: &str,
     store: Store,
     config: &Config,
     stop: CancellationToken,
@@ -122,13 +127,349 @@ async fn serve_state_manager(
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         config: Arc::new(config.domains.clone()),
     };
-    let spec = registry::find("state_manager").context("state_manager is not registered")?;
+    let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
     let dispatch = (spec.build)(&ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = runtime::serve(nats.clone(), dispatch, ServeOptions::default(), stop)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     nats.flush().await?;
     Ok(handle)
+}
+
+/// Wallets the payment.transfer row moves money between: few, so transfers contend.
+const BENCH_WALLETS: usize = 8;
+
+/// Serves payment over `store`, funds the bench wallets, and measures Transfer between
+/// random pairs of them (a fresh idempotency key per call) at every concurrency level.
+async fn measure_transfers(
+    url: &str,
+    store: Store,
+    config: &Config,
+    load: &async_nats::Client,
+    args: &BenchArgs,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    let serving = serve_domain(url, "payment", store, config, stop).await?;
+    let client = PaymentClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    let wallet = |w: usize| format!("bench-wallet-{w}");
+    // One unit per transfer out of the largest allowed credit: no wallet runs dry.
+    for w in 0..BENCH_WALLETS {
+        client
+            .credit(
+                CreditRequest {
+                    player_id: wallet(w),
+                    currency: "GOLD".into(),
+                    amount: config.domains.payment.max_amount,
+                    reason: "bench seed".into(),
+                    idempotency_key: format!("bench-seed-{w}"),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding wallets: {e}"))?;
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let client = client.clone();
+        let op = move |worker: usize, i: u64| {
+            let client = client.clone();
+            let from = rand::random_range(0..BENCH_WALLETS);
+            let to = (from + rand::random_range(1..BENCH_WALLETS)) % BENCH_WALLETS;
+            let request = TransferRequest {
+                from_player_id: wallet(from),
+                to_player_id: wallet(to),
+                currency: "GOLD".into(),
+                amount: 1,
+                reason: String::new(),
+                idempotency_key: format!("bench-c{c}-w{worker}-{i}"),
+            };
+            async move {
+                client
+                    .transfer(request, &CallOptions::default())
+                    .await
+                    .is_ok()
+            }
+        };
+        cells.push(
+            measure(
+                "sdk payment.transfer (durable, 8 wallets)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    serving.stop().await;
+    Ok(cells)
+}
+
+/// Serves world-state over `store`, writes one fact, and measures Get of it (served
+/// from the store's cache) at every concurrency level.
+async fn measure_world_gets(
+    url: &str,
+    store: Store,
+    config: &Config,
+    load: &async_nats::Client,
+    args: &BenchArgs,
+    payload: &Bytes,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    use aicore_proto::aicore::world_state::v1 as ws;
+    let serving = serve_domain(url, "world_state", store, config, stop).await?;
+    let client =
+        ws::WorldStateClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    client
+        .set(
+            ws::SetRequest {
+                key: "bench.hot".into(),
+                data: payload.clone(),
+                content_type: "application/octet-stream".into(),
+                expected_version: None,
+                idempotency_key: String::new(),
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the world fact: {e}"))?;
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let client = client.clone();
+        let op = move |_: usize, _: u64| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(
+                        ws::GetRequest {
+                            key: "bench.hot".into(),
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .is_ok()
+            }
+        };
+        cells.push(measure("sdk world_state.get (cached)", c, args.seconds, op).await);
+    }
+    serving.stop().await;
+    Ok(cells)
+}
+
+/// Row names of the HTTP paths.
+const HTTP_BARE: &str = "http bare axum->nats forwarder";
+const HTTP_GATEWAY: &str = "http gateway (auth+json+limits+metrics)";
+
+/// An HTTP/1.1 load client with a connection pool (keep-alive), in-process like the other
+/// load generators.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+/// Serves `router` on a free loopback port (with connect info, as the gateway needs)
+/// until `stop`; returns its address.
+async fn serve_http(router: axum::Router, stop: CancellationToken) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    });
+    Ok(addr)
+}
+
+/// One POST; true on 200 with the whole body read.
+async fn post(client: &HttpClient, uri: &str, token: Option<&str>, body: Bytes) -> bool {
+    use http_body_util::BodyExt;
+    let mut req = axum::http::Request::post(uri).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", t);
+    }
+    let Ok(req) = req.body(http_body_util::Full::new(body)) else {
+        return false;
+    };
+    match client.request(req).await {
+        Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The gateway rows: a real auth domain (in-process, its own store) checks the bearer
+/// token (cached after the first call); state_manager.get is answered by a stub responder
+/// on its subject with a fixed reply, so the row measures the gateway's own work (auth
+/// cache, rate limit, in-flight bound, JSON ↔ protobuf, metrics, SDK call) rather than a
+/// domain's. The bare forwarder posts the same JSON body to an echo responder and returns
+/// its bytes; both bodies are `--payload` bytes of JSON in, about as many out.
+async fn measure_gateway(
+    url: &str,
+    config: &Config,
+    load: &async_nats::Client,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    use aicore_proto::aicore::auth::v1 as auth;
+    use aicore_proto::aicore::state_manager::v1::{GetResponse, ObjectMetadata};
+    use prost::Message;
+
+    // The JSON request, padded to the payload size.
+    let head = r#"{"playerId":"bench","key":""#;
+    let pad = args.payload.saturating_sub(head.len() + 2).max(1);
+    let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
+
+    // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
+    let responder = connect(url, "bench-http-responders").await?;
+    let reply = Bytes::from(
+        GetResponse {
+            metadata: Some(ObjectMetadata {
+                player_id: "bench".into(),
+                key: "k".repeat(pad.min(64)),
+                version: 1,
+                ..Default::default()
+            }),
+            data: Bytes::from(vec![b'x'; args.payload / 4]),
+        }
+        .encode_to_vec(),
+    );
+    let mut echo_sub = responder.subscribe("bench.http.echo").await?;
+    let mut get_sub = responder.subscribe("svc.state_manager.v1.get").await?;
+    let (n1, n2) = (responder.clone(), responder.clone());
+    let responders = [
+        tokio::spawn(async move {
+            while let Some(m) = echo_sub.next().await {
+                if let Some(r) = m.reply {
+                    let _ = n1.publish(r, m.payload).await;
+                }
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(m) = get_sub.next().await {
+                if let Some(r) = m.reply {
+                    let _ = n2.publish(r, reply.clone()).await;
+                }
+            }
+        }),
+    ];
+    responder.flush().await?;
+
+    // auth, for real, and one player's token.
+    let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
+    let auth_serving =
+        serve_domain(url, "auth", auth_store.clone(), config, stop.child_token()).await?;
+    let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    let password = "bench-violet-otter-lantern";
+    a.register(
+        auth::RegisterRequest {
+            username: "bench".into(),
+            password: password.into(),
+            display_name: String::new(),
+        },
+        &CallOptions::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("registering the bench player: {e}"))?;
+    let login = a
+        .login(
+            auth::LoginRequest {
+                username: "bench".into(),
+                password: password.into(),
+                user_agent: "aicore bench".into(),
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("logging in the bench player: {e}"))?;
+    let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
+
+    // The two servers.
+    let forwarder_nats = connect(url, "bench-forwarder").await?;
+    let forwarder = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(move |body: Bytes| {
+            let nats = forwarder_nats.clone();
+            async move {
+                match nats.request("bench.http.echo", body).await {
+                    Ok(m) => (axum::http::StatusCode::OK, m.payload).into_response(),
+                    Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                }
+            }
+        }),
+    );
+    let http_config = crate::config::HttpConfig {
+        // Limits are checked on every request but never bite: one account at full speed.
+        rate_limit_per_sec: 1e9,
+        rate_limit_burst: 1_000_000,
+        ..config.http.clone()
+    };
+    let (gateway, _listener) = crate::gateway::build(
+        &http_config,
+        config.nats.max_payload,
+        url,
+        vec!["auth", "state_manager"],
+        stop.child_token(),
+    )
+    .await?;
+    let bare_addr = serve_http(forwarder, stop.child_token()).await?;
+    let gw_addr = serve_http(gateway, stop.child_token()).await?;
+
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+    let bare_uri: Arc<str> = format!("http://{bare_addr}/echo").into();
+    let gw_uri: Arc<str> = format!("http://{gw_addr}/v1/state_manager/get").into();
+    if !post(&client, &gw_uri, Some(&bearer), json.clone()).await {
+        anyhow::bail!("the gateway did not answer the bench request");
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let (bare, uri, body) = (client.clone(), bare_uri.clone(), json.clone());
+        cells.push(
+            measure(HTTP_BARE, c, args.seconds, move |_, _| {
+                let (client, uri, body) = (bare.clone(), uri.clone(), body.clone());
+                async move { post(&client, &uri, None, body).await }
+            })
+            .await,
+        );
+        let (client, uri, body, bearer) =
+            (client.clone(), gw_uri.clone(), json.clone(), bearer.clone());
+        cells.push(
+            measure(HTTP_GATEWAY, c, args.seconds, move |_, _| {
+                let (client, uri, body, bearer) =
+                    (client.clone(), uri.clone(), body.clone(), bearer.clone());
+                async move { post(&client, &uri, Some(&bearer), body).await }
+            })
+            .await,
+        );
+    }
+    stop.cancel();
+    for r in responders {
+        r.abort();
+    }
+    auth_serving.stop().await;
+    auth_store.close().await;
+    Ok(cells)
+}
+
+/// The gateway's throughput as a share of the bare forwarder's, per concurrency.
+fn print_gateway_ratios(cells: &[Cell], args: &BenchArgs) {
+    let rps = |name: &str, c: usize| {
+        cells
+            .iter()
+            .find(|x| x.name == name && x.concurrency == c)
+            .map(|x| x.rps)
+    };
+    for &c in &args.concurrency {
+        if let (Some(g), Some(b)) = (rps(HTTP_GATEWAY, c), rps(HTTP_BARE, c))
+            && b > 0.0
+        {
+            println!("gateway vs bare forwarder at C={c}: {:.0}%", 100.0 * g / b);
+        }
+    }
 }
 
 /// Runs the benchmark and prints its table.
@@ -180,9 +521,21 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     }
     echo.abort();
 
+    // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
+    cells.extend(
+        measure_gateway(&url, &config, &load, &args, dir.path(), stop.child_token()).await?,
+    );
+
     // The domain path, group commit on.
     let store = Store::open(&dir.path().join("bench.redb"), StoreOptions::default())?;
-    let serving = serve_state_manager(&url, store.clone(), &config, stop.child_token()).await?;
+    let serving = serve_domain(
+        &url,
+        "state_manager",
+        store.clone(),
+        &config,
+        stop.child_token(),
+    )
+    .await?;
     let client = StateManagerClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     client
         .put(
@@ -257,7 +610,31 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             .await,
         );
     }
+    cells.extend(
+        measure_transfers(
+            &url,
+            store.clone(),
+            &config,
+            &load,
+            &args,
+            stop.child_token(),
+        )
+        .await?,
+    );
+    cells.extend(
+        measure_world_gets(
+            &url,
+            store.clone(),
+            &config,
+            &load,
+            &args,
+            &payload,
+            stop.child_token(),
+        )
+        .await?,
+    );
     serving.stop().await;
+    let stats = store.stats();
     store.close().await;
 
     // The same path with one durable commit per request.
@@ -268,7 +645,14 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             ..StoreOptions::default()
         },
     )?;
-    let serving = serve_state_manager(&url, single.clone(), &config, stop.child_token()).await?;
+    let serving = serve_domain(
+        &url,
+        "state_manager",
+        single.clone(),
+        &config,
+        stop.child_token(),
+    )
+    .await?;
     let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
     cells.push(
         measure(
@@ -284,6 +668,15 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     child.stop().await;
 
     print_table(&cells, &args);
+    print_gateway_ratios(&cells, &args);
+    if stats.commits > 0 {
+        println!(
+            "group commit: {} writes in {} durable commits (mean batch {:.1})",
+            stats.writes,
+            stats.commits,
+            stats.writes as f64 / stats.commits as f64
+        );
+    }
     Ok(())
 }
 

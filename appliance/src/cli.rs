@@ -6,12 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name, descriptor_pool};
+use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name};
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use futures::StreamExt;
-use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
 
 /// Exit code when the service answered with an error.
 pub const EXIT_REMOTE_ERROR: i32 = 1;
@@ -53,21 +51,14 @@ pub async fn call(nats: async_nats::Client, args: CallArgs) -> Result<(), CallFa
     let (_, method) = service
         .method(&args.rpc)
         .ok_or_else(|| usage(format!("{} has no rpc {:?}", service.full_name, args.rpc)))?;
-    let pool = descriptor_pool();
-    let input = pool
-        .get_message_by_name(method.input)
-        .ok_or_else(|| usage(format!("no descriptor for {}", method.input)))?;
-    let output = pool
-        .get_message_by_name(method.output)
-        .ok_or_else(|| usage(format!("no descriptor for {}", method.output)))?;
-    let mut de = serde_json::Deserializer::from_str(&args.json);
-    let request = DynamicMessage::deserialize_with_options(
-        input,
-        &mut de,
-        &DeserializeOptions::new().deny_unknown_fields(true),
-    )
-    .and_then(|m| de.end().map(|()| m))
-    .map_err(|e| usage(format!("request JSON does not match {}: {e}", method.input)))?;
+    let input = crate::json::descriptor(method.input).map_err(|s| usage(s.message))?;
+    let output = crate::json::descriptor(method.output).map_err(|s| usage(s.message))?;
+    // Refused input keeps the field naming of the common error model.
+    let body =
+        crate::json::to_protobuf(&input, args.json.as_bytes()).map_err(|status| CallFailure {
+            exit: EXIT_USAGE,
+            status,
+        })?;
 
     let client = aicore_sdk::Client::new(nats, Default::default());
     let options = CallOptions {
@@ -82,11 +73,10 @@ pub async fn call(nats: async_nats::Client, args: CallArgs) -> Result<(), CallFa
         exit: EXIT_REMOTE_ERROR,
         status,
     };
-    let body = Bytes::from(request.encode_to_vec());
     let print = |b: Bytes| -> Result<(), CallFailure> {
-        let m = DynamicMessage::decode(output.clone(), b)
-            .map_err(|e| remote(Status::internal(format!("undecodable reply: {e}"))))?;
-        println!("{}", to_json(&m, !method.server_streaming));
+        let json =
+            crate::json::from_protobuf(&output, b, !method.server_streaming).map_err(remote)?;
+        println!("{}", String::from_utf8_lossy(&json));
         Ok(())
     };
     if method.server_streaming {
@@ -100,24 +90,6 @@ pub async fn call(nats: async_nats::Client, args: CallArgs) -> Result<(), CallFa
         Ok(())
     } else {
         print(client.unary(method, body, &options).await.map_err(remote)?)
-    }
-}
-
-/// A message as proto3 JSON, with default-valued fields included so scripts can rely on
-/// every field being present.
-pub fn to_json(m: &DynamicMessage, pretty: bool) -> String {
-    let opts = SerializeOptions::new().skip_default_fields(false);
-    let mut out = Vec::new();
-    let result = if pretty {
-        let mut ser = serde_json::Serializer::pretty(&mut out);
-        m.serialize_with_options(&mut ser, &opts)
-    } else {
-        let mut ser = serde_json::Serializer::new(&mut out);
-        m.serialize_with_options(&mut ser, &opts)
-    };
-    match result {
-        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
-        Err(e) => format!("{{\"error\": \"unserialisable reply: {e}\"}}"),
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub log: String,
     /// NATS: the bundled child server, or an existing server to join.
     pub nats: NatsConfig,
+    /// The HTTP gateway: every served RPC as `POST /v1/<domain>/<rpc>` with JSON.
+    pub http: HttpConfig,
     /// The embedded store.
     pub store: StoreConfig,
     /// Per-domain settings (`[domains.<name>]`).
@@ -38,6 +40,7 @@ impl Default for Config {
             serve: vec!["all".into()],
             log: "info".into(),
             nats: NatsConfig::default(),
+            http: HttpConfig::default(),
             store: StoreConfig::default(),
             domains: DomainsConfig::default(),
         }
@@ -89,6 +92,79 @@ impl Default for NatsConfig {
             max_file_store: 10 * 1024 * 1024 * 1024,
             max_restarts: 5,
             restart_window_secs: 60,
+        }
+    }
+}
+
+/// HTTP gateway settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the gateway at all.
+    pub enabled: bool,
+    /// Address to listen on. `0.0.0.0` accepts LAN clients; keep loopback until TLS is
+    /// configured if the network is not trusted.
+    pub host: String,
+    /// Port to listen on; 0 picks a free port (logged at start-up).
+    pub port: u16,
+    /// Domains exposed over HTTP: `served` (those this process serves), `all` (every
+    /// contract, for domains served by other hosts of a cluster) or domain names.
+    pub domains: Vec<String>,
+    /// Largest request body in bytes (413 beyond); must stay below `nats.max_payload`.
+    pub max_body_bytes: u32,
+    /// Requests handled at once; further ones are refused with 503 and `Retry-After`
+    /// (never queued).
+    pub max_in_flight: u32,
+    /// SSE streams open at once; further stream requests get 503 and `Retry-After`.
+    pub max_streams: u32,
+    /// Requests per second each client may make (its token bucket's refill rate); 0
+    /// disables rate limiting. A client is its account when authenticated, else its IP.
+    pub rate_limit_per_sec: f64,
+    /// Requests a client may make at once after a pause (the bucket's size).
+    pub rate_limit_burst: u32,
+    /// Most clients whose buckets are remembered (least recently seen are forgotten).
+    pub rate_limit_clients: u64,
+    /// Deadline in milliseconds of an RPC whose policy sets none, when the request has no
+    /// `X-Request-Timeout-Ms` header.
+    pub default_deadline_ms: u64,
+    /// Longest deadline a client may ask for with `X-Request-Timeout-Ms`.
+    pub max_deadline_ms: u64,
+    /// Origins allowed by CORS (`https://game.example`); `["*"]` allows any; empty sends
+    /// no CORS headers (browsers then refuse cross-origin calls).
+    pub cors_origins: Vec<String>,
+    /// How long a token's `auth.Validate` answer is reused, in milliseconds. Revocations
+    /// take effect at once regardless (auth announces them); this bounds staleness only
+    /// if a notice is lost.
+    pub validate_cache_ttl_ms: u64,
+    /// Most tokens whose Validate answers are cached.
+    pub validate_cache_capacity: u64,
+    /// How long a `/readyz` answer is reused, in milliseconds.
+    pub ready_cache_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish before they are cut, in
+    /// seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            port: 8080,
+            domains: vec!["served".into()],
+            max_body_bytes: 256 * 1024,
+            max_in_flight: 1024,
+            max_streams: 1024,
+            rate_limit_per_sec: 100.0,
+            rate_limit_burst: 200,
+            rate_limit_clients: 100_000,
+            default_deadline_ms: 5000,
+            max_deadline_ms: 60_000,
+            cors_origins: Vec::new(),
+            validate_cache_ttl_ms: 10_000,
+            validate_cache_capacity: 100_000,
+            ready_cache_ms: 1000,
+            drain_timeout_secs: 10,
         }
     }
 }
@@ -164,6 +240,26 @@ impl Config {
                 self.nats.port
             ),
         }
+    }
+
+    /// The domains the gateway exposes, `served` and `all` expanded, each a contract.
+    pub fn http_domains(&self) -> Result<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for name in &self.http.domains {
+            for name in name.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match name {
+                    "served" => out.extend(self.served_domains()?),
+                    "all" => out.extend(aicore_proto::SERVICES.iter().map(|s| s.domain)),
+                    n => match aicore_proto::find_service(n) {
+                        Some(s) => out.push(s.domain),
+                        None => bail!("http.domains: unknown domain {n:?}"),
+                    },
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     /// The crash-loop window.

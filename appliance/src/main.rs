@@ -3,8 +3,11 @@
 //! `status` to the client commands, `bench` to the benchmark.
 
 mod bench;
+mod certs;
 mod cli;
 mod config;
+mod gateway;
+mod json;
 mod nats_child;
 mod supervisor;
 
@@ -30,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the appliance: nats-server child, store, domains. Stops on SIGTERM/SIGINT.
+    /// Start the appliance: nats-server child, store, domains, HTTP gateway. Stops on
+    /// SIGTERM/SIGINT.
     Run {
         /// Directory for all state (overrides `data_dir`).
         #[arg(long)]
@@ -47,6 +51,9 @@ enum Command {
         /// Domains to serve: `all` or a comma-separated list.
         #[arg(long)]
         domains: Option<String>,
+        /// Port of the HTTP gateway; 0 picks a free one.
+        #[arg(long)]
+        http_port: Option<u16>,
     },
     /// Call one RPC with a JSON request; prints the JSON reply. Exit 1 and the error on
     /// stderr when the service refuses, 2 when the command is wrong.
@@ -88,8 +95,41 @@ enum Command {
     },
     /// Measure request/reply throughput and latency against a raw NATS baseline.
     Bench(bench::BenchArgs),
+    /// Manage the appliance's certificates (its local CA under `<data-dir>/certs`).
+    Certs {
+        /// Directory for all state (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Print the default configuration as TOML.
     DefaultConfig,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Issue a client certificate for an external principal (a game server, a tool).
+    Issue {
+        /// Its name (the certificate's CN).
+        name: String,
+        /// Its role: domains, gateway, admin or game-server.
+        #[arg(long)]
+        role: String,
+        /// Where to write `<name>.pem` and `<name>.key` (default: the CA directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// List issued certificates with role, expiry and revocation.
+    List,
+    /// Revoke a certificate by name.
+    Revoke {
+        /// The certificate's name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +171,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             nats_monitor_port,
             nats_url,
             domains,
+            http_port,
         } => {
             if let Some(d) = data_dir {
                 config.data_dir = d;
@@ -146,6 +187,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(d) = domains {
                 config.serve = vec![d];
+            }
+            if let Some(p) = http_port {
+                config.http.port = p;
             }
             init_logging(&config.log);
             supervisor::run(config).await?;
@@ -202,6 +246,62 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => {
             init_logging("warn");
             bench::run(config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { data_dir, command } => {
+            init_logging("warn");
+            let dir = data_dir.unwrap_or(config.data_dir).join("certs");
+            let ca = certs::Authority::open_or_create(&dir, 3650)?;
+            match command {
+                CertsCommand::Issue {
+                    name,
+                    role,
+                    out,
+                    days,
+                } => {
+                    if role == "server" {
+                        anyhow::bail!("server certificates are issued by `aicore run` itself");
+                    }
+                    let c = ca.issue(&name, &role, days, &[], out.as_deref())?;
+                    println!("certificate {}", c.cert_path.display());
+                    println!("key         {}", c.key_path.display());
+                    println!("ca          {}", ca.ca_path().display());
+                }
+                CertsCommand::List => {
+                    println!(
+                        "{:<24} {:<12} {:<12} {:<8} serial",
+                        "name", "role", "expires", "status"
+                    );
+                    for c in ca.list()? {
+                        let days_left = (c.not_after as i64
+                            - std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs() as i64))
+                            / 86_400;
+                        let status = if c.revoked {
+                            "revoked"
+                        } else if days_left < 0 {
+                            "expired"
+                        } else if c.needs_renewal(std::time::SystemTime::now()) {
+                            "renew"
+                        } else {
+                            "valid"
+                        };
+                        println!(
+                            "{:<24} {:<12} {:<12} {:<8} {}",
+                            c.name,
+                            c.role,
+                            format!("in {days_left} d"),
+                            status,
+                            c.serial
+                        );
+                    }
+                }
+                CertsCommand::Revoke { name } => {
+                    ca.revoke(&name)?;
+                    println!("revoked {name}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {

@@ -1,7 +1,9 @@
 //! `aicore run`: start-up and ordered teardown, top to bottom. Start: open the store,
-//! start (or join) NATS, connect, serve the selected domains, announce readiness. Run
-//! until SIGTERM/SIGINT or until the nats-server child crash-loops. Teardown, in order:
-//! stop taking requests and finish the in-flight ones (each domain drains), flush the
+//! start (or join) NATS, connect, serve the selected domains, start the HTTP gateway,
+//! announce readiness. Run until SIGTERM/SIGINT or until the nats-server child
+//! crash-loops. Teardown, in order: drain the gateway (no new HTTP requests, in-flight ones
+//! finish, streams end), stop taking requests and finish the in-flight ones (each domain drains), stop the outbox
+//! relay (after a last drain) and the dead-letter task, flush the
 //! NATS connection, stop nats-server, close the store (its queued writes commit first).
 //! Every piece takes a child of one cancellation token, so nothing outlives the process.
 
@@ -11,12 +13,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
-use aicore_domains::registry;
 use aicore_domains::runtime::{self, ServeOptions};
 use aicore_domains::store::{Store, StoreOptions};
+use aicore_domains::streams::ensure_streams;
 use aicore_domains::{Ctx, SystemClock};
+use aicore_domains::{event_bus, outbox, registry};
 
 use crate::config::Config;
+use crate::gateway;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 
 /// Connects to NATS with the reconnect policy the appliance wants: keep trying forever,
@@ -37,6 +41,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
 /// Runs the appliance until a signal or a fatal failure.
 pub async fn run(mut config: Config) -> Result<()> {
     let domains = config.served_domains()?;
+    let http_domains = config.http_domains()?;
     if domains.is_empty() {
         bail!("no domain selected to serve");
     }
@@ -88,6 +93,20 @@ pub async fn run(mut config: Config) -> Result<()> {
         .unwrap_or_else(|| config.nats_url());
     let nats = connect(&url, "aicore-domains").await?;
 
+    // Event streams first, so a domain's first event has somewhere to go; then the outbox
+    // relay and the dead-letter task, which outlive the domains in teardown.
+    let js = async_nats::jetstream::new(nats.clone());
+    ensure_streams(&js, &config.domains.event_bus)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the JetStream streams: {e}"))?;
+    let events_stop = shutdown.child_token();
+    let relay = tokio::spawn(outbox::run_relay(
+        store.clone(),
+        js.clone(),
+        events_stop.child_token(),
+    ));
+    let dead_letters = tokio::spawn(event_bus::run_dead_letters(js, events_stop.child_token()));
+
     // 3. Domains.
     let ctx = Ctx {
         store: store.clone(),
@@ -114,6 +133,21 @@ pub async fn run(mut config: Config) -> Result<()> {
         served.push(handle);
     }
     nats.flush().await.context("flushing NATS subscriptions")?;
+
+    // 3b. The HTTP gateway, on its own NATS connection, once the domains answer.
+    let gateway = match config.http.enabled {
+        true => Some(
+            gateway::start(
+                &config.http,
+                config.nats.max_payload,
+                &url,
+                http_domains,
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        false => None,
+    };
     tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
 
     // 4. Run until a signal or a fatal failure.
@@ -133,10 +167,18 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // 5. Ordered teardown: every domain stops taking requests at once, then each
     // finishes its in-flight ones.
+    // The gateway goes first: no new HTTP requests, in-flight ones finish against
+    // domains that are still serving.
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
+    }
     domains_stop.cancel();
     for handle in served {
         handle.stop().await;
     }
+    // The relay's final drain publishes what the last requests queued, while NATS is up.
+    events_stop.cancel();
+    let _ = tokio::join!(relay, dead_letters);
     if let Err(e) = nats.flush().await {
         tracing::warn!(error = %e, "final NATS flush failed");
     }

@@ -10,7 +10,9 @@
 //! is stored, so a copy of the store yields no usable token. A session is one refresh-token
 //! family; revoking it is one write to its session row, which Validate reads through the
 //! store's cache, so revocation (and a role change, a write to the account row) is seen by
-//! the very next Validate.
+//! the very next Validate. Caches of Validate answers outside this domain (the gateway's)
+//! learn of it from a notice on [`REVOKED_SUBJECT`], published after the commit and before
+//! the reply.
 //!
 //! Tables (ids are `acc_<hex>` / `ses_<hex>`, never containing `/`):
 //! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash, failure
@@ -244,6 +246,8 @@ pub struct Auth {
     dummy_hash: String,
     common_passwords: HashSet<&'static str>,
     hashing: Arc<Semaphore>,
+    /// Replaces publishing on [`REVOKED_SUBJECT`] (tests; `None` = the context's client).
+    on_revoked: Option<RevocationHook>,
 }
 
 /// Builds auth's dispatcher (the registry's entry).
@@ -258,6 +262,42 @@ fn bad_credentials() -> Status {
 fn bad_token() -> Status {
     Status::unauthenticated("the token is invalid, expired or revoked")
 }
+
+/// Core-NATS subject on which auth announces, right after the commit, every session it
+/// revoked and every account whose sessions or roles changed, so caches of Validate
+/// answers (the gateway's) drop them at once. The body is [`Revoked`] as JSON.
+pub const REVOKED_SUBJECT: &str = "aicore.auth.revoked";
+
+/// A revocation notice: sessions that ended, accounts whose every session ended or whose
+/// roles changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revoked {
+    /// Revoked sessions.
+    #[serde(default)]
+    pub session_ids: Vec<String>,
+    /// Accounts whose sessions were all revoked or whose roles changed.
+    #[serde(default)]
+    pub account_ids: Vec<String>,
+}
+
+impl Revoked {
+    fn session(id: String) -> Self {
+        Revoked {
+            session_ids: vec![id],
+            ..Default::default()
+        }
+    }
+
+    fn account(id: String) -> Self {
+        Revoked {
+            account_ids: vec![id],
+            ..Default::default()
+        }
+    }
+}
+
+/// Where revocation notices go instead of NATS (tests).
+pub type RevocationHook = Arc<dyn Fn(Revoked) + Send + Sync>;
 
 fn ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -550,11 +590,38 @@ impl Auth {
             dummy_hash,
             common_passwords,
             hashing: Arc::new(Semaphore::new(permits)),
+            on_revoked: None,
         })
     }
 
     fn now(&self) -> i64 {
         ms(self.ctx.clock.now())
+    }
+
+    /// Sends revocation notices to `hook` instead of NATS.
+    pub fn with_revocation_hook(mut self, hook: RevocationHook) -> Self {
+        self.on_revoked = Some(hook);
+        self
+    }
+
+    /// Announces a committed revocation, before the reply goes out (on the same
+    /// connection, so a subscriber sees the notice before the caller sees the reply).
+    /// Best effort: a lost notice is covered by the caches' short TTL.
+    async fn announce(&self, revoked: Revoked) {
+        if let Some(hook) = &self.on_revoked {
+            hook(revoked);
+            return;
+        }
+        let Some(client) = &self.ctx.client else {
+            return;
+        };
+        let body = match serde_json::to_vec(&revoked) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        if let Err(e) = client.nats().publish(REVOKED_SUBJECT, body.into()).await {
+            tracing::warn!(error = %e, "revocation notice not sent");
+        }
     }
 
     /// Checks a new password against the rules of Register (reported under `field`).
@@ -924,6 +991,7 @@ impl AuthHandler for Auth {
                     account_id,
                     "refresh token reused: session revoked"
                 );
+                self.announce(Revoked::session(session_id)).await;
                 Err(bad_token())
             }
             Outcome::Issued(issued, account_id, session_id) => Ok(RefreshResponse {
@@ -967,18 +1035,25 @@ impl AuthHandler for Auth {
                     return Ok(None);
                 }
                 if all_sessions {
-                    return revoke_all(tx, &rec.account_id, now).map(Some);
+                    let n = revoke_all(tx, &rec.account_id, now)?;
+                    return Ok(Some((n, Revoked::account(rec.account_id))));
                 }
                 let Some(mut s) =
                     tx.get_msg::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
                 else {
                     return Ok(None);
                 };
-                Ok(Some(u32::from(revoke(tx, &mut s, now))))
+                let n = u32::from(revoke(tx, &mut s, now));
+                Ok(Some((n, Revoked::session(rec.session_id))))
             })
             .await?;
         match revoked {
-            Some(revoked_sessions) => Ok(LogoutResponse { revoked_sessions }),
+            Some((revoked_sessions, notice)) => {
+                if revoked_sessions > 0 {
+                    self.announce(notice).await;
+                }
+                Ok(LogoutResponse { revoked_sessions })
+            }
             None => Err(bad_token()),
         }
     }
@@ -1094,6 +1169,7 @@ impl AuthHandler for Auth {
         }
         let new_hash = self.hash_password(new_password).await?;
         let checked_hash = account.password_hash;
+        let notice = Revoked::account(account_id.clone());
         let revoked_sessions = self
             .ctx
             .store
@@ -1114,6 +1190,7 @@ impl AuthHandler for Auth {
                 revoke_all(tx, &account_id, now)
             })
             .await?;
+        self.announce(notice).await;
         Ok(ChangePasswordResponse { revoked_sessions })
     }
 
@@ -1136,6 +1213,7 @@ impl AuthHandler for Auth {
                 "must be \"player\", \"service\" or \"admin\"",
             ));
         }
+        let notice = Revoked::account(account_id.clone());
         let roles = self
             .ctx
             .store
@@ -1157,6 +1235,7 @@ impl AuthHandler for Auth {
                 Ok(roles)
             })
             .await?;
+        self.announce(notice).await;
         Ok(GrantRoleResponse { roles })
     }
 
@@ -1979,5 +2058,71 @@ mod tests {
             .unwrap();
         assert_eq!(all.sessions.len(), 5);
         assert!(all.next_page_token.is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_revocation_is_announced_after_its_commit() {
+        let (ctx, _clock) = Ctx::for_tests();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Revoked>::new()));
+        let sink = seen.clone();
+        let auth = Auth::new(&ctx)
+            .unwrap()
+            .with_revocation_hook(Arc::new(move |r| sink.lock().unwrap().push(r)));
+        let take = || std::mem::take(&mut *seen.lock().unwrap());
+        let id = register(&auth, "rosa").await;
+        let a = login(&auth, "rosa", PW).await.unwrap();
+        let b = login(&auth, "rosa", PW).await.unwrap();
+        assert!(take().is_empty(), "login revokes nothing");
+
+        // Logout of one session names it; the refreshed token still belongs to it.
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(a.access_token.clone())),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(take(), vec![Revoked::session(a.session_id.clone())]);
+        // Nothing revoked, nothing announced.
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::RefreshToken(a.refresh_token.clone())),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        assert!(take().is_empty());
+
+        // Refresh-token reuse names the session.
+        refresh(&auth, &b.refresh_token).await.unwrap();
+        refresh(&auth, &b.refresh_token).await.unwrap_err();
+        assert_eq!(take(), vec![Revoked::session(b.session_id.clone())]);
+
+        // Password change, role change and logout-all name the account.
+        login(&auth, "rosa", PW).await.unwrap();
+        auth.change_password(req(ChangePasswordRequest {
+            account_id: id.clone(),
+            old_password: String::new(),
+            new_password: "another-fine-passphrase".into(),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(take(), vec![Revoked::account(id.clone())]);
+        auth.grant_role(req(GrantRoleRequest {
+            account_id: id.clone(),
+            role: "admin".into(),
+            revoke: false,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(take(), vec![Revoked::account(id.clone())]);
+        let c = login(&auth, "rosa", "another-fine-passphrase")
+            .await
+            .unwrap();
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(c.access_token)),
+            all_sessions: true,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(take(), vec![Revoked::account(id)]);
     }
 }

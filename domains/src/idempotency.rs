@@ -36,9 +36,21 @@ pub struct Idempotency {
     ttl: Duration,
 }
 
-/// The fingerprint of a request (encode it with its idempotency key cleared).
-pub fn fingerprint<M: Message>(request: &M) -> Vec<u8> {
-    Sha256::digest(request.encode_to_vec()).to_vec()
+/// The fingerprint of a request to `rpc`: its RPC (so two RPCs sharing a key scope never
+/// replay each other's replies) and its encoding with the idempotency key cleared by
+/// `clear_key`.
+pub fn fingerprint<M: Message + Clone>(
+    rpc: &str,
+    request: &M,
+    clear_key: impl FnOnce(&mut M),
+) -> Vec<u8> {
+    let mut r = request.clone();
+    clear_key(&mut r);
+    let mut h = Sha256::new();
+    h.update(rpc.as_bytes());
+    h.update([0]);
+    h.update(r.encode_to_vec());
+    h.finalize().to_vec()
 }
 
 /// Checks an idempotency key's shape (empty = none).

@@ -4,13 +4,20 @@
 //! config section below and one line in [`registry::DOMAINS`].
 
 pub mod auth;
+pub mod event_bus;
 pub mod idempotency;
+pub mod outbox;
 pub mod paging;
+pub mod payment;
+pub mod quest_system;
 pub mod registry;
 pub mod runtime;
 pub mod settings;
 pub mod state_manager;
 pub mod store;
+pub mod streams;
+pub mod validate;
+pub mod world_state;
 
 pub use runtime::{Clock, Ctx, ManualClock, SystemClock};
 pub use store::Store;
@@ -24,10 +31,18 @@ pub struct DomainsConfig {
     pub max_in_flight: usize,
     /// auth: accounts, sessions, access and refresh tokens, roles.
     pub auth: auth::AuthConfig,
+    /// event-bus: JetStream streams, consumers and dead letters.
+    pub event_bus: event_bus::EventBusConfig,
     /// settings: typed settings with schemas and defaults.
     pub settings: settings::SettingsConfig,
     /// state-manager: versioned player save data.
     pub state_manager: state_manager::StateManagerConfig,
+    /// payment: wallets, the item catalog and the append-only ledger.
+    pub payment: payment::PaymentConfig,
+    /// world-state: shared world facts, snapshots and the change feed.
+    pub world_state: world_state::WorldStateConfig,
+    /// quest-system: quest definitions and player quest logs.
+    pub quest_system: quest_system::QuestSystemConfig,
 }
 
 impl Default for DomainsConfig {
@@ -35,8 +50,12 @@ impl Default for DomainsConfig {
         DomainsConfig {
             max_in_flight: 256,
             auth: Default::default(),
+            event_bus: Default::default(),
             settings: Default::default(),
             state_manager: Default::default(),
+            payment: Default::default(),
+            world_state: Default::default(),
+            quest_system: Default::default(),
         }
     }
 }

@@ -23,6 +23,14 @@ pub static DOMAINS: &[DomainSpec] = &[
         build: crate::auth::server,
     },
     DomainSpec {
+        name: "event_bus",
+        build: crate::event_bus::server,
+    },
+    DomainSpec {
+        name: "payment",
+        build: crate::payment::server,
+    },
+    DomainSpec {
         name: "settings",
         build: |ctx| {
             Ok(Arc::new(
@@ -41,6 +49,14 @@ pub static DOMAINS: &[DomainSpec] = &[
                 )),
             ))
         },
+    },
+    DomainSpec {
+        name: "quest_system",
+        build: crate::quest_system::server,
+    },
+    DomainSpec {
+        name: "world_state",
+        build: crate::world_state::server,
     },
 ];
 

@@ -5,8 +5,9 @@
 //! concurrently up to a per-domain bound; each honours the caller's deadline header; a
 //! panic is caught and answered as Internal while the service keeps serving; errors go
 //! out as micro-protocol error headers plus a `common.Error` body. Streams are sent as
-//! messages to the reply inbox closed by an end marker. It does not decide placement or
-//! connect to NATS: the appliance hands it a connected client.
+//! messages to the reply inbox closed by an end marker (or, when the service stops
+//! mid-stream, by an Unavailable error, so shutdown never waits on a long stream). It
+//! does not decide placement or connect to NATS: the appliance hands it a connected client.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -218,9 +219,10 @@ pub async fn serve(
             let dispatch = dispatch.clone();
             let nats = nats.clone();
             let errors = errors.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                handle(&*dispatch, &nats, &errors, method, request).await;
+                handle(&*dispatch, &nats, &errors, &stop, method, request).await;
             });
         }
         // Stop taking requests, then wait for every in-flight one.
@@ -271,6 +273,7 @@ async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
     errors: &ErrorCounts,
+    stop: &CancellationToken,
     method: usize,
     request: async_nats::service::Request,
 ) {
@@ -319,7 +322,19 @@ async fn handle(
                 let Some(reply) = request.message.reply.clone() else {
                     return;
                 };
-                while let Some(item) = items.next().await {
+                // A stream (a watch, a replay) may run far longer than any unary call;
+                // shutdown must not wait for it, so it ends with Unavailable (not the end
+                // marker: the client can tell it was cut and resume).
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => {
+                            let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
+                            respond_error(&request, errors, info.rpc, &s).await;
+                            return;
+                        }
+                        item = items.next() => match item { Some(i) => i, None => break },
+                    };
                     match item {
                         Ok(b) => {
                             if nats.publish(reply.clone(), b).await.is_err() {

@@ -24,15 +24,13 @@ use aicore_proto::aicore::settings::v1::{
 };
 use aicore_proto::{Code, Metadata, Request, Status};
 
-use crate::{Ctx, paging};
+use crate::{Ctx, paging, validate};
 
 const SCHEMAS: &str = "settings.schemas";
 const VALUES: &str = "settings.values";
 
 /// Longest key the contract allows (`Schema.key`: 1–128 characters).
 const CONTRACT_MAX_KEY_CHARS: usize = 128;
-/// Longest accepted `player_id`, in bytes.
-const MAX_PLAYER_ID_BYTES: usize = 128;
 /// Roles that may write GLOBAL settings, schemas and any player's settings.
 const PRIVILEGED: &[&str] = &["admin", "service"];
 
@@ -105,7 +103,7 @@ impl Target {
             }
         };
         match scope {
-            Scope::Player => check_player_id(&player_id)?,
+            Scope::Player => validate::player_id(&player_id, "player_id")?,
             _ if !player_id.is_empty() => {
                 return Err(Status::invalid(
                     "player_id",
@@ -176,22 +174,6 @@ impl Target {
             updated_at: stored.updated_at,
         }
     }
-}
-
-fn check_player_id(player_id: &str) -> Result<(), Status> {
-    if player_id.is_empty() || player_id.len() > MAX_PLAYER_ID_BYTES {
-        return Err(Status::invalid(
-            "player_id",
-            format!("is required for SCOPE_PLAYER and at most {MAX_PLAYER_ID_BYTES} bytes"),
-        ));
-    }
-    if player_id.chars().any(char::is_control) {
-        return Err(Status::invalid(
-            "player_id",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 fn key_char(c: char) -> bool {

@@ -27,11 +27,11 @@ use aicore_proto::aicore::state_manager::v1::{
     ListRequest, ListResponse, ObjectMetadata, PutRequest, PutResponse, StateManagerHandler,
     VersionInfo,
 };
-use aicore_proto::{Code, FieldViolation, Request, Status};
+use aicore_proto::{Code, Request, Status};
 
 use crate::idempotency::{self, Idempotency};
 use crate::store::Tx;
-use crate::{Ctx, paging};
+use crate::{Ctx, paging, validate};
 
 /// The one table; the names below say which kind of row an access means.
 const OBJECTS: &str = "state_manager.objects";
@@ -46,8 +46,6 @@ const TAG_END: u8 = 3;
 
 /// Longest key the contract allows (`PutRequest.key`: 1–256 bytes).
 const CONTRACT_MAX_KEY_BYTES: usize = 256;
-/// Longest accepted `player_id`, in bytes.
-const MAX_PLAYER_ID_BYTES: usize = 128;
 /// Longest accepted `content_type`, in bytes.
 const MAX_CONTENT_TYPE_BYTES: usize = 255;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -59,16 +57,6 @@ const IDEMPOTENCY: Idempotency = Idempotency::new(
     "state_manager.idempotency",
     std::time::Duration::from_secs(24 * 3600),
 );
-
-/// The fingerprint of a request, its idempotency key left out.
-fn fingerprint_without_key<M: prost::Message + Clone>(
-    req: &M,
-    clear: impl FnOnce(&mut M),
-) -> Vec<u8> {
-    let mut r = req.clone();
-    clear(&mut r);
-    idempotency::fingerprint(&r)
-}
 
 /// Configuration of state-manager (`[domains.state_manager]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -173,22 +161,6 @@ impl StateManager {
     fn history_depth(&self) -> u64 {
         u64::from(self.config().history_depth.max(1))
     }
-}
-
-fn check_player_id(player_id: &str) -> Result<(), Status> {
-    if player_id.is_empty() || player_id.len() > MAX_PLAYER_ID_BYTES {
-        return Err(Status::invalid(
-            "player_id",
-            format!("must be 1 to {MAX_PLAYER_ID_BYTES} bytes"),
-        ));
-    }
-    if player_id.chars().any(char::is_control) {
-        return Err(Status::invalid(
-            "player_id",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 /// The content type to store: the default when empty, else a `type/subtype` MIME type with
@@ -318,25 +290,17 @@ fn newest_version(tx: &Tx<'_>, prefix: &[u8]) -> Result<Option<u64>, Status> {
         .and_then(|(k, _)| version_of(k)))
 }
 
-fn resource_exhausted(field: &str, description: String) -> Status {
-    let mut s = Status::new(Code::ResourceExhausted, format!("{field}: {description}"));
-    s.field_violations.push(FieldViolation {
-        field: field.to_string(),
-        description,
-    });
-    s
-}
-
 impl StateManagerHandler for StateManager {
     async fn put(&self, request: Request<PutRequest>) -> Result<PutResponse, Status> {
         let Request { body: req, meta } = request;
-        check_player_id(&req.player_id)?;
+        validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
         let content_type = content_type(&req.content_type)?;
         let max = self.config().max_object_bytes;
         if req.data.len() > max {
-            return Err(resource_exhausted(
+            return Err(Status::with_field(
+                Code::ResourceExhausted,
                 "data",
                 format!(
                     "is {} bytes; the per-object limit is {max} bytes",
@@ -345,7 +309,7 @@ impl StateManagerHandler for StateManager {
             ));
         }
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = fingerprint_without_key(&req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("put", &req, |r| r.idempotency_key.clear());
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0put", req.player_id);
@@ -421,7 +385,7 @@ impl StateManagerHandler for StateManager {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<GetResponse, Status> {
         let Request { body: req, meta } = request;
-        check_player_id(&req.player_id)?;
+        validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
         let store = &self.ctx.store;
@@ -476,7 +440,7 @@ impl StateManagerHandler for StateManager {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<DeleteResponse, Status> {
         let Request { body: req, meta } = request;
-        check_player_id(&req.player_id)?;
+        validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
         if req.expected_version == Some(0) {
@@ -486,7 +450,7 @@ impl StateManagerHandler for StateManager {
             ));
         }
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = fingerprint_without_key(&req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("delete", &req, |r| r.idempotency_key.clear());
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0delete", req.player_id);
@@ -540,7 +504,7 @@ impl StateManagerHandler for StateManager {
 
     async fn list(&self, request: Request<ListRequest>) -> Result<ListResponse, Status> {
         let Request { body: req, meta } = request;
-        check_player_id(&req.player_id)?;
+        validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         if !req.prefix.is_empty() {
             self.check_key(&req.prefix, "prefix")?;
@@ -594,7 +558,7 @@ impl StateManagerHandler for StateManager {
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<HistoryResponse, Status> {
         let Request { body: req, meta } = request;
-        check_player_id(&req.player_id)?;
+        validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
         let limit = self.page_size(req.page_size)?;

@@ -411,9 +411,15 @@ impl Status {
 
     /// InvalidArgument naming the wrong field.
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Status::with_field(Code::InvalidArgument, field, description)
+    }
+
+    /// A status of any code naming the field at fault (e.g. FailedPrecondition on
+    /// `amount` for insufficient funds).
+    pub fn with_field(code: Code, field: &str, description: impl Into<String>) -> Self {
         let description = description.into();
         Status {
-            code: Code::InvalidArgument,
+            code,
             message: format!("{field}: {description}"),
             field_violations: vec![FieldViolation {
                 field: field.to_string(),

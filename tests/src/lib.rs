@@ -13,7 +13,10 @@ use futures::StreamExt;
 
 /// The domains `aicore run` serves by default in this build (all registered ones).
 pub fn domains() -> Vec<&'static str> {
-    aicore_domains::registry::DOMAINS.iter().map(|d| d.name).collect()
+    aicore_domains::registry::DOMAINS
+        .iter()
+        .map(|d| d.name)
+        .collect()
 }
 
 /// The workspace root.
@@ -70,6 +73,8 @@ pub struct Appliance {
     pub data_dir: PathBuf,
     /// The NATS URL of its nats-server child.
     pub nats_url: String,
+    /// The base URL of its HTTP gateway (`http://127.0.0.1:<port>`).
+    pub http_url: String,
     /// Where its log goes.
     pub log_path: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -84,10 +89,22 @@ impl Appliance {
         a
     }
 
-    /// Starts an appliance on `data_dir` (e.g. again after a crash).
+    /// Starts an appliance in a fresh temporary directory with `toml` as its
+    /// configuration file (ports and data dir still come from the command line).
+    pub async fn start_with_config(toml: &str) -> Appliance {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(temp.path().join("aicore.toml"), toml).expect("writing aicore.toml");
+        let mut a = Appliance::start_in(temp.path()).await;
+        a._temp = Some(temp);
+        a
+    }
+
+    /// Starts an appliance on `data_dir` (e.g. again after a crash), with
+    /// `data_dir/aicore.toml` as its configuration when that file exists.
     pub async fn start_in(data_dir: &Path) -> Appliance {
         let port = free_port();
         let monitor = free_port();
+        let http = free_port();
         let log_path = data_dir.join(format!("aicore-{port}.log"));
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -96,6 +113,13 @@ impl Appliance {
             .arg(data_dir)
             .args(["--nats-port", &port.to_string()])
             .args(["--nats-monitor-port", &monitor.to_string()])
+            .args(["--http-port", &http.to_string()])
+            .args(
+                Some(data_dir.join("aicore.toml"))
+                    .filter(|c| c.exists())
+                    .map(|c| vec!["--config".into(), c.into_os_string()])
+                    .unwrap_or_default(),
+            )
             .env("AICORE_NATS_SERVER", nats_server_bin())
             .env("RUST_LOG", "info")
             .current_dir(data_dir)
@@ -108,6 +132,7 @@ impl Appliance {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             nats_url: format!("nats://127.0.0.1:{port}"),
+            http_url: format!("http://127.0.0.1:{http}"),
             log_path,
             _temp: None,
         };
@@ -115,7 +140,8 @@ impl Appliance {
         a
     }
 
-    /// Waits until every domain answers `$SRV.PING`, failing with the log otherwise.
+    /// Waits until every domain answers `$SRV.PING` and the HTTP gateway accepts
+    /// connections, failing with the log otherwise.
     pub async fn wait_ready(&mut self, limit: Duration) {
         let give_up = Instant::now() + limit;
         loop {
@@ -128,7 +154,9 @@ impl Appliance {
             }
             if let Ok(nats) = async_nats::connect(&self.nats_url).await {
                 let answered = ping(&nats, Duration::from_millis(300)).await;
-                if domains().iter().all(|d| answered.iter().any(|a| a == d)) {
+                if domains().iter().all(|d| answered.iter().any(|a| a == d))
+                    && self.http_listening()
+                {
                     return;
                 }
             }
@@ -139,6 +167,12 @@ impl Appliance {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the HTTP gateway accepts connections.
+    fn http_listening(&self) -> bool {
+        let addr = self.http_url.trim_start_matches("http://");
+        std::net::TcpStream::connect(addr).is_ok()
     }
 
     /// The appliance's log so far.
@@ -275,9 +309,21 @@ pub struct BareNats {
 impl BareNats {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> BareNats {
+        BareNats::spawn(&[]).await
+    }
+
+    /// Starts one with JetStream keeping its store in `dir` (same `dir` after a restart
+    /// finds the same streams).
+    pub async fn start_js(dir: &Path) -> BareNats {
+        let dir = dir.to_str().expect("a UTF-8 store dir");
+        BareNats::spawn(&["-js", "-sd", dir]).await
+    }
+
+    async fn spawn(extra: &[&str]) -> BareNats {
         let port = free_port();
         let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -2,7 +2,11 @@
 //! random ports, temp dirs), through the public interfaces only: the SDK's typed
 //! clients, raw NATS, and the `aicore` CLI. One test binary for the whole crate.
 
+mod events;
+mod gateway;
+mod payment;
 mod runtime;
+mod world;
 
 use std::time::Duration;
 

@@ -1,0 +1,385 @@
+//! The appliance's own certificate authority. On first use it creates a local CA under
+//! `<data-dir>/certs/` (private keys written 0600) and from then on issues certificates
+//! signed by it: the nats-server's server certificate (SANs: localhost, 127.0.0.1, ::1 and
+//! configured host names) and one client certificate per principal — `domains`,
+//! `gateway`, `admin`, and any external client (`game-server`, tools) an operator issues
+//! with `aicore certs issue`. Every issued certificate is recorded in `index.json`
+//! (name, role, serial, validity, revoked flag), which `aicore certs list` shows and
+//! `aicore certs revoke` updates.
+//!
+//! This module only issues and records. Making nats-server require these certificates
+//! and map each identity to a least-privilege user is the supervisor's job (its TLS and
+//! accounts configuration); until that is wired, issuing a certificate grants nothing.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+
+/// The organisation every AI Core certificate names.
+const ORG: &str = "AI Core";
+/// The CA's common name.
+const CA_NAME: &str = "AI Core local CA";
+/// Roles a client certificate may carry (its OU), each a NATS user with its own rights.
+pub const ROLES: &[&str] = &["domains", "gateway", "admin", "game-server"];
+
+/// One issued certificate, as recorded in `index.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Its name (the certificate's CN), unique in the index.
+    pub name: String,
+    /// `server` or one of [`ROLES`].
+    pub role: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Start of validity, seconds since the epoch.
+    pub not_before: u64,
+    /// End of validity, seconds since the epoch.
+    pub not_after: u64,
+    /// Certificate file (PEM).
+    pub cert_path: PathBuf,
+    /// Private key file (PEM, 0600).
+    pub key_path: PathBuf,
+    /// Revoked by `aicore certs revoke`.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl Issued {
+    /// Whether it is due for renewal: two thirds of its lifetime have passed.
+    pub fn needs_renewal(&self, now: SystemTime) -> bool {
+        let now = secs(now);
+        let life = self.not_after.saturating_sub(self.not_before);
+        now >= self.not_before + life * 2 / 3
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    certs: BTreeMap<String, Issued>,
+}
+
+/// The local CA in a directory.
+pub struct Authority {
+    dir: PathBuf,
+    key: KeyPair,
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn to_offset(t: SystemTime) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(secs(t) as i64).context("time out of range")
+}
+
+/// The CA's parameters. Recomputed identically on every open, so the CA can sign with
+/// its stored key without parsing its own certificate back.
+fn ca_params(not_before: SystemTime, not_after: SystemTime) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORG);
+    dn.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = to_offset(not_before)?;
+    p.not_after = to_offset(not_after)?;
+    Ok(p)
+}
+
+/// Writes `contents` to `path` atomically, with `mode` permissions.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A certificate name: what may appear in a CN and a file name.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("certificate name {name:?} must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    Ok(())
+}
+
+impl Authority {
+    /// Opens the CA in `dir`, creating it (valid `ca_days`) if there is none.
+    pub fn open_or_create(dir: &Path, ca_days: u32) -> Result<Authority> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.pem");
+        if key_path.exists() && cert_path.exists() {
+            let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)
+                .context("reading the CA key")?;
+            return Ok(Authority {
+                dir: dir.to_path_buf(),
+                key,
+            });
+        }
+        let key = KeyPair::generate()?;
+        let now = SystemTime::now();
+        let params = ca_params(now, now + Duration::from_secs(u64::from(ca_days) * 86_400))?;
+        let cert = params.self_signed(&key)?;
+        write_file(&key_path, &key.serialize_pem(), 0o600)?;
+        write_file(&cert_path, &cert.pem(), 0o644)?;
+        tracing::info!(dir = %dir.display(), "created the local certificate authority");
+        Ok(Authority {
+            dir: dir.to_path_buf(),
+            key,
+        })
+    }
+
+    /// The CA certificate's path.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index.json")
+    }
+
+    fn load_index(&self) -> Result<Index> {
+        match std::fs::read_to_string(self.index_path()) {
+            Ok(s) => serde_json::from_str(&s).context("reading certs/index.json"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_index(&self, index: &Index) -> Result<()> {
+        write_file(
+            &self.index_path(),
+            &serde_json::to_string_pretty(index)?,
+            0o644,
+        )
+    }
+
+    /// Issues (or re-issues, replacing the record) a certificate named `name`.
+    ///
+    /// `role` is `server` (TLS server auth; `sans` are its host names and addresses) or a
+    /// client role from [`ROLES`] (client auth; CN = name, OU = role). Files go to
+    /// `out_dir` (default: the CA directory) as `<name>.pem` / `<name>.key`.
+    pub fn issue(
+        &self,
+        name: &str,
+        role: &str,
+        days: u32,
+        sans: &[String],
+        out_dir: Option<&Path>,
+    ) -> Result<Issued> {
+        check_name(name)?;
+        if role != "server" && !ROLES.contains(&role) {
+            bail!("unknown role {role:?}: one of server, {}", ROLES.join(", "));
+        }
+        if days == 0 {
+            bail!("--days must be at least 1");
+        }
+        let now = SystemTime::now();
+        let not_after = now + Duration::from_secs(u64::from(days) * 86_400);
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, ORG);
+        dn.push(DnType::OrganizationalUnitName, role);
+        dn.push(DnType::CommonName, name);
+        p.distinguished_name = dn;
+        p.not_before = to_offset(now)?;
+        p.not_after = to_offset(not_after)?;
+        let serial: [u8; 16] = rand::random();
+        // A positive serial: clear the top bit.
+        let mut serial = serial.to_vec();
+        serial[0] &= 0x7f;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        p.use_authority_key_identifier_extension = true;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        if role == "server" {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            for san in sans {
+                p.subject_alt_names
+                    .push(match san.parse::<std::net::IpAddr>() {
+                        Ok(ip) => SanType::IpAddress(ip),
+                        Err(_) => SanType::DnsName(san.clone().try_into()?),
+                    });
+            }
+        } else {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate()?;
+        let ca = ca_params(now, not_after)?;
+        let issuer = Issuer::new(ca, &self.key);
+        let cert = p.signed_by(&key, &issuer)?;
+
+        let out = out_dir.unwrap_or(&self.dir);
+        std::fs::create_dir_all(out)?;
+        let cert_path = out.join(format!("{name}.pem"));
+        let key_path = out.join(format!("{name}.key"));
+        write_file(&key_path, &key.serialize_pem(), 0o600)?;
+        write_file(&cert_path, &cert.pem(), 0o644)?;
+        let issued = Issued {
+            name: name.to_string(),
+            role: role.to_string(),
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_before: secs(now),
+            not_after: secs(not_after),
+            cert_path,
+            key_path,
+            revoked: false,
+        };
+        let mut index = self.load_index()?;
+        index.certs.insert(name.to_string(), issued.clone());
+        self.save_index(&index)?;
+        Ok(issued)
+    }
+
+    /// Every recorded certificate, by name.
+    pub fn list(&self) -> Result<Vec<Issued>> {
+        Ok(self.load_index()?.certs.into_values().collect())
+    }
+
+    /// Marks `name` revoked (the supervisor drops its NATS user at the next reload).
+    pub fn revoke(&self, name: &str) -> Result<Issued> {
+        let mut index = self.load_index()?;
+        let Some(c) = index.certs.get_mut(name) else {
+            bail!("no certificate named {name:?}");
+        };
+        c.revoked = true;
+        let c = c.clone();
+        self.save_index(&index)?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use rustls::server::WebPkiClientVerifier;
+
+    use super::*;
+
+    fn verify_client(ca: &Authority, cert_path: &Path) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca.ca_path()).unwrap())
+            .unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let cert = CertificateDer::from_pem_file(cert_path).unwrap();
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn issued_client_certs_chain_to_our_ca_and_not_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let issued = ca.issue("gateway", "gateway", 30, &[], None).unwrap();
+        verify_client(&ca, &issued.cert_path).expect("chains to our CA");
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Authority::open_or_create(other_dir.path(), 3650).unwrap();
+        assert!(verify_client(&other, &issued.cert_path).is_err());
+
+        // Reopening reuses the same CA, and it still signs verifiable certificates.
+        let again = Authority::open_or_create(dir.path(), 3650).unwrap();
+        assert_eq!(
+            std::fs::read(again.ca_path()).unwrap(),
+            std::fs::read(ca.ca_path()).unwrap()
+        );
+        let admin = again.issue("admin", "admin", 30, &[], None).unwrap();
+        verify_client(&ca, &admin.cert_path).expect("signed by the reopened CA");
+    }
+
+    #[test]
+    fn keys_are_private_and_the_index_records_and_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let srv = ca
+            .issue(
+                "nats",
+                "server",
+                90,
+                &["localhost".into(), "127.0.0.1".into()],
+                None,
+            )
+            .unwrap();
+        for key in [dir.path().join("ca.key"), srv.key_path.clone()] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        let gs = ca.issue("arena-1", "game-server", 30, &[], None).unwrap();
+        assert_eq!(ca.list().unwrap().len(), 2);
+        assert!(!gs.revoked);
+        ca.revoke("arena-1").unwrap();
+        let listed = ca.list().unwrap();
+        assert!(listed.iter().any(|c| c.name == "arena-1" && c.revoked));
+        assert!(listed.iter().any(|c| c.name == "nats" && !c.revoked));
+        assert!(ca.revoke("nobody").is_err());
+    }
+
+    #[test]
+    fn bad_names_roles_and_days_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        assert!(ca.issue("../evil", "admin", 30, &[], None).is_err());
+        assert!(ca.issue("ok", "root", 30, &[], None).is_err());
+        assert!(ca.issue("ok", "admin", 0, &[], None).is_err());
+        assert!(ca.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
+        let c = Issued {
+            name: "x".into(),
+            role: "admin".into(),
+            serial: "01".into(),
+            not_before: 1_000,
+            not_after: 1_000 + 300,
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+            revoked: false,
+        };
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert!(!c.needs_renewal(at(1_199)));
+        assert!(c.needs_renewal(at(1_200)));
+    }
+}

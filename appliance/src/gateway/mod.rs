@@ -1,0 +1,782 @@
+//! The HTTP gateway: every RPC of every exposed domain as `POST /v1/<domain>/<rpc>` with a
+//! JSON body, without a line of per-domain code. Routes, JSON ↔ protobuf transcoding,
+//! access policy and the OpenAPI document all come from the descriptors and the policy
+//! options next to the protos; calls go to the domains over NATS through the SDK client
+//! (deadlines, retries of idempotent RPCs, circuit breaker, header propagation).
+//!
+//! Route convention: `/v1/<domain>/<rpc>` in snake_case exactly as in the NATS subject
+//! (`svc.state_manager.v1.list_sessions` ↔ `POST /v1/state_manager/list_sessions`);
+//! all-kebab-case (`/v1/state-manager/list-sessions`) is accepted as an alias.
+//!
+//! Per request, in order: the in-flight bound (503 + Retry-After when full, never a queue),
+//! the access policy of the RPC (public, or a bearer token checked through the cached
+//! `auth.Validate` — see [`tokens`] — plus its roles), the per-client rate limit (429 +
+//! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default), the body
+//! limit (413) and transcoding (400 naming the field), then the call. The caller's identity
+//! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`, set only from the
+//! validated token: nothing from the HTTP request is copied into NATS headers except the
+//! request id and the trace context, which are also echoed in the response.
+//! Server-streaming RPCs answer Server-Sent Events. Shutdown stops accepting, ends open
+//! streams with an `error` event and lets in-flight requests finish (bounded by the drain
+//! timeout). TLS is not here (a later issue).
+
+mod error;
+pub mod health;
+mod limits;
+pub mod metrics;
+pub mod openapi;
+pub mod tokens;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aicore_proto::aicore::auth::v1::AuthClient;
+use aicore_proto::{Access, CallOptions, Code, MethodInfo, Status, Transport};
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost_reflect::MessageDescriptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::HttpConfig;
+pub use error::ApiError;
+use limits::{Client, RateLimiter};
+use metrics::Metrics;
+use tokens::Tokens;
+
+/// HTTP header carrying a request's deadline in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+/// HTTP header carrying the request id (taken from the client when sane, else generated).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// One exposed RPC.
+struct Route {
+    method: &'static MethodInfo,
+    input: MessageDescriptor,
+    output: MessageDescriptor,
+}
+
+/// What every request handler shares.
+struct Gateway {
+    routes: Vec<Route>,
+    client: aicore_sdk::Client,
+    auth: AuthClient<aicore_sdk::Client>,
+    nats: async_nats::Client,
+    tokens: Arc<Tokens>,
+    limiter: RateLimiter,
+    in_flight: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    ready: health::Ready,
+    openapi: Bytes,
+    config: HttpConfig,
+    /// Cancelled on shutdown: open streams end.
+    stopping: CancellationToken,
+}
+
+type Shared = Arc<Gateway>;
+
+/// A running gateway; [`Server::stop`] drains it.
+pub struct Server {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    drain: Duration,
+}
+
+impl Server {
+    /// Stops accepting, ends streams, and waits for in-flight requests (at most the drain
+    /// timeout; then they are cut).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(self.drain, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_secs = self.drain.as_secs(),
+                "gateway drain timed out; cutting remaining requests"
+            );
+            self.task.abort();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Connects to NATS as the gateway (its own connection: revocation notices arrive on it,
+/// and a reconnect drops the Validate cache since notices may have been missed).
+async fn connect(url: &str, tokens: Arc<Tokens>) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("aicore-gateway")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
+        .event_callback(move |event| {
+            let tokens = tokens.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    tokens.clear();
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("gateway connecting to NATS at {url}"))
+}
+
+/// Starts the gateway for `domains` on its own connection to `nats_url`, listening as
+/// configured, until [`Server::stop`] or `stop` is cancelled.
+pub async fn start(
+    config: &HttpConfig,
+    max_payload: u32,
+    nats_url: &str,
+    domains: Vec<&'static str>,
+    stop: CancellationToken,
+) -> Result<Server> {
+    let (router, gateway) = build(config, max_payload, nats_url, domains, stop.clone()).await?;
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("gateway listening on {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let listen_stop = stop.clone();
+    let task = tokio::spawn(async move {
+        let r = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(listen_stop.cancelled_owned())
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gateway server failed");
+        }
+        drop(gateway);
+    });
+    tracing::info!(%addr, "gateway listening");
+    Ok(Server {
+        stop,
+        task,
+        drain: Duration::from_secs(config.drain_timeout_secs),
+    })
+}
+
+/// The gateway's router (with connect info needed: serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`), and the gateway's revocation
+/// listener task, which lives until `stop`.
+pub async fn build(
+    config: &HttpConfig,
+    max_payload: u32,
+    nats_url: &str,
+    domains: Vec<&'static str>,
+    stop: CancellationToken,
+) -> Result<(Router, tokio::task::JoinHandle<()>)> {
+    if config.max_body_bytes >= max_payload {
+        bail!(
+            "http.max_body_bytes ({}) must be below nats.max_payload ({max_payload})",
+            config.max_body_bytes
+        );
+    }
+    let mut routes = Vec::new();
+    for d in &domains {
+        let service = aicore_proto::find_service(d)
+            .with_context(|| format!("no contract for domain {d:?}"))?;
+        for m in service.methods {
+            routes.push(Route {
+                method: m,
+                input: crate::json::descriptor(m.input).map_err(|e| anyhow::anyhow!("{e}"))?,
+                output: crate::json::descriptor(m.output).map_err(|e| anyhow::anyhow!("{e}"))?,
+            });
+        }
+    }
+    let metrics = Arc::new(Metrics::new(
+        routes.iter().map(|r| canonical_path(r.method)).collect(),
+    ));
+    let tokens = Arc::new(Tokens::new(
+        Duration::from_millis(config.validate_cache_ttl_ms),
+        config.validate_cache_capacity,
+        metrics.clone(),
+    ));
+    let nats = connect(nats_url, tokens.clone()).await?;
+    let listener = tokens
+        .clone()
+        .listen(nats.clone(), stop.clone())
+        .await
+        .context("subscribing to revocation notices")?;
+    nats.flush()
+        .await
+        .context("flushing the gateway's subscriptions")?;
+    let client = aicore_sdk::Client::new(nats.clone(), Default::default());
+    let methods: Vec<&'static MethodInfo> = routes.iter().map(|r| r.method).collect();
+    let openapi = Bytes::from(openapi::document(&methods).to_string());
+    let gateway = Arc::new(Gateway {
+        auth: AuthClient::new(client.clone()),
+        client,
+        nats,
+        tokens,
+        limiter: RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+            config.rate_limit_clients,
+        ),
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize)),
+        streams: Arc::new(Semaphore::new(config.max_streams.max(1) as usize)),
+        metrics,
+        ready: health::Ready::new(domains, Duration::from_millis(config.ready_cache_ms)),
+        openapi,
+        config: config.clone(),
+        stopping: stop,
+        routes,
+    });
+
+    let mut router: Router<Shared> = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs));
+    for (i, r) in gateway.routes.iter().enumerate() {
+        let rpc =
+            move |State(gw): State<Shared>,
+                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  headers: HeaderMap,
+                  body: Body| async move { handle(gw, i, peer, headers, body).await };
+        let canonical = canonical_path(r.method);
+        let kebab = canonical.replace('_', "-");
+        let method_router = post(rpc).fallback(method_not_allowed);
+        if kebab != canonical {
+            router = router.route(&kebab, method_router.clone());
+        }
+        router = router.route(&canonical, method_router);
+    }
+    let mut router = router.fallback(not_found).with_state(gateway.clone());
+    if let Some(cors) = cors(&config.cors_origins)? {
+        router = router.layer(cors);
+    }
+    Ok((router, listener))
+}
+
+/// `/v1/<domain>/<rpc>`.
+fn canonical_path(m: &MethodInfo) -> String {
+    format!("/v1/{}/{}", m.domain, m.rpc)
+}
+
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).with_context(|| format!("http.cors_origins: {o:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(TIMEOUT_HEADER),
+                HeaderName::from_static(REQUEST_ID_HEADER),
+                HeaderName::from_static("traceparent"),
+            ])
+            .expose_headers([
+                HeaderName::from_static(REQUEST_ID_HEADER),
+                HeaderName::from_static("traceparent"),
+                header::RETRY_AFTER,
+            ])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// The request id and trace context of one request.
+struct Trace {
+    request_id: String,
+    traceparent: String,
+}
+
+impl Trace {
+    /// Takes the client's request id when sane and continues its trace (same trace id,
+    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh.
+    fn from_headers(h: &HeaderMap) -> Trace {
+        let request_id = h
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 128
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        let traceparent = h
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(continue_trace)
+            .unwrap_or_else(aicore_sdk::new_traceparent);
+        Trace {
+            request_id,
+            traceparent,
+        }
+    }
+
+    fn stamp(&self, h: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            h.insert(REQUEST_ID_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.traceparent) {
+            h.insert("traceparent", v);
+        }
+    }
+}
+
+/// A child of a valid W3C `traceparent` (version 00): same trace id and flags, new span id.
+fn continue_trace(tp: &str) -> Option<String> {
+    let parts: Vec<&str> = tp.trim().split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let [version, trace, span, flags] = parts[..] else {
+        return None;
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if version != "00"
+        || !hex(trace, 32)
+        || !hex(span, 16)
+        || !hex(flags, 2)
+        || zero(trace)
+        || zero(span)
+    {
+        return None;
+    }
+    Some(format!(
+        "00-{trace}-{:016x}-{flags}",
+        rand::random::<u64>().max(1)
+    ))
+}
+
+/// Keeps the in-flight gauge right even when the client goes away mid-request.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    gw: Shared,
+    route: usize,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let trace = Trace::from_headers(&headers);
+    gw.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(&gw.metrics);
+    let mut response = match call(&gw, route, peer, &headers, body, &trace).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.code == Code::Internal {
+                tracing::error!(request_id = %trace.request_id, route = gw.routes[route].method.subject, error = %e.status, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    drop(guard);
+    trace.stamp(response.headers_mut());
+    gw.metrics
+        .record(route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+fn overloaded(what: &str) -> ApiError {
+    ApiError::new(
+        Status::new(
+            Code::Unavailable,
+            format!("the gateway is at its limit of {what}; retry shortly"),
+        )
+        .with_retry_after(Duration::from_secs(1)),
+    )
+}
+
+impl Gateway {
+    fn limit(&self, client: Client<'_>) -> Result<(), ApiError> {
+        self.limiter.check(client).map_err(|wait| {
+            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                Status::new(Code::ResourceExhausted, "rate limit exceeded; slow down")
+                    .with_retry_after(wait),
+            )
+        })
+    }
+
+    /// The deadline: the client's header (capped), else the RPC's default, else ours.
+    fn deadline(&self, headers: &HeaderMap, m: &MethodInfo) -> Result<Duration, ApiError> {
+        if let Some(v) = headers.get(TIMEOUT_HEADER) {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    Status::invalid(
+                        "X-Request-Timeout-Ms",
+                        "must be a positive whole number of milliseconds",
+                    )
+                })?;
+            return Ok(Duration::from_millis(ms.min(self.config.max_deadline_ms)));
+        }
+        Ok(Duration::from_millis(match m.policy.default_deadline_ms {
+            0 => self.config.default_deadline_ms,
+            ms => u64::from(ms),
+        }))
+    }
+}
+
+/// The bearer token of `Authorization`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn call(
+    gw: &Gateway,
+    route: usize,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    trace: &Trace,
+) -> Result<Response, ApiError> {
+    let r = &gw.routes[route];
+    let m = r.method;
+    let _permit = gw.in_flight.clone().try_acquire_owned().map_err(|_| {
+        gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+        overloaded("requests in flight")
+    })?;
+    let stream_permit = match m.server_streaming {
+        true => Some(gw.streams.clone().try_acquire_owned().map_err(|_| {
+            gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            overloaded("open streams")
+        })?),
+        false => None,
+    };
+    let mut options = CallOptions {
+        timeout: Some(gw.deadline(headers, m)?),
+        caller: None,
+        traceparent: Some(trace.traceparent.clone()),
+        request_id: Some(trace.request_id.clone()),
+    };
+
+    // Who is calling, by the RPC's policy; then their rate limit.
+    if m.policy.access == Access::Public {
+        gw.limit(Client::Ip(peer.ip()))?;
+    } else {
+        let token = bearer(headers).ok_or_else(|| {
+            Status::unauthenticated("this call needs an `Authorization: Bearer <access token>`")
+        })?;
+        let caller = match gw.tokens.cached(token) {
+            Some(c) => c,
+            None => {
+                // Unknown tokens cost the client address too, so a flood of made-up
+                // tokens cannot reach auth unbounded.
+                gw.limit(Client::Ip(peer.ip()))?;
+                gw.tokens.fetch(&gw.auth, token, &options).await?
+            }
+        };
+        if m.policy.access == Access::Roles && !m.policy.roles.iter().any(|r| caller.has_role(r)) {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                format!("this call needs one of the roles {:?}", m.policy.roles),
+            )
+            .into());
+        }
+        gw.limit(Client::Account(&caller.account_id))?;
+        options.caller = Some(caller);
+    }
+
+    let json = read_body(headers, body, gw.config.max_body_bytes as usize).await?;
+    let request = crate::json::to_protobuf(&r.input, &json)?;
+
+    if let Some(permit) = stream_permit {
+        let upstream = gw.client.server_stream(m, request, &options).await?;
+        return Ok(sse(gw, r.output.clone(), upstream, permit));
+    }
+    let reply = gw.client.unary(m, request, &options).await?;
+    let mut json = crate::json::from_protobuf(&r.output, reply, false)?;
+    json.push(b'\n');
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response())
+}
+
+/// The request body, within the limit, with a JSON (or absent) content type.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::with_http(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Status::invalid("(body)", format!("the request body exceeds {limit} bytes")),
+        )
+    };
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(ApiError::with_http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Status::invalid("Content-Type", "must be application/json"),
+            ));
+        }
+    }
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if over {
+            too_large()
+        } else {
+            ApiError::new(Status::invalid(
+                "(body)",
+                format!("the request body could not be read: {e}"),
+            ))
+        }
+    })
+}
+
+/// Decrements the open-streams gauge and frees the stream slot when the SSE body is
+/// dropped (stream end or client gone), together with the upstream subscription.
+struct StreamSlot {
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn error_event(s: &Status) -> Event {
+    Event::default().event("error").data(error::body(s))
+}
+
+/// Server-Sent Events from an upstream stream: `message` per item, `end` at the end,
+/// `error` on failure or shutdown. Dropping the response (client gone) drops the upstream
+/// subscription with it.
+fn sse(
+    gw: &Gateway,
+    output: MessageDescriptor,
+    upstream: futures::stream::BoxStream<'static, Result<Bytes, Status>>,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    gw.metrics.open_streams.fetch_add(1, Ordering::Relaxed);
+    let slot = StreamSlot {
+        metrics: gw.metrics.clone(),
+        _permit: permit,
+    };
+    let stopping = gw.stopping.clone();
+    let events = futures::stream::unfold(Some((upstream, slot)), move |state| {
+        let output = output.clone();
+        let stopping = stopping.clone();
+        async move {
+            let (mut upstream, slot) = state?;
+            let next = tokio::select! {
+                _ = stopping.cancelled() => Some(Err(Status::new(
+                    Code::Unavailable,
+                    "the gateway is shutting down; reconnect",
+                ))),
+                n = upstream.next() => n,
+            };
+            let (event, more) = match next {
+                None => (Event::default().event("end").data("{}"), false),
+                Some(Ok(b)) => match crate::json::from_protobuf(&output, b, false) {
+                    Ok(json) => (
+                        Event::default()
+                            .event("message")
+                            .data(String::from_utf8_lossy(&json)),
+                        true,
+                    ),
+                    Err(s) => (error_event(&s), false),
+                },
+                Some(Err(s)) => (error_event(&s), false),
+            };
+            Some((Ok::<_, Infallible>(event), more.then_some((upstream, slot))))
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
+}
+
+async fn readyz(State(gw): State<Shared>) -> Response {
+    let r = gw.ready.check(&gw.nats).await;
+    let status = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, r.body() + "\n")
+}
+
+async fn metrics_text(State(gw): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_json(State(gw): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        gw.openapi.clone(),
+    )
+        .into_response()
+}
+
+async fn docs() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        openapi::DOCS_HTML,
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found(
+    State(gw): State<Shared>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let start = Instant::now();
+    let mut r = ApiError::new(Status::not_found(format!(
+        "no route {method} {}: unknown domain or rpc (routes are POST /v1/<domain>/<rpc>; see /openapi.json)",
+        uri.path()
+    )))
+    .into_response();
+    Trace::from_headers(&headers).stamp(r.headers_mut());
+    gw.metrics
+        .record(gw.metrics.unmatched(), r.status().as_u16(), start.elapsed());
+    r
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let mut r = ApiError::with_http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Status::new(
+            Code::InvalidArgument,
+            format!("{method} is not allowed: RPC routes take POST"),
+        ),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_continue_valid_parents_and_replace_bad_ones() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = continue_trace(parent).unwrap();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, parent);
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f-00f067aa0ba902b7-01",
+        ] {
+            assert!(continue_trace(bad).is_none(), "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            REQUEST_ID_HEADER,
+            HeaderValue::from_static("bad id with spaces"),
+        );
+        let t = Trace::from_headers(&h);
+        assert_eq!(t.request_id.len(), 32);
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42"));
+        assert_eq!(Trace::from_headers(&h).request_id, "req-42");
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer at_x"),
+        );
+        assert_eq!(bearer(&h), Some("at_x"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}

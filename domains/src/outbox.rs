@@ -1,0 +1,331 @@
+//! The outbox relay: moves events that domains queued with [`Tx::emit`] (in the same redb
+//! transaction as their state change) onto JetStream, so state and events never disagree.
+//! It reads the outbox in sequence order a batch at a time, publishes the whole batch
+//! pipelined (every publish sent, then every ack awaited: JetStream with fsync per message
+//! does not batch by itself), and deletes the acknowledged events in one store write.
+//! Each message carries `Nats-Msg-Id` = the event's outbox id, so a batch re-sent after a
+//! crash between "acked" and "deleted" is de-duplicated by the stream. A failed publish
+//! leaves its event queued and the relay backs off and retries; nothing is dropped.
+//!
+//! Ordering: within a batch publishes are pipelined, so if one fails and a later one
+//! succeeds, the retry lands after it. Consumers needing a strict order should order by
+//! the event's own data (e.g. a version), which domains include anyway.
+//!
+//! It does not decide subjects or create streams ([`crate::streams`] does).
+//!
+//! [`Tx::emit`]: crate::store::Tx::emit
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{self, OUTBOX, OutboxEvent, Store};
+
+/// Events read and published per round.
+pub const BATCH: usize = 256;
+/// How often an idle relay looks at the outbox even without a commit signal.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+/// First pause after a failed round; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the relay keeps draining after shutdown is requested.
+pub const FINAL_DRAIN: Duration = Duration::from_secs(3);
+
+/// Where relayed events go: JetStream in production, a fake in unit tests.
+pub trait Sink: Send + Sync {
+    /// Publishes `events` (pipelined) and reports, per event, whether it is stored.
+    fn publish(
+        &self,
+        events: &[OutboxEvent],
+    ) -> impl Future<Output = Vec<Result<(), String>>> + Send;
+}
+
+impl Sink for jetstream::Context {
+    async fn publish(&self, events: &[OutboxEvent]) -> Vec<Result<(), String>> {
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
+            let sent = self
+                .send_publish(e.subject.clone(), publish_message(e))
+                .await
+                .map_err(|err| err.to_string());
+            acks.push(sent);
+        }
+        let mut out = Vec::with_capacity(acks.len());
+        for ack in acks {
+            out.push(match ack {
+                Ok(fut) => fut.await.map(|_| ()).map_err(|err| err.to_string()),
+                Err(err) => Err(err),
+            });
+        }
+        out
+    }
+}
+
+/// The JetStream message for an event: its payload, its headers and `Nats-Msg-Id`.
+pub fn publish_message(e: &OutboxEvent) -> PublishMessage {
+    let mut h = HeaderMap::new();
+    for (n, v) in e.header_names.iter().zip(&e.header_values) {
+        h.insert(n.as_str(), v.as_str());
+    }
+    PublishMessage::build()
+        .payload(Bytes::from(e.payload.clone()))
+        .headers(h)
+        .message_id(&e.msg_id)
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Events published and removed from the outbox.
+    pub relayed: usize,
+    /// Events that failed and stay queued.
+    pub failed: usize,
+}
+
+/// Publishes up to [`BATCH`] queued events and deletes the acknowledged ones.
+pub async fn relay_once<S: Sink>(store: &Store, sink: &S) -> Result<Round, aicore_proto::Status> {
+    let rows = store.scan(OUTBOX, b"", b"", BATCH)?;
+    if rows.is_empty() {
+        return Ok(Round::default());
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for (_, v) in rows {
+        events.push(store::decode::<OutboxEvent>(OUTBOX, v)?);
+    }
+    let results = sink.publish(&events).await;
+    let mut done = Vec::new();
+    let mut failed = 0;
+    for (e, r) in events.iter().zip(results) {
+        match r {
+            Ok(()) => done.push(e.seq),
+            Err(err) => {
+                failed += 1;
+                if failed == 1 {
+                    tracing::warn!(seq = e.seq, subject = %e.subject, error = %err, "outbox publish failed; will retry");
+                }
+            }
+        }
+    }
+    let relayed = done.len();
+    if !done.is_empty() {
+        store
+            .write(move |tx| {
+                for seq in done {
+                    tx.delete(OUTBOX, &seq.to_be_bytes());
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(Round { relayed, failed })
+}
+
+/// Runs the relay until `shutdown`, then drains what it can within [`FINAL_DRAIN`].
+pub async fn run_relay(store: Store, js: jetstream::Context, shutdown: CancellationToken) {
+    run_relay_with(store, js, shutdown).await
+}
+
+/// [`run_relay`] over any [`Sink`].
+pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    let mut total = 0u64;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let round = relay_once(&store, &sink).await;
+        match round {
+            Ok(r) if r.failed == 0 && r.relayed == BATCH => {
+                // More may be queued: go again at once.
+                total += r.relayed as u64;
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+            Ok(r) if r.failed == 0 => {
+                total += r.relayed as u64;
+                backoff = MIN_BACKOFF;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = store.outbox_signal() => {}
+                    _ = tokio::time::sleep(IDLE_TICK) => {}
+                }
+            }
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(error = %e, "outbox read failed; will retry");
+                }
+                if let Ok(r) = other {
+                    total += r.relayed as u64;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    // Last best-effort drain: events committed just before shutdown should not wait for
+    // the next start (they would not be lost either way: they stay queued).
+    let give_up = tokio::time::Instant::now() + FINAL_DRAIN;
+    let drained = tokio::time::timeout_at(give_up, async {
+        let mut n = 0u64;
+        loop {
+            match relay_once(&store, &sink).await {
+                Ok(r) if r.failed == 0 && r.relayed > 0 => n += r.relayed as u64,
+                _ => return n,
+            }
+        }
+    })
+    .await;
+    let left = store
+        .scan(OUTBOX, b"", b"", 1)
+        .map(|r| r.len())
+        .unwrap_or(0);
+    tracing::info!(
+        relayed = total + drained.as_ref().copied().unwrap_or(0),
+        events_left = left > 0,
+        "outbox relay stopped"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Stores by msg id (like JetStream's de-duplication) and fails chosen subjects.
+    #[derive(Default)]
+    struct Fake {
+        stored: Mutex<Vec<String>>,
+        ids: Mutex<HashSet<String>>,
+        fail_subject: Mutex<Option<String>>,
+        calls: Mutex<usize>,
+    }
+
+    impl Sink for &Fake {
+        async fn publish(&self, events: &[OutboxEvent]) -> Vec<Result<(), String>> {
+            *self.calls.lock().unwrap() += 1;
+            let fail = self.fail_subject.lock().unwrap().clone();
+            events
+                .iter()
+                .map(|e| {
+                    if fail.as_deref() == Some(e.subject.as_str()) {
+                        return Err("no stream".into());
+                    }
+                    if self.ids.lock().unwrap().insert(e.msg_id.clone()) {
+                        self.stored.lock().unwrap().push(e.subject.clone());
+                    }
+                    Ok(())
+                })
+                .collect()
+        }
+    }
+
+    async fn emit(store: &Store, subjects: &[&str]) {
+        let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+        store
+            .write(move |tx| {
+                for s in &subjects {
+                    tx.emit(s, s.as_bytes().to_vec())?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    fn queued(store: &Store) -> usize {
+        store.scan(OUTBOX, b"", b"", usize::MAX).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn relays_in_order_and_deletes_acknowledged() {
+        let store = Store::in_memory();
+        emit(&store, &["evt.a.1", "evt.a.2"]).await;
+        emit(&store, &["evt.a.3"]).await;
+        let fake = Fake::default();
+        let r = relay_once(&store, &&fake).await.unwrap();
+        assert_eq!(
+            r,
+            Round {
+                relayed: 3,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            *fake.stored.lock().unwrap(),
+            ["evt.a.1", "evt.a.2", "evt.a.3"]
+        );
+        assert_eq!(queued(&store), 0);
+        assert_eq!(relay_once(&store, &&fake).await.unwrap(), Round::default());
+    }
+
+    #[tokio::test]
+    async fn failed_events_stay_queued_until_they_succeed() {
+        let store = Store::in_memory();
+        emit(&store, &["evt.ok.1", "evt.bad.1", "evt.ok.2"]).await;
+        let fake = Fake::default();
+        *fake.fail_subject.lock().unwrap() = Some("evt.bad.1".into());
+        let r = relay_once(&store, &&fake).await.unwrap();
+        assert_eq!(
+            r,
+            Round {
+                relayed: 2,
+                failed: 1
+            }
+        );
+        assert_eq!(queued(&store), 1);
+        *fake.fail_subject.lock().unwrap() = None;
+        relay_once(&store, &&fake).await.unwrap();
+        assert_eq!(queued(&store), 0);
+        assert_eq!(fake.stored.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_resend_after_a_lost_delete_is_deduplicated_by_msg_id() {
+        let store = Store::in_memory();
+        emit(&store, &["evt.x.1", "evt.x.2"]).await;
+        let fake = Fake::default();
+        // Published but "crashed" before the delete: publish without relay_once.
+        let rows = store.scan(OUTBOX, b"", b"", 10).unwrap();
+        let events: Vec<OutboxEvent> = rows
+            .into_iter()
+            .map(|(_, v)| store::decode(OUTBOX, v).unwrap())
+            .collect();
+        (&fake).publish(&events).await;
+        relay_once(&store, &&fake).await.unwrap();
+        assert_eq!(fake.stored.lock().unwrap().len(), 2);
+        assert_eq!(queued(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn run_relay_wakes_on_commit_and_drains_on_shutdown() {
+        let store = Store::in_memory();
+        let fake: &'static Fake = Box::leak(Box::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_relay_with(store.clone(), fake, stop.clone()));
+        emit(&store, &["evt.w.1"]).await;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queued(&store) > 0 {
+            assert!(tokio::time::Instant::now() < give_up, "not relayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // More than one batch, emitted just before shutdown, is drained by the final pass.
+        let many: Vec<String> = (0..BATCH * 2 + 5).map(|i| format!("evt.m.{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        emit(&store, &refs).await;
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(queued(&store), 0);
+        assert_eq!(fake.stored.lock().unwrap().len(), BATCH * 2 + 6);
+    }
+}

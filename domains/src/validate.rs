@@ -1,0 +1,62 @@
+//! Input checks shared by several domains, each answering InvalidArgument naming the
+//! field. Domain-specific rules stay in their domain.
+
+use aicore_proto::Status;
+
+/// Longest accepted player id, in bytes.
+pub const MAX_PLAYER_ID_BYTES: usize = 128;
+
+/// A player (account) id: 1–128 bytes, no control characters (so `\0` can separate key
+/// parts in tables).
+pub fn player_id(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() || value.len() > MAX_PLAYER_ID_BYTES {
+        return Err(Status::invalid(
+            field,
+            format!("must be 1 to {MAX_PLAYER_ID_BYTES} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Status::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An id chosen by an operator (item, quest, region…): 1–`max` characters of
+/// `[a-z0-9_.-]`.
+pub fn slug(value: &str, field: &str, max: usize) -> Result<(), Status> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid(
+            field,
+            format!("must be 1 to {max} characters of [a-z0-9_.-]"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn player_ids_and_slugs() {
+        assert!(player_id("p1", "player_id").is_ok());
+        assert_eq!(
+            player_id("", "from").unwrap_err().field_violations[0].field,
+            "from"
+        );
+        assert!(player_id("a\0b", "player_id").is_err());
+        assert!(player_id(&"x".repeat(129), "player_id").is_err());
+        assert!(slug("gold.pack-1", "item_id", 64).is_ok());
+        assert!(slug("Gold", "item_id", 64).is_err());
+        assert!(slug(&"a".repeat(65), "item_id", 64).is_err());
+    }
+}

@@ -1,0 +1,675 @@
+//! world-state: shared world facts (`castle.gate` = `open`) with per-key versions and
+//! compare-and-set, prefix listing, consistent snapshots and a change feed. Every change
+//! gets a world-wide revision (one more than the previous change, across all keys), is
+//! appended to a bounded change log and emits `evt.world.changed`, all in the transaction
+//! that writes the fact, so the fact, the log and the event never disagree. It does not
+//! interpret fact data (other domains read facts as scalars themselves) and keeps no
+//! history beyond the change log's retention.
+//!
+//! Tables (fact keys never contain control characters, so `\0` never occurs in them):
+//! - `world_state.facts`: key → [`Fact`] (data included): the live facts.
+//! - `world_state.tombstones`: key → [`Tombstone`], the version a Delete gave the key, so a
+//!   re-created fact continues the version sequence. One small row per deleted key.
+//! - `world_state.changes`: big-endian revision → [`FactChange`] (with the fact's data
+//!   for SET), the last `change_log_retention` changes; the write that appends one prunes
+//!   what falls out of the window in the same transaction.
+//! - `world_state.meta`: `revision` → [`Meta`], the latest revision.
+//! - `world_state.idempotency`: replies of Set/Delete kept for their idempotency keys.
+//!
+//! Watch replays from the change log and then follows it: it is woken by this process's
+//! own commits (a `tokio::sync::watch` channel), by `evt.world.changed` on NATS (commits
+//! of any other process writing the same world, once the outbox relay publishes them) and
+//! by a poll interval as a floor, and each wake-up just reads the log on from the next
+//! revision — the log is the truth, wake-ups are hints, so a missed or duplicated one
+//! costs at most a poll interval and never a change. A stream ends at the caller's
+//! deadline, after `watch_max_duration_ms`, after `watch_idle_timeout_ms` without a
+//! change to deliver (each with the end marker: resume from the last revision + 1), or
+//! with Unavailable when the service stops. NATS gives the server no signal that a client
+//! went away, so these bounds are what stop publishing into a dead inbox.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use aicore_proto::aicore::world_state::v1::{
+    CaughtUp, ChangeKind, DeleteRequest, DeleteResponse, Fact, FactChange, GetRequest, GetResponse,
+    ListRequest, ListResponse, SetRequest, SetResponse, SnapshotRequest, SnapshotResponse,
+    WatchRequest, WatchResponse, WorldStateHandler, watch_response,
+};
+use aicore_proto::{Code, Request, Status, Streaming};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::idempotency::{self, Idempotency};
+use crate::store::{Store, Tx};
+use crate::{Ctx, paging};
+
+const FACTS: &str = "world_state.facts";
+const TOMBSTONES: &str = "world_state.tombstones";
+const CHANGES: &str = "world_state.changes";
+const META: &str = "world_state.meta";
+const META_KEY: &[u8] = b"revision";
+/// Replies of Set and Delete kept for replays of their idempotency keys.
+const IDEMPOTENCY: Idempotency =
+    Idempotency::new("world_state.idempotency", Duration::from_secs(24 * 3600));
+
+/// The subject every change is published on (payload: [`FactChange`] without `fact`).
+pub const CHANGED_SUBJECT: &str = "evt.world.changed";
+
+/// Longest key the contract allows (`Fact.key`: 1–256 characters).
+const MAX_KEY_CHARS: usize = 256;
+/// Most change-log rows one write prunes (more only after a lowered retention; later
+/// writes prune the rest).
+const PRUNE_BATCH: usize = 256;
+/// Optimistic attempts of a Snapshot before it reads inside the writer instead.
+const SNAPSHOT_ATTEMPTS: usize = 3;
+const LIST_TOKEN: u8 = b'W';
+
+/// Configuration of world-state (`[domains.world_state]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldStateConfig {
+    /// Largest accepted fact, in bytes of `data`; a larger Set is ResourceExhausted.
+    pub max_fact_bytes: usize,
+    /// Changes kept in the change log (at least 1). A Watch from an older revision is
+    /// FailedPrecondition. The log holds each SET's data, so its disk use is up to this
+    /// many times the typical fact size.
+    pub change_log_retention: u64,
+    /// Page size of List when the request asks for none.
+    pub default_page_size: u32,
+    /// Largest page of List; larger requests are capped to it.
+    pub max_page_size: u32,
+    /// Most facts one Snapshot returns; more is ResourceExhausted.
+    pub snapshot_max_facts: usize,
+    /// Most bytes of fact data one Snapshot returns; more is ResourceExhausted.
+    pub snapshot_max_bytes: usize,
+    /// Longest a Watch stream lives, in milliseconds, even if the caller's deadline is later.
+    pub watch_max_duration_ms: u64,
+    /// A Watch stream that had nothing to deliver for this long ends (0 = never), in
+    /// milliseconds; the client resumes from its last revision + 1.
+    pub watch_idle_timeout_ms: u64,
+    /// How often a live Watch reads the change log even without a wake-up, in milliseconds.
+    pub watch_poll_interval_ms: u64,
+    /// Change-log rows a Watch reads at a time.
+    pub watch_batch: usize,
+}
+
+impl Default for WorldStateConfig {
+    fn default() -> Self {
+        WorldStateConfig {
+            max_fact_bytes: 256 * 1024,
+            change_log_retention: 10_000,
+            default_page_size: 100,
+            max_page_size: 1000,
+            snapshot_max_facts: 10_000,
+            snapshot_max_bytes: 16 << 20,
+            watch_max_duration_ms: 600_000,
+            watch_idle_timeout_ms: 300_000,
+            watch_poll_interval_ms: 1000,
+            watch_batch: 256,
+        }
+    }
+}
+
+/// The latest world revision (value of `world_state.meta`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Meta {
+    /// Revision of the latest change; 0 before the first.
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+}
+
+/// What a Delete leaves behind (value of `world_state.tombstones`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tombstone {
+    /// The version the deletion took.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+}
+
+/// The world-state domain.
+pub struct WorldState {
+    ctx: Ctx,
+    /// The latest revision this process committed; wakes local watchers at once.
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl WorldState {
+    /// The domain on a context.
+    pub fn new(ctx: Ctx) -> Self {
+        WorldState {
+            ctx,
+            committed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn config(&self) -> &WorldStateConfig {
+        &self.ctx.config.world_state
+    }
+
+    fn page_size(&self, requested: i32) -> Result<usize, Status> {
+        let c = self.config();
+        paging::page_size(requested, c.default_page_size, c.max_page_size)
+    }
+
+    fn announce(&self, revision: u64) {
+        self.committed.send_if_modified(|r| {
+            let newer = revision > *r;
+            *r = (*r).max(revision);
+            newer
+        });
+    }
+}
+
+/// Checks a fact key (or, with `allow_empty`, a prefix).
+fn check_key(key: &str, field: &str, allow_empty: bool) -> Result<(), Status> {
+    let n = key.chars().count();
+    if (n == 0 && !allow_empty) || n > MAX_KEY_CHARS {
+        return Err(Status::invalid(
+            field,
+            format!("must be 1 to {MAX_KEY_CHARS} characters"),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Status::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The latest committed revision.
+fn current_revision(store: &Store) -> Result<u64, Status> {
+    Ok(store
+        .get_msg::<Meta>(META, META_KEY)?
+        .map_or(0, |m| m.revision))
+}
+
+/// The oldest revision still in the change log, if any.
+fn oldest_retained(store: &Store) -> Result<Option<u64>, Status> {
+    Ok(store
+        .scan(CHANGES, b"", b"", 1)?
+        .first()
+        .and_then(|(k, _)| revision_of(k)))
+}
+
+fn revision_of(row_key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(row_key.try_into().ok()?))
+}
+
+/// Takes the next revision, appends `change` (given that revision) to the change log,
+/// prunes the log to `retention` and emits the event — all in `tx`.
+fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Result<(), Status> {
+    let revision = tx
+        .get_msg::<Meta>(META, META_KEY)?
+        .map_or(0, |m| m.revision)
+        .checked_add(1)
+        .ok_or_else(|| Status::internal("revision overflow"))?;
+    tx.put_msg(META, META_KEY, &Meta { revision });
+    change.revision = revision;
+    if let Some(f) = change.fact.as_mut() {
+        f.revision = revision;
+    }
+    tx.put_msg(CHANGES, &revision.to_be_bytes(), change);
+    if let Some(cut) = revision.checked_sub(retention.max(1)) {
+        for (k, _) in tx.scan(CHANGES, b"", b"", PRUNE_BATCH)? {
+            if revision_of(&k).is_none_or(|r| r > cut) {
+                break;
+            }
+            tx.delete(CHANGES, &k);
+        }
+    }
+    let event = FactChange {
+        fact: None,
+        ..change.clone()
+    };
+    tx.emit(CHANGED_SUBJECT, prost::Message::encode_to_vec(&event))
+}
+
+impl WorldStateHandler for WorldState {
+    async fn get(&self, request: Request<GetRequest>) -> Result<GetResponse, Status> {
+        let req = request.body;
+        check_key(&req.key, "key", false)?;
+        let fact = self
+            .ctx
+            .store
+            .get_msg_cached::<Fact>(FACTS, req.key.as_bytes())?
+            .ok_or_else(|| Status::not_found(format!("no fact `{}`", req.key)))?;
+        Ok(GetResponse { fact: Some(fact) })
+    }
+
+    async fn set(&self, request: Request<SetRequest>) -> Result<SetResponse, Status> {
+        let Request { body: req, meta } = request;
+        meta.authorize_roles(&["service", "admin"])?;
+        check_key(&req.key, "key", false)?;
+        let content_type = crate::state_manager::content_type(&req.content_type)?;
+        let max = self.config().max_fact_bytes;
+        if req.data.len() > max {
+            return Err(Status::with_field(
+                Code::ResourceExhausted,
+                "data",
+                format!(
+                    "is {} bytes; the per-fact limit is {max} bytes",
+                    req.data.len()
+                ),
+            ));
+        }
+        idempotency::check_key(&req.idempotency_key)?;
+        let fingerprint = idempotency::fingerprint("set", &req, |r| r.idempotency_key.clear());
+        let retention = self.config().change_log_retention;
+        let now = self.ctx.now_ts();
+        let scope = format!("set\0{}", req.key);
+        let (key, data, expected) = (req.key, req.data, req.expected_version);
+        let reply = IDEMPOTENCY
+            .write(
+                &self.ctx.store,
+                &scope,
+                &req.idempotency_key,
+                fingerprint,
+                self.ctx.clock.now(),
+                move |tx| {
+                    let live = tx.get_msg::<Fact>(FACTS, key.as_bytes())?;
+                    check_expected(expected, live.as_ref().map(|f| f.version))?;
+                    let last = match &live {
+                        Some(f) => f.version,
+                        None => tx
+                            .get_msg::<Tombstone>(TOMBSTONES, key.as_bytes())?
+                            .map_or(0, |t| t.version),
+                    };
+                    let version = last
+                        .checked_add(1)
+                        .ok_or_else(|| Status::internal("version overflow"))?;
+                    let mut change = FactChange {
+                        revision: 0,
+                        kind: ChangeKind::Set as i32,
+                        key: key.clone(),
+                        old_version: live.as_ref().map_or(0, |f| f.version),
+                        new_version: version,
+                        fact: Some(Fact {
+                            key: key.clone(),
+                            data,
+                            content_type,
+                            version,
+                            revision: 0,
+                            updated_at: Some(now),
+                        }),
+                        changed_at: Some(now),
+                    };
+                    record_change(tx, &mut change, retention)?;
+                    let fact = change.fact.unwrap_or_default();
+                    tx.put_msg(FACTS, key.as_bytes(), &fact);
+                    tx.delete(TOMBSTONES, key.as_bytes());
+                    Ok(SetResponse { fact: Some(fact) })
+                },
+            )
+            .await?;
+        self.announce(reply.fact.as_ref().map_or(0, |f| f.revision));
+        Ok(reply)
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<DeleteResponse, Status> {
+        let Request { body: req, meta } = request;
+        meta.authorize_roles(&["service", "admin"])?;
+        check_key(&req.key, "key", false)?;
+        if req.expected_version == Some(0) {
+            return Err(Status::invalid(
+                "expected_version",
+                "0 means create-only and cannot apply to a delete; give the live version or none",
+            ));
+        }
+        idempotency::check_key(&req.idempotency_key)?;
+        let fingerprint = idempotency::fingerprint("delete", &req, |r| r.idempotency_key.clear());
+        let retention = self.config().change_log_retention;
+        let now = self.ctx.now_ts();
+        let scope = format!("delete\0{}", req.key);
+        let (key, expected) = (req.key, req.expected_version);
+        let reply = IDEMPOTENCY
+            .write(
+                &self.ctx.store,
+                &scope,
+                &req.idempotency_key,
+                fingerprint,
+                self.ctx.clock.now(),
+                move |tx| {
+                    let live = tx
+                        .get_msg::<Fact>(FACTS, key.as_bytes())?
+                        .ok_or_else(|| Status::not_found(format!("no fact `{key}`")))?;
+                    check_expected(expected, Some(live.version))?;
+                    let version = live
+                        .version
+                        .checked_add(1)
+                        .ok_or_else(|| Status::internal("version overflow"))?;
+                    let mut change = FactChange {
+                        revision: 0,
+                        kind: ChangeKind::Delete as i32,
+                        key: key.clone(),
+                        old_version: live.version,
+                        new_version: version,
+                        fact: None,
+                        changed_at: Some(now),
+                    };
+                    record_change(tx, &mut change, retention)?;
+                    tx.delete(FACTS, key.as_bytes());
+                    tx.put_msg(TOMBSTONES, key.as_bytes(), &Tombstone { version });
+                    Ok(DeleteResponse {
+                        deleted_version: live.version,
+                        revision: change.revision,
+                    })
+                },
+            )
+            .await?;
+        self.announce(reply.revision);
+        Ok(reply)
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<ListResponse, Status> {
+        let req = request.body;
+        check_key(&req.prefix, "prefix", true)?;
+        let limit = self.page_size(req.page_size)?;
+        let from = if req.page_token.is_empty() {
+            req.prefix.as_bytes().to_vec()
+        } else {
+            let next = paging::decode_token(LIST_TOKEN, &req.page_token)?;
+            if !next.starts_with(req.prefix.as_bytes()) {
+                return Err(Status::invalid(
+                    "page_token",
+                    "belongs to a listing with another prefix",
+                ));
+            }
+            next
+        };
+        let mut rows = self
+            .ctx
+            .store
+            .scan(FACTS, req.prefix.as_bytes(), &from, limit + 1)?;
+        let next_page_token = if rows.len() > limit {
+            rows.pop()
+                .map(|(k, _)| paging::encode_token(LIST_TOKEN, &k))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let facts = rows
+            .into_iter()
+            .map(|(_, v)| crate::store::decode(FACTS, v))
+            .collect::<Result<_, Status>>()?;
+        Ok(ListResponse {
+            facts,
+            next_page_token,
+        })
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<SnapshotResponse, Status> {
+        let req = request.body;
+        check_key(&req.prefix, "prefix", true)?;
+        let (max_facts, max_bytes) = (
+            self.config().snapshot_max_facts,
+            self.config().snapshot_max_bytes,
+        );
+        let store = &self.ctx.store;
+        let prefix = req.prefix.into_bytes();
+        // One scan is one read transaction; if the revision is the same before and after
+        // it, no change committed in between, so the scan is the world at that revision.
+        let mut view = None;
+        for _ in 0..SNAPSHOT_ATTEMPTS {
+            let before = current_revision(store)?;
+            let rows = store.scan(FACTS, &prefix, &prefix, max_facts + 1)?;
+            if current_revision(store)? == before {
+                view = Some((before, rows));
+                break;
+            }
+        }
+        let (revision, rows) = match view {
+            Some(v) => v,
+            // Under a steady stream of writes: read inside the writer, which is serialised
+            // with every change.
+            None => {
+                store
+                    .write(move |tx| {
+                        let revision = tx
+                            .get_msg::<Meta>(META, META_KEY)?
+                            .map_or(0, |m| m.revision);
+                        Ok((revision, tx.scan(FACTS, &prefix, &prefix, max_facts + 1)?))
+                    })
+                    .await?
+            }
+        };
+        if rows.len() > max_facts {
+            return Err(Status::with_field(
+                Code::ResourceExhausted,
+                "prefix",
+                format!("matches more than {max_facts} facts; narrow it or use List"),
+            ));
+        }
+        let mut bytes = 0usize;
+        let mut facts = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            let f: Fact = crate::store::decode(FACTS, v)?;
+            bytes += f.data.len();
+            if bytes > max_bytes {
+                return Err(Status::with_field(
+                    Code::ResourceExhausted,
+                    "prefix",
+                    format!("matches more than {max_bytes} bytes of data; narrow it or use List"),
+                ));
+            }
+            facts.push(f);
+        }
+        Ok(SnapshotResponse { revision, facts })
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Streaming<WatchResponse>, Status> {
+        let Request { body: req, meta } = request;
+        check_key(&req.prefix, "prefix", true)?;
+        let c = self.config().clone();
+        let store = self.ctx.store.clone();
+        let latest = current_revision(&store)?;
+        let next = if req.from_revision == 0 {
+            latest + 1
+        } else {
+            if req.from_revision <= latest
+                && oldest_retained(&store)?.is_none_or(|o| req.from_revision < o)
+            {
+                return Err(too_old(req.from_revision));
+            }
+            req.from_revision
+        };
+        // Hints only (see the module doc): a subscription that fails just leaves the poll.
+        let events = match &self.ctx.client {
+            Some(client) => client.nats().subscribe(CHANGED_SUBJECT).await.ok(),
+            None => None,
+        };
+        let max_end = Instant::now() + Duration::from_millis(c.watch_max_duration_ms);
+        let end = match meta.deadline {
+            Some(d) => max_end.min(d.into()),
+            None => max_end,
+        };
+        let watcher = Watcher {
+            store,
+            prefix: req.prefix,
+            keys_only: req.keys_only,
+            next,
+            caught_up: false,
+            pending: VecDeque::new(),
+            local: self.committed.subscribe(),
+            events,
+            poll: Duration::from_millis(c.watch_poll_interval_ms.max(10)),
+            idle: (c.watch_idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(c.watch_idle_timeout_ms)),
+            last_delivery: Instant::now(),
+            end,
+            batch: c.watch_batch.max(1),
+            done: false,
+        };
+        Ok(futures::stream::unfold(watcher, |mut w| async move {
+            let item = w.next_item().await?;
+            Some((item, w))
+        })
+        .boxed())
+    }
+}
+
+fn too_old(from_revision: u64) -> Status {
+    Status::with_field(
+        Code::FailedPrecondition,
+        "from_revision",
+        format!(
+            "revision {from_revision} is older than the retained change history; take a \
+             Snapshot and watch from its revision + 1"
+        ),
+    )
+}
+
+/// Checks `expected_version` against the live version (`None`: no live fact).
+fn check_expected(expected: Option<u64>, live: Option<u64>) -> Result<(), Status> {
+    match (expected, live) {
+        (None, _) | (Some(0), None) => Ok(()),
+        (Some(n), Some(v)) if n == v => Ok(()),
+        (Some(0), Some(v)) => Err(Status::conflict(format!(
+            "the fact exists at version {v}; expected_version 0 only creates"
+        ))),
+        (Some(n), Some(v)) => Err(Status::conflict(format!(
+            "the fact is at version {v}, not the expected {n}"
+        ))),
+        (Some(n), None) => Err(Status::conflict(format!(
+            "the fact does not exist (expected version {n})"
+        ))),
+    }
+}
+
+/// The state of one Watch stream (driven by `unfold`, so dropping the stream drops it
+/// all: no task outlives the client's stream).
+struct Watcher {
+    store: Store,
+    prefix: String,
+    keys_only: bool,
+    /// The next revision to read from the log.
+    next: u64,
+    caught_up: bool,
+    pending: VecDeque<WatchResponse>,
+    local: tokio::sync::watch::Receiver<u64>,
+    events: Option<async_nats::Subscriber>,
+    poll: Duration,
+    idle: Option<Duration>,
+    last_delivery: Instant,
+    end: Instant,
+    batch: usize,
+    done: bool,
+}
+
+impl Watcher {
+    /// Reads the log from `next` into `pending` until it holds something or the log ends.
+    fn fill(&mut self) -> Result<(), Status> {
+        loop {
+            let rows = self
+                .store
+                .scan(CHANGES, b"", &self.next.to_be_bytes(), self.batch)?;
+            let full = rows.len() == self.batch;
+            for (k, v) in rows {
+                let Some(revision) = revision_of(&k) else {
+                    continue;
+                };
+                if revision > self.next {
+                    // The rows between were pruned while this watcher was behind.
+                    return Err(too_old(self.next));
+                }
+                self.next = revision + 1;
+                let mut change: FactChange = crate::store::decode(CHANGES, v)?;
+                if !change.key.starts_with(&self.prefix) {
+                    continue;
+                }
+                if self.keys_only {
+                    change.fact = None;
+                }
+                self.pending.push_back(WatchResponse {
+                    event: Some(watch_response::Event::Change(change)),
+                });
+            }
+            if !full || !self.pending.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn next_item(&mut self) -> Option<Result<WatchResponse, Status>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(item) = self.pending.pop_front() {
+                self.last_delivery = Instant::now();
+                return Some(Ok(item));
+            }
+            if Instant::now() >= self.end {
+                return None;
+            }
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+            if !self.pending.is_empty() {
+                continue;
+            }
+            if !self.caught_up {
+                self.caught_up = true;
+                let latest = match current_revision(&self.store) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                self.last_delivery = Instant::now();
+                return Some(Ok(WatchResponse {
+                    event: Some(watch_response::Event::CaughtUp(CaughtUp {
+                        revision: latest.min(self.next - 1),
+                    })),
+                }));
+            }
+            let give_up = match self.idle {
+                Some(idle) => self.end.min(self.last_delivery + idle),
+                None => self.end,
+            };
+            let (local, events) = (&mut self.local, &mut self.events);
+            let local_wake = async {
+                if local.changed().await.is_err() {
+                    // The domain is gone; the poll still reads the log until the end.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let nats_wake = async {
+                let woken = match events.as_mut() {
+                    Some(s) => s.next().await.is_some(),
+                    None => false,
+                };
+                if !woken {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(give_up) => return None,
+                _ = local_wake => {}
+                _ = nats_wake => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+}
+
+/// The world-state server on a context (its line in [`crate::registry::DOMAINS`]).
+pub fn server(ctx: &Ctx) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+    Ok(std::sync::Arc::new(
+        aicore_proto::aicore::world_state::v1::WorldStateServer(std::sync::Arc::new(
+            WorldState::new(ctx.clone()),
+        )),
+    ))
+}
+
+#[cfg(test)]
+mod tests;
