@@ -279,7 +279,7 @@ async fn handle(
 ) {
     let info = &dispatch.service().methods[method];
     let meta = metadata(request.message.headers.as_ref(), Instant::now());
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "rpc",
         subject = info.subject,
         request_id = meta.request_id.as_deref().unwrap_or(""),

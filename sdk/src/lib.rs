@@ -8,7 +8,7 @@
 //! `async_nats::Client`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport, headers};
@@ -58,7 +58,7 @@ impl Default for ClientConfig {
 pub struct Client {
     nats: async_nats::Client,
     config: Arc<ClientConfig>,
-    breakers: Arc<Mutex<HashMap<&'static str, Breaker>>>,
+    breakers: Arc<RwLock<HashMap<&'static str, Breaker>>>,
 }
 
 #[derive(Default)]
@@ -94,7 +94,7 @@ impl Client {
     }
 
     fn breaker_check(&self, subject: &'static str) -> Result<(), Status> {
-        let b = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.breakers.read().unwrap_or_else(|e| e.into_inner());
         if let Some(until) = b.get(subject).and_then(|b| b.open_until) {
             let now = Instant::now();
             if until > now {
@@ -109,7 +109,14 @@ impl Client {
     }
 
     fn breaker_record(&self, subject: &'static str, transport_failure: bool) {
-        let mut all = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        // The common case, a success on a healthy subject, takes only the read lock.
+        if !transport_failure {
+            let all = self.breakers.read().unwrap_or_else(|e| e.into_inner());
+            if all.get(subject).is_none_or(|b| b.failures == 0 && b.open_until.is_none()) {
+                return;
+            }
+        }
+        let mut all = self.breakers.write().unwrap_or_else(|e| e.into_inner());
         let b = all.entry(subject).or_default();
         if transport_failure {
             b.failures = b.failures.saturating_add(1);
