@@ -112,7 +112,10 @@ impl Client {
         // The common case, a success on a healthy subject, takes only the read lock.
         if !transport_failure {
             let all = self.breakers.read().unwrap_or_else(|e| e.into_inner());
-            if all.get(subject).is_none_or(|b| b.failures == 0 && b.open_until.is_none()) {
+            if all
+                .get(subject)
+                .is_none_or(|b| b.failures == 0 && b.open_until.is_none())
+            {
                 return;
             }
         }

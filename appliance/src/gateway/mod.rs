@@ -538,6 +538,22 @@ async fn call(
         .into_response())
 }
 
+/// Reads and discards up to `max` bytes of `body` for at most `time`.
+async fn drain(body: Body, max: usize, time: Duration) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(time, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The request body, within the limit, with a JSON (or absent) content type.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
@@ -561,6 +577,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n > limit)
     {
+        // Read (and drop) a bounded amount of what the client is still sending, so it
+        // sees the 413 instead of a connection reset from closing on unread data.
+        drain(body, limit.saturating_mul(4), Duration::from_secs(2)).await;
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
