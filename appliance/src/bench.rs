@@ -4,7 +4,11 @@
 //! and store in a temporary directory and serves state-manager in-process on its own NATS
 //! connection (as `aicore run` does); load comes from separate connections.
 //!
-//! Rows: raw async-nats request/reply echo; SDK state-manager Get of a cached object;
+//! Rows: raw async-nats request/reply echo; over HTTP from an in-process hyper client, a
+//! bare axum→NATS forwarder of a JSON body to an echo responder and the gateway (bearer
+//! auth from a real auth domain, rate limit, in-flight bound, JSON ↔ protobuf, metrics)
+//! calling a stub state_manager.get responder, same JSON body, with the gateway's share of
+//! the forwarder printed per concurrency; SDK state-manager Get of a cached object;
 //! SDK state-manager Put (durable, group commit); SDK payment Transfer (durable, group
 //! commit, contended: random pairs of a few wallets, a fresh idempotency key per call); SDK
 //! world-state Get of a cached fact; the same state-manager Put with group commit off (one
@@ -126,6 +130,7 @@ async fn serve_domain(
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         config: Arc::new(config.domains.clone()),
+        shutdown: stop.child_token(),
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
     let dispatch = (spec.build)(&ctx).map_err(|e| anyhow::anyhow!("{e}"))?;

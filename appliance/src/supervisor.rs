@@ -108,13 +108,15 @@ pub async fn run(mut config: Config) -> Result<()> {
     let dead_letters = tokio::spawn(event_bus::run_dead_letters(js, events_stop.child_token()));
 
     // 3. Domains.
+    let domains_stop = shutdown.child_token();
     let ctx = Ctx {
         store: store.clone(),
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         config: Arc::new(config.domains.clone()),
+        // Domain background tasks end with the domains, before the store closes.
+        shutdown: domains_stop.child_token(),
     };
-    let domains_stop = shutdown.child_token();
     let mut served = Vec::new();
     for name in &domains {
         let spec = registry::find(name).context("domain listed but not registered")?;

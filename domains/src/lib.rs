@@ -16,7 +16,9 @@ pub mod settings;
 pub mod state_manager;
 pub mod store;
 pub mod streams;
+pub mod time_manager;
 pub mod validate;
+pub mod weather_manager;
 pub mod world_state;
 
 pub use runtime::{Clock, Ctx, ManualClock, SystemClock};
@@ -43,6 +45,10 @@ pub struct DomainsConfig {
     pub world_state: world_state::WorldStateConfig,
     /// quest-system: quest definitions and player quest logs.
     pub quest_system: quest_system::QuestSystemConfig,
+    /// time-manager: the game clock, hourly ticks and game-time timers.
+    pub time_manager: time_manager::TimeManagerConfig,
+    /// weather-manager: regional weather from seeded per-season Markov chains.
+    pub weather_manager: weather_manager::WeatherManagerConfig,
 }
 
 impl Default for DomainsConfig {
@@ -56,6 +62,8 @@ impl Default for DomainsConfig {
             payment: Default::default(),
             world_state: Default::default(),
             quest_system: Default::default(),
+            time_manager: Default::default(),
+            weather_manager: Default::default(),
         }
     }
 }

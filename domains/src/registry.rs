@@ -58,6 +58,14 @@ pub static DOMAINS: &[DomainSpec] = &[
         name: "world_state",
         build: crate::world_state::server,
     },
+    DomainSpec {
+        name: "time_manager",
+        build: crate::time_manager::server,
+    },
+    DomainSpec {
+        name: "weather_manager",
+        build: crate::weather_manager::server,
+    },
 ];
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -75,6 +75,9 @@ pub struct Ctx {
     pub client: Option<aicore_sdk::Client>,
     /// The domains' configuration.
     pub config: Arc<DomainsConfig>,
+    /// Cancelled when the appliance stops; background tasks of a domain (tickers, pollers)
+    /// end with it, before the store closes.
+    pub shutdown: CancellationToken,
 }
 
 impl Ctx {
@@ -88,6 +91,7 @@ impl Ctx {
             clock: clock.clone(),
             client: None,
             config: Arc::new(DomainsConfig::default()),
+            shutdown: CancellationToken::new(),
         };
         (ctx, clock)
     }

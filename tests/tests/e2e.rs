@@ -6,6 +6,7 @@ mod events;
 mod gateway;
 mod payment;
 mod runtime;
+mod time;
 mod world;
 
 use std::time::Duration;

@@ -1,0 +1,767 @@
+//! time-manager: the game clock and game-time timers.
+//!
+//! The clock is an anchor — a real instant and the game time at that instant — plus a
+//! scale (game seconds per real second) and a paused flag, stored in one row. Game time at
+//! any real instant is `anchor_game + (real - anchor_real) × scale` (or `anchor_game` while
+//! paused), so it needs no ticking to be right, survives restarts, and counts the time the
+//! appliance was down as elapsed (as the contract says) unless paused. Every change
+//! (SetScale, Pause, Resume, SetTime) first re-anchors at the current instant, so game time
+//! is continuous across it (SetTime aside, which jumps on purpose), bumps the clock's
+//! version and emits `evt.time.clock_changed` in the same transaction.
+//!
+//! A background task ([`TimeManager::run`], ended by `Ctx::shutdown`) calls
+//! [`TimeManager::step`] every `poll_interval_ms` (and at once after a Schedule). One step
+//! is one store transaction that:
+//! - emits `evt.time.tick` for each game-hour boundary crossed since the last step; after
+//!   downtime (or a long stall) at most `max_catch_up_ticks` of them — the latest hours,
+//!   flagged `catch_up` — because a burst of stale ticks helps no consumer, while the
+//!   hour index in each tick lets one notice the gap;
+//! - fires every due timer: emits `evt.time.scheduled` and deletes the timer (or moves a
+//!   repeating one to its next occurrence after now: missed repetitions coalesce into one
+//!   firing) in the same transaction, so a crash can neither fire a timer twice nor lose
+//!   it: timers due during downtime fire at the first step after start. More than
+//!   `fire_batch` due timers take several transactions, each complete.
+//!
+//! SetTime publishes no ticks for the hours it skips (the ticker jumps with it) but fires,
+//! in its own transaction, the timers that become due. Several replicas on one store are
+//! safe: the transaction that deletes a timer is the only one that fires it.
+//!
+//! Calendar (see [`game_time`]): a day is 86 400 game seconds, a season
+//! `days_per_season` days (spring, summer, autumn, winter from day 0), a year four seasons.
+//!
+//! Tables:
+//! - `time_manager.clock`: `clock` → [`ClockState`].
+//! - `time_manager.ticker`: `ticker` → [`TickerState`], the last game hour ticked.
+//! - `time_manager.timers`: schedule id → `Timer`.
+//! - `time_manager.due`: big-endian fire-at game second ++ schedule id → empty: the timers
+//!   by due time, so a step reads only the due ones and ListSchedules pages soonest first.
+//! - `time_manager.idempotency`: replies of Schedule kept for their idempotency keys.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aicore_proto::aicore::time_manager::v1::{
+    CancelScheduleRequest, CancelScheduleResponse, Clock, ClockChangedEvent, GameTime,
+    ListSchedulesRequest, ListSchedulesResponse, NowRequest, NowResponse, PauseRequest,
+    PauseResponse, ResumeRequest, ResumeResponse, ScheduleRequest, ScheduleResponse,
+    ScheduledEvent, Season, SetScaleRequest, SetScaleResponse, SetTimeRequest, SetTimeResponse,
+    TickEvent, TimeManagerHandler, Timer,
+};
+use aicore_proto::{Code, Metadata, Request, Status};
+use prost::Message;
+
+use crate::idempotency::{self, Idempotency};
+use crate::store::Tx;
+use crate::{Ctx, paging};
+
+const CLOCK: &str = "time_manager.clock";
+const CLOCK_KEY: &[u8] = b"clock";
+const TICKER: &str = "time_manager.ticker";
+const TICKER_KEY: &[u8] = b"ticker";
+const TIMERS: &str = "time_manager.timers";
+const DUE: &str = "time_manager.due";
+const IDEMPOTENCY: Idempotency =
+    Idempotency::new("time_manager.idempotency", Duration::from_secs(24 * 3600));
+const LIST_TOKEN: u8 = b'T';
+
+/// Published once per game hour boundary crossed (payload: [`TickEvent`]).
+pub const TICK_SUBJECT: &str = "evt.time.tick";
+/// Published when a timer fires (payload: [`ScheduledEvent`]).
+pub const SCHEDULED_SUBJECT: &str = "evt.time.scheduled";
+/// Published on every clock change (payload: [`ClockChangedEvent`]).
+pub const CLOCK_CHANGED_SUBJECT: &str = "evt.time.clock_changed";
+
+/// Game seconds in a game day (the calendar's hours are 0–23).
+pub const DAY_SECONDS: i64 = 86_400;
+/// Game seconds in a game hour.
+pub const HOUR_SECONDS: i64 = 3_600;
+/// Largest game time SetTime and Schedule accept (about 31 700 game years), so game
+/// milliseconds never overflow.
+pub const MAX_GAME_SECONDS: i64 = 1_000_000_000_000;
+/// Largest scale (the contract's bound).
+pub const MAX_SCALE: f64 = 100_000.0;
+/// Largest timer payload (64 KiB).
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+const MAX_NAME_CHARS: usize = 128;
+const MIN_REPEAT_SECONDS: i64 = 60;
+
+/// Configuration of time-manager (`[domains.time_manager]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeManagerConfig {
+    /// Game seconds per real second of a new world's clock (> 0, at most 100000); SetScale
+    /// changes it later. 60 = one game hour per real minute.
+    pub default_scale: f64,
+    /// Game time of a new world's clock, in game seconds since day 0 00:00:00.
+    pub start_game_seconds: i64,
+    /// Game days per season (spring, summer, autumn, winter; a year is four seasons).
+    /// weather-manager reads the same value for its seasons.
+    pub days_per_season: u32,
+    /// How often the ticker steps (emits ticks, fires due timers), in real milliseconds.
+    /// A timer fires at most this late (plus the store's commit time).
+    pub poll_interval_ms: u64,
+    /// Most `evt.time.tick` one step emits for hours crossed at once (after downtime or a
+    /// stall); older hours are skipped. Timers are never skipped.
+    pub max_catch_up_ticks: u32,
+    /// Most timers one step transaction fires; more fire in further transactions.
+    pub fire_batch: usize,
+    /// Page size of ListSchedules when the request asks for none.
+    pub default_page_size: u32,
+    /// Largest page of ListSchedules.
+    pub max_page_size: u32,
+}
+
+impl Default for TimeManagerConfig {
+    fn default() -> Self {
+        TimeManagerConfig {
+            default_scale: 60.0,
+            start_game_seconds: 6 * HOUR_SECONDS,
+            days_per_season: 30,
+            poll_interval_ms: 200,
+            max_catch_up_ticks: 24,
+            fire_batch: 256,
+            default_page_size: 50,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// The stored clock (value of `time_manager.clock`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClockState {
+    /// Real instant of the anchor, ms since the Unix epoch.
+    #[prost(int64, tag = "1")]
+    pub anchor_real_ms: i64,
+    /// Game time at the anchor, game ms since the world's epoch.
+    #[prost(int64, tag = "2")]
+    pub anchor_game_ms: i64,
+    /// Game seconds per real second.
+    #[prost(double, tag = "3")]
+    pub scale: f64,
+    /// While paused, game time stays at the anchor.
+    #[prost(bool, tag = "4")]
+    pub paused: bool,
+    /// Bumped by every change.
+    #[prost(uint64, tag = "5")]
+    pub version: u64,
+}
+
+impl ClockState {
+    /// Game milliseconds at real instant `real_ms` (never negative).
+    pub fn game_ms_at(&self, real_ms: i64) -> i64 {
+        if self.paused {
+            return self.anchor_game_ms.max(0);
+        }
+        let elapsed = real_ms.saturating_sub(self.anchor_real_ms) as f64 * self.scale;
+        self.anchor_game_ms
+            .saturating_add(elapsed.round() as i64)
+            .max(0)
+    }
+
+    /// Game seconds at real instant `real_ms`.
+    pub fn game_seconds_at(&self, real_ms: i64) -> i64 {
+        self.game_ms_at(real_ms).div_euclid(1000)
+    }
+
+    /// Moves the anchor to `real_ms` without changing game time there.
+    fn reanchor(&mut self, real_ms: i64) {
+        self.anchor_game_ms = self.game_ms_at(real_ms);
+        self.anchor_real_ms = real_ms;
+    }
+}
+
+/// The ticker's progress (value of `time_manager.ticker`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TickerState {
+    /// The game hour (game seconds / 3600) last ticked or jumped to.
+    #[prost(int64, tag = "1")]
+    pub last_hour: i64,
+}
+
+/// What one [`TimeManager::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// `evt.time.tick` events emitted.
+    pub ticks: u32,
+    /// Timers fired.
+    pub fired: u32,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
+    }
+}
+
+/// The season (1 spring … 4 winter, as the `Season` enums number them) at game second
+/// `seconds` with `days_per_season`-day seasons.
+pub fn season_at(seconds: i64, days_per_season: u32) -> i32 {
+    let dps = i64::from(days_per_season.max(1));
+    (seconds.max(0).div_euclid(DAY_SECONDS).div_euclid(dps) % 4) as i32 + 1
+}
+
+/// A game second broken down by the calendar (see the module doc).
+pub fn game_time(seconds: i64, days_per_season: u32) -> GameTime {
+    let s = seconds.max(0);
+    let dps = i64::from(days_per_season.max(1));
+    let day = s / DAY_SECONDS;
+    let sod = s % DAY_SECONDS;
+    GameTime {
+        seconds: s,
+        day,
+        hour: (sod / HOUR_SECONDS) as i32,
+        minute: (sod % HOUR_SECONDS / 60) as i32,
+        second: (sod % 60) as i32,
+        year: day / (dps * 4),
+        season: Season::try_from(season_at(s, days_per_season)).unwrap_or(Season::Unspecified)
+            as i32,
+        day_of_season: (day % dps) as i32,
+    }
+}
+
+fn due_key(fire_at: i64, id: &str) -> Vec<u8> {
+    let mut k = (fire_at.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn due_of(key: &[u8]) -> Option<(i64, &[u8])> {
+    let (at, id) = key.split_at_checked(8)?;
+    Some((u64::from_be_bytes(at.try_into().ok()?) as i64, id))
+}
+
+/// Values a transaction needs from the configuration.
+#[derive(Clone, Copy)]
+struct Params {
+    default_scale: f64,
+    start_game_seconds: i64,
+    days_per_season: u32,
+    max_catch_up_ticks: u32,
+    fire_batch: usize,
+}
+
+impl Params {
+    fn of(c: &TimeManagerConfig) -> Params {
+        Params {
+            default_scale: c.default_scale,
+            start_game_seconds: c.start_game_seconds,
+            days_per_season: c.days_per_season,
+            max_catch_up_ticks: c.max_catch_up_ticks,
+            fire_batch: c.fire_batch.max(1),
+        }
+    }
+
+    fn new_clock(&self, real_ms: i64) -> ClockState {
+        let scale = if self.default_scale.is_finite() && self.default_scale > 0.0 {
+            self.default_scale.min(MAX_SCALE)
+        } else {
+            60.0
+        };
+        ClockState {
+            anchor_real_ms: real_ms,
+            anchor_game_ms: self
+                .start_game_seconds
+                .clamp(0, MAX_GAME_SECONDS)
+                .saturating_mul(1000),
+            scale,
+            paused: false,
+            version: 0,
+        }
+    }
+
+    fn clock_proto(&self, c: &ClockState, real_ms: i64) -> Clock {
+        Clock {
+            game_time: Some(game_time(c.game_seconds_at(real_ms), self.days_per_season)),
+            real_time: Some(crate::runtime::timestamp(
+                UNIX_EPOCH + Duration::from_millis(real_ms.max(0) as u64),
+            )),
+            scale: c.scale,
+            paused: c.paused,
+            version: c.version,
+        }
+    }
+}
+
+/// The clock in `tx`, created (anchored at `real_ms`) when the world has none yet.
+fn clock_in(tx: &mut Tx<'_>, p: &Params, real_ms: i64) -> Result<ClockState, Status> {
+    match tx.get_msg::<ClockState>(CLOCK, CLOCK_KEY)? {
+        Some(c) => Ok(c),
+        None => {
+            let c = p.new_clock(real_ms);
+            tx.put_msg(CLOCK, CLOCK_KEY, &c);
+            Ok(c)
+        }
+    }
+}
+
+/// Emits the ticks for hours crossed up to `game_s` (see the module doc).
+fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
+    let hour = game_s.div_euclid(HOUR_SECONDS);
+    let last = match tx.get_msg::<TickerState>(TICKER, TICKER_KEY)? {
+        Some(t) => t.last_hour,
+        // A new world starts in an hour already begun: no tick for it.
+        None => {
+            tx.put_msg(TICKER, TICKER_KEY, &TickerState { last_hour: hour });
+            return Ok(0);
+        }
+    };
+    if hour == last {
+        return Ok(0);
+    }
+    let mut ticks = 0;
+    if hour > last {
+        let first = (last + 1).max(hour - i64::from(p.max_catch_up_ticks) + 1);
+        for h in first..=hour {
+            let event = TickEvent {
+                game_time: Some(game_time(h * HOUR_SECONDS, p.days_per_season)),
+                catch_up: h < hour,
+            };
+            tx.emit(TICK_SUBJECT, event.encode_to_vec())?;
+            ticks += 1;
+        }
+    }
+    // Backwards (the real clock stepped back): no ticks, follow it.
+    tx.put_msg(TICKER, TICKER_KEY, &TickerState { last_hour: hour });
+    Ok(ticks)
+}
+
+/// Fires up to `fire_batch` timers due at or before `game_s`.
+fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
+    let mut fired = 0;
+    for (key, _) in tx.scan(DUE, b"", b"", p.fire_batch)? {
+        let Some((fire_at, id)) = due_of(&key) else {
+            tx.delete(DUE, &key);
+            continue;
+        };
+        if fire_at > game_s {
+            break;
+        }
+        let id = id.to_vec();
+        tx.delete(DUE, &key);
+        let Some(mut timer) = tx.get_msg::<Timer>(TIMERS, &id)? else {
+            continue;
+        };
+        let event = ScheduledEvent {
+            timer: Some(timer.clone()),
+            fired_at: Some(game_time(game_s, p.days_per_season)),
+        };
+        tx.emit(SCHEDULED_SUBJECT, event.encode_to_vec())?;
+        fired += 1;
+        let every = timer.repeat_every_seconds;
+        if every > 0 {
+            let next = fire_at + ((game_s - fire_at) / every + 1) * every;
+            timer.fire_at = Some(game_time(next, p.days_per_season));
+            tx.put_msg(TIMERS, &id, &timer);
+            tx.put(DUE, &due_key(next, &timer.schedule_id), Vec::new());
+        } else {
+            tx.delete(TIMERS, &id);
+        }
+    }
+    Ok(fired)
+}
+
+/// The time-manager domain.
+pub struct TimeManager {
+    ctx: Ctx,
+    /// Wakes the ticker early (after a Schedule, so a past-due timer fires promptly).
+    wake: tokio::sync::Notify,
+}
+
+impl TimeManager {
+    /// The domain on a context (without its ticker: see [`server`] and [`TimeManager::run`]).
+    pub fn new(ctx: Ctx) -> Self {
+        TimeManager {
+            ctx,
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn config(&self) -> &TimeManagerConfig {
+        &self.ctx.config.time_manager
+    }
+
+    fn params(&self) -> Params {
+        Params::of(self.config())
+    }
+
+    /// One step of the ticker at real instant `now`: emits the ticks crossed and fires
+    /// every due timer, each batch in one transaction (see the module doc).
+    pub async fn step(&self, now: SystemTime) -> Result<StepReport, Status> {
+        let p = self.params();
+        let real_ms = unix_ms(now);
+        let mut report = StepReport::default();
+        let mut first = true;
+        loop {
+            let (ticks, fired) = self
+                .ctx
+                .store
+                .write(move |tx| {
+                    let clock = clock_in(tx, &p, real_ms)?;
+                    let game_s = clock.game_seconds_at(real_ms);
+                    let ticks = if first { tick(tx, &p, game_s)? } else { 0 };
+                    Ok((ticks, fire_due(tx, &p, game_s)?))
+                })
+                .await?;
+            first = false;
+            report.ticks += ticks;
+            report.fired += fired;
+            if (fired as usize) < p.fire_batch {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// The ticker: steps every `poll_interval_ms` (or when woken) until `Ctx::shutdown`.
+    pub async fn run(self: Arc<Self>) {
+        let poll = Duration::from_millis(self.config().poll_interval_ms.max(1));
+        let stop = self.ctx.shutdown.clone();
+        while !stop.is_cancelled() {
+            if let Err(e) = self.step(self.ctx.clock.now()).await {
+                tracing::warn!(error = %e, "time-manager step failed; retrying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// The clock, created on first use.
+    async fn clock(&self) -> Result<ClockState, Status> {
+        if let Some(c) = self.ctx.store.get_msg::<ClockState>(CLOCK, CLOCK_KEY)? {
+            return Ok(c);
+        }
+        let p = self.params();
+        let real_ms = unix_ms(self.ctx.clock.now());
+        self.ctx
+            .store
+            .write(move |tx| clock_in(tx, &p, real_ms))
+            .await
+    }
+
+    /// Applies `change` to the clock re-anchored at now; when it reports a change, bumps
+    /// the version, emits the event and (for a jump) moves the ticker and fires due
+    /// timers, all in one transaction. Returns the clock and the timers fired.
+    async fn change_clock(
+        &self,
+        meta: &Metadata,
+        name: &'static str,
+        reason: String,
+        change: impl FnOnce(&mut ClockState) -> bool + Send + 'static,
+    ) -> Result<(Clock, u32), Status> {
+        meta.authorize_roles(&["admin", "service"])?;
+        check_reason(&reason)?;
+        let p = self.params();
+        let real_ms = unix_ms(self.ctx.clock.now());
+        let changed_by = meta
+            .caller
+            .as_ref()
+            .map(|c| c.account_id.clone())
+            .unwrap_or_default();
+        let jump = name == "set_time";
+        let (clock, fired) = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let mut c = clock_in(tx, &p, real_ms)?;
+                c.reanchor(real_ms);
+                if !change(&mut c) {
+                    return Ok((p.clock_proto(&c, real_ms), 0));
+                }
+                c.version += 1;
+                tx.put_msg(CLOCK, CLOCK_KEY, &c);
+                let clock = p.clock_proto(&c, real_ms);
+                let event = ClockChangedEvent {
+                    clock: Some(clock),
+                    change: name.to_string(),
+                    reason,
+                    changed_by,
+                };
+                tx.emit(CLOCK_CHANGED_SUBJECT, event.encode_to_vec())?;
+                let mut fired = 0;
+                if jump {
+                    let game_s = c.game_seconds_at(real_ms);
+                    let last_hour = game_s.div_euclid(HOUR_SECONDS);
+                    tx.put_msg(TICKER, TICKER_KEY, &TickerState { last_hour });
+                    fired = fire_due(tx, &p, game_s)?;
+                }
+                Ok((clock, fired))
+            })
+            .await?;
+        if fired as usize >= p.fire_batch {
+            // The ticker fires the rest.
+            self.wake.notify_one();
+        }
+        Ok((clock, fired))
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.chars().count() > 512 {
+        return Err(Status::invalid("reason", "must be at most 512 characters"));
+    }
+    Ok(())
+}
+
+fn check_game_seconds(v: i64, field: &str) -> Result<(), Status> {
+    if !(0..=MAX_GAME_SECONDS).contains(&v) {
+        return Err(Status::invalid(
+            field,
+            format!("must be 0 to {MAX_GAME_SECONDS} game seconds"),
+        ));
+    }
+    Ok(())
+}
+
+impl TimeManagerHandler for TimeManager {
+    async fn now(&self, request: Request<NowRequest>) -> Result<NowResponse, Status> {
+        let c = self.clock().await?;
+        let at = match request.body.at {
+            Some(ts) => {
+                let t = SystemTime::try_from(ts)
+                    .map_err(|_| Status::invalid("at", "is not a valid timestamp"))?;
+                unix_ms(t)
+            }
+            None => unix_ms(self.ctx.clock.now()),
+        };
+        Ok(NowResponse {
+            clock: Some(self.params().clock_proto(&c, at)),
+        })
+    }
+
+    async fn set_scale(
+        &self,
+        request: Request<SetScaleRequest>,
+    ) -> Result<SetScaleResponse, Status> {
+        let Request { body: req, meta } = request;
+        let scale = req.scale;
+        if !(scale.is_finite() && scale > 0.0 && scale <= MAX_SCALE) {
+            return Err(Status::invalid(
+                "scale",
+                format!("must be > 0 and <= {MAX_SCALE}"),
+            ));
+        }
+        let (clock, _) = self
+            .change_clock(&meta, "set_scale", String::new(), move |c| {
+                let changed = c.scale != scale;
+                c.scale = scale;
+                changed
+            })
+            .await?;
+        Ok(SetScaleResponse { clock: Some(clock) })
+    }
+
+    async fn pause(&self, request: Request<PauseRequest>) -> Result<PauseResponse, Status> {
+        let Request { body: req, meta } = request;
+        let (clock, _) = self
+            .change_clock(&meta, "pause", req.reason, |c| {
+                let changed = !c.paused;
+                c.paused = true;
+                changed
+            })
+            .await?;
+        Ok(PauseResponse { clock: Some(clock) })
+    }
+
+    async fn resume(&self, request: Request<ResumeRequest>) -> Result<ResumeResponse, Status> {
+        let Request { body: req, meta } = request;
+        let (clock, _) = self
+            .change_clock(&meta, "resume", req.reason, |c| {
+                let changed = c.paused;
+                c.paused = false;
+                changed
+            })
+            .await?;
+        Ok(ResumeResponse { clock: Some(clock) })
+    }
+
+    async fn set_time(&self, request: Request<SetTimeRequest>) -> Result<SetTimeResponse, Status> {
+        let Request { body: req, meta } = request;
+        check_game_seconds(req.game_seconds, "game_seconds")?;
+        let target_ms = req.game_seconds * 1000;
+        let (clock, timers_fired) = self
+            .change_clock(&meta, "set_time", req.reason, move |c| {
+                c.anchor_game_ms = target_ms;
+                true
+            })
+            .await?;
+        Ok(SetTimeResponse {
+            clock: Some(clock),
+            timers_fired,
+        })
+    }
+
+    async fn schedule(
+        &self,
+        request: Request<ScheduleRequest>,
+    ) -> Result<ScheduleResponse, Status> {
+        let Request { body: req, meta } = request;
+        meta.authorize_roles(&["service", "admin"])?;
+        check_game_seconds(req.fire_at_seconds, "fire_at_seconds")?;
+        if req.repeat_every_seconds != 0
+            && !(MIN_REPEAT_SECONDS..=MAX_GAME_SECONDS).contains(&req.repeat_every_seconds)
+        {
+            return Err(Status::invalid(
+                "repeat_every_seconds",
+                format!("must be 0 (once) or at least {MIN_REPEAT_SECONDS} game seconds"),
+            ));
+        }
+        let n = req.name.chars().count();
+        if n == 0 || n > MAX_NAME_CHARS || req.name.chars().any(char::is_control) {
+            return Err(Status::invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_CHARS} characters without control characters"),
+            ));
+        }
+        if req.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Status::with_field(
+                Code::ResourceExhausted,
+                "payload",
+                format!(
+                    "is {} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes",
+                    req.payload.len()
+                ),
+            ));
+        }
+        let content_type = crate::state_manager::content_type(&req.content_type)?;
+        if req.idempotency_key.is_empty() {
+            return Err(Status::invalid(
+                "idempotency_key",
+                "is required (a retry with the same key returns the first timer)",
+            ));
+        }
+        idempotency::check_key(&req.idempotency_key)?;
+        let owner = meta
+            .caller
+            .as_ref()
+            .map(|c| c.account_id.clone())
+            .unwrap_or_default();
+        let fingerprint = idempotency::fingerprint("schedule", &req, |r| r.idempotency_key.clear());
+        let dps = self.config().days_per_season;
+        let now = self.ctx.now_ts();
+        let scope = format!("schedule\0{owner}");
+        let reply = IDEMPOTENCY
+            .write(
+                &self.ctx.store,
+                &scope,
+                &req.idempotency_key,
+                fingerprint,
+                self.ctx.clock.now(),
+                move |tx| {
+                    let timer = Timer {
+                        schedule_id: crate::runtime::new_id("tmr"),
+                        fire_at: Some(game_time(req.fire_at_seconds, dps)),
+                        repeat_every_seconds: req.repeat_every_seconds,
+                        name: req.name,
+                        payload: req.payload,
+                        content_type,
+                        owner,
+                        created_at: Some(now),
+                    };
+                    tx.put_msg(TIMERS, timer.schedule_id.as_bytes(), &timer);
+                    tx.put(
+                        DUE,
+                        &due_key(req.fire_at_seconds, &timer.schedule_id),
+                        Vec::new(),
+                    );
+                    Ok(ScheduleResponse { timer: Some(timer) })
+                },
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(reply)
+    }
+
+    async fn cancel_schedule(
+        &self,
+        request: Request<CancelScheduleRequest>,
+    ) -> Result<CancelScheduleResponse, Status> {
+        let Request { body: req, meta } = request;
+        meta.authorize_roles(&["service", "admin"])?;
+        let id = req.schedule_id;
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            return Err(Status::invalid(
+                "schedule_id",
+                "must be 1 to 128 characters without control characters",
+            ));
+        }
+        let cancelled = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let Some(t) = tx.get_msg::<Timer>(TIMERS, id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let at = t.fire_at.map_or(0, |g| g.seconds);
+                tx.delete(TIMERS, id.as_bytes());
+                tx.delete(DUE, &due_key(at, &id));
+                Ok(true)
+            })
+            .await?;
+        Ok(CancelScheduleResponse { cancelled })
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<ListSchedulesRequest>,
+    ) -> Result<ListSchedulesResponse, Status> {
+        let Request { body: req, meta } = request;
+        meta.authorize_roles(&["service", "admin"])?;
+        let c = self.config();
+        let limit = paging::page_size(req.page_size, c.default_page_size, c.max_page_size)?;
+        let mut from = if req.page_token.is_empty() {
+            Vec::new()
+        } else {
+            paging::decode_token(LIST_TOKEN, &req.page_token)?
+        };
+        let store = &self.ctx.store;
+        let mut timers = Vec::with_capacity(limit);
+        let batch = 256;
+        loop {
+            let rows = store.scan(DUE, b"", &from, batch)?;
+            let full = rows.len() == batch;
+            for (key, _) in rows {
+                if timers.len() == limit {
+                    return Ok(ListSchedulesResponse {
+                        timers,
+                        next_page_token: paging::encode_token(LIST_TOKEN, &key),
+                    });
+                }
+                from = key.clone();
+                from.push(0);
+                let Some((_, id)) = due_of(&key) else {
+                    continue;
+                };
+                if let Some(t) = store.get_msg::<Timer>(TIMERS, id)?
+                    && t.name.starts_with(&req.name_prefix)
+                {
+                    timers.push(t);
+                }
+            }
+            if !full {
+                return Ok(ListSchedulesResponse {
+                    timers,
+                    next_page_token: String::new(),
+                });
+            }
+        }
+    }
+}
+
+/// The time-manager server on a context (its line in [`crate::registry::DOMAINS`]), with
+/// its ticker running until `ctx.shutdown`.
+pub fn server(ctx: &Ctx) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
+    let tm = Arc::new(TimeManager::new(ctx.clone()));
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| Status::internal("time-manager needs a tokio runtime for its ticker"))?;
+    runtime.spawn(tm.clone().run());
+    Ok(Arc::new(
+        aicore_proto::aicore::time_manager::v1::TimeManagerServer(tm),
+    ))
+}
+
+#[cfg(test)]
+mod tests;
