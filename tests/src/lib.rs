@@ -99,9 +99,27 @@ impl Appliance {
         a
     }
 
+    /// Starts an appliance that joins the NATS server at `url` (`nats.url`) instead of
+    /// starting its own child.
+    pub async fn start_joining(url: &str) -> Appliance {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(
+            temp.path().join("aicore.toml"),
+            format!("[nats]\nurl = \"{url}\"\n"),
+        )
+        .expect("writing aicore.toml");
+        let mut a = Appliance::launch(temp.path(), Some(url)).await;
+        a._temp = Some(temp);
+        a
+    }
+
     /// Starts an appliance on `data_dir` (e.g. again after a crash), with
     /// `data_dir/aicore.toml` as its configuration when that file exists.
     pub async fn start_in(data_dir: &Path) -> Appliance {
+        Appliance::launch(data_dir, None).await
+    }
+
+    async fn launch(data_dir: &Path, external_nats: Option<&str>) -> Appliance {
         let port = free_port();
         let monitor = free_port();
         let http = free_port();
@@ -131,7 +149,9 @@ impl Appliance {
         let mut a = Appliance {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
-            nats_url: format!("nats://127.0.0.1:{port}"),
+            nats_url: external_nats
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("nats://127.0.0.1:{port}")),
             http_url: format!("http://127.0.0.1:{http}"),
             log_path,
             _temp: None,

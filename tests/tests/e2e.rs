@@ -424,3 +424,19 @@ async fn sigterm_drains_and_exits_zero_and_a_crash_loses_no_acknowledged_write()
         assert_eq!(got.data.as_ref(), b"durable");
     }
 }
+
+#[tokio::test]
+async fn joins_an_existing_nats_server_and_starts_no_child() {
+    let js = tempfile::tempdir().unwrap();
+    let server = aicore_e2e::BareNats::start_js(js.path()).await;
+    let app = Appliance::start_joining(&server.url).await;
+    assert_eq!(app.nats_pid(), None, "a child was started:\n{}", app.log());
+    let c = sm::StateManagerClient::new(app.client().await);
+    put(&c, "p1", "joined", b"via the external server", None)
+        .await
+        .expect("put through the external server");
+    assert_eq!(
+        get(&c, "p1", "joined").await.unwrap().data.as_ref(),
+        b"via the external server"
+    );
+}
