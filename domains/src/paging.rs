@@ -35,6 +35,25 @@ pub fn decode_token(kind: u8, token: &str) -> Result<Vec<u8>, Status> {
     }
 }
 
+/// For a page read with one row more than `limit`: drops the extra row and returns the
+/// token of listing `kind` that resumes at it (`position` gives its position), or an
+/// empty token when there was no extra row (the last page).
+pub fn next_token<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    kind: u8,
+    position: impl FnOnce(&T) -> Option<Vec<u8>>,
+) -> String {
+    if rows.len() <= limit {
+        return String::new();
+    }
+    rows.truncate(limit + 1);
+    rows.pop()
+        .and_then(|r| position(&r))
+        .map(|p| encode_token(kind, &p))
+        .unwrap_or_default()
+}
+
 /// The error for a token this listing did not return.
 pub fn bad_token() -> Status {
     Status::invalid("page_token", "is not a token this listing returned")
@@ -53,6 +72,17 @@ mod tests {
             page_size(-1, 50, 500).unwrap_err().field_violations[0].field,
             "page_size"
         );
+    }
+
+    #[test]
+    fn next_token_drops_the_extra_row() {
+        let mut rows = vec![1u8, 2, 3];
+        let t = next_token(&mut rows, 2, b'L', |r| Some(vec![*r]));
+        assert_eq!(rows, vec![1, 2]);
+        assert_eq!(decode_token(b'L', &t).unwrap(), vec![3]);
+        let mut last = vec![1u8];
+        assert_eq!(next_token(&mut last, 2, b'L', |r| Some(vec![*r])), "");
+        assert_eq!(last, vec![1]);
     }
 
     #[test]

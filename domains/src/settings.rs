@@ -491,14 +491,9 @@ impl SettingsHandler for Settings {
                 break;
             }
         }
-        let next_page_token = if schemas.len() > limit {
-            schemas
-                .pop()
-                .map(|s| paging::encode_token(LIST_TOKEN, s.key.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&mut schemas, limit, LIST_TOKEN, |s| {
+            Some(s.key.as_bytes().to_vec())
+        });
         let settings = schemas
             .iter()
             .map(|schema| {
@@ -619,14 +614,9 @@ impl SettingsHandler for Settings {
             .into_iter()
             .map(|(_, v)| crate::store::decode::<Schema>(SCHEMAS, v))
             .collect::<Result<Vec<_>, Status>>()?;
-        let next_page_token = if schemas.len() > limit {
-            schemas
-                .pop()
-                .map(|s| paging::encode_token(SCHEMAS_TOKEN, s.key.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&mut schemas, limit, SCHEMAS_TOKEN, |s| {
+            Some(s.key.as_bytes().to_vec())
+        });
         Ok(ListSchemasResponse {
             schemas,
             next_page_token,

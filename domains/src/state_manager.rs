@@ -576,14 +576,9 @@ impl StateManagerHandler for StateManager {
         if rows.is_empty() && req.page_token.is_empty() {
             return Err(Status::not_found("the object has no history"));
         }
-        let next_page_token = if rows.len() > limit {
-            rows.pop()
-                .and_then(|(k, _)| version_of(&k))
-                .map(|v| paging::encode_token(HISTORY_TOKEN, &v.to_be_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&mut rows, limit, HISTORY_TOKEN, |(k, _)| {
+            version_of(k).map(|v| v.to_be_bytes().to_vec())
+        });
         let versions = rows
             .into_iter()
             .map(|(_, v)| {

@@ -762,14 +762,9 @@ impl PaymentHandler for Payment {
         };
         let store = &self.ctx.store;
         let mut rows = store.scan(table, &prefix, &from, limit + 1)?;
-        let next_page_token = if rows.len() > limit {
-            rows.pop()
-                .and_then(|(k, _)| seq_of_index(&k))
-                .map(|seq| paging::encode_token(TRANSACTIONS_TOKEN, &seq.to_be_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&mut rows, limit, TRANSACTIONS_TOKEN, |(k, _)| {
+            seq_of_index(k).map(|seq| seq.to_be_bytes().to_vec())
+        });
         let transactions = rows
             .into_iter()
             .map(|(k, _)| {

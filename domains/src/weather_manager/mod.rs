@@ -915,13 +915,8 @@ impl WeatherManagerHandler for WeatherManager {
             paging::decode_token(LIST_TOKEN, &req.page_token)?
         };
         let mut rows = self.ctx.store.scan(REGIONS, b"", &from, limit + 1)?;
-        let next_page_token = if rows.len() > limit {
-            rows.pop()
-                .map(|(k, _)| paging::encode_token(LIST_TOKEN, &k))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            paging::next_token(&mut rows, limit, LIST_TOKEN, |(k, _)| Some(k.clone()));
         let regions = rows
             .into_iter()
             .map(|(_, v)| crate::store::decode(REGIONS, v))

@@ -382,13 +382,8 @@ impl WorldStateHandler for WorldState {
             .ctx
             .store
             .scan(FACTS, req.prefix.as_bytes(), &from, limit + 1)?;
-        let next_page_token = if rows.len() > limit {
-            rows.pop()
-                .map(|(k, _)| paging::encode_token(LIST_TOKEN, &k))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            paging::next_token(&mut rows, limit, LIST_TOKEN, |(k, _)| Some(k.clone()));
         let facts = rows
             .into_iter()
             .map(|(_, v)| crate::store::decode(FACTS, v))
