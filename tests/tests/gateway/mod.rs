@@ -694,3 +694,59 @@ async fn gateway_readme_curl_examples_run_as_written() {
     );
     assert_eq!(stdout.lines().last(), Some("401"), "{stdout}");
 }
+
+#[tokio::test]
+async fn gateway_answers_500_when_a_service_fails_internally() {
+    // A service of a contract this build does not serve is played by the test itself, so
+    // it can fail the way a buggy domain would: an Internal error reply, then a reply the
+    // gateway cannot decode.
+    let served = aicore_e2e::domains();
+    let (service, method) = aicore_proto::SERVICES
+        .iter()
+        .filter(|s| !served.contains(&s.domain))
+        .find_map(|s| {
+            s.methods
+                .iter()
+                .find(|m| {
+                    m.policy.access == aicore_proto::Access::Authenticated && !m.server_streaming
+                })
+                .map(|m| (s, m))
+        })
+        .expect("an unserved contract with an authenticated unary rpc");
+    let app = Appliance::start_with_config(&format!(
+        "[http]\ndomains = [\"served\", \"{}\"]\n",
+        service.domain
+    ))
+    .await;
+    let nats = app.nats().await;
+    let mut sub = nats.subscribe(method.subject).await.unwrap();
+    nats.flush().await.unwrap();
+    let responder = nats.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        use prost::Message;
+        let mut n = 0;
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            n += 1;
+            if n == 1 {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Service-Error", "internal error");
+                h.insert("Nats-Service-Error-Code", "500");
+                let body = aicore_proto::Status::internal("internal error").to_proto();
+                let _ = responder
+                    .publish_with_headers(reply, h, body.encode_to_vec().into())
+                    .await;
+            } else {
+                let _ = responder
+                    .publish(reply, bytes::Bytes::from_static(&[0xff, 0xff, 0xff]))
+                    .await;
+            }
+        }
+    });
+    let http = Http::new(&app.http_url);
+    let t = s(&player(&http, "ivy").await, "accessToken");
+    let path = format!("/v1/{}/{}", service.domain, method.rpc);
+    assert_error(&http.call(&path, "{}", &t).await, 500, "INTERNAL");
+    assert_error(&http.call(&path, "{}", &t).await, 500, "INTERNAL");
+}
