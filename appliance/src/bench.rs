@@ -34,6 +34,48 @@ use crate::config::Config;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 use crate::supervisor::connect;
 
+/// The runtime-echo service: one RPC answering its request body.
+static ECHO_METHODS: &[aicore_proto::MethodInfo] = &[aicore_proto::MethodInfo {
+    domain: "bench_echo",
+    service: "aicore.bench_echo.v1.BenchEcho",
+    name: "Echo",
+    rpc: "echo",
+    subject: "svc.bench_echo.v1.echo",
+    input: "",
+    output: "",
+    server_streaming: false,
+    policy: aicore_proto::Policy {
+        access: aicore_proto::Access::Public,
+        roles: &[],
+        idempotent: false,
+        default_deadline_ms: 0,
+    },
+}];
+
+static ECHO_SERVICE: aicore_proto::ServiceInfo = aicore_proto::ServiceInfo {
+    domain: "bench_echo",
+    name: "BenchEcho",
+    full_name: "aicore.bench_echo.v1.BenchEcho",
+    description: "aicore bench: echoes its request",
+    methods: ECHO_METHODS,
+};
+
+struct EchoService;
+
+impl aicore_proto::Dispatch for EchoService {
+    fn service(&self) -> &'static aicore_proto::ServiceInfo {
+        &ECHO_SERVICE
+    }
+    fn call(
+        &self,
+        _method: usize,
+        request: aicore_proto::Request<Bytes>,
+    ) -> futures::future::BoxFuture<'static, Result<aicore_proto::Reply, aicore_proto::Status>>
+    {
+        Box::pin(async move { Ok(aicore_proto::Reply::Unary(request.body)) })
+    }
+}
+
 /// Options of `aicore bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -525,6 +567,42 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     echo.abort();
+
+    // The same echo through the domain runtime and the SDK (deadline header, micro
+    // service API, a task per request, retries/breaker bookkeeping): the framework's
+    // own share of every domain call, with no domain work.
+    let runtime_nats = connect(&url, "bench-runtime-echo").await?;
+    let serving = runtime::serve(
+        runtime_nats.clone(),
+        Arc::new(EchoService),
+        ServeOptions::default(),
+        stop.child_token(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime_nats.flush().await?;
+    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+    for &c in &args.concurrency {
+        let (sdk, p) = (sdk.clone(), payload.clone());
+        cells.push(
+            measure(
+                "sdk+runtime echo (no domain work)",
+                c,
+                args.seconds,
+                move |_, _| {
+                    let (sdk, p) = (sdk.clone(), p.clone());
+                    async move {
+                        use aicore_proto::Transport;
+                        sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
+                            .await
+                            .is_ok()
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    serving.stop().await;
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
     cells.extend(
