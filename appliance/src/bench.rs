@@ -124,7 +124,7 @@ async fn serve_domain(
     config: &Config,
     stop: CancellationToken,
 ) -> Result<runtime::ServiceHandle> {
-    let nats = connect(url, "bench-domains").await?;
+    let nats = connect(url, None, "bench-domains").await?;
     let ctx = Ctx {
         store,
         clock: Arc::new(SystemClock),
@@ -327,7 +327,7 @@ async fn measure_gateway(
     let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
 
     // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
-    let responder = connect(url, "bench-http-responders").await?;
+    let responder = connect(url, None, "bench-http-responders").await?;
     let reply = Bytes::from(
         GetResponse {
             metadata: Some(ObjectMetadata {
@@ -391,7 +391,7 @@ async fn measure_gateway(
     let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
 
     // The two servers.
-    let forwarder_nats = connect(url, "bench-forwarder").await?;
+    let forwarder_nats = connect(url, None, "bench-forwarder").await?;
     let forwarder = axum::Router::new().route(
         "/echo",
         axum::routing::post(move |body: Bytes| {
@@ -414,6 +414,7 @@ async fn measure_gateway(
         &http_config,
         config.nats.max_payload,
         url,
+        None,
         vec!["auth", "state_manager"],
         stop.child_token(),
     )
@@ -502,7 +503,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let mut cells = Vec::new();
 
     // Raw baseline: an echo responder on its own connection, handling in order.
-    let responder = connect(&url, "bench-echo").await?;
+    let responder = connect(&url, None, "bench-echo").await?;
     let mut sub = responder.subscribe("bench.echo").await?;
     let echo_nats = responder.clone();
     let echo = tokio::spawn(async move {
@@ -513,7 +514,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         }
     });
     responder.flush().await?;
-    let load = connect(&url, "bench-load").await?;
+    let load = connect(&url, None, "bench-load").await?;
     for &c in &args.concurrency {
         let (nats, p) = (load.clone(), payload.clone());
         cells.push(

@@ -1,0 +1,273 @@
+//! Security by default: the appliance's NATS accepts only certificates from its own CA
+//! that are neither expired nor revoked, and each identity may do only what its role
+//! allows. Everything here goes through a real `aicore run` and real TLS.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aicore_e2e::{Appliance, Identity};
+use aicore_proto::CallOptions;
+use aicore_proto::aicore::state_manager::v1 as sm;
+use bytes::Bytes;
+
+/// Tries to connect once (no retry), with a bound.
+async fn try_connect(
+    app: &Appliance,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, String> {
+    let attempt = options
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&app.nats_url);
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(c)) => {
+            // The server refuses an unmapped certificate after the handshake; a round trip
+            // shows whether the connection is really accepted.
+            match tokio::time::timeout(Duration::from_secs(3), c.flush()).await {
+                Ok(Ok(())) => Ok(c),
+                other => Err(format!("flush failed: {other:?}")),
+            }
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Waits until `ok(connect result)` holds (the supervisor applies index changes within a
+/// few seconds); panics with the last result otherwise.
+async fn eventually(app: &Appliance, id: &Identity, accepted: bool) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = try_connect(app, id.options()).await;
+        if r.is_ok() == accepted {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{} still {} after 20 s: {:?}",
+            id.cert.display(),
+            if accepted { "refused" } else { "accepted" },
+            r.err()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Connect options presenting `id` that record the server's asynchronous errors.
+fn recording(id: &Identity) -> (async_nats::ConnectOptions, Arc<Mutex<Vec<String>>>) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    let options = id.options().event_callback(move |event| {
+        let seen = seen.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                seen.lock().unwrap().push(e.to_string());
+            }
+        }
+    });
+    (options, errors)
+}
+
+/// Waits for a permissions violation naming `subject` among `errors`.
+async fn violation(errors: &Mutex<Vec<String>>, subject: &str) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let e = errors.lock().unwrap();
+            if e.iter()
+                .any(|m| m.to_lowercase().contains("permissions violation") && m.contains(subject))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no violation for {subject}: {e:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_or_with_another_cas_is_refused() {
+    let app = Appliance::start().await;
+    aicore_e2e::install_crypto();
+    // The admin certificate works (the control).
+    try_connect(&app, app.options())
+        .await
+        .expect("admin connects");
+
+    // Plaintext: the server requires TLS.
+    let plain = try_connect(&app, async_nats::ConnectOptions::new()).await;
+    assert!(plain.is_err(), "plaintext accepted");
+    // TLS that trusts the server but presents no certificate.
+    let anonymous = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(app.certs_dir().join("ca.pem"));
+    assert!(
+        try_connect(&app, anonymous).await.is_err(),
+        "no client certificate accepted"
+    );
+
+    // Another CA's certificate with exactly the admin's subject: the chain decides.
+    let rogue = tempfile::tempdir().unwrap();
+    ok(&std::process::Command::new(aicore_e2e::aicore_bin())
+        .args(["certs", "--data-dir"])
+        .arg(rogue.path())
+        .args(["issue", "admin", "--role", "admin"])
+        .output()
+        .unwrap());
+    let forged = Identity::in_dir(
+        &rogue.path().join("certs"),
+        "admin",
+        &app.certs_dir().join("ca.pem"),
+    );
+    let r = try_connect(&app, forged.options()).await;
+    assert!(r.is_err(), "a certificate from another CA was accepted");
+}
+
+#[tokio::test]
+async fn expired_and_revoked_certificates_are_refused() {
+    let app = Appliance::start().await;
+    let t = now();
+    ok(&app.certs(&[
+        "issue",
+        "old-tool",
+        "--role",
+        "admin",
+        "--validity",
+        &(t - 2 * 86_400).to_string(),
+        &(t - 86_400).to_string(),
+    ]));
+    ok(&app.certs(&["issue", "arena-1", "--role", "game-server"]));
+    let arena = app.identity("arena-1");
+    // A fresh certificate is accepted once the supervisor has applied the index...
+    eventually(&app, &arena, true).await;
+    // ...an expired one never.
+    let expired = try_connect(&app, app.identity("old-tool").options()).await;
+    assert!(expired.is_err(), "an expired certificate was accepted");
+
+    let (options, _) = recording(&arena);
+    let held = try_connect(&app, options).await.expect("arena connects");
+    ok(&app.certs(&["revoke", "arena-1"]));
+    let list = app.certs(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("revoked"));
+    // After the reload, new connections are refused and the open one is closed.
+    eventually(&app, &arena, false).await;
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while held.connection_state() == async_nats::connection::State::Connected {
+        assert!(
+            Instant::now() < give_up,
+            "the revoked identity's connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everyone else is unaffected.
+    try_connect(&app, app.options())
+        .await
+        .expect("admin still connects");
+}
+
+#[tokio::test]
+async fn the_gateway_identity_may_call_but_not_serve() {
+    let app = Appliance::start().await;
+    let gateway = app.identity("gateway");
+    let (options, errors) = recording(&gateway);
+    let nats = try_connect(&app, options).await.expect("gateway connects");
+
+    // It may send requests and receive their replies.
+    let client =
+        sm::StateManagerClient::new(aicore_sdk::Client::new(nats.clone(), Default::default()));
+    put_and_get(&client, "gw-player").await;
+
+    // It may not take requests meant for the domains.
+    let _sub = nats.subscribe("svc.>").await.unwrap();
+    nats.flush().await.ok();
+    violation(&errors, "svc.>").await;
+    // Nor read events.
+    let _events = nats.subscribe("evt.>").await.unwrap();
+    nats.flush().await.ok();
+    violation(&errors, "evt.>").await;
+}
+
+async fn put_and_get(client: &sm::StateManagerClient<aicore_sdk::Client>, player: &str) {
+    let opts = CallOptions::timeout(Duration::from_secs(10));
+    client
+        .put(
+            sm::PutRequest {
+                player_id: player.into(),
+                key: "k".into(),
+                data: Bytes::from_static(b"v"),
+                content_type: "application/octet-stream".into(),
+                expected_version: None,
+                idempotency_key: String::new(),
+            },
+            &opts,
+        )
+        .await
+        .expect("put allowed");
+    let got = client
+        .get(
+            sm::GetRequest {
+                player_id: player.into(),
+                key: "k".into(),
+                version: 0,
+            },
+            &opts,
+        )
+        .await
+        .expect("get allowed");
+    assert_eq!(&got.data[..], b"v");
+}
+
+#[tokio::test]
+async fn a_game_server_calls_only_the_configured_rpcs() {
+    let app = Appliance::start_with_config(
+        "[security]\ngame_server_allow = [\"svc.state_manager.v1.>\"]\n",
+    )
+    .await;
+    ok(&app.certs(&["issue", "arena-2", "--role", "game-server"]));
+    let arena = app.identity("arena-2");
+    eventually(&app, &arena, true).await;
+    let (options, errors) = recording(&arena);
+    let nats = try_connect(&app, options)
+        .await
+        .expect("game server connects");
+    let client =
+        sm::StateManagerClient::new(aicore_sdk::Client::new(nats.clone(), Default::default()));
+    put_and_get(&client, "arena-player").await;
+
+    // Anything else under svc. is refused by the server: no reply, a violation.
+    let forbidden = nats.request("svc.payment.v1.credit", Bytes::new()).await;
+    assert!(forbidden.is_err(), "a forbidden RPC was answered");
+    violation(&errors, "svc.payment.v1.credit").await;
+    // Telemetry is allowed (no violation for it).
+    nats.publish("telemetry.arena.fps", Bytes::from_static(b"60"))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("telemetry")),
+        "telemetry refused"
+    );
+}
