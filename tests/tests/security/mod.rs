@@ -271,3 +271,91 @@ async fn a_game_server_calls_only_the_configured_rpcs() {
         "telemetry refused"
     );
 }
+
+/// Serial numbers of the certificates `aicore certs list` shows, by name.
+fn serials(app: &Appliance) -> std::collections::BTreeMap<String, String> {
+    let out = app.certs(&["list"]);
+    ok(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.first()?.to_string(), cols.last()?.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_load_without_a_restart_or_a_lost_request() {
+    // Six-second certificates: renewed every four seconds, checked every second.
+    let app =
+        Appliance::start_with_config("[security]\ncert_secs = 6\ncheck_interval_secs = 1\n").await;
+    let nats_pid = app.nats_pid().expect("nats-server child");
+    let before = serials(&app);
+    let nats = app.nats().await;
+    let client =
+        sm::StateManagerClient::new(aicore_sdk::Client::new(nats.clone(), Default::default()));
+    let opts = CallOptions::timeout(Duration::from_secs(10));
+
+    // Steady load across two full renewals of every certificate.
+    let until = Instant::now() + Duration::from_secs(14);
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let client = client.clone();
+        let opts = opts.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut failed) = (0u32, Vec::new());
+            while Instant::now() < until {
+                let r = client
+                    .put(
+                        sm::PutRequest {
+                            player_id: format!("rot-{worker}"),
+                            key: format!("k{done}"),
+                            data: Bytes::from_static(b"v"),
+                            content_type: "application/octet-stream".into(),
+                            expected_version: None,
+                            idempotency_key: String::new(),
+                        },
+                        &opts,
+                    )
+                    .await;
+                match r {
+                    Ok(_) => done += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (done, failed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        let (done, failed) = t.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests failed during rotation: {failed:?}"
+        );
+        total += done;
+    }
+    assert!(total > 0);
+
+    let after = serials(&app);
+    for name in ["nats", "domains", "gateway", "admin"] {
+        assert_ne!(before.get(name), after.get(name), "{name} was not renewed");
+    }
+    assert_eq!(app.nats_pid(), Some(nats_pid), "nats-server was restarted");
+    assert!(
+        app.log().contains("renewed certificates"),
+        "no renewal logged:\n{}",
+        app.log()
+    );
+    // The certificate this connection started with has expired by now: a reconnect
+    // presents the renewed files, and is accepted.
+    nats.force_reconnect().await.expect("reconnect");
+    put_and_get(&client, "after-rotation").await;
+    try_connect(&app, app.options())
+        .await
+        .expect("the renewed admin certificate connects");
+    // Every domain still answers, and the CLI (reading the renewed files) gets through.
+    ok(&app.cli(&["status", "--json"]));
+}
