@@ -77,39 +77,32 @@ pub fn user_of(name: &str, role: &str) -> String {
     format!("CN={name},OU={role},O=AI Core")
 }
 
+/// What the domains both publish and subscribe to: their requests (queue groups), the
+/// micro protocol, their replies, and the event subjects (events, audit, telemetry, AI,
+/// dead letters, the appliance's own notices).
+const DOMAIN_SUBJECTS: &[&str] = &[
+    "svc.>",
+    "evt.>",
+    "audit.>",
+    "telemetry.>",
+    "ai.>",
+    "dlq.>",
+    "aicore.>",
+    "$SRV.>",
+    "_INBOX.>",
+];
+
 /// The permissions of a role; `None` for a role that gets no user (the server).
 fn permissions(role: &str, game_server_allow: &[String]) -> Option<(Vec<String>, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     Some(match role {
         // Serve `svc.>` (queue groups) and the micro protocol; emit events, audit,
         // telemetry, AI and dead letters; use JetStream; call other domains.
-        "domains" => (
-            s(&[
-                "svc.>",
-                "evt.>",
-                "audit.>",
-                "telemetry.>",
-                "ai.>",
-                "dlq.>",
-                "aicore.>",
-                "$JS.API.>",
-                "$JS.ACK.>",
-                "$JS.FC.>",
-                "$SRV.>",
-                "_INBOX.>",
-            ]),
-            s(&[
-                "svc.>",
-                "evt.>",
-                "audit.>",
-                "telemetry.>",
-                "ai.>",
-                "dlq.>",
-                "aicore.>",
-                "$SRV.>",
-                "_INBOX.>",
-            ]),
-        ),
+        "domains" => {
+            let mut publish = s(DOMAIN_SUBJECTS);
+            publish.extend(s(&["$JS.API.>", "$JS.ACK.>", "$JS.FC.>"]));
+            (publish, s(DOMAIN_SUBJECTS))
+        }
         // Requests to `svc.>` and their replies only; revocation notices; readiness.
         "gateway" => (
             s(&["svc.>", "$SRV.PING", "$SRV.PING.>"]),

@@ -359,3 +359,21 @@ async fn certificates_rotate_under_load_without_a_restart_or_a_lost_request() {
     // Every domain still answers, and the CLI (reading the renewed files) gets through.
     ok(&app.cli(&["status", "--json"]));
 }
+
+#[tokio::test]
+async fn insecure_dev_runs_plaintext_only_when_asked_and_says_so() {
+    let app = Appliance::start_with_config("[security]\ninsecure_dev = true\n").await;
+    assert!(
+        !app.certs_dir().join("admin.pem").exists(),
+        "insecure-dev issued certificates"
+    );
+    // Plaintext, no identity: accepted, and may do anything.
+    let plain = try_connect(&app, async_nats::ConnectOptions::new())
+        .await
+        .expect("plaintext accepted in insecure-dev");
+    let _sub = plain.subscribe("svc.>").await.unwrap();
+    plain.flush().await.unwrap();
+    assert!(app.log().contains("INSECURE DEV MODE"), "{}", app.log());
+    // The CLI falls back to plaintext when there is no admin certificate.
+    ok(&app.cli(&["status"]));
+}
