@@ -377,3 +377,56 @@ async fn insecure_dev_runs_plaintext_only_when_asked_and_says_so() {
     // The CLI falls back to plaintext when there is no admin certificate.
     ok(&app.cli(&["status"]));
 }
+
+#[tokio::test]
+async fn login_brute_force_is_locked_out() {
+    use aicore_proto::Code;
+    use aicore_proto::aicore::auth::v1 as auth;
+    // A minute-long first lock, so a slow machine cannot outwait it between two calls.
+    let app = Appliance::start_with_config("[domains.auth]\nlockout_base_ms = 60000\n").await;
+    let a = auth::AuthClient::new(app.client().await);
+    let opts = CallOptions::timeout(Duration::from_secs(10));
+    a.register(
+        auth::RegisterRequest {
+            username: "target".into(),
+            password: "copper-heron-meadow".into(),
+            display_name: String::new(),
+        },
+        &opts,
+    )
+    .await
+    .expect("register");
+    let login = |password: &str| auth::LoginRequest {
+        username: "target".into(),
+        password: password.into(),
+        user_agent: "e2e".into(),
+    };
+    // Guessing: refused as unauthenticated until the lockout starts, then refused as
+    // locked with a growing wait.
+    let mut locked_after = None;
+    for guess in 0..12 {
+        let e = a
+            .login(login(&format!("guess-number-{guess}")), &opts)
+            .await
+            .unwrap_err();
+        match e.code {
+            Code::Unauthenticated => {}
+            Code::ResourceExhausted => {
+                locked_after = Some(guess);
+                break;
+            }
+            other => panic!("unexpected {other:?}: {}", e.message),
+        }
+    }
+    let locked_after = locked_after.expect("never locked out after 12 wrong passwords");
+    assert!(
+        locked_after <= 10,
+        "locked only after {locked_after} guesses"
+    );
+    // While locked, even the right password is refused: guessing gains nothing.
+    let e = a
+        .login(login("copper-heron-meadow"), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::ResourceExhausted, "{}", e.message);
+}
