@@ -326,6 +326,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     if role == "server" {
                         anyhow::bail!("server certificates are issued by `aicore run` itself");
                     }
+                    security::check_manual_issue(&name, &role)?;
                     let c = match validity.as_deref() {
                         Some(&[from, until]) => {
                             let at = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);

@@ -148,14 +148,30 @@ pub fn users(
     Ok(out)
 }
 
-/// Whether `c` must be (re)issued now.
-fn due(c: Option<&Issued>, now: SystemTime) -> bool {
+/// Whether `c`, the certificate the appliance keeps for `role`, must be (re)issued now.
+fn due(c: Option<&Issued>, role: &str, now: SystemTime) -> bool {
     match c {
         None => true,
         Some(c) => {
-            c.revoked || c.needs_renewal(now) || !c.cert_path.exists() || !c.key_path.exists()
+            c.role != role
+                || c.revoked
+                || c.needs_renewal(now)
+                || !c.cert_path.exists()
+                || !c.key_path.exists()
         }
     }
+}
+
+/// Refuses to issue, by hand, a certificate under a name the appliance keeps for itself
+/// with another role (it would replace that principal's files).
+pub fn check_manual_issue(name: &str, role: &str) -> Result<()> {
+    if name == SERVER_NAME {
+        bail!("{name:?} is the nats-server's certificate, issued by `aicore run` itself");
+    }
+    if BUILT_IN.contains(&name) && name != role {
+        bail!("{name:?} is the appliance's own {name} principal; pick another name");
+    }
+    Ok(())
 }
 
 /// Issues the server certificate and the built-in principals' certificates where they
@@ -172,12 +188,12 @@ pub fn ensure_issued(
         .cert_secs
         .map(|s| now + Duration::from_secs(s))
         .unwrap_or_else(|| window(config.cert_days));
-    if due(ca.get(SERVER_NAME)?.as_ref(), now) {
+    if due(ca.get(SERVER_NAME)?.as_ref(), "server", now) {
         ca.issue_between(SERVER_NAME, "server", now, until, sans, None)?;
         renewed.push(SERVER_NAME.to_string());
     }
     for name in BUILT_IN {
-        if due(ca.get(name)?.as_ref(), now) {
+        if due(ca.get(name)?.as_ref(), name, now) {
             ca.issue_between(name, name, now, until, &[], None)?;
             renewed.push(name.to_string());
         }
@@ -257,9 +273,16 @@ mod tests {
                 "CN=gateway,OU=gateway,O=AI Core"
             ]
         );
-        // A revoked built-in principal is issued again at the next check.
+        // A revoked built-in principal is issued again at the next check, and so is one
+        // whose name was reused for another role.
         ca.revoke("gateway").unwrap();
         assert_eq!(ensure_issued(&ca, &config, &[], now).unwrap(), ["gateway"]);
+        ca.issue("admin", "game-server", 30, &[], None).unwrap();
+        assert_eq!(ensure_issued(&ca, &config, &[], now).unwrap(), ["admin"]);
+        assert!(check_manual_issue("admin", "game-server").is_err());
+        assert!(check_manual_issue("nats", "admin").is_err());
+        check_manual_issue("admin", "admin").unwrap();
+        check_manual_issue("arena-3", "game-server").unwrap();
     }
 
     /// The TLS and users blocks, with real certificates, are accepted by the real
