@@ -430,3 +430,49 @@ async fn login_brute_force_is_locked_out() {
         .unwrap_err();
     assert_eq!(e.code, Code::ResourceExhausted, "{}", e.message);
 }
+
+#[tokio::test]
+async fn joining_an_external_server_presents_the_configured_certificate() {
+    // The first appliance plays the external NATS server; a second one joins it with
+    // `nats.url` and the client certificate named in its configuration.
+    let app = Appliance::start().await;
+    let certs = app.certs_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[security]\nclient_cert = {:?}\nclient_key = {:?}\nca_cert = {:?}\n",
+        certs.join("domains.pem"),
+        certs.join("domains.key"),
+        certs.join("ca.pem"),
+    );
+    std::fs::write(dir.path().join("aicore.toml"), toml).unwrap();
+    let log_path = dir.path().join("joiner.log");
+    let mut joiner = std::process::Command::new(aicore_e2e::aicore_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("aicore.toml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--nats-url", &app.nats_url, "--domains", "settings"])
+        .args(["--http-port", &aicore_e2e::free_port().to_string()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("aicore ready") {
+            break log;
+        }
+        if let Ok(Some(status)) = joiner.try_wait() {
+            panic!("the joining appliance exited ({status}):\n{log}");
+        }
+        assert!(Instant::now() < give_up, "never ready:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!log.contains("INSECURE"), "{log}");
+    // It issued nothing of its own: the identity came from the configuration.
+    assert!(!dir.path().join("certs").exists());
+    let _ = joiner.kill();
+    let _ = joiner.wait();
+}
