@@ -356,8 +356,23 @@ async fn certificates_rotate_under_load_without_a_restart_or_a_lost_request() {
     try_connect(&app, app.options())
         .await
         .expect("the renewed admin certificate connects");
-    // Every domain still answers, and the CLI (reading the renewed files) gets through.
-    ok(&app.cli(&["status", "--json"]));
+    // Every domain still answers, the CLI (reading the renewed files) gets through, and
+    // status shows each certificate's expiry (six-second certificates: within seconds).
+    let st = app.cli(&["status", "--json"]);
+    ok(&st);
+    let doc: serde_json::Value = serde_json::from_slice(&st.stdout).expect("JSON status");
+    let shown = doc["certificates"]
+        .as_array()
+        .expect("certificates in status");
+    for name in ["nats", "domains", "gateway", "admin"] {
+        let c = shown
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in status: {doc}"));
+        let not_after = c["not_after"].as_u64().unwrap();
+        assert!(not_after.abs_diff(now()) <= 10, "{c}");
+        assert!(c["renewal_due"].is_boolean(), "{c}");
+    }
 }
 
 #[tokio::test]
