@@ -4,7 +4,8 @@
 //! and store in a temporary directory and serves state-manager in-process on its own NATS
 //! connection (as `aicore run` does); load comes from separate connections.
 //!
-//! Rows: raw async-nats request/reply echo; over HTTP from an in-process hyper client, a
+//! Rows: raw async-nats request/reply echo; the same over mutual TLS with the default
+//! least-privilege users (a second nats-server, so TLS vs `--insecure-dev` in one run); over HTTP from an in-process hyper client, a
 //! bare axum→NATS forwarder of a JSON body to an echo responder and the gateway (bearer
 //! auth from a real auth domain, rate limit, in-flight bound, JSON ↔ protobuf, metrics)
 //! calling a stub state_manager.get responder, same JSON body, with the gateway's share of
@@ -30,8 +31,10 @@ use aicore_proto::CallOptions;
 use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
 
+use crate::certs::Authority;
 use crate::config::Config;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
+use crate::security::{self, ClientTls};
 use crate::supervisor::connect;
 
 /// The runtime-echo service: one RPC answering its request body.
@@ -158,6 +161,78 @@ where
     }
 }
 
+/// The raw request/reply row again, on a second nats-server configured as `aicore run`
+/// configures it by default (mutual TLS, `verify_and_map`, least-privilege users): the
+/// responder is the `domains` identity serving `svc.bench.v1.echo`, the load the
+/// `gateway` identity. Next to the plaintext row (which is what `--insecure-dev` runs),
+/// its "vs raw" column is the cost of TLS and permission checks.
+async fn measure_tls(
+    config: &Config,
+    dir: &std::path::Path,
+    args: &BenchArgs,
+    payload: &Bytes,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    let mut config = config.clone();
+    config.nats.port = 0;
+    config.nats.monitor_port = 0;
+    config.pick_free_ports()?;
+    let certs = dir.join("certs");
+    let ca = Authority::open_or_create(&certs, config.security.ca_days)?;
+    let now = std::time::SystemTime::now();
+    let sans = security::server_sans(&config.security, &config.nats.host);
+    security::ensure_issued(&ca, &config.security, &sans, now)?;
+    let child = NatsChild::start(
+        NatsChildConfig {
+            binary: resolve_binary(config.nats.server_bin.as_deref())?,
+            host: config.nats.host.clone(),
+            port: config.nats.port,
+            monitor_port: config.nats.monitor_port,
+            store_dir: dir.join("jetstream-tls"),
+            config_path: dir.join("nats-server-tls.conf"),
+            tls: Some(security::nats_tls(&ca, &config.security, now)?),
+            ..NatsChildConfig::default()
+        },
+        stop,
+    )
+    .await?;
+    let url = child.client_url();
+    let identity = |name: &str| ClientTls::in_dir(&certs, name);
+    let responder = connect(&url, Some(&identity("domains")), "bench-echo-tls").await?;
+    let mut sub = responder
+        .queue_subscribe("svc.bench.v1.echo", "bench".into())
+        .await?;
+    let echo_nats = responder.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = echo_nats.publish(reply, m.payload).await;
+            }
+        }
+    });
+    responder.flush().await?;
+    let load = connect(&url, Some(&identity("gateway")), "bench-load-tls").await?;
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let (nats, p) = (load.clone(), payload.clone());
+        cells.push(
+            measure(
+                "raw request/reply, mTLS + users",
+                c,
+                args.seconds,
+                move |_, _| {
+                    let (nats, p) = (nats.clone(), p.clone());
+                    async move { nats.request("svc.bench.v1.echo", p).await.is_ok() }
+                },
+            )
+            .await,
+        );
+    }
+    echo.abort();
+    child.stop().await;
+    Ok(cells)
+}
+
 /// Serves domain `name` (as registered) on its own connection over `store`.
 async fn serve_domain(
     url: &str,
@@ -166,7 +241,7 @@ async fn serve_domain(
     config: &Config,
     stop: CancellationToken,
 ) -> Result<runtime::ServiceHandle> {
-    let nats = connect(url, "bench-domains").await?;
+    let nats = connect(url, None, "bench-domains").await?;
     let ctx = Ctx {
         store,
         clock: Arc::new(SystemClock),
@@ -369,7 +444,7 @@ async fn measure_gateway(
     let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
 
     // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
-    let responder = connect(url, "bench-http-responders").await?;
+    let responder = connect(url, None, "bench-http-responders").await?;
     let reply = Bytes::from(
         GetResponse {
             metadata: Some(ObjectMetadata {
@@ -433,7 +508,7 @@ async fn measure_gateway(
     let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
 
     // The two servers.
-    let forwarder_nats = connect(url, "bench-forwarder").await?;
+    let forwarder_nats = connect(url, None, "bench-forwarder").await?;
     let forwarder = axum::Router::new().route(
         "/echo",
         axum::routing::post(move |body: Bytes| {
@@ -456,6 +531,7 @@ async fn measure_gateway(
         &http_config,
         config.nats.max_payload,
         url,
+        None,
         vec!["auth", "state_manager"],
         stop.child_token(),
     )
@@ -544,7 +620,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let mut cells = Vec::new();
 
     // Raw baseline: an echo responder on its own connection, handling in order.
-    let responder = connect(&url, "bench-echo").await?;
+    let responder = connect(&url, None, "bench-echo").await?;
     let mut sub = responder.subscribe("bench.echo").await?;
     let echo_nats = responder.clone();
     let echo = tokio::spawn(async move {
@@ -555,7 +631,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         }
     });
     responder.flush().await?;
-    let load = connect(&url, "bench-load").await?;
+    let load = connect(&url, None, "bench-load").await?;
     for &c in &args.concurrency {
         let (nats, p) = (load.clone(), payload.clone());
         cells.push(
@@ -567,6 +643,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     echo.abort();
+    cells.extend(measure_tls(&config, dir.path(), &args, &payload, stop.child_token()).await?);
 
     // The same echo through the domain runtime and the SDK (deadline header, micro
     // service API, a task per request, retries/breaker bookkeeping): the framework's

@@ -196,15 +196,32 @@ impl Authority {
         sans: &[String],
         out_dir: Option<&Path>,
     ) -> Result<Issued> {
-        check_name(name)?;
-        if role != "server" && !ROLES.contains(&role) {
-            bail!("unknown role {role:?}: one of server, {}", ROLES.join(", "));
-        }
         if days == 0 {
             bail!("--days must be at least 1");
         }
         let now = SystemTime::now();
         let not_after = now + Duration::from_secs(u64::from(days) * 86_400);
+        self.issue_between(name, role, now, not_after, sans, out_dir)
+    }
+
+    /// [`Authority::issue`] with an explicit validity window (tests use it for
+    /// certificates that are already expired or renew within seconds).
+    pub fn issue_between(
+        &self,
+        name: &str,
+        role: &str,
+        now: SystemTime,
+        not_after: SystemTime,
+        sans: &[String],
+        out_dir: Option<&Path>,
+    ) -> Result<Issued> {
+        check_name(name)?;
+        if role != "server" && !ROLES.contains(&role) {
+            bail!("unknown role {role:?}: one of server, {}", ROLES.join(", "));
+        }
+        if not_after <= now {
+            bail!("a certificate must end after it starts");
+        }
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, ORG);
@@ -260,6 +277,11 @@ impl Authority {
         index.certs.insert(name.to_string(), issued.clone());
         self.save_index(&index)?;
         Ok(issued)
+    }
+
+    /// The record of `name`, if any.
+    pub fn get(&self, name: &str) -> Result<Option<Issued>> {
+        Ok(self.load_index()?.certs.remove(name))
     }
 
     /// Every recorded certificate, by name.

@@ -113,13 +113,14 @@ struct Ping {
     version: String,
 }
 
-/// Pings every service for `wait` and reports which of `expected` answered. Returns
-/// whether all did.
+/// Pings every service for `wait` and reports which of `expected` answered, and when
+/// each certificate of the local CA (`certs`) expires. Returns whether all answered.
 pub async fn status(
     nats: &async_nats::Client,
     expected: &[&str],
     wait: Duration,
     json: bool,
+    certs: &[crate::certs::Issued],
 ) -> Result<bool> {
     let inbox = nats.new_inbox();
     let mut sub = nats.subscribe(inbox.clone()).await?;
@@ -148,6 +149,13 @@ pub async fn status(
                 "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "missing": missing,
+            "certificates": certs.iter().map(|c| serde_json::json!({
+                "name": c.name,
+                "role": c.role,
+                "not_after": c.not_after,
+                "revoked": c.revoked,
+                "renewal_due": c.needs_renewal(std::time::SystemTime::now()),
+            })).collect::<Vec<_>>(),
         });
         println!("{doc}");
     } else {
@@ -158,13 +166,41 @@ pub async fn status(
         for m in &missing {
             println!("{m:<28} {:>9}  NOT ANSWERING", 0);
         }
+        if !certs.is_empty() {
+            println!();
+            println!(
+                "{:<28} {:<12} {:>12}  state",
+                "certificate", "role", "expires in"
+            );
+            let now = std::time::SystemTime::now();
+            let now_secs = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for c in certs {
+                let left = c.not_after as i64 - now_secs as i64;
+                let state = if c.revoked {
+                    "revoked"
+                } else if left <= 0 {
+                    "expired"
+                } else if c.needs_renewal(now) {
+                    "renewal due"
+                } else {
+                    "valid"
+                };
+                let expires = format!("{}d {}h", left / 86_400, left % 86_400 / 3_600);
+                println!("{:<28} {:<12} {expires:>12}  {state}", c.name, c.role);
+            }
+        }
     }
     Ok(missing.is_empty())
 }
 
-/// Turns a connection failure into an error naming the URL.
-pub async fn connect_client(url: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+/// Connects (presenting `tls` when given: the admin certificate); a failure names the URL.
+pub async fn connect_client(
+    url: &str,
+    tls: Option<&crate::security::ClientTls>,
+) -> Result<async_nats::Client> {
+    crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name("aicore-cli")
         .connection_timeout(Duration::from_secs(3))
         .connect(url)

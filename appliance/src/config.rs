@@ -29,6 +29,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The embedded store.
     pub store: StoreConfig,
+    /// Certificates and NATS users (mTLS and least privilege, on by default).
+    pub security: SecurityConfig,
     /// Per-domain settings (`[domains.<name>]`).
     pub domains: DomainsConfig,
 }
@@ -42,6 +44,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            security: SecurityConfig::default(),
             domains: DomainsConfig::default(),
         }
     }
@@ -187,6 +190,56 @@ impl Default for StoreConfig {
             file: "aicore.redb".into(),
             cache_bytes: 64 << 20,
             max_batch: 1024,
+        }
+    }
+}
+
+/// Security settings: the local CA under `<data_dir>/certs`, mTLS on NATS, and one
+/// least-privilege NATS user per certificate identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Run NATS in plaintext with no users: anyone who reaches the port can do anything.
+    /// For local debugging only; `aicore run --insecure-dev` is the same. Never the default.
+    pub insecure_dev: bool,
+    /// Host names and addresses of this machine that clients dial, added to the server
+    /// certificate (localhost, 127.0.0.1, ::1 and `nats.host` are always in it).
+    pub host_names: Vec<String>,
+    /// Subjects a `game-server` certificate may request, e.g. `svc.world-state.v1.>`;
+    /// everything else under `svc.` is refused. Game servers may always publish telemetry.
+    pub game_server_allow: Vec<String>,
+    /// Validity of the certificates `aicore run` issues itself (server, domains, gateway,
+    /// admin); they are renewed at two thirds of it, without a restart.
+    pub cert_days: u32,
+    /// Validity of the local CA created on first run.
+    pub ca_days: u32,
+    /// How often, in seconds, revocations and due renewals are applied (nats-server is
+    /// reloaded, not restarted).
+    pub check_interval_secs: u64,
+    /// Validity in seconds of the self-issued certificates, overriding `cert_days` (for
+    /// rotation tests).
+    pub cert_secs: Option<u64>,
+    /// With `nats.url`: the client certificate the appliance presents to that server.
+    pub client_cert: Option<PathBuf>,
+    /// With `nats.url`: the key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// With `nats.url`: the CA the external server's certificate chains to.
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            insecure_dev: false,
+            host_names: Vec::new(),
+            game_server_allow: Vec::new(),
+            cert_days: 90,
+            ca_days: 3650,
+            check_interval_secs: 2,
+            cert_secs: None,
+            client_cert: None,
+            client_key: None,
+            ca_cert: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod config;
 mod gateway;
 mod json;
 mod nats_child;
+mod security;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
         /// Port of the HTTP gateway; 0 picks a free one.
         #[arg(long)]
         http_port: Option<u16>,
+        /// Run NATS in plaintext with no users (local debugging only; never the default).
+        #[arg(long)]
+        insecure_dev: bool,
     },
     /// Call one RPC with a JSON request; prints the JSON reply. Exit 1 and the error on
     /// stderr when the service refuses, 2 when the command is wrong.
@@ -77,6 +81,8 @@ enum Command {
         /// Roles of `--as`, comma-separated.
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
+        #[command(flatten)]
+        identity: Identity,
     },
     /// Show which domains answer; exit 0 only when every configured domain does.
     Status {
@@ -92,6 +98,8 @@ enum Command {
         /// How long to collect answers, in milliseconds.
         #[arg(long, default_value_t = 500)]
         wait_ms: u64,
+        #[command(flatten)]
+        identity: Identity,
     },
     /// Measure request/reply throughput and latency against a raw NATS baseline.
     Bench(bench::BenchArgs),
@@ -105,6 +113,46 @@ enum Command {
     },
     /// Print the default configuration as TOML.
     DefaultConfig,
+}
+
+/// Which certificate a client command presents: `admin` from the appliance's
+/// certificate directory.
+#[derive(clap::Args)]
+struct Identity {
+    /// The appliance's data directory; its `certs/` holds the admin certificate.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The certificate directory (default: `<data-dir>/certs`): `admin.pem`,
+    /// `admin.key` and `ca.pem`. Without them the command connects in plaintext.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+}
+
+impl Identity {
+    fn dir(&self, config: &Config) -> PathBuf {
+        match (&self.cert_dir, &self.data_dir) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => d.join("certs"),
+            (None, None) => config.data_dir.join("certs"),
+        }
+    }
+
+    /// The admin identity, when its files exist.
+    fn tls(&self, config: &Config) -> Option<security::ClientTls> {
+        Some(security::ClientTls::in_dir(&self.dir(config), "admin"))
+            .filter(security::ClientTls::exists)
+    }
+
+    /// The certificates of the local CA, when this machine holds it (else none).
+    fn certificates(&self, config: &Config) -> Vec<certs::Issued> {
+        let dir = self.dir(config);
+        if !dir.join("ca.key").exists() {
+            return Vec::new();
+        }
+        certs::Authority::open_or_create(&dir, config.security.ca_days)
+            .and_then(|ca| ca.list())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Subcommand)]
@@ -122,6 +170,10 @@ enum CertsCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 90)]
         days: u32,
+        /// Start and end of validity as Unix seconds, instead of `--days` (tests issue
+        /// already expired certificates with them).
+        #[arg(long, hide = true, num_args = 2, value_names = ["NOT_BEFORE", "NOT_AFTER"])]
+        validity: Option<Vec<u64>>,
     },
     /// List issued certificates with role, expiry and revocation.
     List,
@@ -134,6 +186,8 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One crypto provider for the whole process (rustls would otherwise have to guess).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -172,7 +226,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             nats_url,
             domains,
             http_port,
+            insecure_dev,
         } => {
+            if insecure_dev {
+                config.security.insecure_dev = true;
+            }
             if let Some(d) = data_dir {
                 config.data_dir = d;
             }
@@ -203,10 +261,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             timeout_ms,
             caller,
             roles,
+            identity,
         } => {
             init_logging("warn");
             let url = nats_url.unwrap_or_else(|| config.nats_url());
-            let nats = cli::connect_client(&url).await?;
+            let nats = cli::connect_client(&url, identity.tls(&config).as_ref()).await?;
             let args = cli::CallArgs {
                 domain,
                 rpc,
@@ -228,6 +287,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             domains,
             json,
             wait_ms,
+            identity,
         } => {
             init_logging("warn");
             if let Some(d) = domains {
@@ -235,8 +295,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let expected = config.served_domains()?;
             let url = nats_url.unwrap_or_else(|| config.nats_url());
-            let nats = cli::connect_client(&url).await?;
-            let ok = cli::status(&nats, &expected, Duration::from_millis(wait_ms), json).await?;
+            let tls = identity.tls(&config);
+            let nats = cli::connect_client(&url, tls.as_ref()).await?;
+            let certs = identity.certificates(&config);
+            let wait = Duration::from_millis(wait_ms);
+            let ok = cli::status(&nats, &expected, wait, json, &certs).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -258,11 +321,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     role,
                     out,
                     days,
+                    validity,
                 } => {
                     if role == "server" {
                         anyhow::bail!("server certificates are issued by `aicore run` itself");
                     }
-                    let c = ca.issue(&name, &role, days, &[], out.as_deref())?;
+                    security::check_manual_issue(&name, &role)?;
+                    let c = match validity.as_deref() {
+                        Some(&[from, until]) => {
+                            let at = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+                            ca.issue_between(
+                                &name,
+                                &role,
+                                at(from),
+                                at(until),
+                                &[],
+                                out.as_deref(),
+                            )?
+                        }
+                        _ => ca.issue(&name, &role, days, &[], out.as_deref())?,
+                    };
                     println!("certificate {}", c.cert_path.display());
                     println!("key         {}", c.key_path.display());
                     println!("ca          {}", ca.ca_path().display());

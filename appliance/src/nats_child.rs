@@ -10,8 +10,9 @@
 //!
 //! It deliberately does not decide *when* to stop nats-server relative to the rest of the
 //! appliance (that is the supervisor's ordered teardown), does not connect to NATS itself
-//! (the client URL is handed out), and does not yet write TLS or accounts blocks: those
-//! belong in [`render_config`], the one place the configuration is produced. The child runs
+//! (the client URL is handed out), and does not choose certificates or permissions (the
+//! supervisor's security policy does); [`render_config`] only writes the TLS and
+//! authorization blocks it is given, and [`NatsChild::reload`] applies a new one. The child runs
 //! in its own process group so a terminal's Ctrl-C reaches only `aicore`, which then stops
 //! nats-server last, after the domains have drained.
 
@@ -96,6 +97,36 @@ pub struct NatsChildConfig {
     pub max_restarts: u32,
     /// Sliding window over which restarts are counted for crash-loop detection.
     pub restart_window: Duration,
+    /// Mutual TLS and the users certificate identities map to; `None` runs plaintext
+    /// with no users (`--insecure-dev`, benchmarks' raw baseline).
+    pub tls: Option<NatsTls>,
+}
+
+/// The `tls` and `authorization` blocks: every client must present a certificate signed
+/// by `ca_file`, and its subject must be one of `users` (`verify_and_map`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTls {
+    /// The server certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// The CA client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// One user per accepted certificate identity; nothing else may connect.
+    pub users: Vec<NatsUser>,
+}
+
+/// A NATS user: a certificate subject and what it may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUser {
+    /// The certificate subject, RFC 2253 (`CN=admin,OU=admin,O=AI Core`).
+    pub user: String,
+    /// Subjects it may publish to (everything else is denied).
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to (everything else is denied).
+    pub subscribe: Vec<String>,
+    /// Whether it may publish to the reply subject of a request it received.
+    pub allow_responses: bool,
 }
 
 impl Default for NatsChildConfig {
@@ -113,6 +144,7 @@ impl Default for NatsChildConfig {
             max_file_store: 10 * 1024 * 1024 * 1024,
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -307,7 +339,45 @@ jetstream {{
         max_memory_store = cfg.max_memory_store,
         max_file_store = cfg.max_file_store,
         sync_interval = quote(&cfg.sync_interval),
-    )
+    ) + &cfg.tls.as_ref().map(render_tls).unwrap_or_default()
+}
+
+/// The TLS and authorization blocks of the configuration.
+fn render_tls(tls: &NatsTls) -> String {
+    let list = |v: &[String]| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+    let mut out = format!(
+        "
+tls {{
+  cert_file: {cert}
+  key_file: {key}
+  ca_file: {ca}
+  verify_and_map: true
+  timeout: 5
+}}
+
+authorization {{
+  # Deny by default: a subject not listed below is refused.
+  users = [
+",
+        cert = quote(&tls.cert_file.to_string_lossy()),
+        key = quote(&tls.key_file.to_string_lossy()),
+        ca = quote(&tls.ca_file.to_string_lossy()),
+    );
+    for u in &tls.users {
+        out.push_str(&format!(
+            "    {{ user: {user}, permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [{subscribe}] }}{responses} }} }}\n",
+            user = quote(&u.user),
+            publish = list(&u.publish),
+            subscribe = list(&u.subscribe),
+            responses = if u.allow_responses {
+                ", allow_responses: true"
+            } else {
+                ""
+            },
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
 }
 
 /// A double-quoted nats-server configuration string.
@@ -513,6 +583,13 @@ impl NatsChild {
         }
     }
 
+    /// A handle that reloads this child's configuration (see [`Reloader::reload`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// URL clients use to reach this server, e.g. `nats://127.0.0.1:4222`.
     pub fn client_url(&self) -> String {
         self.client_url.clone()
@@ -546,6 +623,31 @@ impl Drop for NatsChild {
     fn drop(&mut self) {
         // The monitor task owns the process; cancelling makes it stop the child.
         self.stop.cancel();
+    }
+}
+
+/// Reloads a running child's configuration; independent of the [`NatsChild`]'s lifetime.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Writes `cfg`'s configuration and makes the running child reload it (SIGHUP): new
+    /// certificates and users take effect without a restart, and connections of users
+    /// that no longer exist are closed by nats-server. A restart later uses it too.
+    pub async fn reload(&self, cfg: &NatsChildConfig) -> Result<()> {
+        validate(cfg)?;
+        write_config(cfg).await?;
+        let pid = self.shared.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            // SAFETY: kill(2) on the pid of our own child; no memory is touched.
+            if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+                return Err(io::Error::last_os_error()).context("signalling nats-server to reload");
+            }
+            tracing::info!(pid, "nats-server reloads its configuration");
+        }
+        Ok(())
     }
 }
 

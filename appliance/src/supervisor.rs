@@ -19,14 +19,28 @@ use aicore_domains::streams::ensure_streams;
 use aicore_domains::{Ctx, SystemClock};
 use aicore_domains::{event_bus, outbox, registry};
 
+use crate::certs::Authority;
 use crate::config::Config;
 use crate::gateway;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
+use crate::security::{self, ClientTls};
+
+/// How the appliance's own NATS clients identify themselves: the domains' and the
+/// gateway's certificates (none in insecure-dev mode).
+struct Identities {
+    domains: Option<ClientTls>,
+    gateway: Option<ClientTls>,
+}
+
+/// Said loudly whenever NATS runs without TLS and users.
+const INSECURE_WARNING: &str = "INSECURE DEV MODE: NATS runs in plaintext with no users; \
+    anyone who can reach its port can read and forge every message. Never use this outside \
+    local debugging.";
 
 /// Connects to NATS with the reconnect policy the appliance wants: keep trying forever,
 /// quickly, since the child is restarted within a second or two.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+pub async fn connect(url: &str, tls: Option<&ClientTls>, name: &str) -> Result<async_nats::Client> {
+    crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -62,14 +76,51 @@ pub async fn run(mut config: Config) -> Result<()> {
     )
     .with_context(|| format!("opening store {}", store_path.display()))?;
 
-    // 2. NATS: the child, or an existing server.
-    let child = match &config.nats.url {
+    // 2. NATS: the child (with our CA's certificates and users), or an existing server.
+    security::validate(&config.security)?;
+    let insecure = config.security.insecure_dev;
+    if insecure {
+        tracing::warn!("{INSECURE_WARNING}");
+        eprintln!("WARNING: {INSECURE_WARNING}");
+    }
+    let certs_dir = config.data_dir.join("certs");
+    let mut child_cfg = None;
+    let (child, identities) = match &config.nats.url {
         Some(url) => {
             tracing::info!(%url, "using an existing NATS server; no child started");
-            None
+            let s = &config.security;
+            let tls = match (&s.client_cert, &s.client_key, &s.ca_cert) {
+                (Some(cert), Some(key), Some(ca)) => Some(ClientTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (None, None, None) => None,
+                _ => {
+                    bail!("security.client_cert, client_key and ca_cert go together (all or none)")
+                }
+            };
+            let identities = Identities {
+                domains: tls.clone(),
+                gateway: tls,
+            };
+            (None, identities)
         }
         None => {
             let binary = resolve_binary(config.nats.server_bin.as_deref())?;
+            let tls = match insecure {
+                true => None,
+                false => {
+                    let ca = Authority::open_or_create(&certs_dir, config.security.ca_days)?;
+                    let sans = security::server_sans(&config.security, &config.nats.host);
+                    let now = std::time::SystemTime::now();
+                    let issued = security::ensure_issued(&ca, &config.security, &sans, now)?;
+                    if !issued.is_empty() {
+                        tracing::info!(certificates = %issued.join(","), "issued certificates");
+                    }
+                    Some(security::nats_tls(&ca, &config.security, now)?)
+                }
+            };
             let cfg = NatsChildConfig {
                 binary,
                 host: config.nats.host.clone(),
@@ -83,15 +134,36 @@ pub async fn run(mut config: Config) -> Result<()> {
                 max_file_store: config.nats.max_file_store,
                 max_restarts: config.nats.max_restarts,
                 restart_window: config.restart_window(),
+                tls,
             };
-            Some(NatsChild::start(cfg, shutdown.child_token()).await?)
+            child_cfg = Some(cfg.clone());
+            let child = NatsChild::start(cfg, shutdown.child_token()).await?;
+            let identity = |name: &str| (!insecure).then(|| ClientTls::in_dir(&certs_dir, name));
+            let identities = Identities {
+                domains: identity("domains"),
+                gateway: identity("gateway"),
+            };
+            (Some(child), identities)
         }
     };
     let url = child
         .as_ref()
         .map(NatsChild::client_url)
         .unwrap_or_else(|| config.nats_url());
-    let nats = connect(&url, "aicore-domains").await?;
+    let nats = connect(&url, identities.domains.as_ref(), "aicore-domains").await?;
+
+    // Revocations and renewals: re-read the index, renew what is due, reload nats-server.
+    let certs_task = match (child.as_ref(), child_cfg) {
+        (Some(child), Some(cfg)) if cfg.tls.is_some() => Some(tokio::spawn(watch_certs(
+            child.reloader(),
+            cfg,
+            certs_dir.clone(),
+            config.security.clone(),
+            config.nats.host.clone(),
+            shutdown.child_token(),
+        ))),
+        _ => None,
+    };
 
     // Event streams first, so a domain's first event has somewhere to go; then the outbox
     // relay and the dead-letter task, which outlive the domains in teardown.
@@ -143,6 +215,7 @@ pub async fn run(mut config: Config) -> Result<()> {
                 &config.http,
                 config.nats.max_payload,
                 &url,
+                identities.gateway.as_ref(),
                 http_domains,
                 shutdown.child_token(),
             )
@@ -185,6 +258,9 @@ pub async fn run(mut config: Config) -> Result<()> {
         tracing::warn!(error = %e, "final NATS flush failed");
     }
     drop(nats);
+    if let Some(task) = certs_task {
+        task.abort();
+    }
     if let Some(child) = child {
         child.stop().await;
     }
@@ -192,4 +268,49 @@ pub async fn run(mut config: Config) -> Result<()> {
     shutdown.cancel();
     tracing::info!("aicore stopped");
     outcome
+}
+
+/// Every `check_interval_secs`: renews the appliance's own certificates when due and
+/// rebuilds the users from the certificate index (a revoked or expired identity loses
+/// its user); when anything changed, rewrites the configuration and reloads nats-server.
+/// Clients reconnect with their renewed certificate files on their next reconnect.
+async fn watch_certs(
+    reloader: crate::nats_child::Reloader,
+    mut cfg: NatsChildConfig,
+    certs_dir: std::path::PathBuf,
+    security: crate::config::SecurityConfig,
+    nats_host: String,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_secs(security.check_interval_secs.max(1));
+    let sans = security::server_sans(&security, &nats_host);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let check = || -> Result<(Vec<String>, Option<crate::nats_child::NatsTls>)> {
+            let ca = Authority::open_or_create(&certs_dir, security.ca_days)?;
+            let now = std::time::SystemTime::now();
+            let renewed = security::ensure_issued(&ca, &security, &sans, now)?;
+            Ok((renewed, Some(security::nats_tls(&ca, &security, now)?)))
+        };
+        let (renewed, tls) = match check() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "checking certificates failed");
+                continue;
+            }
+        };
+        if renewed.is_empty() && tls == cfg.tls {
+            continue;
+        }
+        if !renewed.is_empty() {
+            tracing::info!(certificates = %renewed.join(","), "renewed certificates");
+        }
+        cfg.tls = tls;
+        if let Err(e) = reloader.reload(&cfg).await {
+            tracing::warn!(error = %format!("{e:#}"), "reloading nats-server failed");
+        }
+    }
 }

@@ -3,13 +3,57 @@
 //! domain answers `$SRV.PING`, and hands out SDK clients and CLI invocations. Dropping an
 //! [`Appliance`] kills it (its nats-server child dies with it). Nothing here is a mock:
 //! tests talk to the processes a user would run.
+//!
+//! The appliance runs NATS with mutual TLS by default, so every connection made here
+//! presents the appliance's `admin` certificate from `<data-dir>/certs` (when the
+//! appliance runs `--insecure-dev`, there is none and connections are plaintext).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+
+/// Installs the process's rustls crypto provider (ring, as in the appliance) once.
+pub fn install_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A client certificate: its file, its key and the CA the server must chain to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The CA certificate (PEM) the server's certificate is checked against.
+    pub ca: PathBuf,
+    /// The client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+impl Identity {
+    /// `<name>.pem` / `<name>.key` in `dir`, trusting `ca`.
+    pub fn in_dir(dir: &Path, name: &str, ca: &Path) -> Identity {
+        Identity {
+            ca: ca.to_path_buf(),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+
+    /// Connect options presenting this certificate.
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        install_crypto();
+        async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(self.ca.clone())
+            .add_client_certificate(self.cert.clone(), self.key.clone())
+    }
+}
 
 /// The domains `aicore run` serves by default in this build (all registered ones).
 pub fn domains() -> Vec<&'static str> {
@@ -172,7 +216,7 @@ impl Appliance {
             {
                 panic!("aicore exited early ({status}):\n{}", self.log());
             }
-            if let Ok(nats) = async_nats::connect(&self.nats_url).await {
+            if let Ok(nats) = self.options().connect(&self.nats_url).await {
                 let answered = ping(&nats, Duration::from_millis(300)).await;
                 if domains().iter().all(|d| answered.iter().any(|a| a == d))
                     && self.http_listening()
@@ -200,9 +244,42 @@ impl Appliance {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// A NATS connection to the appliance.
+    /// Its certificate directory (the local CA and the certificates it issued).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.data_dir.join("certs")
+    }
+
+    /// The identity of certificate `name` issued by this appliance's CA.
+    pub fn identity(&self, name: &str) -> Identity {
+        let dir = self.certs_dir();
+        Identity::in_dir(&dir, name, &dir.join("ca.pem"))
+    }
+
+    /// Connect options as `admin` (plaintext when the appliance has no certificates).
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        let admin = self.identity("admin");
+        if admin.cert.exists() {
+            admin.options()
+        } else {
+            async_nats::ConnectOptions::new()
+        }
+    }
+
+    /// Runs `aicore certs <args> --data-dir <its data dir>`.
+    pub fn certs(&self, args: &[&str]) -> Output {
+        Command::new(aicore_bin())
+            .arg("certs")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .current_dir(&self.data_dir)
+            .output()
+            .expect("running aicore certs")
+    }
+
+    /// A NATS connection to the appliance, as `admin`.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
+        self.options()
             .retry_on_initial_connect()
             .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).min(1000)))
             .connect(&self.nats_url)
@@ -215,11 +292,14 @@ impl Appliance {
         aicore_sdk::Client::new(self.nats().await, Default::default())
     }
 
-    /// Runs `aicore <args>` against this appliance (with `--nats-url` appended).
+    /// Runs `aicore <args>` against this appliance (with `--nats-url` and `--data-dir`
+    /// appended, so it presents the admin certificate).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(aicore_bin())
             .args(args)
             .args(["--nats-url", &self.nats_url])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
             .current_dir(&self.data_dir)
             .output()
             .expect("running aicore")

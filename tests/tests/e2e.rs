@@ -6,6 +6,7 @@ mod events;
 mod gateway;
 mod payment;
 mod runtime;
+mod security;
 mod time;
 mod world;
 

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::HttpConfig;
+use crate::security::ClientTls;
 pub use error::ApiError;
 use limits::{Client, RateLimiter};
 use metrics::Metrics;
@@ -116,8 +117,12 @@ impl Server {
 
 /// Connects to NATS as the gateway (its own connection: revocation notices arrive on it,
 /// and a reconnect drops the Validate cache since notices may have been missed).
-async fn connect(url: &str, tokens: Arc<Tokens>) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+async fn connect(
+    url: &str,
+    tls: Option<&ClientTls>,
+    tokens: Arc<Tokens>,
+) -> Result<async_nats::Client> {
+    crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name("aicore-gateway")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -143,10 +148,12 @@ pub async fn start(
     config: &HttpConfig,
     max_payload: u32,
     nats_url: &str,
+    tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
     stop: CancellationToken,
 ) -> Result<Server> {
-    let (router, gateway) = build(config, max_payload, nats_url, domains, stop.clone()).await?;
+    let (router, gateway) =
+        build(config, max_payload, nats_url, tls, domains, stop.clone()).await?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("gateway listening on {}:{}", config.host, config.port))?;
@@ -179,6 +186,7 @@ pub async fn build(
     config: &HttpConfig,
     max_payload: u32,
     nats_url: &str,
+    tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
     stop: CancellationToken,
 ) -> Result<(Router, tokio::task::JoinHandle<()>)> {
@@ -208,7 +216,7 @@ pub async fn build(
         config.validate_cache_capacity,
         metrics.clone(),
     ));
-    let nats = connect(nats_url, tokens.clone()).await?;
+    let nats = connect(nats_url, tls, tokens.clone()).await?;
     let listener = tokens
         .clone()
         .listen(nats.clone(), stop.clone())
