@@ -648,7 +648,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     // The same echo through the domain runtime and the SDK (deadline header, micro
     // service API, a task per request, retries/breaker bookkeeping): the framework's
     // own share of every domain call, with no domain work.
-    let runtime_nats = connect(&url, "bench-runtime-echo").await?;
+    let runtime_nats = connect(&url, None, "bench-runtime-echo").await?;
     let serving = runtime::serve(
         runtime_nats.clone(),
         Arc::new(EchoService),
