@@ -297,17 +297,12 @@ impl StateManagerHandler for StateManager {
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
         let content_type = content_type(&req.content_type)?;
-        let max = self.config().max_object_bytes;
-        if req.data.len() > max {
-            return Err(Status::with_field(
-                Code::ResourceExhausted,
-                "data",
-                format!(
-                    "is {} bytes; the per-object limit is {max} bytes",
-                    req.data.len()
-                ),
-            ));
-        }
+        validate::max_bytes(
+            req.data.len(),
+            self.config().max_object_bytes,
+            "data",
+            "per-object",
+        )?;
         idempotency::check_key(&req.idempotency_key)?;
         let fingerprint = idempotency::fingerprint("put", &req, |r| r.idempotency_key.clear());
         let depth = self.history_depth();

@@ -42,6 +42,19 @@ pub fn slug(value: &str, field: &str, max: usize) -> Result<(), Status> {
     }
 }
 
+/// Refuses a value of `len` bytes over `max` as ResourceExhausted naming `field`;
+/// `what` names the limit ("per-object", "per-fact").
+pub fn max_bytes(len: usize, max: usize, field: &str, what: &str) -> Result<(), Status> {
+    if len > max {
+        return Err(Status::with_field(
+            aicore_proto::Code::ResourceExhausted,
+            field,
+            format!("is {len} bytes; the {what} limit is {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +71,9 @@ mod tests {
         assert!(slug("gold.pack-1", "item_id", 64).is_ok());
         assert!(slug("Gold", "item_id", 64).is_err());
         assert!(slug(&"a".repeat(65), "item_id", 64).is_err());
+        assert!(max_bytes(10, 10, "data", "per-object").is_ok());
+        let e = max_bytes(11, 10, "data", "per-object").unwrap_err();
+        assert_eq!(e.code, aicore_proto::Code::ResourceExhausted);
+        assert_eq!(e.field_violations[0].field, "data");
     }
 }

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::idempotency::{self, Idempotency};
 use crate::store::{Store, Tx};
-use crate::{Ctx, paging};
+use crate::{Ctx, paging, validate};
 
 const FACTS: &str = "world_state.facts";
 const TOMBSTONES: &str = "world_state.tombstones";
@@ -243,17 +243,12 @@ impl WorldStateHandler for WorldState {
         meta.authorize_roles(&["service", "admin"])?;
         check_key(&req.key, "key", false)?;
         let content_type = crate::state_manager::content_type(&req.content_type)?;
-        let max = self.config().max_fact_bytes;
-        if req.data.len() > max {
-            return Err(Status::with_field(
-                Code::ResourceExhausted,
-                "data",
-                format!(
-                    "is {} bytes; the per-fact limit is {max} bytes",
-                    req.data.len()
-                ),
-            ));
-        }
+        validate::max_bytes(
+            req.data.len(),
+            self.config().max_fact_bytes,
+            "data",
+            "per-fact",
+        )?;
         idempotency::check_key(&req.idempotency_key)?;
         let fingerprint = idempotency::fingerprint("set", &req, |r| r.idempotency_key.clear());
         let retention = self.config().change_log_retention;
