@@ -11,13 +11,11 @@
 //! than a table per kind of row.
 //! - `player_id \0 key \0 \x00` → [`Head`], the metadata of the live version. Only live
 //!   objects have a head; List seeks from head to head.
-//! - `player_id \0 key \0 \x01 !version` → [`VersionRecord`] (metadata, tombstones
-//!   included). `!version` is `u64::MAX - version` big-endian, so a forward scan yields
+//! - `player_id \0 key \0 \x01 !version` → [`VersionRecord`] (metadata and the data of
+//!   that version, tombstones included). `!version` is `u64::MAX - version` big-endian, so a forward scan yields
 //!   newest first: History is one scan, and the first row is the newest version even
 //!   after a Delete (which is how a re-created object continues the version sequence —
 //!   versions are never reused).
-//! - `player_id \0 key \0 \x02 !version` → the raw bytes of that version (absent for
-//!   tombstones), so History and List never read object contents.
 //!
 //! Every write decides its version check and prunes history inside one store closure, so
 //! concurrent writers are serialised there and a refused write changes nothing.
@@ -36,11 +34,9 @@ use crate::{Ctx, paging, validate};
 /// The one table; the names below say which kind of row an access means.
 const OBJECTS: &str = "state_manager.objects";
 const VERSIONS: &str = OBJECTS;
-const DATA: &str = OBJECTS;
 /// Row tags after `player_id \0 key \0`.
 const TAG_HEAD: u8 = 0;
 const TAG_VERSION: u8 = 1;
-const TAG_DATA: u8 = 2;
 /// Past every row of an object.
 const TAG_END: u8 = 3;
 
@@ -122,6 +118,10 @@ pub struct VersionRecord {
     /// Whether it is the tombstone of a Delete.
     #[prost(bool, tag = "5")]
     pub deleted: bool,
+    /// The object's content at this version (empty for a tombstone). Kept in the same
+    /// row so a Put writes one row less (durable throughput is bounded by rows written).
+    #[prost(bytes = "bytes", tag = "6")]
+    pub data: bytes::Bytes,
 }
 
 /// The state-manager domain.
@@ -229,15 +229,6 @@ fn versions_prefix(player_id: &str, key: &str) -> Vec<u8> {
     tagged(player_id, key, TAG_VERSION)
 }
 
-/// The data row belonging to a version row.
-fn data_key(version_row: &[u8]) -> Vec<u8> {
-    let mut k = version_row.to_vec();
-    if let Some(i) = k.len().checked_sub(9) {
-        k[i] = TAG_DATA;
-    }
-    k
-}
-
 fn version_key(prefix: &[u8], version: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&(u64::MAX - version).to_be_bytes());
@@ -276,7 +267,6 @@ fn prune(tx: &mut Tx<'_>, prefix: &[u8], newest: u64, depth: u64) -> Result<(), 
     };
     let from = version_key(prefix, oldest_kept - 1);
     for (k, _) in tx.scan(VERSIONS, prefix, &from, PRUNE_BATCH)? {
-        tx.delete(DATA, &data_key(&k));
         tx.delete(VERSIONS, &k);
     }
     Ok(())
@@ -366,9 +356,9 @@ impl StateManagerHandler for StateManager {
                             content_type,
                             updated_at: Some(now),
                             deleted: false,
+                            data,
                         },
                     );
-                    tx.put(DATA, &data_key(&vkey), data);
                     prune(tx, &prefix, version, depth)?;
                     Ok(PutResponse {
                         metadata: Some(metadata(&player_id, &key, &head)),
@@ -397,9 +387,7 @@ impl StateManagerHandler for StateManager {
                 .get_msg_cached::<VersionRecord>(VERSIONS, &vkey)?
                 .filter(|r| !r.deleted)
                 .ok_or_else(not_found)?;
-            let data = store
-                .get_cached(DATA, &data_key(&vkey))?
-                .ok_or_else(not_found)?;
+            let data = rec.data;
             let head = Head {
                 version: rec.version,
                 size_bytes: rec.size_bytes,
@@ -412,18 +400,18 @@ impl StateManagerHandler for StateManager {
             });
         }
         let okey = head_key(&req.player_id, &req.key);
-        // The head and the data are two reads; a write landing between them may prune the
-        // version just read (only with a tiny history depth), so read the head again.
+        // The head and the version are two reads; a write landing between them may prune
+        // the version just read (only with a tiny history depth), so read the head again.
         for _ in 0..3 {
             let head = store
                 .get_msg_cached::<Head>(OBJECTS, &okey)?
                 .ok_or_else(|| Status::not_found("the object does not exist"))?;
-            if let Some(data) =
-                store.get_cached(DATA, &data_key(&version_key(&prefix, head.version)))?
+            if let Some(rec) = store
+                .get_msg_cached::<VersionRecord>(VERSIONS, &version_key(&prefix, head.version))?
             {
                 return Ok(GetResponse {
                     metadata: Some(metadata(&req.player_id, &req.key, &head)),
-                    data,
+                    data: rec.data,
                 });
             }
         }
@@ -485,6 +473,7 @@ impl StateManagerHandler for StateManager {
                             content_type: String::new(),
                             updated_at: Some(now),
                             deleted: true,
+                            data: bytes::Bytes::new(),
                         },
                     );
                     prune(tx, &prefix, tombstone, depth)?;
@@ -785,10 +774,11 @@ mod tests {
         assert_eq!(get(&sm, "k", 2).await.unwrap_err().code, Code::NotFound);
         assert_eq!(get(&sm, "k", 9).await.unwrap_err().code, Code::NotFound);
         // Pruned data rows are gone too, not only the metadata.
-        let prefix = tagged("p1", "k", TAG_DATA);
-        let rows = sm.ctx.store.scan(DATA, &prefix, &prefix, 100).unwrap();
+        let prefix = versions_prefix("p1", "k");
+        let rows = sm.ctx.store.scan(VERSIONS, &prefix, &prefix, 100).unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].1, Bytes::from("v5"));
+        let newest: VersionRecord = crate::store::decode(VERSIONS, rows[0].1.clone()).unwrap();
+        assert_eq!(newest.data, Bytes::from("v5"));
     }
 
     #[tokio::test]
