@@ -91,6 +91,18 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
+    /// Row groups to run (the raw baseline always runs): tls, runtime, http, state
+    /// (state-manager get/put, and put without the write-ahead log), payment, world,
+    /// single (one durable commit per request).
+    /// Empty runs them all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 /// One measured cell.
@@ -643,48 +655,54 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     echo.abort();
-    cells.extend(measure_tls(&config, dir.path(), &args, &payload, stop.child_token()).await?);
+    if args.wants("tls") {
+        cells.extend(measure_tls(&config, dir.path(), &args, &payload, stop.child_token()).await?);
+    }
 
     // The same echo through the domain runtime and the SDK (deadline header, micro
     // service API, a task per request, retries/breaker bookkeeping): the framework's
     // own share of every domain call, with no domain work.
-    let runtime_nats = connect(&url, None, "bench-runtime-echo").await?;
-    let serving = runtime::serve(
-        runtime_nats.clone(),
-        Arc::new(EchoService),
-        ServeOptions::default(),
-        stop.child_token(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    runtime_nats.flush().await?;
-    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
-    for &c in &args.concurrency {
-        let (sdk, p) = (sdk.clone(), payload.clone());
-        cells.push(
-            measure(
-                "sdk+runtime echo (no domain work)",
-                c,
-                args.seconds,
-                move |_, _| {
-                    let (sdk, p) = (sdk.clone(), p.clone());
-                    async move {
-                        use aicore_proto::Transport;
-                        sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
-                            .await
-                            .is_ok()
-                    }
-                },
-            )
-            .await,
-        );
+    if args.wants("runtime") {
+        let runtime_nats = connect(&url, None, "bench-runtime-echo").await?;
+        let serving = runtime::serve(
+            runtime_nats.clone(),
+            Arc::new(EchoService),
+            ServeOptions::default(),
+            stop.child_token(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        runtime_nats.flush().await?;
+        let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+        for &c in &args.concurrency {
+            let (sdk, p) = (sdk.clone(), payload.clone());
+            cells.push(
+                measure(
+                    "sdk+runtime echo (no domain work)",
+                    c,
+                    args.seconds,
+                    move |_, _| {
+                        let (sdk, p) = (sdk.clone(), p.clone());
+                        async move {
+                            use aicore_proto::Transport;
+                            sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
+                                .await
+                                .is_ok()
+                        }
+                    },
+                )
+                .await,
+            );
+        }
+        serving.stop().await;
     }
-    serving.stop().await;
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
-    cells.extend(
-        measure_gateway(&url, &config, &load, &args, dir.path(), stop.child_token()).await?,
-    );
+    if args.wants("http") {
+        cells.extend(
+            measure_gateway(&url, &config, &load, &args, dir.path(), stop.child_token()).await?,
+        );
+    }
 
     // The domain path, group commit on.
     let store = Store::open(&dir.path().join("bench.redb"), StoreOptions::default())?;
@@ -711,7 +729,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
-    for &c in &args.concurrency {
+    for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         let client = client.clone();
         cells.push(
             measure(
@@ -759,7 +777,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             }
         }
     };
-    for &c in &args.concurrency {
+    for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         cells.push(
             measure(
                 "sdk state_manager.put (durable, group commit)",
@@ -770,61 +788,77 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             .await,
         );
     }
-    cells.extend(
-        measure_transfers(
-            &url,
-            store.clone(),
-            &config,
-            &load,
-            &args,
-            stop.child_token(),
-        )
-        .await?,
-    );
-    cells.extend(
-        measure_world_gets(
-            &url,
-            store.clone(),
-            &config,
-            &load,
-            &args,
-            &payload,
-            stop.child_token(),
-        )
-        .await?,
-    );
+    if args.wants("payment") {
+        cells.extend(
+            measure_transfers(
+                &url,
+                store.clone(),
+                &config,
+                &load,
+                &args,
+                stop.child_token(),
+            )
+            .await?,
+        );
+    }
+    if args.wants("world") {
+        cells.extend(
+            measure_world_gets(
+                &url,
+                store.clone(),
+                &config,
+                &load,
+                &args,
+                &payload,
+                stop.child_token(),
+            )
+            .await?,
+        );
+    }
     serving.stop().await;
     let stats = store.stats();
     store.close().await;
 
-    // The same path with one durable commit per request.
-    let single = Store::open(
-        &dir.path().join("single.redb"),
-        StoreOptions {
-            max_batch: 1,
-            ..StoreOptions::default()
-        },
-    )?;
-    let serving = serve_domain(
-        &url,
-        "state_manager",
-        single.clone(),
-        &config,
-        stop.child_token(),
-    )
-    .await?;
-    let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
-    cells.push(
-        measure(
+    // The same path without the write-ahead log (every batch a durable redb commit), and
+    // with one durable redb commit per request: the store's own baselines.
+    let baselines = [
+        (
+            "sdk state_manager.put (group commit, no log)",
+            1024,
+            "state",
+        ),
+        (
             "sdk state_manager.put (one commit per request)",
-            c,
-            args.seconds,
-            put(client.clone(), payload.clone()),
+            1,
+            "single",
+        ),
+    ];
+    for (i, (name, max_batch, group)) in baselines.into_iter().enumerate() {
+        if !args.wants(group) {
+            continue;
+        }
+        let path = dir.path().join(format!("baseline-{i}.redb"));
+        let store = Store::open(
+            &path,
+            StoreOptions {
+                max_batch,
+                wal: false,
+                ..StoreOptions::default()
+            },
+        )?;
+        let serving = serve_domain(
+            &url,
+            "state_manager",
+            store.clone(),
+            &config,
+            stop.child_token(),
         )
-        .await,
-    );
-    serving.stop().await;
-    single.close().await;
+        .await?;
+        let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
+        cells.push(measure(name, c, args.seconds, put(client.clone(), payload.clone())).await);
+        serving.stop().await;
+        store.close().await;
+    }
     child.stop().await;
 
     print_table(&cells, &args);

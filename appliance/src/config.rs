@@ -182,6 +182,12 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Most concurrent writes folded into one durable commit.
     pub max_batch: usize,
+    /// Make each batch durable by appending it to the store's write-ahead log
+    /// (`<file>.wal`, one sequential fsync) and checkpoint redb in the background;
+    /// `false`: every batch is a durable redb commit (slower on random keys).
+    pub write_ahead_log: bool,
+    /// Checkpoint redb once the log holds this many bytes.
+    pub wal_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -190,6 +196,8 @@ impl Default for StoreConfig {
             file: "aicore.redb".into(),
             cache_bytes: 64 << 20,
             max_batch: 1024,
+            write_ahead_log: true,
+            wal_bytes: 16 << 20,
         }
     }
 }

@@ -71,6 +71,8 @@ pub async fn run(mut config: Config) -> Result<()> {
         StoreOptions {
             cache_bytes: config.store.cache_bytes,
             max_batch: config.store.max_batch,
+            wal: config.store.write_ahead_log,
+            wal_bytes: config.store.wal_bytes,
             ..StoreOptions::default()
         },
     )

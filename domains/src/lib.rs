@@ -18,6 +18,7 @@ pub mod store;
 pub mod streams;
 pub mod time_manager;
 pub mod validate;
+mod wal;
 pub mod weather_manager;
 pub mod world_state;
 
