@@ -183,10 +183,12 @@ pub struct StoreConfig {
     /// Most concurrent writes folded into one durable commit.
     pub max_batch: usize,
     /// Make each batch durable by appending it to the store's write-ahead log
-    /// (`<file>.wal`, one sequential fsync) and checkpoint redb in the background;
-    /// `false`: every batch is a durable redb commit (slower on random keys).
+    /// (`<file>.wal0`/`.wal1`, one sequential fsync per batch) and write to redb in bulk
+    /// in the background; `false`: every batch is a durable redb commit (slower on
+    /// random keys, see BENCHMARKS.md).
     pub write_ahead_log: bool,
-    /// Checkpoint redb once the log holds this many bytes.
+    /// Flush the writes held in memory to redb once a log segment holds this many bytes
+    /// (also bounds that memory and the log replayed after a crash).
     pub wal_bytes: u64,
 }
 
@@ -197,7 +199,7 @@ impl Default for StoreConfig {
             cache_bytes: 64 << 20,
             max_batch: 1024,
             write_ahead_log: true,
-            wal_bytes: 16 << 20,
+            wal_bytes: 4 << 20,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! config section below and one line in [`registry::DOMAINS`].
 
 pub mod auth;
+mod durable;
 pub mod event_bus;
 pub mod idempotency;
 pub mod outbox;

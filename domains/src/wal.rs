@@ -1,24 +1,15 @@
-//! The store's write-ahead log: what makes a group commit durable without paying for a
-//! durable redb commit per batch.
-//!
-//! A durable redb commit writes every page the batch dirtied (copy-on-write leaves and
-//! branches, each a random 4 KiB write) and then fsyncs; on this kind of disk its cost
-//! grows with the pages, so batches of random keys gained little from grouping. With the
-//! log, each batch's writes are appended as one checksummed record and made durable
-//! with one `fdatasync` of a few sequential kilobytes, the batch is then committed to
-//! redb without an fsync (visible to readers, not yet durable there), and every so often
-//! a durable redb commit (a checkpoint) makes everything before it durable in redb and
-//! lets the log start again from its beginning. After a crash, opening the store applies
-//! the records newer than the last checkpoint.
+//! A segment of the store's write-ahead log (see [`crate::durable`] for how the store
+//! uses two of them): each group-commit batch's writes appended as one checksummed
+//! record, made durable with one `fdatasync`.
 //!
 //! Record layout (little endian): `len: u32 | crc32(seq ‖ body): u32 | seq: u64 | body`,
 //! body = ops, each `kind: u8 (1 put, 2 delete) | table_len: u16 | table | key_len: u32
-//! | key | [value_len: u32 | value]`. Records are written from offset 0 after each
-//! checkpoint over older ones; recovery reads from offset 0 and takes records while each
-//! is whole, its checksum holds and its sequence number is the one after the previous
-//! (the first must follow the checkpoint's). A torn tail or a record of an older round
-//! therefore ends the replay. The file grows in zero-filled chunks (so an append never
-//! changes the file's size and `fdatasync` flushes only the data) and is reused.
+//! | key | [value_len: u32 | value]`. A segment is written from offset 0 again once what
+//! it held is durable in redb, over its older records; reading a segment takes the
+//! records from offset 0 while each is whole, its checksum holds and its sequence number
+//! is the one after the previous, so a torn tail or a record of an older round ends the
+//! run. The file grows in zero-filled chunks (so an append never changes the file's size
+//! and `fdatasync` flushes only the data) and is reused.
 
 use std::fs::File;
 use std::io;
@@ -32,6 +23,9 @@ pub(crate) struct Op {
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
 }
+
+/// A record read back: its sequence number and ops.
+pub(crate) type Record = (u64, Vec<Op>);
 
 const HEADER: usize = 16;
 const CHUNK: u64 = 1 << 20;
@@ -99,9 +93,10 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
-    /// Opens (creating if needed) the log at `path` and returns the records that follow
-    /// sequence number `checkpointed`, in order, with the last one's number.
-    pub(crate) fn open(path: &Path, checkpointed: u64) -> io::Result<(Wal, Vec<(u64, Vec<Op>)>)> {
+    /// Opens (creating if needed) the log segment at `path` and returns the run of
+    /// records at its start: whole, checksummed, numbered one after the other. The caller
+    /// keeps those newer than its checkpoint; the segment is then written from its start.
+    pub(crate) fn open(path: &Path) -> io::Result<(Wal, Vec<Record>)> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -111,14 +106,17 @@ impl Wal {
         let allocated = file.metadata()?.len();
         let mut records = Vec::new();
         let mut pos = 0u64;
-        let mut expected = checkpointed + 1;
+        let mut expected = None;
         let mut header = [0u8; HEADER];
         while pos + HEADER as u64 <= allocated {
             file.read_exact_at(&mut header, pos)?;
             let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
             let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
             let seq = u64::from_le_bytes(header[8..16].try_into().unwrap());
-            if seq != expected || pos + HEADER as u64 + len > allocated {
+            if seq == 0
+                || expected.is_some_and(|e| e != seq)
+                || pos + HEADER as u64 + len > allocated
+            {
                 break;
             }
             let mut body = vec![0u8; len as usize];
@@ -129,7 +127,7 @@ impl Wal {
             let Some(ops) = decode_ops(&body) else { break };
             records.push((seq, ops));
             pos += HEADER as u64 + len;
-            expected += 1;
+            expected = Some(seq + 1);
         }
         Ok((
             Wal {
@@ -184,7 +182,8 @@ impl Wal {
         Ok(())
     }
 
-    /// After a durable commit of everything logged: the next record starts the file again.
+    /// Once everything this segment holds is durable elsewhere: the next record starts
+    /// the file again.
     pub(crate) fn reset(&mut self) {
         self.pos = 0;
     }
@@ -203,7 +202,9 @@ pub(crate) enum AppendError {
 mod tests {
     use super::*;
 
-    fn body(ops: &[(&str, &[u8], Option<&[u8]>)]) -> Vec<u8> {
+    type TestOp<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+
+    fn body(ops: &[TestOp<'_>]) -> Vec<u8> {
         let mut b = Vec::new();
         for (t, k, v) in ops {
             encode_op(&mut b, t, k, *v);
@@ -212,16 +213,16 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_replay_stops_at_the_first_gap() {
+    fn records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.wal");
-        let (mut wal, old) = Wal::open(&path, 0).unwrap();
+        let (mut wal, old) = Wal::open(&path).unwrap();
         assert!(old.is_empty());
         wal.append(1, &body(&[("t", b"a", Some(b"1")), ("t", b"b", None)]))
             .unwrap();
         wal.append(2, &body(&[("u", b"", Some(b""))])).unwrap();
         drop(wal);
-        let (_, got) = Wal::open(&path, 0).unwrap();
+        let (_, got) = Wal::open(&path).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[0].1,
@@ -239,38 +240,32 @@ mod tests {
             ]
         );
         assert_eq!(got[1].0, 2);
-        // A checkpoint restarts the log at offset 0, so after checkpoint 1 the first
-        // record would be 2: what is there belongs to an older round and is not replayed.
-        // Likewise after any later checkpoint.
-        for checkpointed in [1, 2, 7] {
-            assert!(Wal::open(&path, checkpointed).unwrap().1.is_empty());
-        }
     }
 
     #[test]
     fn a_reset_log_overwrites_older_records_and_ignores_their_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.wal");
-        let (mut wal, _) = Wal::open(&path, 0).unwrap();
+        let (mut wal, _) = Wal::open(&path).unwrap();
         for seq in 1..=5 {
             wal.append(seq, &body(&[("t", b"k", Some(&[seq as u8; 100]))]))
                 .unwrap();
         }
-        // Checkpoint through 5, then two shorter records: records 3..5 of the old round
-        // stay on disk after them and must not be replayed.
+        // Reused from its start with two shorter records (numbers 11 and 12): records
+        // 3..5 of the old round stay on disk after them and must not be read.
         wal.reset();
-        wal.append(6, &body(&[("t", b"k", None)])).unwrap();
-        wal.append(7, &body(&[("t", b"j", None)])).unwrap();
+        wal.append(11, &body(&[("t", b"k", None)])).unwrap();
+        wal.append(12, &body(&[("t", b"j", None)])).unwrap();
         drop(wal);
-        let (_, got) = Wal::open(&path, 5).unwrap();
-        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![6, 7]);
+        let (_, got) = Wal::open(&path).unwrap();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![11, 12]);
     }
 
     #[test]
     fn a_torn_or_corrupt_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.wal");
-        let (mut wal, _) = Wal::open(&path, 0).unwrap();
+        let (mut wal, _) = Wal::open(&path).unwrap();
         let b = body(&[("t", b"k", Some(b"value"))]);
         wal.append(1, &b).unwrap();
         wal.append(2, &b).unwrap();
@@ -280,11 +275,11 @@ mod tests {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let second = (HEADER + b.len() + HEADER + 3) as u64;
         file.write_all_at(&[0xff], second).unwrap();
-        let (_, got) = Wal::open(&path, 0).unwrap();
+        let (_, got) = Wal::open(&path).unwrap();
         assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
         // A length running past the file's end is a torn record too.
         file.write_all_at(&u32::MAX.to_le_bytes(), 0).unwrap();
-        assert!(Wal::open(&path, 0).unwrap().1.is_empty());
+        assert!(Wal::open(&path).unwrap().1.is_empty());
     }
 
     #[test]

@@ -1,0 +1,731 @@
+//! The store's durable backend: redb under a write-ahead log and an in-memory layer.
+//!
+//! A durable redb commit writes every page a batch dirtied (copy-on-write leaves and
+//! branches, 4 KiB each, plus checksums) and fsyncs; with random keys that cost grows
+//! with the batch, so grouping writes bought little. Here, by default:
+//!
+//! 1. the writer thread runs a batch's closures against a view of the data (the batch's
+//!    own writes, then the in-memory layers, then redb), appends the batch's writes to
+//!    the write-ahead log as one checksummed record and waits for one `fdatasync` of a
+//!    few sequential kilobytes ([`crate::wal`]);
+//! 2. it then moves the writes into the *active* layer, an ordered map every reader
+//!    consults before redb, and the callers are acknowledged;
+//! 3. once the log segment holds `wal_bytes` (or the store goes idle, or the oldest
+//!    unflushed write is 30 ticks old) the active layer is *frozen* and a flusher thread
+//!    applies it to redb in one durable commit, recording the last batch's sequence
+//!    number in it (a checkpoint); new batches go to a fresh active layer and the other
+//!    log segment meanwhile. When the commit is done the frozen layer is dropped.
+//!
+//! So each page of redb is written once per flush instead of once per batch, and the
+//! writer never waits for redb. After a crash, opening the store applies the logged
+//! batches newer than the last checkpoint (both segments, in sequence order) in one
+//! durable commit before anything else runs.
+//!
+//! With `wal: false` the layers stay empty and every batch is a durable redb commit.
+//!
+//! Readers take the layers' read lock, look in the active then the frozen layer, and
+//! begin their redb read transaction before releasing the lock; the flusher drops the
+//! frozen layer (under the write lock) only after its commit, so a reader always finds a
+//! value in a layer or in redb. Scans merge the layers over a redb range lazily,
+//! stopping after `limit` live rows (tombstones of deleted keys are skipped as they come).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::store::{Backend, Key, RawTx, StoreError, StoreOptions, storage};
+use crate::wal::{self, AppendError, Wal};
+
+/// Writes not yet in redb: a value, or `None` for a deleted key.
+type Layer = BTreeMap<Key, Option<Bytes>>;
+type Table<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+/// A layer's rows of one table in key order: key and value (`None`: deleted).
+type LayerRows<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a Bytes>)> + 'a>;
+
+/// The store's own table: the sequence number of the last checkpointed batch.
+const META: &str = "aicore.store";
+const CHECKPOINT: &[u8] = b"checkpoint";
+
+fn def(table: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(table)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Layers {
+    active: Layer,
+    frozen: Option<Arc<Layer>>,
+}
+
+/// What the writer thread keeps about the log.
+struct LogState {
+    /// The two segments (empty when the log is off); batches go to `current`.
+    wals: Vec<Wal>,
+    current: usize,
+    /// Sequence number of the last batch made durable (logged or committed).
+    seq: u64,
+    /// When the active layer received its first batch.
+    oldest: Option<Instant>,
+    /// A batch ran since the last idle check.
+    busy_since_tick: bool,
+    /// The log failed after a record may have reached the disk: the outcome of that
+    /// batch is unknown until a restart replays the log, so no further write is taken.
+    failed: Option<String>,
+}
+
+/// The flusher's state, shared with the writer.
+#[derive(Default)]
+struct FlushState {
+    /// A frozen layer is being committed.
+    running: bool,
+    failed: Option<String>,
+}
+
+struct Flusher {
+    state: Mutex<FlushState>,
+    done: Condvar,
+}
+
+struct FlushJob {
+    layer: Arc<Layer>,
+    seq: u64,
+}
+
+pub(crate) struct Durable {
+    db: Arc<redb::Database>,
+    /// Held by the flusher while it commits (tests take it to copy a stable crash image).
+    #[cfg_attr(not(test), allow(dead_code))]
+    committing: Arc<Mutex<()>>,
+    layers: Arc<RwLock<Layers>>,
+    log: Mutex<LogState>,
+    flusher: Arc<Flusher>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<FlushJob>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    wal_bytes: u64,
+    max_age: Duration,
+}
+
+fn wal_paths(path: &Path) -> Vec<PathBuf> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "store".to_string(), |n| n.to_string_lossy().into_owned());
+    (0..2)
+        .map(|i| path.with_file_name(format!("{name}.wal{i}")))
+        .collect()
+}
+
+fn write_checkpoint(txn: &redb::WriteTransaction, seq: u64) -> Result<(), StoreError> {
+    let mut t = txn.open_table(def(META)).map_err(storage)?;
+    t.insert(CHECKPOINT, &seq.to_le_bytes()[..])
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn read_checkpoint(db: &redb::Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let t = match txn.open_table(def(META)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(storage(e)),
+    };
+    Ok(t.get(CHECKPOINT)
+        .map_err(storage)?
+        .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0))
+}
+
+/// Applies writes to a redb write transaction, opening each table once.
+fn apply<'a>(
+    txn: &redb::WriteTransaction,
+    writes: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
+) -> Result<(), StoreError> {
+    let mut tables: HashMap<&str, Table<'_>> = HashMap::new();
+    for (table, key, value) in writes {
+        let t = match tables.entry(table) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(txn.open_table(def(table)).map_err(storage)?)
+            }
+        };
+        match value {
+            Some(v) => t.insert(key, v).map(|_| ()),
+            None => t.remove(key).map(|_| ()),
+        }
+        .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Commits `layer` to redb durably with `seq` as the checkpoint.
+fn commit_layer(db: &redb::Database, layer: &Layer, seq: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    apply(
+        &txn,
+        layer
+            .iter()
+            .map(|((t, k), v)| (*t, k.as_slice(), v.as_deref())),
+    )?;
+    write_checkpoint(&txn, seq)?;
+    txn.commit().map_err(storage)
+}
+
+impl Durable {
+    /// Opens the database and its log, applying the logged batches newer than the last
+    /// checkpoint (what a crash left only in the log) in one durable commit.
+    pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Durable, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(options.redb_cache_bytes)
+            .create(path)
+            .map_err(storage)?;
+        let checkpointed = read_checkpoint(&db)?;
+        let paths = wal_paths(path);
+        let mut seq = checkpointed;
+        let mut wals = Vec::new();
+        if options.wal || paths.iter().any(|p| p.exists()) {
+            let mut records = Vec::new();
+            for p in &paths {
+                let (w, r) = Wal::open(p).map_err(storage)?;
+                wals.push(w);
+                records.extend(r.into_iter().filter(|(s, _)| *s > checkpointed));
+            }
+            records.sort_by_key(|(s, _)| *s);
+            let contiguous = records
+                .iter()
+                .enumerate()
+                .take_while(|(i, (s, _))| *s == checkpointed + 1 + *i as u64)
+                .count();
+            records.truncate(contiguous);
+            if let Some((last, _)) = records.last() {
+                seq = *last;
+                let mut txn = db.begin_write().map_err(storage)?;
+                txn.set_durability(Durability::Immediate).map_err(storage)?;
+                apply(
+                    &txn,
+                    records.iter().flat_map(|(_, ops)| {
+                        ops.iter()
+                            .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
+                    }),
+                )?;
+                write_checkpoint(&txn, seq)?;
+                txn.commit().map_err(storage)?;
+                tracing::info!(
+                    batches = records.len(),
+                    "store: applied the write-ahead log's batches newer than the checkpoint"
+                );
+            }
+            if !options.wal {
+                wals.clear();
+                for p in &paths {
+                    if p.exists() {
+                        std::fs::remove_file(p).map_err(storage)?;
+                    }
+                }
+            }
+        }
+        let db = Arc::new(db);
+        let layers = Arc::new(RwLock::new(Layers::default()));
+        let flusher = Arc::new(Flusher {
+            state: Mutex::new(FlushState::default()),
+            done: Condvar::new(),
+        });
+        let committing = Arc::new(Mutex::new(()));
+        #[cfg(test)]
+        let pause = options.flush_pause;
+        let (jobs, thread) = if options.wal {
+            let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
+            let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
+            let committing = committing.clone();
+            let thread = std::thread::Builder::new()
+                .name("aicore-store-flush".into())
+                .spawn(move || {
+                    for job in rx {
+                        #[cfg(test)]
+                        std::thread::sleep(pause);
+                        let result = {
+                            let _held = lock(&committing);
+                            commit_layer(&db, &job.layer, job.seq)
+                        };
+                        if result.is_ok() {
+                            write(&layers).frozen = None;
+                        }
+                        let mut st = lock(&flusher.state);
+                        st.running = false;
+                        match result {
+                            Ok(()) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "store: flushing to redb failed");
+                                st.failed = Some(e.to_string());
+                            }
+                        }
+                        flusher.done.notify_all();
+                    }
+                })
+                .map_err(storage)?;
+            (Some(tx), Some(thread))
+        } else {
+            (None, None)
+        };
+        Ok(Durable {
+            db,
+            committing,
+            layers,
+            log: Mutex::new(LogState {
+                wals,
+                current: 0,
+                seq,
+                oldest: None,
+                busy_since_tick: false,
+                failed: None,
+            }),
+            flusher,
+            jobs: Mutex::new(jobs),
+            thread: Mutex::new(thread),
+            wal_bytes: options.wal_bytes,
+            max_age: options.checkpoint_tick * 30,
+        })
+    }
+
+    /// Waits for the running flush (if any); its error if flushing has failed.
+    fn wait_flush(&self) -> Result<(), StoreError> {
+        let mut st = lock(&self.flusher.state);
+        while st.running && st.failed.is_none() {
+            st = self
+                .flusher
+                .done
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        match &st.failed {
+            Some(why) => Err(StoreError::Storage(format!(
+                "flushing to redb failed ({why}); restart to recover from the log"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the active layer to the flusher (after the previous flush finished) and
+    /// switches batches to the other log segment, whose records that flush made durable.
+    fn freeze(&self, st: &mut LogState) -> Result<(), StoreError> {
+        self.wait_flush()?;
+        let layer = {
+            let mut layers = write(&self.layers);
+            if layers.active.is_empty() {
+                return Ok(());
+            }
+            let layer = Arc::new(std::mem::take(&mut layers.active));
+            layers.frozen = Some(layer.clone());
+            layer
+        };
+        lock(&self.flusher.state).running = true;
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(FlushJob { layer, seq: st.seq }).is_ok());
+        if !sent {
+            let mut f = lock(&self.flusher.state);
+            f.running = false;
+            f.failed = Some("the flusher thread is gone".into());
+            return Err(StoreError::Storage("the flusher thread is gone".into()));
+        }
+        st.current = 1 - st.current;
+        st.wals[st.current].reset();
+        st.oldest = None;
+        Ok(())
+    }
+
+    fn failed(&self, st: &LogState) -> Result<(), StoreError> {
+        if let Some(why) = &st.failed {
+            return Err(StoreError::Storage(format!(
+                "writes stopped after a storage failure ({why}); restart to recover"
+            )));
+        }
+        if let Some(why) = &lock(&self.flusher.state).failed {
+            return Err(StoreError::Storage(format!(
+                "writes stopped after a failed flush ({why}); restart to recover"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The old path: the batch is one durable redb commit.
+    fn batch_direct(
+        &self,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let mut raw = DirectTx {
+            txn: &txn,
+            tables: RefCell::new(HashMap::new()),
+        };
+        let outcome = body(&mut raw);
+        // Tables must be closed before the transaction commits.
+        drop(raw);
+        match outcome {
+            Ok(true) => txn.commit().map_err(storage),
+            Ok(false) => txn.abort().map_err(storage),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A redb read of one key.
+fn redb_get(
+    txn: &redb::ReadTransaction,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<Bytes>, StoreError> {
+    let t = match txn.open_table(def(table)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    Ok(t.get(key)
+        .map_err(storage)?
+        .map(|v| Bytes::copy_from_slice(v.value())))
+}
+
+/// A layer's rows of `table` from `start` on, in key order.
+fn layer_range<'a>(
+    layer: &'a Layer,
+    table: &'static str,
+    start: &[u8],
+) -> impl Iterator<Item = (&'a [u8], Option<&'a Bytes>)> + 'a {
+    layer
+        .range((Bound::Included((table, start.to_vec())), Bound::Unbounded))
+        .take_while(move |((t, _), _)| *t == table)
+        .map(|((_, k), v)| (k.as_slice(), v.as_ref()))
+}
+
+type Row = (Vec<u8>, Bytes);
+
+/// The first `limit` live rows with `prefix` of redb's range merged under `layers`
+/// (oldest first; a later layer's row, value or deletion, wins over earlier ones and
+/// over redb's).
+fn merged_scan<'a>(
+    base: Option<&ReadTable>,
+    layers: Vec<LayerRows<'a>>,
+    start: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::new();
+    let mut base: Box<dyn Iterator<Item = Result<Row, StoreError>>> = match base {
+        Some(t) => Box::new(t.range::<&[u8]>(start..).map_err(storage)?.map(|item| {
+            let (k, v) = item.map_err(storage)?;
+            Ok((k.value().to_vec(), Bytes::copy_from_slice(v.value())))
+        })),
+        None => Box::new(std::iter::empty()),
+    };
+    let mut base_next = base.next().transpose()?;
+    let mut layers: Vec<Peekable<_>> = layers.into_iter().map(Iterator::peekable).collect();
+    while out.len() < limit {
+        // The smallest key any source has next.
+        let mut min: Option<Vec<u8>> = base_next.as_ref().map(|(k, _)| k.clone());
+        for l in layers.iter_mut() {
+            if let Some((k, _)) = l.peek()
+                && min.as_deref().is_none_or(|m| *k < m)
+            {
+                min = Some(k.to_vec());
+            }
+        }
+        let Some(key) = min else { break };
+        if !key.starts_with(prefix) {
+            break;
+        }
+        // Its value: the newest layer that has it, else redb's.
+        let mut value: Option<Option<Bytes>> = None;
+        if base_next.as_ref().is_some_and(|(k, _)| *k == key) {
+            value = base_next.take().map(|(_, v)| Some(v));
+            base_next = base.next().transpose()?;
+        }
+        for l in layers.iter_mut() {
+            if l.peek().is_some_and(|(k, _)| *k == key.as_slice()) {
+                value = l.next().map(|(_, v)| v.cloned());
+            }
+        }
+        if let Some(Some(v)) = value {
+            out.push((key, v));
+        }
+    }
+    Ok(out)
+}
+
+fn open_read_table(
+    txn: &redb::ReadTransaction,
+    table: &str,
+) -> Result<Option<ReadTable>, StoreError> {
+    match txn.open_table(def(table)) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(storage(e)),
+    }
+}
+
+impl Backend for Durable {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let k = (table, key.to_vec());
+        let txn = {
+            let layers = read(&self.layers);
+            if let Some(v) = layers.active.get(&k) {
+                return Ok(v.clone());
+            }
+            if let Some(v) = layers.frozen.as_ref().and_then(|f| f.get(&k)) {
+                return Ok(v.clone());
+            }
+            self.db.begin_read().map_err(storage)?
+        };
+        redb_get(&txn, table, key)
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let start = if from > prefix { from } else { prefix };
+        let layers = read(&self.layers);
+        let txn = self.db.begin_read().map_err(storage)?;
+        let base = open_read_table(&txn, table)?;
+        let mut sources: Vec<LayerRows<'_>> = Vec::new();
+        if let Some(f) = layers.frozen.as_deref() {
+            sources.push(Box::new(layer_range(f, table, start)));
+        }
+        sources.push(Box::new(layer_range(&layers.active, table, start)));
+        merged_scan(base.as_ref(), sources, start, prefix, limit)
+    }
+
+    fn batch(
+        &self,
+        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = lock(&self.log);
+        self.failed(&st)?;
+        if st.wals.is_empty() {
+            return self.batch_direct(body);
+        }
+        let (frozen, txn) = {
+            let layers = read(&self.layers);
+            (
+                layers.frozen.clone(),
+                self.db.begin_read().map_err(storage)?,
+            )
+        };
+        let mut raw = LayeredTx {
+            layers: &self.layers,
+            frozen,
+            txn,
+            batch: Layer::new(),
+            log: Vec::new(),
+        };
+        match body(&mut raw) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let LayeredTx { batch, log, .. } = raw;
+        let seq = st.seq + 1;
+        let current = st.current;
+        match st.wals[current].append(seq, &log) {
+            Ok(()) => {}
+            Err(AppendError::Reserve(e)) => return Err(storage(e)),
+            Err(AppendError::Append(e)) => {
+                st.failed = Some(e.to_string());
+                return Err(storage(e));
+            }
+        }
+        {
+            let mut layers = write(&self.layers);
+            layers.active.extend(batch);
+        }
+        st.seq = seq;
+        st.busy_since_tick = true;
+        let oldest = *st.oldest.get_or_insert_with(Instant::now);
+        if st.wals[current].pending() >= self.wal_bytes || oldest.elapsed() >= self.max_age {
+            // The batch is durable and applied; a failure to hand over the layer is
+            // reported by the next batch.
+            if let Err(e) = self.freeze(&mut st) {
+                tracing::error!(error = %e, "store: could not start a flush");
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn between_flushes(&self, f: &mut dyn FnMut()) {
+        let _held = lock(&self.committing);
+        f()
+    }
+
+    fn checkpoint(&self, idle_only: bool) -> Result<(), StoreError> {
+        let mut st = lock(&self.log);
+        let busy = std::mem::take(&mut st.busy_since_tick);
+        if st.wals.is_empty() || st.failed.is_some() || (idle_only && busy) {
+            return Ok(());
+        }
+        self.freeze(&mut st)?;
+        if !idle_only {
+            self.wait_flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        // Ends the flusher; it holds the database, which must be released when the last
+        // store handle goes.
+        lock(&self.jobs).take();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A batch's view in log mode: its own writes, then the active and frozen layers, then
+/// redb as of the batch's start. Writes go to the batch's layer and its log record.
+struct LayeredTx<'a> {
+    layers: &'a RwLock<Layers>,
+    /// The frozen layer as of the batch's start (with `txn`, a consistent base even if
+    /// the flusher finishes meanwhile).
+    frozen: Option<Arc<Layer>>,
+    txn: redb::ReadTransaction,
+    batch: Layer,
+    log: Vec<u8>,
+}
+
+impl RawTx for LayeredTx<'_> {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let k = (table, key.to_vec());
+        if let Some(v) = self.batch.get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = read(self.layers).active.get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.frozen.as_ref().and_then(|f| f.get(&k)) {
+            return Ok(v.clone());
+        }
+        redb_get(&self.txn, table, key)
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let start = if from > prefix { from } else { prefix };
+        let base = open_read_table(&self.txn, table)?;
+        let layers = read(self.layers);
+        let mut sources: Vec<LayerRows<'_>> = Vec::new();
+        if let Some(f) = self.frozen.as_deref() {
+            sources.push(Box::new(layer_range(f, table, start)));
+        }
+        sources.push(Box::new(layer_range(&layers.active, table, start)));
+        sources.push(Box::new(layer_range(&self.batch, table, start)));
+        merged_scan(base.as_ref(), sources, start, prefix, limit)
+    }
+
+    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        wal::encode_op(&mut self.log, table, key, Some(value));
+        self.batch
+            .insert((table, key.to_vec()), Some(Bytes::copy_from_slice(value)));
+        Ok(())
+    }
+
+    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
+        wal::encode_op(&mut self.log, table, key, None);
+        self.batch.insert((table, key.to_vec()), None);
+        Ok(())
+    }
+}
+
+/// A batch's redb write transaction when the log is off, keeping each table open for
+/// the whole batch.
+struct DirectTx<'a> {
+    txn: &'a redb::WriteTransaction,
+    tables: RefCell<HashMap<&'static str, Table<'a>>>,
+}
+
+impl<'a> DirectTx<'a> {
+    fn with_table<R>(
+        &self,
+        table: &'static str,
+        f: impl FnOnce(&mut Table<'a>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut tables = self.tables.borrow_mut();
+        let t = match tables.entry(table) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.txn.open_table(def(table)).map_err(storage)?)
+            }
+        };
+        f(t)
+    }
+}
+
+impl RawTx for DirectTx<'_> {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        self.with_table(table, |t| {
+            Ok(t.get(key)
+                .map_err(storage)?
+                .map(|v| Bytes::copy_from_slice(v.value())))
+        })
+    }
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let start = if from > prefix { from } else { prefix };
+        self.with_table(table, |t| {
+            let mut out = Vec::new();
+            for item in t.range::<&[u8]>(start..).map_err(storage)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = item.map_err(storage)?;
+                let k = k.value();
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push((k.to_vec(), Bytes::copy_from_slice(v.value())));
+            }
+            Ok(out)
+        })
+    }
+    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.with_table(table, |t| t.insert(key, value).map(|_| ()).map_err(storage))
+    }
+    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
+        self.with_table(table, |t| t.remove(key).map(|_| ()).map_err(storage))
+    }
+}
