@@ -21,13 +21,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
-/// mimalloc instead of glibc's allocator: the request path allocates on tokio's threads
-/// and frees on the store's writer thread (and back), which glibc's per-thread arenas
-/// handle with lock contention and consolidation passes (`aicore bench` before/after is
-/// in BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// AI Core: a self-hosted game backend appliance.
 #[derive(Parser)]
 #[command(name = "aicore", version, about)]
