@@ -4,6 +4,12 @@
 //! Records live in the domain's own table (`<domain>.idempotency`) for at least the
 //! configured time (24 h by default); an expired record is treated as absent and replaced.
 //! Failed writes record nothing, so a retry after a refusal is evaluated afresh.
+//!
+//! Expired records are also removed: the table keeps an expiry index (rows under the
+//! prefix `\0\0`, ordered by creation time; no record key starts so, since keys have no
+//! control characters) and every new record removes up to [`PURGE_PER_WRITE`] expired
+//! ones in the same transaction, so the table stays near what `ttl` worth of writes
+//! holds without a background task.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +21,17 @@ use crate::store::{Store, Tx, decode};
 
 /// Longest idempotency key accepted.
 pub const MAX_KEY_CHARS: usize = 128;
+/// Expired records a new record removes (more than one, so a backlog shrinks).
+pub const PURGE_PER_WRITE: usize = 2;
+/// Prefix of the expiry index rows: `\0\0`, creation ms (big endian), record key.
+const EXPIRY: &[u8] = b"\0\0";
+
+fn expiry_key(created_ms: u64, record_key: &[u8]) -> Vec<u8> {
+    let mut k = EXPIRY.to_vec();
+    k.extend_from_slice(&created_ms.to_be_bytes());
+    k.extend_from_slice(record_key);
+    k
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Record {
@@ -101,19 +118,26 @@ impl Idempotency {
         k.push(0);
         k.extend_from_slice(key.as_bytes());
         let now_ms = millis(now);
+        let ttl_ms = this.ttl.as_millis() as u64;
         store
             .write(move |tx| {
-                if let Some(rec) = tx.get_msg::<Record>(this.table, &k)?
-                    && now_ms.saturating_sub(rec.created_ms) < this.ttl.as_millis() as u64
+                let old = tx.get_msg::<Record>(this.table, &k)?;
+                if let Some(rec) = &old
+                    && now_ms.saturating_sub(rec.created_ms) < ttl_ms
                 {
                     if rec.fingerprint != fingerprint {
                         return Err(Status::conflict(
                             "this idempotency_key was used with different parameters",
                         ));
                     }
-                    return decode(this.table, rec.reply.into());
+                    return decode(this.table, rec.reply.clone().into());
                 }
                 let reply = f(tx)?;
+                if let Some(rec) = old {
+                    tx.delete(this.table, &expiry_key(rec.created_ms, &k));
+                }
+                this.purge(tx, now_ms.saturating_sub(ttl_ms), &k)?;
+                tx.put(this.table, &expiry_key(now_ms, &k), Vec::new());
                 tx.put_msg(
                     this.table,
                     &k,
@@ -126,6 +150,26 @@ impl Idempotency {
                 Ok(reply)
             })
             .await
+    }
+
+    /// Removes up to [`PURGE_PER_WRITE`] records created before `cutoff_ms` (other than
+    /// `keep`, the one being written) with their index rows.
+    fn purge(&self, tx: &mut Tx<'_>, cutoff_ms: u64, keep: &[u8]) -> Result<(), Status> {
+        for (row, _) in tx.scan(self.table, EXPIRY, EXPIRY, PURGE_PER_WRITE)? {
+            let Some(at) = row.get(EXPIRY.len()..EXPIRY.len() + 8) else {
+                continue;
+            };
+            let created = u64::from_be_bytes(at.try_into().unwrap_or_default());
+            if created >= cutoff_ms {
+                break;
+            }
+            let record = &row[EXPIRY.len() + 8..];
+            if record != keep {
+                tx.delete(self.table, record);
+            }
+            tx.delete(self.table, &row);
+        }
+        Ok(())
     }
 }
 
@@ -170,6 +214,48 @@ mod tests {
         // After the TTL the key is free again.
         let later = now + Duration::from_secs(61);
         assert_eq!(bump(&s, "k1", b"a", later).await.unwrap().n, 4);
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_removed_by_later_writes() {
+        let s = Store::in_memory();
+        let t0 = SystemTime::now();
+        for i in 0..5 {
+            bump(&s, &format!("k{i}"), b"a", t0).await.unwrap();
+        }
+        let rows = |s: &Store| s.scan(IDEM.table, &[], &[], 1000).unwrap();
+        // Five records, five index rows.
+        assert_eq!(rows(&s).len(), 10);
+        // Within the TTL nothing is removed.
+        bump(&s, "k5", b"a", t0 + Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(rows(&s).len(), 12);
+        // After it, each new record removes up to two expired ones, oldest first.
+        let later = t0 + Duration::from_secs(61);
+        bump(&s, "k6", b"a", later).await.unwrap();
+        let keys: Vec<Vec<u8>> = rows(&s)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with(EXPIRY))
+            .collect();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert!(!keys.contains(&b"p1\0k0".to_vec()));
+        assert!(!keys.contains(&b"p1\0k1".to_vec()));
+        bump(&s, "k7", b"a", later).await.unwrap();
+        bump(&s, "k8", b"a", later).await.unwrap();
+        // k0..k4 are gone; k5 (30 s later) is not expired yet; k6..k8 remain.
+        assert_eq!(rows(&s).len(), 8);
+        // Reusing an expired key whose record is still there replaces it and its index
+        // row: no orphan index rows.
+        let much_later = later + Duration::from_secs(120);
+        bump(&s, "k8", b"a", much_later).await.unwrap();
+        let index = rows(&s)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(EXPIRY))
+            .count();
+        let records = rows(&s).len() - index;
+        assert_eq!(index, records);
     }
 
     #[tokio::test]
