@@ -1,6 +1,6 @@
 //! `aicore bench`: throughput and latency of the appliance's request paths, each reported
-//! as a ratio of a raw baseline measured in the same run on the same nats-server, so the
-//! numbers mean something on a shared, noisy machine. It starts its own nats-server child
+//! as a ratio of a raw baseline measured in the same run on the same nats-server (again
+//! before each group of rows), so the numbers mean something on a shared, noisy machine. It starts its own nats-server child
 //! and store in a temporary directory and serves state-manager in-process on its own NATS
 //! connection (as `aicore run` does); load comes from separate connections.
 //!
@@ -36,6 +36,9 @@ use crate::config::Config;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 use crate::security::{self, ClientTls};
 use crate::supervisor::connect;
+
+/// The raw baseline's row name.
+const RAW: &str = "raw request/reply";
 
 /// The runtime-echo service: one RPC answering its request body.
 static ECHO_METHODS: &[aicore_proto::MethodInfo] = &[aicore_proto::MethodInfo {
@@ -644,17 +647,24 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     });
     responder.flush().await?;
     let load = connect(&url, None, "bench-load").await?;
-    for &c in &args.concurrency {
-        let (nats, p) = (load.clone(), payload.clone());
-        cells.push(
-            measure("raw request/reply", c, args.seconds, move |_, _| {
-                let (nats, p) = (nats.clone(), p.clone());
-                async move { nats.request("bench.echo", p).await.is_ok() }
-            })
-            .await,
-        );
-    }
-    echo.abort();
+    // Measured again before each group of rows, whose ratios use the latest one: the
+    // machine's load drifts during a run, and one lucky or unlucky baseline would skew
+    // every later ratio.
+    let raw = async |cs: &[usize]| {
+        let mut cells = Vec::new();
+        for &c in cs {
+            let (nats, p) = (load.clone(), payload.clone());
+            cells.push(
+                measure(RAW, c, args.seconds, move |_, _| {
+                    let (nats, p) = (nats.clone(), p.clone());
+                    async move { nats.request("bench.echo", p).await.is_ok() }
+                })
+                .await,
+            );
+        }
+        cells
+    };
+    cells.extend(raw(&args.concurrency).await);
     if args.wants("tls") {
         cells.extend(measure_tls(&config, dir.path(), &args, &payload, stop.child_token()).await?);
     }
@@ -663,6 +673,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     // service API, a task per request, retries/breaker bookkeeping): the framework's
     // own share of every domain call, with no domain work.
     if args.wants("runtime") {
+        cells.extend(raw(&args.concurrency).await);
         let runtime_nats = connect(&url, None, "bench-runtime-echo").await?;
         let serving = runtime::serve(
             runtime_nats.clone(),
@@ -699,6 +710,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
     if args.wants("http") {
+        cells.extend(raw(&args.concurrency).await);
         cells.extend(
             measure_gateway(&url, &config, &load, &args, dir.path(), stop.child_token()).await?,
         );
@@ -729,6 +741,9 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+    if args.wants("state") {
+        cells.extend(raw(&args.concurrency).await);
+    }
     for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         let client = client.clone();
         cells.push(
@@ -789,6 +804,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     if args.wants("payment") {
+        cells.extend(raw(&args.concurrency).await);
         cells.extend(
             measure_transfers(
                 &url,
@@ -802,6 +818,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     if args.wants("world") {
+        cells.extend(raw(&args.concurrency).await);
         cells.extend(
             measure_world_gets(
                 &url,
@@ -837,6 +854,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         if !args.wants(group) {
             continue;
         }
+        let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
+        cells.extend(raw(&[c]).await);
         let path = dir.path().join(format!("baseline-{i}.redb"));
         let store = Store::open(
             &path,
@@ -854,11 +873,11 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             stop.child_token(),
         )
         .await?;
-        let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
         cells.push(measure(name, c, args.seconds, put(client.clone(), payload.clone())).await);
         serving.stop().await;
         store.close().await;
     }
+    echo.abort();
     child.stop().await;
 
     print_table(&cells, &args);
@@ -875,12 +894,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
 }
 
 fn print_table(cells: &[Cell], args: &BenchArgs) {
-    let raw = |c: usize| {
-        cells
-            .iter()
-            .find(|x| x.name == "raw request/reply" && x.concurrency == c)
-            .map(|x| x.rps)
-    };
+    // Each row's ratio is to the latest raw row at its concurrency measured before it.
+    let mut raw: std::collections::HashMap<usize, f64> = Default::default();
     println!(
         "aicore bench: {} s per cell, {}-byte payload, {} cores",
         args.seconds,
@@ -892,7 +907,12 @@ fn print_table(cells: &[Cell], args: &BenchArgs) {
         "path", "C", "req/s", "p50 ms", "p99 ms", "vs raw", "errors"
     );
     for c in cells {
-        let ratio = raw(c.concurrency)
+        if c.name == RAW {
+            raw.insert(c.concurrency, c.rps);
+        }
+        let ratio = raw
+            .get(&c.concurrency)
+            .copied()
             .filter(|r| *r > 0.0)
             .map(|r| format!("{:.0}%", 100.0 * c.rps / r))
             .unwrap_or_else(|| "-".into());
