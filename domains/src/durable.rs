@@ -424,8 +424,8 @@ type Row = (Vec<u8>, Bytes);
 /// The first `limit` live rows with `prefix` of redb's range merged under `layers`
 /// (oldest first; a later layer's row, value or deletion, wins over earlier ones and
 /// over redb's).
-fn merged_scan<'a>(
-    base: Option<&ReadTable>,
+fn merged_scan<'a, T: ReadableTable<&'static [u8], &'static [u8]>>(
+    base: Option<&T>,
     layers: Vec<LayerRows<'a>>,
     start: &[u8],
     prefix: &[u8],
@@ -473,6 +473,26 @@ fn merged_scan<'a>(
     Ok(out)
 }
 
+/// A scan of redb's `table` as of `txn` with `layers` (oldest first, absent ones skipped)
+/// over it.
+fn scan_over(
+    txn: &redb::ReadTransaction,
+    layers: &[Option<&Layer>],
+    table: &'static str,
+    from: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<Row>, StoreError> {
+    let start = if from > prefix { from } else { prefix };
+    let base = open_read_table(txn, table)?;
+    let sources = layers
+        .iter()
+        .flatten()
+        .map(|l| Box::new(layer_range(l, table, start)) as LayerRows<'_>)
+        .collect();
+    merged_scan(base.as_ref(), sources, start, prefix, limit)
+}
+
 fn open_read_table(
     txn: &redb::ReadTransaction,
     table: &str,
@@ -507,16 +527,10 @@ impl Backend for Durable {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
-        let start = if from > prefix { from } else { prefix };
         let layers = read(&self.layers);
         let txn = self.db.begin_read().map_err(storage)?;
-        let base = open_read_table(&txn, table)?;
-        let mut sources: Vec<LayerRows<'_>> = Vec::new();
-        if let Some(f) = layers.frozen.as_deref() {
-            sources.push(Box::new(layer_range(f, table, start)));
-        }
-        sources.push(Box::new(layer_range(&layers.active, table, start)));
-        merged_scan(base.as_ref(), sources, start, prefix, limit)
+        let over = [layers.frozen.as_deref(), Some(&layers.active)];
+        scan_over(&txn, &over, table, from, prefix, limit)
     }
 
     fn batch(
@@ -640,16 +654,13 @@ impl RawTx for LayeredTx<'_> {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
-        let start = if from > prefix { from } else { prefix };
-        let base = open_read_table(&self.txn, table)?;
         let layers = read(self.layers);
-        let mut sources: Vec<LayerRows<'_>> = Vec::new();
-        if let Some(f) = self.frozen.as_deref() {
-            sources.push(Box::new(layer_range(f, table, start)));
-        }
-        sources.push(Box::new(layer_range(&layers.active, table, start)));
-        sources.push(Box::new(layer_range(&self.batch, table, start)));
-        merged_scan(base.as_ref(), sources, start, prefix, limit)
+        let over = [
+            self.frozen.as_deref(),
+            Some(&layers.active),
+            Some(&self.batch),
+        ];
+        scan_over(&self.txn, &over, table, from, prefix, limit)
     }
 
     fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -707,19 +718,7 @@ impl RawTx for DirectTx<'_> {
     ) -> Result<Vec<Row>, StoreError> {
         let start = if from > prefix { from } else { prefix };
         self.with_table(table, |t| {
-            let mut out = Vec::new();
-            for item in t.range::<&[u8]>(start..).map_err(storage)? {
-                if out.len() >= limit {
-                    break;
-                }
-                let (k, v) = item.map_err(storage)?;
-                let k = k.value();
-                if !k.starts_with(prefix) {
-                    break;
-                }
-                out.push((k.to_vec(), Bytes::copy_from_slice(v.value())));
-            }
-            Ok(out)
+            merged_scan(Some(&*t), Vec::new(), start, prefix, limit)
         })
     }
     fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
