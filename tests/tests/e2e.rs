@@ -8,6 +8,7 @@ mod payment;
 mod runtime;
 mod security;
 mod time;
+mod weather;
 mod world;
 
 use std::time::Duration;
