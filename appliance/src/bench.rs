@@ -116,13 +116,33 @@ struct Cell {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// The first error seen, printed under the table.
+    first_error: Option<String>,
+}
+
+/// What one measured call came to: `None` if it succeeded, else what went wrong.
+trait Outcome {
+    fn error(self) -> Option<String>;
+}
+
+impl Outcome for bool {
+    fn error(self) -> Option<String> {
+        (!self).then(|| "failed".to_string())
+    }
+}
+
+impl<T, E: std::fmt::Display> Outcome for Result<T, E> {
+    fn error(self) -> Option<String> {
+        self.err().map(|e| e.to_string())
+    }
 }
 
 /// Runs `op` from `concurrency` tasks for `seconds` and measures each call.
 async fn measure<F, Fut>(name: &'static str, concurrency: usize, seconds: f64, op: F) -> Cell
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future + Send,
+    Fut::Output: Outcome,
 {
     let op = Arc::new(op);
     // Warm-up, a tenth of the run, not counted.
@@ -134,30 +154,36 @@ where
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             let mut i = 0u64;
             loop {
                 let start = Instant::now();
                 if start >= end {
                     break;
                 }
-                let ok = op(worker, i).await;
+                let outcome = op(worker, i).await.error();
                 i += 1;
                 if start >= warm {
-                    lat.push(start.elapsed());
-                    if !ok {
-                        errors += 1;
+                    match outcome {
+                        None => lat.push(start.elapsed()),
+                        Some(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
             }
-            (lat, errors)
+            (lat, errors, first_error)
         }));
     }
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        if let Ok((l, e)) = t.await {
+        if let Ok((l, e, f)) = t.await {
             lat.extend(l);
             errors += e;
+            first_error = first_error.or(f);
         }
     }
     lat.sort_unstable();
@@ -169,10 +195,12 @@ where
     Cell {
         name,
         concurrency,
+        // Successful calls only: a failing path must not look fast.
         rps: lat.len() as f64 / seconds,
         p50: pct(0.50),
         p99: pct(0.99),
         errors,
+        first_error,
     }
 }
 
@@ -237,7 +265,7 @@ async fn measure_tls(
                 args.seconds,
                 move |_, _| {
                     let (nats, p) = (nats.clone(), p.clone());
-                    async move { nats.request("svc.bench.v1.echo", p).await.is_ok() }
+                    async move { nats.request("svc.bench.v1.echo", p).await.map(|_| ()) }
                 },
             )
             .await,
@@ -324,7 +352,7 @@ async fn measure_transfers(
                 client
                     .transfer(request, &CallOptions::default())
                     .await
-                    .is_ok()
+                    .map(|_| ())
             }
         };
         cells.push(
@@ -383,7 +411,7 @@ async fn measure_world_gets(
                         &CallOptions::default(),
                     )
                     .await
-                    .is_ok()
+                    .map(|_| ())
             }
         };
         cells.push(measure("sdk world_state.get (cached)", c, args.seconds, op).await);
@@ -657,7 +685,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             cells.push(
                 measure(RAW, c, args.seconds, move |_, _| {
                     let (nats, p) = (nats.clone(), p.clone());
-                    async move { nats.request("bench.echo", p).await.is_ok() }
+                    async move { nats.request("bench.echo", p).await.map(|_| ()) }
                 })
                 .await,
             );
@@ -698,7 +726,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
                             use aicore_proto::Transport;
                             sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
                                 .await
-                                .is_ok()
+                                .map(|_| ())
                         }
                     },
                 )
@@ -764,7 +792,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
                                 &CallOptions::default(),
                             )
                             .await
-                            .is_ok()
+                            .map(|_| ())
                     }
                 },
             )
@@ -788,7 +816,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
                         &CallOptions::default(),
                     )
                     .await
-                    .is_ok()
+                    .map(|_| ())
             }
         }
     };
@@ -873,7 +901,20 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             stop.child_token(),
         )
         .await?;
-        cells.push(measure(name, c, args.seconds, put(client.clone(), payload.clone())).await);
+        // A fresh client (its own circuit breakers), and the first Put through before
+        // the clock starts.
+        let client =
+            StateManagerClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+        let first = put(client.clone(), payload.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(e) = first(0, 0).await.error() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name}: the first put failed: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cells.push(measure(name, c, args.seconds, put(client, payload.clone())).await);
         serving.stop().await;
         store.close().await;
     }
@@ -882,6 +923,15 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
 
     print_table(&cells, &args);
     print_gateway_ratios(&cells, &args);
+    for c in cells.iter().filter(|c| c.errors > 0) {
+        println!(
+            "errors in {} at C={}: {} (first: {})",
+            c.name,
+            c.concurrency,
+            c.errors,
+            c.first_error.as_deref().unwrap_or("?")
+        );
+    }
     if stats.commits > 0 {
         println!(
             "group commit: {} writes in {} durable commits (mean batch {:.1})",
