@@ -37,6 +37,24 @@ use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 use crate::security::{self, ClientTls};
 use crate::supervisor::connect;
 
+/// Retries `call` while it fails, for up to 10 s: a service just started on one
+/// connection is not always reachable from another at once.
+async fn ready<F, Fut>(what: &str, mut call: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+    Fut::Output: Outcome,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await.error() {
+            None => return Ok(()),
+            Some(e) if Instant::now() >= deadline => anyhow::bail!("{what}: {e}"),
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// The raw baseline's row name.
 const RAW: &str = "raw request/reply";
 
@@ -527,16 +545,18 @@ async fn measure_gateway(
         serve_domain(url, "auth", auth_store.clone(), config, stop.child_token()).await?;
     let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     let password = "bench-violet-otter-lantern";
-    a.register(
-        auth::RegisterRequest {
-            username: "bench".into(),
-            password: password.into(),
-            display_name: String::new(),
-        },
-        &CallOptions::default(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("registering the bench player: {e}"))?;
+    let options = CallOptions::default();
+    ready("registering the bench player", || {
+        a.register(
+            auth::RegisterRequest {
+                username: "bench".into(),
+                password: password.into(),
+                display_name: String::new(),
+            },
+            &options,
+        )
+    })
+    .await?;
     let login = a
         .login(
             auth::LoginRequest {
@@ -906,14 +926,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         let client =
             StateManagerClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
         let first = put(client.clone(), payload.clone());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(e) = first(0, 0).await.error() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{name}: the first put failed: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        ready(name, || first(0, 0)).await?;
         cells.push(measure(name, c, args.seconds, put(client, payload.clone())).await);
         serving.stop().await;
         store.close().await;
