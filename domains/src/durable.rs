@@ -347,7 +347,7 @@ impl Durable {
             return Err(StoreError::Storage("the flusher thread is gone".into()));
         }
         st.current = 1 - st.current;
-        st.wals[st.current].reset();
+        st.wals[st.current].reset(self.wal_bytes * 2);
         st.oldest = None;
         Ok(())
     }

@@ -183,9 +183,23 @@ impl Wal {
     }
 
     /// Once everything this segment holds is durable elsewhere: the next record starts
-    /// the file again.
-    pub(crate) fn reset(&mut self) {
+    /// the file again. A file grown past `keep` bytes by an outsized batch is cut back
+    /// (to whole chunks), so one large batch does not hold its disk space for good.
+    pub(crate) fn reset(&mut self, keep: u64) {
         self.pos = 0;
+        let keep = keep.div_ceil(CHUNK).max(1) * CHUNK;
+        if self.allocated > keep {
+            match self.file.set_len(keep).and_then(|()| self.file.sync_all()) {
+                Ok(()) => self.allocated = keep,
+                Err(e) => tracing::warn!(error = %e, "could not shrink a log segment"),
+            }
+        }
+    }
+
+    /// Bytes of the file allocated so far.
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> u64 {
+        self.allocated
     }
 }
 
@@ -253,7 +267,7 @@ mod tests {
         }
         // Reused from its start with two shorter records (numbers 11 and 12): records
         // 3..5 of the old round stay on disk after them and must not be read.
-        wal.reset();
+        wal.reset(1 << 20);
         wal.append(11, &body(&[("t", b"k", None)])).unwrap();
         wal.append(12, &body(&[("t", b"j", None)])).unwrap();
         drop(wal);
@@ -280,6 +294,24 @@ mod tests {
         // A length running past the file's end is a torn record too.
         file.write_all_at(&u32::MAX.to_le_bytes(), 0).unwrap();
         assert!(Wal::open(&path).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn an_outsized_segment_is_cut_back_on_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wal");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        let big = vec![7u8; 3 << 20];
+        wal.append(1, &body(&[("t", b"k", Some(&big))])).unwrap();
+        assert_eq!(wal.allocated(), 4 << 20);
+        wal.reset(1 << 20);
+        assert_eq!(wal.allocated(), 1 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        // Still usable, and what is appended after the cut reads back.
+        wal.append(2, &body(&[("t", b"k", None)])).unwrap();
+        drop(wal);
+        let (_, got) = Wal::open(&path).unwrap();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
