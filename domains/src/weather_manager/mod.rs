@@ -515,6 +515,12 @@ impl GameClock for ManualGameClock {
 pub struct WeatherManager {
     ctx: Ctx,
     clock: Arc<dyn GameClock>,
+    /// Held from reading the game clock until the observation made with that reading is
+    /// committed, by the background task and by every RPC that observes: observations
+    /// then commit in the order of their clock readings. Without it, a step that read the
+    /// clock before an override but committed after it would observe an older time than
+    /// the override's, and publish a change back and forth.
+    observing: tokio::sync::Mutex<()>,
 }
 
 /// Records the weather at `game_s` for a region and emits `evt.weather.changed` for each
@@ -581,7 +587,11 @@ fn observe(
 impl WeatherManager {
     /// The domain on a context, reading game time from `clock`.
     pub fn new(ctx: Ctx, clock: Arc<dyn GameClock>) -> Self {
-        WeatherManager { ctx, clock }
+        WeatherManager {
+            ctx,
+            clock,
+            observing: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn config(&self) -> &WeatherManagerConfig {
@@ -686,9 +696,12 @@ impl WeatherManager {
         let stop = self.ctx.shutdown.clone();
         let mut failing = false;
         while !stop.is_cancelled() {
-            let r = match self.clock.now().await {
-                Ok(g) => self.step(g).await.map(|_| ()),
-                Err(e) => Err(e),
+            let r = {
+                let _observing = self.observing.lock().await;
+                match self.clock.now().await {
+                    Ok(g) => self.step(g).await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
             };
             match r {
                 Ok(()) => failing = false,
@@ -766,6 +779,7 @@ impl WeatherManagerHandler for WeatherManager {
         if req.reason.chars().count() > 512 {
             return Err(Status::invalid("reason", "must be at most 512 characters"));
         }
+        let _observing = self.observing.lock().await;
         let game_s = self.clock.now().await?;
         let ov = OverrideState {
             condition: req.condition,
@@ -817,6 +831,7 @@ impl WeatherManagerHandler for WeatherManager {
         let Request { body: req, meta } = request;
         meta.authorize_roles(&["admin", "service"])?;
         let region = self.region(&req.region_id)?;
+        let _observing = self.observing.lock().await;
         let game_s = self.clock.now().await?;
         let dps = self.days_per_season();
         let max_catch_up = self.config().max_catch_up_steps;
@@ -857,6 +872,7 @@ impl WeatherManagerHandler for WeatherManager {
         validate_region(&region)?;
         // Game time is needed only to publish a change a redefinition causes; a region can
         // still be defined while time-manager is away (the background task catches up).
+        let _observing = self.observing.lock().await;
         let game_s = self.clock.now().await.ok();
         let dps = self.days_per_season();
         let max_catch_up = self.config().max_catch_up_steps;

@@ -473,3 +473,92 @@ proptest! {
         prop_assert!((0.2..=1.0).contains(&w.intensity));
     }
 }
+
+/// A clock whose next reading, once armed, waits until released.
+#[derive(Default)]
+struct GatedClock {
+    seconds: AtomicI64,
+    armed: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+impl GameClock for GatedClock {
+    fn now(&self) -> BoxFuture<'_, Result<i64, Status>> {
+        let v = self.seconds.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                self.release.notified().await;
+            }
+            Ok(v)
+        })
+    }
+}
+
+/// The background task reads the clock (10:00:10), then an override is set at a later
+/// reading (10:00:50) in the same step; whatever the interleaving, the observation made
+/// with the older reading must not commit after the override's and publish the override
+/// as ending (STORM → chain) and beginning again.
+#[tokio::test]
+async fn a_step_with_an_older_clock_reading_never_lands_after_an_override() {
+    let (ctx, _) = Ctx::for_tests();
+    let stop = ctx.shutdown.clone();
+    let clock = Arc::new(GatedClock::default());
+    let wm = Arc::new(WeatherManager::new(ctx, clock.clone()));
+    clock.seconds.store(10 * 3600, Ordering::SeqCst);
+    define(&wm, region("vale", 5)).await.unwrap();
+    wm.step(10 * 3600).await.unwrap();
+    let before = changes(&wm).len();
+
+    // The task reads 10:00:10 and is held there.
+    clock.seconds.store(10 * 3600 + 10, Ordering::SeqCst);
+    clock.armed.store(true, Ordering::SeqCst);
+    let task = tokio::spawn(wm.clone().run());
+    while clock.armed.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    // The override reads 10:00:50.
+    clock.seconds.store(10 * 3600 + 50, Ordering::SeqCst);
+    let setter = {
+        let wm = wm.clone();
+        tokio::spawn(async move {
+            wm.set_override(Request::new(SetOverrideRequest {
+                region_id: "vale".into(),
+                condition: W::Storm as i32,
+                temperature_c: None,
+                intensity: 0.9,
+                duration_game_seconds: 0,
+                reason: "test".into(),
+            }))
+            .await
+        })
+    };
+    // Give the override every chance to commit first, then let the task go on.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    clock.release.notify_one();
+    setter.await.unwrap().unwrap();
+    // Let the task observe again at 10:00:50 (no change), then stop it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let events: Vec<(i32, i32)> = changes(&wm)[before..]
+        .iter()
+        .map(|e| (e.old_condition, e.new_condition))
+        .collect();
+    let chain = current_condition_without_override(&wm).await;
+    assert_eq!(events, vec![(chain, W::Storm as i32)], "{events:?}");
+    assert_eq!(current(&wm, "vale").await.condition, W::Storm as i32);
+}
+
+/// The chain's condition now, from the stored observation.
+async fn current_condition_without_override(wm: &WeatherManager) -> i32 {
+    wm.ctx
+        .store
+        .get_msg::<Observed>(OBSERVED, b"vale")
+        .unwrap()
+        .unwrap()
+        .chain_condition
+}
