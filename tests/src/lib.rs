@@ -287,6 +287,28 @@ impl Appliance {
             .expect("connecting to the appliance's NATS")
     }
 
+    /// The messages of a new durable pull consumer `name` on the EVENTS stream, filtered
+    /// to `subject`, from the start of the stream, with explicit acks.
+    pub async fn events(
+        &self,
+        name: &str,
+        subject: &str,
+    ) -> async_nats::jetstream::consumer::pull::Stream {
+        use async_nats::jetstream::{self, consumer};
+        let js = jetstream::new(self.nats().await);
+        let stream = js.get_stream("EVENTS").await.expect("stream EVENTS");
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.into()),
+                filter_subject: subject.into(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        consumer.messages().await.expect("messages")
+    }
+
     /// An SDK client.
     pub async fn client(&self) -> aicore_sdk::Client {
         aicore_sdk::Client::new(self.nats().await, Default::default())

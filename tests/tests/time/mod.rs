@@ -7,7 +7,6 @@ use std::time::Duration;
 use aicore_e2e::Appliance;
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::time_manager::v1 as tm;
-use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
@@ -56,18 +55,7 @@ async fn a_timer_fires_once_on_jetstream_and_the_clock_survives_a_restart() {
         .expect("timer");
 
     // A durable consumer on EVENTS, from the start of the stream.
-    let js = jetstream::new(app.nats().await);
-    let stream = js.get_stream("EVENTS").await.expect("stream EVENTS");
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("e2e-time".into()),
-            filter_subject: "evt.time.scheduled".into(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
+    let mut messages = app.events("e2e-time", "evt.time.scheduled").await;
     let first = tokio::time::timeout(Duration::from_secs(30), messages.next())
         .await
         .unwrap_or_else(|_| panic!("no evt.time.scheduled in time\n{}", app.log()))

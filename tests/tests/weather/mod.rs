@@ -11,7 +11,7 @@ use aicore_e2e::Appliance;
 use aicore_proto::aicore::time_manager::v1 as tm;
 use aicore_proto::aicore::weather_manager::v1 as wm;
 use aicore_proto::{CallOptions, Caller, Code, Status};
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use prost::Message;
 use wm::WeatherCondition as C;
@@ -562,18 +562,7 @@ async fn weather_changes_are_published_on_the_events_stream() {
     freeze_at(&time, T).await;
 
     // A durable consumer on EVENTS, from the start of the stream.
-    let js = jetstream::new(app.nats().await);
-    let stream = js.get_stream("EVENTS").await.expect("stream EVENTS");
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("e2e-weather".into()),
-            filter_subject: "evt.weather.changed".into(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
+    let mut messages = app.events("e2e-weather", "evt.weather.changed").await;
 
     // Defining a region publishes nothing (there is no earlier weather to change from);
     // the first event must be the override's, for the right region.
