@@ -492,3 +492,20 @@ pub async fn ping(nats: &async_nats::Client, wait: Duration) -> Vec<String> {
     }
     names
 }
+
+/// The game time time-manager reports, in game seconds.
+pub async fn game_seconds(
+    time: &aicore_proto::aicore::time_manager::v1::TimeManagerClient<aicore_sdk::Client>,
+) -> i64 {
+    use aicore_proto::aicore::time_manager::v1::NowRequest;
+    time.now(
+        NowRequest::default(),
+        &aicore_proto::CallOptions::timeout(Duration::from_secs(10)),
+    )
+    .await
+    .expect("now")
+    .clock
+    .and_then(|c| c.game_time)
+    .expect("game time")
+    .seconds
+}

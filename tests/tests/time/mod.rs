@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aicore_e2e::Appliance;
+use aicore_e2e::{Appliance, game_seconds};
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::time_manager::v1 as tm;
 use bytes::Bytes;
@@ -13,16 +13,6 @@ use prost::Message;
 
 fn opts() -> CallOptions {
     CallOptions::timeout(Duration::from_secs(10))
-}
-
-async fn game_seconds(c: &tm::TimeManagerClient<aicore_sdk::Client>) -> i64 {
-    c.now(tm::NowRequest::default(), &opts())
-        .await
-        .expect("now")
-        .clock
-        .and_then(|c| c.game_time)
-        .expect("game time")
-        .seconds
 }
 
 #[tokio::test]

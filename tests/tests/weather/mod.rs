@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aicore_e2e::Appliance;
+use aicore_e2e::{Appliance, game_seconds};
 use aicore_proto::aicore::time_manager::v1 as tm;
 use aicore_proto::aicore::weather_manager::v1 as wm;
 use aicore_proto::{CallOptions, Caller, Code, Status};
@@ -193,16 +193,6 @@ async fn freeze_at(time: &Time, seconds: i64) {
         .expect("clock");
     assert!(clock.paused);
     assert_eq!(clock.game_time.expect("game time").seconds, seconds);
-}
-
-async fn game_seconds(time: &Time) -> i64 {
-    time.now(tm::NowRequest::default(), &opts())
-        .await
-        .expect("now")
-        .clock
-        .and_then(|c| c.game_time)
-        .expect("game time")
-        .seconds
 }
 
 async fn define(w: &Weather, region: wm::Region, expected: Option<u64>) -> wm::Region {
