@@ -4,8 +4,8 @@
 //! durable commit (group commit). A caller's write is acknowledged only after the commit
 //! holding it has reached the disk, so one fsync serves every write that queued up while
 //! the previous one ran. By default a batch is made durable by appending it to the
-//! store's write-ahead log ([`crate::wal`]) and committed to redb without an fsync, with a
-//! durable redb commit (a checkpoint) now and then; `wal: false` makes every batch a
+//! store's write-ahead log and held in memory layers over redb, which a background
+//! thread writes to redb in bulk ([`crate::durable`]); `wal: false` makes every batch a
 //! durable redb commit instead.
 //!
 //! Each write is a closure over a [`Tx`] whose writes are buffered; if the closure fails
@@ -65,14 +65,16 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// redb's page cache in bytes.
     pub redb_cache_bytes: usize,
-    /// Make batches durable through the write-ahead log (`<file>.wal`) and checkpoint
-    /// redb now and then; `false`: one durable redb commit per batch.
+    /// Make batches durable through the write-ahead log (`<file>.wal0`/`.wal1`) and
+    /// write them to redb in bulk from memory layers; `false`: one durable redb commit
+    /// per batch.
     pub wal: bool,
-    /// Checkpoint once the log holds this many bytes (it is then reused from its start).
+    /// Flush the memory layer to redb (and switch log segments) once a segment holds
+    /// this many bytes.
     pub wal_bytes: u64,
     /// How often the writer looks for idleness: a tick with no batch since the previous
-    /// one checkpoints what the log holds; under load that never idles, a checkpoint is
-    /// made at least every 30 ticks.
+    /// one flushes what the memory layer holds; under load that never idles, a flush
+    /// starts at least every 30 ticks.
     pub checkpoint_tick: Duration,
     /// Tests: how long the flusher waits before each flush (keeps frozen layers around).
     #[cfg(test)]
@@ -126,8 +128,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &self,
         body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
-    /// Makes everything committed so far durable in the database itself (nothing to do
-    /// for backends without a log). `idle_only`: only if no batch ran since the last call.
+    /// Writes what the memory layers hold to the database itself (nothing to do for
+    /// backends without them). `idle_only`: only if no batch ran since the last call,
+    /// and without waiting; otherwise waits until it is durable there (at close).
     fn checkpoint(&self, idle_only: bool) -> Result<(), StoreError> {
         let _ = idle_only;
         Ok(())
