@@ -333,11 +333,14 @@ impl Config {
     /// Replaces port 0 with a free port on the configured host.
     pub fn pick_free_ports(&mut self) -> Result<()> {
         let host = self.nats.host.clone();
+        // Listeners stay bound until both ports are picked, so the two differ.
+        let mut held = Vec::new();
         for port in [&mut self.nats.port, &mut self.nats.monitor_port] {
             if *port == 0 {
                 let l = TcpListener::bind((host.as_str(), 0))
                     .with_context(|| format!("finding a free port on {host}"))?;
                 *port = l.local_addr()?.port();
+                held.push(l);
             }
         }
         Ok(())

@@ -104,10 +104,16 @@ pub fn nats_server_bin() -> PathBuf {
 
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free TCP ports on loopback: all bound at once, then released (ports
+/// picked one after another can come back equal once the previous one is released).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("its address").port())
 }
 
 /// A running `aicore run`.
@@ -164,9 +170,7 @@ impl Appliance {
     }
 
     async fn launch(data_dir: &Path, external_nats: Option<&str>) -> Appliance {
-        let port = free_port();
-        let monitor = free_port();
-        let http = free_port();
+        let [port, monitor, http] = free_ports::<3>();
         let log_path = data_dir.join(format!("aicore-{port}.log"));
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = std::fs::File::create(&log_path).expect("log file");
