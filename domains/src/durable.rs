@@ -158,19 +158,15 @@ fn apply<'a>(
     txn: &redb::WriteTransaction,
     writes: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
 ) -> Result<(), StoreError> {
-    let mut tables: HashMap<&str, Table<'_>> = HashMap::new();
+    let tx = DirectTx::new(txn);
     for (table, key, value) in writes {
-        let t = match tables.entry(table) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(txn.open_table(def(table)).map_err(storage)?)
+        tx.with_table(table, |t| {
+            match value {
+                Some(v) => t.insert(key, v).map(|_| ()),
+                None => t.remove(key).map(|_| ()),
             }
-        };
-        match value {
-            Some(v) => t.insert(key, v).map(|_| ()),
-            None => t.remove(key).map(|_| ()),
-        }
-        .map_err(storage)?;
+            .map_err(storage)
+        })?;
     }
     Ok(())
 }
@@ -373,10 +369,7 @@ impl Durable {
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let mut raw = DirectTx {
-            txn: &txn,
-            tables: RefCell::new(HashMap::new()),
-        };
+        let mut raw = DirectTx::new(&txn);
         let outcome = body(&mut raw);
         // Tables must be closed before the transaction commits.
         drop(raw);
@@ -679,15 +672,23 @@ impl RawTx for LayeredTx<'_> {
 
 /// A batch's redb write transaction when the log is off, keeping each table open for
 /// the whole batch.
-struct DirectTx<'a> {
+/// Also applies logged or layered writes, whose table names are not `'static` (`'n`).
+struct DirectTx<'a, 'n> {
     txn: &'a redb::WriteTransaction,
-    tables: RefCell<HashMap<&'static str, Table<'a>>>,
+    tables: RefCell<HashMap<&'n str, Table<'a>>>,
 }
 
-impl<'a> DirectTx<'a> {
+impl<'a, 'n> DirectTx<'a, 'n> {
+    fn new(txn: &'a redb::WriteTransaction) -> Self {
+        DirectTx {
+            txn,
+            tables: RefCell::new(HashMap::new()),
+        }
+    }
+
     fn with_table<R>(
         &self,
-        table: &'static str,
+        table: &'n str,
         f: impl FnOnce(&mut Table<'a>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut tables = self.tables.borrow_mut();
@@ -701,7 +702,7 @@ impl<'a> DirectTx<'a> {
     }
 }
 
-impl RawTx for DirectTx<'_> {
+impl RawTx for DirectTx<'_, 'static> {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
         self.with_table(table, |t| {
             Ok(t.get(key)
