@@ -30,25 +30,23 @@
 //! stopping after `limit` live rows (tombstones of deleted keys are skipped as they come).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
-use std::iter::Peekable;
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, TableDefinition};
 
-use crate::store::{Backend, Key, RawTx, StoreError, StoreOptions, storage};
+use crate::store::{Backend, StoreError, StoreOptions, View, storage};
 use crate::wal::{self, AppendError, Wal};
+use crate::writes::{Row, WriteSet, merged_scan, scan_start};
 
 /// Writes not yet in redb: a value, or `None` for a deleted key.
-type Layer = BTreeMap<Key, Option<Bytes>>;
+type Layer = WriteSet;
 type Table<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-/// A layer's rows of one table in key order: key and value (`None`: deleted).
-type LayerRows<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a Bytes>)> + 'a>;
 
 /// The store's own table: the sequence number of the last checkpointed batch.
 const META: &str = "aicore.store";
@@ -74,6 +72,16 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 struct Layers {
     active: Layer,
     frozen: Option<Arc<Layer>>,
+}
+
+impl Layers {
+    /// The newest layered write of a key: `Some(None)` if it was deleted.
+    fn get(&self, table: &str, key: &[u8]) -> Option<Option<Bytes>> {
+        self.active
+            .get(table, key)
+            .or_else(|| self.frozen.as_ref().and_then(|f| f.get(table, key)))
+            .map(|v| v.cloned())
+    }
 }
 
 /// What the writer thread keeps about the log.
@@ -154,33 +162,37 @@ fn read_checkpoint(db: &redb::Database) -> Result<u64, StoreError> {
 }
 
 /// Applies writes to a redb write transaction, opening each table once.
-fn apply<'a>(
+fn apply<'n>(
     txn: &redb::WriteTransaction,
-    writes: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
+    writes: impl Iterator<Item = (&'n str, &'n [u8], Option<&'n [u8]>)>,
 ) -> Result<(), StoreError> {
-    let tx = DirectTx::new(txn);
+    let mut open: HashMap<&'n str, Table<'_>> = HashMap::new();
     for (table, key, value) in writes {
-        tx.with_table(table, |t| {
-            match value {
-                Some(v) => t.insert(key, v).map(|_| ()),
-                None => t.remove(key).map(|_| ()),
+        let t = match open.entry(table) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(txn.open_table(def(table)).map_err(storage)?)
             }
-            .map_err(storage)
-        })?;
+        };
+        match value {
+            Some(v) => t.insert(key, v).map(|_| ()),
+            None => t.remove(key).map(|_| ()),
+        }
+        .map_err(storage)?;
     }
     Ok(())
+}
+
+/// A layer's writes, for [`apply`].
+fn layer_writes(layer: &Layer) -> impl Iterator<Item = (&str, &[u8], Option<&[u8]>)> {
+    layer.iter().map(|(t, k, v)| (t, k, v.map(|v| v.as_ref())))
 }
 
 /// Commits `layer` to redb durably with `seq` as the checkpoint.
 fn commit_layer(db: &redb::Database, layer: &Layer, seq: u64) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate).map_err(storage)?;
-    apply(
-        &txn,
-        layer
-            .iter()
-            .map(|((t, k), v)| (*t, k.as_slice(), v.as_deref())),
-    )?;
+    apply(&txn, layer_writes(layer))?;
     write_checkpoint(&txn, seq)?;
     txn.commit().map_err(storage)
 }
@@ -362,25 +374,12 @@ impl Durable {
         Ok(())
     }
 
-    /// The old path: the batch is one durable redb commit.
-    fn batch_direct(
-        &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
+    /// The path without the log: the batch is one durable redb commit.
+    fn commit_direct(&self, writes: &WriteSet) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let mut raw = DirectTx::new(&txn);
-        let outcome = body(&mut raw);
-        // Tables must be closed before the transaction commits.
-        drop(raw);
-        match outcome {
-            Ok(true) => txn.commit().map_err(storage),
-            Ok(false) => txn.abort().map_err(storage),
-            Err(e) => {
-                let _ = txn.abort();
-                Err(e)
-            }
-        }
+        apply(&txn, layer_writes(writes))?;
+        txn.commit().map_err(storage)
     }
 }
 
@@ -390,100 +389,30 @@ fn redb_get(
     table: &str,
     key: &[u8],
 ) -> Result<Option<Bytes>, StoreError> {
-    let t = match txn.open_table(def(table)) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(storage(e)),
-    };
+    match open_read_table(txn, table)? {
+        Some(t) => table_get(&t, key),
+        None => Ok(None),
+    }
+}
+
+fn table_get(t: &ReadTable, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
     Ok(t.get(key)
         .map_err(storage)?
         .map(|v| Bytes::copy_from_slice(v.value())))
 }
 
-/// A layer's rows of `table` from `start` on, in key order.
-fn layer_range<'a>(
-    layer: &'a Layer,
-    table: &'static str,
+/// The rows of redb's table from `start` on, as a scan's base.
+fn redb_rows<'t>(
+    table: Option<&'t ReadTable>,
     start: &[u8],
-) -> impl Iterator<Item = (&'a [u8], Option<&'a Bytes>)> + 'a {
-    layer
-        .range((Bound::Included((table, start.to_vec())), Bound::Unbounded))
-        .take_while(move |((t, _), _)| *t == table)
-        .map(|((_, k), v)| (k.as_slice(), v.as_ref()))
-}
-
-type Row = (Vec<u8>, Bytes);
-
-/// The first `limit` live rows with `prefix` of redb's range merged under `layers`
-/// (oldest first; a later layer's row, value or deletion, wins over earlier ones and
-/// over redb's).
-fn merged_scan<'a, T: ReadableTable<&'static [u8], &'static [u8]>>(
-    base: Option<&T>,
-    layers: Vec<LayerRows<'a>>,
-    start: &[u8],
-    prefix: &[u8],
-    limit: usize,
-) -> Result<Vec<Row>, StoreError> {
-    let mut out = Vec::new();
-    let mut base: Box<dyn Iterator<Item = Result<Row, StoreError>>> = match base {
+) -> Result<Box<dyn Iterator<Item = Result<Row, StoreError>> + 't>, StoreError> {
+    Ok(match table {
         Some(t) => Box::new(t.range::<&[u8]>(start..).map_err(storage)?.map(|item| {
             let (k, v) = item.map_err(storage)?;
             Ok((k.value().to_vec(), Bytes::copy_from_slice(v.value())))
         })),
         None => Box::new(std::iter::empty()),
-    };
-    let mut base_next = base.next().transpose()?;
-    let mut layers: Vec<Peekable<_>> = layers.into_iter().map(Iterator::peekable).collect();
-    while out.len() < limit {
-        // The smallest key any source has next.
-        let mut min: Option<Vec<u8>> = base_next.as_ref().map(|(k, _)| k.clone());
-        for l in layers.iter_mut() {
-            if let Some((k, _)) = l.peek()
-                && min.as_deref().is_none_or(|m| *k < m)
-            {
-                min = Some(k.to_vec());
-            }
-        }
-        let Some(key) = min else { break };
-        if !key.starts_with(prefix) {
-            break;
-        }
-        // Its value: the newest layer that has it, else redb's.
-        let mut value: Option<Option<Bytes>> = None;
-        if base_next.as_ref().is_some_and(|(k, _)| *k == key) {
-            value = base_next.take().map(|(_, v)| Some(v));
-            base_next = base.next().transpose()?;
-        }
-        for l in layers.iter_mut() {
-            if l.peek().is_some_and(|(k, _)| *k == key.as_slice()) {
-                value = l.next().map(|(_, v)| v.cloned());
-            }
-        }
-        if let Some(Some(v)) = value {
-            out.push((key, v));
-        }
-    }
-    Ok(out)
-}
-
-/// A scan of redb's `table` as of `txn` with `layers` (oldest first, absent ones skipped)
-/// over it.
-fn scan_over(
-    txn: &redb::ReadTransaction,
-    layers: &[Option<&Layer>],
-    table: &'static str,
-    from: &[u8],
-    prefix: &[u8],
-    limit: usize,
-) -> Result<Vec<Row>, StoreError> {
-    let start = if from > prefix { from } else { prefix };
-    let base = open_read_table(txn, table)?;
-    let sources = layers
-        .iter()
-        .flatten()
-        .map(|l| Box::new(layer_range(l, table, start)) as LayerRows<'_>)
-        .collect();
-    merged_scan(base.as_ref(), sources, start, prefix, limit)
+    })
 }
 
 fn open_read_table(
@@ -499,14 +428,10 @@ fn open_read_table(
 
 impl Backend for Durable {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        let k = (table, key.to_vec());
         let txn = {
             let layers = read(&self.layers);
-            if let Some(v) = layers.active.get(&k) {
-                return Ok(v.clone());
-            }
-            if let Some(v) = layers.frozen.as_ref().and_then(|f| f.get(&k)) {
-                return Ok(v.clone());
+            if let Some(v) = layers.get(table, key) {
+                return Ok(v);
             }
             self.db.begin_read().map_err(storage)?
         };
@@ -520,21 +445,21 @@ impl Backend for Durable {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
+        let start = scan_start(from, prefix);
         let layers = read(&self.layers);
         let txn = self.db.begin_read().map_err(storage)?;
-        let over = [layers.frozen.as_deref(), Some(&layers.active)];
-        scan_over(&txn, &over, table, from, prefix, limit)
+        let base = open_read_table(&txn, table)?;
+        let over = layers
+            .frozen
+            .as_deref()
+            .into_iter()
+            .chain([&layers.active])
+            .map(|l| l.range(table, start))
+            .collect();
+        merged_scan(redb_rows(base.as_ref(), start)?, over, prefix, limit)
     }
 
-    fn batch(
-        &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut st = lock(&self.log);
-        self.failed(&st)?;
-        if st.wals.is_empty() {
-            return self.batch_direct(body);
-        }
+    fn view(&self) -> Result<Box<dyn View + '_>, StoreError> {
         let (frozen, txn) = {
             let layers = read(&self.layers);
             (
@@ -542,22 +467,27 @@ impl Backend for Durable {
                 self.db.begin_read().map_err(storage)?,
             )
         };
-        let mut raw = LayeredTx {
+        Ok(Box::new(LayeredView {
             layers: &self.layers,
             frozen,
             txn,
-            batch: Layer::new(),
-            log: Vec::new(),
-        };
-        match body(&mut raw) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) => return Err(e),
+            tables: RefCell::default(),
+        }))
+    }
+
+    fn commit(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let mut st = lock(&self.log);
+        self.failed(&st)?;
+        if st.wals.is_empty() {
+            return self.commit_direct(&writes);
         }
-        let LayeredTx { batch, log, .. } = raw;
+        let mut body = Vec::with_capacity(writes.len() * 64);
+        for (table, key, value) in writes.iter() {
+            wal::encode_op(&mut body, table, key, value.map(|v| v.as_ref()));
+        }
         let seq = st.seq + 1;
         let current = st.current;
-        match st.wals[current].append(seq, &log) {
+        match st.wals[current].append(seq, &body) {
             Ok(()) => {}
             Err(AppendError::Reserve(e)) => return Err(storage(e)),
             Err(AppendError::Append(e)) => {
@@ -565,10 +495,7 @@ impl Backend for Durable {
                 return Err(storage(e));
             }
         }
-        {
-            let mut layers = write(&self.layers);
-            layers.active.extend(batch);
-        }
+        write(&self.layers).active.absorb(writes);
         st.seq = seq;
         st.busy_since_tick = true;
         let oldest = *st.oldest.get_or_insert_with(Instant::now);
@@ -613,119 +540,60 @@ impl Drop for Durable {
     }
 }
 
-/// A batch's view in log mode: its own writes, then the active and frozen layers, then
-/// redb as of the batch's start. Writes go to the batch's layer and its log record.
-struct LayeredTx<'a> {
+/// A batch's view: the active layer, then the frozen layer and redb as of the batch's
+/// start (taken together, a consistent base even if the flusher finishes meanwhile).
+/// Only the writer thread changes the active layer, so it too stays as it was until the
+/// batch commits. redb tables are opened once per batch.
+struct LayeredView<'a> {
     layers: &'a RwLock<Layers>,
-    /// The frozen layer as of the batch's start (with `txn`, a consistent base even if
-    /// the flusher finishes meanwhile).
     frozen: Option<Arc<Layer>>,
     txn: redb::ReadTransaction,
-    batch: Layer,
-    log: Vec<u8>,
+    tables: RefCell<foldhash::HashMap<&'static str, Option<Rc<ReadTable>>>>,
 }
 
-impl RawTx for LayeredTx<'_> {
+impl LayeredView<'_> {
+    fn table(&self, table: &'static str) -> Result<Option<Rc<ReadTable>>, StoreError> {
+        if let Some(t) = self.tables.borrow().get(table) {
+            return Ok(t.clone());
+        }
+        let t = open_read_table(&self.txn, table)?.map(Rc::new);
+        self.tables.borrow_mut().insert(table, t.clone());
+        Ok(t)
+    }
+}
+
+impl View for LayeredView<'_> {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        let k = (table, key.to_vec());
-        if let Some(v) = self.batch.get(&k) {
-            return Ok(v.clone());
+        if let Some(v) = read(self.layers).active.get(table, key) {
+            return Ok(v.cloned());
         }
-        if let Some(v) = read(self.layers).active.get(&k) {
-            return Ok(v.clone());
+        if let Some(v) = self.frozen.as_ref().and_then(|f| f.get(table, key)) {
+            return Ok(v.cloned());
         }
-        if let Some(v) = self.frozen.as_ref().and_then(|f| f.get(&k)) {
-            return Ok(v.clone());
+        match self.table(table)? {
+            Some(t) => table_get(&t, key),
+            None => Ok(None),
         }
-        redb_get(&self.txn, table, key)
     }
 
     fn scan(
         &self,
         table: &'static str,
-        from: &[u8],
+        start: &[u8],
         prefix: &[u8],
         limit: usize,
+        over: &[&WriteSet],
     ) -> Result<Vec<Row>, StoreError> {
         let layers = read(self.layers);
-        let over = [
-            self.frozen.as_deref(),
-            Some(&layers.active),
-            Some(&self.batch),
-        ];
-        scan_over(&self.txn, &over, table, from, prefix, limit)
-    }
-
-    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        wal::encode_op(&mut self.log, table, key, Some(value));
-        self.batch
-            .insert((table, key.to_vec()), Some(Bytes::copy_from_slice(value)));
-        Ok(())
-    }
-
-    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
-        wal::encode_op(&mut self.log, table, key, None);
-        self.batch.insert((table, key.to_vec()), None);
-        Ok(())
-    }
-}
-
-/// A batch's redb write transaction when the log is off, keeping each table open for
-/// the whole batch.
-/// Also applies logged or layered writes, whose table names are not `'static` (`'n`).
-struct DirectTx<'a, 'n> {
-    txn: &'a redb::WriteTransaction,
-    tables: RefCell<HashMap<&'n str, Table<'a>>>,
-}
-
-impl<'a, 'n> DirectTx<'a, 'n> {
-    fn new(txn: &'a redb::WriteTransaction) -> Self {
-        DirectTx {
-            txn,
-            tables: RefCell::new(HashMap::new()),
-        }
-    }
-
-    fn with_table<R>(
-        &self,
-        table: &'n str,
-        f: impl FnOnce(&mut Table<'a>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let mut tables = self.tables.borrow_mut();
-        let t = match tables.entry(table) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.txn.open_table(def(table)).map_err(storage)?)
-            }
-        };
-        f(t)
-    }
-}
-
-impl RawTx for DirectTx<'_, 'static> {
-    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        self.with_table(table, |t| {
-            Ok(t.get(key)
-                .map_err(storage)?
-                .map(|v| Bytes::copy_from_slice(v.value())))
-        })
-    }
-    fn scan(
-        &self,
-        table: &'static str,
-        from: &[u8],
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Row>, StoreError> {
-        let start = if from > prefix { from } else { prefix };
-        self.with_table(table, |t| {
-            merged_scan(Some(&*t), Vec::new(), start, prefix, limit)
-        })
-    }
-    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.with_table(table, |t| t.insert(key, value).map(|_| ()).map_err(storage))
-    }
-    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
-        self.with_table(table, |t| t.remove(key).map(|_| ()).map_err(storage))
+        let base = self.table(table)?;
+        let sources = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .chain([&layers.active])
+            .chain(over.iter().copied())
+            .map(|l| l.range(table, start))
+            .collect();
+        merged_scan(redb_rows(base.as_deref(), start)?, sources, prefix, limit)
     }
 }

@@ -53,14 +53,18 @@ pub struct Idempotency {
     ttl: Duration,
 }
 
-/// The fingerprint of a request to `rpc`: its RPC (so two RPCs sharing a key scope never
-/// replay each other's replies) and its encoding with the idempotency key cleared by
-/// `clear_key`.
+/// The fingerprint of a request to `rpc` carrying idempotency key `key`: its RPC (so two
+/// RPCs sharing a key scope never replay each other's replies) and its encoding with the
+/// key cleared by `clear_key`. Without a key nothing is recorded, so nothing is computed.
 pub fn fingerprint<M: Message + Clone>(
     rpc: &str,
     request: &M,
+    key: &str,
     clear_key: impl FnOnce(&mut M),
 ) -> Vec<u8> {
+    if key.is_empty() {
+        return Vec::new();
+    }
     let mut r = request.clone();
     clear_key(&mut r);
     let mut h = Sha256::new();

@@ -22,6 +22,7 @@ pub mod validate;
 mod wal;
 pub mod weather_manager;
 pub mod world_state;
+mod writes;
 
 pub use runtime::{Clock, Ctx, ManualClock, SystemClock};
 pub use store::Store;

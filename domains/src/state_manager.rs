@@ -98,6 +98,10 @@ pub struct Head {
     /// When it was written.
     #[prost(message, optional, tag = "4")]
     pub updated_at: Option<prost_types::Timestamp>,
+    /// The oldest version row the object has (its rows are the run from here to
+    /// `version`); 0 when not known (heads written before this field existed).
+    #[prost(uint64, tag = "5")]
+    pub oldest_version: u64,
 }
 
 /// One version of an object (value of `state_manager.versions`).
@@ -260,16 +264,50 @@ const LIST_TOKEN: u8 = b'L';
 const HISTORY_TOKEN: u8 = b'H';
 
 /// Deletes the versions of one object that fall out of the `depth` newest once `newest`
-/// is written.
-fn prune(tx: &mut Tx<'_>, prefix: &[u8], newest: u64, depth: u64) -> Result<(), Status> {
-    let Some(oldest_kept) = newest.checked_sub(depth - 1).filter(|v| *v > 1) else {
-        return Ok(());
-    };
-    let from = version_key(prefix, oldest_kept - 1);
-    for (k, _) in tx.scan(VERSIONS, prefix, &from, PRUNE_BATCH)? {
-        tx.delete(VERSIONS, &k);
+/// is written (its row already), and returns the oldest version left, 0 if not known.
+///
+/// An object's version rows are always one run `oldest..=newest`: versions are written
+/// one after another and pruned from the oldest. So with `oldest` known (kept in the
+/// head) the rows to delete are known without reading them — a Put writes its rows and
+/// reads nothing but the head. When it is not known (an object re-created after a
+/// Delete, a head written before heads kept it) the rows are scanned.
+fn prune(
+    tx: &mut Tx<'_>,
+    prefix: &[u8],
+    oldest: u64,
+    newest: u64,
+    depth: u64,
+) -> Result<u64, Status> {
+    let keep_from = newest.saturating_sub(depth - 1).max(1);
+    if oldest > 0 {
+        let end = keep_from.min(oldest.saturating_add(PRUNE_BATCH as u64));
+        for v in oldest..end {
+            tx.delete(VERSIONS, &version_key(prefix, v));
+        }
+        return Ok(oldest.max(end));
     }
-    Ok(())
+    // Rows at or below `keep_from`, newest first.
+    let rows = tx.scan(
+        VERSIONS,
+        prefix,
+        &version_key(prefix, keep_from),
+        PRUNE_BATCH + 1,
+    )?;
+    let mut kept = None;
+    let mut deleted = 0;
+    for (k, _) in &rows {
+        match version_of(k) {
+            Some(v) if v >= keep_from => kept = Some(v),
+            _ if deleted < PRUNE_BATCH => {
+                tx.delete(VERSIONS, k);
+                deleted += 1;
+            }
+            _ => return Ok(0),
+        }
+    }
+    // Every older row is gone; `keep_from` itself is the oldest if it exists (else the
+    // run starts above it, at a version this scan did not see).
+    Ok(kept.unwrap_or(0))
 }
 
 /// The newest version ever written of an object (live or tombstone), if any remains.
@@ -294,7 +332,9 @@ impl StateManagerHandler for StateManager {
             "per-object",
         )?;
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("put", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("put", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0put", req.player_id);
@@ -339,27 +379,34 @@ impl StateManagerHandler for StateManager {
                     let version = last
                         .checked_add(1)
                         .ok_or_else(|| Status::internal("version overflow"))?;
-                    let head = Head {
-                        version,
-                        size_bytes: data.len() as u64,
-                        content_type: content_type.clone(),
-                        updated_at: Some(now),
+                    // A first version ever starts the run of rows; otherwise the head
+                    // knows where it starts (0: prune finds out).
+                    let oldest = match &live {
+                        Some(h) => h.oldest_version,
+                        None if last == 0 => version,
+                        None => 0,
                     };
-                    let vkey = version_key(&prefix, version);
-                    tx.put_msg(OBJECTS, &okey, &head);
+                    let size_bytes = data.len() as u64;
                     tx.put_msg(
                         VERSIONS,
-                        &vkey,
+                        &version_key(&prefix, version),
                         &VersionRecord {
                             version,
-                            size_bytes: head.size_bytes,
-                            content_type,
+                            size_bytes,
+                            content_type: content_type.clone(),
                             updated_at: Some(now),
                             deleted: false,
                             data,
                         },
                     );
-                    prune(tx, &prefix, version, depth)?;
+                    let head = Head {
+                        version,
+                        size_bytes,
+                        content_type,
+                        updated_at: Some(now),
+                        oldest_version: prune(tx, &prefix, oldest, version, depth)?,
+                    };
+                    tx.put_msg(OBJECTS, &okey, &head);
                     Ok(PutResponse {
                         metadata: Some(metadata(&player_id, &key, &head)),
                     })
@@ -393,6 +440,7 @@ impl StateManagerHandler for StateManager {
                 size_bytes: rec.size_bytes,
                 content_type: rec.content_type,
                 updated_at: rec.updated_at,
+                oldest_version: 0,
             };
             return Ok(GetResponse {
                 metadata: Some(metadata(&req.player_id, &req.key, &head)),
@@ -433,7 +481,9 @@ impl StateManagerHandler for StateManager {
             ));
         }
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("delete", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("delete", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0delete", req.player_id);
@@ -476,7 +526,7 @@ impl StateManagerHandler for StateManager {
                             data: bytes::Bytes::new(),
                         },
                     );
-                    prune(tx, &prefix, tombstone, depth)?;
+                    prune(tx, &prefix, head.oldest_version, tombstone, depth)?;
                     Ok(DeleteResponse {
                         deleted_version: head.version,
                         tombstone_version: tombstone,
@@ -779,6 +829,102 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let newest: VersionRecord = crate::store::decode(VERSIONS, rows[0].1.clone()).unwrap();
         assert_eq!(newest.data, Bytes::from("v5"));
+    }
+
+    /// The same store under another history depth (as after a configuration change).
+    fn with_depth(sm: &StateManager, depth: u32) -> StateManager {
+        let mut config = (*sm.ctx.config).clone();
+        config.state_manager.history_depth = depth;
+        let mut ctx = sm.ctx.clone();
+        ctx.config = Arc::new(config);
+        StateManager::new(ctx)
+    }
+
+    /// The version rows the store holds for `p1/key`, oldest first, and the head's idea
+    /// of where they start.
+    fn rows(sm: &StateManager, key: &str) -> (Vec<u64>, Option<u64>) {
+        let prefix = versions_prefix("p1", key);
+        let mut v: Vec<u64> = sm
+            .ctx
+            .store
+            .scan(VERSIONS, &prefix, &prefix, 10_000)
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| version_of(k))
+            .collect();
+        v.reverse();
+        let head = sm
+            .ctx
+            .store
+            .get_msg::<Head>(OBJECTS, &head_key("p1", key))
+            .unwrap()
+            .map(|h| h.oldest_version);
+        (v, head)
+    }
+
+    #[tokio::test]
+    async fn pruning_follows_depth_changes_deletes_and_old_heads() {
+        let sm = domain(|c| c.history_depth = 4);
+        for _ in 0..10 {
+            put(&sm, "k", "x", None).await.unwrap();
+        }
+        assert_eq!(rows(&sm, "k"), ((7..=10).collect(), Some(7)));
+        // A raised depth keeps what is there and lets history grow.
+        let deeper = with_depth(&sm, 8);
+        for _ in 0..2 {
+            put(&deeper, "k", "x", None).await.unwrap();
+        }
+        assert_eq!(rows(&sm, "k"), ((7..=12).collect(), Some(7)));
+        for _ in 0..4 {
+            put(&deeper, "k", "x", None).await.unwrap();
+        }
+        assert_eq!(rows(&sm, "k"), ((9..=16).collect(), Some(9)));
+        // A lowered one prunes the backlog on the next write.
+        let shallow = with_depth(&sm, 2);
+        put(&shallow, "k", "x", None).await.unwrap();
+        assert_eq!(rows(&sm, "k"), (vec![16, 17], Some(16)));
+        // A Delete prunes too; the re-created object (no head: rows are scanned) goes on.
+        shallow
+            .delete(trusted(DeleteRequest {
+                player_id: "p1".into(),
+                key: "k".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(rows(&sm, "k"), (vec![17, 18], None));
+        assert_eq!(put(&shallow, "k", "x", None).await.unwrap(), 19);
+        assert_eq!(rows(&sm, "k"), (vec![18, 19], Some(18)));
+        // A head that does not know where its rows start (written before heads kept it).
+        let okey = head_key("p1", "k");
+        sm.ctx
+            .store
+            .write(move |tx| {
+                let mut h = tx.get_msg::<Head>(OBJECTS, &okey)?.unwrap();
+                h.oldest_version = 0;
+                tx.put_msg(OBJECTS, &okey, &h);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(put(&shallow, "k", "x", None).await.unwrap(), 20);
+        assert_eq!(rows(&sm, "k"), (vec![19, 20], Some(19)));
+    }
+
+    #[tokio::test]
+    async fn one_write_prunes_at_most_a_batch_of_a_long_backlog() {
+        let sm = domain(|c| c.history_depth = 400);
+        let n = PRUNE_BATCH as u64 + 100;
+        for _ in 0..n {
+            put(&sm, "k", "x", None).await.unwrap();
+        }
+        let one = with_depth(&sm, 1);
+        put(&one, "k", "x", None).await.unwrap();
+        let (left, oldest) = rows(&sm, "k");
+        assert_eq!(left.len() as u64, n + 1 - PRUNE_BATCH as u64);
+        assert_eq!(oldest, Some(PRUNE_BATCH as u64 + 1));
+        put(&one, "k", "x", None).await.unwrap();
+        assert_eq!(rows(&sm, "k"), (vec![n + 2], Some(n + 2)));
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ use aicore_proto::{Code, Status};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::writes::{Row, WriteSet, merged_scan, scan_start};
+
 /// Errors of the store itself (not of a domain's logic).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,18 +101,21 @@ impl Default for StoreOptions {
 
 pub(crate) type Key = (&'static str, Vec<u8>);
 
-/// A batch's view during one commit: reads see what earlier closures of the batch wrote.
-pub(crate) trait RawTx {
+/// A consistent view of the committed data for the closures of one batch. Only the
+/// writer thread commits, so what a view reads stays the committed state until the
+/// batch's own commit.
+pub(crate) trait View {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
+    /// The first `limit` live rows of `table` with `prefix` from `start` on, with `over`
+    /// (oldest first: the batch's earlier writes, the closure's own) applied on top.
     fn scan(
         &self,
         table: &'static str,
-        from: &[u8],
+        start: &[u8],
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
-    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError>;
+        over: &[&WriteSet],
+    ) -> Result<Vec<Row>, StoreError>;
 }
 
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -121,13 +126,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
         from: &[u8],
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
-    /// Runs `body` inside one transaction and commits it durably if `body` says it wrote
-    /// anything (a batch of refused or read-only closures costs no fsync).
-    fn batch(
-        &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<Row>, StoreError>;
+    /// The view a batch's closures read from.
+    fn view(&self) -> Result<Box<dyn View + '_>, StoreError>;
+    /// Makes a batch's writes durable, then visible to readers. On an error none of it
+    /// is visible.
+    fn commit(&self, writes: WriteSet) -> Result<(), StoreError>;
     /// Writes what the memory layers hold to the database itself (nothing to do for
     /// backends without them). `idle_only`: only if no batch ran since the last call,
     /// and without waiting; otherwise waits until it is durable there (at close).
@@ -151,25 +155,33 @@ struct Memory {
     tables: RwLock<Tables>,
 }
 
-fn scan_map(
-    t: Option<&BTreeMap<Vec<u8>, Bytes>>,
-    from: &[u8],
-    prefix: &[u8],
-    limit: usize,
-) -> Vec<(Vec<u8>, Bytes)> {
-    let Some(t) = t else { return Vec::new() };
-    let start = if from > prefix { from } else { prefix };
-    t.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .take(limit)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+impl Memory {
+    fn tables(&self) -> Result<std::sync::RwLockReadGuard<'_, Tables>, StoreError> {
+        self.tables.read().map_err(storage)
+    }
+
+    fn scan_over(
+        &self,
+        table: &'static str,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        over: &[&WriteSet],
+    ) -> Result<Vec<Row>, StoreError> {
+        let tables = self.tables()?;
+        let base = tables
+            .get(table)
+            .into_iter()
+            .flat_map(|t| t.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        let layers = over.iter().map(|w| w.range(table, start)).collect();
+        merged_scan(base, layers, prefix, limit)
+    }
 }
 
 impl Backend for Memory {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        let t = self.tables.read().map_err(storage)?;
-        Ok(t.get(table).and_then(|t| t.get(key)).cloned())
+        Ok(self.tables()?.get(table).and_then(|t| t.get(key)).cloned())
     }
     fn scan(
         &self,
@@ -177,31 +189,22 @@ impl Backend for Memory {
         from: &[u8],
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
-        let t = self.tables.read().map_err(storage)?;
-        Ok(scan_map(t.get(table), from, prefix, limit))
+    ) -> Result<Vec<Row>, StoreError> {
+        self.scan_over(table, scan_start(from, prefix), prefix, limit, &[])
     }
-    fn batch(
-        &self,
-        body: &mut dyn FnMut(&mut dyn RawTx) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        // Work on a copy of the touched tables only at commit time: closures already
-        // buffer their writes, so applying them under the write lock is all-or-nothing.
-        let mut guard = self.tables.write().map_err(storage)?;
-        let mut staged = MemTx {
-            base: &guard,
-            writes: BTreeMap::new(),
-        };
-        body(&mut staged)?;
-        let writes = std::mem::take(&mut staged.writes);
-        for ((table, key), value) in writes {
-            let t = guard.entry(table).or_default();
+    fn view(&self) -> Result<Box<dyn View + '_>, StoreError> {
+        Ok(Box::new(self))
+    }
+    fn commit(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let mut tables = self.tables.write().map_err(storage)?;
+        for (table, key, value) in writes.iter() {
+            let t = tables.entry(table).or_default();
             match value {
                 Some(v) => {
-                    t.insert(key, v);
+                    t.insert(key.to_vec(), v.clone());
                 }
                 None => {
-                    t.remove(&key);
+                    t.remove(key);
                 }
             }
         }
@@ -209,66 +212,21 @@ impl Backend for Memory {
     }
 }
 
-struct MemTx<'a> {
-    base: &'a Tables,
-    writes: BTreeMap<Key, Option<Bytes>>,
-}
-
-impl RawTx for MemTx<'_> {
+/// Only the writer thread commits, so reading the maps as they are is a consistent view.
+impl View for &Memory {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        if let Some(v) = self.writes.get(&(table, key.to_vec())) {
-            return Ok(v.clone());
-        }
-        Ok(self.base.get(table).and_then(|t| t.get(key)).cloned())
+        Backend::get(*self, table, key)
     }
     fn scan(
         &self,
         table: &'static str,
-        from: &[u8],
+        start: &[u8],
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
-        let base = scan_map(
-            self.base.get(table),
-            from,
-            prefix,
-            limit.saturating_add(self.writes.len()),
-        );
-        Ok(merge(base, &self.writes, table, from, prefix, limit))
+        over: &[&WriteSet],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.scan_over(table, start, prefix, limit, over)
     }
-    fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.writes
-            .insert((table, key.to_vec()), Some(Bytes::copy_from_slice(value)));
-        Ok(())
-    }
-    fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), StoreError> {
-        self.writes.insert((table, key.to_vec()), None);
-        Ok(())
-    }
-}
-
-/// Merges buffered writes over a base scan (which was asked for `limit` + number of
-/// buffered writes rows, enough to cover every buffered delete).
-fn merge(
-    base: Vec<(Vec<u8>, Bytes)>,
-    writes: &BTreeMap<Key, Option<Bytes>>,
-    table: &'static str,
-    from: &[u8],
-    prefix: &[u8],
-    limit: usize,
-) -> Vec<(Vec<u8>, Bytes)> {
-    let mut rows: BTreeMap<Vec<u8>, Bytes> = base.into_iter().collect();
-    let start = if from > prefix { from } else { prefix };
-    for ((t, k), v) in writes.range((Bound::Included((table, start.to_vec())), Bound::Unbounded)) {
-        if *t != table || !k.starts_with(prefix) {
-            break;
-        }
-        match v {
-            Some(v) => rows.insert(k.clone(), v.clone()),
-            None => rows.remove(k),
-        };
-    }
-    rows.into_iter().take(limit).collect()
 }
 
 // ---------------------------------------------------------------- Tx
@@ -277,17 +235,23 @@ fn merge(
 /// earlier writes plus this closure's own writes; writes are buffered until the closure
 /// returns `Ok`.
 pub struct Tx<'a> {
-    raw: &'a dyn RawTx,
-    writes: BTreeMap<Key, Option<Bytes>>,
+    view: &'a dyn View,
+    /// What the batch's earlier closures wrote.
+    batch: &'a WriteSet,
+    writes: WriteSet,
 }
 
 impl Tx<'_> {
     /// Reads a value.
     pub fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
-        if let Some(v) = self.writes.get(&(table, key.to_vec())) {
-            return Ok(v.clone());
+        if let Some(v) = self
+            .writes
+            .get(table, key)
+            .or_else(|| self.batch.get(table, key))
+        {
+            return Ok(v.cloned());
         }
-        Ok(self.raw.get(table, key)?)
+        Ok(self.view.get(table, key)?)
     }
 
     /// Reads and decodes a protobuf value.
@@ -306,17 +270,19 @@ impl Tx<'_> {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, Status> {
-        let base = self
-            .raw
-            .scan(table, from, prefix, limit.saturating_add(self.writes.len()))?;
-        Ok(merge(base, &self.writes, table, from, prefix, limit))
+    ) -> Result<Vec<Row>, Status> {
+        Ok(self.view.scan(
+            table,
+            scan_start(from, prefix),
+            prefix,
+            limit,
+            &[self.batch, &self.writes],
+        )?)
     }
 
     /// Writes a value (visible to later reads of this closure, durable at commit).
     pub fn put(&mut self, table: &'static str, key: &[u8], value: impl Into<Bytes>) {
-        self.writes
-            .insert((table, key.to_vec()), Some(value.into()));
+        self.writes.insert(table, key.to_vec(), Some(value.into()));
     }
 
     /// Encodes and writes a protobuf value.
@@ -326,7 +292,7 @@ impl Tx<'_> {
 
     /// Deletes a key.
     pub fn delete(&mut self, table: &'static str, key: &[u8]) {
-        self.writes.insert((table, key.to_vec()), None);
+        self.writes.insert(table, key.to_vec(), None);
     }
 
     /// Queues an event for JetStream in this transaction: it is published (by the outbox
@@ -558,7 +524,7 @@ impl Store {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, Status> {
+    ) -> Result<Vec<Row>, Status> {
         Ok(self.inner.backend.scan(table, from, prefix, limit)?)
     }
 
@@ -576,13 +542,13 @@ impl Store {
                     let _ = done.send(commit.map(|()| r).map_err(Status::from));
                 }),
                 Ok(Err(status)) => {
-                    tx.writes.clear();
+                    tx.writes = WriteSet::default();
                     Box::new(move |_| {
                         let _ = done.send(Err(status));
                     })
                 }
                 Err(_) => {
-                    tx.writes.clear();
+                    tx.writes = WriteSet::default();
                     tracing::error!("a write transaction panicked; its writes were dropped");
                     Box::new(move |_| {
                         let _ = done.send(Err(Status::internal("internal error")));
@@ -672,46 +638,70 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>, max_batch: usize)
 }
 
 fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
-    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    let n = jobs.len() as u64;
+    // Without a view nothing can be read or committed: closures run against one whose
+    // reads fail, and every caller gets the storage failure.
+    let (view, unreadable): (Box<dyn View + '_>, _) = match inner.backend.view() {
+        Ok(v) => (v, None),
+        Err(e) => (Box::new(Unreadable(e.to_string())), Some(e.to_string())),
+    };
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
-    let mut touched: Vec<Key> = Vec::new();
-    let result = inner.backend.batch(&mut |raw: &mut dyn RawTx| {
-        for job in jobs.iter_mut() {
-            let Some(job) = job.take() else { continue };
-            let mut tx = Tx {
-                raw: &*raw,
-                writes: BTreeMap::new(),
-            };
-            completions.push(job(&mut tx));
-            let writes = std::mem::take(&mut tx.writes);
-            for ((table, key), value) in writes {
-                match &value {
-                    Some(v) => raw.put(table, &key, v)?,
-                    None => raw.delete(table, &key)?,
-                }
-                touched.push((table, key));
+    let mut batch = WriteSet::default();
+    for job in jobs {
+        let mut tx = Tx {
+            view: &*view,
+            batch: &batch,
+            writes: WriteSet::default(),
+        };
+        completions.push(job(&mut tx));
+        let writes = std::mem::take(&mut tx.writes);
+        batch.absorb(writes);
+    }
+    drop(view);
+    inner.writes.fetch_add(n, Ordering::Relaxed);
+    let result = if let Some(why) = unreadable {
+        Err(StoreError::Storage(why))
+    } else if batch.is_empty() {
+        Ok(())
+    } else {
+        let touched: Vec<Key> = batch.iter().map(|(t, k, _)| (t, k.to_vec())).collect();
+        let result = inner.backend.commit(batch);
+        if result.is_ok() {
+            inner.commits.fetch_add(1, Ordering::Relaxed);
+            inner.generation.fetch_add(1, Ordering::SeqCst);
+            let mut events = false;
+            for k in &touched {
+                events |= k.0 == OUTBOX;
+                inner.cache.invalidate(k);
+            }
+            if events {
+                inner.outbox.notify_one();
             }
         }
-        Ok(!touched.is_empty())
-    });
-    inner
-        .writes
-        .fetch_add(completions.len() as u64, Ordering::Relaxed);
-    if result.is_ok() && !touched.is_empty() {
-        inner.commits.fetch_add(1, Ordering::Relaxed);
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        let mut events = false;
-        for k in &touched {
-            events |= k.0 == OUTBOX;
-            inner.cache.invalidate(k);
-        }
-        if events {
-            inner.outbox.notify_one();
-        }
-    }
+        result
+    };
     let shared = result.map_err(|e| e.to_string());
     for c in completions {
         c(shared.clone().map_err(StoreError::Storage));
+    }
+}
+
+/// What closures read when the backend could not give a view: every read fails.
+struct Unreadable(String);
+
+impl View for Unreadable {
+    fn get(&self, _: &'static str, _: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Err(StoreError::Storage(self.0.clone()))
+    }
+    fn scan(
+        &self,
+        _: &'static str,
+        _: &[u8],
+        _: &[u8],
+        _: usize,
+        _: &[&WriteSet],
+    ) -> Result<Vec<Row>, StoreError> {
+        Err(StoreError::Storage(self.0.clone()))
     }
 }
 

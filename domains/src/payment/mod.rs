@@ -241,7 +241,9 @@ impl Payment {
             TransactionKind::Debit => ("debit", -req.amount),
             _ => ("credit", req.amount),
         };
-        let fp = idempotency::fingerprint(rpc, &req, |r| r.idempotency_key.clear());
+        let fp = idempotency::fingerprint(rpc, &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let t = entry(
             kind,
@@ -556,7 +558,9 @@ impl PaymentHandler for Payment {
         self.check_amount(req.amount, "amount")?;
         check_reason(&req.reason)?;
         require_key(&req.idempotency_key)?;
-        let fp = idempotency::fingerprint("transfer", &req, |r| r.idempotency_key.clear());
+        let fp = idempotency::fingerprint("transfer", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let mut out = entry(
             TransactionKind::TransferOut,
@@ -613,7 +617,9 @@ impl PaymentHandler for Payment {
             ));
         }
         require_key(&req.idempotency_key)?;
-        let fp = idempotency::fingerprint("purchase", &req, |r| r.idempotency_key.clear());
+        let fp = idempotency::fingerprint("purchase", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let max_amount = self.config().max_amount;
         let mut t = entry(
@@ -675,7 +681,9 @@ impl PaymentHandler for Payment {
         let seq = parse_transaction_id(&req.transaction_id)?;
         check_reason(&req.reason)?;
         require_key(&req.idempotency_key)?;
-        let fp = idempotency::fingerprint("refund", &req, |r| r.idempotency_key.clear());
+        let fp = idempotency::fingerprint("refund", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let (id, reason) = (req.transaction_id, req.reason);
         self.write(REFUND_SCOPE, &req.idempotency_key, fp, move |tx| {
@@ -819,7 +827,9 @@ impl PaymentHandler for Payment {
         }
         idempotency::check_key(&req.idempotency_key)?;
         req.prices.sort_by(|a, b| a.currency.cmp(&b.currency));
-        let fp = idempotency::fingerprint("define_item", &req, |r| r.idempotency_key.clear());
+        let fp = idempotency::fingerprint("define_item", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let key = req.idempotency_key.clone();
         self.write(ITEM_SCOPE, &key, fp, move |tx| {

@@ -821,7 +821,9 @@ impl QuestSystemHandler for QuestSystem {
             return Err(Status::invalid("idempotency_key", "is required"));
         }
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("progress", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("progress", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let now = self.ctx.now_ts();
         let scope = format!("{}\0{}", req.player_id, req.quest_id);
         let key = req.idempotency_key.clone();

@@ -639,7 +639,9 @@ impl TimeManagerHandler for TimeManager {
             .as_ref()
             .map(|c| c.account_id.clone())
             .unwrap_or_default();
-        let fingerprint = idempotency::fingerprint("schedule", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("schedule", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let dps = self.config().days_per_season;
         let now = self.ctx.now_ts();
         let scope = format!("schedule\0{owner}");

@@ -250,7 +250,9 @@ impl WorldStateHandler for WorldState {
             "per-fact",
         )?;
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("set", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("set", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let retention = self.config().change_log_retention;
         let now = self.ctx.now_ts();
         let scope = format!("set\0{}", req.key);
@@ -313,7 +315,9 @@ impl WorldStateHandler for WorldState {
             ));
         }
         idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("delete", &req, |r| r.idempotency_key.clear());
+        let fingerprint = idempotency::fingerprint("delete", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        });
         let retention = self.config().change_log_retention;
         let now = self.ctx.now_ts();
         let scope = format!("delete\0{}", req.key);
