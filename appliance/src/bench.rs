@@ -765,7 +765,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     }
 
     // The domain path, group commit on.
-    let store = Store::open(&dir.path().join("bench.redb"), StoreOptions::default())?;
+    // The store as configured (`[store]` of `--config`), so a run shows what a setting does.
+    let store = Store::open(&dir.path().join("bench.redb"), config.store.options())?;
     let serving = serve_domain(
         &url,
         "state_manager",
@@ -910,7 +911,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             StoreOptions {
                 max_batch,
                 wal: false,
-                ..StoreOptions::default()
+                ..config.store.options()
             },
         )?;
         let serving = serve_domain(

@@ -192,6 +192,19 @@ pub struct StoreConfig {
     pub wal_bytes: u64,
 }
 
+impl StoreConfig {
+    /// The store's tunables as configured.
+    pub fn options(&self) -> aicore_domains::store::StoreOptions {
+        aicore_domains::store::StoreOptions {
+            cache_bytes: self.cache_bytes,
+            max_batch: self.max_batch,
+            wal: self.write_ahead_log,
+            wal_bytes: self.wal_bytes,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {

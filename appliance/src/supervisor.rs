@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
 use aicore_domains::runtime::{self, ServeOptions};
-use aicore_domains::store::{Store, StoreOptions};
+use aicore_domains::store::Store;
 use aicore_domains::streams::ensure_streams;
 use aicore_domains::{Ctx, SystemClock};
 use aicore_domains::{event_bus, outbox, registry};
@@ -66,17 +66,8 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // 1. Store.
     let store_path = config.data_dir.join(&config.store.file);
-    let store = Store::open(
-        &store_path,
-        StoreOptions {
-            cache_bytes: config.store.cache_bytes,
-            max_batch: config.store.max_batch,
-            wal: config.store.write_ahead_log,
-            wal_bytes: config.store.wal_bytes,
-            ..StoreOptions::default()
-        },
-    )
-    .with_context(|| format!("opening store {}", store_path.display()))?;
+    let store = Store::open(&store_path, config.store.options())
+        .with_context(|| format!("opening store {}", store_path.display()))?;
 
     // 2. NATS: the child (with our CA's certificates and users), or an existing server.
     security::validate(&config.security)?;

@@ -27,6 +27,7 @@ use aicore_proto::{Code, Status};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::durable::Done;
 use crate::writes::{Row, WriteSet, merged_scan, scan_start};
 
 /// Errors of the store itself (not of a domain's logic).
@@ -81,6 +82,9 @@ pub struct StoreOptions {
     /// Tests: how long the flusher waits before each flush (keeps frozen layers around).
     #[cfg(test)]
     pub flush_pause: Duration,
+    /// Tests: how long the log's syncer waits before each sync (keeps batches pending).
+    #[cfg(test)]
+    pub sync_pause: Duration,
 }
 
 impl Default for StoreOptions {
@@ -95,6 +99,8 @@ impl Default for StoreOptions {
             checkpoint_tick: Duration::from_secs(1),
             #[cfg(test)]
             flush_pause: Duration::ZERO,
+            #[cfg(test)]
+            sync_pause: Duration::ZERO,
         }
     }
 }
@@ -127,11 +133,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Row>, StoreError>;
-    /// The view a batch's closures read from.
+    /// The view a batch's closures read from: the committed data and every batch
+    /// submitted before.
     fn view(&self) -> Result<Box<dyn View + '_>, StoreError>;
-    /// Makes a batch's writes durable, then visible to readers. On an error none of it
-    /// is visible.
-    fn commit(&self, writes: WriteSet) -> Result<(), StoreError>;
+    /// Takes a batch's writes; `done` is called once they are durable and visible to
+    /// readers (before this returns, or later on another thread), or with the error
+    /// that leaves their outcome unknown. Batches become durable in the order submitted.
+    fn submit(&self, writes: WriteSet, done: Done);
+    /// Calls `done` once every batch submitted so far is durable and visible (at once if
+    /// they are): for closures that wrote nothing but may have read those batches.
+    fn after_submitted(&self, done: Done) {
+        done(Ok(()))
+    }
+    /// Waits until every batch submitted so far is durable and visible.
+    fn drain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Writes what the memory layers hold to the database itself (nothing to do for
     /// backends without them). `idle_only`: only if no batch ran since the last call,
     /// and without waiting; otherwise waits until it is durable there (at close).
@@ -144,6 +161,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn between_flushes(&self, f: &mut dyn FnMut()) {
         f()
     }
+    /// Tests: makes the next log sync fail.
+    #[cfg(test)]
+    fn fail_next_sync(&self) {}
 }
 
 // ---------------------------------------------------------------- memory backend
@@ -195,7 +215,13 @@ impl Backend for Memory {
     fn view(&self) -> Result<Box<dyn View + '_>, StoreError> {
         Ok(Box::new(self))
     }
-    fn commit(&self, writes: WriteSet) -> Result<(), StoreError> {
+    fn submit(&self, writes: WriteSet, done: Done) {
+        done(self.apply(writes))
+    }
+}
+
+impl Memory {
+    fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
         let mut tables = self.tables.write().map_err(storage)?;
         for (table, key, value) in writes.iter() {
             let t = tables.entry(table).or_default();
@@ -406,7 +432,8 @@ struct Inner {
 /// Counters of the store's writer, for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Durable commits made.
+    /// Batches that wrote something (each one log record, or one redb commit without
+    /// the log; durable before their callers hear back).
     pub commits: u64,
     /// Write closures run; `writes / commits` is the mean group-commit batch size.
     pub writes: u64,
@@ -569,6 +596,12 @@ impl Store {
         self.inner.backend.between_flushes(&mut f)
     }
 
+    /// Makes the store's next log sync fail, as a failing disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&self) {
+        self.inner.backend.fail_next_sync()
+    }
+
     /// The writer's counters so far.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -600,26 +633,27 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>, max_batch: usize)
         };
         let mut jobs = Vec::new();
         let mut tick = false;
-        match first {
-            Msg::Write(j) => jobs.push(j),
-            Msg::Tick => tick = true,
-            Msg::Close(done) => closing = Some(done),
-        }
-        while closing.is_none() && jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Write(j)) => jobs.push(j),
-                Ok(Msg::Tick) => tick = true,
-                Ok(Msg::Close(done)) => closing = Some(done),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Write(j) => jobs.push(j),
+                Msg::Tick => tick = true,
+                Msg::Close(done) => closing = Some(done),
+            }
+            if closing.is_none() && jobs.len() < max_batch {
+                next = rx.try_recv().ok();
             }
         }
         if !jobs.is_empty() {
-            commit_batch(&inner, jobs);
+            run_batch(&inner, jobs);
         } else if tick && let Err(e) = inner.backend.checkpoint(true) {
             tracing::error!(error = %e, "store checkpoint failed");
         }
     }
     rx.close();
+    if let Err(e) = inner.backend.drain() {
+        tracing::error!(error = %e, "store: the last writes did not become durable");
+    }
     if let Err(e) = inner.backend.checkpoint(false) {
         tracing::error!(error = %e, "store checkpoint at close failed");
     }
@@ -637,13 +671,15 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>, max_batch: usize)
     }
 }
 
-fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
+/// Runs one batch's closures and submits their writes; its callers are answered when
+/// it is durable (by whichever thread learns that), or now if it fails.
+fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
     let n = jobs.len() as u64;
     // Without a view nothing can be read or committed: closures run against one whose
     // reads fail, and every caller gets the storage failure.
     let (view, unreadable): (Box<dyn View + '_>, _) = match inner.backend.view() {
         Ok(v) => (v, None),
-        Err(e) => (Box::new(Unreadable(e.to_string())), Some(e.to_string())),
+        Err(e) => (Box::new(Unreadable(e.to_string())), Some(e)),
     };
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     let mut batch = WriteSet::default();
@@ -659,27 +695,37 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) {
     }
     drop(view);
     inner.writes.fetch_add(n, Ordering::Relaxed);
-    let result = if let Some(why) = unreadable {
-        Err(StoreError::Storage(why))
-    } else if batch.is_empty() {
-        Ok(())
-    } else {
-        let touched: Vec<Key> = batch.iter().map(|(t, k, _)| (t, k.to_vec())).collect();
-        let result = inner.backend.commit(batch);
-        if result.is_ok() {
-            inner.commits.fetch_add(1, Ordering::Relaxed);
-            inner.generation.fetch_add(1, Ordering::SeqCst);
+    if let Some(e) = unreadable {
+        return complete(completions, Err(e));
+    }
+    let touched: Vec<Key> = batch.iter().map(|(t, k, _)| (t, k.to_vec())).collect();
+    let store = inner.clone();
+    let done: Done = Box::new(move |result| {
+        if result.is_ok() && !touched.is_empty() {
+            // The writes are visible now: a reader that raced them re-checks the
+            // generation and drops what it cached.
+            store.generation.fetch_add(1, Ordering::SeqCst);
             let mut events = false;
             for k in &touched {
                 events |= k.0 == OUTBOX;
-                inner.cache.invalidate(k);
+                store.cache.invalidate(k);
             }
             if events {
-                inner.outbox.notify_one();
+                store.outbox.notify_one();
             }
         }
-        result
-    };
+        complete(completions, result)
+    });
+    if batch.is_empty() {
+        // Closures that wrote nothing may have read batches not durable yet.
+        inner.backend.after_submitted(done);
+    } else {
+        inner.commits.fetch_add(1, Ordering::Relaxed);
+        inner.backend.submit(batch, done);
+    }
+}
+
+fn complete(completions: Vec<Completion>, result: Result<(), StoreError>) {
     let shared = result.map_err(|e| e.to_string());
     for c in completions {
         c(shared.clone().map_err(StoreError::Storage));
@@ -1006,6 +1052,127 @@ mod tests {
         }
     }
 
+    fn slow_sync() -> StoreOptions {
+        StoreOptions {
+            sync_pause: Duration::from_millis(300),
+            ..no_checkpoints()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_read_by_the_next_before_it_is_durable_but_not_by_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb"), slow_sync()).unwrap();
+        let first = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.write(|tx| {
+                    tx.put(T, b"k", vec![1]);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        // The first batch is written and waits for its sync; the next batch's closure
+        // already reads it (it runs meanwhile, as its own batch) while readers do not.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            s.get(T, b"k").unwrap(),
+            None,
+            "readers see only durable writes"
+        );
+        let reader = s.clone();
+        let (in_tx, for_readers) = s
+            .write(move |tx| {
+                let v = tx.get(T, b"k")?;
+                tx.put(T, b"j", vec![2]);
+                Ok((v, reader.get(T, b"k")?))
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_tx.unwrap().as_ref(), &[1]);
+        assert_eq!(for_readers, None);
+        // Answered once both are durable, when readers see both.
+        first.await.unwrap().unwrap();
+        assert_eq!(s.get(T, b"k").unwrap().unwrap().as_ref(), &[1]);
+        assert_eq!(s.get(T, b"j").unwrap().unwrap().as_ref(), &[2]);
+    }
+
+    #[tokio::test]
+    async fn what_a_read_only_closure_saw_is_durable_before_it_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb"), slow_sync()).unwrap();
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.write(|tx| {
+                    tx.put(T, b"k", vec![7]);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = s.write(|tx| tx.get(T, b"k")).await.unwrap();
+        assert_eq!(seen.unwrap().as_ref(), &[7]);
+        // Its reply may say what it read only because that is durable now.
+        assert_eq!(s.get(T, b"k").unwrap().unwrap().as_ref(), &[7]);
+        writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_its_batches_and_stops_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = Store::open(&path, slow_sync()).unwrap();
+        s.write(|tx| {
+            tx.put(T, b"before", vec![1]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.fail_next_sync();
+        let mut pending = Vec::new();
+        for i in 0..3u8 {
+            let s = s.clone();
+            pending.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    tx.put(T, &[i], vec![i]);
+                    Ok(())
+                })
+                .await
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for p in pending {
+            assert_eq!(p.await.unwrap().unwrap_err().code, Code::Internal);
+        }
+        // Not one of them became visible, and nothing more is taken.
+        for i in 0..3u8 {
+            assert_eq!(s.get(T, &[i]).unwrap(), None);
+        }
+        let later = s
+            .write(|tx| {
+                tx.put(T, b"later", vec![1]);
+                Ok(())
+            })
+            .await;
+        assert_eq!(later.unwrap_err().code, Code::Internal);
+        assert_eq!(s.get(T, b"before").unwrap().unwrap().as_ref(), &[1]);
+        s.close().await;
+        drop(s);
+        // A restart recovers from the log whatever of it is whole: at least what was
+        // acknowledged, and it takes writes again.
+        let s = Store::open(&path, no_checkpoints()).unwrap();
+        assert_eq!(s.get(T, b"before").unwrap().unwrap().as_ref(), &[1]);
+        s.write(|tx| {
+            tx.put(T, b"after", vec![1]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn without_the_log_every_batch_is_a_durable_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -1176,6 +1343,7 @@ mod model {
             wal_bytes: 2048,
             checkpoint_tick: Duration::from_millis(5),
             flush_pause: Duration::from_millis(25),
+            sync_pause: Duration::from_millis(2),
             ..StoreOptions::default()
         }
     }

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One write of a logged batch: a put (`Some` value) or a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,8 @@ fn checksum(seq: u64, body: &[u8]) -> u32 {
 
 /// The log file: where the next record goes and how much of the file is allocated.
 pub(crate) struct Wal {
-    file: File,
+    /// Shared with the thread that syncs it while the next records are written.
+    file: Arc<File>,
     /// Offset of the next record; 0 right after a checkpoint.
     pos: u64,
     /// Bytes of the file allocated (zero-filled) so far.
@@ -131,7 +133,7 @@ impl Wal {
         }
         Ok((
             Wal {
-                file,
+                file: Arc::new(file),
                 pos: 0,
                 allocated,
             },
@@ -166,7 +168,17 @@ impl Wal {
     /// Appends record `seq` holding `body` (from [`encode_op`]) and waits until it is on
     /// disk. On `Err(Reserve)` nothing was written; on `Err(Append)` the record may or
     /// may not have reached the disk.
+    #[cfg(test)]
     pub(crate) fn append(&mut self, seq: u64, body: &[u8]) -> Result<(), AppendError> {
+        self.write(seq, body)?;
+        self.file.sync_data().map_err(AppendError::Append)
+    }
+
+    /// Writes record `seq` holding `body` (from [`encode_op`]) after the previous one,
+    /// without waiting for the disk: it is durable once [`Wal::file`] has been synced
+    /// after this returns. On `Err(Reserve)` nothing was written; on `Err(Append)` part
+    /// of the record may have been.
+    pub(crate) fn write(&mut self, seq: u64, body: &[u8]) -> Result<(), AppendError> {
         let mut record = Vec::with_capacity(HEADER + body.len());
         record.extend_from_slice(&(body.len() as u32).to_le_bytes());
         record.extend_from_slice(&checksum(seq, body).to_le_bytes());
@@ -176,10 +188,14 @@ impl Wal {
             .map_err(AppendError::Reserve)?;
         self.file
             .write_all_at(&record, self.pos)
-            .and_then(|()| self.file.sync_data())
             .map_err(AppendError::Append)?;
         self.pos += record.len() as u64;
         Ok(())
+    }
+
+    /// The segment's file, for syncing what was written.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// Once everything this segment holds is durable elsewhere: the next record starts
