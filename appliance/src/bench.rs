@@ -434,6 +434,39 @@ async fn measure_world_gets(
         };
         cells.push(measure("sdk world_state.get (cached)", c, args.seconds, op).await);
     }
+    // Sets of 4096 facts: each a durable write that appends to the change log (pruned
+    // to its retention) and queues an event in the outbox.
+    for &c in &args.concurrency {
+        let client = client.clone();
+        let payload = payload.clone();
+        let op = move |worker: usize, i: u64| {
+            let (client, payload) = (client.clone(), payload.clone());
+            async move {
+                client
+                    .set(
+                        ws::SetRequest {
+                            key: format!("bench.w{worker}.{}", i % 64),
+                            data: payload,
+                            content_type: "application/octet-stream".into(),
+                            expected_version: None,
+                            idempotency_key: String::new(),
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                "sdk world_state.set (durable, change log)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
     serving.stop().await;
     Ok(cells)
 }

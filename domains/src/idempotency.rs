@@ -25,6 +25,12 @@ pub const MAX_KEY_CHARS: usize = 128;
 pub const PURGE_PER_WRITE: usize = 2;
 /// Prefix of the expiry index rows: `\0\0`, creation ms (big endian), record key.
 const EXPIRY: &[u8] = b"\0\0";
+/// Where the next purge starts in the expiry index (the last index row it removed, or
+/// a newer row's own key when a clock set back wrote one below that). Scanning from the
+/// index's start would step over every row purged since the store last flushed its
+/// memory layers (deletions there until then): once records expire at the rate they
+/// are written, every write would do so.
+const PURGE_CURSOR: &[u8] = b"\0\x01";
 
 fn expiry_key(created_ms: u64, record_key: &[u8]) -> Vec<u8> {
     let mut k = EXPIRY.to_vec();
@@ -140,8 +146,9 @@ impl Idempotency {
                 if let Some(rec) = old {
                     tx.delete(this.table, &expiry_key(rec.created_ms, &k));
                 }
-                this.purge(tx, now_ms.saturating_sub(ttl_ms), &k)?;
-                tx.put(this.table, &expiry_key(now_ms, &k), Vec::new());
+                let index_row = expiry_key(now_ms, &k);
+                this.purge(tx, now_ms.saturating_sub(ttl_ms), &k, &index_row)?;
+                tx.put(this.table, &index_row, Vec::new());
                 tx.put_msg(
                     this.table,
                     &k,
@@ -157,9 +164,19 @@ impl Idempotency {
     }
 
     /// Removes up to [`PURGE_PER_WRITE`] records created before `cutoff_ms` (other than
-    /// `keep`, the one being written) with their index rows.
-    fn purge(&self, tx: &mut Tx<'_>, cutoff_ms: u64, keep: &[u8]) -> Result<(), Status> {
-        for (row, _) in tx.scan(self.table, EXPIRY, EXPIRY, PURGE_PER_WRITE)? {
+    /// `keep`, the one being written) with their index rows, from the purge cursor on;
+    /// `new_row` is the index row about to be written.
+    fn purge(
+        &self,
+        tx: &mut Tx<'_>,
+        cutoff_ms: u64,
+        keep: &[u8],
+        new_row: &[u8],
+    ) -> Result<(), Status> {
+        let cursor = tx.get(self.table, PURGE_CURSOR)?;
+        let from = cursor.as_deref().unwrap_or(EXPIRY);
+        let mut next = None;
+        for (row, _) in tx.scan(self.table, EXPIRY, from, PURGE_PER_WRITE)? {
             let Some(at) = row.get(EXPIRY.len()..EXPIRY.len() + 8) else {
                 continue;
             };
@@ -172,6 +189,16 @@ impl Idempotency {
                 tx.delete(self.table, record);
             }
             tx.delete(self.table, &row);
+            next = Some(row);
+        }
+        // A row written below the cursor (the clock went back) must not be skipped.
+        let next = match next {
+            Some(n) if n.as_slice() > new_row => Some(new_row.to_vec()),
+            None if cursor.as_deref().is_some_and(|c| c > new_row) => Some(new_row.to_vec()),
+            n => n,
+        };
+        if let Some(n) = next {
+            tx.put(self.table, PURGE_CURSOR, n);
         }
         Ok(())
     }
@@ -220,6 +247,13 @@ mod tests {
         assert_eq!(bump(&s, "k1", b"a", later).await.unwrap().n, 4);
     }
 
+    /// The records and index rows of the table (not the purge cursor).
+    fn rows(s: &Store) -> Vec<(Vec<u8>, bytes::Bytes)> {
+        let mut rows = s.scan(IDEM.table, &[], &[], 1000).unwrap();
+        rows.retain(|(k, _)| k != PURGE_CURSOR);
+        rows
+    }
+
     #[tokio::test]
     async fn expired_records_are_removed_by_later_writes() {
         let s = Store::in_memory();
@@ -227,7 +261,6 @@ mod tests {
         for i in 0..5 {
             bump(&s, &format!("k{i}"), b"a", t0).await.unwrap();
         }
-        let rows = |s: &Store| s.scan(IDEM.table, &[], &[], 1000).unwrap();
         // Five records, five index rows.
         assert_eq!(rows(&s).len(), 10);
         // Within the TTL nothing is removed.
@@ -260,6 +293,29 @@ mod tests {
             .count();
         let records = rows(&s).len() - index;
         assert_eq!(index, records);
+    }
+
+    #[tokio::test]
+    async fn a_record_written_after_the_clock_went_back_is_still_purged() {
+        let s = Store::in_memory();
+        let t0 = SystemTime::now();
+        bump(&s, "a", b"a", t0).await.unwrap();
+        bump(&s, "b", b"a", t0).await.unwrap();
+        // Both expire and are purged by a write 2 minutes on; the cursor is past them.
+        let t1 = t0 + Duration::from_secs(120);
+        bump(&s, "c", b"a", t1).await.unwrap();
+        assert_eq!(rows(&s).len(), 2);
+        // The clock goes back past both: a record below the cursor.
+        bump(&s, "d", b"a", t0 - Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(rows(&s).len(), 4);
+        // Once both have expired, later writes remove them, the older one included.
+        let t2 = t1 + Duration::from_secs(120);
+        bump(&s, "e", b"a", t2).await.unwrap();
+        let keys: Vec<Vec<u8>> = rows(&s).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&b"p1\0e".to_vec()));
     }
 
     #[tokio::test]

@@ -88,9 +88,18 @@ pub struct Round {
     pub failed: usize,
 }
 
-/// Publishes up to [`BATCH`] queued events and deletes the acknowledged ones.
-pub async fn relay_once<S: Sink>(store: &Store, sink: &S) -> Result<Round, aicore_proto::Status> {
-    let rows = store.scan(OUTBOX, b"", b"", BATCH)?;
+/// Publishes up to [`BATCH`] queued events from sequence number `from` on and deletes
+/// the acknowledged ones; moves `from` to the first event still queued (a failed one) or
+/// past the last. Events become visible in sequence order, so none can appear below it
+/// later; starting there (not at the outbox's start) keeps a round from stepping over
+/// every event relayed since the store last flushed its memory layers, where deleted
+/// events are still deletions to skip.
+pub async fn relay_once<S: Sink>(
+    store: &Store,
+    sink: &S,
+    from: &mut u64,
+) -> Result<Round, aicore_proto::Status> {
+    let rows = store.scan(OUTBOX, b"", &from.to_be_bytes(), BATCH)?;
     if rows.is_empty() {
         return Ok(Round::default());
     }
@@ -101,11 +110,13 @@ pub async fn relay_once<S: Sink>(store: &Store, sink: &S) -> Result<Round, aicor
     let results = sink.publish(&events).await;
     let mut done = Vec::new();
     let mut failed = 0;
+    let mut first_failed = None;
     for (e, r) in events.iter().zip(results) {
         match r {
             Ok(()) => done.push(e.seq),
             Err(err) => {
                 failed += 1;
+                first_failed.get_or_insert(e.seq);
                 if failed == 1 {
                     tracing::warn!(seq = e.seq, subject = %e.subject, error = %err, "outbox publish failed; will retry");
                 }
@@ -113,6 +124,7 @@ pub async fn relay_once<S: Sink>(store: &Store, sink: &S) -> Result<Round, aicor
         }
     }
     let relayed = done.len();
+    let past_last = events.last().map_or(*from, |e| e.seq + 1);
     if !done.is_empty() {
         store
             .write(move |tx| {
@@ -123,6 +135,7 @@ pub async fn relay_once<S: Sink>(store: &Store, sink: &S) -> Result<Round, aicor
             })
             .await?;
     }
+    *from = first_failed.unwrap_or(past_last);
     Ok(Round { relayed, failed })
 }
 
@@ -135,11 +148,12 @@ pub async fn run_relay(store: Store, js: jetstream::Context, shutdown: Cancellat
 pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut total = 0u64;
+    let mut from = 0u64;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let round = relay_once(&store, &sink).await;
+        let round = relay_once(&store, &sink, &mut from).await;
         match round {
             Ok(r) if r.failed == 0 && r.relayed == BATCH => {
                 // More may be queued: go again at once.
@@ -177,7 +191,7 @@ pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: Cancellati
     let drained = tokio::time::timeout_at(give_up, async {
         let mut n = 0u64;
         loop {
-            match relay_once(&store, &sink).await {
+            match relay_once(&store, &sink, &mut from).await {
                 Ok(r) if r.failed == 0 && r.relayed > 0 => n += r.relayed as u64,
                 _ => return n,
             }
@@ -185,7 +199,7 @@ pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: Cancellati
     })
     .await;
     let left = store
-        .scan(OUTBOX, b"", b"", 1)
+        .scan(OUTBOX, b"", &from.to_be_bytes(), 1)
         .map(|r| r.len())
         .unwrap_or(0);
     tracing::info!(
@@ -253,7 +267,8 @@ mod tests {
         emit(&store, &["evt.a.1", "evt.a.2"]).await;
         emit(&store, &["evt.a.3"]).await;
         let fake = Fake::default();
-        let r = relay_once(&store, &&fake).await.unwrap();
+        let mut from = 0;
+        let r = relay_once(&store, &&fake, &mut from).await.unwrap();
         assert_eq!(
             r,
             Round {
@@ -261,12 +276,23 @@ mod tests {
                 failed: 0
             }
         );
+        assert_eq!(from, 4);
         assert_eq!(
             *fake.stored.lock().unwrap(),
             ["evt.a.1", "evt.a.2", "evt.a.3"]
         );
         assert_eq!(queued(&store), 0);
-        assert_eq!(relay_once(&store, &&fake).await.unwrap(), Round::default());
+        assert_eq!(
+            relay_once(&store, &&fake, &mut from).await.unwrap(),
+            Round::default()
+        );
+        // Later events are found from there.
+        emit(&store, &["evt.a.4"]).await;
+        assert_eq!(
+            relay_once(&store, &&fake, &mut from).await.unwrap().relayed,
+            1
+        );
+        assert_eq!(fake.stored.lock().unwrap().len(), 4);
     }
 
     #[tokio::test]
@@ -275,7 +301,8 @@ mod tests {
         emit(&store, &["evt.ok.1", "evt.bad.1", "evt.ok.2"]).await;
         let fake = Fake::default();
         *fake.fail_subject.lock().unwrap() = Some("evt.bad.1".into());
-        let r = relay_once(&store, &&fake).await.unwrap();
+        let mut from = 0;
+        let r = relay_once(&store, &&fake, &mut from).await.unwrap();
         assert_eq!(
             r,
             Round {
@@ -284,8 +311,10 @@ mod tests {
             }
         );
         assert_eq!(queued(&store), 1);
+        // The next round starts at the failed event.
+        assert_eq!(from, 2);
         *fake.fail_subject.lock().unwrap() = None;
-        relay_once(&store, &&fake).await.unwrap();
+        relay_once(&store, &&fake, &mut from).await.unwrap();
         assert_eq!(queued(&store), 0);
         assert_eq!(fake.stored.lock().unwrap().len(), 3);
     }
@@ -302,7 +331,7 @@ mod tests {
             .map(|(_, v)| store::decode(OUTBOX, v).unwrap())
             .collect();
         (&fake).publish(&events).await;
-        relay_once(&store, &&fake).await.unwrap();
+        relay_once(&store, &&fake, &mut 0).await.unwrap();
         assert_eq!(fake.stored.lock().unwrap().len(), 2);
         assert_eq!(queued(&store), 0);
     }

@@ -116,6 +116,11 @@ pub struct Meta {
     /// Revision of the latest change; 0 before the first.
     #[prost(uint64, tag = "1")]
     pub revision: u64,
+    /// The oldest revision the change log holds (its rows are the run from here to
+    /// `revision`: one per change, pruned from the oldest); 0 when not known (a meta
+    /// row written before this field existed).
+    #[prost(uint64, tag = "2")]
+    pub oldest_change: u64,
 }
 
 /// What a Delete leaves behind (value of `world_state.tombstones`).
@@ -187,10 +192,14 @@ fn current_revision(store: &Store) -> Result<u64, Status> {
 
 /// The oldest revision still in the change log, if any.
 fn oldest_retained(store: &Store) -> Result<Option<u64>, Status> {
-    Ok(store
-        .scan(CHANGES, b"", b"", 1)?
-        .first()
-        .and_then(|(k, _)| revision_of(k)))
+    match store.get_msg::<Meta>(META, META_KEY)? {
+        None => Ok(None),
+        Some(m) if m.oldest_change > 0 => Ok(Some(m.oldest_change)),
+        Some(_) => Ok(store
+            .scan(CHANGES, b"", b"", 1)?
+            .first()
+            .and_then(|(k, _)| revision_of(k))),
+    }
 }
 
 fn revision_of(row_key: &[u8]) -> Option<u64> {
@@ -199,26 +208,61 @@ fn revision_of(row_key: &[u8]) -> Option<u64> {
 
 /// Takes the next revision, appends `change` (given that revision) to the change log,
 /// prunes the log to `retention` and emits the event — all in `tx`.
+///
+/// The rows to prune are known from where the log starts (kept in the meta row), so a
+/// write reads no change rows: a scan from the log's start would step over every row
+/// pruned since the store last flushed its memory layers (they are deletions there until
+/// then), which made sustained Sets slow down to a crawl.
 fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Result<(), Status> {
-    let revision = tx
-        .get_msg::<Meta>(META, META_KEY)?
-        .map_or(0, |m| m.revision)
+    let meta = tx.get_msg::<Meta>(META, META_KEY)?.unwrap_or_default();
+    let revision = meta
+        .revision
         .checked_add(1)
         .ok_or_else(|| Status::internal("revision overflow"))?;
-    tx.put_msg(META, META_KEY, &Meta { revision });
     change.revision = revision;
     if let Some(f) = change.fact.as_mut() {
         f.revision = revision;
     }
     tx.put_msg(CHANGES, &revision.to_be_bytes(), change);
-    if let Some(cut) = revision.checked_sub(retention.max(1)) {
-        for (k, _) in tx.scan(CHANGES, b"", b"", PRUNE_BATCH)? {
-            if revision_of(&k).is_none_or(|r| r > cut) {
-                break;
+    // Revisions from `keep_from` on stay.
+    let keep_from = revision.saturating_sub(retention.max(1)) + 1;
+    let oldest_change = match meta.oldest_change {
+        0 if meta.revision == 0 => revision,
+        0 => {
+            // Not known: find where the log starts while pruning it.
+            let mut oldest = 0;
+            let mut deleted = 0;
+            for (k, _) in tx.scan(CHANGES, b"", b"", PRUNE_BATCH + 1)? {
+                match revision_of(&k) {
+                    Some(r) if r >= keep_from => {
+                        oldest = r;
+                        break;
+                    }
+                    _ if deleted == PRUNE_BATCH => break,
+                    _ => {
+                        tx.delete(CHANGES, &k);
+                        deleted += 1;
+                    }
+                }
             }
-            tx.delete(CHANGES, &k);
+            oldest
         }
-    }
+        oldest => {
+            let end = keep_from.min(oldest.saturating_add(PRUNE_BATCH as u64));
+            for r in oldest..end {
+                tx.delete(CHANGES, &r.to_be_bytes());
+            }
+            oldest.max(end)
+        }
+    };
+    tx.put_msg(
+        META,
+        META_KEY,
+        &Meta {
+            revision,
+            oldest_change,
+        },
+    );
     let event = FactChange {
         fact: None,
         ..change.clone()

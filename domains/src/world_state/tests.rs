@@ -331,6 +331,85 @@ async fn watch_replays_then_catches_up_then_follows_live_changes_in_order() {
     assert_eq!((c.revision, c.key.as_str(), c.fact), (now + 1, "c", None));
 }
 
+/// The same store under another change-log retention (as after a configuration change).
+fn with_retention(ws: &WorldState, retention: u64) -> WorldState {
+    let mut config = (*ws.ctx.config).clone();
+    config.world_state.change_log_retention = retention;
+    let mut ctx = ws.ctx.clone();
+    ctx.config = Arc::new(config);
+    WorldState::new(ctx)
+}
+
+/// The revisions the change log holds, and where the meta row says it starts.
+fn change_log(ws: &WorldState) -> (Vec<u64>, u64) {
+    let rows = ws.ctx.store.scan(CHANGES, b"", b"", 10_000).unwrap();
+    let meta = ws.ctx.store.get_msg::<Meta>(META, META_KEY).unwrap();
+    (
+        rows.iter().filter_map(|(k, _)| revision_of(k)).collect(),
+        meta.map_or(0, |m| m.oldest_change),
+    )
+}
+
+#[tokio::test]
+async fn the_change_log_is_pruned_from_where_it_starts_across_retention_changes() {
+    let ws = domain(|c| c.change_log_retention = 5);
+    for i in 0..12 {
+        set(&ws, "k", &i.to_string(), None).await.unwrap();
+    }
+    assert_eq!(change_log(&ws), ((8..=12).collect(), 8));
+    // A longer retention keeps what is there and lets the log grow to it.
+    let wider = with_retention(&ws, 8);
+    for _ in 0..2 {
+        set(&wider, "k", "x", None).await.unwrap();
+    }
+    assert_eq!(change_log(&ws), ((8..=14).collect(), 8));
+    for _ in 0..2 {
+        set(&wider, "k", "x", None).await.unwrap();
+    }
+    assert_eq!(change_log(&ws), ((9..=16).collect(), 9));
+    // A shorter one prunes the backlog on the next change (a delete is a change too).
+    let narrow = with_retention(&ws, 2);
+    del(&narrow, "k", None).await.unwrap();
+    assert_eq!(change_log(&ws), (vec![16, 17], 16));
+    assert_eq!(oldest_retained(&ws.ctx.store).unwrap(), Some(16));
+    // A meta row that does not say where the log starts (written before it did): the
+    // log is scanned once, then known again.
+    ws.ctx
+        .store
+        .write(|tx| {
+            tx.put_msg(
+                META,
+                META_KEY,
+                &Meta {
+                    revision: 17,
+                    oldest_change: 0,
+                },
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(oldest_retained(&ws.ctx.store).unwrap(), Some(16));
+    set(&narrow, "k", "y", None).await.unwrap();
+    assert_eq!(change_log(&ws), (vec![17, 18], 17));
+}
+
+#[tokio::test]
+async fn a_long_backlog_is_pruned_a_batch_per_change() {
+    let ws = domain(|c| c.change_log_retention = 1000);
+    let n = PRUNE_BATCH as u64 + 50;
+    for _ in 0..n {
+        set(&ws, "k", "x", None).await.unwrap();
+    }
+    let one = with_retention(&ws, 1);
+    set(&one, "k", "x", None).await.unwrap();
+    let (log, oldest) = change_log(&ws);
+    assert_eq!(oldest, PRUNE_BATCH as u64 + 1);
+    assert_eq!(log.len() as u64, n + 1 - PRUNE_BATCH as u64);
+    set(&one, "k", "x", None).await.unwrap();
+    assert_eq!(change_log(&ws), (vec![n + 2], n + 2));
+}
+
 #[tokio::test]
 async fn change_log_is_bounded_and_older_watches_are_refused() {
     let ws = domain(|c| c.change_log_retention = 5);
