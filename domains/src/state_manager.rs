@@ -448,6 +448,20 @@ impl StateManagerHandler for StateManager {
             });
         }
         let okey = head_key(&req.player_id, &req.key);
+        // Hot objects: the reply built from the head and the row it points to, cached with
+        // the head (a version row never changes, and is pruned only after a newer head).
+        let hit = store.get_derived(OBJECTS, &okey, |raw| {
+            let head: Head = crate::store::decode(OBJECTS, raw.clone())?;
+            Ok(store
+                .get_msg::<VersionRecord>(VERSIONS, &version_key(&prefix, head.version))?
+                .map(|rec| GetResponse {
+                    metadata: Some(metadata(&req.player_id, &req.key, &head)),
+                    data: rec.data,
+                }))
+        })?;
+        if let Some(reply) = hit {
+            return Ok((*reply).clone());
+        }
         // The head and the version are two reads; a write landing between them may prune
         // the version just read (only with a tiny history depth), so read the head again.
         for _ in 0..3 {

@@ -415,11 +415,18 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+/// A cached committed value, and what a domain derived from it ([`Store::get_derived`]),
+/// dropped together when the key is written.
+struct Cached {
+    raw: Option<Bytes>,
+    derived: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
 /// What readers and the writer thread share. The writer holds only this (not the
 /// sender), so dropping every [`Store`] closes the channel and ends the thread.
 struct Inner {
     backend: Arc<dyn Backend>,
-    cache: moka::sync::Cache<Key, Option<Bytes>>,
+    cache: moka::sync::Cache<Key, Arc<Cached>, foldhash::quality::RandomState>,
     generation: AtomicU64,
     /// Woken after every commit that queued outbox events.
     outbox: tokio::sync::Notify,
@@ -463,12 +470,14 @@ impl Store {
 
     fn start(backend: Arc<dyn Backend>, options: StoreOptions) -> Store {
         let (tx, rx) = mpsc::channel(options.queue.max(1));
+        // Derived values are not weighed: they are about one more row's size.
         let cache = moka::sync::Cache::builder()
-            .weigher(|k: &Key, v: &Option<Bytes>| {
-                (k.1.len() + v.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize) as u32
+            .weigher(|k: &Key, v: &Arc<Cached>| {
+                (k.1.len() + v.raw.as_ref().map_or(0, |v| v.len()) + 48).min(u32::MAX as usize)
+                    as u32
             })
             .max_capacity(options.cache_bytes)
-            .build();
+            .build_with_hasher(foldhash::quality::RandomState::default());
         let inner = Arc::new(Inner {
             backend,
             cache,
@@ -509,6 +518,10 @@ impl Store {
 
     /// Reads a committed value through the cache (for hot keys; invalidated on write).
     pub fn get_cached(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
+        Ok(self.cached(table, key)?.raw.clone())
+    }
+
+    fn cached(&self, table: &'static str, key: &[u8]) -> Result<Arc<Cached>, Status> {
         let k: Key = (table, key.to_vec());
         if let Some(v) = self.inner.cache.get(&k) {
             return Ok(v);
@@ -516,12 +529,40 @@ impl Store {
         // The generation check closes the race where a read of the old value finishes
         // after a commit's invalidation: such an entry is removed again.
         let before = self.inner.generation.load(Ordering::SeqCst);
-        let v = self.inner.backend.get(table, key)?;
+        let v = Arc::new(Cached {
+            raw: self.inner.backend.get(table, key)?,
+            derived: Default::default(),
+        });
         self.inner.cache.insert(k.clone(), v.clone());
         if self.inner.generation.load(Ordering::SeqCst) != before {
             self.inner.cache.invalidate(&k);
         }
         Ok(v)
+    }
+
+    /// A value `derive`d from the committed value of `key` (e.g. a decoded reply built
+    /// from it and the rows it points to), cached with it and dropped when `key` is
+    /// written: one cache lookup for a hot read. `derive` must depend only on that value
+    /// and on rows that cannot change while it stays the same; it returns `None` when it
+    /// cannot tell (nothing is cached then). `None` too when the key does not exist.
+    pub fn get_derived<T: Send + Sync + 'static>(
+        &self,
+        table: &'static str,
+        key: &[u8],
+        derive: impl FnOnce(&Bytes) -> Result<Option<T>, Status>,
+    ) -> Result<Option<Arc<T>>, Status> {
+        let entry = self.cached(table, key)?;
+        let Some(raw) = &entry.raw else {
+            return Ok(None);
+        };
+        if let Some(d) = entry.derived.get() {
+            return Ok(d.clone().downcast::<T>().ok());
+        }
+        let Some(value) = derive(raw)?.map(Arc::new) else {
+            return Ok(None);
+        };
+        let _ = entry.derived.set(value.clone());
+        Ok(Some(value))
     }
 
     /// Reads and decodes a committed protobuf value.
@@ -866,6 +907,49 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(s.get_cached(T, b"x").unwrap(), None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_derived_value_is_cached_with_its_key_and_dropped_when_it_is_written() {
+        both(async |s: Store| {
+            let derived = std::sync::atomic::AtomicUsize::new(0);
+            let read = |s: &Store| {
+                s.get_derived(T, b"d", |raw| {
+                    derived.fetch_add(1, Ordering::SeqCst);
+                    Ok(Some(raw.len()))
+                })
+                .unwrap()
+                .map(|v| *v)
+            };
+            assert_eq!(read(&s), None, "no value, nothing derived");
+            s.write(|tx| {
+                tx.put(T, b"d", vec![1, 2]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!((read(&s), read(&s)), (Some(2), Some(2)));
+            assert_eq!(derived.load(Ordering::SeqCst), 1, "derived once");
+            s.write(|tx| {
+                tx.put(T, b"d", vec![1, 2, 3]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(read(&s), Some(3));
+            assert_eq!(derived.load(Ordering::SeqCst), 2);
+            // A derivation that cannot tell caches nothing.
+            let none = s.get_derived(T, b"d", |_| Ok(None::<u8>)).unwrap();
+            assert!(none.is_none());
+            s.write(|tx| {
+                tx.delete(T, b"d");
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(read(&s), None);
         })
         .await;
     }
