@@ -187,8 +187,10 @@ pub struct StoreConfig {
     /// in the background; `false`: every batch is a durable redb commit (slower on
     /// random keys, see BENCHMARKS.md).
     pub write_ahead_log: bool,
-    /// Flush the writes held in memory to redb once a log segment holds this many bytes
-    /// (also bounds that memory and the log replayed after a crash).
+    /// Flush the writes held in memory to redb once a log segment holds this many bytes.
+    /// Larger: fewer, larger flushes (each rewrites every redb page it touches, so write
+    /// volume per write falls). It also bounds that memory and the log replayed after a
+    /// crash: while a flush runs, the next layer may grow to twice this much of log.
     pub wal_bytes: u64,
 }
 
@@ -212,7 +214,7 @@ impl Default for StoreConfig {
             cache_bytes: 64 << 20,
             max_batch: 1024,
             write_ahead_log: true,
-            wal_bytes: 4 << 20,
+            wal_bytes: 16 << 20,
         }
     }
 }

@@ -717,7 +717,11 @@ impl Backend for Durable {
         self.syncer.request(st.wals[current].file(), seq);
         st.busy_since_tick = true;
         let oldest = *st.oldest.get_or_insert_with(Instant::now);
-        if st.wals[current].pending() >= self.wal_bytes || oldest.elapsed() >= self.max_age {
+        let logged = st.wals[current].pending();
+        // While the previous flush still runs, the segment and the active layer keep
+        // growing (up to 2 × wal_bytes) rather than every write waiting for the flush.
+        let busy = lock(&self.flusher.state).running && logged < self.wal_bytes * 2;
+        if (logged >= self.wal_bytes || oldest.elapsed() >= self.max_age) && !busy {
             // The batch is written; a failure to hand over the layer is reported by the
             // next batch (and this one's sync, if that is what failed).
             if let Err(e) = self.freeze(&mut st) {

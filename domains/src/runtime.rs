@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use aicore_proto::{Caller, Code, Dispatch, Metadata, Reply, Request, Status, headers};
+use aicore_proto::{Caller, Code, Dispatch, Metadata, Reply, Request, Status};
+use aicore_sdk::header_names;
 use async_nats::HeaderMap;
 use async_nats::service::ServiceExt;
 use bytes::Bytes;
@@ -246,15 +247,16 @@ pub async fn serve(
 
 /// Reads deadline, caller, trace and request id from the request headers.
 fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
-    let get = |name: &str| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
-    let deadline = get(headers::TIMEOUT_MS)
+    let get =
+        |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+    let deadline = get(header_names::TIMEOUT_MS)
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| received + Duration::from_millis(ms));
-    let caller = get(headers::CALLER)
+    let caller = get(header_names::CALLER)
         .filter(|c| !c.is_empty())
         .map(|account_id| Caller {
             account_id,
-            roles: get(headers::CALLER_ROLES)
+            roles: get(header_names::CALLER_ROLES)
                 .map(|r| {
                     r.split(',')
                         .map(str::trim)
@@ -267,8 +269,8 @@ fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
     Metadata {
         deadline,
         caller,
-        traceparent: get(headers::TRACEPARENT),
-        request_id: get(headers::REQUEST_ID),
+        traceparent: get(header_names::TRACEPARENT),
+        request_id: get(header_names::REQUEST_ID),
     }
 }
 
@@ -351,7 +353,7 @@ async fn handle(
                     }
                 }
                 let mut h = HeaderMap::new();
-                h.insert(headers::STREAM, "end");
+                h.insert(header_names::STREAM, "end");
                 let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
             }
             Err(s) => respond_error(&request, errors, info.rpc, &s).await,
@@ -403,9 +405,9 @@ async fn respond_error(
         .filter(|c| !c.is_control())
         .take(512)
         .collect();
-    h.insert(headers::SERVICE_ERROR, msg.as_str());
+    h.insert(header_names::SERVICE_ERROR, msg.as_str());
     h.insert(
-        headers::SERVICE_ERROR_CODE,
+        header_names::SERVICE_ERROR_CODE,
         status.http_status().to_string().as_str(),
     );
     let body = Bytes::from(status.to_proto().encode_to_vec());

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport, headers};
+use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,6 +19,30 @@ use futures::stream::BoxStream;
 use rand::Rng;
 
 pub use aicore_proto as proto;
+
+/// The protocol's headers ([`aicore_proto::headers`]) as async-nats names, built once: a
+/// name given as `&str` is validated and copied at every insert and every lookup.
+pub mod header_names {
+    use aicore_proto::headers as h;
+    use async_nats::HeaderName;
+
+    /// [`h::TIMEOUT_MS`].
+    pub const TIMEOUT_MS: HeaderName = HeaderName::from_static(h::TIMEOUT_MS);
+    /// [`h::TRACEPARENT`].
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(h::TRACEPARENT);
+    /// [`h::REQUEST_ID`].
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static(h::REQUEST_ID);
+    /// [`h::CALLER`].
+    pub const CALLER: HeaderName = HeaderName::from_static(h::CALLER);
+    /// [`h::CALLER_ROLES`].
+    pub const CALLER_ROLES: HeaderName = HeaderName::from_static(h::CALLER_ROLES);
+    /// [`h::STREAM`].
+    pub const STREAM: HeaderName = HeaderName::from_static(h::STREAM);
+    /// [`h::SERVICE_ERROR`].
+    pub const SERVICE_ERROR: HeaderName = HeaderName::from_static(h::SERVICE_ERROR);
+    /// [`h::SERVICE_ERROR_CODE`].
+    pub const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(h::SERVICE_ERROR_CODE);
+}
 
 /// Tunables of a [`Client`]; the defaults suit a LAN appliance.
 #[derive(Debug, Clone)]
@@ -149,21 +173,18 @@ fn backoff_cap(config: &ClientConfig, retry: u32) -> Duration {
 /// Builds the request headers: remaining time, trace, request id, caller.
 fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(
-        headers::TIMEOUT_MS,
-        remaining.as_millis().to_string().as_str(),
-    );
+    h.insert(header_names::TIMEOUT_MS, remaining.as_millis().to_string());
     // Traces start at the edge (the gateway, or a caller that sets one); the SDK carries
     // an existing context onward rather than inventing one per call.
     if let Some(tp) = &options.traceparent {
-        h.insert(headers::TRACEPARENT, tp.as_str());
+        h.insert(header_names::TRACEPARENT, tp.as_str());
     }
     if let Some(id) = &options.request_id {
-        h.insert(headers::REQUEST_ID, id.as_str());
+        h.insert(header_names::REQUEST_ID, id.as_str());
     }
     if let Some(c) = &options.caller {
-        h.insert(headers::CALLER, c.account_id.as_str());
-        h.insert(headers::CALLER_ROLES, c.roles.join(",").as_str());
+        h.insert(header_names::CALLER, c.account_id.as_str());
+        h.insert(header_names::CALLER_ROLES, c.roles.join(",").as_str());
     }
     h
 }
@@ -188,11 +209,11 @@ pub fn reply_result(msg: &Message) -> Result<Bytes, Status> {
     }
     let hdr = msg.headers.as_ref();
     let err_code = hdr
-        .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
+        .and_then(|h| h.get(header_names::SERVICE_ERROR_CODE))
         .and_then(|v| v.as_str().parse::<u16>().ok());
     if let Some(code) = err_code {
         let message = hdr
-            .and_then(|h| h.get(headers::SERVICE_ERROR))
+            .and_then(|h| h.get(header_names::SERVICE_ERROR))
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
         return Err(Status::from_reply(Some(code), &message, &msg.payload));
@@ -326,7 +347,7 @@ impl Transport for Client {
             let end = msg
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(headers::STREAM))
+                .and_then(|h| h.get(header_names::STREAM))
                 .is_some_and(|v| v.as_str() == "end");
             if end {
                 return None;
