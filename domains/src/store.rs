@@ -1143,20 +1143,27 @@ mod tests {
         }
     }
 
+    /// A write of `key` = `value` running on its own task.
+    fn spawn_put(
+        s: &Store,
+        key: &'static [u8],
+        value: u8,
+    ) -> tokio::task::JoinHandle<Result<(), Status>> {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.write(move |tx| {
+                tx.put(T, key, vec![value]);
+                Ok(())
+            })
+            .await
+        })
+    }
+
     #[tokio::test]
     async fn a_batch_is_read_by_the_next_before_it_is_durable_but_not_by_readers() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb"), slow_sync()).unwrap();
-        let first = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.write(|tx| {
-                    tx.put(T, b"k", vec![1]);
-                    Ok(())
-                })
-                .await
-            })
-        };
+        let first = spawn_put(&s, b"k", 1);
         // The first batch is written and waits for its sync; the next batch's closure
         // already reads it (it runs meanwhile, as its own batch) while readers do not.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1186,16 +1193,7 @@ mod tests {
     async fn what_a_read_only_closure_saw_is_durable_before_it_is_answered() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb"), slow_sync()).unwrap();
-        let writer = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.write(|tx| {
-                    tx.put(T, b"k", vec![7]);
-                    Ok(())
-                })
-                .await
-            })
-        };
+        let writer = spawn_put(&s, b"k", 7);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let seen = s.write(|tx| tx.get(T, b"k")).await.unwrap();
         assert_eq!(seen.unwrap().as_ref(), &[7]);
@@ -1217,23 +1215,16 @@ mod tests {
         .unwrap();
         s.fail_next_sync();
         let mut pending = Vec::new();
-        for i in 0..3u8 {
-            let s = s.clone();
-            pending.push(tokio::spawn(async move {
-                s.write(move |tx| {
-                    tx.put(T, &[i], vec![i]);
-                    Ok(())
-                })
-                .await
-            }));
+        for key in [b"0", b"1", b"2"] {
+            pending.push(spawn_put(&s, key, 1));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for p in pending {
             assert_eq!(p.await.unwrap().unwrap_err().code, Code::Internal);
         }
         // Not one of them became visible, and nothing more is taken.
-        for i in 0..3u8 {
-            assert_eq!(s.get(T, &[i]).unwrap(), None);
+        for key in [b"0", b"1", b"2"] {
+            assert_eq!(s.get(T, key).unwrap(), None);
         }
         let later = s
             .write(|tx| {
