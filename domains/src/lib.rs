@@ -7,6 +7,7 @@ pub mod auth;
 mod durable;
 pub mod event_bus;
 pub mod idempotency;
+mod micro;
 pub mod outbox;
 pub mod paging;
 pub mod payment;

@@ -1,7 +1,8 @@
 //! What every domain runs on: the handler context ([`Ctx`]: store, clock, client, config)
 //! and [`serve`], which puts any generated `XxxServer` on NATS as a micro-protocol
 //! service — one endpoint per RPC on `svc.<domain>.v1.<rpc>`, queue group `<domain>` so
-//! replicas share load, `$SRV.PING/INFO/STATS` answered by async-nats. Requests run
+//! replicas share load, `$SRV.PING/INFO/STATS` answered per the micro protocol
+//! ([`crate::micro`]). Requests run
 //! concurrently up to a per-domain bound; each honours the caller's deadline header; a
 //! panic is caught and answered as Internal while the service keeps serving; errors go
 //! out as micro-protocol error headers plus a `common.Error` body. Streams are sent as
@@ -9,7 +10,6 @@
 //! mid-stream, by an Unavailable error, so shutdown never waits on a long stream). It
 //! does not decide placement or connect to NATS: the appliance hands it a connected client.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use aicore_proto::{Caller, Code, Dispatch, Metadata, Reply, Request, Status};
 use aicore_sdk::header_names;
 use async_nats::HeaderMap;
-use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::DomainsConfig;
+use crate::micro;
 use crate::store::Store;
 
 /// Where time comes from, so tests can move it.
@@ -158,11 +158,6 @@ impl ServiceHandle {
     }
 }
 
-/// Counters `$SRV.STATS` shows in each endpoint's `data` (the micro API counts errors only
-/// for header-only error replies, and ours carry a body).
-#[derive(Default)]
-struct ErrorCounts(Mutex<HashMap<String, (u64, String)>>);
-
 /// Serves `dispatch` on NATS until `shutdown` (or [`ServiceHandle::stop`]).
 pub async fn serve(
     nats: async_nats::Client,
@@ -171,39 +166,33 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ServiceHandle, Status> {
     let info = dispatch.service();
-    let errors = Arc::new(ErrorCounts::default());
-    let stats_errors = errors.clone();
-    let service = nats
-        .service_builder()
-        .description(info.description)
-        .queue_group(info.domain)
-        .stats_handler(move |endpoint, _stats| {
-            let map = stats_errors.0.lock().unwrap_or_else(|e| e.into_inner());
-            let (n, last) = map.get(&endpoint).cloned().unwrap_or_default();
-            serde_json::json!({ "errors": n, "last_error": last })
-        })
-        .start(info.domain, &options.version)
-        .await
-        .map_err(|e| {
-            Status::new(
-                Code::Unavailable,
-                format!("cannot start {}: {e}", info.domain),
-            )
-        })?;
+    let unavailable = |what: String| Status::new(Code::Unavailable, what);
     let mut endpoints = Vec::with_capacity(info.methods.len());
     for (i, m) in info.methods.iter().enumerate() {
-        let ep = service
-            .endpoint_builder()
-            .name(m.rpc)
-            .add(m.subject)
+        let sub = nats
+            .queue_subscribe(m.subject, info.domain.to_string())
             .await
-            .map_err(|e| {
-                Status::new(Code::Unavailable, format!("cannot add {}: {e}", m.subject))
-            })?;
-        endpoints.push(ep.map(move |r| (i, r)).boxed());
+            .map_err(|e| unavailable(format!("cannot subscribe to {}: {e}", m.subject)))?;
+        endpoints.push(sub.map(move |r| (i, r)).boxed());
     }
-    let mut requests = futures::stream::select_all(endpoints);
+    let service = Arc::new(micro::Service::new(
+        info.domain,
+        options.version.clone(),
+        info.description,
+        info.methods
+            .iter()
+            .map(|m| micro::Endpoint {
+                name: m.rpc,
+                subject: m.subject,
+                stats: Default::default(),
+            })
+            .collect(),
+    ));
     let cancel = shutdown.child_token();
+    let discovery = micro::serve_discovery(nats.clone(), service.clone(), cancel.clone())
+        .await
+        .map_err(|e| unavailable(format!("cannot start {}: {e}", info.domain)))?;
+    let mut requests = futures::stream::select_all(endpoints);
     let limit = options.max_in_flight.max(1);
     let served = Arc::new(AtomicU64::new(0));
     let stop = cancel.clone();
@@ -223,15 +212,17 @@ pub async fn serve(
                 r = requests.next(), if in_flight.len() < limit => match r {
                     Some((method, request)) => {
                         served.fetch_add(1, Ordering::Relaxed);
-                        in_flight.push(handle(&*dispatch, &nats, &errors, &stop, method, request));
+                        in_flight.push(handle(&*dispatch, &nats, &service, &stop, method, request));
                     }
                     None => break,
                 },
             }
         }
-        // Stop taking requests, then finish every in-flight one.
-        let _ = service.stop().await;
+        // Stop taking requests (dropping the subscriptions unsubscribes them), then
+        // finish every in-flight one.
+        drop(requests);
         while in_flight.next().await.is_some() {}
+        let _ = discovery.await;
         tracing::info!(
             domain = info.domain,
             served = served.load(Ordering::Relaxed),
@@ -277,13 +268,15 @@ fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
 async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
-    errors: &ErrorCounts,
+    service: &micro::Service,
     stop: &CancellationToken,
     method: usize,
-    request: async_nats::service::Request,
+    request: async_nats::Message,
 ) {
     let info = &dispatch.service().methods[method];
-    let meta = metadata(request.message.headers.as_ref(), Instant::now());
+    let received = Instant::now();
+    let stats = &service.endpoints[method].stats;
+    let meta = metadata(request.headers.as_ref(), received);
     let span = tracing::debug_span!(
         "rpc",
         subject = info.subject,
@@ -295,7 +288,7 @@ async fn handle(
         let call = dispatch.call(
             method,
             Request {
-                body: request.message.payload.clone(),
+                body: request.payload.clone(),
                 meta,
             },
         );
@@ -319,12 +312,15 @@ async fn handle(
         };
         match outcome {
             Ok(Reply::Unary(body)) => {
-                if let Err(e) = request.respond(Ok(body)).await {
+                if let Some(reply) = &request.reply
+                    && let Err(e) = nats.publish(reply.clone(), body).await
+                {
                     tracing::warn!(error = %e, "reply not sent");
                 }
+                stats.record(received.elapsed());
             }
             Ok(Reply::Stream(mut items)) => {
-                let Some(reply) = request.message.reply.clone() else {
+                let Some(reply) = request.reply.clone() else {
                     return;
                 };
                 // A stream (a watch, a replay) may run far longer than any unary call;
@@ -335,7 +331,7 @@ async fn handle(
                         biased;
                         _ = stop.cancelled() => {
                             let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
-                            respond_error(&request, errors, info.rpc, &s).await;
+                            respond_error(nats, &reply, stats, received, &s).await;
                             return;
                         }
                         item = items.next() => match item { Some(i) => i, None => break },
@@ -347,16 +343,21 @@ async fn handle(
                             }
                         }
                         Err(s) => {
-                            respond_error(&request, errors, info.rpc, &s).await;
+                            respond_error(nats, &reply, stats, received, &s).await;
                             return;
                         }
                     }
                 }
                 let mut h = HeaderMap::new();
                 h.insert(header_names::STREAM, "end");
-                let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
+                let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
+                stats.record(received.elapsed());
             }
-            Err(s) => respond_error(&request, errors, info.rpc, &s).await,
+            Err(s) => {
+                if let Some(reply) = &request.reply {
+                    respond_error(nats, reply, stats, received, &s).await;
+                }
+            }
         }
     }
     .instrument(span)
@@ -381,9 +382,10 @@ fn flatten_panic(
 }
 
 async fn respond_error(
-    request: &async_nats::service::Request,
-    errors: &ErrorCounts,
-    endpoint: &str,
+    nats: &async_nats::Client,
+    reply: &async_nats::Subject,
+    stats: &micro::EndpointStats,
+    received: Instant,
     status: &Status,
 ) {
     if status.code == Code::Internal {
@@ -391,12 +393,7 @@ async fn respond_error(
     } else {
         tracing::debug!(error = %status, "request refused");
     }
-    {
-        let mut map = errors.0.lock().unwrap_or_else(|e| e.into_inner());
-        let e = map.entry(endpoint.to_string()).or_default();
-        e.0 += 1;
-        e.1 = status.to_string();
-    }
+    stats.error(received.elapsed(), status.to_string());
     let mut h = HeaderMap::new();
     // Header values must stay on one line.
     let msg: String = status
@@ -411,7 +408,7 @@ async fn respond_error(
         status.http_status().to_string().as_str(),
     );
     let body = Bytes::from(status.to_proto().encode_to_vec());
-    if let Err(e) = request.respond_with_headers(Ok(body), h).await {
+    if let Err(e) = nats.publish_with_headers(reply.clone(), h, body).await {
         tracing::warn!(error = %e, "error reply not sent");
     }
 }

@@ -241,3 +241,71 @@ async fn no_responders_is_unavailable_and_the_breaker_opens() {
     assert!(open.message.contains("circuit open"), "{}", open.message);
     assert!(open.retry_after_ms > 0);
 }
+
+/// Asks `subject` and parses the one JSON answer.
+async fn micro(raw: &async_nats::Client, subject: &str) -> serde_json::Value {
+    let reply = raw
+        .request(subject.to_string(), Bytes::new())
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[tokio::test]
+async fn discovery_and_stats_follow_the_micro_protocol() {
+    let (nats, _svc, client, _stop) = setup(8).await;
+    let raw = async_nats::connect(&nats.url).await.unwrap();
+    let opts = CallOptions::timeout(Duration::from_secs(5));
+    client
+        .unary(&METHODS[3], Bytes::from_static(b"x"), &opts)
+        .await
+        .unwrap();
+    client
+        .unary(&METHODS[3], Bytes::from_static(b"y"), &opts)
+        .await
+        .unwrap();
+    client
+        .unary(&METHODS[0], Bytes::new(), &opts)
+        .await
+        .unwrap_err();
+    let ping = micro(&raw, "$SRV.PING.rt_test").await;
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+    assert_eq!(ping["name"], "rt_test");
+    let id = ping["id"].as_str().unwrap().to_string();
+    // The instance answers on its own id too.
+    let info = micro(&raw, &format!("$SRV.INFO.rt_test.{id}")).await;
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+    assert_eq!(info["description"], "runtime test service");
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        METHODS.iter().map(|m| m.subject).collect::<Vec<_>>()
+    );
+    assert_eq!(info["endpoints"][0]["queue_group"], "rt_test");
+    let stats = micro(&raw, "$SRV.STATS").await;
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    let endpoint = |rpc: &str| {
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == rpc)
+            .cloned()
+            .unwrap()
+    };
+    let echo = endpoint("echo");
+    assert_eq!(echo["num_requests"], 2);
+    assert_eq!(echo["num_errors"], 0);
+    assert!(echo["processing_time"].as_u64().unwrap() > 0);
+    let panic = endpoint("panic");
+    assert_eq!(
+        (panic["num_requests"].as_u64(), panic["num_errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(panic["last_error"].as_str().unwrap().contains("internal"));
+}
