@@ -222,6 +222,8 @@ pub async fn serve(
         // finish every in-flight one.
         drop(requests);
         while in_flight.next().await.is_some() {}
+        // The subscriptions may also have ended on their own (the connection closed).
+        stop.cancel();
         let _ = discovery.await;
         tracing::info!(
             domain = info.domain,
