@@ -14,6 +14,7 @@ pub mod payment;
 pub mod quest_system;
 pub mod registry;
 pub mod runtime;
+mod sched;
 pub mod settings;
 pub mod state_manager;
 pub mod store;

@@ -85,6 +85,10 @@ pub struct StoreOptions {
     /// Tests: how long the log's syncer waits before each sync (keeps batches pending).
     #[cfg(test)]
     pub sync_pause: Duration,
+    /// Tests: how long the syncer waits after answering a sync's callers before merging
+    /// their batches into the active layer (keeps them in the recent list).
+    #[cfg(test)]
+    pub settle_pause: Duration,
 }
 
 impl Default for StoreOptions {
@@ -101,6 +105,8 @@ impl Default for StoreOptions {
             flush_pause: Duration::ZERO,
             #[cfg(test)]
             sync_pause: Duration::ZERO,
+            #[cfg(test)]
+            settle_pause: Duration::ZERO,
         }
     }
 }
@@ -1187,6 +1193,35 @@ mod tests {
         first.await.unwrap().unwrap();
         assert_eq!(s.get(T, b"k").unwrap().unwrap().as_ref(), &[1]);
         assert_eq!(s.get(T, b"j").unwrap().unwrap().as_ref(), &[2]);
+    }
+
+    #[tokio::test]
+    async fn an_answered_batch_is_read_before_it_is_merged_into_the_active_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            settle_pause: Duration::from_millis(300),
+            ..no_checkpoints()
+        };
+        let s = Store::open(&dir.path().join("s.redb"), opts).unwrap();
+        spawn_put(&s, b"k1", 1).await.unwrap().unwrap();
+        // Answered; the syncer is still holding the batch in its recent list. Readers,
+        // scans and the next batch's closures all see it.
+        assert_eq!(s.get(T, b"k1").unwrap().unwrap().as_ref(), &[1]);
+        let rows = s.scan(T, b"k", b"", 10).unwrap();
+        assert_eq!(rows, vec![(b"k1".to_vec(), Bytes::from_static(&[1]))]);
+        let (seen, scanned) = s
+            .write(|tx| {
+                let v = tx.get(T, b"k1")?;
+                tx.put(T, b"k2", vec![2]);
+                Ok((v, tx.scan(T, b"k", b"", 10)?.len()))
+            })
+            .await
+            .unwrap();
+        assert_eq!((seen.unwrap().as_ref(), scanned), (&[1u8][..], 2));
+        // Merged later, the same to readers.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(s.scan(T, b"k", b"", 10).unwrap().len(), 2);
+        assert_eq!(s.get(T, b"k2").unwrap().unwrap().as_ref(), &[2]);
     }
 
     #[tokio::test]
