@@ -31,7 +31,11 @@
 //!
 //! Tables:
 //! - `time_manager.clock`: `clock` → [`ClockState`].
-//! - `time_manager.ticker`: `ticker` → [`TickerState`], the last game hour ticked.
+//! - `time_manager.ticker`: `ticker` → [`TickerState`], the last game hour ticked;
+//!   `due_from` → a due-table key no live key is below (where a step's scan starts: a
+//!   fired timer's row stays behind as a deletion in the store's memory layer until the
+//!   next flush, so scanning from the table's start would step over every timer fired
+//!   since; a Schedule below it moves it down, in the same transaction).
 //! - `time_manager.timers`: schedule id → `Timer`.
 //! - `time_manager.due`: big-endian fire-at game second ++ schedule id → empty: the timers
 //!   by due time, so a step reads only the due ones and ListSchedules pages soonest first.
@@ -58,6 +62,7 @@ const CLOCK: &str = "time_manager.clock";
 const CLOCK_KEY: &[u8] = b"clock";
 const TICKER: &str = "time_manager.ticker";
 const TICKER_KEY: &[u8] = b"ticker";
+const DUE_FROM: &[u8] = b"due_from";
 const TIMERS: &str = "time_manager.timers";
 const DUE: &str = "time_manager.due";
 const IDEMPOTENCY: Idempotency =
@@ -327,12 +332,34 @@ fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
     Ok(ticks)
 }
 
+/// Where the due table's live keys start, at the latest (see the module doc).
+fn due_from(tx: &Tx<'_>) -> Result<Vec<u8>, Status> {
+    Ok(tx
+        .get(TICKER, DUE_FROM)?
+        .map(|b| b.to_vec())
+        .unwrap_or_default())
+}
+
+/// Adds `key` to the due table, below which the scans then start if need be.
+fn put_due(tx: &mut Tx<'_>, key: Vec<u8>) -> Result<(), Status> {
+    if key < due_from(tx)? {
+        tx.put(TICKER, DUE_FROM, key.clone());
+    }
+    tx.put(DUE, &key, Vec::new());
+    Ok(())
+}
+
 /// Fires up to `fire_batch` timers due at or before `game_s`.
 fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
     let mut fired = 0;
-    for (key, _) in tx.scan(DUE, b"", b"", p.fire_batch)? {
+    let from = due_from(tx)?;
+    // Every key this step deletes is below the rest and below the ones it adds (a
+    // repeating timer's next occurrence is after `game_s`): the next scan starts at it.
+    let mut last = None;
+    for (key, _) in tx.scan(DUE, b"", &from, p.fire_batch)? {
         let Some((fire_at, id)) = due_of(&key) else {
             tx.delete(DUE, &key);
+            last = Some(key);
             continue;
         };
         if fire_at > game_s {
@@ -340,6 +367,7 @@ fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
         }
         let id = id.to_vec();
         tx.delete(DUE, &key);
+        last = Some(key);
         let Some(mut timer) = tx.get_msg::<Timer>(TIMERS, &id)? else {
             continue;
         };
@@ -354,10 +382,13 @@ fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
             let next = fire_at + ((game_s - fire_at) / every + 1) * every;
             timer.fire_at = Some(game_time(next, p.days_per_season));
             tx.put_msg(TIMERS, &id, &timer);
-            tx.put(DUE, &due_key(next, &timer.schedule_id), Vec::new());
+            put_due(tx, due_key(next, &timer.schedule_id))?;
         } else {
             tx.delete(TIMERS, &id);
         }
+    }
+    if let Some(last) = last {
+        tx.put(TICKER, DUE_FROM, last);
     }
     Ok(fired)
 }
@@ -664,11 +695,7 @@ impl TimeManagerHandler for TimeManager {
                         created_at: Some(now),
                     };
                     tx.put_msg(TIMERS, timer.schedule_id.as_bytes(), &timer);
-                    tx.put(
-                        DUE,
-                        &due_key(req.fire_at_seconds, &timer.schedule_id),
-                        Vec::new(),
-                    );
+                    put_due(tx, due_key(req.fire_at_seconds, &timer.schedule_id))?;
                     Ok(ScheduleResponse { timer: Some(timer) })
                 },
             )
@@ -714,12 +741,16 @@ impl TimeManagerHandler for TimeManager {
         meta.authorize_roles(&["service", "admin"])?;
         let c = self.config();
         let limit = paging::page_size(req.page_size, c.default_page_size, c.max_page_size)?;
-        let mut from = if req.page_token.is_empty() {
-            Vec::new()
-        } else {
-            paging::decode_token(LIST_TOKEN, &req.page_token)?
-        };
         let store = &self.ctx.store;
+        // No live key is below `due_from`: start there rather than step over the rows of
+        // timers fired since the store last flushed.
+        let mut from = store
+            .get(TICKER, DUE_FROM)?
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        if !req.page_token.is_empty() {
+            from = from.max(paging::decode_token(LIST_TOKEN, &req.page_token)?);
+        }
         let mut timers = Vec::with_capacity(limit);
         let batch = 256;
         loop {

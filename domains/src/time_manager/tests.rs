@@ -491,3 +491,51 @@ async fn the_ticker_task_ends_with_the_shutdown_token() {
         .expect("the ticker ended")
         .unwrap();
 }
+
+#[tokio::test]
+async fn steps_scan_from_the_last_fired_timer_and_an_earlier_schedule_moves_that_down() {
+    let (tm, clock) = domain();
+    let start = now_s(&tm).await;
+    let mut last = String::new();
+    for i in 0..3 {
+        last = schedule(&tm, start + 60 + i, &format!("t{i}"), &format!("k{i}"))
+            .await
+            .schedule_id;
+    }
+    let later = schedule(&tm, start + 7200, "later", "later").await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(tm.step(clock.now()).await.unwrap().fired, 3);
+    // The next scan starts at the last timer fired, not at the table's start.
+    let from = tm.ctx.store.get(TICKER, DUE_FROM).unwrap().unwrap();
+    assert_eq!(from.as_ref(), due_key(start + 62, &last).as_slice());
+    // A timer due before that (scheduled late, for a past time) is listed and fires.
+    let early = schedule(&tm, start + 1, "early", "early").await;
+    let listed = tm
+        .list_schedules(Request::new(ListSchedulesRequest::default()))
+        .await
+        .unwrap()
+        .timers;
+    let ids: Vec<&str> = listed.iter().map(|t| t.schedule_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![early.schedule_id.as_str(), later.schedule_id.as_str()]
+    );
+    assert_eq!(tm.step(clock.now()).await.unwrap().fired, 1);
+    let f = fired(&tm);
+    assert_eq!(
+        f.last().unwrap().timer.as_ref().unwrap().schedule_id,
+        early.schedule_id
+    );
+    // A store without the row (written before it existed) scans from the start.
+    tm.ctx
+        .store
+        .write(|tx| {
+            tx.delete(TICKER, DUE_FROM);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(7200));
+    assert_eq!(tm.step(clock.now()).await.unwrap().fired, 1);
+    assert_eq!(fired(&tm).len(), 5);
+}
