@@ -17,10 +17,12 @@
 //!    BENCHMARKS.md);
 //! 3. once the log segment holds `wal_bytes` (or the store goes idle, or the oldest
 //!    unflushed write is 30 ticks old) the writer waits for the pending syncs, the
-//!    active layer is *frozen* and a flusher thread applies it to redb in one durable
-//!    commit, recording the last batch's sequence number in it (a checkpoint); new
-//!    batches go to a fresh active layer and the other log segment meanwhile. When the
-//!    commit is done the frozen layer is dropped.
+//!    active layer is *frozen* and a flusher thread (at a lower priority) applies it to
+//!    redb, recording the last batch's sequence number with it (a checkpoint): a
+//!    non-durable commit, the file's pages written back a megabyte at a time, then an
+//!    empty durable commit (see [`commit_layer`]); new batches go to a fresh active
+//!    layer and the other log segment meanwhile. When the durable commit is done the
+//!    frozen layer is dropped.
 //!
 //! Readers never see a batch before it is durable; a later batch's closures do (they
 //! must, to decide on current data), and such a batch is answered only after its own
@@ -382,12 +384,75 @@ fn layer_writes(layer: &Layer) -> impl Iterator<Item = (&str, &[u8], Option<&[u8
 }
 
 /// Commits `layer` to redb durably with `seq` as the checkpoint.
-fn commit_layer(db: &redb::Database, layer: &Layer, seq: u64) -> Result<(), StoreError> {
+///
+/// With `file` (the database file, opened for its page cache), in three steps: a
+/// non-durable commit puts the pages into the page cache; they are written back a chunk
+/// at a time ([`write_back`]); an empty durable commit then makes it all durable, its
+/// `fsync` finding little left to write. One durable commit would hand the device all of
+/// a flush's pages at once, and every log sync meanwhile (a device cache flush) waited
+/// behind them: 24–38 ms syncs and 50–60 ms p99 in the payment row at C=128.
+/// A crash before the durable commit leaves redb at the previous checkpoint, and the log
+/// still holds everything after it.
+fn commit_layer(
+    db: &redb::Database,
+    layer: &Layer,
+    seq: u64,
+    file: Option<&std::fs::File>,
+    before_durable: impl FnOnce(),
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    let staged = file.is_some();
+    txn.set_durability(if staged {
+        Durability::None
+    } else {
+        Durability::Immediate
+    })
+    .map_err(storage)?;
     apply(&txn, layer_writes(layer))?;
     write_checkpoint(&txn, seq)?;
+    txn.commit().map_err(storage)?;
+    let Some(file) = file else { return Ok(()) };
+    if let Err(e) = write_back(file) {
+        tracing::debug!(error = %e, "store: paced write-back failed; the durable commit writes all");
+    }
+    before_durable();
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
     txn.commit().map_err(storage)
+}
+
+/// Writes the file's dirty pages back to the device a chunk at a time, waiting for each
+/// (no device cache flush: the log's syncs get the device between chunks).
+fn write_back(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        const CHUNK: u64 = 1 << 20;
+        let len = file.metadata()?.len();
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let mut at = 0;
+        while at < len {
+            let n = CHUNK.min(len - at);
+            // SAFETY: a plain syscall on an open descriptor with in-range offsets.
+            let r = unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    at as libc::off64_t,
+                    n as libc::off64_t,
+                    flags,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            at += n;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
 }
 
 impl Durable {
@@ -452,6 +517,8 @@ impl Durable {
         let committing = Arc::new(Mutex::new(()));
         #[cfg(test)]
         let pause = options.flush_pause;
+        #[cfg(test)]
+        let stage_pause = options.stage_pause;
         // Everything up to the recovered sequence number is durable already.
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
@@ -472,6 +539,11 @@ impl Durable {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
+            // The database file again, for paced write-back; without it (not expected)
+            // each flush is one durable commit.
+            let file = std::fs::File::open(path)
+                .inspect_err(|e| tracing::warn!(error = %e, "store: cannot open the database file for paced write-back"))
+                .ok();
             let thread = std::thread::Builder::new()
                 .name("aicore-store-flush".into())
                 .spawn(move || {
@@ -481,7 +553,10 @@ impl Durable {
                         std::thread::sleep(pause);
                         let result = {
                             let _held = lock(&committing);
-                            commit_layer(&db, &job.layer, job.seq)
+                            commit_layer(&db, &job.layer, job.seq, file.as_ref(), || {
+                                #[cfg(test)]
+                                std::thread::sleep(stage_pause);
+                            })
                         };
                         if result.is_ok() {
                             write(&layers).frozen = None;

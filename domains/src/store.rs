@@ -89,6 +89,10 @@ pub struct StoreOptions {
     /// their batches into the active layer (keeps them in the recent list).
     #[cfg(test)]
     pub settle_pause: Duration,
+    /// Tests: how long the flusher waits between its non-durable commit (and write-back)
+    /// and the durable commit that completes a flush.
+    #[cfg(test)]
+    pub stage_pause: Duration,
 }
 
 impl Default for StoreOptions {
@@ -107,6 +111,8 @@ impl Default for StoreOptions {
             sync_pause: Duration::ZERO,
             #[cfg(test)]
             settle_pause: Duration::ZERO,
+            #[cfg(test)]
+            stage_pause: Duration::ZERO,
         }
     }
 }
@@ -1070,6 +1076,42 @@ mod tests {
         let r = Store::open(&again.path().join("s.redb"), no_checkpoints()).unwrap();
         expected_keys(&r, 200).unwrap();
         assert_eq!(r.get(T, b"after").unwrap().unwrap().as_ref(), &[1]);
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_a_flushs_two_commits_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            stage_pause: Duration::from_millis(1500),
+            ..no_checkpoints()
+        };
+        let s = Store::open(&dir.path().join("s.redb"), opts).unwrap();
+        write_keys(&s, 200).await;
+        // Closing flushes the layer; the flusher then waits between its non-durable
+        // commit (pages and checkpoint written, not durable) and the durable one.
+        let closing = tokio::spawn({
+            let s = s.clone();
+            async move { s.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let image = tempfile::tempdir().unwrap();
+        crash_image(dir.path(), image.path(), true);
+        closing.await.unwrap();
+        // The database alone is still at the previous (empty) durable state: the
+        // non-durable commit's checkpoint is not what a restart reads.
+        let bare = tempfile::tempdir().unwrap();
+        crash_image(image.path(), bare.path(), false);
+        let plain = StoreOptions {
+            wal: false,
+            ..no_checkpoints()
+        };
+        let r = Store::open(&bare.path().join("s.redb"), plain).unwrap();
+        assert_eq!(r.get(T, &1u32.to_be_bytes()).unwrap(), None);
+        r.close().await;
+        drop(r);
+        // With the log, every acknowledged write is back.
+        let r = Store::open(&image.path().join("s.redb"), no_checkpoints()).unwrap();
+        expected_keys(&r, 200).unwrap();
     }
 
     #[tokio::test]
