@@ -178,7 +178,8 @@ impl Default for HttpConfig {
 pub struct StoreConfig {
     /// File name of the redb database inside `data_dir`.
     pub file: String,
-    /// Bytes of hot values kept in the moka cache.
+    /// Bytes the moka caches may hold: three quarters for hot rows, a quarter for values
+    /// the domains derive from them (e.g. a state-manager Get reply, weighed with its data).
     pub cache_bytes: u64,
     /// Most concurrent writes folded into one durable commit.
     pub max_batch: usize,

@@ -454,9 +454,14 @@ impl StateManagerHandler for StateManager {
             let head: Head = crate::store::decode(OBJECTS, raw.clone())?;
             Ok(store
                 .get_msg::<VersionRecord>(VERSIONS, &version_key(&prefix, head.version))?
-                .map(|rec| GetResponse {
-                    metadata: Some(metadata(&req.player_id, &req.key, &head)),
-                    data: rec.data,
+                .map(|rec| {
+                    let reply = GetResponse {
+                        metadata: Some(metadata(&req.player_id, &req.key, &head)),
+                        data: rec.data,
+                    };
+                    // The data is the version row's: the reply keeps all of it alive.
+                    let bytes = prost::Message::encoded_len(&reply);
+                    (reply, bytes)
                 }))
         })?;
         if let Some(reply) = hit {

@@ -64,7 +64,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Queued writes before writers wait (backpressure).
     pub queue: usize,
-    /// moka cache capacity in bytes of cached values.
+    /// Bytes the caches may hold: three quarters for rows, a quarter for derived values
+    /// (each weighed by what it holds).
     pub cache_bytes: u64,
     /// redb's page cache in bytes.
     pub redb_cache_bytes: usize,
@@ -427,18 +428,33 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// A cached committed value, and what a domain derived from it ([`Store::get_derived`]),
-/// dropped together when the key is written.
+/// A cached committed value.
 struct Cached {
     raw: Option<Bytes>,
-    derived: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// What a domain derived from a committed value ([`Store::get_derived`]), and the bytes
+/// it holds (it may keep other rows alive, e.g. a reply holding an object's data).
+#[derive(Clone)]
+struct Derived {
+    value: Arc<dyn std::any::Any + Send + Sync>,
+    weight: usize,
+}
+
+type Cache<V> = moka::sync::Cache<Key, V, foldhash::quality::RandomState>;
+
+fn weight(key: &Key, bytes: usize) -> u32 {
+    (key.1.len() + bytes + 48).min(u32::MAX as usize) as u32
 }
 
 /// What readers and the writer thread share. The writer holds only this (not the
 /// sender), so dropping every [`Store`] closes the channel and ends the thread.
 struct Inner {
     backend: Arc<dyn Backend>,
-    cache: moka::sync::Cache<Key, Arc<Cached>, foldhash::quality::RandomState>,
+    cache: Cache<Arc<Cached>>,
+    /// Derived values, weighed by what they hold, in their own share of `cache_bytes`;
+    /// dropped with the key's row.
+    derived: Cache<Derived>,
     generation: AtomicU64,
     /// Woken after every commit that queued outbox events.
     outbox: tokio::sync::Notify,
@@ -482,17 +498,20 @@ impl Store {
 
     fn start(backend: Arc<dyn Backend>, options: StoreOptions) -> Store {
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        // Derived values are not weighed: they are about one more row's size.
+        // Rows get three quarters of the budget, derived values the rest.
+        let derived_bytes = options.cache_bytes / 4;
         let cache = moka::sync::Cache::builder()
-            .weigher(|k: &Key, v: &Arc<Cached>| {
-                (k.1.len() + v.raw.as_ref().map_or(0, |v| v.len()) + 48).min(u32::MAX as usize)
-                    as u32
-            })
-            .max_capacity(options.cache_bytes)
+            .weigher(|k: &Key, v: &Arc<Cached>| weight(k, v.raw.as_ref().map_or(0, Bytes::len)))
+            .max_capacity(options.cache_bytes - derived_bytes)
+            .build_with_hasher(foldhash::quality::RandomState::default());
+        let derived = moka::sync::Cache::builder()
+            .weigher(|k: &Key, v: &Derived| weight(k, v.weight))
+            .max_capacity(derived_bytes)
             .build_with_hasher(foldhash::quality::RandomState::default());
         let inner = Arc::new(Inner {
             backend,
             cache,
+            derived,
             generation: AtomicU64::new(0),
             outbox: tokio::sync::Notify::new(),
             commits: AtomicU64::new(0),
@@ -543,7 +562,6 @@ impl Store {
         let before = self.inner.generation.load(Ordering::SeqCst);
         let v = Arc::new(Cached {
             raw: self.inner.backend.get(table, key)?,
-            derived: Default::default(),
         });
         self.inner.cache.insert(k.clone(), v.clone());
         if self.inner.generation.load(Ordering::SeqCst) != before {
@@ -553,28 +571,47 @@ impl Store {
     }
 
     /// A value `derive`d from the committed value of `key` (e.g. a decoded reply built
-    /// from it and the rows it points to), cached with it and dropped when `key` is
+    /// from it and the rows it points to), cached under the key and dropped when `key` is
     /// written: one cache lookup for a hot read. `derive` must depend only on that value
-    /// and on rows that cannot change while it stays the same; it returns `None` when it
-    /// cannot tell (nothing is cached then). `None` too when the key does not exist.
+    /// and on rows that cannot change while it stays the same; it returns the value and
+    /// the bytes it holds (what it is weighed as in the cache), or `None` when it cannot
+    /// tell (nothing is cached then). `None` too when the key does not exist.
     pub fn get_derived<T: Send + Sync + 'static>(
         &self,
         table: &'static str,
         key: &[u8],
-        derive: impl FnOnce(&Bytes) -> Result<Option<T>, Status>,
+        derive: impl FnOnce(&Bytes) -> Result<Option<(T, usize)>, Status>,
     ) -> Result<Option<Arc<T>>, Status> {
-        let entry = self.cached(table, key)?;
-        let Some(raw) = &entry.raw else {
-            return Ok(None);
-        };
-        if let Some(d) = entry.derived.get() {
-            return Ok(d.clone().downcast::<T>().ok());
+        let k: Key = (table, key.to_vec());
+        if let Some(d) = self.inner.derived.get(&k) {
+            return Ok(d.value.downcast::<T>().ok());
         }
-        let Some(value) = derive(raw)?.map(Arc::new) else {
+        // From the backend, not the row cache (which may still hold a value a commit
+        // just replaced), under the same generation check as `cached`.
+        let before = self.inner.generation.load(Ordering::SeqCst);
+        let Some(raw) = self.inner.backend.get(table, key)? else {
             return Ok(None);
         };
-        let _ = entry.derived.set(value.clone());
+        let Some((value, weight)) = derive(&raw)? else {
+            return Ok(None);
+        };
+        let value = Arc::new(value);
+        let entry = Derived {
+            value: value.clone(),
+            weight,
+        };
+        self.inner.derived.insert(k.clone(), entry);
+        if self.inner.generation.load(Ordering::SeqCst) != before {
+            self.inner.derived.invalidate(&k);
+        }
         Ok(Some(value))
+    }
+
+    /// The derived values cached now, after the cache's pending evictions.
+    #[cfg(test)]
+    fn derived_cached(&self) -> u64 {
+        self.inner.derived.run_pending_tasks();
+        self.inner.derived.entry_count()
     }
 
     /// Reads and decodes a committed protobuf value.
@@ -762,6 +799,7 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
             for k in &touched {
                 events |= k.0 == OUTBOX;
                 store.cache.invalidate(k);
+                store.derived.invalidate(k);
             }
             if events {
                 store.outbox.notify_one();
@@ -924,13 +962,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn derived_values_are_weighed_by_what_they_hold() {
+        // 1 MiB of cache: a quarter for derived values.
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            cache_bytes: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let s = Store::open(&dir.path().join("s.redb"), opts).unwrap();
+        s.write(|tx| {
+            for i in 0u8..64 {
+                tx.put(T, &[i], vec![i]);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let derive_all = |held: usize| {
+            for i in 0u8..64 {
+                let v = s
+                    .get_derived(T, &[i], |raw| Ok(Some((raw[0], held))))
+                    .unwrap();
+                assert_eq!(*v.unwrap(), i);
+            }
+        };
+        // Small values: all of them stay.
+        derive_all(100);
+        assert_eq!(s.derived_cached(), 64);
+        // Values that hold 64 KiB each (say, an object's data): at most 4 fit in 256 KiB.
+        s.write(|tx| {
+            for i in 0u8..64 {
+                tx.put(T, &[i], vec![i]);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.derived_cached(), 0, "dropped with their rows");
+        derive_all(64 << 10);
+        let n = s.derived_cached();
+        assert!(n <= 4, "{n} derived values of 64 KiB in a 256 KiB share");
+    }
+
+    #[tokio::test]
     async fn a_derived_value_is_cached_with_its_key_and_dropped_when_it_is_written() {
         both(async |s: Store| {
             let derived = std::sync::atomic::AtomicUsize::new(0);
             let read = |s: &Store| {
                 s.get_derived(T, b"d", |raw| {
                     derived.fetch_add(1, Ordering::SeqCst);
-                    Ok(Some(raw.len()))
+                    Ok(Some((raw.len(), 8)))
                 })
                 .unwrap()
                 .map(|v| *v)
@@ -953,7 +1034,7 @@ mod tests {
             assert_eq!(read(&s), Some(3));
             assert_eq!(derived.load(Ordering::SeqCst), 2);
             // A derivation that cannot tell caches nothing.
-            let none = s.get_derived(T, b"d", |_| Ok(None::<u8>)).unwrap();
+            let none = s.get_derived(T, b"d", |_| Ok(None::<(u8, usize)>)).unwrap();
             assert!(none.is_none());
             s.write(|tx| {
                 tx.delete(T, b"d");
