@@ -970,14 +970,17 @@ mod tests {
             ..StoreOptions::default()
         };
         let s = Store::open(&dir.path().join("s.redb"), opts).unwrap();
-        s.write(|tx| {
-            for i in 0u8..64 {
-                tx.put(T, &[i], vec![i]);
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let write_all = async || {
+            s.write(|tx| {
+                for i in 0u8..64 {
+                    tx.put(T, &[i], vec![i]);
+                }
+                Ok(())
+            })
+            .await
+            .unwrap()
+        };
+        write_all().await;
         let derive_all = |held: usize| {
             for i in 0u8..64 {
                 let v = s
@@ -990,14 +993,7 @@ mod tests {
         derive_all(100);
         assert_eq!(s.derived_cached(), 64);
         // Values that hold 64 KiB each (say, an object's data): at most 4 fit in 256 KiB.
-        s.write(|tx| {
-            for i in 0u8..64 {
-                tx.put(T, &[i], vec![i]);
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+        write_all().await;
         assert_eq!(s.derived_cached(), 0, "dropped with their rows");
         derive_all(64 << 10);
         let n = s.derived_cached();
