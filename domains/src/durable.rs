@@ -95,22 +95,24 @@ struct Layers {
 impl Layers {
     /// The newest layered write of a key: `Some(None)` if it was deleted.
     fn get(&self, table: &str, key: &[u8]) -> Option<Option<Bytes>> {
-        self.recent
-            .iter()
-            .rev()
-            .find_map(|r| r.get(table, key))
-            .or_else(|| self.active.get(table, key))
+        self.live_get(table, key)
             .or_else(|| self.frozen.as_ref().and_then(|f| f.get(table, key)))
             .map(|v| v.cloned())
     }
 
+    /// The newest write of a key in the layers not yet frozen.
+    fn live_get(&self, table: &str, key: &[u8]) -> Option<Option<&Bytes>> {
+        self.live().rev().find_map(|l| l.get(table, key))
+    }
+
+    /// The layers not yet frozen, oldest first: the active one, then the recent batches.
+    fn live(&self) -> impl DoubleEndedIterator<Item = &Layer> {
+        std::iter::once(&self.active).chain(self.recent.iter().map(|r| &**r))
+    }
+
     /// The layers a scan merges over redb, oldest first.
     fn sources(&self) -> impl Iterator<Item = &Layer> {
-        self.frozen
-            .as_deref()
-            .into_iter()
-            .chain([&self.active])
-            .chain(self.recent.iter().map(|r| &**r))
+        self.frozen.as_deref().into_iter().chain(self.live())
     }
 
     /// Merges the recent batches into the active layer.
@@ -181,9 +183,9 @@ struct SyncState {
 
 /// The log's syncer: while it waits for one `fdatasync`, the writer thread goes on
 /// running the next batches' closures and writing their records (pipelined group
-/// commit); the next sync covers every record written meanwhile. After a sync it moves
-/// the batches it made durable into the active layer and answers their callers itself,
-/// so an acknowledgement does not wait for the writer thread.
+/// commit); the next sync covers every record written meanwhile. After a sync it makes
+/// the batches it made durable visible and answers their callers itself, so an
+/// acknowledgement does not wait for the writer thread (see [`Syncer::finish`]).
 struct Syncer {
     state: Mutex<SyncState>,
     changed: Condvar,
@@ -897,11 +899,12 @@ impl Drop for Durable {
     }
 }
 
-/// A batch's view: the batches written but not yet durable (newest first), the active
-/// layer, then the frozen layer and redb as of the batch's start (taken together, a
-/// consistent base even if the flusher finishes meanwhile). Only the writer thread
-/// changes the active layer and the pending batches, so they too stay as they were while
-/// the batch's closures run. redb tables are opened once per batch.
+/// A batch's view: the batches written but not yet durable as of the batch's start
+/// (newest first), the live layers (the syncer may move a pending batch into them
+/// meanwhile: the same writes, found either way), then the frozen layer and redb as of
+/// the batch's start (taken together, a consistent base even if the flusher finishes
+/// meanwhile; only the writer thread freezes a layer, and not while a view is held).
+/// redb tables are opened once per batch.
 struct LayeredView<'a> {
     layers: &'a RwLock<Layers>,
     frozen: Option<Arc<Layer>>,
@@ -929,17 +932,8 @@ impl View for LayeredView<'_> {
         }
         // The live layers (a batch pending when the view was made may be in them by now,
         // the same writes); the frozen one as of the view, which matches its redb.
-        {
-            let layers = read(self.layers);
-            let mut live = layers
-                .recent
-                .iter()
-                .rev()
-                .map(|r| &**r)
-                .chain([&layers.active]);
-            if let Some(v) = live.find_map(|l| l.get(table, key)) {
-                return Ok(v.cloned());
-            }
+        if let Some(v) = read(self.layers).live_get(table, key) {
+            return Ok(v.cloned());
         }
         if let Some(v) = self.frozen.as_ref().and_then(|f| f.get(table, key)) {
             return Ok(v.cloned());
@@ -964,8 +958,7 @@ impl View for LayeredView<'_> {
             .frozen
             .as_deref()
             .into_iter()
-            .chain([&layers.active])
-            .chain(layers.recent.iter().map(|r| &**r))
+            .chain(layers.live())
             .chain(self.pending.iter().map(|p| &**p))
             .chain(over.iter().copied())
             .map(|l| l.range(table, start))

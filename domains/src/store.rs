@@ -428,11 +428,6 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// A cached committed value.
-struct Cached {
-    raw: Option<Bytes>,
-}
-
 /// What a domain derived from a committed value ([`Store::get_derived`]), and the bytes
 /// it holds (it may keep other rows alive, e.g. a reply holding an object's data).
 #[derive(Clone)]
@@ -443,6 +438,22 @@ struct Derived {
 
 type Cache<V> = moka::sync::Cache<Key, V, foldhash::quality::RandomState>;
 
+/// Caches `v`, read from the backend after the generation was `before`. The check closes
+/// the race where a read of the old value finishes after a commit's invalidation: such an
+/// entry is removed again.
+fn insert_checked<V: Clone + Send + Sync + 'static>(
+    inner: &Inner,
+    cache: &Cache<V>,
+    k: Key,
+    v: V,
+    before: u64,
+) {
+    cache.insert(k.clone(), v);
+    if inner.generation.load(Ordering::SeqCst) != before {
+        cache.invalidate(&k);
+    }
+}
+
 fn weight(key: &Key, bytes: usize) -> u32 {
     (key.1.len() + bytes + 48).min(u32::MAX as usize) as u32
 }
@@ -451,7 +462,7 @@ fn weight(key: &Key, bytes: usize) -> u32 {
 /// sender), so dropping every [`Store`] closes the channel and ends the thread.
 struct Inner {
     backend: Arc<dyn Backend>,
-    cache: Cache<Arc<Cached>>,
+    cache: Cache<Option<Bytes>>,
     /// Derived values, weighed by what they hold, in their own share of `cache_bytes`;
     /// dropped with the key's row.
     derived: Cache<Derived>,
@@ -501,7 +512,7 @@ impl Store {
         // Rows get three quarters of the budget, derived values the rest.
         let derived_bytes = options.cache_bytes / 4;
         let cache = moka::sync::Cache::builder()
-            .weigher(|k: &Key, v: &Arc<Cached>| weight(k, v.raw.as_ref().map_or(0, Bytes::len)))
+            .weigher(|k: &Key, v: &Option<Bytes>| weight(k, v.as_ref().map_or(0, Bytes::len)))
             .max_capacity(options.cache_bytes - derived_bytes)
             .build_with_hasher(foldhash::quality::RandomState::default());
         let derived = moka::sync::Cache::builder()
@@ -549,24 +560,13 @@ impl Store {
 
     /// Reads a committed value through the cache (for hot keys; invalidated on write).
     pub fn get_cached(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
-        Ok(self.cached(table, key)?.raw.clone())
-    }
-
-    fn cached(&self, table: &'static str, key: &[u8]) -> Result<Arc<Cached>, Status> {
         let k: Key = (table, key.to_vec());
         if let Some(v) = self.inner.cache.get(&k) {
             return Ok(v);
         }
-        // The generation check closes the race where a read of the old value finishes
-        // after a commit's invalidation: such an entry is removed again.
         let before = self.inner.generation.load(Ordering::SeqCst);
-        let v = Arc::new(Cached {
-            raw: self.inner.backend.get(table, key)?,
-        });
-        self.inner.cache.insert(k.clone(), v.clone());
-        if self.inner.generation.load(Ordering::SeqCst) != before {
-            self.inner.cache.invalidate(&k);
-        }
+        let v = self.inner.backend.get(table, key)?;
+        insert_checked(&self.inner, &self.inner.cache, k, v.clone(), before);
         Ok(v)
     }
 
@@ -587,7 +587,7 @@ impl Store {
             return Ok(d.value.downcast::<T>().ok());
         }
         // From the backend, not the row cache (which may still hold a value a commit
-        // just replaced), under the same generation check as `cached`.
+        // just replaced), under the same generation check as `get_cached`.
         let before = self.inner.generation.load(Ordering::SeqCst);
         let Some(raw) = self.inner.backend.get(table, key)? else {
             return Ok(None);
@@ -600,10 +600,7 @@ impl Store {
             value: value.clone(),
             weight,
         };
-        self.inner.derived.insert(k.clone(), entry);
-        if self.inner.generation.load(Ordering::SeqCst) != before {
-            self.inner.derived.invalidate(&k);
-        }
+        insert_checked(&self.inner, &self.inner.derived, k, entry, before);
         Ok(Some(value))
     }
 
