@@ -21,6 +21,13 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+/// mimalloc, not glibc's malloc: request buffers are allocated on tokio's workers and
+/// freed on the store's threads (and the other way round), where glibc's per-arena
+/// frees and consolidation took about a tenth of both cores in a profile of the durable
+/// Put path; with mimalloc that row ran 8 % faster in alternating runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// AI Core: a self-hosted game backend appliance.
 #[derive(Parser)]
 #[command(name = "aicore", version, about)]

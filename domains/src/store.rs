@@ -104,7 +104,7 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             redb_cache_bytes: 256 << 20,
             wal: true,
-            wal_bytes: 16 << 20,
+            wal_bytes: 64 << 20,
             checkpoint_tick: Duration::from_secs(1),
             #[cfg(test)]
             flush_pause: Duration::ZERO,
