@@ -52,6 +52,7 @@ use aicore_proto::aicore::time_manager::v1::{
     TickEvent, TimeManagerHandler, Timer,
 };
 use aicore_proto::{Code, Metadata, Request, Status};
+use bytes::Bytes;
 use prost::Message;
 
 use crate::idempotency::{self, Idempotency};
@@ -332,12 +333,15 @@ fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
     Ok(ticks)
 }
 
-/// Where the due table's live keys start, at the latest (see the module doc).
+/// Where the due table's live keys start, at the latest (see the module doc), from the
+/// `due_from` row as read (a store without one: the table's start).
+fn due_start(row: Option<Bytes>) -> Vec<u8> {
+    row.map(|b| b.to_vec()).unwrap_or_default()
+}
+
+/// [`due_start`] as a transaction sees it.
 fn due_from(tx: &Tx<'_>) -> Result<Vec<u8>, Status> {
-    Ok(tx
-        .get(TICKER, DUE_FROM)?
-        .map(|b| b.to_vec())
-        .unwrap_or_default())
+    Ok(due_start(tx.get(TICKER, DUE_FROM)?))
 }
 
 /// Adds `key` to the due table, below which the scans then start if need be.
@@ -744,10 +748,7 @@ impl TimeManagerHandler for TimeManager {
         let store = &self.ctx.store;
         // No live key is below `due_from`: start there rather than step over the rows of
         // timers fired since the store last flushed.
-        let mut from = store
-            .get(TICKER, DUE_FROM)?
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
+        let mut from = due_start(store.get(TICKER, DUE_FROM)?);
         if !req.page_token.is_empty() {
             from = from.max(paging::decode_token(LIST_TOKEN, &req.page_token)?);
         }
