@@ -195,10 +195,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for the whole process (rustls would otherwise have to guess).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Without the LIFO slot a task woken by another runs after the tasks already queued,
+    // not right after the waker. On a connection shared by many callers (the load
+    // generator, the gateway, every domain's replies) that lets the woken callers queue
+    // their messages before the connection task writes, so one `writev` carries many of
+    // them instead of about one. Measured (BENCHMARKS.md, 2026-12-01 16:20): raw
+    // request/reply at C=64 +30 %, cached Get +25 %, durable Put +5–10 %, the gateway
+    // +15 %; one caller alone (C=1) pays ~15 µs more per call. `tokio_unstable` is set
+    // in `.cargo/config.toml`; a build without it keeps tokio's default.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
