@@ -202,9 +202,10 @@ fn main() -> ExitCode {
     // generator, the gateway, every domain's replies) that lets the woken callers queue
     // their messages before the connection task writes, so one `writev` carries many of
     // them instead of about one. Measured (BENCHMARKS.md, 2026-12-01 16:20): raw
-    // request/reply at C=64 +30 %, cached Get +25 %, durable Put +5–10 %, the gateway
-    // +15 %; one caller alone (C=1) pays ~15 µs more per call. `tokio_unstable` is set
-    // in `.cargo/config.toml`; a build without it keeps tokio's default.
+    // request/reply at C=64 +30 %, cached Get at C=128 +35 %, durable Put at C=64
+    // +5–15 %, the gateway at C=64/128 +15 %; one caller alone (C=1) pays ~15 µs more
+    // per call. `tokio_unstable` is set in `.cargo/config.toml`; a build without it
+    // keeps tokio's default.
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     let runtime = match builder.build() {
