@@ -211,13 +211,16 @@ impl StoreConfig {
 }
 
 impl Default for StoreConfig {
+    /// The store's own defaults ([`aicore_domains::store::StoreOptions`]), so they are
+    /// stated once.
     fn default() -> Self {
+        let o = aicore_domains::store::StoreOptions::default();
         StoreConfig {
             file: "aicore.redb".into(),
-            cache_bytes: 64 << 20,
-            max_batch: 1024,
-            write_ahead_log: true,
-            wal_bytes: 64 << 20,
+            cache_bytes: o.cache_bytes,
+            max_batch: o.max_batch,
+            write_ahead_log: o.wal,
+            wal_bytes: o.wal_bytes,
         }
     }
 }
