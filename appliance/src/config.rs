@@ -192,8 +192,9 @@ pub struct StoreConfig {
     /// Larger: fewer, larger flushes (each rewrites every redb page it touches, so write
     /// volume per write falls). It also bounds that memory and the log replayed after a
     /// crash: while a flush runs, the next layer may grow to twice this much of log.
-    /// Default 64 MiB: durable Put at C=64 ran ~10 % faster than with 16 MiB in 20-s
-    /// runs (BENCHMARKS.md); replaying 55 MB of log at startup took 0.76 s.
+    /// Default 64 MiB: durable Put at C=64 ran ~5 % faster than with 16 MiB in three
+    /// alternating 20-s runs (40.4K against 38.6K/s on average, BENCHMARKS.md);
+    /// replaying 55 MB of log at startup took 0.76 s.
     pub wal_bytes: u64,
 }
 
