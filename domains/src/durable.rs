@@ -872,6 +872,10 @@ impl Backend for Durable {
         f()
     }
 
+    fn flushing(&self) -> bool {
+        lock(&self.flusher.state).running
+    }
+
     fn checkpoint(&self, idle_only: bool) -> Result<(), StoreError> {
         let mut st = lock(&self.log);
         let busy = std::mem::take(&mut st.busy_since_tick);

@@ -169,6 +169,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         let _ = idle_only;
         Ok(())
     }
+    /// Whether memory layers are being written to the database right now.
+    fn flushing(&self) -> bool {
+        false
+    }
     /// Runs `f` while no flush is writing to the database file (tests copy crash images).
     #[cfg(test)]
     fn between_flushes(&self, f: &mut dyn FnMut()) {
@@ -695,6 +699,13 @@ impl Store {
             commits: self.inner.commits.load(Ordering::Relaxed),
             writes: self.inner.writes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether a flush of the memory layers to the database file is running (work left
+    /// behind by writes already answered; `aicore bench` charges it to the row whose
+    /// writes left it).
+    pub fn flushing(&self) -> bool {
+        self.inner.backend.flushing()
     }
 
     /// Waits until a commit queues outbox events (returns at once if one did since the
