@@ -692,9 +692,9 @@ async fn measure_gateway(
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
     use aicore_proto::aicore::auth::v1 as auth;
-    let load = &base.nats;
     use aicore_proto::aicore::state_manager::v1::{GetResponse, ObjectMetadata};
     use prost::Message;
+    let load = &base.nats;
 
     // The JSON request, padded to the payload size.
     let head = r#"{"playerId":"bench","key":""#;
