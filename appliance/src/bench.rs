@@ -187,12 +187,17 @@ struct Baseline {
 
 impl Baseline {
     fn op(&self) -> Op {
-        let (nats, payload) = (self.nats.clone(), self.payload.clone());
-        op(move |_, _| {
-            let (nats, p) = (nats.clone(), payload.clone());
-            async move { nats.request("bench.echo", p).await.map(|_| ()) }
-        })
+        request_op(&self.nats, "bench.echo", &self.payload)
     }
+}
+
+/// A load of plain NATS requests of `payload` to `subject`.
+fn request_op(nats: &async_nats::Client, subject: &'static str, payload: &Bytes) -> Op {
+    let (nats, payload) = (nats.clone(), payload.clone());
+    op(move |_, _| {
+        let (nats, p) = (nats.clone(), payload.clone());
+        async move { nats.request(subject, p).await.map(|_| ()) }
+    })
 }
 
 /// The calls of one load over one or more slices of time.
@@ -421,21 +426,9 @@ async fn measure_tls(
     let load = connect(&url, Some(&identity("gateway")), "bench-load-tls").await?;
     let mut cells = Vec::new();
     for &c in &args.concurrency {
-        let (nats, p) = (load.clone(), base.payload.clone());
-        cells.push(
-            measure(
-                base,
-                None,
-                "raw request/reply, mTLS + users",
-                c,
-                args.seconds,
-                move |_, _| {
-                    let (nats, p) = (nats.clone(), p.clone());
-                    async move { nats.request("svc.bench.v1.echo", p).await.map(|_| ()) }
-                },
-            )
-            .await,
-        );
+        let tls = request_op(&load, "svc.bench.v1.echo", &base.payload);
+        let rows = vec![("raw request/reply, mTLS + users", tls)];
+        cells.extend(measure_rows(base, None, c, args.seconds, rows).await);
     }
     echo.abort();
     child.stop().await;
