@@ -410,7 +410,13 @@ async fn measure_tls(
     .await?;
     let url = child.client_url();
     let identity = |name: &str| ClientTls::in_dir(&certs, name);
-    let responder = connect(&url, Some(&identity("domains")), "bench-echo-tls").await?;
+    let responder = connect(
+        &url,
+        Some(&identity("domains")),
+        "domains",
+        "bench-echo-tls",
+    )
+    .await?;
     let mut sub = responder
         .queue_subscribe("svc.bench.v1.echo", "bench".into())
         .await?;
@@ -423,7 +429,13 @@ async fn measure_tls(
         }
     });
     responder.flush().await?;
-    let load = connect(&url, Some(&identity("gateway")), "bench-load-tls").await?;
+    let load = connect(
+        &url,
+        Some(&identity("gateway")),
+        "gateway",
+        "bench-load-tls",
+    )
+    .await?;
     let mut cells = Vec::new();
     for &c in &args.concurrency {
         let tls = request_op(&load, "svc.bench.v1.echo", &base.payload);
@@ -443,7 +455,7 @@ async fn serve_domain(
     config: &Config,
     stop: CancellationToken,
 ) -> Result<runtime::ServiceHandle> {
-    let nats = connect(url, None, "bench-domains").await?;
+    let nats = connect(url, None, "domains", "bench-domains").await?;
     let ctx = Ctx {
         store,
         clock: Arc::new(SystemClock),
@@ -695,7 +707,7 @@ async fn measure_gateway(
     let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
 
     // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
-    let responder = connect(url, None, "bench-http-responders").await?;
+    let responder = connect(url, None, "domains", "bench-http-responders").await?;
     let reply = Bytes::from(
         GetResponse {
             metadata: Some(ObjectMetadata {
@@ -761,7 +773,7 @@ async fn measure_gateway(
     let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
 
     // The two servers.
-    let forwarder_nats = connect(url, None, "bench-forwarder").await?;
+    let forwarder_nats = connect(url, None, "gateway", "bench-forwarder").await?;
     let forwarder = axum::Router::new().route(
         "/echo",
         axum::routing::post(move |body: Bytes| {
@@ -879,7 +891,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let mut cells = Vec::new();
 
     // Raw baseline: an echo responder on its own connection, handling in order.
-    let responder = connect(&url, None, "bench-echo").await?;
+    let responder = connect(&url, None, "domains", "bench-echo").await?;
     let mut sub = responder.subscribe("bench.echo").await?;
     let echo_nats = responder.clone();
     let echo = tokio::spawn(async move {
@@ -890,7 +902,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         }
     });
     responder.flush().await?;
-    let load = connect(&url, None, "bench-load").await?;
+    let load = connect(&url, None, "gateway", "bench-load").await?;
     // The raw rows on their own, then every other row interleaved with raw slices (see
     // [`measure_rows`]): its ratio is to the raw of the same seconds.
     let base = Baseline {
@@ -909,7 +921,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     // service API, a task per request, retries/breaker bookkeeping): the framework's
     // own share of every domain call, with no domain work.
     if args.wants("runtime") {
-        let runtime_nats = connect(&url, None, "bench-runtime-echo").await?;
+        let runtime_nats = connect(&url, None, "domains", "bench-runtime-echo").await?;
         let serving = runtime::serve(
             runtime_nats.clone(),
             Arc::new(EchoService),

@@ -51,6 +51,12 @@ pub struct Issued {
     /// Revoked by `aicore certs revoke`.
     #[serde(default)]
     pub revoked: bool,
+    /// The certificate's public-key pin: lower-case hex SHA-256 of its DER
+    /// SubjectPublicKeyInfo, as nats-server's `pinned_certs` takes it. Every issue makes a
+    /// new key, so this names one certificate. Empty in records written before pins
+    /// existed (computed from the key file when needed).
+    #[serde(default)]
+    pub pin: String,
 }
 
 impl Issued {
@@ -64,7 +70,13 @@ impl Issued {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
+    /// The current certificate of each name.
     certs: BTreeMap<String, Issued>,
+    /// Certificates a newer one of the same name replaced: still accepted until they
+    /// expire (a renewed principal keeps its connections until it reconnects with the
+    /// new files) unless revoked. Dropped once expired.
+    #[serde(default)]
+    superseded: Vec<Issued>,
 }
 
 /// The local CA in a directory.
@@ -117,6 +129,16 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The nats-server `pinned_certs` form of a key: hex SHA-256 of its SubjectPublicKeyInfo.
+fn spki_pin(key: &KeyPair) -> String {
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    sha2::Sha256::digest(key.subject_public_key_info())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A certificate name: what may appear in a CN and a file name.
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -126,7 +148,12 @@ fn check_name(name: &str) -> Result<()> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.');
     if !ok {
-        bail!("certificate name {name:?} must be 1-64 characters of [A-Za-z0-9._-]");
+        bail!("certificate name {name:?} must be 1-64 characters of [A-Za-z0-9_-]");
+    }
+    if name.contains('.') {
+        // The name is a token of the principal's reply subjects (`_INBOX.<name>.>`): a
+        // dot would let `a` read the replies of `a.b`.
+        bail!("certificate name {name:?} must not contain '.'; use '-' or '_'");
     }
     Ok(())
 }
@@ -253,10 +280,27 @@ impl Authority {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
         let key = KeyPair::generate()?;
+        let pin = spki_pin(&key);
         let ca = ca_params(now, not_after)?;
         let issuer = Issuer::new(ca, &self.key);
         let cert = p.signed_by(&key, &issuer)?;
 
+        // The certificate this one replaces stays accepted until it expires; pin it now,
+        // while its key file is still the one on disk.
+        let mut index = self.load_index()?;
+        if let Some(mut old) = index.certs.remove(name) {
+            if old.pin.is_empty() {
+                match self.pin(&old) {
+                    Ok(p) => old.pin = p,
+                    Err(e) => {
+                        tracing::warn!(certificate = %name, error = %format!("{e:#}"), "the replaced certificate cannot be pinned and is no longer accepted")
+                    }
+                }
+            }
+            if !old.pin.is_empty() {
+                index.superseded.push(old);
+            }
+        }
         let out = out_dir.unwrap_or(&self.dir);
         std::fs::create_dir_all(out)?;
         let cert_path = out.join(format!("{name}.pem"));
@@ -272,11 +316,35 @@ impl Authority {
             cert_path,
             key_path,
             revoked: false,
+            pin,
         };
-        let mut index = self.load_index()?;
         index.certs.insert(name.to_string(), issued.clone());
+        let now = secs(now);
+        index.superseded.retain(|c| c.not_after > now);
         self.save_index(&index)?;
         Ok(issued)
+    }
+
+    /// The public-key pin of `c`: recorded at issue, or computed from its key file for
+    /// records written before pins were.
+    pub fn pin(&self, c: &Issued) -> Result<String> {
+        if !c.pin.is_empty() {
+            return Ok(c.pin.clone());
+        }
+        let pem = std::fs::read_to_string(&c.key_path)
+            .with_context(|| format!("reading {}", c.key_path.display()))?;
+        let key =
+            KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", c.key_path.display()))?;
+        Ok(spki_pin(&key))
+    }
+
+    /// Every certificate still on record: the current one of each name and the ones they
+    /// replaced that have not expired yet.
+    pub fn list_all(&self) -> Result<Vec<Issued>> {
+        let index = self.load_index()?;
+        let mut all: Vec<Issued> = index.certs.into_values().collect();
+        all.extend(index.superseded);
+        Ok(all)
     }
 
     /// The record of `name`, if any.
@@ -289,16 +357,32 @@ impl Authority {
         Ok(self.load_index()?.certs.into_values().collect())
     }
 
-    /// Marks `name` revoked (the supervisor drops its NATS user at the next reload).
-    pub fn revoke(&self, name: &str) -> Result<Issued> {
+    /// Revokes the certificates of `name`: all of them (the current one and every one it
+    /// replaced), or only the one with serial `serial`. The supervisor unpins them at its
+    /// next check and nats-server closes their connections. Issuing `name` again makes a
+    /// new certificate; the revoked ones stay refused. Returns what it revoked.
+    pub fn revoke(&self, name: &str, serial: Option<&str>) -> Result<Vec<Issued>> {
         let mut index = self.load_index()?;
-        let Some(c) = index.certs.get_mut(name) else {
-            bail!("no certificate named {name:?}");
-        };
-        c.revoked = true;
-        let c = c.clone();
+        let mut revoked = Vec::new();
+        let serial = serial.map(|s| s.trim().to_ascii_lowercase());
+        for c in index
+            .certs
+            .values_mut()
+            .chain(index.superseded.iter_mut())
+            .filter(|c| c.name == name)
+            .filter(|c| serial.as_deref().is_none_or(|s| c.serial == s))
+        {
+            c.revoked = true;
+            revoked.push(c.clone());
+        }
+        if revoked.is_empty() {
+            match serial {
+                Some(s) => bail!("no certificate named {name:?} with serial {s}"),
+                None => bail!("no certificate named {name:?}"),
+            }
+        }
         self.save_index(&index)?;
-        Ok(c)
+        Ok(revoked)
     }
 }
 
@@ -371,11 +455,11 @@ mod tests {
         let gs = ca.issue("arena-1", "game-server", 30, &[], None).unwrap();
         assert_eq!(ca.list().unwrap().len(), 2);
         assert!(!gs.revoked);
-        ca.revoke("arena-1").unwrap();
+        ca.revoke("arena-1", None).unwrap();
         let listed = ca.list().unwrap();
         assert!(listed.iter().any(|c| c.name == "arena-1" && c.revoked));
         assert!(listed.iter().any(|c| c.name == "nats" && !c.revoked));
-        assert!(ca.revoke("nobody").is_err());
+        assert!(ca.revoke("nobody", None).is_err());
     }
 
     #[test]
@@ -399,6 +483,7 @@ mod tests {
             cert_path: PathBuf::new(),
             key_path: PathBuf::new(),
             revoked: false,
+            pin: String::new(),
         };
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         assert!(!c.needs_renewal(at(1_199)));

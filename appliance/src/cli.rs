@@ -202,6 +202,7 @@ pub async fn connect_client(
 ) -> Result<async_nats::Client> {
     crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name("aicore-cli")
+        .custom_inbox_prefix(crate::security::inbox_prefix("admin"))
         .connection_timeout(Duration::from_secs(3))
         .connect(url)
         .await

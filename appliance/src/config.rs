@@ -240,6 +240,13 @@ pub struct SecurityConfig {
     /// Subjects a `game-server` certificate may request, e.g. `svc.world-state.v1.>`;
     /// everything else under `svc.` is refused. Game servers may always publish telemetry.
     pub game_server_allow: Vec<String>,
+    /// The roles a `game-server` principal may claim when it acts for a player
+    /// (`Aicore-Caller-Roles`), and holds when it calls as itself: its ceiling. A claim
+    /// beyond it is refused (PermissionDenied).
+    pub game_server_roles: Vec<String>,
+    /// Per principal (certificate name): a ceiling replacing `game_server_roles`, e.g.
+    /// `{ "matchmaker" = ["player", "service"] }`.
+    pub principal_roles: std::collections::BTreeMap<String, Vec<String>>,
     /// Validity of the certificates `aicore run` issues itself (server, domains, gateway,
     /// admin); they are renewed at two thirds of it, without a restart.
     pub cert_days: u32,
@@ -265,6 +272,8 @@ impl Default for SecurityConfig {
             insecure_dev: false,
             host_names: Vec::new(),
             game_server_allow: Vec::new(),
+            game_server_roles: vec!["player".to_string()],
+            principal_roles: Default::default(),
             cert_days: 90,
             ca_days: 3650,
             check_interval_secs: 2,

@@ -184,10 +184,14 @@ enum CertsCommand {
     },
     /// List issued certificates with role, expiry and revocation.
     List,
-    /// Revoke a certificate by name.
+    /// Revoke every certificate of a name (or one, with --serial). Issuing the name again
+    /// makes a new certificate; the revoked ones stay refused.
     Revoke {
         /// The certificate's name.
         name: String,
+        /// Revoke only the certificate with this serial (hex, as `certs list` shows).
+        #[arg(long)]
+        serial: Option<String>,
     },
 }
 
@@ -367,7 +371,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                         "{:<24} {:<12} {:<12} {:<8} serial",
                         "name", "role", "expires", "status"
                     );
-                    for c in ca.list()? {
+                    for c in ca.list_all()? {
                         let days_left = (c.not_after as i64
                             - std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
@@ -392,9 +396,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                         );
                     }
                 }
-                CertsCommand::Revoke { name } => {
-                    ca.revoke(&name)?;
-                    println!("revoked {name}");
+                CertsCommand::Revoke { name, serial } => {
+                    for c in ca.revoke(&name, serial.as_deref())? {
+                        println!("revoked {name} (serial {})", c.serial);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

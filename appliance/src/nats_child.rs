@@ -112,8 +112,47 @@ pub struct NatsTls {
     pub key_file: PathBuf,
     /// The CA client certificates must chain to.
     pub ca_file: PathBuf,
-    /// One user per accepted certificate identity; nothing else may connect.
+    /// The accounts, users and pins: nothing else may connect.
+    pub accounts: Accounts,
+}
+
+/// Who may connect and where each lands: the home account (the appliance's own
+/// principals, JetStream, every service) and one account per external principal,
+/// importing only the services it may call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accounts {
+    /// The home account's name.
+    pub home: String,
+    /// Its users.
     pub users: Vec<NatsUser>,
+    /// What it offers other accounts.
+    pub exports: Vec<Export>,
+    /// The external principals' account.
+    pub external: ExternalAccount,
+    /// Public-key pins (`pinned_certs`) of exactly the certificates accepted: a revoked,
+    /// expired or unknown certificate fails the handshake, and a reload closes its
+    /// connections.
+    pub pinned: Vec<String>,
+}
+
+/// A service the home account exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// Its subject.
+    pub subject: String,
+    /// Whether a request gets a stream of replies (else one).
+    pub streamed: bool,
+}
+
+/// The account of the external principals (game servers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalAccount {
+    /// The account's name.
+    pub name: String,
+    /// Its users (one per accepted certificate subject).
+    pub users: Vec<NatsUser>,
+    /// The home account's services it imports (literal subjects).
+    pub imports: Vec<String>,
 }
 
 /// A NATS user: a certificate subject and what it may publish and subscribe to.
@@ -306,6 +345,29 @@ fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
     })
 }
 
+/// Moves JetStream's data from nats-server's global account (`$G`, where it lived before
+/// the appliance ran accounts, and where `--insecure-dev` keeps it) into the home account
+/// `home`, once, when `home` has none yet: an upgraded appliance keeps its streams, their
+/// messages and consumers instead of starting them empty. JetStream keeps each account's
+/// data in `<store_dir>/jetstream/<account>/`, and a stream's files do not name their
+/// account. Returns whether it moved anything.
+pub fn adopt_global_streams(store_dir: &Path, home: &str) -> Result<bool> {
+    let root = store_dir.join("jetstream");
+    let (global, target) = (root.join("$G"), root.join(home));
+    if !global.is_dir() || target.exists() {
+        return Ok(false);
+    }
+    std::fs::rename(&global, &target).with_context(|| {
+        format!(
+            "moving JetStream data {} to {}",
+            global.display(),
+            target.display()
+        )
+    })?;
+    tracing::info!(from = %global.display(), to = %target.display(), "JetStream data moved into the appliance's account");
+    Ok(true)
+}
+
 /// Produces the nats-server configuration file for `cfg`.
 ///
 /// The single place the child's configuration is written, so TLS and accounts blocks can
@@ -342,9 +404,10 @@ jetstream {{
     ) + &cfg.tls.as_ref().map(render_tls).unwrap_or_default()
 }
 
-/// The TLS and authorization blocks of the configuration.
+/// The TLS and accounts blocks of the configuration.
 fn render_tls(tls: &NatsTls) -> String {
     let list = |v: &[String]| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+    let a = &tls.accounts;
     let mut out = format!(
         "
 tls {{
@@ -353,19 +416,25 @@ tls {{
   ca_file: {ca}
   verify_and_map: true
   timeout: 5
+  # Only these certificates (SHA-256 of their public keys) may connect at all.
+  pinned_certs: [{pinned}]
 }}
 
-authorization {{
-  # Deny by default: a subject not listed below is refused.
-  users = [
+# Deny by default: a subject not listed for a user is refused.
+accounts {{
+  {home}: {{
+    jetstream: enabled
+    users: [
 ",
         cert = quote(&tls.cert_file.to_string_lossy()),
         key = quote(&tls.key_file.to_string_lossy()),
         ca = quote(&tls.ca_file.to_string_lossy()),
+        pinned = list(&a.pinned),
+        home = quote(&a.home),
     );
-    for u in &tls.users {
-        out.push_str(&format!(
-            "    {{ user: {user}, permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [{subscribe}] }}{responses} }} }}\n",
+    let user = |u: &NatsUser| {
+        format!(
+            "      {{ user: {user}, permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [{subscribe}] }}{responses} }} }}\n",
             user = quote(&u.user),
             publish = list(&u.publish),
             subscribe = list(&u.subscribe),
@@ -374,9 +443,40 @@ authorization {{
             } else {
                 ""
             },
+        )
+    };
+    for u in &a.users {
+        out.push_str(&user(u));
+    }
+    out.push_str("    ]\n    exports: [\n");
+    for e in &a.exports {
+        out.push_str(&format!(
+            "      {{ service: {}{} }}\n",
+            quote(&e.subject),
+            if e.streamed {
+                ", response_type: stream"
+            } else {
+                ""
+            }
         ));
     }
-    out.push_str("  ]\n}\n");
+    out.push_str("    ]\n  }\n");
+    // `share`: nats-server stamps each request from here with the sender's mapped user.
+    let x = &a.external;
+    out.push_str(&format!("  {}: {{\n    users: [\n", quote(&x.name)));
+    for u in &x.users {
+        out.push_str(&user(u));
+    }
+    out.push_str("    ]\n    imports: [\n");
+    for subject in &x.imports {
+        out.push_str(&format!(
+            "      {{ service: {{ account: {}, subject: {} }}, share: true }}\n",
+            quote(&a.home),
+            quote(subject)
+        ));
+    }
+    out.push_str("    ]\n  }\n");
+    out.push_str("}\n");
     out
 }
 
@@ -503,6 +603,9 @@ impl NatsChild {
     /// until it crash-loops ([`NatsChild::failed`]).
     pub async fn start(cfg: NatsChildConfig, shutdown: CancellationToken) -> Result<NatsChild> {
         validate(&cfg)?;
+        if let Some(tls) = &cfg.tls {
+            adopt_global_streams(&cfg.store_dir, &tls.accounts.home)?;
+        }
         write_config(&cfg).await?;
         let stop = shutdown.child_token();
         let shared = Arc::new(Shared::default());

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::certs::{Authority, Issued};
 use crate::config::SecurityConfig;
-use crate::nats_child::{NatsTls, NatsUser};
+use crate::nats_child::{Accounts, Export, ExternalAccount, NatsTls, NatsUser};
 
 /// The nats-server's own certificate.
 pub const SERVER_NAME: &str = "nats";
@@ -77,10 +77,25 @@ pub fn user_of(name: &str, role: &str) -> String {
     format!("CN={name},OU={role},O=AI Core")
 }
 
-/// What the domains both publish and subscribe to: their requests (queue groups), the
-/// micro protocol, their replies, and the event subjects (events, audit, telemetry, AI,
-/// dead letters, the appliance's own notices).
-const DOMAIN_SUBJECTS: &[&str] = &[
+/// The NATS account of the appliance's own principals (`domains`, `gateway`, `admin`).
+/// JetStream lives here. External principals (game servers) each get an account of their
+/// ([`aicore_domains::runtime::EXTERNAL_ACCOUNT`]) that imports the services they may call,
+/// so nats-server itself tells a domain which principal sent a request.
+pub const HOME_ACCOUNT: &str = "AICORE";
+
+/// The reply-subject prefix of principal `name`: its requests' inboxes live under it, and
+/// it may subscribe only there, so no principal reads another's replies (tokens among
+/// them). Clients set it as their inbox prefix (async-nats `custom_inbox_prefix`, nats-py
+/// `inbox_prefix`, nats.js `inboxPrefix`).
+pub fn inbox_prefix(name: &str) -> String {
+    format!("_INBOX.{name}")
+}
+
+/// What the domains publish to: events, audit, telemetry, AI, dead letters, the
+/// appliance's notices, the micro protocol, calls to other domains, and the replies of
+/// streamed answers (to any principal's inbox in this account, and `_R_.` for a principal
+/// in another account; a reply grants no read access).
+const DOMAIN_PUBLISH: &[&str] = &[
     "svc.>",
     "evt.>",
     "audit.>",
@@ -90,61 +105,147 @@ const DOMAIN_SUBJECTS: &[&str] = &[
     "aicore.>",
     "$SRV.>",
     "_INBOX.>",
+    "_R_.>",
+    "$JS.API.>",
+    "$JS.ACK.>",
+    "$JS.FC.>",
 ];
+/// What the domains subscribe to, besides their own inbox.
+const DOMAIN_SUBSCRIBE: &[&str] = &[
+    "svc.>",
+    "evt.>",
+    "audit.>",
+    "telemetry.>",
+    "ai.>",
+    "dlq.>",
+    "aicore.>",
+    "$SRV.>",
+];
+/// What a game server may always publish (into the home account, through an import).
+const TELEMETRY: &[&str] = &["telemetry.>", "evt.telemetry.>"];
 
-/// The permissions of a role; `None` for a role that gets no user (the server).
-fn permissions(role: &str, game_server_allow: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+/// The permissions of principal `name` holding `role`; `None` for a role that gets no
+/// user (the server). `imports` are what a game server's account imports: the RPCs it
+/// may call, and telemetry.
+fn permissions(role: &str, name: &str, imports: &[String]) -> Option<(Vec<String>, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let inbox = format!("{}.>", inbox_prefix(name));
     Some(match role {
         // Serve `svc.>` (queue groups) and the micro protocol; emit events, audit,
         // telemetry, AI and dead letters; use JetStream; call other domains.
         "domains" => {
-            let mut publish = s(DOMAIN_SUBJECTS);
-            publish.extend(s(&["$JS.API.>", "$JS.ACK.>", "$JS.FC.>"]));
-            (publish, s(DOMAIN_SUBJECTS))
+            let mut subscribe = s(DOMAIN_SUBSCRIBE);
+            subscribe.push(inbox);
+            (s(DOMAIN_PUBLISH), subscribe)
         }
         // Requests to `svc.>` and their replies only; revocation notices; readiness.
         "gateway" => (
             s(&["svc.>", "$SRV.PING", "$SRV.PING.>"]),
-            s(&["_INBOX.>", AUTH_REVOKED]),
+            vec![inbox, AUTH_REVOKED.to_string()],
         ),
-        // A configured subset of `svc.>`, and telemetry.
-        "game-server" => {
-            let mut publish = game_server_allow.to_vec();
-            publish.extend(s(&["telemetry.>", "evt.telemetry.>"]));
-            (publish, s(&["_INBOX.>"]))
-        }
+        // What its account imports: the allowed RPCs, and telemetry.
+        "game-server" => (imports.to_vec(), vec![inbox]),
         "admin" => (s(&[">"]), s(&[">"])),
         _ => return None,
     })
 }
 
-/// The NATS users for every certificate in the index that is neither revoked nor
-/// expired. Anything else (no certificate, another CA, a revoked identity) has no user
-/// and cannot connect.
-pub fn users(
-    ca: &Authority,
-    game_server_allow: &[String],
-    now: SystemTime,
-) -> Result<Vec<NatsUser>> {
+/// Whether NATS subject `subject` matches `pattern` (`*` one token, `>` the rest).
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The RPC subjects (of every contract in this build) that `allow` patterns select.
+/// Patterns are matched with `-` read as `_`, as everywhere else domain names appear.
+pub fn allowed_rpcs(allow: &[String]) -> Vec<String> {
+    let patterns: Vec<String> = allow.iter().map(|p| p.replace('-', "_")).collect();
+    aicore_proto::SERVICES
+        .iter()
+        .flat_map(|s| s.methods.iter())
+        .filter(|m| patterns.iter().any(|p| subject_matches(p, m.subject)))
+        .map(|m| m.subject.to_string())
+        .collect()
+}
+
+/// The services the home account exports to external principals: every RPC (a
+/// streaming one with a streamed response, so its items all cross back) and telemetry.
+fn exports() -> Vec<Export> {
+    let mut out: Vec<Export> = aicore_proto::SERVICES
+        .iter()
+        .flat_map(|s| s.methods.iter())
+        .map(|m| Export {
+            subject: m.subject.to_string(),
+            streamed: m.server_streaming,
+        })
+        .collect();
+    out.extend(TELEMETRY.iter().map(|t| Export {
+        subject: t.to_string(),
+        streamed: false,
+    }));
+    out
+}
+
+/// The accounts and users for every certificate in the index that is neither revoked
+/// nor expired, and the public-key pins of exactly those certificates. Anything else (no
+/// certificate, another CA, a revoked or re-issued-over certificate) has no user or no
+/// pin and cannot connect.
+pub fn accounts(ca: &Authority, game_server_allow: &[String], now: SystemTime) -> Result<Accounts> {
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = Vec::new();
-    for c in ca.list()? {
+    let mut imports = allowed_rpcs(game_server_allow);
+    imports.extend(TELEMETRY.iter().map(|t| t.to_string()));
+    let mut out = Accounts {
+        home: HOME_ACCOUNT.to_string(),
+        exports: exports(),
+        external: ExternalAccount {
+            name: aicore_domains::runtime::EXTERNAL_ACCOUNT.to_string(),
+            users: Vec::new(),
+            imports: imports.clone(),
+        },
+        ..Accounts::default()
+    };
+    for c in ca.list_all()? {
         if c.revoked || c.not_after <= now {
             continue;
         }
-        if let Some((publish, subscribe)) = permissions(&c.role, game_server_allow) {
-            out.push(NatsUser {
-                user: user_of(&c.name, &c.role),
-                publish,
-                subscribe,
-                // Domains answer requests whose reply subjects they cannot know.
-                allow_responses: c.role == "domains",
-            });
+        let Some((publish, subscribe)) = permissions(&c.role, &c.name, &imports) else {
+            continue;
+        };
+        match ca.pin(&c) {
+            Ok(pin) => out.pinned.push(pin),
+            Err(e) => {
+                tracing::warn!(certificate = %c.name, serial = %c.serial, error = %format!("{e:#}"), "certificate left out: its public key cannot be read");
+                continue;
+            }
+        }
+        let user = NatsUser {
+            user: user_of(&c.name, &c.role),
+            publish,
+            subscribe,
+            // Domains answer requests whose reply subjects they cannot know.
+            allow_responses: c.role == "domains",
+        };
+        let users = match c.role.as_str() {
+            "game-server" => &mut out.external.users,
+            _ => &mut out.users,
+        };
+        if !users.contains(&user) {
+            users.push(user);
         }
     }
+    out.pinned.sort();
+    out.pinned.dedup();
     Ok(out)
 }
 
@@ -228,7 +329,7 @@ pub fn nats_tls(ca: &Authority, config: &SecurityConfig, now: SystemTime) -> Res
         cert_file: dir.join(format!("{SERVER_NAME}.pem")),
         key_file: dir.join(format!("{SERVER_NAME}.key")),
         ca_file: ca.ca_path(),
-        users: users(ca, &config.game_server_allow, now)?,
+        accounts: accounts(ca, &config.game_server_allow, now)?,
     })
 }
 
@@ -242,7 +343,37 @@ pub fn validate(config: &SecurityConfig) -> Result<()> {
     if config.cert_days == 0 {
         bail!("security.cert_days must be at least 1");
     }
+    let ceilings = std::iter::once(("game_server_roles".to_string(), &config.game_server_roles))
+        .chain(
+            config
+                .principal_roles
+                .iter()
+                .map(|(name, roles)| (format!("principal_roles.{name}"), roles)),
+        );
+    for (field, roles) in ceilings {
+        if let Some(r) = roles.iter().find(|r| !KNOWN_ROLES.contains(&r.as_str())) {
+            bail!(
+                "security.{field}: unknown role {r:?} (one of {})",
+                KNOWN_ROLES.join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+/// The roles an account can hold (auth's roles), so a ceiling naming another is a typo.
+const KNOWN_ROLES: &[&str] = &["player", "service", "admin"];
+
+/// Who may act for whom, for the domain runtime: the game servers' role ceilings.
+pub fn trust(config: &SecurityConfig) -> aicore_domains::runtime::Trust {
+    aicore_domains::runtime::Trust {
+        default_ceiling: config.game_server_roles.clone(),
+        ceilings: config
+            .principal_roles
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -250,7 +381,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn users_follow_the_index_and_leave_out_revoked_and_servers() {
+    fn accounts_follow_the_index_and_leave_out_revoked_and_servers() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
         let config = SecurityConfig::default();
@@ -259,12 +390,10 @@ mod tests {
         assert_eq!(renewed, ["nats", "domains", "gateway", "admin"]);
         assert!(ensure_issued(&ca, &config, &[], now).unwrap().is_empty());
         ca.issue("arena", "game-server", 30, &[], None).unwrap();
-        ca.revoke("arena").unwrap();
-        let names: Vec<String> = users(&ca, &[], now)
-            .unwrap()
-            .into_iter()
-            .map(|u| u.user)
-            .collect();
+        ca.issue("lobby", "game-server", 30, &[], None).unwrap();
+        ca.revoke("arena", None).unwrap();
+        let a = accounts(&ca, &[], now).unwrap();
+        let names: Vec<&str> = a.users.iter().map(|u| u.user.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -273,9 +402,16 @@ mod tests {
                 "CN=gateway,OU=gateway,O=AI Core"
             ]
         );
+        // The revoked game server has no user; the other has one in the external account.
+        let external: Vec<&str> = a.external.users.iter().map(|u| u.user.as_str()).collect();
+        assert_eq!(external, ["CN=lobby,OU=game-server,O=AI Core"]);
+        // Pins: the three home principals and lobby (no server, not arena).
+        assert_eq!(a.pinned.len(), 4);
+        let arena = ca.get("arena").unwrap().unwrap();
+        assert!(!a.pinned.contains(&arena.pin));
         // A revoked built-in principal is issued again at the next check, and so is one
         // whose name was reused for another role.
-        ca.revoke("gateway").unwrap();
+        ca.revoke("gateway", None).unwrap();
         assert_eq!(ensure_issued(&ca, &config, &[], now).unwrap(), ["gateway"]);
         ca.issue("admin", "game-server", 30, &[], None).unwrap();
         assert_eq!(ensure_issued(&ca, &config, &[], now).unwrap(), ["admin"]);
@@ -283,6 +419,50 @@ mod tests {
         assert!(check_manual_issue("nats", "admin").is_err());
         check_manual_issue("admin", "admin").unwrap();
         check_manual_issue("arena-3", "game-server").unwrap();
+    }
+
+    #[test]
+    fn revocation_is_by_certificate_and_a_renewed_certificate_keeps_the_old_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let now = SystemTime::now();
+        let pins = || accounts(&ca, &[], now).unwrap().pinned;
+        let first = ca.issue("arena", "game-server", 30, &[], None).unwrap();
+        assert_eq!(pins(), std::slice::from_ref(&first.pin));
+        // Re-issued (renewal): both are accepted, the old one until it expires.
+        let second = ca.issue("arena", "game-server", 30, &[], None).unwrap();
+        assert_ne!(first.pin, second.pin);
+        assert_eq!(pins().len(), 2);
+        // Revoking one certificate by serial leaves the other.
+        ca.revoke("arena", Some(&first.serial)).unwrap();
+        assert_eq!(pins(), std::slice::from_ref(&second.pin));
+        // Revoking the name revokes all; issuing it again does not bring them back.
+        ca.revoke("arena", None).unwrap();
+        assert!(pins().is_empty());
+        let third = ca.issue("arena", "game-server", 30, &[], None).unwrap();
+        assert_eq!(pins(), std::slice::from_ref(&third.pin));
+        // An expired certificate is not pinned.
+        let later = now + Duration::from_secs(31 * 86_400);
+        assert!(accounts(&ca, &[], later).unwrap().pinned.is_empty());
+        // A record written before pins existed is pinned from its key file, to the same
+        // value the issue recorded.
+        let mut legacy = third.clone();
+        legacy.pin.clear();
+        assert_eq!(ca.pin(&legacy).unwrap(), third.pin);
+    }
+
+    #[test]
+    fn allow_patterns_select_rpcs_by_nats_wildcards() {
+        let rpcs = allowed_rpcs(&["svc.world-state.v1.>".into(), "svc.auth.v1.validate".into()]);
+        assert!(rpcs.contains(&"svc.world_state.v1.get".to_string()));
+        assert!(rpcs.contains(&"svc.world_state.v1.watch".to_string()));
+        assert!(rpcs.contains(&"svc.auth.v1.validate".to_string()));
+        assert!(!rpcs.iter().any(|r| r == "svc.auth.v1.login"));
+        assert!(allowed_rpcs(&["svc.*.v1.get".into()]).len() > 3);
+        assert!(allowed_rpcs(&[]).is_empty());
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(!subject_matches("a.b.c.>", "a.b.c"));
     }
 
     /// The TLS and users blocks, with real certificates, are accepted by the real
@@ -309,6 +489,11 @@ mod tests {
         let text = render_config(&cfg);
         assert!(text.contains("verify_and_map: true"), "{text}");
         assert!(text.contains("CN=arena,OU=game-server,O=AI Core"), "{text}");
+        assert!(text.contains("\"EXTERNAL\""), "{text}");
+        assert!(
+            text.contains("subject: \"svc.state_manager.v1.get\""),
+            "{text}"
+        );
         std::fs::write(&cfg.config_path, &text).unwrap();
         let out = std::process::Command::new(&cfg.binary)
             .arg("-t")
@@ -324,15 +509,25 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_cannot_serve_and_a_game_server_only_calls_what_is_allowed() {
-        let (publish, subscribe) = permissions("gateway", &[]).unwrap();
+    fn the_gateway_cannot_serve_and_every_principal_reads_only_its_own_replies() {
+        let (publish, subscribe) = permissions("gateway", "gateway", &[]).unwrap();
         assert!(publish.contains(&"svc.>".to_string()));
         assert!(!subscribe.iter().any(|s| s.starts_with("svc") || s == ">"));
-        let allow = vec!["svc.settings.v1.get".to_string()];
-        let (publish, subscribe) = permissions("game-server", &allow).unwrap();
-        assert!(publish.contains(&allow[0]));
-        assert!(!publish.iter().any(|s| s == "svc.>" || s == ">"));
-        assert_eq!(subscribe, ["_INBOX.>"]);
-        assert!(permissions("server", &[]).is_none());
+        assert!(subscribe.contains(&"_INBOX.gateway.>".to_string()));
+        let imports = vec!["svc.settings.v1.get".to_string()];
+        let (publish, subscribe) = permissions("game-server", "arena", &imports).unwrap();
+        assert_eq!(publish, imports);
+        assert_eq!(subscribe, ["_INBOX.arena.>"]);
+        let (_, subscribe) = permissions("domains", "domains", &[]).unwrap();
+        assert!(subscribe.contains(&"_INBOX.domains.>".to_string()));
+        // Nobody but the admin may read every inbox.
+        for role in ["domains", "gateway", "game-server"] {
+            let (_, subscribe) = permissions(role, role, &imports).unwrap();
+            assert!(
+                !subscribe.iter().any(|s| s == "_INBOX.>" || s == ">"),
+                "{role}: {subscribe:?}"
+            );
+        }
+        assert!(permissions("server", "nats", &[]).is_none());
     }
 }

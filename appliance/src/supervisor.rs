@@ -37,11 +37,19 @@ const INSECURE_WARNING: &str = "INSECURE DEV MODE: NATS runs in plaintext with n
     anyone who can reach its port can read and forge every message. Never use this outside \
     local debugging.";
 
-/// Connects to NATS with the reconnect policy the appliance wants: keep trying forever,
-/// quickly, since the child is restarted within a second or two.
-pub async fn connect(url: &str, tls: Option<&ClientTls>, name: &str) -> Result<async_nats::Client> {
+/// Connects to NATS as `principal` (its reply inboxes under
+/// [`security::inbox_prefix`], the only ones it may read) with the reconnect policy the
+/// appliance wants: keep trying forever, quickly, since the child is restarted within a
+/// second or two. `name` is the connection's name in nats-server's monitoring.
+pub async fn connect(
+    url: &str,
+    tls: Option<&ClientTls>,
+    principal: &str,
+    name: &str,
+) -> Result<async_nats::Client> {
     crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name(name)
+        .custom_inbox_prefix(security::inbox_prefix(principal))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(|attempts| {
@@ -143,7 +151,13 @@ pub async fn run(mut config: Config) -> Result<()> {
         .as_ref()
         .map(NatsChild::client_url)
         .unwrap_or_else(|| config.nats_url());
-    let nats = connect(&url, identities.domains.as_ref(), "aicore-domains").await?;
+    let nats = connect(
+        &url,
+        identities.domains.as_ref(),
+        "domains",
+        "aicore-domains",
+    )
+    .await?;
 
     // Revocations and renewals: re-read the index, renew what is due, reload nats-server.
     let certs_task = match (child.as_ref(), child_cfg) {
@@ -182,6 +196,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         // Domain background tasks end with the domains, before the store closes.
         shutdown: domains_stop.child_token(),
     };
+    let trust = Arc::new(security::trust(&config.security));
     let mut served = Vec::new();
     for name in &domains {
         let spec = registry::find(name).context("domain listed but not registered")?;
@@ -191,6 +206,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             dispatch,
             ServeOptions {
                 max_in_flight: config.domains.max_in_flight,
+                trust: trust.clone(),
                 ..ServeOptions::default()
             },
             domains_stop.child_token(),

@@ -120,6 +120,78 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())
 }
 
+/// The NATS account external principals (game servers) connect to, apart from the
+/// appliance's own account. It imports the services they may call with `share`, so
+/// nats-server stamps every request crossing over with the sender's account and its
+/// certificate-mapped user ([`aicore_proto::headers::REQUEST_INFO`]), replacing anything
+/// the sender put there: a domain knows which principal sent a request and the principal
+/// cannot say otherwise. (One account for all of them, present from the start, because
+/// nats-server does not wire the imports of an account added by a configuration reload.)
+pub const EXTERNAL_ACCOUNT: &str = "EXTERNAL";
+
+/// Who may act for whom over NATS.
+///
+/// Requests without a `Nats-Request-Info` stamp come from the appliance's own account
+/// (the domains, the gateway, the admin CLI): trusted principals whose `Aicore-Caller`
+/// headers are taken as they are (the gateway sets them only from a validated token).
+/// Requests stamped with an external principal's account may act for any end user but
+/// only with roles within that principal's ceiling; without a caller header they act as
+/// the principal itself (`principal:<name>`) holding its ceiling's roles.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The roles an external principal may claim when it has no entry in `ceilings`.
+    pub default_ceiling: Vec<String>,
+    /// Per external principal (certificate name): the roles it may claim.
+    pub ceilings: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            default_ceiling: vec!["player".to_string()],
+            ceilings: Default::default(),
+        }
+    }
+}
+
+impl Trust {
+    /// The roles external principal `name` may claim.
+    pub fn ceiling(&self, name: &str) -> &[String] {
+        self.ceilings
+            .get(name)
+            .unwrap_or(&self.default_ceiling)
+            .as_slice()
+    }
+
+    /// The caller a request from external principal `principal` acts as, given the
+    /// caller it claimed; PermissionDenied when it claims a role beyond its ceiling.
+    fn bound(&self, principal: &str, claimed: Option<Caller>) -> Result<Caller, Status> {
+        let ceiling = self.ceiling(principal);
+        match claimed {
+            Some(c) => match c.roles.iter().find(|r| !ceiling.contains(r)) {
+                Some(role) => Err(Status::new(
+                    Code::PermissionDenied,
+                    format!(
+                        "principal {principal:?} may not act with role {role:?} (its ceiling is {ceiling:?})"
+                    ),
+                )),
+                None => Ok(c),
+            },
+            None => Ok(Caller {
+                account_id: format!("principal:{principal}"),
+                roles: ceiling.to_vec(),
+            }),
+        }
+    }
+}
+
+/// How often a quiet stream says it is alive ([`aicore_proto::headers::STREAM`]
+/// `heartbeat`). nats-server forgets a streamed reply's route across accounts two
+/// minutes (its default response threshold) after the last message, so a quiet watch by
+/// a game server would go silently dead without one; clients can also tell a dead stream
+/// from a quiet one.
+pub const STREAM_HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// Tunables of one served domain.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -127,6 +199,10 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// Version announced in `$SRV.INFO`.
     pub version: String,
+    /// Who may act for whom.
+    pub trust: Arc<Trust>,
+    /// How often a quiet stream sends a heartbeat.
+    pub stream_heartbeat: Duration,
 }
 
 impl Default for ServeOptions {
@@ -134,6 +210,8 @@ impl Default for ServeOptions {
         ServeOptions {
             max_in_flight: 256,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            trust: Arc::default(),
+            stream_heartbeat: STREAM_HEARTBEAT,
         }
     }
 }
@@ -196,6 +274,7 @@ pub async fn serve(
     let limit = options.max_in_flight.max(1);
     let served = Arc::new(AtomicU64::new(0));
     let stop = cancel.clone();
+    let options = Arc::new(options);
     let task = tokio::spawn(async move {
         // Requests run concurrently as futures of this one task (no task spawned per
         // request: measured, spawning plus a semaphore cost a fifth of the throughput of a
@@ -212,7 +291,7 @@ pub async fn serve(
                 r = requests.next(), if in_flight.len() < limit => match r {
                     Some((method, request)) => {
                         served.fetch_add(1, Ordering::Relaxed);
-                        in_flight.push(handle(&*dispatch, &nats, &service, &stop, method, request));
+                        in_flight.push(handle(&*dispatch, &nats, &service, &options, &stop, method, request));
                     }
                     None => break,
                 },
@@ -238,8 +317,10 @@ pub async fn serve(
     })
 }
 
-/// Reads deadline, caller, trace and request id from the request headers.
-fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
+/// Reads deadline, caller, trace and request id from the request headers, and bounds
+/// the caller by [`Trust`] when nats-server says the request came from an external
+/// principal.
+fn metadata(h: Option<&HeaderMap>, received: Instant, trust: &Trust) -> Result<Metadata, Status> {
     let get =
         |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
     let deadline = get(header_names::TIMEOUT_MS)
@@ -259,18 +340,60 @@ fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
                 })
                 .unwrap_or_default(),
         });
-    Metadata {
+    let (caller, principal) = match get(header_names::REQUEST_INFO) {
+        None => (caller, None),
+        Some(info) => {
+            let principal = external_principal(&info)?;
+            (Some(trust.bound(&principal, caller)?), Some(principal))
+        }
+    };
+    Ok(Metadata {
         deadline,
         caller,
+        principal,
         traceparent: get(header_names::TRACEPARENT),
         request_id: get(header_names::REQUEST_ID),
+    })
+}
+
+/// The external principal named by a `Nats-Request-Info` stamp: the certificate name
+/// (`CN`) of the user nats-server mapped the sender's certificate to. PermissionDenied for
+/// any other account or user (nothing else imports our services).
+fn external_principal(info: &str) -> Result<String, Status> {
+    let v = serde_json::from_str::<serde_json::Value>(info).unwrap_or_default();
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default();
+    let (account, user) = (field("acc"), field("user"));
+    let name = (account == EXTERNAL_ACCOUNT)
+        .then(|| principal_of_user(user))
+        .flatten();
+    name.map(str::to_string).ok_or_else(|| {
+        Status::new(
+            Code::PermissionDenied,
+            format!("requests from NATS account {account:?} user {user:?} are not accepted"),
+        )
+    })
+}
+
+/// The principal name of a certificate-mapped NATS user (`CN=<name>,OU=<role>,O=AI Core`)
+/// of an external role.
+fn principal_of_user(user: &str) -> Option<&str> {
+    let mut name = None;
+    let mut external = false;
+    for part in user.split(',') {
+        match part.split_once('=') {
+            Some(("CN", n)) if !n.is_empty() => name = Some(n),
+            Some(("OU", "game-server")) => external = true,
+            _ => {}
+        }
     }
+    name.filter(|_| external)
 }
 
 async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
     service: &micro::Service,
+    options: &ServeOptions,
     stop: &CancellationToken,
     method: usize,
     request: async_nats::Message,
@@ -278,7 +401,19 @@ async fn handle(
     let info = &dispatch.service().methods[method];
     let received = Instant::now();
     let stats = &service.endpoints[method].stats;
-    let meta = metadata(request.headers.as_ref(), received);
+    // Who is calling, bounded by what its principal may claim, then the RPC's policy:
+    // one check for every caller, whatever the transport, before the handler runs.
+    let meta = metadata(request.headers.as_ref(), received, &options.trust)
+        .and_then(|meta| info.policy.permits(meta.caller.as_ref()).map(|()| meta));
+    let meta = match meta {
+        Ok(meta) => meta,
+        Err(s) => {
+            if let Some(reply) = &request.reply {
+                respond_error(nats, reply, stats, received, &s).await;
+            }
+            return;
+        }
+    };
     let span = tracing::debug_span!(
         "rpc",
         subject = info.subject,
@@ -327,7 +462,10 @@ async fn handle(
                 };
                 // A stream (a watch, a replay) may run far longer than any unary call;
                 // shutdown must not wait for it, so it ends with Unavailable (not the end
-                // marker: the client can tell it was cut and resume).
+                // marker: the client can tell it was cut and resume). A quiet stream
+                // sends heartbeats.
+                let every = options.stream_heartbeat.max(Duration::from_millis(10));
+                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     let item = tokio::select! {
                         biased;
@@ -337,7 +475,16 @@ async fn handle(
                             return;
                         }
                         item = items.next() => match item { Some(i) => i, None => break },
+                        _ = beat.tick() => {
+                            let mut h = HeaderMap::new();
+                            h.insert(header_names::STREAM, "heartbeat");
+                            if nats.publish_with_headers(reply.clone(), h, Bytes::new()).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                     };
+                    beat.reset();
                     match item {
                         Ok(b) => {
                             if nats.publish(reply.clone(), b).await.is_err() {

@@ -55,8 +55,13 @@ pub mod headers {
     pub const CALLER: &str = "Aicore-Caller";
     /// The caller's roles, comma-separated (set together with [`CALLER`]).
     pub const CALLER_ROLES: &str = "Aicore-Caller-Roles";
-    /// On a streamed reply: `end` marks the last message of a stream (empty body).
+    /// On a streamed reply: `end` marks the last message of a stream (empty body);
+    /// `heartbeat` (empty body) says a quiet stream is still alive and is not an item.
     pub const STREAM: &str = "Aicore-Stream";
+    /// Set by nats-server (never by a client: it replaces any such header) on a request
+    /// that crossed from another account through a service import: JSON naming the
+    /// sender's account (`acc`). The runtime derives an external principal from it.
+    pub const REQUEST_INFO: &str = "Nats-Request-Info";
     /// Set on error replies (micro protocol): a human-readable message.
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     /// Set on error replies (micro protocol): an HTTP-like status number.
@@ -85,6 +90,25 @@ pub struct Policy {
     pub idempotent: bool,
     /// Default deadline when the caller sets none; 0 = the client's default.
     pub default_deadline_ms: u32,
+}
+
+impl Policy {
+    /// Whether `caller` may make this call: the one access check every transport applies
+    /// (the domain runtime for every NATS request, the gateway before it forwards one).
+    /// `None` is a trusted principal of the appliance's own account (a domain, the
+    /// gateway acting as itself, the admin CLI), which passes; an end user or an external
+    /// principal passes a role-gated RPC only with one of its roles.
+    pub fn permits(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        match (self.access, caller) {
+            (Access::Roles, Some(c)) if !self.roles.iter().any(|r| c.has_role(r)) => {
+                Err(Status::new(
+                    Code::PermissionDenied,
+                    format!("this call needs one of the roles {:?}", self.roles),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One RPC: where it is served and what it takes.
@@ -159,8 +183,14 @@ pub struct Metadata {
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
     /// The end user behind the call, when a gateway or service acts for one. `None` is
-    /// a trusted principal talking NATS directly (a domain, the admin CLI).
+    /// a trusted principal talking NATS directly (a domain, the admin CLI). For a request
+    /// from an external principal (a game server) this is never `None`: the runtime sets
+    /// the player it acts for, or the principal itself, within the principal's role
+    /// ceiling.
     pub caller: Option<Caller>,
+    /// The external NATS principal the request came from (a game server's certificate
+    /// name), as nats-server stamped it; `None` for the appliance's own principals.
+    pub principal: Option<String>,
     /// W3C `traceparent`.
     pub traceparent: Option<String>,
     /// The request id.

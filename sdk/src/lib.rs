@@ -38,6 +38,8 @@ pub mod header_names {
     pub const CALLER_ROLES: HeaderName = HeaderName::from_static(h::CALLER_ROLES);
     /// [`h::STREAM`].
     pub const STREAM: HeaderName = HeaderName::from_static(h::STREAM);
+    /// [`h::REQUEST_INFO`].
+    pub const REQUEST_INFO: HeaderName = HeaderName::from_static(h::REQUEST_INFO);
     /// [`h::SERVICE_ERROR`].
     pub const SERVICE_ERROR: HeaderName = HeaderName::from_static(h::SERVICE_ERROR);
     /// [`h::SERVICE_ERROR_CODE`].
@@ -337,24 +339,29 @@ impl Transport for Client {
             matches!(&first_result, Err(s) if s.is_retryable()),
         );
         first_result.as_ref().map_err(Clone::clone)?;
-        // Items until the end marker; an error item ends the stream too.
+        // Items until the end marker; an error item ends the stream too; heartbeats (a
+        // quiet stream saying it is alive) are skipped.
         let stream = futures::stream::unfold(Some((Some(first), sub)), |state| async move {
-            let (pending, mut sub) = state?;
-            let msg = match pending {
-                Some(m) => m,
-                None => sub.next().await?,
-            };
-            let end = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(header_names::STREAM))
-                .is_some_and(|v| v.as_str() == "end");
-            if end {
-                return None;
-            }
-            match reply_result(&msg) {
-                Ok(b) => Some((Ok(b), Some((None, sub)))),
-                Err(e) => Some((Err(e), None)),
+            let (mut pending, mut sub) = state?;
+            loop {
+                let msg = match pending.take() {
+                    Some(m) => m,
+                    None => sub.next().await?,
+                };
+                let marker = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header_names::STREAM))
+                    .map(|v| v.as_str().to_string());
+                match marker.as_deref() {
+                    Some("end") => return None,
+                    Some("heartbeat") => continue,
+                    _ => {}
+                }
+                return match reply_result(&msg) {
+                    Ok(b) => Some((Ok(b), Some((None, sub)))),
+                    Err(e) => Some((Err(e), None)),
+                };
             }
         });
         Ok(stream.boxed())

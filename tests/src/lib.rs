@@ -33,6 +33,8 @@ pub struct Identity {
     pub cert: PathBuf,
     /// Its key (PEM).
     pub key: PathBuf,
+    /// The principal's name (the certificate's CN).
+    pub name: String,
 }
 
 impl Identity {
@@ -42,16 +44,23 @@ impl Identity {
             ca: ca.to_path_buf(),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
+            name: name.to_string(),
         }
     }
 
-    /// Connect options presenting this certificate.
+    /// The principal's reply-subject prefix: the only inboxes it may subscribe to.
+    pub fn inbox_prefix(&self) -> String {
+        format!("_INBOX.{}", self.name)
+    }
+
+    /// Connect options presenting this certificate, with the principal's own inboxes.
     pub fn options(&self) -> async_nats::ConnectOptions {
         install_crypto();
         async_nats::ConnectOptions::new()
             .require_tls(true)
             .add_root_certificates(self.ca.clone())
             .add_client_certificate(self.cert.clone(), self.key.clone())
+            .custom_inbox_prefix(self.inbox_prefix())
     }
 }
 

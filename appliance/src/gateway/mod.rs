@@ -124,6 +124,7 @@ async fn connect(
 ) -> Result<async_nats::Client> {
     crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
         .name("aicore-gateway")
+        .custom_inbox_prefix(crate::security::inbox_prefix("gateway"))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(|attempts| {

@@ -49,8 +49,6 @@ mod tests;
 
 pub use dead_letters::run_dead_letters;
 
-/// Roles allowed to use the event bus (also declared in the proto policy).
-const ROLES: &[&str] = &["service", "admin"];
 /// Largest `data` of a Publish (the contract's limit).
 const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// Longest subject accepted.
@@ -655,7 +653,6 @@ pub fn dead_letter(m: &StreamMessage) -> DeadLetter {
 
 impl EventBusHandler for EventBus {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<PublishResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let b = request.body;
         check_subject("subject", &b.subject)?;
         check_dedup_id(&b.dedup_id)?;
@@ -689,7 +686,6 @@ impl EventBusHandler for EventBus {
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Streaming<ReplayResponse>, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let deadline = request.meta.deadline;
         let b = request.body;
         let def = check_stream("stream", &b.stream)?;
@@ -797,7 +793,6 @@ impl EventBusHandler for EventBus {
         &self,
         request: Request<CreateConsumerRequest>,
     ) -> Result<CreateConsumerResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let b = request.body;
         let def = check_stream("stream", &b.stream)?;
         check_consumer_name("name", &b.name)?;
@@ -873,7 +868,6 @@ impl EventBusHandler for EventBus {
     }
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<FetchResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let remaining = request.meta.remaining();
         let b = request.body;
         let def = check_stream("stream", &b.stream)?;
@@ -918,7 +912,6 @@ impl EventBusHandler for EventBus {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<AckResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let b = request.body;
         let token = parse_ack_token(&b.ack_token)?;
         let payload = ack_payload(&b)?;
@@ -958,7 +951,6 @@ impl EventBusHandler for EventBus {
         &self,
         request: Request<ListStreamsRequest>,
     ) -> Result<ListStreamsResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let b = request.body;
         let size = paging::page_size(b.page_size, DEFAULT_STREAMS_PAGE, MAX_STREAMS_PAGE)?;
         let after = if b.page_token.is_empty() {
@@ -1000,7 +992,6 @@ impl EventBusHandler for EventBus {
         &self,
         request: Request<DeadLettersRequest>,
     ) -> Result<DeadLettersResponse, Status> {
-        request.meta.authorize_roles(ROLES)?;
         let b = request.body;
         let c = self.config();
         let size = paging::page_size(b.page_size, c.default_page_size, c.max_page_size)?;

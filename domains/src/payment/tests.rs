@@ -641,22 +641,12 @@ async fn replays_return_the_first_result_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn players_act_only_on_their_own_wallet_and_staff_only_rpcs_refuse_them() {
+async fn players_act_only_on_their_own_wallet() {
     let (p, _) = domain(|_| {});
     credit(&p, "alice", "GOLD", 100, "c1").await.unwrap();
     define(&p, "sword", &[("GOLD", 10)]).await;
     let denied = |r: Result<(), Status>| assert_eq!(r.unwrap_err().code, Code::PermissionDenied);
     let m = "mallory";
-    denied(
-        p.credit(as_player(m, credit_req(m, "GOLD", 1, "k")))
-            .await
-            .map(drop),
-    );
-    denied(
-        p.debit(as_player(m, debit_req("alice", "GOLD", 1, "k")))
-            .await
-            .map(drop),
-    );
     denied(
         p.transfer(as_player(m, transfer_req("alice", m, "GOLD", 1, "k")))
             .await
@@ -664,16 +654,6 @@ async fn players_act_only_on_their_own_wallet_and_staff_only_rpcs_refuse_them() 
     );
     denied(
         p.purchase(as_player(m, purchase_req("alice", "sword", "GOLD", 1, "k")))
-            .await
-            .map(drop),
-    );
-    denied(
-        p.refund(as_player(m, refund_req("txn_0000000000000001", "k")))
-            .await
-            .map(drop),
-    );
-    denied(
-        p.define_item(as_player(m, item_req("cheap", &[("GOLD", 1)])))
             .await
             .map(drop),
     );

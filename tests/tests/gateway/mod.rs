@@ -4,7 +4,7 @@
 //! client disconnect and shutdown, operations endpoints, the OpenAPI document checked by
 //! an independent validator, and the README's curl examples run as written.
 
-mod http;
+pub(crate) mod http;
 
 use std::time::Duration;
 

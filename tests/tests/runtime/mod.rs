@@ -87,6 +87,17 @@ impl Dispatch for Server {
                     this.running.fetch_sub(1, Ordering::SeqCst);
                     Ok(Reply::Unary(request.body))
                 }
+                // "quiet": two items 200 ms apart; else three at once.
+                2 if request.body.as_ref() == b"quiet" => Ok(Reply::Stream(
+                    futures::stream::iter(0..2)
+                        .then(|i| async move {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Ok(Bytes::from(format!("item{i}")))
+                        })
+                        .boxed(),
+                )),
                 2 => Ok(Reply::Stream(
                     futures::stream::iter((0..3).map(|i| Ok(Bytes::from(format!("item{i}")))))
                         .boxed(),
@@ -114,6 +125,7 @@ async fn setup(
         Arc::new(Server(svc.clone())),
         ServeOptions {
             max_in_flight,
+            stream_heartbeat: Duration::from_millis(20),
             ..Default::default()
         },
         stop.clone(),
@@ -212,6 +224,49 @@ async fn a_stream_delivers_every_item_then_ends() {
             Bytes::from("item2")
         ]
     );
+}
+
+#[tokio::test]
+async fn a_quiet_stream_sends_heartbeats_that_clients_skip() {
+    let (nats, _svc, client, _stop) = setup(8).await;
+    // On the wire: heartbeats (empty, marked) between the two items.
+    let raw = async_nats::connect(&nats.url).await.unwrap();
+    let inbox = raw.new_inbox();
+    let mut sub = raw.subscribe(inbox.clone()).await.unwrap();
+    raw.publish_with_reply("svc.rt_test.v1.stream", inbox, Bytes::from_static(b"quiet"))
+        .await
+        .unwrap();
+    let mut marks = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        let mark = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(aicore_proto::headers::STREAM))
+            .map(|v| v.as_str().to_string());
+        let end = mark.as_deref() == Some("end");
+        marks.push(mark.unwrap_or_else(|| String::from_utf8_lossy(&m.payload).into_owned()));
+        if end {
+            break;
+        }
+    }
+    assert_eq!(
+        marks.first().map(String::as_str),
+        Some("item0"),
+        "{marks:?}"
+    );
+    assert_eq!(marks.last().map(String::as_str), Some("end"), "{marks:?}");
+    assert!(marks.iter().any(|m| m == "heartbeat"), "{marks:?}");
+    // Through the SDK: only the items.
+    let stream = client
+        .server_stream(
+            &METHODS[2],
+            Bytes::from_static(b"quiet"),
+            &CallOptions::timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let items: Vec<Bytes> = stream.map(|r| r.unwrap()).collect().await;
+    assert_eq!(items, [Bytes::from("item0"), Bytes::from("item1")]);
 }
 
 #[tokio::test]

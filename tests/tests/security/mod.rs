@@ -2,6 +2,8 @@
 //! that are neither expired nor revoked, and each identity may do only what its role
 //! allows. Everything here goes through a real `aicore run` and real TLS.
 
+mod principals;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -206,7 +208,22 @@ async fn the_gateway_identity_may_call_but_not_serve() {
 }
 
 async fn put_and_get(client: &sm::StateManagerClient<aicore_sdk::Client>, player: &str) {
-    let opts = CallOptions::timeout(Duration::from_secs(10));
+    put_and_get_as(client, player, None).await
+}
+
+/// Writes and reads back `player`'s object, acting for `caller` (a player) when given.
+async fn put_and_get_as(
+    client: &sm::StateManagerClient<aicore_sdk::Client>,
+    player: &str,
+    caller: Option<&str>,
+) {
+    let opts = CallOptions {
+        caller: caller.map(|c| aicore_proto::Caller {
+            account_id: c.into(),
+            roles: vec!["player".into()],
+        }),
+        ..CallOptions::timeout(Duration::from_secs(10))
+    };
     client
         .put(
             sm::PutRequest {
@@ -250,7 +267,8 @@ async fn a_game_server_calls_only_the_configured_rpcs() {
         .expect("game server connects");
     let client =
         sm::StateManagerClient::new(aicore_sdk::Client::new(nats.clone(), Default::default()));
-    put_and_get(&client, "arena-player").await;
+    // A game server acts for a player (within its ceiling, `player` by default).
+    put_and_get_as(&client, "arena-player", Some("arena-player")).await;
 
     // Anything else under svc. is refused by the server: no reply, a violation.
     let forbidden = nats.request("svc.payment.v1.credit", Bytes::new()).await;
@@ -490,4 +508,38 @@ async fn joining_an_external_server_presents_the_configured_certificate() {
     assert!(!dir.path().join("certs").exists());
     let _ = joiner.kill();
     let _ = joiner.wait();
+}
+
+#[tokio::test]
+async fn streams_written_before_accounts_existed_are_kept() {
+    use async_nats::jetstream;
+    // An appliance whose JetStream lives in nats-server's global account (as every one
+    // did before accounts, and as --insecure-dev still runs) ...
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("aicore.toml"),
+        "[security]\ninsecure_dev = true\n",
+    )
+    .unwrap();
+    let mut app = Appliance::start_in(dir.path()).await;
+    let js = jetstream::new(app.nats().await);
+    js.publish("evt.test.before", Bytes::from_static(b"kept"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    app.signal(libc::SIGTERM);
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(0));
+    assert!(dir.path().join("jetstream/jetstream/$G").is_dir());
+    // ... restarted with the defaults (mTLS, accounts) still has the message.
+    std::fs::remove_file(dir.path().join("aicore.toml")).unwrap();
+    let app = Appliance::start_in(dir.path()).await;
+    let js = jetstream::new(app.nats().await);
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject("evt.test.before")
+        .await
+        .expect("the message written before the upgrade");
+    assert_eq!(&last.payload[..], b"kept");
+    assert!(stream.info().await.unwrap().state.messages >= 1);
 }
