@@ -61,6 +61,8 @@ where
 
 /// The raw baseline's row name.
 const RAW: &str = "raw request/reply";
+/// The raw baseline on the TLS server measured against the plaintext one.
+const RAW_TLS: &str = "raw request/reply, mTLS vs plaintext";
 
 /// The runtime-echo service: one RPC answering its request body.
 static ECHO_METHODS: &[aicore_proto::MethodInfo] = &[aicore_proto::MethodInfo {
@@ -116,12 +118,17 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
-    /// Row groups to run (the raw baseline always runs): tls, runtime, http, state
+    /// Row groups to run (the raw baseline always runs): runtime, http, state
     /// (state-manager get/put, and put without the write-ahead log), payment, world,
     /// single (one durable commit per request).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Also run every row on a plaintext nats-server with no users (what
+    /// `--insecure-dev` runs), for the comparison columns; `--plaintext false` skips it
+    /// (half the time).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub plaintext: bool,
 }
 
 impl BenchArgs {
@@ -156,6 +163,12 @@ impl Outcome for bool {
     }
 }
 
+impl Outcome for Option<String> {
+    fn error(self) -> Option<String> {
+        self
+    }
+}
+
 impl<T, E: std::fmt::Display> Outcome for Result<T, E> {
     fn error(self) -> Option<String> {
         self.err().map(|e| e.to_string())
@@ -187,8 +200,63 @@ struct Baseline {
 
 impl Baseline {
     fn op(&self) -> Op {
-        request_op(&self.nats, "bench.echo", &self.payload)
+        request_op(&self.nats, ECHO_SUBJECT, &self.payload)
     }
+}
+
+/// One of the two nats-servers every row runs on: the default configuration (mutual TLS,
+/// pinned certificates, accounts, least-privilege users: what `aicore run` runs) or
+/// plaintext with no users (what `--insecure-dev` runs). Every connection of a row
+/// presents the identity `aicore run` would: domains serve as `domains`, loads call as
+/// `gateway`.
+#[derive(Clone)]
+struct Env {
+    /// `mTLS` or `plaintext`.
+    label: &'static str,
+    url: String,
+    /// The certificate directory, on the TLS server.
+    certs: Option<std::path::PathBuf>,
+}
+
+impl Env {
+    /// The identity of `principal` on this server (none in plaintext).
+    fn tls(&self, principal: &str) -> Option<ClientTls> {
+        self.certs.as_ref().map(|d| ClientTls::in_dir(d, principal))
+    }
+
+    /// A connection as `principal`.
+    async fn connect(&self, principal: &str, name: &str) -> Result<async_nats::Client> {
+        connect(&self.url, self.tls(principal).as_ref(), principal, name).await
+    }
+}
+
+/// The raw request/reply subject: under `svc.`, so the `domains` identity may serve it
+/// and the `gateway` identity call it on the TLS server.
+const ECHO_SUBJECT: &str = "svc.bench.v1.echo";
+
+/// Starts the raw baseline on `env`: an echo responder on its own connection (as
+/// `domains`, handling in order) and the load connection (as `gateway`).
+async fn baseline(env: &Env, payload: &Bytes) -> Result<(Baseline, tokio::task::JoinHandle<()>)> {
+    let responder = env.connect("domains", "bench-echo").await?;
+    let mut sub = responder
+        .queue_subscribe(ECHO_SUBJECT, "bench".into())
+        .await?;
+    let echo_nats = responder.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = echo_nats.publish(reply, m.payload).await;
+            }
+        }
+    });
+    responder.flush().await?;
+    let load = env.connect("gateway", "bench-load").await?;
+    let base = Baseline {
+        nats: load,
+        payload: payload.clone(),
+    };
+    ready("the raw echo", || base.op()(0, 0)).await?;
+    Ok((base, echo))
 }
 
 /// A load of plain NATS requests of `payload` to `subject`.
@@ -373,89 +441,26 @@ where
     cells.remove(0)
 }
 
-/// The raw request/reply row again, on a second nats-server configured as `aicore run`
-/// configures it by default (mutual TLS, `verify_and_map`, least-privilege users): the
-/// responder is the `domains` identity serving `svc.bench.v1.echo`, the load the
-/// `gateway` identity. Next to the plaintext row (which is what `--insecure-dev` runs),
-/// its "vs raw" column is the cost of TLS and permission checks.
-async fn measure_tls(
-    config: &Config,
-    dir: &std::path::Path,
-    args: &BenchArgs,
-    base: &Baseline,
-    stop: CancellationToken,
-) -> Result<Vec<Cell>> {
-    let mut config = config.clone();
-    config.nats.port = 0;
-    config.nats.monitor_port = 0;
-    config.pick_free_ports()?;
-    let certs = dir.join("certs");
-    let ca = Authority::open_or_create(&certs, config.security.ca_days)?;
-    let now = std::time::SystemTime::now();
-    let sans = security::server_sans(&config.security, &config.nats.host);
-    security::ensure_issued(&ca, &config.security, &sans, now)?;
-    let child = NatsChild::start(
-        NatsChildConfig {
-            binary: resolve_binary(config.nats.server_bin.as_deref())?,
-            host: config.nats.host.clone(),
-            port: config.nats.port,
-            monitor_port: config.nats.monitor_port,
-            store_dir: dir.join("jetstream-tls"),
-            config_path: dir.join("nats-server-tls.conf"),
-            tls: Some(security::nats_tls(&ca, &config.security, now)?),
-            ..NatsChildConfig::default()
-        },
-        stop,
-    )
-    .await?;
-    let url = child.client_url();
-    let identity = |name: &str| ClientTls::in_dir(&certs, name);
-    let responder = connect(
-        &url,
-        Some(&identity("domains")),
-        "domains",
-        "bench-echo-tls",
-    )
-    .await?;
-    let mut sub = responder
-        .queue_subscribe("svc.bench.v1.echo", "bench".into())
-        .await?;
-    let echo_nats = responder.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = echo_nats.publish(reply, m.payload).await;
-            }
-        }
-    });
-    responder.flush().await?;
-    let load = connect(
-        &url,
-        Some(&identity("gateway")),
-        "gateway",
-        "bench-load-tls",
-    )
-    .await?;
+/// The raw baseline on the TLS server interleaved with the plaintext one, slice by slice:
+/// the cost of TLS and permission checks on a bare request/reply, and the link between
+/// the two runs' ratios (see [`print_table`]).
+async fn raw_tls_vs_plaintext(tls: &Baseline, plain: &Baseline, args: &BenchArgs) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &c in &args.concurrency {
-        let tls = request_op(&load, "svc.bench.v1.echo", &base.payload);
-        let rows = vec![("raw request/reply, mTLS + users", tls)];
-        cells.extend(measure_rows(base, None, c, args.seconds, rows).await);
+        cells.extend(measure_rows(plain, None, c, args.seconds, vec![(RAW_TLS, tls.op())]).await);
     }
-    echo.abort();
-    child.stop().await;
-    Ok(cells)
+    cells
 }
 
 /// Serves domain `name` (as registered) on its own connection over `store`.
 async fn serve_domain(
-    url: &str,
+    env: &Env,
     name: &str,
     store: Store,
     config: &Config,
     stop: CancellationToken,
 ) -> Result<runtime::ServiceHandle> {
-    let nats = connect(url, None, "domains", "bench-domains").await?;
+    let nats = env.connect("domains", "bench-domains").await?;
     let ctx = Ctx {
         store,
         clock: Arc::new(SystemClock),
@@ -478,7 +483,7 @@ const BENCH_WALLETS: usize = 8;
 /// Serves payment over `store`, funds the bench wallets, and measures Transfer between
 /// random pairs of them (a fresh idempotency key per call) at every concurrency level.
 async fn measure_transfers(
-    url: &str,
+    env: &Env,
     store: Store,
     config: &Config,
     base: &Baseline,
@@ -486,7 +491,7 @@ async fn measure_transfers(
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
     let load = &base.nats;
-    let serving = serve_domain(url, "payment", store.clone(), config, stop).await?;
+    let serving = serve_domain(env, "payment", store.clone(), config, stop).await?;
     let client = PaymentClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     let wallet = |w: usize| format!("bench-wallet-{w}");
     // One unit per transfer out of the largest allowed credit: no wallet runs dry.
@@ -546,7 +551,7 @@ async fn measure_transfers(
 /// Serves world-state over `store`, writes one fact, and measures Get of it (served
 /// from the store's cache) at every concurrency level.
 async fn measure_world_gets(
-    url: &str,
+    env: &Env,
     store: Store,
     config: &Config,
     base: &Baseline,
@@ -555,7 +560,7 @@ async fn measure_world_gets(
 ) -> Result<Vec<Cell>> {
     use aicore_proto::aicore::world_state::v1 as ws;
     let (load, payload) = (&base.nats, &base.payload);
-    let serving = serve_domain(url, "world_state", store.clone(), config, stop).await?;
+    let serving = serve_domain(env, "world_state", store.clone(), config, stop).await?;
     let client =
         ws::WorldStateClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     client
@@ -642,6 +647,8 @@ async fn measure_world_gets(
 /// Row names of the HTTP paths.
 const HTTP_BARE: &str = "http bare axum->nats forwarder";
 const HTTP_GATEWAY: &str = "http gateway (auth+json+limits+metrics)";
+/// The bare forwarder's echo subject.
+const HTTP_ECHO: &str = "svc.bench.v1.http_echo";
 
 /// An HTTP/1.1 load client with a connection pool (keep-alive), in-process like the other
 /// load generators.
@@ -689,7 +696,7 @@ async fn post(client: &HttpClient, uri: &str, token: Option<&str>, body: Bytes) 
 /// domain's. The bare forwarder posts the same JSON body to an echo responder and returns
 /// its bytes; both bodies are `--payload` bytes of JSON in, about as many out.
 async fn measure_gateway(
-    url: &str,
+    env: &Env,
     config: &Config,
     base: &Baseline,
     args: &BenchArgs,
@@ -707,7 +714,7 @@ async fn measure_gateway(
     let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
 
     // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
-    let responder = connect(url, None, "domains", "bench-http-responders").await?;
+    let responder = env.connect("domains", "bench-http-responders").await?;
     let reply = Bytes::from(
         GetResponse {
             metadata: Some(ObjectMetadata {
@@ -720,7 +727,7 @@ async fn measure_gateway(
         }
         .encode_to_vec(),
     );
-    let mut echo_sub = responder.subscribe("bench.http.echo").await?;
+    let mut echo_sub = responder.subscribe(HTTP_ECHO).await?;
     let mut get_sub = responder.subscribe("svc.state_manager.v1.get").await?;
     let (n1, n2) = (responder.clone(), responder.clone());
     let responders = [
@@ -744,7 +751,7 @@ async fn measure_gateway(
     // auth, for real, and one player's token.
     let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
     let auth_serving =
-        serve_domain(url, "auth", auth_store.clone(), config, stop.child_token()).await?;
+        serve_domain(env, "auth", auth_store.clone(), config, stop.child_token()).await?;
     let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     let password = "bench-violet-otter-lantern";
     let options = CallOptions::default();
@@ -773,13 +780,13 @@ async fn measure_gateway(
     let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
 
     // The two servers.
-    let forwarder_nats = connect(url, None, "gateway", "bench-forwarder").await?;
+    let forwarder_nats = env.connect("gateway", "bench-forwarder").await?;
     let forwarder = axum::Router::new().route(
         "/echo",
         axum::routing::post(move |body: Bytes| {
             let nats = forwarder_nats.clone();
             async move {
-                match nats.request("bench.http.echo", body).await {
+                match nats.request(HTTP_ECHO, body).await {
                     Ok(m) => (axum::http::StatusCode::OK, m.payload).into_response(),
                     Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
                 }
@@ -795,8 +802,8 @@ async fn measure_gateway(
     let (gateway, _listener) = crate::gateway::build(
         &http_config,
         config.nats.max_payload,
-        url,
-        None,
+        &env.url,
+        env.tls("gateway").as_ref(),
         vec!["auth", "state_manager"],
         stop.child_token(),
     )
@@ -869,59 +876,149 @@ fn print_gateway_ratios(cells: &[Cell], args: &BenchArgs) {
 /// Runs the benchmark and prints its table.
 pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    config.nats.port = 0;
-    config.nats.monitor_port = 0;
-    config.pick_free_ports()?;
     let stop = CancellationToken::new();
-    let child = NatsChild::start(
-        NatsChildConfig {
-            binary: resolve_binary(config.nats.server_bin.as_deref())?,
-            host: config.nats.host.clone(),
-            port: config.nats.port,
-            monitor_port: config.nats.monitor_port,
-            store_dir: dir.path().join("jetstream"),
-            config_path: dir.path().join("nats-server.conf"),
-            ..NatsChildConfig::default()
+    let binary = resolve_binary(config.nats.server_bin.as_deref())?;
+    // The default server, as `aicore run` configures it.
+    let certs = dir.path().join("certs");
+    let ca = Authority::open_or_create(&certs, config.security.ca_days)?;
+    let now = std::time::SystemTime::now();
+    let sans = security::server_sans(&config.security, &config.nats.host);
+    security::ensure_issued(&ca, &config.security, &sans, now)?;
+    let tls = security::nats_tls(&ca, &config.security, now)?;
+    let mut server =
+        |label: &str, tls: Option<crate::nats_child::NatsTls>| -> Result<NatsChildConfig> {
+            config.nats.port = 0;
+            config.nats.monitor_port = 0;
+            config.pick_free_ports()?;
+            Ok(NatsChildConfig {
+                binary: binary.clone(),
+                host: config.nats.host.clone(),
+                port: config.nats.port,
+                monitor_port: config.nats.monitor_port,
+                store_dir: dir.path().join(format!("jetstream-{label}")),
+                config_path: dir.path().join(format!("nats-server-{label}.conf")),
+                tls,
+                ..NatsChildConfig::default()
+            })
+        };
+    let tls_cfg = server("tls", Some(tls))?;
+    let plain_cfg = server("plain", None)?;
+    let tls_child = NatsChild::start(tls_cfg, stop.child_token()).await?;
+    let plain_child = NatsChild::start(plain_cfg, stop.child_token()).await?;
+    let envs = [
+        Env {
+            label: "mTLS",
+            url: tls_child.client_url(),
+            certs: Some(certs),
         },
+        Env {
+            label: "plaintext",
+            url: plain_child.client_url(),
+            certs: None,
+        },
+    ];
+    let payload = Bytes::from(vec![b'x'; args.payload]);
+    let (tls_base, tls_echo) = baseline(&envs[0], &payload).await?;
+    let (plain_base, plain_echo) = baseline(&envs[1], &payload).await?;
+
+    // The raw rows on their own, then every other row interleaved with raw slices of its
+    // own server (see [`measure_rows`]): its ratio is to the raw of the same seconds.
+    let mut raw: Vec<(&str, Cell)> = Vec::new();
+    for (env, base) in envs.iter().zip([&tls_base, &plain_base]) {
+        if env.certs.is_none() && !args.plaintext {
+            continue;
+        }
+        for &c in &args.concurrency {
+            let r = interleaved(c, args.seconds, slices(args.seconds), &[base.op()], None).await;
+            raw.extend(
+                r.into_iter()
+                    .map(|s| (env.label, s.into_cell(RAW, c, None))),
+            );
+        }
+    }
+    let link = match args.plaintext {
+        true => raw_tls_vs_plaintext(&tls_base, &plain_base, &args).await,
+        false => Vec::new(),
+    };
+    let (tls_rows, stats) = run_rows(
+        &envs[0],
+        &tls_base,
+        &config,
+        &args,
+        &dir.path().join("mtls"),
         stop.child_token(),
     )
     .await?;
-    let url = child.client_url();
-    let payload = Bytes::from(vec![b'x'; args.payload]);
-    let mut cells = Vec::new();
-
-    // Raw baseline: an echo responder on its own connection, handling in order.
-    let responder = connect(&url, None, "domains", "bench-echo").await?;
-    let mut sub = responder.subscribe("bench.echo").await?;
-    let echo_nats = responder.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = echo_nats.publish(reply, m.payload).await;
-            }
+    let plain_rows = match args.plaintext {
+        true => {
+            run_rows(
+                &envs[1],
+                &plain_base,
+                &config,
+                &args,
+                &dir.path().join("plain"),
+                stop.child_token(),
+            )
+            .await?
+            .0
         }
-    });
-    responder.flush().await?;
-    let load = connect(&url, None, "gateway", "bench-load").await?;
-    // The raw rows on their own, then every other row interleaved with raw slices (see
-    // [`measure_rows`]): its ratio is to the raw of the same seconds.
-    let base = Baseline {
-        nats: load.clone(),
-        payload: payload.clone(),
+        false => Vec::new(),
     };
-    for &c in &args.concurrency {
-        let raw = interleaved(c, args.seconds, slices(args.seconds), &[base.op()], None).await;
-        cells.extend(raw.into_iter().map(|s| s.into_cell(RAW, c, None)));
-    }
-    if args.wants("tls") {
-        cells.extend(measure_tls(&config, dir.path(), &args, &base, stop.child_token()).await?);
-    }
+    tls_echo.abort();
+    plain_echo.abort();
+    tls_child.stop().await;
+    plain_child.stop().await;
 
+    let (tls_raw, plain_raw): (Vec<_>, Vec<_>) = raw.into_iter().partition(|(l, _)| *l == "mTLS");
+    let mut main: Vec<Cell> = tls_raw.into_iter().map(|(_, c)| c).collect();
+    main.extend(tls_rows);
+    let mut plain: Vec<Cell> = plain_raw.into_iter().map(|(_, c)| c).collect();
+    plain.extend(plain_rows);
+    print_table(&main, &plain, &link, &args);
+    print_gateway_ratios(&main, &args);
+    for c in main
+        .iter()
+        .chain(&plain)
+        .chain(&link)
+        .filter(|c| c.errors > 0)
+    {
+        println!(
+            "errors in {} at C={}: {} (first: {})",
+            c.name,
+            c.concurrency,
+            c.errors,
+            c.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    if stats.commits > 0 {
+        println!(
+            "group commit (mTLS run): {} writes in {} durable commits (mean batch {:.1})",
+            stats.writes,
+            stats.commits,
+            stats.writes as f64 / stats.commits as f64
+        );
+    }
+    Ok(())
+}
+
+/// Every row but the raw one, on `env` (interleaved with `base`, its raw baseline), in
+/// `dir`; returns the cells and the main store's commit statistics.
+async fn run_rows(
+    env: &Env,
+    base: &Baseline,
+    config: &Config,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<(Vec<Cell>, aicore_domains::store::StoreStats)> {
+    std::fs::create_dir_all(dir)?;
+    let (load, payload) = (&base.nats, &base.payload);
+    let mut cells = Vec::new();
     // The same echo through the domain runtime and the SDK (deadline header, micro
     // service API, a task per request, retries/breaker bookkeeping): the framework's
     // own share of every domain call, with no domain work.
     if args.wants("runtime") {
-        let runtime_nats = connect(&url, None, "domains", "bench-runtime-echo").await?;
+        let runtime_nats = env.connect("domains", "bench-runtime-echo").await?;
         let serving = runtime::serve(
             runtime_nats.clone(),
             Arc::new(EchoService),
@@ -936,7 +1033,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             let (sdk, p) = (sdk.clone(), payload.clone());
             cells.push(
                 measure(
-                    &base,
+                    base,
                     None,
                     "sdk+runtime echo (no domain work)",
                     c,
@@ -959,19 +1056,17 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
     if args.wants("http") {
-        cells.extend(
-            measure_gateway(&url, &config, &base, &args, dir.path(), stop.child_token()).await?,
-        );
+        cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
     }
 
     // The domain path, group commit on.
     // The store as configured (`[store]` of `--config`), so a run shows what a setting does.
-    let store = Store::open(&dir.path().join("bench.redb"), config.store.options())?;
+    let store = Store::open(&dir.join("bench.redb"), config.store.options())?;
     let serving = serve_domain(
-        &url,
+        env,
         "state_manager",
         store.clone(),
-        &config,
+        config,
         stop.child_token(),
     )
     .await?;
@@ -994,7 +1089,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         let client = client.clone();
         cells.push(
             measure(
-                &base,
+                base,
                 Some(&store),
                 "sdk state_manager.get (cached)",
                 c,
@@ -1043,7 +1138,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         cells.push(
             measure(
-                &base,
+                base,
                 Some(&store),
                 "sdk state_manager.put (durable, group commit)",
                 c,
@@ -1055,28 +1150,12 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     }
     if args.wants("payment") {
         cells.extend(
-            measure_transfers(
-                &url,
-                store.clone(),
-                &config,
-                &base,
-                &args,
-                stop.child_token(),
-            )
-            .await?,
+            measure_transfers(env, store.clone(), config, base, args, stop.child_token()).await?,
         );
     }
     if args.wants("world") {
         cells.extend(
-            measure_world_gets(
-                &url,
-                store.clone(),
-                &config,
-                &base,
-                &args,
-                stop.child_token(),
-            )
-            .await?,
+            measure_world_gets(env, store.clone(), config, base, args, stop.child_token()).await?,
         );
     }
     serving.stop().await;
@@ -1102,7 +1181,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             continue;
         }
         let c = args.concurrency.iter().copied().max().unwrap_or(64).min(64);
-        let path = dir.path().join(format!("baseline-{i}.redb"));
+        let path = dir.join(format!("baseline-{i}.redb"));
         let store = Store::open(
             &path,
             StoreOptions {
@@ -1112,10 +1191,10 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             },
         )?;
         let serving = serve_domain(
-            &url,
+            env,
             "state_manager",
             store.clone(),
-            &config,
+            config,
             stop.child_token(),
         )
         .await?;
@@ -1127,7 +1206,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         ready(name, || first(0, 0)).await?;
         cells.push(
             measure(
-                &base,
+                base,
                 Some(&store),
                 name,
                 c,
@@ -1139,61 +1218,72 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         serving.stop().await;
         store.close().await;
     }
-    echo.abort();
-    child.stop().await;
-
-    print_table(&cells, &args);
-    print_gateway_ratios(&cells, &args);
-    for c in cells.iter().filter(|c| c.errors > 0) {
-        println!(
-            "errors in {} at C={}: {} (first: {})",
-            c.name,
-            c.concurrency,
-            c.errors,
-            c.first_error.as_deref().unwrap_or("?")
-        );
-    }
-    if stats.commits > 0 {
-        println!(
-            "group commit: {} writes in {} durable commits (mean batch {:.1})",
-            stats.writes,
-            stats.commits,
-            stats.writes as f64 / stats.commits as f64
-        );
-    }
-    Ok(())
+    Ok((cells, stats))
 }
 
-fn print_table(cells: &[Cell], args: &BenchArgs) {
+/// A cell's throughput as a share of the raw slices interleaved with it.
+fn share(c: &Cell) -> Option<f64> {
+    c.raw_rps.filter(|r| *r > 0.0).map(|r| c.rps / r)
+}
+
+/// Prints the table: every row on the default (mTLS) server, its share of the raw
+/// baseline on the same server, and, when the plaintext run exists, the same row there
+/// and the TLS row's throughput as a share of the plaintext one. The two runs are minutes
+/// apart, so that share is computed from ratios taken within each run: (row / raw) on
+/// mTLS × (raw mTLS / raw plaintext, interleaved) ÷ (row / raw) on plaintext; for the raw
+/// row it is the interleaved ratio itself.
+fn print_table(cells: &[Cell], plain: &[Cell], link: &[Cell], args: &BenchArgs) {
     println!(
-        "aicore bench: {} s per cell, {}-byte payload, {} cores",
+        "aicore bench: {} s per cell, {}-byte payload, {} cores; every row on the default \
+         nats-server (mutual TLS, pinned certificates, accounts, least-privilege users)",
         args.seconds,
         args.payload,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<48} {:>4} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7}",
-        "path", "C", "req/s", "p50 ms", "p99 ms", "raw req/s", "vs raw", "errors"
+        "{:<48} {:>4} {:>10} {:>9} {:>9} {:>10} {:>7} {:>10} {:>7} {:>8} {:>7}",
+        "path",
+        "C",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "raw req/s",
+        "vs raw",
+        "plain r/s",
+        "vs raw",
+        "vs plain",
+        "errors"
     );
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
     for c in cells {
-        let (raw, ratio) = match c.raw_rps.filter(|r| *r > 0.0) {
-            Some(r) => (format!("{r:.0}"), format!("{:.0}%", 100.0 * c.rps / r)),
-            None => ("-".into(), "-".into()),
+        fn find<'a>(v: &'a [Cell], name: &str, c: usize) -> Option<(&'a Cell, Option<f64>)> {
+            v.iter()
+                .find(|x| x.name == name && x.concurrency == c)
+                .map(|x| (x, share(x)))
+        }
+        let tls_cost = find(link, RAW_TLS, c.concurrency).and_then(|(_, r)| r);
+        let twin = find(plain, c.name, c.concurrency);
+        let vs_plain = match (c.name == RAW, share(c), twin.and_then(|(_, s)| s), tls_cost) {
+            (true, ..) => tls_cost,
+            (false, Some(st), Some(sp), Some(r)) if sp > 0.0 => Some(st * r / sp),
+            _ => None,
         };
         println!(
-            "{:<48} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>10} {:>7} {:>7}",
+            "{:<48} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>10} {:>7} {:>10} {:>7} {:>8} {:>7}",
             c.name,
             c.concurrency,
             c.rps,
             c.p50.as_secs_f64() * 1e3,
             c.p99.as_secs_f64() * 1e3,
-            raw,
-            ratio,
+            c.raw_rps.map_or("-".into(), |r| format!("{r:.0}")),
+            pct(share(c)),
+            twin.map_or("-".into(), |(t, _)| format!("{:.0}", t.rps)),
+            pct(twin.and_then(|(_, s)| s)),
+            pct(vs_plain),
             c.errors
         );
     }
     let find = |name: &str, c: usize| cells.iter().find(|x| x.name == name && x.concurrency == c);
-    let share = |c: &Cell| c.raw_rps.filter(|r| *r > 0.0).map(|r| c.rps / r);
     if let (Some(g), Some(s)) = (
         find("sdk state_manager.put (durable, group commit)", 64),
         find("sdk state_manager.put (one commit per request)", 64),
