@@ -6,6 +6,7 @@ mod bench;
 mod certs;
 mod cli;
 mod config;
+mod files;
 mod gateway;
 mod json;
 mod nats_child;

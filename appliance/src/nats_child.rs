@@ -434,43 +434,25 @@ fn validate(cfg: &NatsChildConfig) -> Result<()> {
     Ok(())
 }
 
-/// Creates the directories and writes the configuration file (mode 0600: later it names
-/// key files and account credentials), atomically via a rename.
+/// Creates the directories (`0700` when new: JetStream's store holds the events) and
+/// writes the configuration file (`0600`: it names key files and the users),
+/// atomically, through [`crate::files`].
 async fn write_config(cfg: &NatsChildConfig) -> Result<()> {
-    tokio::fs::create_dir_all(&cfg.store_dir)
-        .await
-        .with_context(|| format!("cannot create JetStream store {}", cfg.store_dir.display()))?;
-    if let Some(parent) = cfg
-        .config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut tmp = cfg.config_path.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(render_config(cfg).as_bytes())
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.sync_all()
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(file);
-    tokio::fs::rename(&tmp, &cfg.config_path)
-        .await
-        .with_context(|| format!("cannot write {}", cfg.config_path.display()))?;
-    Ok(())
+    let (store_dir, path, text) = (
+        cfg.store_dir.clone(),
+        cfg.config_path.clone(),
+        render_config(cfg),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::files::create_private_dir(&store_dir).context("creating the JetStream store")?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::create_private_dir(parent)?;
+        }
+        crate::files::write_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+    .await
+    .context("writing the nats-server configuration")?
 }
 
 /// Counters shared between the handle and the monitor task.
