@@ -1,10 +1,11 @@
 //! The client-side commands: `aicore call` (any RPC of any domain, JSON in and out,
-//! transcoded through the embedded descriptors by the proto3 JSON mapping) and
-//! `aicore status` (which domains answer `$SRV.PING`). Both speak plain NATS, like any
-//! other client, so they work against a remote appliance or cluster as well.
+//! transcoded through the embedded descriptors by the proto3 JSON mapping),
+//! and `aicore status` (which domains answer `$SRV.PING`). They speak plain NATS, like any other client, so they work against a
+//! remote appliance or cluster as well; where a local appliance listens comes from its
+//! runtime file ([`crate::runtime_file`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name};
 use anyhow::{Context, Result, anyhow};
@@ -113,15 +114,28 @@ struct Ping {
     version: String,
 }
 
-/// Pings every service for `wait` and reports which of `expected` answered, and when
-/// each certificate of the local CA (`certs`) expires. Returns whether all answered.
+/// What `aicore status` reports besides the domains.
+pub struct Report {
+    /// The certificates of the local CA, with their expiry.
+    pub certs: Vec<crate::certs::Issued>,
+    /// The appliance running on the data directory, from its runtime file.
+    pub running: Option<crate::runtime_file::Runtime>,
+    /// Problems an operator should fix (a data directory open to other users); the
+    /// caller prints them on stderr before connecting, this puts them in the JSON.
+    pub warnings: Vec<String>,
+}
+
+/// Pings every service for `wait` and reports which of `expected` answered, the
+/// appliance's runtime file, warnings, and when each certificate of the local CA
+/// expires. Returns whether all answered.
 pub async fn status(
     nats: &async_nats::Client,
     expected: &[&str],
     wait: Duration,
     json: bool,
-    certs: &[crate::certs::Issued],
+    report: &Report,
 ) -> Result<bool> {
+    let certs = &report.certs;
     let inbox = nats.new_inbox();
     let mut sub = nats.subscribe(inbox.clone()).await?;
     nats.publish_with_reply("$SRV.PING", inbox, Bytes::new())
@@ -149,6 +163,8 @@ pub async fn status(
                 "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "missing": missing,
+            "appliance": report.running,
+            "warnings": report.warnings,
             "certificates": certs.iter().map(|c| serde_json::json!({
                 "name": c.name,
                 "role": c.role,
@@ -159,6 +175,20 @@ pub async fn status(
         });
         println!("{doc}");
     } else {
+        if let Some(r) = &report.running {
+            let up = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(r.started_at);
+            println!(
+                "appliance pid {}, ready for {up} s: NATS {}, HTTP {}, monitor {}",
+                r.pid,
+                r.nats_url,
+                r.http_url.as_deref().unwrap_or("off"),
+                r.monitor_url.as_deref().unwrap_or("none"),
+            );
+            println!();
+        }
         println!("{:<28} {:>9}  version", "domain", "instances");
         for (name, inst) in &seen {
             println!("{name:<28} {:>9}  {}", inst.len(), inst[0].1);

@@ -470,6 +470,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct NatsChild {
     client_url: String,
+    monitor_url: String,
     status: watch::Receiver<NatsStatus>,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -490,6 +491,10 @@ impl NatsChild {
         let shared = Arc::new(Shared::default());
         let (status_tx, status) = watch::channel(NatsStatus::Starting);
         let client_url = format!("nats://{}", host_port(connect_host(&cfg.host), cfg.port));
+        let monitor_url = format!(
+            "http://{}",
+            host_port(connect_host(&cfg.host), cfg.monitor_port)
+        );
 
         let spawner = Spawner::new()?;
         let child = match spawn_healthy(&cfg, &spawner, &shared, &stop).await {
@@ -513,6 +518,7 @@ impl NatsChild {
         let monitor = tokio::spawn(monitor.run(child));
         Ok(NatsChild {
             client_url,
+            monitor_url,
             status,
             shared,
             stop,
@@ -575,6 +581,11 @@ impl NatsChild {
     /// URL clients use to reach this server, e.g. `nats://127.0.0.1:4222`.
     pub fn client_url(&self) -> String {
         self.client_url.clone()
+    }
+
+    /// Where its HTTP monitoring endpoint (`/healthz`, `/varz`) answers.
+    pub fn monitor_url(&self) -> String {
+        self.monitor_url.clone()
     }
 
     /// Restart attempts since [`NatsChild::start`], successful or not.

@@ -219,6 +219,17 @@ pub async fn run(mut config: Config) -> Result<()> {
         false => None,
     };
     tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
+    // Where the client commands find this appliance; removed when this function returns.
+    let runtime = crate::runtime_file::Runtime::of_this_process(
+        url.clone(),
+        child.is_some() && !insecure,
+        gateway
+            .as_ref()
+            .map(|g| format!("http://{}", connect_addr(g.addr))),
+        child.as_ref().map(NatsChild::monitor_url),
+    );
+    let _published = crate::runtime_file::Published::write(&config.data_dir, &runtime)
+        .context("writing the runtime file")?;
 
     // 4. Run until a signal or a fatal failure.
     let failed = child.as_ref().map(|c| c.failed());
@@ -308,4 +319,15 @@ async fn watch_certs(
             tracing::warn!(error = %format!("{e:#}"), "reloading nats-server failed");
         }
     }
+}
+
+/// The address to dial for a listening address (`0.0.0.0` and `::` listen everywhere:
+/// dial loopback).
+fn connect_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
 }

@@ -91,6 +91,8 @@ type Shared = Arc<Gateway>;
 
 /// A running gateway; [`Server::stop`] drains it.
 pub struct Server {
+    /// The address it listens on (the configured port, or the one picked for port 0).
+    pub addr: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     drain: Duration,
@@ -173,6 +175,7 @@ pub async fn start(
     });
     tracing::info!(%addr, "gateway listening");
     Ok(Server {
+        addr,
         stop,
         task,
         drain: Duration::from_secs(config.drain_timeout_secs),
