@@ -376,7 +376,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs { place, command } => {
-            init_logging("warn");
+            // Refusals while waiting for a new certificate to be accepted are expected;
+            // the outcome is reported below, not logged by the NATS client.
+            init_logging("warn,async_nats=off");
             place.apply(&mut config);
             let dir = config.data_dir.join("certs");
             let ca = certs::Authority::open_or_create(&dir, 3650)?;
@@ -409,6 +411,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     println!("certificate {}", c.cert_path.display());
                     println!("key         {}", c.key_path.display());
                     println!("ca          {}", ca.ca_path().display());
+                    let running = runtime_file::read(&config.data_dir)?;
+                    let tls = security::ClientTls {
+                        ca: ca.ca_path(),
+                        cert: c.cert_path.clone(),
+                        key: c.key_path.clone(),
+                    };
+                    let outcome = cli::await_accepted(&c, &tls, running.as_ref()).await?;
+                    println!("{outcome}");
                 }
                 CertsCommand::List => {
                     println!(

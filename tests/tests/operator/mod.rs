@@ -1,5 +1,7 @@
 //! What an operator meets on the machine itself: the CLI finds the running appliance
-//! through the data directory alone (its runtime file), on whatever ports it runs.
+//! through the data directory alone (its runtime file), on whatever ports it runs; and
+//! `aicore certs issue` returns only once the running appliance accepts the new
+//! certificate.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -74,5 +76,67 @@ async fn the_cli_finds_the_appliance_on_its_ports_from_the_data_dir_alone() {
     assert!(
         !said.contains(&stale_url),
         "the stale file was used: {said}"
+    );
+}
+
+#[tokio::test]
+async fn an_issued_certificate_is_accepted_when_the_command_returns() {
+    // Index changes are applied every 5 s: a command that returned at once would leave
+    // the new certificate refused for up to that long.
+    let mut app = Appliance::start_with_config("[security]\ncheck_interval_secs = 5\n").await;
+    let said = ok(&app.certs(&["issue", "arena-7", "--role", "game-server"]));
+    // At once, no retry: accepted (a refusal would be an authorization violation).
+    aicore_e2e::install_crypto();
+    let nats = app
+        .identity("arena-7")
+        .options()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&app.nats_url)
+        .await
+        .expect("the new certificate is accepted");
+    nats.flush().await.expect("a round trip as arena-7");
+    assert!(said.contains("accepted by the running appliance"), "{said}");
+
+    // With no appliance running, issuing says so and succeeds.
+    app.signal(libc::SIGTERM);
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let said = ok(&app.certs(&["issue", "arena-8", "--role", "game-server"]));
+    assert!(said.contains("no appliance is running"), "{said}");
+}
+
+#[tokio::test]
+async fn issuing_fails_when_the_running_appliance_never_accepts_the_certificate() {
+    // A runtime file naming a live process (this test) and a NATS address nobody answers
+    // on: the certificate is issued, never accepted, and the command says so and fails.
+    let dir = tempfile::tempdir().unwrap();
+    let port = aicore_e2e::free_port();
+    let runtime = serde_json::json!({
+        "pid": std::process::id(),
+        "pid_start": null,
+        "started_at": 0,
+        "nats_url": format!("nats://127.0.0.1:{port}"),
+        "nats_mtls": true,
+        "http_url": null,
+        "monitor_url": null,
+    });
+    std::fs::write(dir.path().join("aicore.runtime.json"), runtime.to_string()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = aicore(
+        dir.path(),
+        &[
+            "certs",
+            "--data-dir",
+            d,
+            "issue",
+            "lost",
+            "--role",
+            "game-server",
+        ],
+    );
+    assert!(!out.status.success(), "issuing claimed success");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("\"lost\" was issued") && said.contains("did not accept it"),
+        "{said}"
     );
 }
