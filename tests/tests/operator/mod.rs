@@ -1,14 +1,15 @@
-//! What an operator meets on the machine itself: the CLI finds the running appliance
-//! through the data directory alone (its runtime file), on whatever ports it runs; and
-//! `aicore certs issue` returns only once the running appliance accepts the new
-//! certificate.
+//! What an operator meets on the machine itself: the files a real `aicore run` leaves in
+//! its data directory are private to its user whatever the directory's mode and the
+//! umask; the CLI finds the running appliance through the data directory alone (its
+//! runtime file), on whatever ports it runs; and `aicore certs issue` returns only once
+//! the running appliance accepts the new certificate.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use aicore_e2e::{Appliance, aicore_bin};
+use aicore_e2e::{Appliance, aicore_bin, with_umask};
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -31,6 +32,85 @@ fn aicore(dir: &Path, args: &[&str]) -> Output {
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file and directory under `dir` (not `dir` itself).
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            walk(&p, out);
+        }
+    }
+}
+
+#[tokio::test]
+async fn files_are_private_in_an_open_data_dir_under_a_permissive_umask() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = Appliance::start_in_with_umask(&data, 0).await;
+    // The operator issues a certificate (into the CA directory and elsewhere) the same way.
+    let out_dir = root.path().join("handed-out");
+    for extra in [&[][..], &["--out", out_dir.to_str().unwrap()][..]] {
+        let mut issue = Command::new(aicore_bin());
+        with_umask(&mut issue, 0)
+            .args(["certs", "--data-dir"])
+            .arg(&data)
+            .args(["issue", "arena", "--role", "game-server"])
+            .args(extra);
+        ok(&issue.output().unwrap());
+    }
+
+    let mut paths = Vec::new();
+    walk(&data, &mut paths);
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.strip_prefix(&data).unwrap().display().to_string())
+        .collect();
+    walk(&out_dir, &mut paths);
+    paths.push(out_dir);
+    for p in &paths {
+        // The test harness's own log of the appliance is not the appliance's file.
+        if p.starts_with(&app.log_path) {
+            continue;
+        }
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(p), want, "{}", p.display());
+    }
+    for expected in [
+        "aicore.redb",
+        "aicore.redb.wal0",
+        "aicore.redb.wal1",
+        "aicore.runtime.json",
+        "nats-server.conf",
+        "jetstream",
+        "certs",
+        "certs/index.json",
+        "certs/ca.key",
+        "certs/arena.key",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    // The directory the operator made keeps its mode, and the appliance says it is open.
+    assert_eq!(mode(&data), 0o755);
+    assert!(
+        app.log().contains("the data directory") && app.log().contains("mode 0755"),
+        "{}",
+        app.log()
+    );
+    let status = aicore(&data, &["status", "--data-dir", data.to_str().unwrap()]);
+    ok(&status);
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("0755"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
