@@ -782,6 +782,7 @@ async fn measure_gateway(
     };
     let (gateway, _listener) = crate::gateway::build(
         &http_config,
+        config.http_max_body_bytes(),
         config.nats.max_payload,
         url,
         None,

@@ -208,6 +208,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         true => Some(
             gateway::start(
                 &config.http,
+                config.http_max_body_bytes(),
                 config.nats.max_payload,
                 &url,
                 identities.gateway.as_ref(),
