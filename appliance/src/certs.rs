@@ -295,6 +295,7 @@ mod tests {
     use rustls::server::WebPkiClientVerifier;
 
     use super::*;
+    use crate::files::testing::{mode, open_dir};
 
     fn verify_client(ca: &Authority, cert_path: &Path) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
@@ -359,17 +360,6 @@ mod tests {
         assert!(listed.iter().any(|c| c.name == "arena-1" && c.revoked));
         assert!(listed.iter().any(|c| c.name == "nats" && !c.revoked));
         assert!(ca.revoke("nobody").is_err());
-    }
-
-    fn mode(p: &Path) -> u32 {
-        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    /// A temporary directory an operator made world-readable.
-    fn open_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
     }
 
     #[test]

@@ -95,21 +95,31 @@ pub fn shared_warning(dir: &Path, mode: u32) -> String {
     )
 }
 
+/// What the modes tests here and in [`crate::certs`] share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
-    use super::*;
-
-    fn mode(p: &Path) -> u32 {
+    /// The permission bits of `p` itself (a link's own, not its target's).
+    pub(crate) fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
     }
 
-    fn open_dir() -> tempfile::TempDir {
+    /// A temporary directory an operator made world-readable.
+    pub(crate) fn open_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         dir
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::testing::{mode, open_dir};
+    use super::*;
 
     #[test]
     fn a_new_dir_is_private_and_an_existing_one_is_left_alone() {
