@@ -801,6 +801,7 @@ async fn measure_gateway(
     };
     let (gateway, _listener) = crate::gateway::build(
         &http_config,
+        config.http_max_body_bytes(),
         config.nats.max_payload,
         &env.url,
         env.tls("gateway").as_ref(),

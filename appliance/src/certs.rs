@@ -1,5 +1,6 @@
 //! The appliance's own certificate authority. On first use it creates a local CA under
-//! `<data-dir>/certs/` (private keys written 0600) and from then on issues certificates
+//! `<data-dir>/certs/` (a `0700` directory; every file in it written `0600` through
+//! [`crate::files::write_private`]) and from then on issues certificates
 //! signed by it: the nats-server's server certificate (SANs: localhost, 127.0.0.1, ::1 and
 //! configured host names) and one client certificate per principal — `domains`,
 //! `gateway`, `admin`, and any external client (`game-server`, tools) an operator issues
@@ -12,8 +13,6 @@
 //! accounts configuration); until that is wired, issuing a certificate grants nothing.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +22,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::files::write_private;
 
 /// The organisation every AI Core certificate names.
 const ORG: &str = "AI Core";
@@ -112,23 +113,6 @@ fn ca_params(not_before: SystemTime, not_after: SystemTime) -> Result<Certificat
     Ok(p)
 }
 
-/// Writes `contents` to `path` atomically, with `mode` permissions.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 /// The nats-server `pinned_certs` form of a key: hex SHA-256 of its SubjectPublicKeyInfo.
 fn spki_pin(key: &KeyPair) -> String {
     use rcgen::PublicKeyData;
@@ -161,7 +145,7 @@ fn check_name(name: &str) -> Result<()> {
 impl Authority {
     /// Opens the CA in `dir`, creating it (valid `ca_days`) if there is none.
     pub fn open_or_create(dir: &Path, ca_days: u32) -> Result<Authority> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::files::create_private_dir(dir)?;
         let key_path = dir.join("ca.key");
         let cert_path = dir.join("ca.pem");
         if key_path.exists() && cert_path.exists() {
@@ -176,8 +160,8 @@ impl Authority {
         let now = SystemTime::now();
         let params = ca_params(now, now + Duration::from_secs(u64::from(ca_days) * 86_400))?;
         let cert = params.self_signed(&key)?;
-        write_file(&key_path, &key.serialize_pem(), 0o600)?;
-        write_file(&cert_path, &cert.pem(), 0o644)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_private(&cert_path, cert.pem().as_bytes())?;
         tracing::info!(dir = %dir.display(), "created the local certificate authority");
         Ok(Authority {
             dir: dir.to_path_buf(),
@@ -203,10 +187,9 @@ impl Authority {
     }
 
     fn save_index(&self, index: &Index) -> Result<()> {
-        write_file(
+        write_private(
             &self.index_path(),
-            &serde_json::to_string_pretty(index)?,
-            0o644,
+            serde_json::to_string_pretty(index)?.as_bytes(),
         )
     }
 
@@ -302,11 +285,11 @@ impl Authority {
             }
         }
         let out = out_dir.unwrap_or(&self.dir);
-        std::fs::create_dir_all(out)?;
+        crate::files::create_private_dir(out)?;
         let cert_path = out.join(format!("{name}.pem"));
         let key_path = out.join(format!("{name}.key"));
-        write_file(&key_path, &key.serialize_pem(), 0o600)?;
-        write_file(&cert_path, &cert.pem(), 0o644)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_private(&cert_path, cert.pem().as_bytes())?;
         let issued = Issued {
             name: name.to_string(),
             role: role.to_string(),
@@ -396,6 +379,7 @@ mod tests {
     use rustls::server::WebPkiClientVerifier;
 
     use super::*;
+    use crate::files::testing::{mode, open_dir};
 
     fn verify_client(ca: &Authority, cert_path: &Path) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
@@ -460,6 +444,67 @@ mod tests {
         assert!(listed.iter().any(|c| c.name == "arena-1" && c.revoked));
         assert!(listed.iter().any(|c| c.name == "nats" && !c.revoked));
         assert!(ca.revoke("nobody", None).is_err());
+    }
+
+    #[test]
+    fn every_file_is_private_even_in_an_open_directory() {
+        let dir = open_dir();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let gs = ca.issue("arena-1", "game-server", 30, &[], None).unwrap();
+        let out = dir.path().join("handed-out");
+        let tool = ca.issue("tool", "admin", 30, &[], Some(&out)).unwrap();
+        ca.revoke("tool", None).unwrap();
+        for f in [
+            ca.ca_path(),
+            dir.path().join("ca.key"),
+            dir.path().join("index.json"),
+            gs.cert_path,
+            gs.key_path,
+            tool.cert_path,
+            tool.key_path,
+        ] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        assert_eq!(mode(&out), 0o700, "a directory --out creates");
+        // An existing directory keeps the mode the operator gave it.
+        assert_eq!(mode(dir.path()), 0o755);
+    }
+
+    #[test]
+    fn a_link_planted_where_a_key_is_written_is_never_followed() {
+        let dir = open_dir();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let out = open_dir();
+        let victim = out.path().join("victim");
+        std::fs::write(&victim, b"").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // Where the key went on its way before (`<name>.tmp`): not used any more.
+        std::os::unix::fs::symlink(&victim, out.path().join("arena.tmp")).unwrap();
+        let issued = ca
+            .issue("arena", "game-server", 30, &[], Some(out.path()))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            b"",
+            "the link was followed"
+        );
+        assert!(
+            std::fs::symlink_metadata(&issued.key_path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert_eq!(mode(&issued.key_path), 0o600);
+        KeyPair::from_pem(&std::fs::read_to_string(&issued.key_path).unwrap()).unwrap();
+
+        // A link at the key's own path: refused, its target untouched, nothing recorded.
+        std::os::unix::fs::symlink(&victim, out.path().join("bench.key")).unwrap();
+        let err = ca
+            .issue("bench", "game-server", 30, &[], Some(out.path()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"");
+        assert!(ca.get("bench").unwrap().is_none());
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The client-side commands: `aicore call` (any RPC of any domain, JSON in and out,
-//! transcoded through the embedded descriptors by the proto3 JSON mapping) and
-//! `aicore status` (which domains answer `$SRV.PING`). Both speak plain NATS, like any
-//! other client, so they work against a remote appliance or cluster as well.
+//! transcoded through the embedded descriptors by the proto3 JSON mapping),
+//! `aicore status` (which domains answer `$SRV.PING`) and the last step of
+//! `aicore certs issue` (waiting until the running appliance accepts the new
+//! certificate). They speak plain NATS, like any other client, so they work against a
+//! remote appliance or cluster as well; where a local appliance listens comes from its
+//! runtime file ([`crate::runtime_file`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -113,15 +116,28 @@ struct Ping {
     version: String,
 }
 
-/// Pings every service for `wait` and reports which of `expected` answered, and when
-/// each certificate of the local CA (`certs`) expires. Returns whether all answered.
+/// What `aicore status` reports besides the domains.
+pub struct Report {
+    /// The certificates of the local CA, with their expiry.
+    pub certs: Vec<crate::certs::Issued>,
+    /// The appliance running on the data directory, from its runtime file.
+    pub running: Option<crate::runtime_file::Runtime>,
+    /// Problems an operator should fix (a data directory open to other users); the
+    /// caller prints them on stderr before connecting, this puts them in the JSON.
+    pub warnings: Vec<String>,
+}
+
+/// Pings every service for `wait` and reports which of `expected` answered, the
+/// appliance's runtime file, warnings, and when each certificate of the local CA
+/// expires. Returns whether all answered.
 pub async fn status(
     nats: &async_nats::Client,
     expected: &[&str],
     wait: Duration,
     json: bool,
-    certs: &[crate::certs::Issued],
+    report: &Report,
 ) -> Result<bool> {
+    let certs = &report.certs;
     let inbox = nats.new_inbox();
     let mut sub = nats.subscribe(inbox.clone()).await?;
     nats.publish_with_reply("$SRV.PING", inbox, Bytes::new())
@@ -149,6 +165,8 @@ pub async fn status(
                 "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "missing": missing,
+            "appliance": report.running,
+            "warnings": report.warnings,
             "certificates": certs.iter().map(|c| serde_json::json!({
                 "name": c.name,
                 "role": c.role,
@@ -159,6 +177,20 @@ pub async fn status(
         });
         println!("{doc}");
     } else {
+        if let Some(r) = &report.running {
+            let up = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(r.started_at);
+            println!(
+                "appliance pid {}, ready for {up} s: NATS {}, HTTP {}, monitor {}",
+                r.pid,
+                r.nats_url,
+                r.http_url.as_deref().unwrap_or("off"),
+                r.monitor_url.as_deref().unwrap_or("none"),
+            );
+            println!();
+        }
         println!("{:<28} {:>9}  version", "domain", "instances");
         for (name, inst) in &seen {
             println!("{name:<28} {:>9}  {}", inst.len(), inst[0].1);
@@ -207,4 +239,83 @@ pub async fn connect_client(
         .connect(url)
         .await
         .map_err(|e| anyhow!("cannot reach NATS at {url}: {e}"))
+}
+
+/// How long `aicore certs issue` waits for the running appliance to accept a new
+/// certificate. Its supervisor applies the certificate index every
+/// `security.check_interval_secs` (2 s by default) and then reloads nats-server; the
+/// rest is room for a loaded machine.
+pub const ACCEPT_BOUND: Duration = Duration::from_secs(15);
+
+/// After `aicore certs issue`: when the appliance of this data directory runs (its
+/// runtime file, `running`) with its own mTLS nats-server, connects as the new
+/// certificate (`tls`) until the server accepts it, retrying with backoff (100 ms
+/// doubling to 1 s) for at most [`ACCEPT_BOUND`], so the command returns only once the
+/// certificate works. Returns what to tell the operator; an error when the appliance
+/// never accepted it.
+pub async fn await_accepted(
+    issued: &crate::certs::Issued,
+    tls: &crate::security::ClientTls,
+    running: Option<&crate::runtime_file::Runtime>,
+) -> Result<String> {
+    let Some(running) = running else {
+        return Ok(
+            "no appliance is running on this data directory: the certificate is \
+                   accepted from its next start"
+                .into(),
+        );
+    };
+    if !running.nats_mtls {
+        return Ok(format!(
+            "the running appliance (pid {}) does not check this CA's certificates \
+             (--insecure-dev or nats.url): nothing to wait for",
+            running.pid
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if !(issued.not_before..issued.not_after).contains(&now) {
+        return Ok(
+            "the certificate is not valid now: not checked against the running \
+                   appliance"
+                .into(),
+        );
+    }
+    let url = &running.nats_url;
+    let give_up = tokio::time::Instant::now() + ACCEPT_BOUND;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let nats = crate::security::with_tls(async_nats::ConnectOptions::new(), Some(tls))
+                .name("aicore-certs-issue")
+                .connection_timeout(Duration::from_secs(3))
+                .connect(url.as_str())
+                .await?;
+            // A round trip: the connection is really accepted, not closed right after.
+            nats.flush().await?;
+            anyhow::Ok(())
+        };
+        let refused = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(())) => {
+                return Ok(format!(
+                    "accepted by the running appliance at {url} (pid {})",
+                    running.pid
+                ));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_string(),
+        };
+        if tokio::time::Instant::now() + delay >= give_up {
+            bail!(
+                "certificate {:?} was issued, but the running appliance at {url} (pid {}) \
+                 did not accept it within {} s; last refusal: {refused}",
+                issued.name,
+                running.pid,
+                ACCEPT_BOUND.as_secs()
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
 }

@@ -114,7 +114,9 @@ pub struct HttpConfig {
     /// contract, for domains served by other hosts of a cluster) or domain names.
     pub domains: Vec<String>,
     /// Largest request body in bytes (413 beyond); must stay below `nats.max_payload`.
-    pub max_body_bytes: u32,
+    /// Unset: sized from the largest object a domain accepts (see
+    /// [`Config::http_max_body_bytes`]), 365 912 bytes with the defaults.
+    pub max_body_bytes: Option<u32>,
     /// Requests handled at once; further ones are refused with 503 and `Retry-After`
     /// (never queued).
     pub max_in_flight: u32,
@@ -155,7 +157,7 @@ impl Default for HttpConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             domains: vec!["served".into()],
-            max_body_bytes: 256 * 1024,
+            max_body_bytes: None,
             max_in_flight: 1024,
             max_streams: 1024,
             rate_limit_per_sec: 100.0,
@@ -356,6 +358,18 @@ impl Config {
         Ok(out)
     }
 
+    /// The HTTP gateway's body limit: `http.max_body_bytes` when set, else the largest
+    /// payload a domain accepts ([`DomainsConfig::max_blob_bytes`], e.g. a state-manager
+    /// object) as JSON carries it, base64 (4 characters per 3 bytes), plus
+    /// [`JSON_OVERHEAD_BYTES`] for the request's other fields. A fixed 256 KiB refused a
+    /// 256 KiB object, which base64 grows to 342 KiB.
+    pub fn http_max_body_bytes(&self) -> u32 {
+        self.http.max_body_bytes.unwrap_or_else(|| {
+            let base64 = (self.domains.max_blob_bytes() as u64).div_ceil(3) * 4;
+            u32::try_from(base64 + JSON_OVERHEAD_BYTES).unwrap_or(u32::MAX)
+        })
+    }
+
     /// The crash-loop window.
     pub fn restart_window(&self) -> Duration {
         Duration::from_secs(self.nats.restart_window_secs)
@@ -377,6 +391,11 @@ impl Config {
         Ok(())
     }
 }
+
+/// Room in a request body beside its largest `bytes` field: the other fields with
+/// their names (ids, keys, content type, idempotency key: under 1 KiB in every
+/// contract) and a client's whitespace.
+pub const JSON_OVERHEAD_BYTES: u64 = 16 * 1024;
 
 /// The address to dial for a listen address (`0.0.0.0` listens everywhere, dial loopback).
 pub fn connect_host(host: &str) -> &str {
@@ -400,6 +419,22 @@ mod tests {
             toml::to_string(&parsed).unwrap(),
             toml::to_string(&Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn the_body_limit_follows_the_largest_object_a_domain_accepts() {
+        let mut c = Config::default();
+        let object = c.domains.state_manager.max_object_bytes as u32;
+        // The largest object, base64-encoded in the JSON body, fits; NATS carries it.
+        let limit = c.http_max_body_bytes();
+        assert_eq!(limit, 365_912);
+        assert!(limit >= object.div_ceil(3) * 4 + 1024);
+        assert!(limit < c.nats.max_payload);
+        // A larger configured object raises it; an explicit setting wins.
+        c.domains.world_state.max_fact_bytes = 3 * 100_000;
+        assert_eq!(c.http_max_body_bytes(), 400_000 + 16 * 1024);
+        c.http.max_body_bytes = Some(1000);
+        assert_eq!(c.http_max_body_bytes(), 1000);
     }
 
     #[test]

@@ -6,9 +6,11 @@ mod bench;
 mod certs;
 mod cli;
 mod config;
+mod files;
 mod gateway;
 mod json;
 mod nats_child;
+mod runtime_file;
 mod security;
 mod supervisor;
 
@@ -44,9 +46,8 @@ enum Command {
     /// Start the appliance: nats-server child, store, domains, HTTP gateway. Stops on
     /// SIGTERM/SIGINT.
     Run {
-        /// Directory for all state (overrides `data_dir`).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        place: Place,
         /// Client port of the nats-server child; 0 picks a free one.
         #[arg(long)]
         nats_port: Option<u16>,
@@ -89,6 +90,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
         #[command(flatten)]
+        place: Place,
+        #[command(flatten)]
         identity: Identity,
     },
     /// Show which domains answer; exit 0 only when every configured domain does.
@@ -106,15 +109,16 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         wait_ms: u64,
         #[command(flatten)]
+        place: Place,
+        #[command(flatten)]
         identity: Identity,
     },
     /// Measure request/reply throughput and latency against a raw NATS baseline.
     Bench(bench::BenchArgs),
     /// Manage the appliance's certificates (its local CA under `<data-dir>/certs`).
     Certs {
-        /// Directory for all state (overrides `data_dir`).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        place: Place,
         #[command(subcommand)]
         command: CertsCommand,
     },
@@ -122,13 +126,31 @@ enum Command {
     DefaultConfig,
 }
 
+/// The appliance a command acts on: its data directory. Every command that has one
+/// (`run`, `call`, `status`, `certs …`) takes the same flag, before or after a `certs`
+/// subcommand.
+#[derive(clap::Args)]
+struct Place {
+    /// The appliance's data directory (overrides `data_dir` of the configuration). A
+    /// running appliance publishes where it listens in `<data-dir>/aicore.runtime.json`;
+    /// the client commands read it.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Place {
+    /// The configuration with this data directory, if one was given.
+    fn apply(self, config: &mut Config) {
+        if let Some(d) = self.data_dir {
+            config.data_dir = d;
+        }
+    }
+}
+
 /// Which certificate a client command presents: `admin` from the appliance's
 /// certificate directory.
 #[derive(clap::Args)]
 struct Identity {
-    /// The appliance's data directory; its `certs/` holds the admin certificate.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// The certificate directory (default: `<data-dir>/certs`): `admin.pem`,
     /// `admin.key` and `ca.pem`. Without them the command connects in plaintext.
     #[arg(long)]
@@ -137,10 +159,9 @@ struct Identity {
 
 impl Identity {
     fn dir(&self, config: &Config) -> PathBuf {
-        match (&self.cert_dir, &self.data_dir) {
-            (Some(c), _) => c.clone(),
-            (None, Some(d)) => d.join("certs"),
-            (None, None) => config.data_dir.join("certs"),
+        match &self.cert_dir {
+            Some(c) => c.clone(),
+            None => config.data_dir.join("certs"),
         }
     }
 
@@ -160,6 +181,17 @@ impl Identity {
             .and_then(|ca| ca.list())
             .unwrap_or_default()
     }
+}
+
+/// Where a client command reaches NATS: `--nats-url`, else the running appliance's
+/// runtime file, else the configuration.
+fn client_url(
+    flag: Option<String>,
+    config: &Config,
+    running: Option<&runtime_file::Runtime>,
+) -> String {
+    flag.or_else(|| running.map(|r| r.nats_url.clone()))
+        .unwrap_or_else(|| config.nats_url())
 }
 
 #[derive(Subcommand)]
@@ -241,7 +273,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Run {
-            data_dir,
+            place,
             nats_port,
             nats_monitor_port,
             nats_url,
@@ -252,9 +284,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             if insecure_dev {
                 config.security.insecure_dev = true;
             }
-            if let Some(d) = data_dir {
-                config.data_dir = d;
-            }
+            place.apply(&mut config);
             if let Some(p) = nats_port {
                 config.nats.port = p;
             }
@@ -282,10 +312,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             timeout_ms,
             caller,
             roles,
+            place,
             identity,
         } => {
             init_logging("warn");
-            let url = nats_url.unwrap_or_else(|| config.nats_url());
+            place.apply(&mut config);
+            let running = runtime_file::read(&config.data_dir)?;
+            let url = client_url(nats_url, &config, running.as_ref());
             let nats = cli::connect_client(&url, identity.tls(&config).as_ref()).await?;
             let args = cli::CallArgs {
                 domain,
@@ -308,19 +341,33 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             domains,
             json,
             wait_ms,
+            place,
             identity,
         } => {
             init_logging("warn");
+            place.apply(&mut config);
             if let Some(d) = domains {
                 config.serve = vec![d];
             }
             let expected = config.served_domains()?;
-            let url = nats_url.unwrap_or_else(|| config.nats_url());
+            let warnings: Vec<String> = files::shared_mode(&config.data_dir)
+                .map(|mode| files::shared_warning(&config.data_dir, mode))
+                .into_iter()
+                .collect();
+            for w in &warnings {
+                eprintln!("WARNING: {w}");
+            }
+            let running = runtime_file::read(&config.data_dir)?;
+            let url = client_url(nats_url, &config, running.as_ref());
             let tls = identity.tls(&config);
             let nats = cli::connect_client(&url, tls.as_ref()).await?;
-            let certs = identity.certificates(&config);
+            let report = cli::Report {
+                certs: identity.certificates(&config),
+                running,
+                warnings,
+            };
             let wait = Duration::from_millis(wait_ms);
-            let ok = cli::status(&nats, &expected, wait, json, &certs).await?;
+            let ok = cli::status(&nats, &expected, wait, json, &report).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -332,9 +379,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             bench::run(config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs { data_dir, command } => {
-            init_logging("warn");
-            let dir = data_dir.unwrap_or(config.data_dir).join("certs");
+        Command::Certs { place, command } => {
+            // Refusals while waiting for a new certificate to be accepted are expected;
+            // the outcome is reported below, not logged by the NATS client.
+            init_logging("warn,async_nats=off");
+            place.apply(&mut config);
+            let dir = config.data_dir.join("certs");
             let ca = certs::Authority::open_or_create(&dir, 3650)?;
             match command {
                 CertsCommand::Issue {
@@ -365,6 +415,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     println!("certificate {}", c.cert_path.display());
                     println!("key         {}", c.key_path.display());
                     println!("ca          {}", ca.ca_path().display());
+                    let running = runtime_file::read(&config.data_dir)?;
+                    let tls = security::ClientTls {
+                        ca: ca.ca_path(),
+                        cert: c.cert_path.clone(),
+                        key: c.key_path.clone(),
+                    };
+                    let outcome = cli::await_accepted(&c, &tls, running.as_ref()).await?;
+                    println!("{outcome}");
                 }
                 CertsCommand::List => {
                     println!(

@@ -534,43 +534,25 @@ fn validate(cfg: &NatsChildConfig) -> Result<()> {
     Ok(())
 }
 
-/// Creates the directories and writes the configuration file (mode 0600: later it names
-/// key files and account credentials), atomically via a rename.
+/// Creates the directories (`0700` when new: JetStream's store holds the events) and
+/// writes the configuration file (`0600`: it names key files and the users),
+/// atomically, through [`crate::files`].
 async fn write_config(cfg: &NatsChildConfig) -> Result<()> {
-    tokio::fs::create_dir_all(&cfg.store_dir)
-        .await
-        .with_context(|| format!("cannot create JetStream store {}", cfg.store_dir.display()))?;
-    if let Some(parent) = cfg
-        .config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut tmp = cfg.config_path.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(render_config(cfg).as_bytes())
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.sync_all()
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(file);
-    tokio::fs::rename(&tmp, &cfg.config_path)
-        .await
-        .with_context(|| format!("cannot write {}", cfg.config_path.display()))?;
-    Ok(())
+    let (store_dir, path, text) = (
+        cfg.store_dir.clone(),
+        cfg.config_path.clone(),
+        render_config(cfg),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::files::create_private_dir(&store_dir).context("creating the JetStream store")?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::create_private_dir(parent)?;
+        }
+        crate::files::write_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+    .await
+    .context("writing the nats-server configuration")?
 }
 
 /// Counters shared between the handle and the monitor task.
@@ -588,6 +570,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct NatsChild {
     client_url: String,
+    monitor_url: String,
     status: watch::Receiver<NatsStatus>,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -611,6 +594,10 @@ impl NatsChild {
         let shared = Arc::new(Shared::default());
         let (status_tx, status) = watch::channel(NatsStatus::Starting);
         let client_url = format!("nats://{}", host_port(connect_host(&cfg.host), cfg.port));
+        let monitor_url = format!(
+            "http://{}",
+            host_port(connect_host(&cfg.host), cfg.monitor_port)
+        );
 
         let spawner = Spawner::new()?;
         let child = match spawn_healthy(&cfg, &spawner, &shared, &stop).await {
@@ -634,6 +621,7 @@ impl NatsChild {
         let monitor = tokio::spawn(monitor.run(child));
         Ok(NatsChild {
             client_url,
+            monitor_url,
             status,
             shared,
             stop,
@@ -696,6 +684,11 @@ impl NatsChild {
     /// URL clients use to reach this server, e.g. `nats://127.0.0.1:4222`.
     pub fn client_url(&self) -> String {
         self.client_url.clone()
+    }
+
+    /// Where its HTTP monitoring endpoint (`/healthz`, `/varz`) answers.
+    pub fn monitor_url(&self) -> String {
+        self.monitor_url.clone()
     }
 
     /// Restart attempts since [`NatsChild::start`], successful or not.

@@ -69,8 +69,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     config.pick_free_ports()?;
     let shutdown = CancellationToken::new();
-    create_private_dir(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    crate::files::create_private_dir(&config.data_dir).context("creating the data dir")?;
+    if let Some(mode) = crate::files::shared_mode(&config.data_dir) {
+        tracing::warn!("{}", crate::files::shared_warning(&config.data_dir, mode));
+    }
 
     // 1. Store.
     let store_path = config.data_dir.join(&config.store.file);
@@ -222,6 +224,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         true => Some(
             gateway::start(
                 &config.http,
+                config.http_max_body_bytes(),
                 config.nats.max_payload,
                 &url,
                 identities.gateway.as_ref(),
@@ -233,6 +236,17 @@ pub async fn run(mut config: Config) -> Result<()> {
         false => None,
     };
     tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
+    // Where the client commands find this appliance; removed when this function returns.
+    let runtime = crate::runtime_file::Runtime::of_this_process(
+        url.clone(),
+        child.is_some() && !insecure,
+        gateway
+            .as_ref()
+            .map(|g| format!("http://{}", connect_addr(g.addr))),
+        child.as_ref().map(NatsChild::monitor_url),
+    );
+    let _published = crate::runtime_file::Published::write(&config.data_dir, &runtime)
+        .context("writing the runtime file")?;
 
     // 4. Run until a signal or a fatal failure.
     let failed = child.as_ref().map(|c| c.failed());
@@ -324,37 +338,13 @@ async fn watch_certs(
     }
 }
 
-/// Creates `dir` (and missing parents) readable by this user only: it holds the store
-/// (password hashes, ledgers), its write-ahead log and the CA's keys. An existing
-/// directory keeps its mode (an operator may have chosen one, as systemd's
-/// `StateDirectoryMode` does).
-fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-#[cfg(test)]
-mod private_dir_tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn a_new_data_dir_is_private_and_an_existing_one_is_left_alone() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("a/b/data");
-        super::create_private_dir(&dir).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        let open = root.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        super::create_private_dir(&open).unwrap();
-        let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o755);
-    }
+/// The address to dial for a listening address (`0.0.0.0` and `::` listen everywhere:
+/// dial loopback).
+fn connect_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
 }

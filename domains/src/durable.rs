@@ -461,9 +461,12 @@ impl Durable {
     /// Opens the database and its log, applying the logged batches newer than the last
     /// checkpoint (what a crash left only in the log) in one durable commit.
     pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Durable, StoreError> {
+        // The file is opened here rather than by redb (`Builder::create` would create it
+        // with the umask's mode): private from its creation on.
+        let file = crate::wal::open_private(path).map_err(storage)?;
         let db = redb::Builder::new()
             .set_cache_size(options.redb_cache_bytes)
-            .create(path)
+            .create_file(file)
             .map_err(storage)?;
         let checkpointed = read_checkpoint(&db)?;
         let paths = wal_paths(path);

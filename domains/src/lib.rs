@@ -72,3 +72,14 @@ impl Default for DomainsConfig {
         }
     }
 }
+
+impl DomainsConfig {
+    /// The largest opaque payload (a `bytes` field) a domain accepts as configured: a
+    /// state-manager object or a world-state fact. The HTTP gateway sizes its default
+    /// body limit from it, so anything a domain takes also fits through the gateway.
+    pub fn max_blob_bytes(&self) -> usize {
+        self.state_manager
+            .max_object_bytes
+            .max(self.world_state.max_fact_bytes)
+    }
+}

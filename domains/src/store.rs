@@ -498,9 +498,19 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the redb file at `path` and starts its writer thread.
+    /// The file and its log segments are `0600`, a directory created for them `0700`.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(storage)?;
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            // Private when new (it will hold the store); an existing one keeps its mode.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(storage)?;
         }
         let db = crate::durable::Durable::open(path, &options)?;
         Ok(Self::start(Arc::new(db), options))
@@ -1069,6 +1079,45 @@ mod tests {
         }
         let s = Store::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(s.get(T, b"durable").unwrap().unwrap().as_ref(), &[9]);
+    }
+
+    #[tokio::test]
+    async fn the_store_and_its_log_are_private_in_an_open_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let files = ["s.redb", "s.redb.wal0", "s.redb.wal1"].map(|f| root.path().join(f));
+        let s = Store::open(&files[0], StoreOptions::default()).unwrap();
+        s.write(|tx| {
+            tx.put(T, b"hash", vec![1]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.close().await;
+        drop(s);
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        // Files an older version left readable by others are narrowed when opened.
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let s = Store::open(&files[0], StoreOptions::default()).unwrap();
+        assert_eq!(s.get(T, b"hash").unwrap().unwrap().as_ref(), &[1]);
+        s.close().await;
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        // A directory the store creates is private; an existing one keeps its mode.
+        let nested = root.path().join("new/s.redb");
+        Store::open(&nested, StoreOptions::default())
+            .unwrap()
+            .close()
+            .await;
+        assert_eq!(mode(&root.path().join("new")), 0o700);
+        assert_eq!(mode(root.path()), 0o755);
     }
 
     /// Writes `n` keys (and deletes every third one written before) as separate

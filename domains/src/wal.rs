@@ -10,12 +10,42 @@
 //! is the one after the previous, so a torn tail or a record of an older round ends the
 //! run. The file grows in zero-filled chunks (so an append never changes the file's size
 //! and `fdatasync` flushes only the data) and is reused.
+//!
+//! The segments, like the redb file, hold every write in the clear (password and token
+//! hashes, ledgers), so both are opened through [`open_private`]: mode `0600` whatever the
+//! umask or the directory's mode.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Opens `path` for reading and writing, creating it if needed, readable by this user
+/// only. A new file is created `0600` by `open(2)` itself, so there is no moment at which
+/// another user could open it; an existing file more open than that (written by an older
+/// version, or under a permissive umask) is narrowed to its owner's bits through the
+/// open descriptor before anything is read from it or written to it. A descriptor
+/// someone else opened earlier is not revoked by that: the warning says so.
+pub(crate) fn open_private(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::warn!(
+            path = %path.display(),
+            was = format!("{mode:04o}"),
+            "store: narrowed a store file to its owner; other users could read it until now"
+        );
+    }
+    Ok(file)
+}
 
 /// One write of a logged batch: a put (`Some` value) or a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +129,7 @@ impl Wal {
     /// records at its start: whole, checksummed, numbered one after the other. The caller
     /// keeps those newer than its checkpoint; the segment is then written from its start.
     pub(crate) fn open(path: &Path) -> io::Result<(Wal, Vec<Record>)> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
+        let file = open_private(path)?;
         let allocated = file.metadata()?.len();
         let mut records = Vec::new();
         let mut pos = 0u64;

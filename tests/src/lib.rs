@@ -167,7 +167,7 @@ impl Appliance {
             format!("[nats]\nurl = \"{url}\"\n"),
         )
         .expect("writing aicore.toml");
-        let mut a = Appliance::launch(temp.path(), Some(url)).await;
+        let mut a = Appliance::launch(temp.path(), Some(url), None).await;
         a._temp = Some(temp);
         a
     }
@@ -175,15 +175,25 @@ impl Appliance {
     /// Starts an appliance on `data_dir` (e.g. again after a crash), with
     /// `data_dir/aicore.toml` as its configuration when that file exists.
     pub async fn start_in(data_dir: &Path) -> Appliance {
-        Appliance::launch(data_dir, None).await
+        Appliance::launch(data_dir, None, None).await
     }
 
-    async fn launch(data_dir: &Path, external_nats: Option<&str>) -> Appliance {
+    /// [`Appliance::start_in`] with the process's umask set to `umask` (`0` makes every
+    /// file created without an explicit mode world-writable).
+    pub async fn start_in_with_umask(data_dir: &Path, umask: u32) -> Appliance {
+        Appliance::launch(data_dir, None, Some(umask)).await
+    }
+
+    async fn launch(data_dir: &Path, external_nats: Option<&str>, umask: Option<u32>) -> Appliance {
         let [port, monitor, http] = free_ports::<3>();
         let log_path = data_dir.join(format!("aicore-{port}.log"));
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(aicore_bin())
+        let mut command = Command::new(aicore_bin());
+        if let Some(mask) = umask {
+            with_umask(&mut command, mask);
+        }
+        let child = command
             .args(["run", "--data-dir"])
             .arg(data_dir)
             .args(["--nats-port", &port.to_string()])
@@ -393,6 +403,18 @@ impl Drop for Appliance {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Runs `command` with its umask set to `mask`.
+pub fn with_umask(command: &mut Command, mask: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod events;
 mod gateway;
+mod operator;
 mod payment;
 mod runtime;
 mod security;

@@ -1,12 +1,17 @@
 //! The gateway's error responses: the common error model ([`Status`]) as an HTTP status
 //! (through [`aicore_proto::http_status`], the one mapping) and a JSON body
 //! `{"code", "message", "details": [{"field", "description"}]}`, with `Retry-After` when a
-//! retry may succeed. Gateway-only refusals that have no code of their own (413, 405, 415)
-//! are built here too, in the same body shape.
+//! retry may succeed. Gateway-only refusals (413, 405, 415) are built here too, in the
+//! same body shape; a body over the limit has its own JSON code, [`PAYLOAD_TOO_LARGE`].
 
 use aicore_proto::{Code, Status, code_name};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+/// The JSON `code` of a request body over the gateway's limit (HTTP 413). Not a code of
+/// the common error model: the request never reached a domain, and what it is there
+/// (INVALID_ARGUMENT) would tell a client to fix a field rather than to send less.
+pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 
 /// A refusal on its way to the client.
 #[derive(Debug)]
@@ -15,6 +20,8 @@ pub struct ApiError {
     pub http: StatusCode,
     /// What went wrong, in the common error model.
     pub status: Status,
+    /// The JSON `code`: the name of the status's code, or [`PAYLOAD_TOO_LARGE`].
+    code: &'static str,
 }
 
 impl ApiError {
@@ -22,25 +29,39 @@ impl ApiError {
     pub fn new(status: Status) -> Self {
         let http =
             StatusCode::from_u16(status.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError { http, status }
+        ApiError::with_http(http, status)
     }
 
-    /// A refusal whose HTTP status is more precise than its code's (413 for a body too
-    /// large, which is InvalidArgument in the common model).
+    /// A refusal whose HTTP status is more precise than its code's (405, 415: both
+    /// InvalidArgument in the common model).
     pub fn with_http(http: StatusCode, status: Status) -> Self {
-        ApiError { http, status }
+        let code = code_name(status.code);
+        ApiError { http, status, code }
+    }
+
+    /// A request body over the limit: 413 with the JSON code [`PAYLOAD_TOO_LARGE`].
+    pub fn too_large(status: Status) -> Self {
+        ApiError {
+            http: StatusCode::PAYLOAD_TOO_LARGE,
+            status,
+            code: PAYLOAD_TOO_LARGE,
+        }
     }
 
     /// The JSON body.
     pub fn body(&self) -> String {
-        body(&self.status)
+        body_with_code(self.code, &self.status)
     }
 }
 
 /// The JSON body of an error.
 pub fn body(s: &Status) -> String {
+    body_with_code(code_name(s.code), s)
+}
+
+fn body_with_code(code: &str, s: &Status) -> String {
     serde_json::json!({
-        "code": code_name(s.code),
+        "code": code,
         "message": s.message,
         "details": s.field_violations.iter().map(|v| serde_json::json!({
             "field": v.field, "description": v.description
@@ -104,5 +125,10 @@ mod tests {
             serde_json::from_str(&ApiError::new(Status::invalid("a.b", "bad")).body()).unwrap();
         assert_eq!(b["code"], "INVALID_ARGUMENT");
         assert_eq!(b["details"][0]["field"], "a.b");
+        let r = ApiError::too_large(Status::invalid("(body)", "too big"));
+        assert_eq!(r.http, StatusCode::PAYLOAD_TOO_LARGE);
+        let b: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+        assert_eq!(b["code"], PAYLOAD_TOO_LARGE);
+        assert_eq!(b["details"][0]["field"], "(body)");
     }
 }

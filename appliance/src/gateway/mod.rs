@@ -83,6 +83,8 @@ struct Gateway {
     ready: health::Ready,
     openapi: Bytes,
     config: HttpConfig,
+    /// The body limit ([`crate::config::Config::http_max_body_bytes`]).
+    max_body: usize,
     /// Cancelled on shutdown: open streams end.
     stopping: CancellationToken,
 }
@@ -91,6 +93,8 @@ type Shared = Arc<Gateway>;
 
 /// A running gateway; [`Server::stop`] drains it.
 pub struct Server {
+    /// The address it listens on (the configured port, or the one picked for port 0).
+    pub addr: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     drain: Duration,
@@ -147,14 +151,23 @@ async fn connect(
 /// configured, until [`Server::stop`] or `stop` is cancelled.
 pub async fn start(
     config: &HttpConfig,
+    max_body_bytes: u32,
     max_payload: u32,
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
     stop: CancellationToken,
 ) -> Result<Server> {
-    let (router, gateway) =
-        build(config, max_payload, nats_url, tls, domains, stop.clone()).await?;
+    let (router, gateway) = build(
+        config,
+        max_body_bytes,
+        max_payload,
+        nats_url,
+        tls,
+        domains,
+        stop.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("gateway listening on {}:{}", config.host, config.port))?;
@@ -174,6 +187,7 @@ pub async fn start(
     });
     tracing::info!(%addr, "gateway listening");
     Ok(Server {
+        addr,
         stop,
         task,
         drain: Duration::from_secs(config.drain_timeout_secs),
@@ -185,16 +199,18 @@ pub async fn start(
 /// listener task, which lives until `stop`.
 pub async fn build(
     config: &HttpConfig,
+    max_body_bytes: u32,
     max_payload: u32,
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
     stop: CancellationToken,
 ) -> Result<(Router, tokio::task::JoinHandle<()>)> {
-    if config.max_body_bytes >= max_payload {
+    if max_body_bytes >= max_payload {
         bail!(
-            "http.max_body_bytes ({}) must be below nats.max_payload ({max_payload})",
-            config.max_body_bytes
+            "the HTTP body limit ({max_body_bytes} bytes: http.max_body_bytes, or when unset \
+             the largest object a domain accepts as base64) must be below nats.max_payload \
+             ({max_payload})"
         );
     }
     let mut routes = Vec::new();
@@ -245,6 +261,7 @@ pub async fn build(
         ready: health::Ready::new(domains, Duration::from_millis(config.ready_cache_ms)),
         openapi,
         config: config.clone(),
+        max_body: max_body_bytes as usize,
         stopping: stop,
         routes,
     });
@@ -526,7 +543,7 @@ async fn call(
         options.caller = Some(caller);
     }
 
-    let json = read_body(headers, body, gw.config.max_body_bytes as usize).await?;
+    let json = read_body(headers, body, gw.max_body).await?;
     let request = crate::json::to_protobuf(&r.input, &json)?;
 
     if let Some(permit) = stream_permit {
@@ -566,10 +583,10 @@ async fn drain(body: Body, max: usize, time: Duration) {
 /// The request body, within the limit, with a JSON (or absent) content type.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::with_http(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Status::invalid("(body)", format!("the request body exceeds {limit} bytes")),
-        )
+        ApiError::too_large(Status::invalid(
+            "(body)",
+            format!("the request body exceeds {limit} bytes"),
+        ))
     };
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();

@@ -194,10 +194,11 @@ fn error_schema() -> Value {
     ]
     .into_iter()
     .map(code_name)
+    .chain([super::error::PAYLOAD_TOO_LARGE])
     .collect();
     json!({
         "type": "object",
-        "description": "The common error model. `code` decides the HTTP status: INVALID_ARGUMENT 400 (413 for a body over the limit), UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, CONFLICT 409, FAILED_PRECONDITION 412, RESOURCE_EXHAUSTED 429, INTERNAL 500, UNAVAILABLE 503, DEADLINE_EXCEEDED 504. 429 and 503 carry Retry-After.",
+        "description": "The common error model. `code` decides the HTTP status: INVALID_ARGUMENT 400, PAYLOAD_TOO_LARGE 413 (a body over the limit), UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, CONFLICT 409, FAILED_PRECONDITION 412, RESOURCE_EXHAUSTED 429, INTERNAL 500, UNAVAILABLE 503, DEADLINE_EXCEEDED 504. 429 and 503 carry Retry-After.",
         "required": ["code", "message", "details"],
         "properties": {
             "code": {"type": "string", "enum": codes},

@@ -236,12 +236,12 @@ async fn gateway_maps_every_status_and_enforces_the_proto_policy() {
         "FAILED_PRECONDITION",
     );
 
-    // 413 beyond the body limit (256 KiB by default).
-    let big = format!(r#"{{"username":"{}"}}"#, "x".repeat(300 * 1024));
+    // 413 beyond the body limit (357 KiB by default), with a code of its own.
+    let big = format!(r#"{{"username":"{}"}}"#, "x".repeat(400 * 1024));
     assert_error(
         &http.post("/v1/auth/login", &big, &[]).await,
         413,
-        "INVALID_ARGUMENT",
+        "PAYLOAD_TOO_LARGE",
     );
 
     // 504 when the deadline passes (argon2 takes longer than a millisecond).
@@ -299,6 +299,50 @@ async fn gateway_maps_every_status_and_enforces_the_proto_policy() {
     );
     assert!(metric(&page, "aicore_gateway_validate_cache_hits_total") >= 1.0);
     assert_eq!(metric(&page, "aicore_gateway_in_flight"), 0.0);
+}
+
+#[tokio::test]
+async fn gateway_carries_an_object_of_the_state_manager_limit_and_names_each_refusal() {
+    use base64::Engine as _;
+    let app = Appliance::start().await;
+    let http = Http::new(&app.http_url);
+    let me = player(&http, "saver").await;
+    let (token, id) = (s(&me, "accessToken"), s(&me, "accountId"));
+    let limit = aicore_domains::DomainsConfig::default()
+        .state_manager
+        .max_object_bytes;
+    let put = |key: &str, len: usize| {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        let body = format!(
+            r#"{{"playerId":"{id}","key":"{key}","data":"{data}","contentType":"application/octet-stream"}}"#
+        );
+        (data, body)
+    };
+
+    // Exactly the state-manager's limit: stored, and read back byte for byte.
+    let (data, body) = put("save/full", limit);
+    let r = http.call("/v1/state_manager/put", &body, &token).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let get = format!(r#"{{"playerId":"{id}","key":"save/full"}}"#);
+    let r = http.call("/v1/state_manager/get", &get, &token).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["data"] == data.as_str(),
+        "the object came back changed"
+    );
+
+    // One byte more: through the gateway, refused by the state manager naming the field.
+    let (_, body) = put("save/over", limit + 1);
+    let r = http.call("/v1/state_manager/put", &body, &token).await;
+    assert_error(&r, 429, "RESOURCE_EXHAUSTED");
+    assert_eq!(r.field(), "data");
+
+    // A body over the HTTP limit: 413 with its own code, before any domain sees it.
+    let (_, body) = put("save/huge", 2 * limit);
+    let r = http.call("/v1/state_manager/put", &body, &token).await;
+    assert_error(&r, 413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(r.field(), "(body)");
 }
 
 #[tokio::test]
