@@ -78,9 +78,12 @@ impl From<Status> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Retry-After only where waiting helps: when the refusal says how long (rate
+        // limits, lockouts, overload), or the service is unavailable. A size limit is
+        // ResourceExhausted too, and no wait lifts it.
         let retry_after = match (self.status.retry_after_ms, self.status.code) {
             (ms, _) if ms > 0 => Some(ms.div_ceil(1000).max(1)),
-            (_, Code::ResourceExhausted | Code::Unavailable) => Some(1),
+            (_, Code::Unavailable) => Some(1),
             _ => None,
         };
         let mut r = (

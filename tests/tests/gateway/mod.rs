@@ -337,6 +337,8 @@ async fn gateway_carries_an_object_of_the_state_manager_limit_and_names_each_ref
     let r = http.call("/v1/state_manager/put", &body, &token).await;
     assert_error(&r, 429, "RESOURCE_EXHAUSTED");
     assert_eq!(r.field(), "data");
+    // No Retry-After: waiting does not lift a size limit.
+    assert_eq!(r.header("retry-after"), "", "a size limit invites a retry");
 
     // A body over the HTTP limit: 413 with its own code, before any domain sees it.
     let (_, body) = put("save/huge", 2 * limit);
