@@ -323,9 +323,24 @@ pub async fn serve(
 fn metadata(h: Option<&HeaderMap>, received: Instant, trust: &Trust) -> Result<Metadata, Status> {
     let get =
         |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
-    let deadline = get(header_names::TIMEOUT_MS)
+    // The caller's remaining time counts from pick-up; its absolute deadline also counts
+    // the time the request waited in the queue. The earlier of the two wins.
+    let relative = get(header_names::TIMEOUT_MS)
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| received + Duration::from_millis(ms));
+    let absolute = get(header_names::DEADLINE)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            match at.duration_since(SystemTime::now()) {
+                Ok(left) => received + left,
+                Err(_) => received,
+            }
+        });
+    let deadline = match (relative, absolute) {
+        (Some(r), Some(a)) => Some(r.min(a)),
+        (r, a) => r.or(a),
+    };
     let caller = get(header_names::CALLER)
         .filter(|c| !c.is_empty())
         .map(|account_id| Caller {

@@ -47,6 +47,12 @@ pub fn find_service(domain: &str) -> Option<&'static ServiceInfo> {
 pub mod headers {
     /// Milliseconds the caller is still willing to wait; the server stops work past it.
     pub const TIMEOUT_MS: &str = "Aicore-Timeout-Ms";
+    /// When the caller stops waiting, in milliseconds since the Unix epoch by the
+    /// caller's clock: the time a request spent queued before a server picked it up
+    /// counts against it, which [`TIMEOUT_MS`] (measured from pick-up) cannot say. With
+    /// both, the server takes the earlier. Hosts of one deployment keep their clocks in
+    /// sync (NTP); a server whose clock runs ahead expires requests early by that much.
+    pub const DEADLINE: &str = "Aicore-Deadline";
     /// W3C trace context, carried across every hop.
     pub const TRACEPARENT: &str = "traceparent";
     /// An id naming one client request across hops and logs.

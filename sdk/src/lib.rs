@@ -28,6 +28,8 @@ pub mod header_names {
 
     /// [`h::TIMEOUT_MS`].
     pub const TIMEOUT_MS: HeaderName = HeaderName::from_static(h::TIMEOUT_MS);
+    /// [`h::DEADLINE`].
+    pub const DEADLINE: HeaderName = HeaderName::from_static(h::DEADLINE);
     /// [`h::TRACEPARENT`].
     pub const TRACEPARENT: HeaderName = HeaderName::from_static(h::TRACEPARENT);
     /// [`h::REQUEST_ID`].
@@ -176,6 +178,10 @@ fn backoff_cap(config: &ClientConfig, retry: u32) -> Duration {
 fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header_names::TIMEOUT_MS, remaining.as_millis().to_string());
+    let deadline = std::time::SystemTime::now() + remaining;
+    if let Ok(d) = deadline.duration_since(std::time::UNIX_EPOCH) {
+        h.insert(header_names::DEADLINE, d.as_millis().to_string());
+    }
     // Traces start at the edge (the gateway, or a caller that sets one); the SDK carries
     // an existing context onward rather than inventing one per call.
     if let Some(tp) = &options.traceparent {

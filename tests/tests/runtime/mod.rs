@@ -59,6 +59,8 @@ static SERVICE: ServiceInfo = ServiceInfo {
 struct TestService {
     running: AtomicUsize,
     peak: AtomicUsize,
+    /// Slow calls whose handler started.
+    started: AtomicUsize,
 }
 
 struct Server(Arc<TestService>);
@@ -77,6 +79,7 @@ impl Dispatch for Server {
             match method {
                 0 => panic!("handler bug"),
                 1 => {
+                    this.started.fetch_add(1, Ordering::SeqCst);
                     let now = this.running.fetch_add(1, Ordering::SeqCst) + 1;
                     this.peak.fetch_max(now, Ordering::SeqCst);
                     let ms: u64 = std::str::from_utf8(&request.body)
@@ -178,6 +181,61 @@ async fn the_deadline_header_is_honoured_by_the_server() {
         .expect("a reply before the client's own timeout");
     let status = aicore_sdk::reply_result(&reply).unwrap_err();
     assert_eq!(status.code, Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn requests_that_expired_while_queued_are_never_started() {
+    // One at a time; the first call holds the only slot for 600 ms.
+    let (_nats, svc, client, _stop) = setup(1).await;
+    let hold = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .unary(
+                    &METHODS[1],
+                    Bytes::from_static(b"600"),
+                    &CallOptions::timeout(Duration::from_secs(10)),
+                )
+                .await
+        })
+    };
+    while svc.started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Five calls whose callers give up after 100 ms queue behind it; each would take
+    // 100 ms of handler time if started.
+    let queued: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .unary(
+                        &METHODS[1],
+                        Bytes::from_static(b"100"),
+                        &CallOptions::timeout(Duration::from_millis(100)),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for q in queued {
+        assert!(q.await.unwrap().is_err());
+    }
+    hold.await.unwrap().expect("the first call finishes");
+    // Behind them in the queue: once this answers, every queued call was picked up.
+    client
+        .unary(
+            &METHODS[3],
+            Bytes::from_static(b"after"),
+            &CallOptions::timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.started.load(Ordering::SeqCst),
+        1,
+        "work started for callers that had already given up"
+    );
 }
 
 #[tokio::test]
