@@ -238,7 +238,18 @@ pub async fn serve(
     })
 }
 
-/// Reads deadline, caller, trace and request id from the request headers.
+/// Longest `Aicore-Client-Addr` value read; an IPv6 address with a zone fits.
+const MAX_CLIENT_ADDR: usize = 64;
+
+/// The client address header's value as a canonical IP address, or `None` when it is not
+/// one (too long, or not an address): a bad value is ignored, never trusted as a name.
+fn client_addr(v: Option<String>) -> Option<String> {
+    let v = v.filter(|v| v.len() <= MAX_CLIENT_ADDR)?;
+    let ip: std::net::IpAddr = v.trim().parse().ok()?;
+    Some(ip.to_canonical().to_string())
+}
+
+/// Reads deadline, caller, trace, request id and client address from the request headers.
 fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
     let get =
         |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
@@ -264,6 +275,7 @@ fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
         caller,
         traceparent: get(header_names::TRACEPARENT),
         request_id: get(header_names::REQUEST_ID),
+        client_addr: client_addr(get(header_names::CLIENT_ADDR)),
     }
 }
 
@@ -412,5 +424,28 @@ async fn respond_error(
     let body = Bytes::from(status.to_proto().encode_to_vec());
     if let Err(e) = nats.publish_with_headers(reply.clone(), h, body).await {
         tracing::warn!(error = %e, "error reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_address_is_an_ip_or_nothing() {
+        let meta = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header_names::CLIENT_ADDR, v);
+            metadata(Some(&h), Instant::now()).client_addr
+        };
+        assert_eq!(meta("203.0.113.7").as_deref(), Some("203.0.113.7"));
+        assert_eq!(meta("2001:db8::1").as_deref(), Some("2001:db8::1"));
+        // An IPv4 client seen through an IPv6 socket is the same source.
+        assert_eq!(meta("::ffff:203.0.113.7").as_deref(), Some("203.0.113.7"));
+        for bad in ["", "nats", "example.com", "203.0.113.7:80", "1.2.3.4.5"] {
+            assert_eq!(meta(bad), None, "{bad}");
+        }
+        assert_eq!(meta(&format!("{}1", "0".repeat(64))), None);
+        assert_eq!(metadata(None, Instant::now()).client_addr, None);
     }
 }

@@ -55,6 +55,10 @@ pub mod headers {
     pub const CALLER: &str = "Aicore-Caller";
     /// The caller's roles, comma-separated (set together with [`CALLER`]).
     pub const CALLER_ROLES: &str = "Aicore-Caller-Roles";
+    /// The IP address of the end client behind the call (the gateway sets it from the TCP
+    /// peer); absent for a principal talking NATS itself. Auth throttles logins per
+    /// source address and account with it.
+    pub const CLIENT_ADDR: &str = "Aicore-Client-Addr";
     /// On a streamed reply: `end` marks the last message of a stream (empty body).
     pub const STREAM: &str = "Aicore-Stream";
     /// Set on error replies (micro protocol): a human-readable message.
@@ -165,6 +169,8 @@ pub struct Metadata {
     pub traceparent: Option<String>,
     /// The request id.
     pub request_id: Option<String>,
+    /// The end client's IP address ([`headers::CLIENT_ADDR`]), when a valid one came.
+    pub client_addr: Option<String>,
 }
 
 impl Metadata {
@@ -292,17 +298,20 @@ pub struct CallOptions {
     pub traceparent: Option<String>,
     /// Request id to carry.
     pub request_id: Option<String>,
+    /// The end client's IP address, forwarded in [`headers::CLIENT_ADDR`].
+    pub client_addr: Option<String>,
 }
 
 impl CallOptions {
-    /// Options carrying a handler's metadata onward (deadline, caller, trace), for
-    /// cross-domain calls made while serving a request.
+    /// Options carrying a handler's metadata onward (deadline, caller, trace, client
+    /// address), for cross-domain calls made while serving a request.
     pub fn from_meta(meta: &Metadata) -> Self {
         CallOptions {
             timeout: meta.remaining(),
             caller: meta.caller.clone(),
             traceparent: meta.traceparent.clone(),
             request_id: meta.request_id.clone(),
+            client_addr: meta.client_addr.clone(),
         }
     }
 

@@ -15,7 +15,9 @@
 //! limit (413) and transcoding (400 naming the field), then the call. The caller's identity
 //! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`, set only from the
 //! validated token: nothing from the HTTP request is copied into NATS headers except the
-//! request id and the trace context, which are also echoed in the response.
+//! request id and the trace context, which are also echoed in the response. The client's
+//! IP address goes along in `Aicore-Client-Addr`, taken from the TCP peer (auth throttles
+//! logins per source address with it; behind a reverse proxy that is the proxy).
 //! Server-streaming RPCs answer Server-Sent Events. Shutdown stops accepting, ends open
 //! streams with an `error` event and lets in-flight requests finish (bounded by the drain
 //! timeout). TLS is not here (a later issue).
@@ -496,6 +498,8 @@ async fn call(
         caller: None,
         traceparent: Some(trace.traceparent.clone()),
         request_id: Some(trace.request_id.clone()),
+        // From the TCP peer, never from a request header: auth throttles logins by it.
+        client_addr: Some(peer.ip().to_canonical().to_string()),
     };
 
     // Who is calling, by the RPC's policy; then their rate limit.
