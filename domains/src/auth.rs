@@ -1,10 +1,13 @@
 //! auth: accounts and sessions. It owns registration (argon2id password hashes, a
-//! common-password blocklist), login with a failure counter that locks an account for a
-//! growing interval, opaque bearer tokens (a short-lived access token and a single-use
-//! refresh token per session, rotated on every Refresh; a reused refresh token revokes its
-//! session), the gateway's Validate hot path, roles, and session listing. It does not
-//! rate-limit by client address (the gateway's job), send mail, or expire rows with a
-//! background sweeper: expired rows are removed on the account's and session's next write.
+//! common-password blocklist), login behind a throttle that counts every password check
+//! before it runs, per source address and username (see [`throttle`]: unknown usernames
+//! are counted and locked like known ones, a locked attempt is refused without a hash,
+//! and one burst cannot lock a player out for long), opaque bearer tokens (a short-lived
+//! access token and a single-use refresh token per session, rotated on every Refresh; a
+//! reused refresh token revokes its session), the gateway's Validate hot path, roles, and
+//! session listing. It does not rate-limit other calls (the gateway's job), send mail, or
+//! expire rows with a background sweeper: expired rows are removed on the account's and
+//! session's next write.
 //!
 //! Tokens are `at_` / `rt_` followed by 256 random bits in base64url; only their SHA-256
 //! is stored, so a copy of the store yields no usable token. A session is one refresh-token
@@ -15,8 +18,7 @@
 //! the reply.
 //!
 //! Tables (ids are `acc_<hex>` / `ses_<hex>`, never containing `/`):
-//! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash, failure
-//!   counter and lock).
+//! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash).
 //! - `auth.usernames`: lowercased username → `account_id` (case-insensitive uniqueness).
 //! - `auth.tokens`: `sha256(token)` → [`TokenRecord`] (kind, session, expiry, spent flag).
 //! - `auth.sessions`: `session_id` → [`SessionRecord`] (the family: current refresh hash,
@@ -25,6 +27,7 @@
 //!   `u64::MAX - x` big-endian, so a forward scan lists newest first.
 //! - `auth.session_tokens`: `session_id / expires_ms / sha256` → empty, so a session's
 //!   expired tokens are found oldest first and its tokens can be purged with it.
+//! - `auth.login_throttle`, `auth.login_throttle_expiry`: see [`throttle`].
 //!
 //! Domains are not told which session a call comes from (`Caller` carries the account and
 //! roles only), so ChangePassword revokes every session, the caller's included, and
@@ -32,7 +35,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aicore_proto::aicore::auth::v1::{
     Account, AuthHandler, AuthServer, ChangePasswordRequest, ChangePasswordResponse,
@@ -41,7 +45,7 @@ use aicore_proto::aicore::auth::v1::{
     LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, Session,
     ValidateRequest, ValidateResponse, logout_request,
 };
-use aicore_proto::{Code, Dispatch, Request, Status};
+use aicore_proto::{Dispatch, Request, Status};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -53,6 +57,10 @@ use tokio::sync::Semaphore;
 use crate::runtime::new_id;
 use crate::store::Tx;
 use crate::{Ctx, paging};
+
+mod throttle;
+
+use throttle::{Admission, Attempt, locked_error};
 
 const ACCOUNTS: &str = "auth.accounts";
 const USERNAMES: &str = "auth.usernames";
@@ -115,13 +123,27 @@ pub struct AuthConfig {
     /// Password hashes computed at once (each holds `argon2_memory_kib`); further logins
     /// wait. 0 = the number of CPUs.
     pub max_concurrent_hashes: usize,
-    /// Consecutive failed logins after which the account locks.
+    /// Password checks one source address may have failed on one username before that
+    /// pair locks (other sources are not affected). See the login throttle
+    /// (`domains/src/auth/throttle.rs`).
     pub lockout_threshold: u32,
-    /// Lock after the threshold-th failure, in milliseconds; doubles with every further
-    /// failure.
+    /// First lock, in milliseconds; doubles with every further failure.
     pub lockout_base_ms: u64,
-    /// Longest lock, in seconds.
+    /// Longest lock of one source on one username, in seconds.
     pub lockout_max_secs: u64,
+    /// Failed password checks on one username from all sources together before it locks
+    /// for every source that has not logged into it lately; far above
+    /// `lockout_threshold`.
+    pub account_lockout_threshold: u32,
+    /// Longest lock of a username for all sources, in seconds: short, so a flood from
+    /// many addresses never shuts a player out for long.
+    pub account_lockout_max_secs: u64,
+    /// A failure count is forgotten after this many seconds without attempts once its
+    /// lock has ended.
+    pub lockout_forget_secs: u64,
+    /// A source that logged into an account within this many days is exempt from that
+    /// account's all-sources lock (0 = no source is).
+    pub trusted_source_days: u32,
 }
 
 impl Default for AuthConfig {
@@ -136,20 +158,11 @@ impl Default for AuthConfig {
             lockout_threshold: 5,
             lockout_base_ms: 1000,
             lockout_max_secs: 15 * 60,
+            account_lockout_threshold: 50,
+            account_lockout_max_secs: 60,
+            lockout_forget_secs: 3600,
+            trusted_source_days: 30,
         }
-    }
-}
-
-impl AuthConfig {
-    /// How long the account locks after its `failures`-th consecutive failure: nothing
-    /// below the threshold, then `base · 2^(failures − threshold)`, capped.
-    pub fn lock_for(&self, failures: u32) -> Duration {
-        if failures < self.lockout_threshold {
-            return Duration::ZERO;
-        }
-        let doublings = (failures - self.lockout_threshold).min(40);
-        let ms = self.lockout_base_ms.saturating_mul(1u64 << doublings);
-        Duration::from_millis(ms.min(self.lockout_max_secs.saturating_mul(1000)))
     }
 }
 
@@ -171,12 +184,8 @@ struct AccountRecord {
     /// argon2id PHC string (`$argon2id$v=19$m=…`).
     #[prost(string, tag = "6")]
     pub password_hash: String,
-    /// Consecutive failed password checks since the last success.
-    #[prost(uint32, tag = "7")]
-    pub failed_logins: u32,
-    /// Logins are refused until then (ms since the epoch; 0 = not locked).
-    #[prost(int64, tag = "8")]
-    pub locked_until_ms: i64,
+    // Tags 7 and 8 held a failure counter and lock; the login throttle keeps them now
+    // (`auth.login_throttle`). Old rows still carry them; they are ignored.
 }
 
 /// What a token is for.
@@ -246,6 +255,11 @@ pub struct Auth {
     dummy_hash: String,
     common_passwords: HashSet<&'static str>,
     hashing: Arc<Semaphore>,
+    /// The login throttle's numbers (see [`throttle`]).
+    throttle: throttle::Policy,
+    /// Password checks run so far (login and ChangePassword, dummy ones included): what
+    /// the throttle bounds, counted so tests can assert it without measuring time.
+    password_checks: AtomicU64,
     /// Replaces publishing on [`REVOKED_SUBJECT`] (tests; `None` = the context's client).
     on_revoked: Option<RevocationHook>,
 }
@@ -374,14 +388,15 @@ fn canonical_roles(roles: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn public_account(a: &AccountRecord, now: i64) -> Account {
+/// The public view of an account; `locked_until_ms` is its all-sources lock (0 = none).
+fn public_account(a: &AccountRecord, locked_until_ms: i64) -> Account {
     Account {
         account_id: a.account_id.clone(),
         username: a.username.clone(),
         display_name: a.display_name.clone(),
         roles: a.roles.clone(),
         created_at: Some(ts(a.created_ms)),
-        locked_until: (a.locked_until_ms > now).then(|| ts(a.locked_until_ms)),
+        locked_until: (locked_until_ms > 0).then(|| ts(locked_until_ms)),
     }
 }
 
@@ -479,41 +494,6 @@ fn revoke_all(tx: &mut Tx<'_>, account_id: &str, now: i64) -> Result<u32, Status
     Ok(n)
 }
 
-/// Records a failed password check (inside a write), locking the account past the
-/// threshold.
-fn record_failure(
-    tx: &mut Tx<'_>,
-    account_id: &str,
-    now: i64,
-    config: &AuthConfig,
-) -> Result<(), Status> {
-    let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())? else {
-        return Ok(());
-    };
-    a.failed_logins = a.failed_logins.saturating_add(1);
-    let lock = config.lock_for(a.failed_logins);
-    if !lock.is_zero() {
-        a.locked_until_ms = now.saturating_add(i64::try_from(lock.as_millis()).unwrap_or(i64::MAX));
-        tracing::info!(
-            account_id,
-            failures = a.failed_logins,
-            lock_ms = lock.as_millis() as u64,
-            "account locked after failed logins"
-        );
-    }
-    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
-    Ok(())
-}
-
-fn locked_error(locked_until_ms: i64, now: i64) -> Status {
-    let wait = Duration::from_millis(u64::try_from(locked_until_ms - now).unwrap_or(0));
-    Status::new(
-        Code::ResourceExhausted,
-        "too many failed logins: the account is locked for a while",
-    )
-    .with_retry_after(wait)
-}
-
 fn check_username(username: &str) -> Result<(), Status> {
     let n = username.chars().count();
     if !(USERNAME_MIN..=USERNAME_MAX).contains(&n) {
@@ -568,6 +548,12 @@ impl Auth {
                 "must be at least 1",
             ));
         }
+        if config.account_lockout_threshold < config.lockout_threshold {
+            return Err(Status::invalid(
+                "domains.auth.account_lockout_threshold",
+                "must be at least lockout_threshold",
+            ));
+        }
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let (dummy, _) = new_token("dummy_");
         let dummy_hash = argon
@@ -585,11 +571,13 @@ impl Auth {
         };
         Ok(Auth {
             ctx: ctx.clone(),
+            throttle: throttle::Policy::new(&config),
             config,
             argon,
             dummy_hash,
             common_passwords,
             hashing: Arc::new(Semaphore::new(permits)),
+            password_checks: AtomicU64::new(0),
             on_revoked: None,
         })
     }
@@ -680,6 +668,7 @@ impl Auth {
             .acquire()
             .await
             .map_err(|_| Status::internal("password hashing is shut down"))?;
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         let r = tokio::task::spawn_blocking(move || {
             argon.verify_password(password.as_bytes(), hash.as_str())
@@ -693,6 +682,37 @@ impl Auth {
                 tracing::error!(error = %e, "stored password hash is unusable");
                 Err(Status::internal("password verification failed"))
             }
+        }
+    }
+
+    /// Counts a password attempt before its hash runs, or refuses it (without a hash) when
+    /// its source or username is locked out: see [`throttle`].
+    async fn admit(&self, attempt: &Attempt, now: i64) -> Result<(), Status> {
+        // A read first: attempts against a lock cost no write.
+        let until = throttle::locked(&self.ctx.store, attempt, now, &self.throttle)?;
+        if until > 0 {
+            return Err(locked_error(until, now));
+        }
+        let (a, policy) = (attempt.clone(), self.throttle.clone());
+        let admission = self
+            .ctx
+            .store
+            .write(move |tx| throttle::admit(tx, &a, now, &policy))
+            .await?;
+        match admission {
+            Admission::Admitted(started) => {
+                for lock in started {
+                    tracing::info!(
+                        source = attempt.source(),
+                        account_wide = lock.account_wide,
+                        failures = lock.failures,
+                        lock_ms = lock.until_ms - now,
+                        "logins locked after failed attempts"
+                    );
+                }
+                Ok(())
+            }
+            Admission::Locked(until) => Err(locked_error(until, now)),
         }
     }
 
@@ -774,8 +794,6 @@ impl AuthHandler for Auth {
             roles: vec![ROLE_PLAYER.to_string()],
             created_ms: self.now(),
             password_hash,
-            failed_logins: 0,
-            locked_until_ms: 0,
         };
         let account_id = account.account_id.clone();
         self.ctx
@@ -829,28 +847,22 @@ impl AuthHandler for Auth {
             ));
         }
         let now = self.now();
+        // Known and unknown usernames take the same path: counted and locked alike by
+        // the throttle, and one hash each (the dummy one for an unknown name).
+        let attempt = Attempt::new(&username, request.meta.client_addr.as_deref());
         let account = self.account_by_username(&username)?;
-        if let Some(a) = &account
-            && a.locked_until_ms > now
-        {
-            return Err(locked_error(a.locked_until_ms, now));
-        }
+        self.admit(&attempt, now).await?;
         let hash = account
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
         let ok = self.verify_password(password, hash).await?;
-        let Some(account) = account else {
+        let Some(account) = account.filter(|_| ok) else {
+            // The attempt was counted when it was admitted.
             return Err(bad_credentials());
         };
         let account_id = account.account_id.clone();
         let config = self.config.clone();
-        if !ok {
-            self.ctx
-                .store
-                .write(move |tx| record_failure(tx, &account_id, now, &config))
-                .await?;
-            return Err(bad_credentials());
-        }
+        let policy = self.throttle.clone();
         let purge = self.expired_sessions(&account_id, now)?;
         let access = new_token(ACCESS_PREFIX);
         let refresh = new_token(REFRESH_PREFIX);
@@ -859,22 +871,14 @@ impl AuthHandler for Auth {
             .ctx
             .store
             .write(move |tx| {
-                let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
-                else {
+                let Some(a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())? else {
                     return Err(bad_credentials());
                 };
-                // Failures recorded while this password was being checked still lock.
-                if a.locked_until_ms > now {
-                    return Err(locked_error(a.locked_until_ms, now));
-                }
                 if a.password_hash != verified_hash {
                     return Err(bad_credentials());
                 }
-                if a.failed_logins != 0 || a.locked_until_ms != 0 {
-                    a.failed_logins = 0;
-                    a.locked_until_ms = 0;
-                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
-                }
+                // An admitted attempt completes even if others locked the name meanwhile.
+                throttle::succeeded(tx, &attempt, now, &policy)?;
                 for sid in &purge {
                     let Some(s) = tx.get_msg::<SessionRecord>(SESSIONS, sid.as_bytes())? else {
                         continue;
@@ -1144,29 +1148,25 @@ impl AuthHandler for Auth {
         let account = self.account(&account_id)?;
         self.check_password("new_password", &new_password, &account.username)?;
         let now = self.now();
-        if needs_old {
+        // The old password is a password check like a login's, throttled alike.
+        let attempt =
+            needs_old.then(|| Attempt::new(&account.username, request.meta.client_addr.as_deref()));
+        if let Some(attempt) = &attempt {
             if old_password.is_empty() {
                 return Err(Status::invalid("old_password", "is required"));
             }
             if old_password.chars().count() > PASSWORD_MAX {
                 return Err(bad_credentials());
             }
-            if account.locked_until_ms > now {
-                return Err(locked_error(account.locked_until_ms, now));
-            }
+            self.admit(attempt, now).await?;
             let ok = self
                 .verify_password(old_password, account.password_hash.clone())
                 .await?;
             if !ok {
-                let config = self.config.clone();
-                let id = account_id.clone();
-                self.ctx
-                    .store
-                    .write(move |tx| record_failure(tx, &id, now, &config))
-                    .await?;
                 return Err(Status::unauthenticated("the old password is wrong"));
             }
         }
+        let policy = self.throttle.clone();
         let new_hash = self.hash_password(new_password).await?;
         let checked_hash = account.password_hash;
         let notice = Revoked::account(account_id.clone());
@@ -1184,9 +1184,10 @@ impl AuthHandler for Auth {
                     ));
                 }
                 a.password_hash = new_hash;
-                a.failed_logins = 0;
-                a.locked_until_ms = 0;
                 tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                if let Some(attempt) = &attempt {
+                    throttle::succeeded(tx, attempt, now, &policy)?;
+                }
                 revoke_all(tx, &account_id, now)
             })
             .await?;
@@ -1323,8 +1324,14 @@ impl AuthHandler for Auth {
         }
         request.meta.authorize_owner(&account_id, &["admin"])?;
         let a = self.account(&account_id)?;
+        let locked_until = throttle::account_locked_until(
+            &self.ctx.store,
+            &a.username,
+            self.now(),
+            &self.throttle,
+        )?;
         Ok(GetAccountResponse {
-            account: Some(public_account(&a, self.now())),
+            account: Some(public_account(&a, locked_until)),
         })
     }
 }
@@ -1332,6 +1339,10 @@ impl AuthHandler for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use aicore_proto::Code;
 
     use crate::ManualClock;
 
@@ -1735,7 +1746,8 @@ mod tests {
             .unwrap()
             .account
             .unwrap();
-        assert!(a.locked_until.is_some());
+        // One source's failures lock that source only, not the account for everyone.
+        assert!(a.locked_until.is_none());
         clock.advance(Duration::from_millis(1000));
         // Each further failure doubles the lock: 2 s after the sixth, 4 s after the seventh.
         assert_eq!(
@@ -1772,13 +1784,198 @@ mod tests {
             );
         }
         login(&auth, "mallory", PW).await.unwrap();
-        // The cap.
+    }
+
+    /// Auth with cheap argon2 parameters, for tests that run many password checks (what
+    /// they count is checks, not time).
+    fn setup_cheap() -> (Auth, Arc<ManualClock>) {
+        let (mut ctx, clock) = Ctx::for_tests();
+        let mut config = crate::DomainsConfig::default();
+        config.auth.argon2_memory_kib = 64;
+        config.auth.argon2_iterations = 1;
+        ctx.config = Arc::new(config);
+        (Auth::new(&ctx).unwrap(), clock)
+    }
+
+    async fn login_from(
+        auth: &Auth,
+        username: &str,
+        password: impl Into<String>,
+        addr: &str,
+    ) -> Result<LoginResponse, Status> {
+        let mut r = req(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+            user_agent: String::new(),
+        });
+        r.meta.client_addr = Some(addr.into());
+        auth.login(r).await
+    }
+
+    fn checks(auth: &Auth) -> u64 {
+        auth.password_checks.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_guesses_cost_at_most_threshold_password_checks() {
+        let (auth, _clock) = setup_cheap();
+        register(&auth, "olga").await;
+        let before = checks(&auth);
+        let guesses =
+            (0..48).map(|i| login_from(&auth, "olga", format!("guess {i}"), "198.51.100.9"));
+        let answers = futures::future::join_all(guesses).await;
+        let threshold = u64::from(AuthConfig::default().lockout_threshold);
+        assert_eq!(checks(&auth) - before, threshold);
+        let codes = |c: Code| {
+            answers
+                .iter()
+                .filter(|a| a.as_ref().unwrap_err().code == c)
+                .count()
+        };
+        assert_eq!(codes(Code::Unauthenticated) as u64, threshold);
+        assert_eq!(codes(Code::ResourceExhausted) as u64, 48 - threshold);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_locked_attempt_is_refused_without_a_password_check_whatever_the_password() {
+        let (auth, clock) = setup_cheap();
+        register(&auth, "petra").await;
+        let from = "198.51.100.10";
+        for i in 0..4 {
+            login_from(&auth, "petra", &format!("wrong {i}"), from)
+                .await
+                .unwrap_err();
+        }
+        // Right and wrong passwords race for the last admission before the lock: one is
+        // checked, every other one is refused unchecked, the right ones included.
+        let before = checks(&auth);
+        let shared = &auth;
+        let racing = (0..8).map(|i| {
+            let pw = if i % 2 == 0 {
+                PW.to_string()
+            } else {
+                format!("wrong {i}")
+            };
+            async move { login_from(shared, "petra", pw, from).await }
+        });
+        let answers = futures::future::join_all(racing).await;
+        assert_eq!(checks(&auth) - before, 1);
+        let refused: Vec<&Status> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .filter(|e| e.code == Code::ResourceExhausted)
+            .collect();
+        assert_eq!(refused.len(), 7);
+        // Locked, the right and the wrong password get the very same answer, unchecked.
+        // (If the admitted one was right, its success started the count over.)
+        clock.advance(Duration::from_secs(1));
+        for i in 0..5 {
+            let _ = login_from(&auth, "petra", format!("again {i}"), from).await;
+        }
+        let before = checks(&auth);
+        let right = login_from(&auth, "petra", PW, from).await.unwrap_err();
+        let wrong = login_from(&auth, "petra", "wrong again", from)
+            .await
+            .unwrap_err();
+        assert_eq!(right.code, Code::ResourceExhausted);
+        assert_eq!(right, wrong);
+        assert_eq!(checks(&auth), before);
+    }
+
+    #[tokio::test]
+    async fn unknown_usernames_are_answered_counted_and_locked_like_known_ones() {
+        let (auth, clock) = setup_cheap();
+        register(&auth, "quentin").await;
+        let from = "198.51.100.11";
+        for round in 0..2 {
+            for i in 0..5 {
+                let before = checks(&auth);
+                let known = login_from(&auth, "quentin", "not it", from)
+                    .await
+                    .unwrap_err();
+                assert_eq!(checks(&auth) - before, 1);
+                let unknown = login_from(&auth, "quentina", "not it", from)
+                    .await
+                    .unwrap_err();
+                assert_eq!(
+                    checks(&auth) - before,
+                    2,
+                    "a dummy check for the unknown name"
+                );
+                assert_eq!(known, unknown, "round {round}, attempt {i}");
+                if round == 1 {
+                    break;
+                }
+            }
+            let before = checks(&auth);
+            let known = login_from(&auth, "quentin", PW, from).await.unwrap_err();
+            let unknown = login_from(&auth, "quentina", PW, from).await.unwrap_err();
+            assert_eq!(known.code, Code::ResourceExhausted);
+            assert_eq!(known, unknown, "round {round}");
+            // Whatever the case of the name.
+            let upper = login_from(&auth, "QUENTINA", PW, from).await.unwrap_err();
+            assert_eq!(upper, unknown);
+            assert_eq!(checks(&auth), before);
+            clock.advance(Duration::from_millis(known.retry_after_ms));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_from_one_source_does_not_lock_the_player_out_elsewhere() {
+        let (auth, clock) = setup_cheap();
         let cfg = AuthConfig::default();
-        assert_eq!(cfg.lock_for(4), Duration::ZERO);
-        assert_eq!(cfg.lock_for(5), Duration::from_secs(1));
-        assert_eq!(cfg.lock_for(8), Duration::from_secs(8));
-        assert_eq!(cfg.lock_for(50), Duration::from_secs(15 * 60));
-        assert_eq!(cfg.lock_for(u32::MAX), Duration::from_secs(15 * 60));
+        let id = register(&auth, "rhea").await;
+        // The player's usual address.
+        login_from(&auth, "rhea", PW, "192.0.2.50").await.unwrap();
+        // One address bursts: it locks itself out, and only itself.
+        let burst = (0..48).map(|i| login_from(&auth, "rhea", format!("guess {i}"), "203.0.113.1"));
+        futures::future::join_all(burst).await;
+        let e = login_from(&auth, "rhea", PW, "203.0.113.1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        login_from(&auth, "rhea", PW, "198.51.100.77")
+            .await
+            .unwrap();
+
+        // Many addresses flood the name: past the all-sources ceiling it locks for
+        // addresses the player has not used, never longer than the short cap, and the
+        // player's usual address keeps working.
+        let cap = cfg.account_lockout_max_secs * 1000;
+        let mut longest = 0;
+        for i in 0..500u32 {
+            let addr = format!("10.0.{}.{}", i / 250, i % 250);
+            if let Err(e) = login_from(&auth, "rhea", "spray", &addr).await
+                && e.code == Code::ResourceExhausted
+            {
+                longest = longest.max(e.retry_after_ms);
+                if e.retry_after_ms == cap {
+                    break;
+                }
+                clock.advance(Duration::from_millis(e.retry_after_ms));
+            }
+        }
+        assert_eq!(longest, cap);
+        let a = auth
+            .get_account(req(GetAccountRequest { account_id: id }))
+            .await
+            .unwrap()
+            .account
+            .unwrap();
+        assert!(
+            a.locked_until.is_some(),
+            "the flood locks the name for new sources"
+        );
+        let e = login_from(&auth, "rhea", PW, "198.51.100.200")
+            .await
+            .unwrap_err();
+        assert!(e.retry_after_ms <= cfg.account_lockout_max_secs * 1000);
+        login_from(&auth, "rhea", PW, "192.0.2.50").await.unwrap();
+        // Once the short lock is over, a new address gets in with the right password.
+        clock.advance(Duration::from_millis(e.retry_after_ms));
+        login_from(&auth, "rhea", PW, "198.51.100.200")
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
