@@ -29,9 +29,10 @@
 //!   expired tokens are found oldest first and its tokens can be purged with it.
 //! - `auth.login_throttle`, `auth.login_throttle_expiry`: see [`throttle`].
 //!
-//! Domains are not told which session a call comes from (`Caller` carries the account and
-//! roles only), so ChangePassword revokes every session, the caller's included, and
-//! ListSessions never marks a session `current`.
+//! A caller's session comes with the call when its token was validated by the gateway
+//! (`Metadata::caller_session`): ChangePassword keeps that session and revokes every other
+//! one of the account, and ListSessions marks it `current`. Without one (a trusted
+//! principal, an admin acting for someone else) ChangePassword revokes every session.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -476,14 +477,22 @@ fn revoke(tx: &mut Tx<'_>, session: &mut SessionRecord, now: i64) -> bool {
     true
 }
 
-/// Revokes every open session of an account; returns how many were open.
-fn revoke_all(tx: &mut Tx<'_>, account_id: &str, now: i64) -> Result<u32, Status> {
+/// Revokes every open session of an account but `keep`; returns how many were open.
+fn revoke_all(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    now: i64,
+    keep: Option<&str>,
+) -> Result<u32, Status> {
     let prefix = account_sessions_prefix(account_id);
     let mut n = 0u32;
     for (key, _) in tx.scan(ACCOUNT_SESSIONS, &prefix, &prefix, SCAN_LIMIT)? {
         let Some(sid) = key.get(prefix.len() + 8..) else {
             continue;
         };
+        if keep.is_some_and(|k| k.as_bytes() == sid) {
+            continue;
+        }
         if let Some(mut s) = tx.get_msg::<SessionRecord>(SESSIONS, sid)?
             && s.refresh_expires_ms > now
             && revoke(tx, &mut s, now)
@@ -1039,7 +1048,7 @@ impl AuthHandler for Auth {
                     return Ok(None);
                 }
                 if all_sessions {
-                    let n = revoke_all(tx, &rec.account_id, now)?;
+                    let n = revoke_all(tx, &rec.account_id, now, None)?;
                     return Ok(Some((n, Revoked::account(rec.account_id))));
                 }
                 let Some(mut s) =
@@ -1123,8 +1132,8 @@ impl AuthHandler for Auth {
         })
     }
 
-    /// Revokes every session of the account, the caller's included: domains are not told
-    /// which session a call comes from (see the module notes), so none can be spared.
+    /// Revokes every other session of the account; the caller's own session (when the
+    /// call came with one, see the module notes) stays valid.
     async fn change_password(
         &self,
         request: Request<ChangePasswordRequest>,
@@ -1145,6 +1154,9 @@ impl AuthHandler for Auth {
             .caller
             .as_ref()
             .is_some_and(|c| c.account_id == account_id);
+        // The owner's calling session survives; it is spared only if it is one of this
+        // account's sessions (revoke_all looks among them).
+        let keep = request.meta.caller_session.clone().filter(|_| needs_old);
         let account = self.account(&account_id)?;
         self.check_password("new_password", &new_password, &account.username)?;
         let now = self.now();
@@ -1188,7 +1200,7 @@ impl AuthHandler for Auth {
                 if let Some(attempt) = &attempt {
                     throttle::succeeded(tx, attempt, now, &policy)?;
                 }
-                revoke_all(tx, &account_id, now)
+                revoke_all(tx, &account_id, now, keep.as_deref())
             })
             .await?;
         self.announce(notice).await;
@@ -1253,6 +1265,7 @@ impl AuthHandler for Auth {
             return Err(Status::invalid("account_id", "is required"));
         }
         request.meta.authorize_owner(&account_id, &["admin"])?;
+        let caller_session = request.meta.caller_session.as_deref();
         let page_size = paging::page_size(page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let prefix = account_sessions_prefix(&account_id);
         let mut from = prefix.clone();
@@ -1293,14 +1306,14 @@ impl AuthHandler for Auth {
                     }
                     break 'scan;
                 }
+                let current = caller_session == Some(s.session_id.as_str());
                 sessions.push(Session {
                     session_id: s.session_id,
                     created_at: Some(ts(s.created_ms)),
                     last_used_at: Some(ts(s.last_used_ms)),
                     expires_at: Some(ts(s.refresh_expires_ms)),
                     user_agent: s.user_agent,
-                    // The caller's session is not known to domains (see the report).
-                    current: false,
+                    current,
                 });
                 last_key = Some(key);
             }
@@ -2042,6 +2055,80 @@ mod tests {
             Code::Unauthenticated
         );
         login(&auth, "nina", new_pw).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn change_password_keeps_the_calling_session_and_ends_the_others() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "nora").await;
+        register(&auth, "olaf").await;
+        let mine = login(&auth, "nora", PW).await.unwrap();
+        let b = login(&auth, "nora", PW).await.unwrap();
+        let c = login(&auth, "nora", PW).await.unwrap();
+        let olaf = login(&auth, "olaf", PW).await.unwrap();
+        let change = |old: &str, new: &str, session: &str| {
+            let mut r = as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: old.into(),
+                    new_password: new.into(),
+                },
+                &id,
+                &["player"],
+            );
+            r.meta.caller_session = Some(session.to_string());
+            r
+        };
+        let out = auth
+            .change_password(change(PW, "first new passphrase", &mine.session_id))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 2);
+        validate(&auth, &mine.access_token).await.unwrap();
+        let mine = refresh(&auth, &mine.refresh_token).await.unwrap();
+        for l in [&b, &c] {
+            assert_eq!(
+                validate(&auth, &l.access_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+            assert_eq!(
+                refresh(&auth, &l.refresh_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        // The session is listed as the current one.
+        let mut list = as_caller(
+            ListSessionsRequest {
+                account_id: id.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+            &id,
+            &["player"],
+        );
+        list.meta.caller_session = Some(mine.session_id.clone());
+        let sessions = auth.list_sessions(list).await.unwrap().sessions;
+        assert_eq!(sessions.len(), 1);
+        assert!(sessions[0].current);
+        // Naming another account's session spares nothing of this one and touches nothing
+        // of the other.
+        let d = login(&auth, "nora", "first new passphrase").await.unwrap();
+        let out = auth
+            .change_password(change(
+                "first new passphrase",
+                "second new passphrase",
+                &olaf.session_id,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 2);
+        for t in [&mine.access_token, &d.access_token] {
+            assert_eq!(
+                validate(&auth, t).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        validate(&auth, &olaf.access_token).await.unwrap();
     }
 
     #[tokio::test]

@@ -240,6 +240,8 @@ pub async fn serve(
 
 /// Longest `Aicore-Client-Addr` value read; an IPv6 address with a zone fits.
 const MAX_CLIENT_ADDR: usize = 64;
+/// Longest `Aicore-Caller-Session` value read (auth's session ids are 36 characters).
+const MAX_CALLER_SESSION: usize = 64;
 
 /// The client address header's value as a canonical IP address, or `None` when it is not
 /// one (too long, or not an address): a bad value is ignored, never trusted as a name.
@@ -270,9 +272,17 @@ fn metadata(h: Option<&HeaderMap>, received: Instant) -> Metadata {
                 })
                 .unwrap_or_default(),
         });
+    // A session only means something with the caller it belongs to.
+    let caller_session = get(header_names::CALLER_SESSION).filter(|s| {
+        caller.is_some()
+            && !s.is_empty()
+            && s.len() <= MAX_CALLER_SESSION
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
     Metadata {
         deadline,
         caller,
+        caller_session,
         traceparent: get(header_names::TRACEPARENT),
         request_id: get(header_names::REQUEST_ID),
         client_addr: client_addr(get(header_names::CLIENT_ADDR)),
@@ -447,5 +457,24 @@ mod tests {
         }
         assert_eq!(meta(&format!("{}1", "0".repeat(64))), None);
         assert_eq!(metadata(None, Instant::now()).client_addr, None);
+    }
+
+    #[test]
+    fn a_caller_session_is_read_only_with_its_caller() {
+        let meta = |caller: Option<&str>, session: &str| {
+            let mut h = HeaderMap::new();
+            if let Some(c) = caller {
+                h.insert(header_names::CALLER, c);
+            }
+            h.insert(header_names::CALLER_SESSION, session);
+            metadata(Some(&h), Instant::now()).caller_session
+        };
+        assert_eq!(
+            meta(Some("acc_1"), "ses_0123abcd").as_deref(),
+            Some("ses_0123abcd")
+        );
+        assert_eq!(meta(None, "ses_0123abcd"), None);
+        assert_eq!(meta(Some("acc_1"), "ses/../x"), None);
+        assert_eq!(meta(Some("acc_1"), &"s".repeat(65)), None);
     }
 }

@@ -55,6 +55,9 @@ pub mod headers {
     pub const CALLER: &str = "Aicore-Caller";
     /// The caller's roles, comma-separated (set together with [`CALLER`]).
     pub const CALLER_ROLES: &str = "Aicore-Caller-Roles";
+    /// The session the caller's token belongs to (set by the gateway together with
+    /// [`CALLER`], from the validated token), so auth can tell the calling session apart.
+    pub const CALLER_SESSION: &str = "Aicore-Caller-Session";
     /// The IP address of the end client behind the call (the gateway sets it from the TCP
     /// peer); absent for a principal talking NATS itself. Auth throttles logins per
     /// source address and account with it.
@@ -171,6 +174,9 @@ pub struct Metadata {
     pub request_id: Option<String>,
     /// The end client's IP address ([`headers::CLIENT_ADDR`]), when a valid one came.
     pub client_addr: Option<String>,
+    /// With [`Metadata::caller`]: the caller's session ([`headers::CALLER_SESSION`]),
+    /// when the caller came with a session token.
+    pub caller_session: Option<String>,
 }
 
 impl Metadata {
@@ -300,6 +306,9 @@ pub struct CallOptions {
     pub request_id: Option<String>,
     /// The end client's IP address, forwarded in [`headers::CLIENT_ADDR`].
     pub client_addr: Option<String>,
+    /// The caller's session, forwarded in [`headers::CALLER_SESSION`] (only with a
+    /// caller).
+    pub caller_session: Option<String>,
 }
 
 impl CallOptions {
@@ -312,6 +321,7 @@ impl CallOptions {
             traceparent: meta.traceparent.clone(),
             request_id: meta.request_id.clone(),
             client_addr: meta.client_addr.clone(),
+            caller_session: meta.caller_session.clone(),
         }
     }
 

@@ -22,10 +22,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 
+/// Who a token belongs to: the caller and the session of the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bearer {
+    /// The account and its roles.
+    pub caller: Caller,
+    /// The session the token belongs to.
+    pub session_id: String,
+}
+
 /// One cached Validate answer.
 struct Entry {
-    caller: Caller,
-    session_id: String,
+    bearer: Bearer,
     /// When the access token itself expires.
     expires: SystemTime,
     /// When the Validate call that produced it started.
@@ -65,12 +73,12 @@ impl Tokens {
     }
 
     /// Who `token` belongs to, if a fresh answer is cached.
-    pub fn cached(&self, token: &str) -> Option<Caller> {
+    pub fn cached(&self, token: &str) -> Option<Bearer> {
         let key = key(token);
         let e = self.cache.get(&key)?;
         if self.fresh(&e) {
             self.metrics.validate_hits.fetch_add(1, Ordering::Relaxed);
-            return Some(e.caller.clone());
+            return Some(e.bearer.clone());
         }
         self.cache.invalidate(&key);
         None
@@ -82,7 +90,7 @@ impl Tokens {
         auth: &AuthClient<aicore_sdk::Client>,
         token: &str,
         options: &CallOptions,
-    ) -> Result<Caller, Status> {
+    ) -> Result<Bearer, Status> {
         self.metrics.validate_misses.fetch_add(1, Ordering::Relaxed);
         let fetched = Instant::now();
         let v = auth
@@ -102,27 +110,32 @@ impl Tokens {
             .and_then(|t| SystemTime::try_from(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let entry = Arc::new(Entry {
-            caller: Caller {
-                account_id: v.account_id,
-                roles: v.roles,
+            bearer: Bearer {
+                caller: Caller {
+                    account_id: v.account_id,
+                    roles: v.roles,
+                },
+                session_id: v.session_id,
             },
-            session_id: v.session_id,
             expires,
             fetched,
         });
-        let caller = entry.caller.clone();
+        let bearer = entry.bearer.clone();
         // Do not cache an answer a revocation overtook while it was on its way.
         if self.fresh(&entry) {
             self.cache.insert(key(token), entry);
         }
-        Ok(caller)
+        Ok(bearer)
     }
 
     fn fresh(&self, e: &Entry) -> bool {
         let overtaken = |mark: Option<Instant>| mark.is_some_and(|m| m >= e.fetched);
         e.expires > SystemTime::now()
-            && !overtaken(self.revoked_sessions.get(e.session_id.as_str()))
-            && !overtaken(self.changed_accounts.get(e.caller.account_id.as_str()))
+            && !overtaken(self.revoked_sessions.get(e.bearer.session_id.as_str()))
+            && !overtaken(
+                self.changed_accounts
+                    .get(e.bearer.caller.account_id.as_str()),
+            )
     }
 
     /// Applies a revocation notice from auth.

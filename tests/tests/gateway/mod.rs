@@ -336,22 +336,28 @@ async fn gateway_revocation_takes_effect_on_the_very_next_request() {
         200
     );
 
-    // A password change ends every session.
+    // A password change ends every other session; the calling one stays valid.
+    let other = s(&login(&http, "ana", PW).await, "accessToken");
+    assert_eq!(
+        http.call("/v1/auth/get_account", &me, &other).await.status,
+        200
+    );
     let change = format!(
         r#"{{"accountId":"{id}","oldPassword":"{PW}","newPassword":"a-brand-new-passphrase"}}"#
     );
     let before = revocations(&http).await;
-    assert_eq!(
-        http.call("/v1/auth/change_password", &change, &kept)
-            .await
-            .status,
-        200
-    );
+    let changed = http.call("/v1/auth/change_password", &change, &kept).await;
+    assert_eq!(changed.status, 200, "{}", changed.json());
+    assert_eq!(changed.json()["revokedSessions"], 2, "{}", changed.json());
     revocation_delivered(&http, before).await;
     assert_error(
-        &http.call("/v1/auth/get_account", &me, &kept).await,
+        &http.call("/v1/auth/get_account", &me, &other).await,
         401,
         "UNAUTHENTICATED",
+    );
+    assert_eq!(
+        http.call("/v1/auth/get_account", &me, &kept).await.status,
+        200
     );
 
     // Refresh-token reuse ends the session, including the token the refresh issued.
