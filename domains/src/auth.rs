@@ -14,8 +14,13 @@
 //! family; revoking it is one write to its session row, which Validate reads through the
 //! store's cache, so revocation (and a role change, a write to the account row) is seen by
 //! the very next Validate. Caches of Validate answers outside this domain (the gateway's)
-//! learn of it from a notice on [`REVOKED_SUBJECT`], published after the commit and before
-//! the reply.
+//! learn of it from a `RevocationNotice` on [`aicore_proto::subjects::AUTH_REVOKED`],
+//! published after the commit and before the reply. Notices are core NATS, so one can be
+//! lost: every revoking commit also moves a persisted revocation epoch on by one in the
+//! same write, each notice carries its epoch, Validate answers carry the current one, and
+//! a heartbeat task publishes the current epoch every `revocation_heartbeat_ms` until
+//! `ctx.shutdown`. A cache that sees a gap in the epochs, or hears nothing for two
+//! heartbeat intervals, knows not to trust what it holds.
 //!
 //! Tables (ids are `acc_<hex>` / `ses_<hex>`, never containing `/`):
 //! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash).
@@ -28,6 +33,7 @@
 //! - `auth.session_tokens`: `session_id / expires_ms / sha256` → empty, so a session's
 //!   expired tokens are found oldest first and its tokens can be purged with it.
 //! - `auth.login_throttle`, `auth.login_throttle_expiry`: see [`throttle`].
+//! - `auth.meta`: `revocation_epoch` → u64 big-endian.
 //!
 //! A caller's session comes with the call when its token was validated by the gateway
 //! (`Metadata::caller_session`): ChangePassword keeps that session and revokes every other
@@ -37,19 +43,20 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aicore_proto::aicore::auth::v1::{
     Account, AuthHandler, AuthServer, ChangePasswordRequest, ChangePasswordResponse,
     GetAccountRequest, GetAccountResponse, GrantRoleRequest, GrantRoleResponse,
     ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, Session,
-    ValidateRequest, ValidateResponse, logout_request,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
+    RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
 };
 use aicore_proto::{Dispatch, Request, Status};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -69,6 +76,8 @@ const TOKENS: &str = "auth.tokens";
 const SESSIONS: &str = "auth.sessions";
 const ACCOUNT_SESSIONS: &str = "auth.account_sessions";
 const SESSION_TOKENS: &str = "auth.session_tokens";
+const META: &str = "auth.meta";
+const EPOCH_KEY: &[u8] = b"revocation_epoch";
 
 const ACCESS_PREFIX: &str = "at_";
 const REFRESH_PREFIX: &str = "rt_";
@@ -136,6 +145,9 @@ pub struct AuthConfig {
     /// for every source that has not logged into it lately; far above
     /// `lockout_threshold`.
     pub account_lockout_threshold: u32,
+    /// How often, in milliseconds, auth publishes the current revocation epoch for caches
+    /// of Validate answers (they stop trusting their cache after two silent intervals).
+    pub revocation_heartbeat_ms: u64,
     /// Longest lock of a username for all sources, in seconds: short, so a flood from
     /// many addresses never shuts a player out for long.
     pub account_lockout_max_secs: u64,
@@ -159,6 +171,7 @@ impl Default for AuthConfig {
             lockout_threshold: 5,
             lockout_base_ms: 1000,
             lockout_max_secs: 15 * 60,
+            revocation_heartbeat_ms: 500,
             account_lockout_threshold: 50,
             account_lockout_max_secs: 60,
             lockout_forget_secs: 3600,
@@ -261,13 +274,20 @@ pub struct Auth {
     /// Password checks run so far (login and ChangePassword, dummy ones included): what
     /// the throttle bounds, counted so tests can assert it without measuring time.
     password_checks: AtomicU64,
-    /// Replaces publishing on [`REVOKED_SUBJECT`] (tests; `None` = the context's client).
+    /// Replaces publishing revocation notices (tests; `None` = the context's client).
     on_revoked: Option<RevocationHook>,
 }
 
-/// Builds auth's dispatcher (the registry's entry).
+/// Builds auth's dispatcher (the registry's entry), with its revocation heartbeats
+/// running until `ctx.shutdown` when it has a NATS client to send them on.
 pub fn server(ctx: &Ctx) -> Result<Arc<dyn Dispatch>, Status> {
-    Ok(Arc::new(AuthServer(Arc::new(Auth::new(ctx)?))))
+    let auth = Arc::new(Auth::new(ctx)?);
+    if ctx.client.is_some() {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Status::internal("auth needs a tokio runtime for its heartbeats"))?;
+        runtime.spawn(auth.clone().run_heartbeats());
+    }
+    Ok(Arc::new(AuthServer(auth)))
 }
 
 fn bad_credentials() -> Status {
@@ -278,41 +298,44 @@ fn bad_token() -> Status {
     Status::unauthenticated("the token is invalid, expired or revoked")
 }
 
-/// Core-NATS subject on which auth announces, right after the commit, every session it
-/// revoked and every account whose sessions or roles changed, so caches of Validate
-/// answers (the gateway's) drop them at once. The body is [`Revoked`] as JSON.
-pub const REVOKED_SUBJECT: &str = "aicore.auth.revoked";
-
-/// A revocation notice: sessions that ended, accounts whose every session ended or whose
-/// roles changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Revoked {
-    /// Revoked sessions.
-    #[serde(default)]
-    pub session_ids: Vec<String>,
-    /// Accounts whose sessions were all revoked or whose roles changed.
-    #[serde(default)]
-    pub account_ids: Vec<String>,
-}
-
-impl Revoked {
-    fn session(id: String) -> Self {
-        Revoked {
-            session_ids: vec![id],
-            ..Default::default()
-        }
-    }
-
-    fn account(id: String) -> Self {
-        Revoked {
-            account_ids: vec![id],
-            ..Default::default()
-        }
+/// A notice that session `id` ended, at `epoch`.
+fn session_notice(id: String, epoch: u64) -> RevocationNotice {
+    RevocationNotice {
+        session_ids: vec![id],
+        epoch,
+        ..Default::default()
     }
 }
 
-/// Where revocation notices go instead of NATS (tests).
-pub type RevocationHook = Arc<dyn Fn(Revoked) + Send + Sync>;
+/// A notice that account `id`'s sessions ended or its password or roles changed.
+fn account_notice(id: String, epoch: u64) -> RevocationNotice {
+    RevocationNotice {
+        account_ids: vec![id],
+        epoch,
+        ..Default::default()
+    }
+}
+
+/// Moves the revocation epoch on by one, inside the revoking write, and returns it.
+fn bump_epoch(tx: &mut Tx<'_>) -> Result<u64, Status> {
+    let current = tx
+        .get(META, EPOCH_KEY)?
+        .map(|b| decode_epoch(&b))
+        .transpose()?
+        .unwrap_or(0);
+    let next = current.saturating_add(1);
+    tx.put(META, EPOCH_KEY, next.to_be_bytes().to_vec());
+    Ok(next)
+}
+
+fn decode_epoch(b: &[u8]) -> Result<u64, Status> {
+    <[u8; 8]>::try_from(b)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Status::internal("stored data is unreadable"))
+}
+
+/// Where revocation notices and heartbeats go instead of NATS (tests).
+pub type RevocationHook = Arc<dyn Fn(RevocationNotice) + Send + Sync>;
 
 fn ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -557,6 +580,12 @@ impl Auth {
                 "must be at least 1",
             ));
         }
+        if !(1..=60_000).contains(&config.revocation_heartbeat_ms) {
+            return Err(Status::invalid(
+                "domains.auth.revocation_heartbeat_ms",
+                "must be 1 to 60000",
+            ));
+        }
         if config.account_lockout_threshold < config.lockout_threshold {
             return Err(Status::invalid(
                 "domains.auth.account_lockout_threshold",
@@ -601,23 +630,63 @@ impl Auth {
         self
     }
 
+    /// The current revocation epoch (0 = nothing revoked yet).
+    fn epoch(&self) -> Result<u64, Status> {
+        self.ctx
+            .store
+            .get_cached(META, EPOCH_KEY)?
+            .map_or(Ok(0), |b| decode_epoch(&b))
+    }
+
     /// Announces a committed revocation, before the reply goes out (on the same
     /// connection, so a subscriber sees the notice before the caller sees the reply).
-    /// Best effort: a lost notice is covered by the caches' short TTL.
-    async fn announce(&self, revoked: Revoked) {
+    /// Core NATS, so it may be lost: the epoch it carries and the heartbeats let a cache
+    /// find out.
+    async fn announce(&self, mut notice: RevocationNotice) {
+        notice.heartbeat_interval_ms =
+            u32::try_from(self.config.revocation_heartbeat_ms).unwrap_or(u32::MAX);
         if let Some(hook) = &self.on_revoked {
-            hook(revoked);
+            hook(notice);
             return;
         }
         let Some(client) = &self.ctx.client else {
             return;
         };
-        let body = match serde_json::to_vec(&revoked) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        if let Err(e) = client.nats().publish(REVOKED_SUBJECT, body.into()).await {
-            tracing::warn!(error = %e, "revocation notice not sent");
+        let subject = aicore_proto::subjects::AUTH_REVOKED;
+        if let Err(e) = client
+            .nats()
+            .publish(subject, notice.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(error = %e, epoch = notice.epoch, "revocation notice not sent");
+        }
+    }
+
+    /// Publishes one heartbeat: the current revocation epoch, no ids.
+    pub async fn heartbeat(&self) {
+        match self.epoch() {
+            Ok(epoch) => {
+                self.announce(RevocationNotice {
+                    epoch,
+                    ..Default::default()
+                })
+                .await
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation epoch unreadable; no heartbeat"),
+        }
+    }
+
+    /// Publishes a heartbeat every `revocation_heartbeat_ms` until `ctx.shutdown`.
+    pub async fn run_heartbeats(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.revocation_heartbeat_ms.max(1));
+        let stop = self.ctx.shutdown.clone();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.heartbeat().await,
+            }
         }
     }
 
@@ -941,6 +1010,7 @@ impl AuthHandler for Auth {
             Reused {
                 session_id: String,
                 account_id: String,
+                epoch: u64,
             },
             Issued(Issued, String, String),
         }
@@ -971,9 +1041,11 @@ impl AuthHandler for Auth {
                     // A spent token came back: either the client or a thief holds a copy.
                     // The family cannot be trusted any more (the writes are kept: Ok).
                     revoke(tx, &mut session, now);
+                    let epoch = bump_epoch(tx)?;
                     return Ok(Outcome::Reused {
                         session_id: session.session_id,
                         account_id: session.account_id,
+                        epoch,
                     });
                 }
                 if rec.expires_ms <= now {
@@ -998,13 +1070,14 @@ impl AuthHandler for Auth {
             Outcome::Reused {
                 session_id,
                 account_id,
+                epoch,
             } => {
                 tracing::warn!(
                     session_id,
                     account_id,
                     "refresh token reused: session revoked"
                 );
-                self.announce(Revoked::session(session_id)).await;
+                self.announce(session_notice(session_id, epoch)).await;
                 Err(bad_token())
             }
             Outcome::Issued(issued, account_id, session_id) => Ok(RefreshResponse {
@@ -1049,7 +1122,8 @@ impl AuthHandler for Auth {
                 }
                 if all_sessions {
                     let n = revoke_all(tx, &rec.account_id, now, None)?;
-                    return Ok(Some((n, Revoked::account(rec.account_id))));
+                    let epoch = if n > 0 { bump_epoch(tx)? } else { 0 };
+                    return Ok(Some((n, account_notice(rec.account_id, epoch))));
                 }
                 let Some(mut s) =
                     tx.get_msg::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
@@ -1057,7 +1131,8 @@ impl AuthHandler for Auth {
                     return Ok(None);
                 };
                 let n = u32::from(revoke(tx, &mut s, now));
-                Ok(Some((n, Revoked::session(rec.session_id))))
+                let epoch = if n > 0 { bump_epoch(tx)? } else { 0 };
+                Ok(Some((n, session_notice(rec.session_id, epoch))))
             })
             .await?;
         match revoked {
@@ -1079,6 +1154,8 @@ impl AuthHandler for Auth {
         let Some(hash) = token_key(&request.body.access_token, ACCESS_PREFIX) else {
             return Err(bad_token());
         };
+        // Read before the rows: the answer is then at least as new as this epoch.
+        let revocation_epoch = self.epoch()?;
         let store = &self.ctx.store;
         let now = self.now();
         let Some(rec) = store.get_msg_cached::<TokenRecord>(TOKENS, &hash)? else {
@@ -1129,6 +1206,7 @@ impl AuthHandler for Auth {
             roles: account.roles,
             session_id: session.session_id,
             expires_at: Some(ts(rec.expires_ms)),
+            revocation_epoch,
         })
     }
 
@@ -1181,8 +1259,8 @@ impl AuthHandler for Auth {
         let policy = self.throttle.clone();
         let new_hash = self.hash_password(new_password).await?;
         let checked_hash = account.password_hash;
-        let notice = Revoked::account(account_id.clone());
-        let revoked_sessions = self
+        let notified = account_id.clone();
+        let (revoked_sessions, epoch) = self
             .ctx
             .store
             .write(move |tx| {
@@ -1200,10 +1278,11 @@ impl AuthHandler for Auth {
                 if let Some(attempt) = &attempt {
                     throttle::succeeded(tx, attempt, now, &policy)?;
                 }
-                revoke_all(tx, &account_id, now, keep.as_deref())
+                let n = revoke_all(tx, &account_id, now, keep.as_deref())?;
+                Ok((n, bump_epoch(tx)?))
             })
             .await?;
-        self.announce(notice).await;
+        self.announce(account_notice(notified, epoch)).await;
         Ok(ChangePasswordResponse { revoked_sessions })
     }
 
@@ -1226,8 +1305,8 @@ impl AuthHandler for Auth {
                 "must be \"player\", \"service\" or \"admin\"",
             ));
         }
-        let notice = Revoked::account(account_id.clone());
-        let roles = self
+        let notified = account_id.clone();
+        let (roles, changed) = self
             .ctx
             .store
             .write(move |tx| {
@@ -1241,14 +1320,17 @@ impl AuthHandler for Auth {
                     roles.push(role);
                 }
                 let roles = canonical_roles(&roles);
-                if roles != a.roles {
-                    a.roles = roles.clone();
-                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                if roles == a.roles {
+                    return Ok((roles, None));
                 }
-                Ok(roles)
+                a.roles = roles.clone();
+                tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                Ok((roles, Some(bump_epoch(tx)?)))
             })
             .await?;
-        self.announce(notice).await;
+        if let Some(epoch) = changed {
+            self.announce(account_notice(notified, epoch)).await;
+        }
         Ok(GrantRoleResponse { roles })
     }
 
@@ -2345,18 +2427,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_revocation_is_announced_after_its_commit() {
+    async fn every_revocation_is_announced_with_the_next_epoch_after_its_commit() {
         let (ctx, _clock) = Ctx::for_tests();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<Revoked>::new()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<RevocationNotice>::new()));
         let sink = seen.clone();
         let auth = Auth::new(&ctx)
             .unwrap()
             .with_revocation_hook(Arc::new(move |r| sink.lock().unwrap().push(r)));
         let take = || std::mem::take(&mut *seen.lock().unwrap());
+        let notice = |sessions: &[&str], accounts: &[&str], epoch: u64| RevocationNotice {
+            session_ids: sessions.iter().map(|s| s.to_string()).collect(),
+            account_ids: accounts.iter().map(|s| s.to_string()).collect(),
+            epoch,
+            heartbeat_interval_ms: 500,
+        };
         let id = register(&auth, "rosa").await;
         let a = login(&auth, "rosa", PW).await.unwrap();
         let b = login(&auth, "rosa", PW).await.unwrap();
         assert!(take().is_empty(), "login revokes nothing");
+        // Validate answers carry the epoch too.
+        assert_eq!(
+            validate(&auth, &b.access_token)
+                .await
+                .unwrap()
+                .revocation_epoch,
+            0
+        );
 
         // Logout of one session names it; the refreshed token still belongs to it.
         auth.logout(req(LogoutRequest {
@@ -2365,8 +2461,8 @@ mod tests {
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::session(a.session_id.clone())]);
-        // Nothing revoked, nothing announced.
+        assert_eq!(take(), vec![notice(&[&a.session_id], &[], 1)]);
+        // Nothing revoked, nothing announced, the epoch unchanged.
         auth.logout(req(LogoutRequest {
             token: Some(logout_request::Token::RefreshToken(a.refresh_token.clone())),
             all_sessions: false,
@@ -2378,9 +2474,10 @@ mod tests {
         // Refresh-token reuse names the session.
         refresh(&auth, &b.refresh_token).await.unwrap();
         refresh(&auth, &b.refresh_token).await.unwrap_err();
-        assert_eq!(take(), vec![Revoked::session(b.session_id.clone())]);
+        assert_eq!(take(), vec![notice(&[&b.session_id], &[], 2)]);
 
-        // Password change, role change and logout-all name the account.
+        // Password change, role change and logout-all name the account; a grant that
+        // changes nothing announces nothing.
         login(&auth, "rosa", PW).await.unwrap();
         auth.change_password(req(ChangePasswordRequest {
             account_id: id.clone(),
@@ -2389,24 +2486,66 @@ mod tests {
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id.clone())]);
-        auth.grant_role(req(GrantRoleRequest {
+        assert_eq!(take(), vec![notice(&[], &[&id], 3)]);
+        let grant = || GrantRoleRequest {
             account_id: id.clone(),
             role: "admin".into(),
             revoke: false,
-        }))
-        .await
-        .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id.clone())]);
+        };
+        auth.grant_role(req(grant())).await.unwrap();
+        assert_eq!(take(), vec![notice(&[], &[&id], 4)]);
+        auth.grant_role(req(grant())).await.unwrap();
+        assert!(take().is_empty());
         let c = login(&auth, "rosa", "another-fine-passphrase")
             .await
             .unwrap();
+        assert_eq!(
+            validate(&auth, &c.access_token)
+                .await
+                .unwrap()
+                .revocation_epoch,
+            4
+        );
         auth.logout(req(LogoutRequest {
             token: Some(logout_request::Token::AccessToken(c.access_token)),
             all_sessions: true,
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id)]);
+        assert_eq!(take(), vec![notice(&[], &[&id], 5)]);
+        // A heartbeat repeats the current epoch, with no ids.
+        auth.heartbeat().await;
+        assert_eq!(take(), vec![notice(&[], &[], 5)]);
+        // The epoch is stored with the revocations.
+        let stored = auth.ctx.store.get(META, EPOCH_KEY).unwrap().unwrap();
+        assert_eq!(decode_epoch(&stored).unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_run_until_shutdown() {
+        let (ctx, _clock) = Ctx::for_tests();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sink = seen.clone();
+        let auth = Arc::new(
+            Auth::new(&ctx)
+                .unwrap()
+                .with_revocation_hook(Arc::new(move |_| {
+                    sink.fetch_add(1, Ordering::Relaxed);
+                })),
+        );
+        let task = tokio::spawn(auth.clone().run_heartbeats());
+        let beats = async {
+            while seen.load(Ordering::Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), beats)
+            .await
+            .expect("no heartbeats");
+        ctx.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the heartbeats outlived shutdown")
+            .unwrap();
     }
 }

@@ -70,6 +70,13 @@ pub mod headers {
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 }
 
+/// Core-NATS subjects outside the `svc.<domain>.v1.<rpc>` scheme.
+pub mod subjects {
+    /// auth's revocation notices and heartbeats
+    /// ([`crate::aicore::auth::v1::RevocationNotice`]).
+    pub const AUTH_REVOKED: &str = "aicore.auth.revoked";
+}
+
 /// Who may call an RPC, from `(aicore.common.v1.policy)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

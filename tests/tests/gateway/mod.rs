@@ -403,6 +403,68 @@ async fn gateway_revocation_takes_effect_on_the_very_next_request() {
     );
 }
 
+/// The next revocation message on `sub` that `pick` accepts (within a minute).
+async fn next_notice(
+    sub: &mut async_nats::Subscriber,
+    pick: impl Fn(&auth::RevocationNotice) -> bool,
+) -> auth::RevocationNotice {
+    use futures::StreamExt;
+    use prost::Message;
+    let wait = async {
+        loop {
+            let m = sub.next().await.expect("revocation subscription ended");
+            let n = auth::RevocationNotice::decode(m.payload).expect("a protobuf notice");
+            if pick(&n) {
+                return n;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("no such revocation message")
+}
+
+#[tokio::test]
+async fn auth_numbers_its_revocation_notices_and_repeats_the_epoch_in_heartbeats() {
+    let app = Appliance::start().await;
+    let http = Http::new(&app.http_url);
+    let nats = app.nats().await;
+    let mut sub = nats
+        .subscribe(aicore_proto::subjects::AUTH_REVOKED)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let is_heartbeat =
+        |n: &auth::RevocationNotice| n.session_ids.is_empty() && n.account_ids.is_empty();
+    let first = next_notice(&mut sub, is_heartbeat).await;
+    assert_eq!(first.heartbeat_interval_ms, 500);
+
+    let l = player(&http, "kim").await;
+    let (t, session) = (s(&l, "accessToken"), s(&l, "sessionId"));
+    let me = format!(r#"{{"accountId":"{}"}}"#, s(&l, "accountId"));
+    assert_eq!(http.call("/v1/auth/get_account", &me, &t).await.status, 200);
+    let epoch = next_notice(&mut sub, is_heartbeat).await.epoch;
+    let before = revocations(&http).await;
+    let out = http
+        .post(
+            "/v1/auth/logout",
+            &format!(r#"{{"accessToken":"{t}"}}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(out.status, 200, "{}", out.json());
+    let notice = next_notice(&mut sub, |n| !is_heartbeat(n)).await;
+    assert_eq!(notice.session_ids, vec![session]);
+    assert_eq!(notice.epoch, epoch + 1);
+    assert_eq!(next_notice(&mut sub, is_heartbeat).await.epoch, epoch + 1);
+    revocation_delivered(&http, before).await;
+    assert_error(
+        &http.call("/v1/auth/get_account", &me, &t).await,
+        401,
+        "UNAUTHENTICATED",
+    );
+}
+
 #[tokio::test]
 async fn gateway_rate_limits_per_client_with_429_and_retry_after() {
     let app =
