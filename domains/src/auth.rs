@@ -46,11 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aicore_proto::aicore::auth::v1::{
-    Account, AuthHandler, AuthServer, ChangePasswordRequest, ChangePasswordResponse,
-    GetAccountRequest, GetAccountResponse, GrantRoleRequest, GrantRoleResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
-    RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
+    Account, AuthAuditEvent, AuthHandler, AuthServer, ChangePasswordRequest,
+    ChangePasswordResponse, GetAccountRequest, GetAccountResponse, GrantRoleRequest,
+    GrantRoleResponse, ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest,
+    RegisterResponse, RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
 };
 use aicore_proto::{Dispatch, Request, Status};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
@@ -66,9 +66,11 @@ use crate::runtime::new_id;
 use crate::store::Tx;
 use crate::{Ctx, paging};
 
+mod audit;
 mod throttle;
 
-use throttle::{Admission, Attempt, locked_error};
+use audit::Audit;
+use throttle::{Admission, Attempt, LockStarted, locked_error};
 
 const ACCOUNTS: &str = "auth.accounts";
 const USERNAMES: &str = "auth.usernames";
@@ -765,7 +767,9 @@ impl Auth {
 
     /// Counts a password attempt before its hash runs, or refuses it (without a hash) when
     /// its source or username is locked out: see [`throttle`].
-    async fn admit(&self, attempt: &Attempt, now: i64) -> Result<(), Status> {
+    /// Returns the locks the admission started (the threshold-th attempt starts one, so
+    /// that no other is checked meanwhile; its own success lifts it again).
+    async fn admit(&self, attempt: &Attempt, now: i64) -> Result<Vec<LockStarted>, Status> {
         // A read first: attempts against a lock cost no write.
         let until = throttle::locked(&self.ctx.store, attempt, now, &self.throttle)?;
         if until > 0 {
@@ -778,20 +782,50 @@ impl Auth {
             .write(move |tx| throttle::admit(tx, &a, now, &policy))
             .await?;
         match admission {
-            Admission::Admitted(started) => {
-                for lock in started {
-                    tracing::info!(
-                        source = attempt.source(),
-                        account_wide = lock.account_wide,
-                        failures = lock.failures,
-                        lock_ms = lock.until_ms - now,
-                        "logins locked after failed attempts"
-                    );
-                }
-                Ok(())
-            }
+            Admission::Admitted(started) => Ok(started),
             Admission::Locked(until) => Err(locked_error(until, now)),
         }
+    }
+
+    /// Records a failed password check: `failed`, plus a `lockout` event (from the same
+    /// template) for each lock its admission started — a lock a wrong password confirmed,
+    /// not one a right password lifted again. One write of its own: the attempt itself
+    /// was counted when it was admitted.
+    async fn record_failure(
+        &self,
+        failed: AuthAuditEvent,
+        started: Vec<LockStarted>,
+        attempt: &Attempt,
+        now: i64,
+    ) -> Result<(), Status> {
+        for lock in &started {
+            tracing::info!(
+                source = attempt.source(),
+                all_sources = lock.account_wide,
+                failures = lock.failures,
+                lock_ms = lock.until_ms - now,
+                "logins locked after failed password checks"
+            );
+        }
+        self.ctx
+            .store
+            .write(move |tx| {
+                audit::emit(tx, &failed)?;
+                for lock in started {
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            kind: "lockout".into(),
+                            all_sources: lock.account_wide,
+                            locked_until: Some(ts(lock.until_ms)),
+                            failures: lock.failures,
+                            ..failed.clone()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn account(&self, account_id: &str) -> Result<AccountRecord, Status> {
@@ -929,13 +963,18 @@ impl AuthHandler for Auth {
         // the throttle, and one hash each (the dummy one for an unknown name).
         let attempt = Attempt::new(&username, request.meta.client_addr.as_deref());
         let account = self.account_by_username(&username)?;
-        self.admit(&attempt, now).await?;
+        let trail = Audit::new(&request.meta, ts(now));
+        let known = account.as_ref().map(|a| a.account_id.clone());
+        let known = known.as_deref();
+        let started = self.admit(&attempt, now).await?;
         let hash = account
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
         let ok = self.verify_password(password, hash).await?;
         let Some(account) = account.filter(|_| ok) else {
             // The attempt was counted when it was admitted.
+            let failed = trail.event_for_name("login_failed", known, &username);
+            self.record_failure(failed, started, &attempt, now).await?;
             return Err(bad_credentials());
         };
         let account_id = account.account_id.clone();
@@ -987,6 +1026,13 @@ impl AuthHandler for Auth {
                     Vec::new(),
                 );
                 let issued = issue(tx, &mut session, now, &config, access, refresh);
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        session_id: session.session_id.clone(),
+                        ..trail.event("login_succeeded", &account_id)
+                    },
+                )?;
                 Ok((issued, session.session_id, a.roles))
             })
             .await?;
@@ -1015,6 +1061,7 @@ impl AuthHandler for Auth {
             Issued(Issued, String, String),
         }
         let now = self.now();
+        let trail = Audit::new(&request.meta, ts(now));
         let config = self.config.clone();
         let access = new_token(ACCESS_PREFIX);
         let refresh = new_token(REFRESH_PREFIX);
@@ -1042,6 +1089,14 @@ impl AuthHandler for Auth {
                     // The family cannot be trusted any more (the writes are kept: Ok).
                     revoke(tx, &mut session, now);
                     let epoch = bump_epoch(tx)?;
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            session_id: session.session_id.clone(),
+                            revoked_sessions: 1,
+                            ..trail.event("refresh_reuse", &session.account_id)
+                        },
+                    )?;
                     return Ok(Outcome::Reused {
                         session_id: session.session_id,
                         account_id: session.account_id,
@@ -1110,6 +1165,7 @@ impl AuthHandler for Auth {
             return Err(bad_token());
         };
         let now = self.now();
+        let trail = Audit::new(&request.meta, ts(now));
         let revoked = self
             .ctx
             .store
@@ -1120,9 +1176,23 @@ impl AuthHandler for Auth {
                 if rec.kind != kind as i32 || rec.expires_ms <= now {
                     return Ok(None);
                 }
+                let logout = |tx: &mut Tx<'_>, n: u32, session_id: &str| {
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            session_id: session_id.to_string(),
+                            revoked_sessions: n,
+                            ..trail.event("logout", &rec.account_id)
+                        },
+                    )?;
+                    bump_epoch(tx)
+                };
                 if all_sessions {
                     let n = revoke_all(tx, &rec.account_id, now, None)?;
-                    let epoch = if n > 0 { bump_epoch(tx)? } else { 0 };
+                    let epoch = logout(tx, n, "")?;
                     return Ok(Some((n, account_notice(rec.account_id, epoch))));
                 }
                 let Some(mut s) =
@@ -1131,7 +1201,7 @@ impl AuthHandler for Auth {
                     return Ok(None);
                 };
                 let n = u32::from(revoke(tx, &mut s, now));
-                let epoch = if n > 0 { bump_epoch(tx)? } else { 0 };
+                let epoch = logout(tx, n, &rec.session_id)?;
                 Ok(Some((n, session_notice(rec.session_id, epoch))))
             })
             .await?;
@@ -1238,6 +1308,7 @@ impl AuthHandler for Auth {
         let account = self.account(&account_id)?;
         self.check_password("new_password", &new_password, &account.username)?;
         let now = self.now();
+        let trail = Audit::new(&request.meta, ts(now));
         // The old password is a password check like a login's, throttled alike.
         let attempt =
             needs_old.then(|| Attempt::new(&account.username, request.meta.client_addr.as_deref()));
@@ -1248,11 +1319,13 @@ impl AuthHandler for Auth {
             if old_password.chars().count() > PASSWORD_MAX {
                 return Err(bad_credentials());
             }
-            self.admit(attempt, now).await?;
+            let started = self.admit(attempt, now).await?;
             let ok = self
                 .verify_password(old_password, account.password_hash.clone())
                 .await?;
             if !ok {
+                let failed = trail.event("password_change_failed", &account_id);
+                self.record_failure(failed, started, attempt, now).await?;
                 return Err(Status::unauthenticated("the old password is wrong"));
             }
         }
@@ -1279,6 +1352,14 @@ impl AuthHandler for Auth {
                     throttle::succeeded(tx, attempt, now, &policy)?;
                 }
                 let n = revoke_all(tx, &account_id, now, keep.as_deref())?;
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        session_id: keep.unwrap_or_default(),
+                        revoked_sessions: n,
+                        ..trail.event("password_changed", &account_id)
+                    },
+                )?;
                 Ok((n, bump_epoch(tx)?))
             })
             .await?;
@@ -1306,6 +1387,7 @@ impl AuthHandler for Auth {
             ));
         }
         let notified = account_id.clone();
+        let trail = Audit::new(&request.meta, self.ctx.now_ts());
         let (roles, changed) = self
             .ctx
             .store
@@ -1317,7 +1399,7 @@ impl AuthHandler for Auth {
                 let mut roles = a.roles.clone();
                 roles.retain(|r| r != &role);
                 if !revoke {
-                    roles.push(role);
+                    roles.push(role.clone());
                 }
                 let roles = canonical_roles(&roles);
                 if roles == a.roles {
@@ -1325,6 +1407,15 @@ impl AuthHandler for Auth {
                 }
                 a.roles = roles.clone();
                 tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        role,
+                        role_removed: revoke,
+                        roles: roles.clone(),
+                        ..trail.event("role_changed", &account_id)
+                    },
+                )?;
                 Ok((roles, Some(bump_epoch(tx)?)))
             })
             .await?;
@@ -2547,5 +2638,245 @@ mod tests {
             .await
             .expect("the heartbeats outlived shutdown")
             .unwrap();
+    }
+
+    /// The outbox's auth audit events, in order.
+    fn audited(auth: &Auth) -> Vec<AuthAuditEvent> {
+        use crate::store::{OUTBOX, OutboxEvent, decode};
+        auth.ctx
+            .store
+            .scan(OUTBOX, b"", b"", usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| decode::<OutboxEvent>(OUTBOX, v).unwrap())
+            .filter(|e| e.subject.starts_with("audit.auth."))
+            .map(|e| {
+                let a = AuthAuditEvent::decode(e.payload.as_slice()).unwrap();
+                assert_eq!(e.subject, format!("audit.auth.{}", a.kind));
+                a
+            })
+            .collect()
+    }
+
+    /// What a flow through every audited change used: the secrets that must not appear
+    /// in any event.
+    struct Flow {
+        account_id: String,
+        secrets: Vec<Vec<u8>>,
+    }
+
+    const FROM: &str = "192.0.2.44";
+    const NEW_PW: &str = "a fresh enough passphrase";
+    const UNKNOWN: &str = "hunter2-typed-as-a-name";
+
+    /// Logs in, fails, gets locked, changes roles and password, reuses a refresh token and
+    /// logs out, each once; refusals in between. Returns the account and the secrets.
+    async fn audited_flow(auth: &Auth, clock: &ManualClock) -> Flow {
+        let id = register(auth, "sasha").await;
+        assert!(audited(auth).is_empty(), "registering is not audited");
+        let mut secrets: Vec<Vec<u8>> = vec![
+            PW.into(),
+            NEW_PW.into(),
+            UNKNOWN.into(),
+            UNKNOWN.to_lowercase().into(),
+        ];
+        let l = login_from(auth, "sasha", PW, FROM).await.unwrap();
+        login_from(auth, "sasha", "wrong once", FROM)
+            .await
+            .unwrap_err();
+        login_from(auth, UNKNOWN, "wrong again", FROM)
+            .await
+            .unwrap_err();
+        for i in 0..4 {
+            login_from(auth, "sasha", format!("wrong {i}"), FROM)
+                .await
+                .unwrap_err();
+        }
+        // Refused while locked: nothing to record.
+        let locked = login_from(auth, "sasha", PW, FROM).await.unwrap_err();
+        assert_eq!(locked.code, Code::ResourceExhausted);
+        clock.advance(Duration::from_millis(locked.retry_after_ms));
+        let mut grant = as_caller(
+            GrantRoleRequest {
+                account_id: id.clone(),
+                role: "admin".into(),
+                revoke: false,
+            },
+            "acc_boss",
+            &["admin"],
+        );
+        grant.meta.request_id = Some("req-9".into());
+        auth.grant_role(grant.clone()).await.unwrap();
+        auth.grant_role(grant).await.unwrap();
+        let e = auth
+            .grant_role(req(GrantRoleRequest {
+                account_id: "acc_missing".into(),
+                role: "admin".into(),
+                revoke: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+        let other = login_from(auth, "sasha", PW, FROM).await.unwrap();
+        let change = |old: &str| {
+            let mut r = as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: old.into(),
+                    new_password: NEW_PW.into(),
+                },
+                &id,
+                &["player"],
+            );
+            r.meta.caller_session = Some(l.session_id.clone());
+            r.meta.client_addr = Some(FROM.into());
+            r
+        };
+        auth.change_password(change("not the old one"))
+            .await
+            .unwrap_err();
+        auth.change_password(change(PW)).await.unwrap();
+        let rotated = refresh(auth, &l.refresh_token).await.unwrap();
+        refresh(auth, &l.refresh_token).await.unwrap_err();
+        let last = login_from(auth, "sasha", NEW_PW, FROM).await.unwrap();
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(
+                last.access_token.clone(),
+            )),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        // Logging out twice ends nothing and records nothing.
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(
+                last.access_token.clone(),
+            )),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        for t in [&l, &other, &last] {
+            for token in [&t.access_token, &t.refresh_token] {
+                secrets.push(token.as_bytes().to_vec());
+                secrets.push(token.as_bytes()[3..].to_vec());
+                let hash = sha256(token);
+                secrets.push(hash.to_vec());
+                secrets.push(
+                    hash.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        .into(),
+                );
+            }
+        }
+        for token in [&rotated.access_token, &rotated.refresh_token] {
+            secrets.push(token.as_bytes()[3..].to_vec());
+        }
+        let a: AccountRecord = auth
+            .ctx
+            .store
+            .get_msg(ACCOUNTS, id.as_bytes())
+            .unwrap()
+            .unwrap();
+        secrets.push(a.password_hash.clone().into());
+        // The PHC string's salt and hash parts on their own.
+        for part in a.password_hash.split('$').skip(4) {
+            secrets.push(part.into());
+        }
+        Flow {
+            account_id: id,
+            secrets,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_security_change_queues_its_audit_event_with_the_change() {
+        let (auth, clock) = setup_cheap();
+        let Flow { account_id: id, .. } = audited_flow(&auth, &clock).await;
+        let events = audited(&auth);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "login_succeeded",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "lockout",
+                "role_changed",
+                "login_succeeded",
+                "password_change_failed",
+                "password_changed",
+                "refresh_reuse",
+                "login_succeeded",
+                "logout",
+            ]
+        );
+        for e in &events {
+            assert!(e.at.is_some());
+            // Refresh, logout and the grant were sent without a client address.
+            let over_nats = matches!(e.kind.as_str(), "role_changed" | "refresh_reuse" | "logout");
+            assert_eq!(e.source, if over_nats { "nats" } else { FROM }, "{e:?}");
+            if e.kind != "login_failed" || e.account_id == id {
+                assert_eq!(e.account_id, id, "{e:?}");
+                assert!(e.username_sha256_prefix.is_empty());
+            }
+        }
+        // The unknown name: no account, only a short hash of what was typed.
+        let unknown = &events[2];
+        assert_eq!(unknown.account_id, "");
+        assert_eq!(
+            unknown.username_sha256_prefix,
+            audit::username_prefix(UNKNOWN)
+        );
+        assert_eq!(unknown.username_sha256_prefix.len(), 16);
+        let lockout = &events[7];
+        assert_eq!((lockout.all_sources, lockout.failures), (false, 5));
+        assert!(lockout.locked_until.is_some());
+        let role = &events[8];
+        assert_eq!(
+            (role.role.as_str(), role.role_removed, role.roles.clone()),
+            (
+                "admin",
+                false,
+                vec!["player".to_string(), "admin".to_string()]
+            )
+        );
+        assert_eq!(
+            (role.actor_account_id.as_str(), role.request_id.as_str()),
+            ("acc_boss", "req-9")
+        );
+        let changed = &events[11];
+        assert_eq!(
+            changed.revoked_sessions, 1,
+            "the other session; the caller's kept"
+        );
+        assert!(!changed.session_id.is_empty());
+        assert_eq!(events[12].revoked_sessions, 1);
+        assert_eq!(events[14].revoked_sessions, 1);
+        assert_eq!(events[14].session_id, events[13].session_id);
+    }
+
+    #[tokio::test]
+    async fn audit_events_hold_no_password_token_or_hash() {
+        let (auth, clock) = setup_cheap();
+        let flow = audited_flow(&auth, &clock).await;
+        let events = audited(&auth);
+        assert!(events.len() > 10);
+        for e in &events {
+            let bytes = e.encode_to_vec();
+            for secret in &flow.secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                    "{} holds {:?}",
+                    e.kind,
+                    String::from_utf8_lossy(secret)
+                );
+            }
+        }
     }
 }

@@ -466,6 +466,54 @@ async fn auth_numbers_its_revocation_notices_and_repeats_the_epoch_in_heartbeats
 }
 
 #[tokio::test]
+async fn logins_through_the_gateway_reach_the_audit_stream_with_their_source() {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    use prost::Message;
+    let app = Appliance::start().await;
+    let http = Http::new(&app.http_url);
+    let l = player(&http, "lena").await;
+    let failed = http
+        .post(
+            "/v1/auth/login",
+            r#"{"username":"lena","password":"not-her-password"}"#,
+            &[],
+        )
+        .await;
+    assert_error(&failed, 401, "UNAUTHENTICATED");
+
+    let js = jetstream::new(app.nats().await);
+    let stream = js.get_stream("AUDIT").await.expect("stream AUDIT");
+    let audit: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: "audit.auth.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = audit.messages().await.expect("messages");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("audit events in time")
+            .expect("a message")
+            .expect("a readable message");
+        let e = auth::AuthAuditEvent::decode(m.payload.clone()).expect("an AuthAuditEvent");
+        assert_eq!(m.subject.as_str(), format!("audit.auth.{}", e.kind));
+        seen.push(e);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["login_succeeded", "login_failed"]);
+    for e in &seen {
+        assert_eq!(e.account_id, s(&l, "accountId"));
+        // The gateway passed the TCP peer's address along.
+        assert_eq!(e.source, "127.0.0.1");
+    }
+    assert_eq!(seen[0].session_id, s(&l, "sessionId"));
+}
+
+#[tokio::test]
 async fn gateway_rate_limits_per_client_with_429_and_retry_after() {
     let app =
         Appliance::start_with_config("[http]\nrate_limit_per_sec = 0.2\nrate_limit_burst = 4\n")
