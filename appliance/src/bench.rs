@@ -32,6 +32,7 @@ use aicore_domains::runtime::{self, ServeOptions};
 use aicore_domains::store::{Store, StoreOptions};
 use aicore_domains::{Ctx, SystemClock, registry};
 use aicore_proto::CallOptions;
+use aicore_proto::aicore::auth::v1::{AuthClient, RegisterRequest};
 use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
 
@@ -491,15 +492,36 @@ async fn measure_transfers(
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
     let load = &base.nats;
-    let serving = serve_domain(env, "payment", store.clone(), config, stop).await?;
-    let client = PaymentClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
-    let wallet = |w: usize| format!("bench-wallet-{w}");
+    let serving = serve_domain(env, "payment", store.clone(), config, stop.clone()).await?;
+    // Payment pays only accounts that exist: auth serves on the same store and the
+    // wallets' owners are registered (payment remembers them, so the measured transfers
+    // do not ask auth).
+    let auth_serving = serve_domain(env, "auth", store.clone(), config, stop).await?;
+    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+    let auth = AuthClient::new(sdk.clone());
+    let mut wallets = Vec::with_capacity(BENCH_WALLETS);
+    for w in 0..BENCH_WALLETS {
+        let r = auth
+            .register(
+                RegisterRequest {
+                    username: format!("bench-wallet-{w}"),
+                    password: "bench-wallet-passphrase".into(),
+                    display_name: String::new(),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the bench wallets' owners: {e}"))?;
+        wallets.push(r.account_id);
+    }
+    let wallets = Arc::new(wallets);
+    let client = PaymentClient::new(sdk);
     // One unit per transfer out of the largest allowed credit: no wallet runs dry.
     for w in 0..BENCH_WALLETS {
         client
             .credit(
                 CreditRequest {
-                    player_id: wallet(w),
+                    player_id: wallets[w].clone(),
                     currency: "GOLD".into(),
                     amount: config.domains.payment.max_amount,
                     reason: "bench seed".into(),
@@ -512,14 +534,14 @@ async fn measure_transfers(
     }
     let mut cells = Vec::new();
     for &c in &args.concurrency {
-        let client = client.clone();
+        let (client, wallets) = (client.clone(), wallets.clone());
         let op = move |worker: usize, i: u64| {
             let client = client.clone();
             let from = rand::random_range(0..BENCH_WALLETS);
             let to = (from + rand::random_range(1..BENCH_WALLETS)) % BENCH_WALLETS;
             let request = TransferRequest {
-                from_player_id: wallet(from),
-                to_player_id: wallet(to),
+                from_player_id: wallets[from].clone(),
+                to_player_id: wallets[to].clone(),
                 currency: "GOLD".into(),
                 amount: 1,
                 reason: String::new(),
@@ -545,6 +567,7 @@ async fn measure_transfers(
         );
     }
     serving.stop().await;
+    auth_serving.stop().await;
     Ok(cells)
 }
 

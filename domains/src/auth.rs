@@ -1,22 +1,29 @@
 //! auth: accounts and sessions. It owns registration (argon2id password hashes, a
-//! common-password blocklist), login with a failure counter that locks an account for a
-//! growing interval, opaque bearer tokens (a short-lived access token and a single-use
-//! refresh token per session, rotated on every Refresh; a reused refresh token revokes its
-//! session), the gateway's Validate hot path, roles, and session listing. It does not
-//! rate-limit by client address (the gateway's job), send mail, or expire rows with a
-//! background sweeper: expired rows are removed on the account's and session's next write.
+//! common-password blocklist), login behind a throttle that counts every password check
+//! before it runs, per source address and username (see [`throttle`]: unknown usernames
+//! are counted and locked like known ones, a locked attempt is refused without a hash,
+//! and one burst cannot lock a player out for long), opaque bearer tokens (a short-lived
+//! access token and a single-use refresh token per session, rotated on every Refresh; a
+//! reused refresh token revokes its session), the gateway's Validate hot path, roles, and
+//! session listing. It does not rate-limit other calls (the gateway's job), send mail, or
+//! expire rows with a background sweeper: expired rows are removed on the account's and
+//! session's next write.
 //!
 //! Tokens are `at_` / `rt_` followed by 256 random bits in base64url; only their SHA-256
 //! is stored, so a copy of the store yields no usable token. A session is one refresh-token
 //! family; revoking it is one write to its session row, which Validate reads through the
 //! store's cache, so revocation (and a role change, a write to the account row) is seen by
 //! the very next Validate. Caches of Validate answers outside this domain (the gateway's)
-//! learn of it from a notice on [`REVOKED_SUBJECT`], published after the commit and before
-//! the reply.
+//! learn of it from a `RevocationNotice` on [`aicore_proto::subjects::AUTH_REVOKED`],
+//! published after the commit and before the reply. Notices are core NATS, so one can be
+//! lost: every revoking commit also moves a persisted revocation epoch on by one in the
+//! same write, each notice carries its epoch, Validate answers carry the current one, and
+//! a heartbeat task publishes the current epoch every `revocation_heartbeat_ms` until
+//! `ctx.shutdown`. A cache that sees a gap in the epochs, or hears nothing for two
+//! heartbeat intervals, knows not to trust what it holds.
 //!
 //! Tables (ids are `acc_<hex>` / `ses_<hex>`, never containing `/`):
-//! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash, failure
-//!   counter and lock).
+//! - `auth.accounts`: `account_id` → [`AccountRecord`] (profile, roles, PHC hash).
 //! - `auth.usernames`: lowercased username → `account_id` (case-insensitive uniqueness).
 //! - `auth.tokens`: `sha256(token)` → [`TokenRecord`] (kind, session, expiry, spent flag).
 //! - `auth.sessions`: `session_id` → [`SessionRecord`] (the family: current refresh hash,
@@ -25,26 +32,31 @@
 //!   `u64::MAX - x` big-endian, so a forward scan lists newest first.
 //! - `auth.session_tokens`: `session_id / expires_ms / sha256` → empty, so a session's
 //!   expired tokens are found oldest first and its tokens can be purged with it.
+//! - `auth.login_throttle`, `auth.login_throttle_expiry`: see [`throttle`].
+//! - `auth.meta`: `revocation_epoch` → u64 big-endian.
 //!
-//! Domains are not told which session a call comes from (`Caller` carries the account and
-//! roles only), so ChangePassword revokes every session, the caller's included, and
-//! ListSessions never marks a session `current`.
+//! A caller's session comes with the call when its token was validated by the gateway
+//! (`Metadata::caller_session`): ChangePassword keeps that session and revokes every other
+//! one of the account, and ListSessions marks it `current`. Without one (a trusted
+//! principal, an admin acting for someone else) ChangePassword revokes every session.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aicore_proto::aicore::auth::v1::{
-    Account, AuthHandler, AuthServer, ChangePasswordRequest, ChangePasswordResponse,
-    GetAccountRequest, GetAccountResponse, GrantRoleRequest, GrantRoleResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, Session,
-    ValidateRequest, ValidateResponse, logout_request,
+    Account, AuthAuditEvent, AuthHandler, AuthServer, ChangePasswordRequest,
+    ChangePasswordResponse, GetAccountRequest, GetAccountResponse, GrantRoleRequest,
+    GrantRoleResponse, ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest,
+    RegisterResponse, RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
 };
-use aicore_proto::{Code, Dispatch, Request, Status};
+use aicore_proto::{Dispatch, Request, Status};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -54,12 +66,20 @@ use crate::runtime::new_id;
 use crate::store::Tx;
 use crate::{Ctx, paging};
 
+mod audit;
+mod throttle;
+
+use audit::Audit;
+use throttle::{Admission, Attempt, LockStarted, locked_error};
+
 const ACCOUNTS: &str = "auth.accounts";
 const USERNAMES: &str = "auth.usernames";
 const TOKENS: &str = "auth.tokens";
 const SESSIONS: &str = "auth.sessions";
 const ACCOUNT_SESSIONS: &str = "auth.account_sessions";
 const SESSION_TOKENS: &str = "auth.session_tokens";
+const META: &str = "auth.meta";
+const EPOCH_KEY: &[u8] = b"revocation_epoch";
 
 const ACCESS_PREFIX: &str = "at_";
 const REFRESH_PREFIX: &str = "rt_";
@@ -115,13 +135,30 @@ pub struct AuthConfig {
     /// Password hashes computed at once (each holds `argon2_memory_kib`); further logins
     /// wait. 0 = the number of CPUs.
     pub max_concurrent_hashes: usize,
-    /// Consecutive failed logins after which the account locks.
+    /// Password checks one source address may have failed on one username before that
+    /// pair locks (other sources are not affected). See the login throttle
+    /// (`domains/src/auth/throttle.rs`).
     pub lockout_threshold: u32,
-    /// Lock after the threshold-th failure, in milliseconds; doubles with every further
-    /// failure.
+    /// First lock, in milliseconds; doubles with every further failure.
     pub lockout_base_ms: u64,
-    /// Longest lock, in seconds.
+    /// Longest lock of one source on one username, in seconds.
     pub lockout_max_secs: u64,
+    /// Failed password checks on one username from all sources together before it locks
+    /// for every source that has not logged into it lately; far above
+    /// `lockout_threshold`.
+    pub account_lockout_threshold: u32,
+    /// How often, in milliseconds, auth publishes the current revocation epoch for caches
+    /// of Validate answers (they stop trusting their cache after two silent intervals).
+    pub revocation_heartbeat_ms: u64,
+    /// Longest lock of a username for all sources, in seconds: short, so a flood from
+    /// many addresses never shuts a player out for long.
+    pub account_lockout_max_secs: u64,
+    /// A failure count is forgotten after this many seconds without attempts once its
+    /// lock has ended.
+    pub lockout_forget_secs: u64,
+    /// A source that logged into an account within this many days is exempt from that
+    /// account's all-sources lock (0 = no source is).
+    pub trusted_source_days: u32,
 }
 
 impl Default for AuthConfig {
@@ -136,20 +173,12 @@ impl Default for AuthConfig {
             lockout_threshold: 5,
             lockout_base_ms: 1000,
             lockout_max_secs: 15 * 60,
+            revocation_heartbeat_ms: 500,
+            account_lockout_threshold: 50,
+            account_lockout_max_secs: 60,
+            lockout_forget_secs: 3600,
+            trusted_source_days: 30,
         }
-    }
-}
-
-impl AuthConfig {
-    /// How long the account locks after its `failures`-th consecutive failure: nothing
-    /// below the threshold, then `base · 2^(failures − threshold)`, capped.
-    pub fn lock_for(&self, failures: u32) -> Duration {
-        if failures < self.lockout_threshold {
-            return Duration::ZERO;
-        }
-        let doublings = (failures - self.lockout_threshold).min(40);
-        let ms = self.lockout_base_ms.saturating_mul(1u64 << doublings);
-        Duration::from_millis(ms.min(self.lockout_max_secs.saturating_mul(1000)))
     }
 }
 
@@ -171,12 +200,8 @@ struct AccountRecord {
     /// argon2id PHC string (`$argon2id$v=19$m=…`).
     #[prost(string, tag = "6")]
     pub password_hash: String,
-    /// Consecutive failed password checks since the last success.
-    #[prost(uint32, tag = "7")]
-    pub failed_logins: u32,
-    /// Logins are refused until then (ms since the epoch; 0 = not locked).
-    #[prost(int64, tag = "8")]
-    pub locked_until_ms: i64,
+    // Tags 7 and 8 held a failure counter and lock; the login throttle keeps them now
+    // (`auth.login_throttle`). Old rows still carry them; they are ignored.
 }
 
 /// What a token is for.
@@ -246,13 +271,25 @@ pub struct Auth {
     dummy_hash: String,
     common_passwords: HashSet<&'static str>,
     hashing: Arc<Semaphore>,
-    /// Replaces publishing on [`REVOKED_SUBJECT`] (tests; `None` = the context's client).
+    /// The login throttle's numbers (see [`throttle`]).
+    throttle: throttle::Policy,
+    /// Password checks run so far (login and ChangePassword, dummy ones included): what
+    /// the throttle bounds, counted so tests can assert it without measuring time.
+    password_checks: AtomicU64,
+    /// Replaces publishing revocation notices (tests; `None` = the context's client).
     on_revoked: Option<RevocationHook>,
 }
 
-/// Builds auth's dispatcher (the registry's entry).
+/// Builds auth's dispatcher (the registry's entry), with its revocation heartbeats
+/// running until `ctx.shutdown` when it has a NATS client to send them on.
 pub fn server(ctx: &Ctx) -> Result<Arc<dyn Dispatch>, Status> {
-    Ok(Arc::new(AuthServer(Arc::new(Auth::new(ctx)?))))
+    let auth = Arc::new(Auth::new(ctx)?);
+    if ctx.client.is_some() {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Status::internal("auth needs a tokio runtime for its heartbeats"))?;
+        runtime.spawn(auth.clone().run_heartbeats());
+    }
+    Ok(Arc::new(AuthServer(auth)))
 }
 
 fn bad_credentials() -> Status {
@@ -263,41 +300,44 @@ fn bad_token() -> Status {
     Status::unauthenticated("the token is invalid, expired or revoked")
 }
 
-/// Core-NATS subject on which auth announces, right after the commit, every session it
-/// revoked and every account whose sessions or roles changed, so caches of Validate
-/// answers (the gateway's) drop them at once. The body is [`Revoked`] as JSON.
-pub const REVOKED_SUBJECT: &str = "aicore.auth.revoked";
-
-/// A revocation notice: sessions that ended, accounts whose every session ended or whose
-/// roles changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Revoked {
-    /// Revoked sessions.
-    #[serde(default)]
-    pub session_ids: Vec<String>,
-    /// Accounts whose sessions were all revoked or whose roles changed.
-    #[serde(default)]
-    pub account_ids: Vec<String>,
-}
-
-impl Revoked {
-    fn session(id: String) -> Self {
-        Revoked {
-            session_ids: vec![id],
-            ..Default::default()
-        }
-    }
-
-    fn account(id: String) -> Self {
-        Revoked {
-            account_ids: vec![id],
-            ..Default::default()
-        }
+/// A notice that session `id` ended, at `epoch`.
+fn session_notice(id: String, epoch: u64) -> RevocationNotice {
+    RevocationNotice {
+        session_ids: vec![id],
+        epoch,
+        ..Default::default()
     }
 }
 
-/// Where revocation notices go instead of NATS (tests).
-pub type RevocationHook = Arc<dyn Fn(Revoked) + Send + Sync>;
+/// A notice that account `id`'s sessions ended or its password or roles changed.
+fn account_notice(id: String, epoch: u64) -> RevocationNotice {
+    RevocationNotice {
+        account_ids: vec![id],
+        epoch,
+        ..Default::default()
+    }
+}
+
+/// Moves the revocation epoch on by one, inside the revoking write, and returns it.
+fn bump_epoch(tx: &mut Tx<'_>) -> Result<u64, Status> {
+    let current = tx
+        .get(META, EPOCH_KEY)?
+        .map(|b| decode_epoch(&b))
+        .transpose()?
+        .unwrap_or(0);
+    let next = current.saturating_add(1);
+    tx.put(META, EPOCH_KEY, next.to_be_bytes().to_vec());
+    Ok(next)
+}
+
+fn decode_epoch(b: &[u8]) -> Result<u64, Status> {
+    <[u8; 8]>::try_from(b)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Status::internal("stored data is unreadable"))
+}
+
+/// Where revocation notices and heartbeats go instead of NATS (tests).
+pub type RevocationHook = Arc<dyn Fn(RevocationNotice) + Send + Sync>;
 
 fn ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -374,14 +414,15 @@ fn canonical_roles(roles: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn public_account(a: &AccountRecord, now: i64) -> Account {
+/// The public view of an account; `locked_until_ms` is its all-sources lock (0 = none).
+fn public_account(a: &AccountRecord, locked_until_ms: i64) -> Account {
     Account {
         account_id: a.account_id.clone(),
         username: a.username.clone(),
         display_name: a.display_name.clone(),
         roles: a.roles.clone(),
         created_at: Some(ts(a.created_ms)),
-        locked_until: (a.locked_until_ms > now).then(|| ts(a.locked_until_ms)),
+        locked_until: (locked_until_ms > 0).then(|| ts(locked_until_ms)),
     }
 }
 
@@ -461,14 +502,22 @@ fn revoke(tx: &mut Tx<'_>, session: &mut SessionRecord, now: i64) -> bool {
     true
 }
 
-/// Revokes every open session of an account; returns how many were open.
-fn revoke_all(tx: &mut Tx<'_>, account_id: &str, now: i64) -> Result<u32, Status> {
+/// Revokes every open session of an account but `keep`; returns how many were open.
+fn revoke_all(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    now: i64,
+    keep: Option<&str>,
+) -> Result<u32, Status> {
     let prefix = account_sessions_prefix(account_id);
     let mut n = 0u32;
     for (key, _) in tx.scan(ACCOUNT_SESSIONS, &prefix, &prefix, SCAN_LIMIT)? {
         let Some(sid) = key.get(prefix.len() + 8..) else {
             continue;
         };
+        if keep.is_some_and(|k| k.as_bytes() == sid) {
+            continue;
+        }
         if let Some(mut s) = tx.get_msg::<SessionRecord>(SESSIONS, sid)?
             && s.refresh_expires_ms > now
             && revoke(tx, &mut s, now)
@@ -477,41 +526,6 @@ fn revoke_all(tx: &mut Tx<'_>, account_id: &str, now: i64) -> Result<u32, Status
         }
     }
     Ok(n)
-}
-
-/// Records a failed password check (inside a write), locking the account past the
-/// threshold.
-fn record_failure(
-    tx: &mut Tx<'_>,
-    account_id: &str,
-    now: i64,
-    config: &AuthConfig,
-) -> Result<(), Status> {
-    let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())? else {
-        return Ok(());
-    };
-    a.failed_logins = a.failed_logins.saturating_add(1);
-    let lock = config.lock_for(a.failed_logins);
-    if !lock.is_zero() {
-        a.locked_until_ms = now.saturating_add(i64::try_from(lock.as_millis()).unwrap_or(i64::MAX));
-        tracing::info!(
-            account_id,
-            failures = a.failed_logins,
-            lock_ms = lock.as_millis() as u64,
-            "account locked after failed logins"
-        );
-    }
-    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
-    Ok(())
-}
-
-fn locked_error(locked_until_ms: i64, now: i64) -> Status {
-    let wait = Duration::from_millis(u64::try_from(locked_until_ms - now).unwrap_or(0));
-    Status::new(
-        Code::ResourceExhausted,
-        "too many failed logins: the account is locked for a while",
-    )
-    .with_retry_after(wait)
 }
 
 fn check_username(username: &str) -> Result<(), Status> {
@@ -568,6 +582,18 @@ impl Auth {
                 "must be at least 1",
             ));
         }
+        if !(1..=60_000).contains(&config.revocation_heartbeat_ms) {
+            return Err(Status::invalid(
+                "domains.auth.revocation_heartbeat_ms",
+                "must be 1 to 60000",
+            ));
+        }
+        if config.account_lockout_threshold < config.lockout_threshold {
+            return Err(Status::invalid(
+                "domains.auth.account_lockout_threshold",
+                "must be at least lockout_threshold",
+            ));
+        }
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let (dummy, _) = new_token("dummy_");
         let dummy_hash = argon
@@ -585,11 +611,13 @@ impl Auth {
         };
         Ok(Auth {
             ctx: ctx.clone(),
+            throttle: throttle::Policy::new(&config),
             config,
             argon,
             dummy_hash,
             common_passwords,
             hashing: Arc::new(Semaphore::new(permits)),
+            password_checks: AtomicU64::new(0),
             on_revoked: None,
         })
     }
@@ -604,23 +632,63 @@ impl Auth {
         self
     }
 
+    /// The current revocation epoch (0 = nothing revoked yet).
+    fn epoch(&self) -> Result<u64, Status> {
+        self.ctx
+            .store
+            .get_cached(META, EPOCH_KEY)?
+            .map_or(Ok(0), |b| decode_epoch(&b))
+    }
+
     /// Announces a committed revocation, before the reply goes out (on the same
     /// connection, so a subscriber sees the notice before the caller sees the reply).
-    /// Best effort: a lost notice is covered by the caches' short TTL.
-    async fn announce(&self, revoked: Revoked) {
+    /// Core NATS, so it may be lost: the epoch it carries and the heartbeats let a cache
+    /// find out.
+    async fn announce(&self, mut notice: RevocationNotice) {
+        notice.heartbeat_interval_ms =
+            u32::try_from(self.config.revocation_heartbeat_ms).unwrap_or(u32::MAX);
         if let Some(hook) = &self.on_revoked {
-            hook(revoked);
+            hook(notice);
             return;
         }
         let Some(client) = &self.ctx.client else {
             return;
         };
-        let body = match serde_json::to_vec(&revoked) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        if let Err(e) = client.nats().publish(REVOKED_SUBJECT, body.into()).await {
-            tracing::warn!(error = %e, "revocation notice not sent");
+        let subject = aicore_proto::subjects::AUTH_REVOKED;
+        if let Err(e) = client
+            .nats()
+            .publish(subject, notice.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(error = %e, epoch = notice.epoch, "revocation notice not sent");
+        }
+    }
+
+    /// Publishes one heartbeat: the current revocation epoch, no ids.
+    pub async fn heartbeat(&self) {
+        match self.epoch() {
+            Ok(epoch) => {
+                self.announce(RevocationNotice {
+                    epoch,
+                    ..Default::default()
+                })
+                .await
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation epoch unreadable; no heartbeat"),
+        }
+    }
+
+    /// Publishes a heartbeat every `revocation_heartbeat_ms` until `ctx.shutdown`.
+    pub async fn run_heartbeats(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.revocation_heartbeat_ms.max(1));
+        let stop = self.ctx.shutdown.clone();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.heartbeat().await,
+            }
         }
     }
 
@@ -680,6 +748,7 @@ impl Auth {
             .acquire()
             .await
             .map_err(|_| Status::internal("password hashing is shut down"))?;
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
         let argon = self.argon.clone();
         let r = tokio::task::spawn_blocking(move || {
             argon.verify_password(password.as_bytes(), hash.as_str())
@@ -694,6 +763,69 @@ impl Auth {
                 Err(Status::internal("password verification failed"))
             }
         }
+    }
+
+    /// Counts a password attempt before its hash runs, or refuses it (without a hash) when
+    /// its source or username is locked out: see [`throttle`].
+    /// Returns the locks the admission started (the threshold-th attempt starts one, so
+    /// that no other is checked meanwhile; its own success lifts it again).
+    async fn admit(&self, attempt: &Attempt, now: i64) -> Result<Vec<LockStarted>, Status> {
+        // A read first: attempts against a lock cost no write.
+        let until = throttle::locked(&self.ctx.store, attempt, now, &self.throttle)?;
+        if until > 0 {
+            return Err(locked_error(until, now));
+        }
+        let (a, policy) = (attempt.clone(), self.throttle.clone());
+        let admission = self
+            .ctx
+            .store
+            .write(move |tx| throttle::admit(tx, &a, now, &policy))
+            .await?;
+        match admission {
+            Admission::Admitted(started) => Ok(started),
+            Admission::Locked(until) => Err(locked_error(until, now)),
+        }
+    }
+
+    /// Records a failed password check: `failed`, plus a `lockout` event (from the same
+    /// template) for each lock its admission started — a lock a wrong password confirmed,
+    /// not one a right password lifted again. One write of its own: the attempt itself
+    /// was counted when it was admitted.
+    async fn record_failure(
+        &self,
+        failed: AuthAuditEvent,
+        started: Vec<LockStarted>,
+        attempt: &Attempt,
+        now: i64,
+    ) -> Result<(), Status> {
+        for lock in &started {
+            tracing::info!(
+                source = attempt.source(),
+                all_sources = lock.account_wide,
+                failures = lock.failures,
+                lock_ms = lock.until_ms - now,
+                "logins locked after failed password checks"
+            );
+        }
+        self.ctx
+            .store
+            .write(move |tx| {
+                audit::emit(tx, &failed)?;
+                for lock in started {
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            kind: "lockout".into(),
+                            all_sources: lock.account_wide,
+                            locked_until: Some(ts(lock.until_ms)),
+                            failures: lock.failures,
+                            ..failed.clone()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn account(&self, account_id: &str) -> Result<AccountRecord, Status> {
@@ -774,8 +906,6 @@ impl AuthHandler for Auth {
             roles: vec![ROLE_PLAYER.to_string()],
             created_ms: self.now(),
             password_hash,
-            failed_logins: 0,
-            locked_until_ms: 0,
         };
         let account_id = account.account_id.clone();
         self.ctx
@@ -829,28 +959,27 @@ impl AuthHandler for Auth {
             ));
         }
         let now = self.now();
+        // Known and unknown usernames take the same path: counted and locked alike by
+        // the throttle, and one hash each (the dummy one for an unknown name).
+        let attempt = Attempt::new(&username, request.meta.client_addr.as_deref());
         let account = self.account_by_username(&username)?;
-        if let Some(a) = &account
-            && a.locked_until_ms > now
-        {
-            return Err(locked_error(a.locked_until_ms, now));
-        }
+        let trail = Audit::new(&request.meta, ts(now));
+        let known = account.as_ref().map(|a| a.account_id.clone());
+        let known = known.as_deref();
+        let started = self.admit(&attempt, now).await?;
         let hash = account
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
         let ok = self.verify_password(password, hash).await?;
-        let Some(account) = account else {
+        let Some(account) = account.filter(|_| ok) else {
+            // The attempt was counted when it was admitted.
+            let failed = trail.event_for_name("login_failed", known, &username);
+            self.record_failure(failed, started, &attempt, now).await?;
             return Err(bad_credentials());
         };
         let account_id = account.account_id.clone();
         let config = self.config.clone();
-        if !ok {
-            self.ctx
-                .store
-                .write(move |tx| record_failure(tx, &account_id, now, &config))
-                .await?;
-            return Err(bad_credentials());
-        }
+        let policy = self.throttle.clone();
         let purge = self.expired_sessions(&account_id, now)?;
         let access = new_token(ACCESS_PREFIX);
         let refresh = new_token(REFRESH_PREFIX);
@@ -859,22 +988,14 @@ impl AuthHandler for Auth {
             .ctx
             .store
             .write(move |tx| {
-                let Some(mut a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())?
-                else {
+                let Some(a) = tx.get_msg::<AccountRecord>(ACCOUNTS, account_id.as_bytes())? else {
                     return Err(bad_credentials());
                 };
-                // Failures recorded while this password was being checked still lock.
-                if a.locked_until_ms > now {
-                    return Err(locked_error(a.locked_until_ms, now));
-                }
                 if a.password_hash != verified_hash {
                     return Err(bad_credentials());
                 }
-                if a.failed_logins != 0 || a.locked_until_ms != 0 {
-                    a.failed_logins = 0;
-                    a.locked_until_ms = 0;
-                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
-                }
+                // An admitted attempt completes even if others locked the name meanwhile.
+                throttle::succeeded(tx, &attempt, now, &policy)?;
                 for sid in &purge {
                     let Some(s) = tx.get_msg::<SessionRecord>(SESSIONS, sid.as_bytes())? else {
                         continue;
@@ -905,6 +1026,13 @@ impl AuthHandler for Auth {
                     Vec::new(),
                 );
                 let issued = issue(tx, &mut session, now, &config, access, refresh);
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        session_id: session.session_id.clone(),
+                        ..trail.event("login_succeeded", &account_id)
+                    },
+                )?;
                 Ok((issued, session.session_id, a.roles))
             })
             .await?;
@@ -928,10 +1056,12 @@ impl AuthHandler for Auth {
             Reused {
                 session_id: String,
                 account_id: String,
+                epoch: u64,
             },
             Issued(Issued, String, String),
         }
         let now = self.now();
+        let trail = Audit::new(&request.meta, ts(now));
         let config = self.config.clone();
         let access = new_token(ACCESS_PREFIX);
         let refresh = new_token(REFRESH_PREFIX);
@@ -958,9 +1088,19 @@ impl AuthHandler for Auth {
                     // A spent token came back: either the client or a thief holds a copy.
                     // The family cannot be trusted any more (the writes are kept: Ok).
                     revoke(tx, &mut session, now);
+                    let epoch = bump_epoch(tx)?;
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            session_id: session.session_id.clone(),
+                            revoked_sessions: 1,
+                            ..trail.event("refresh_reuse", &session.account_id)
+                        },
+                    )?;
                     return Ok(Outcome::Reused {
                         session_id: session.session_id,
                         account_id: session.account_id,
+                        epoch,
                     });
                 }
                 if rec.expires_ms <= now {
@@ -985,13 +1125,14 @@ impl AuthHandler for Auth {
             Outcome::Reused {
                 session_id,
                 account_id,
+                epoch,
             } => {
                 tracing::warn!(
                     session_id,
                     account_id,
                     "refresh token reused: session revoked"
                 );
-                self.announce(Revoked::session(session_id)).await;
+                self.announce(session_notice(session_id, epoch)).await;
                 Err(bad_token())
             }
             Outcome::Issued(issued, account_id, session_id) => Ok(RefreshResponse {
@@ -1024,6 +1165,7 @@ impl AuthHandler for Auth {
             return Err(bad_token());
         };
         let now = self.now();
+        let trail = Audit::new(&request.meta, ts(now));
         let revoked = self
             .ctx
             .store
@@ -1034,9 +1176,24 @@ impl AuthHandler for Auth {
                 if rec.kind != kind as i32 || rec.expires_ms <= now {
                     return Ok(None);
                 }
+                let logout = |tx: &mut Tx<'_>, n: u32, session_id: &str| {
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    audit::emit(
+                        tx,
+                        &AuthAuditEvent {
+                            session_id: session_id.to_string(),
+                            revoked_sessions: n,
+                            ..trail.event("logout", &rec.account_id)
+                        },
+                    )?;
+                    bump_epoch(tx)
+                };
                 if all_sessions {
-                    let n = revoke_all(tx, &rec.account_id, now)?;
-                    return Ok(Some((n, Revoked::account(rec.account_id))));
+                    let n = revoke_all(tx, &rec.account_id, now, None)?;
+                    let epoch = logout(tx, n, "")?;
+                    return Ok(Some((n, account_notice(rec.account_id, epoch))));
                 }
                 let Some(mut s) =
                     tx.get_msg::<SessionRecord>(SESSIONS, rec.session_id.as_bytes())?
@@ -1044,7 +1201,8 @@ impl AuthHandler for Auth {
                     return Ok(None);
                 };
                 let n = u32::from(revoke(tx, &mut s, now));
-                Ok(Some((n, Revoked::session(rec.session_id))))
+                let epoch = logout(tx, n, &rec.session_id)?;
+                Ok(Some((n, session_notice(rec.session_id, epoch))))
             })
             .await?;
         match revoked {
@@ -1062,10 +1220,11 @@ impl AuthHandler for Auth {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<ValidateResponse, Status> {
-        request.meta.authorize_roles(&["service", "admin"])?;
         let Some(hash) = token_key(&request.body.access_token, ACCESS_PREFIX) else {
             return Err(bad_token());
         };
+        // Read before the rows: the answer is then at least as new as this epoch.
+        let revocation_epoch = self.epoch()?;
         let store = &self.ctx.store;
         let now = self.now();
         let Some(rec) = store.get_msg_cached::<TokenRecord>(TOKENS, &hash)? else {
@@ -1116,11 +1275,12 @@ impl AuthHandler for Auth {
             roles: account.roles,
             session_id: session.session_id,
             expires_at: Some(ts(rec.expires_ms)),
+            revocation_epoch,
         })
     }
 
-    /// Revokes every session of the account, the caller's included: domains are not told
-    /// which session a call comes from (see the module notes), so none can be spared.
+    /// Revokes every other session of the account; the caller's own session (when the
+    /// call came with one, see the module notes) stays valid.
     async fn change_password(
         &self,
         request: Request<ChangePasswordRequest>,
@@ -1141,36 +1301,38 @@ impl AuthHandler for Auth {
             .caller
             .as_ref()
             .is_some_and(|c| c.account_id == account_id);
+        // The owner's calling session survives; it is spared only if it is one of this
+        // account's sessions (revoke_all looks among them).
+        let keep = request.meta.caller_session.clone().filter(|_| needs_old);
         let account = self.account(&account_id)?;
         self.check_password("new_password", &new_password, &account.username)?;
         let now = self.now();
-        if needs_old {
+        let trail = Audit::new(&request.meta, ts(now));
+        // The old password is a password check like a login's, throttled alike.
+        let attempt =
+            needs_old.then(|| Attempt::new(&account.username, request.meta.client_addr.as_deref()));
+        if let Some(attempt) = &attempt {
             if old_password.is_empty() {
                 return Err(Status::invalid("old_password", "is required"));
             }
             if old_password.chars().count() > PASSWORD_MAX {
                 return Err(bad_credentials());
             }
-            if account.locked_until_ms > now {
-                return Err(locked_error(account.locked_until_ms, now));
-            }
+            let started = self.admit(attempt, now).await?;
             let ok = self
                 .verify_password(old_password, account.password_hash.clone())
                 .await?;
             if !ok {
-                let config = self.config.clone();
-                let id = account_id.clone();
-                self.ctx
-                    .store
-                    .write(move |tx| record_failure(tx, &id, now, &config))
-                    .await?;
+                let failed = trail.event("password_change_failed", &account_id);
+                self.record_failure(failed, started, attempt, now).await?;
                 return Err(Status::unauthenticated("the old password is wrong"));
             }
         }
+        let policy = self.throttle.clone();
         let new_hash = self.hash_password(new_password).await?;
         let checked_hash = account.password_hash;
-        let notice = Revoked::account(account_id.clone());
-        let revoked_sessions = self
+        let notified = account_id.clone();
+        let (revoked_sessions, epoch) = self
             .ctx
             .store
             .write(move |tx| {
@@ -1184,13 +1346,23 @@ impl AuthHandler for Auth {
                     ));
                 }
                 a.password_hash = new_hash;
-                a.failed_logins = 0;
-                a.locked_until_ms = 0;
                 tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
-                revoke_all(tx, &account_id, now)
+                if let Some(attempt) = &attempt {
+                    throttle::succeeded(tx, attempt, now, &policy)?;
+                }
+                let n = revoke_all(tx, &account_id, now, keep.as_deref())?;
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        session_id: keep.unwrap_or_default(),
+                        revoked_sessions: n,
+                        ..trail.event("password_changed", &account_id)
+                    },
+                )?;
+                Ok((n, bump_epoch(tx)?))
             })
             .await?;
-        self.announce(notice).await;
+        self.announce(account_notice(notified, epoch)).await;
         Ok(ChangePasswordResponse { revoked_sessions })
     }
 
@@ -1198,7 +1370,6 @@ impl AuthHandler for Auth {
         &self,
         request: Request<GrantRoleRequest>,
     ) -> Result<GrantRoleResponse, Status> {
-        request.meta.authorize_roles(&["admin"])?;
         let GrantRoleRequest {
             account_id,
             role,
@@ -1213,8 +1384,9 @@ impl AuthHandler for Auth {
                 "must be \"player\", \"service\" or \"admin\"",
             ));
         }
-        let notice = Revoked::account(account_id.clone());
-        let roles = self
+        let notified = account_id.clone();
+        let trail = Audit::new(&request.meta, self.ctx.now_ts());
+        let (roles, changed) = self
             .ctx
             .store
             .write(move |tx| {
@@ -1225,17 +1397,29 @@ impl AuthHandler for Auth {
                 let mut roles = a.roles.clone();
                 roles.retain(|r| r != &role);
                 if !revoke {
-                    roles.push(role);
+                    roles.push(role.clone());
                 }
                 let roles = canonical_roles(&roles);
-                if roles != a.roles {
-                    a.roles = roles.clone();
-                    tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                if roles == a.roles {
+                    return Ok((roles, None));
                 }
-                Ok(roles)
+                a.roles = roles.clone();
+                tx.put_msg(ACCOUNTS, account_id.as_bytes(), &a);
+                audit::emit(
+                    tx,
+                    &AuthAuditEvent {
+                        role,
+                        role_removed: revoke,
+                        roles: roles.clone(),
+                        ..trail.event("role_changed", &account_id)
+                    },
+                )?;
+                Ok((roles, Some(bump_epoch(tx)?)))
             })
             .await?;
-        self.announce(notice).await;
+        if let Some(epoch) = changed {
+            self.announce(account_notice(notified, epoch)).await;
+        }
         Ok(GrantRoleResponse { roles })
     }
 
@@ -1252,6 +1436,7 @@ impl AuthHandler for Auth {
             return Err(Status::invalid("account_id", "is required"));
         }
         request.meta.authorize_owner(&account_id, &["admin"])?;
+        let caller_session = request.meta.caller_session.as_deref();
         let page_size = paging::page_size(page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let prefix = account_sessions_prefix(&account_id);
         let mut from = prefix.clone();
@@ -1292,14 +1477,14 @@ impl AuthHandler for Auth {
                     }
                     break 'scan;
                 }
+                let current = caller_session == Some(s.session_id.as_str());
                 sessions.push(Session {
                     session_id: s.session_id,
                     created_at: Some(ts(s.created_ms)),
                     last_used_at: Some(ts(s.last_used_ms)),
                     expires_at: Some(ts(s.refresh_expires_ms)),
                     user_agent: s.user_agent,
-                    // The caller's session is not known to domains (see the report).
-                    current: false,
+                    current,
                 });
                 last_key = Some(key);
             }
@@ -1323,8 +1508,14 @@ impl AuthHandler for Auth {
         }
         request.meta.authorize_owner(&account_id, &["admin"])?;
         let a = self.account(&account_id)?;
+        let locked_until = throttle::account_locked_until(
+            &self.ctx.store,
+            &a.username,
+            self.now(),
+            &self.throttle,
+        )?;
         Ok(GetAccountResponse {
-            account: Some(public_account(&a, self.now())),
+            account: Some(public_account(&a, locked_until)),
         })
     }
 }
@@ -1332,6 +1523,10 @@ impl AuthHandler for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use aicore_proto::Code;
 
     use crate::ManualClock;
 
@@ -1735,7 +1930,8 @@ mod tests {
             .unwrap()
             .account
             .unwrap();
-        assert!(a.locked_until.is_some());
+        // One source's failures lock that source only, not the account for everyone.
+        assert!(a.locked_until.is_none());
         clock.advance(Duration::from_millis(1000));
         // Each further failure doubles the lock: 2 s after the sixth, 4 s after the seventh.
         assert_eq!(
@@ -1772,13 +1968,198 @@ mod tests {
             );
         }
         login(&auth, "mallory", PW).await.unwrap();
-        // The cap.
+    }
+
+    /// Auth with cheap argon2 parameters, for tests that run many password checks (what
+    /// they count is checks, not time).
+    fn setup_cheap() -> (Auth, Arc<ManualClock>) {
+        let (mut ctx, clock) = Ctx::for_tests();
+        let mut config = crate::DomainsConfig::default();
+        config.auth.argon2_memory_kib = 64;
+        config.auth.argon2_iterations = 1;
+        ctx.config = Arc::new(config);
+        (Auth::new(&ctx).unwrap(), clock)
+    }
+
+    async fn login_from(
+        auth: &Auth,
+        username: &str,
+        password: impl Into<String>,
+        addr: &str,
+    ) -> Result<LoginResponse, Status> {
+        let mut r = req(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+            user_agent: String::new(),
+        });
+        r.meta.client_addr = Some(addr.into());
+        auth.login(r).await
+    }
+
+    fn checks(auth: &Auth) -> u64 {
+        auth.password_checks.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_guesses_cost_at_most_threshold_password_checks() {
+        let (auth, _clock) = setup_cheap();
+        register(&auth, "olga").await;
+        let before = checks(&auth);
+        let guesses =
+            (0..48).map(|i| login_from(&auth, "olga", format!("guess {i}"), "198.51.100.9"));
+        let answers = futures::future::join_all(guesses).await;
+        let threshold = u64::from(AuthConfig::default().lockout_threshold);
+        assert_eq!(checks(&auth) - before, threshold);
+        let codes = |c: Code| {
+            answers
+                .iter()
+                .filter(|a| a.as_ref().unwrap_err().code == c)
+                .count()
+        };
+        assert_eq!(codes(Code::Unauthenticated) as u64, threshold);
+        assert_eq!(codes(Code::ResourceExhausted) as u64, 48 - threshold);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_locked_attempt_is_refused_without_a_password_check_whatever_the_password() {
+        let (auth, clock) = setup_cheap();
+        register(&auth, "petra").await;
+        let from = "198.51.100.10";
+        for i in 0..4 {
+            login_from(&auth, "petra", &format!("wrong {i}"), from)
+                .await
+                .unwrap_err();
+        }
+        // Right and wrong passwords race for the last admission before the lock: one is
+        // checked, every other one is refused unchecked, the right ones included.
+        let before = checks(&auth);
+        let shared = &auth;
+        let racing = (0..8).map(|i| {
+            let pw = if i % 2 == 0 {
+                PW.to_string()
+            } else {
+                format!("wrong {i}")
+            };
+            async move { login_from(shared, "petra", pw, from).await }
+        });
+        let answers = futures::future::join_all(racing).await;
+        assert_eq!(checks(&auth) - before, 1);
+        let refused: Vec<&Status> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .filter(|e| e.code == Code::ResourceExhausted)
+            .collect();
+        assert_eq!(refused.len(), 7);
+        // Locked, the right and the wrong password get the very same answer, unchecked.
+        // (If the admitted one was right, its success started the count over.)
+        clock.advance(Duration::from_secs(1));
+        for i in 0..5 {
+            let _ = login_from(&auth, "petra", format!("again {i}"), from).await;
+        }
+        let before = checks(&auth);
+        let right = login_from(&auth, "petra", PW, from).await.unwrap_err();
+        let wrong = login_from(&auth, "petra", "wrong again", from)
+            .await
+            .unwrap_err();
+        assert_eq!(right.code, Code::ResourceExhausted);
+        assert_eq!(right, wrong);
+        assert_eq!(checks(&auth), before);
+    }
+
+    #[tokio::test]
+    async fn unknown_usernames_are_answered_counted_and_locked_like_known_ones() {
+        let (auth, clock) = setup_cheap();
+        register(&auth, "quentin").await;
+        let from = "198.51.100.11";
+        for round in 0..2 {
+            for i in 0..5 {
+                let before = checks(&auth);
+                let known = login_from(&auth, "quentin", "not it", from)
+                    .await
+                    .unwrap_err();
+                assert_eq!(checks(&auth) - before, 1);
+                let unknown = login_from(&auth, "quentina", "not it", from)
+                    .await
+                    .unwrap_err();
+                assert_eq!(
+                    checks(&auth) - before,
+                    2,
+                    "a dummy check for the unknown name"
+                );
+                assert_eq!(known, unknown, "round {round}, attempt {i}");
+                if round == 1 {
+                    break;
+                }
+            }
+            let before = checks(&auth);
+            let known = login_from(&auth, "quentin", PW, from).await.unwrap_err();
+            let unknown = login_from(&auth, "quentina", PW, from).await.unwrap_err();
+            assert_eq!(known.code, Code::ResourceExhausted);
+            assert_eq!(known, unknown, "round {round}");
+            // Whatever the case of the name.
+            let upper = login_from(&auth, "QUENTINA", PW, from).await.unwrap_err();
+            assert_eq!(upper, unknown);
+            assert_eq!(checks(&auth), before);
+            clock.advance(Duration::from_millis(known.retry_after_ms));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_from_one_source_does_not_lock_the_player_out_elsewhere() {
+        let (auth, clock) = setup_cheap();
         let cfg = AuthConfig::default();
-        assert_eq!(cfg.lock_for(4), Duration::ZERO);
-        assert_eq!(cfg.lock_for(5), Duration::from_secs(1));
-        assert_eq!(cfg.lock_for(8), Duration::from_secs(8));
-        assert_eq!(cfg.lock_for(50), Duration::from_secs(15 * 60));
-        assert_eq!(cfg.lock_for(u32::MAX), Duration::from_secs(15 * 60));
+        let id = register(&auth, "rhea").await;
+        // The player's usual address.
+        login_from(&auth, "rhea", PW, "192.0.2.50").await.unwrap();
+        // One address bursts: it locks itself out, and only itself.
+        let burst = (0..48).map(|i| login_from(&auth, "rhea", format!("guess {i}"), "203.0.113.1"));
+        futures::future::join_all(burst).await;
+        let e = login_from(&auth, "rhea", PW, "203.0.113.1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        login_from(&auth, "rhea", PW, "198.51.100.77")
+            .await
+            .unwrap();
+
+        // Many addresses flood the name: past the all-sources ceiling it locks for
+        // addresses the player has not used, never longer than the short cap, and the
+        // player's usual address keeps working.
+        let cap = cfg.account_lockout_max_secs * 1000;
+        let mut longest = 0;
+        for i in 0..500u32 {
+            let addr = format!("10.0.{}.{}", i / 250, i % 250);
+            if let Err(e) = login_from(&auth, "rhea", "spray", &addr).await
+                && e.code == Code::ResourceExhausted
+            {
+                longest = longest.max(e.retry_after_ms);
+                if e.retry_after_ms == cap {
+                    break;
+                }
+                clock.advance(Duration::from_millis(e.retry_after_ms));
+            }
+        }
+        assert_eq!(longest, cap);
+        let a = auth
+            .get_account(req(GetAccountRequest { account_id: id }))
+            .await
+            .unwrap()
+            .account
+            .unwrap();
+        assert!(
+            a.locked_until.is_some(),
+            "the flood locks the name for new sources"
+        );
+        let e = login_from(&auth, "rhea", PW, "198.51.100.200")
+            .await
+            .unwrap_err();
+        assert!(e.retry_after_ms <= cfg.account_lockout_max_secs * 1000);
+        login_from(&auth, "rhea", PW, "192.0.2.50").await.unwrap();
+        // Once the short lock is over, a new address gets in with the right password.
+        clock.advance(Duration::from_millis(e.retry_after_ms));
+        login_from(&auth, "rhea", PW, "198.51.100.200")
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1848,6 +2229,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn change_password_keeps_the_calling_session_and_ends_the_others() {
+        let (auth, _clock) = setup();
+        let id = register(&auth, "nora").await;
+        register(&auth, "olaf").await;
+        let mine = login(&auth, "nora", PW).await.unwrap();
+        let b = login(&auth, "nora", PW).await.unwrap();
+        let c = login(&auth, "nora", PW).await.unwrap();
+        let olaf = login(&auth, "olaf", PW).await.unwrap();
+        let change = |old: &str, new: &str, session: &str| {
+            let mut r = as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: old.into(),
+                    new_password: new.into(),
+                },
+                &id,
+                &["player"],
+            );
+            r.meta.caller_session = Some(session.to_string());
+            r
+        };
+        let out = auth
+            .change_password(change(PW, "first new passphrase", &mine.session_id))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 2);
+        validate(&auth, &mine.access_token).await.unwrap();
+        let mine = refresh(&auth, &mine.refresh_token).await.unwrap();
+        for l in [&b, &c] {
+            assert_eq!(
+                validate(&auth, &l.access_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+            assert_eq!(
+                refresh(&auth, &l.refresh_token).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        // The session is listed as the current one.
+        let mut list = as_caller(
+            ListSessionsRequest {
+                account_id: id.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+            &id,
+            &["player"],
+        );
+        list.meta.caller_session = Some(mine.session_id.clone());
+        let sessions = auth.list_sessions(list).await.unwrap().sessions;
+        assert_eq!(sessions.len(), 1);
+        assert!(sessions[0].current);
+        // Naming another account's session spares nothing of this one and touches nothing
+        // of the other.
+        let d = login(&auth, "nora", "first new passphrase").await.unwrap();
+        let out = auth
+            .change_password(change(
+                "first new passphrase",
+                "second new passphrase",
+                &olaf.session_id,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.revoked_sessions, 2);
+        for t in [&mine.access_token, &d.access_token] {
+            assert_eq!(
+                validate(&auth, t).await.unwrap_err().code,
+                Code::Unauthenticated
+            );
+        }
+        validate(&auth, &olaf.access_token).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn change_password_authorization() {
         let (auth, _clock) = setup();
         let victim = register(&auth, "oscar").await;
@@ -1891,12 +2346,6 @@ mod tests {
             role: role.into(),
             revoke,
         };
-        // A player cannot grant themselves anything.
-        let e = auth
-            .grant_role(as_caller(grant("admin", false), &id, &["player"]))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, Code::PermissionDenied);
         let r = auth
             .grant_role(as_caller(grant("admin", false), "acc_admin", &["admin"]))
             .await
@@ -1961,19 +2410,6 @@ mod tests {
             .get_account(as_caller(
                 GetAccountRequest {
                     account_id: alice.clone(),
-                },
-                &bob,
-                &["player"],
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, Code::PermissionDenied);
-        // Validate is for the gateway and services only.
-        let l = login(&auth, "sam", PW).await.unwrap();
-        let e = auth
-            .validate(as_caller(
-                ValidateRequest {
-                    access_token: l.access_token.clone(),
                 },
                 &bob,
                 &["player"],
@@ -2061,18 +2497,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_revocation_is_announced_after_its_commit() {
+    async fn every_revocation_is_announced_with_the_next_epoch_after_its_commit() {
         let (ctx, _clock) = Ctx::for_tests();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<Revoked>::new()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<RevocationNotice>::new()));
         let sink = seen.clone();
         let auth = Auth::new(&ctx)
             .unwrap()
             .with_revocation_hook(Arc::new(move |r| sink.lock().unwrap().push(r)));
         let take = || std::mem::take(&mut *seen.lock().unwrap());
+        let notice = |sessions: &[&str], accounts: &[&str], epoch: u64| RevocationNotice {
+            session_ids: sessions.iter().map(|s| s.to_string()).collect(),
+            account_ids: accounts.iter().map(|s| s.to_string()).collect(),
+            epoch,
+            heartbeat_interval_ms: 500,
+        };
         let id = register(&auth, "rosa").await;
         let a = login(&auth, "rosa", PW).await.unwrap();
         let b = login(&auth, "rosa", PW).await.unwrap();
         assert!(take().is_empty(), "login revokes nothing");
+        // Validate answers carry the epoch too.
+        assert_eq!(
+            validate(&auth, &b.access_token)
+                .await
+                .unwrap()
+                .revocation_epoch,
+            0
+        );
 
         // Logout of one session names it; the refreshed token still belongs to it.
         auth.logout(req(LogoutRequest {
@@ -2081,8 +2531,8 @@ mod tests {
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::session(a.session_id.clone())]);
-        // Nothing revoked, nothing announced.
+        assert_eq!(take(), vec![notice(&[&a.session_id], &[], 1)]);
+        // Nothing revoked, nothing announced, the epoch unchanged.
         auth.logout(req(LogoutRequest {
             token: Some(logout_request::Token::RefreshToken(a.refresh_token.clone())),
             all_sessions: false,
@@ -2094,9 +2544,10 @@ mod tests {
         // Refresh-token reuse names the session.
         refresh(&auth, &b.refresh_token).await.unwrap();
         refresh(&auth, &b.refresh_token).await.unwrap_err();
-        assert_eq!(take(), vec![Revoked::session(b.session_id.clone())]);
+        assert_eq!(take(), vec![notice(&[&b.session_id], &[], 2)]);
 
-        // Password change, role change and logout-all name the account.
+        // Password change, role change and logout-all name the account; a grant that
+        // changes nothing announces nothing.
         login(&auth, "rosa", PW).await.unwrap();
         auth.change_password(req(ChangePasswordRequest {
             account_id: id.clone(),
@@ -2105,24 +2556,306 @@ mod tests {
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id.clone())]);
-        auth.grant_role(req(GrantRoleRequest {
+        assert_eq!(take(), vec![notice(&[], &[&id], 3)]);
+        let grant = || GrantRoleRequest {
             account_id: id.clone(),
             role: "admin".into(),
             revoke: false,
-        }))
-        .await
-        .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id.clone())]);
+        };
+        auth.grant_role(req(grant())).await.unwrap();
+        assert_eq!(take(), vec![notice(&[], &[&id], 4)]);
+        auth.grant_role(req(grant())).await.unwrap();
+        assert!(take().is_empty());
         let c = login(&auth, "rosa", "another-fine-passphrase")
             .await
             .unwrap();
+        assert_eq!(
+            validate(&auth, &c.access_token)
+                .await
+                .unwrap()
+                .revocation_epoch,
+            4
+        );
         auth.logout(req(LogoutRequest {
             token: Some(logout_request::Token::AccessToken(c.access_token)),
             all_sessions: true,
         }))
         .await
         .unwrap();
-        assert_eq!(take(), vec![Revoked::account(id)]);
+        assert_eq!(take(), vec![notice(&[], &[&id], 5)]);
+        // A heartbeat repeats the current epoch, with no ids.
+        auth.heartbeat().await;
+        assert_eq!(take(), vec![notice(&[], &[], 5)]);
+        // The epoch is stored with the revocations.
+        let stored = auth.ctx.store.get(META, EPOCH_KEY).unwrap().unwrap();
+        assert_eq!(decode_epoch(&stored).unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_run_until_shutdown() {
+        let (ctx, _clock) = Ctx::for_tests();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sink = seen.clone();
+        let auth = Arc::new(
+            Auth::new(&ctx)
+                .unwrap()
+                .with_revocation_hook(Arc::new(move |_| {
+                    sink.fetch_add(1, Ordering::Relaxed);
+                })),
+        );
+        let task = tokio::spawn(auth.clone().run_heartbeats());
+        let beats = async {
+            while seen.load(Ordering::Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), beats)
+            .await
+            .expect("no heartbeats");
+        ctx.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the heartbeats outlived shutdown")
+            .unwrap();
+    }
+
+    /// The outbox's auth audit events, in order.
+    fn audited(auth: &Auth) -> Vec<AuthAuditEvent> {
+        use crate::store::{OUTBOX, OutboxEvent, decode};
+        auth.ctx
+            .store
+            .scan(OUTBOX, b"", b"", usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| decode::<OutboxEvent>(OUTBOX, v).unwrap())
+            .filter(|e| e.subject.starts_with("audit.auth."))
+            .map(|e| {
+                let a = AuthAuditEvent::decode(e.payload.as_slice()).unwrap();
+                assert_eq!(e.subject, format!("audit.auth.{}", a.kind));
+                a
+            })
+            .collect()
+    }
+
+    /// What a flow through every audited change used: the secrets that must not appear
+    /// in any event.
+    struct Flow {
+        account_id: String,
+        secrets: Vec<Vec<u8>>,
+    }
+
+    const FROM: &str = "192.0.2.44";
+    const NEW_PW: &str = "a fresh enough passphrase";
+    const UNKNOWN: &str = "hunter2-typed-as-a-name";
+
+    /// Logs in, fails, gets locked, changes roles and password, reuses a refresh token and
+    /// logs out, each once; refusals in between. Returns the account and the secrets.
+    async fn audited_flow(auth: &Auth, clock: &ManualClock) -> Flow {
+        let id = register(auth, "sasha").await;
+        assert!(audited(auth).is_empty(), "registering is not audited");
+        let mut secrets: Vec<Vec<u8>> = vec![
+            PW.into(),
+            NEW_PW.into(),
+            UNKNOWN.into(),
+            UNKNOWN.to_lowercase().into(),
+        ];
+        let l = login_from(auth, "sasha", PW, FROM).await.unwrap();
+        login_from(auth, "sasha", "wrong once", FROM)
+            .await
+            .unwrap_err();
+        login_from(auth, UNKNOWN, "wrong again", FROM)
+            .await
+            .unwrap_err();
+        for i in 0..4 {
+            login_from(auth, "sasha", format!("wrong {i}"), FROM)
+                .await
+                .unwrap_err();
+        }
+        // Refused while locked: nothing to record.
+        let locked = login_from(auth, "sasha", PW, FROM).await.unwrap_err();
+        assert_eq!(locked.code, Code::ResourceExhausted);
+        clock.advance(Duration::from_millis(locked.retry_after_ms));
+        let mut grant = as_caller(
+            GrantRoleRequest {
+                account_id: id.clone(),
+                role: "admin".into(),
+                revoke: false,
+            },
+            "acc_boss",
+            &["admin"],
+        );
+        grant.meta.request_id = Some("req-9".into());
+        auth.grant_role(grant.clone()).await.unwrap();
+        auth.grant_role(grant).await.unwrap();
+        let e = auth
+            .grant_role(req(GrantRoleRequest {
+                account_id: "acc_missing".into(),
+                role: "admin".into(),
+                revoke: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+        let other = login_from(auth, "sasha", PW, FROM).await.unwrap();
+        let change = |old: &str| {
+            let mut r = as_caller(
+                ChangePasswordRequest {
+                    account_id: id.clone(),
+                    old_password: old.into(),
+                    new_password: NEW_PW.into(),
+                },
+                &id,
+                &["player"],
+            );
+            r.meta.caller_session = Some(l.session_id.clone());
+            r.meta.client_addr = Some(FROM.into());
+            r
+        };
+        auth.change_password(change("not the old one"))
+            .await
+            .unwrap_err();
+        auth.change_password(change(PW)).await.unwrap();
+        let rotated = refresh(auth, &l.refresh_token).await.unwrap();
+        refresh(auth, &l.refresh_token).await.unwrap_err();
+        let last = login_from(auth, "sasha", NEW_PW, FROM).await.unwrap();
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(
+                last.access_token.clone(),
+            )),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        // Logging out twice ends nothing and records nothing.
+        auth.logout(req(LogoutRequest {
+            token: Some(logout_request::Token::AccessToken(
+                last.access_token.clone(),
+            )),
+            all_sessions: false,
+        }))
+        .await
+        .unwrap();
+        for t in [&l, &other, &last] {
+            for token in [&t.access_token, &t.refresh_token] {
+                secrets.push(token.as_bytes().to_vec());
+                secrets.push(token.as_bytes()[3..].to_vec());
+                let hash = sha256(token);
+                secrets.push(hash.to_vec());
+                secrets.push(
+                    hash.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        .into(),
+                );
+            }
+        }
+        for token in [&rotated.access_token, &rotated.refresh_token] {
+            secrets.push(token.as_bytes()[3..].to_vec());
+        }
+        let a: AccountRecord = auth
+            .ctx
+            .store
+            .get_msg(ACCOUNTS, id.as_bytes())
+            .unwrap()
+            .unwrap();
+        secrets.push(a.password_hash.clone().into());
+        // The PHC string's salt and hash parts on their own.
+        for part in a.password_hash.split('$').skip(4) {
+            secrets.push(part.into());
+        }
+        Flow {
+            account_id: id,
+            secrets,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_security_change_queues_its_audit_event_with_the_change() {
+        let (auth, clock) = setup_cheap();
+        let Flow { account_id: id, .. } = audited_flow(&auth, &clock).await;
+        let events = audited(&auth);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "login_succeeded",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "login_failed",
+                "lockout",
+                "role_changed",
+                "login_succeeded",
+                "password_change_failed",
+                "password_changed",
+                "refresh_reuse",
+                "login_succeeded",
+                "logout",
+            ]
+        );
+        for e in &events {
+            assert!(e.at.is_some());
+            // Refresh, logout and the grant were sent without a client address.
+            let over_nats = matches!(e.kind.as_str(), "role_changed" | "refresh_reuse" | "logout");
+            assert_eq!(e.source, if over_nats { "nats" } else { FROM }, "{e:?}");
+            if e.kind != "login_failed" || e.account_id == id {
+                assert_eq!(e.account_id, id, "{e:?}");
+                assert!(e.username_sha256_prefix.is_empty());
+            }
+        }
+        // The unknown name: no account, only a short hash of what was typed.
+        let unknown = &events[2];
+        assert_eq!(unknown.account_id, "");
+        assert_eq!(
+            unknown.username_sha256_prefix,
+            audit::username_prefix(UNKNOWN)
+        );
+        assert_eq!(unknown.username_sha256_prefix.len(), 16);
+        let lockout = &events[7];
+        assert_eq!((lockout.all_sources, lockout.failures), (false, 5));
+        assert!(lockout.locked_until.is_some());
+        let role = &events[8];
+        assert_eq!(
+            (role.role.as_str(), role.role_removed, role.roles.clone()),
+            (
+                "admin",
+                false,
+                vec!["player".to_string(), "admin".to_string()]
+            )
+        );
+        assert_eq!(
+            (role.actor_account_id.as_str(), role.request_id.as_str()),
+            ("acc_boss", "req-9")
+        );
+        let changed = &events[11];
+        assert_eq!(
+            changed.revoked_sessions, 1,
+            "the other session; the caller's kept"
+        );
+        assert!(!changed.session_id.is_empty());
+        assert_eq!(events[12].revoked_sessions, 1);
+        assert_eq!(events[14].revoked_sessions, 1);
+        assert_eq!(events[14].session_id, events[13].session_id);
+    }
+
+    #[tokio::test]
+    async fn audit_events_hold_no_password_token_or_hash() {
+        let (auth, clock) = setup_cheap();
+        let flow = audited_flow(&auth, &clock).await;
+        let events = audited(&auth);
+        assert!(events.len() > 10);
+        for e in &events {
+            let bytes = e.encode_to_vec();
+            for secret in &flow.secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                    "{} holds {:?}",
+                    e.kind,
+                    String::from_utf8_lossy(secret)
+                );
+            }
+        }
     }
 }

@@ -317,9 +317,22 @@ pub async fn serve(
     })
 }
 
-/// Reads deadline, caller, trace and request id from the request headers, and bounds
-/// the caller by [`Trust`] when nats-server says the request came from an external
-/// principal.
+/// Longest `Aicore-Client-Addr` value read; an IPv6 address with a zone fits.
+const MAX_CLIENT_ADDR: usize = 64;
+/// Longest `Aicore-Caller-Session` value read (auth's session ids are 36 characters).
+const MAX_CALLER_SESSION: usize = 64;
+
+/// The client address header's value as a canonical IP address, or `None` when it is not
+/// one (too long, or not an address): a bad value is ignored, never trusted as a name.
+fn client_addr(v: Option<String>) -> Option<String> {
+    let v = v.filter(|v| v.len() <= MAX_CLIENT_ADDR)?;
+    let ip: std::net::IpAddr = v.trim().parse().ok()?;
+    Some(ip.to_canonical().to_string())
+}
+
+/// Reads deadline, caller, trace, request id and client address from the request
+/// headers, and bounds the caller by [`Trust`] when nats-server says the request came
+/// from an external principal.
 fn metadata(h: Option<&HeaderMap>, received: Instant, trust: &Trust) -> Result<Metadata, Status> {
     let get =
         |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
@@ -362,12 +375,21 @@ fn metadata(h: Option<&HeaderMap>, received: Instant, trust: &Trust) -> Result<M
             (Some(trust.bound(&principal, caller)?), Some(principal))
         }
     };
+    // A session only means something with the caller it belongs to.
+    let caller_session = get(header_names::CALLER_SESSION).filter(|s| {
+        caller.is_some()
+            && !s.is_empty()
+            && s.len() <= MAX_CALLER_SESSION
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
     Ok(Metadata {
         deadline,
         caller,
+        caller_session,
         principal,
         traceparent: get(header_names::TRACEPARENT),
         request_id: get(header_names::REQUEST_ID),
+        client_addr: client_addr(get(header_names::CLIENT_ADDR)),
     })
 }
 
@@ -574,5 +596,56 @@ async fn respond_error(
     let body = Bytes::from(status.to_proto().encode_to_vec());
     if let Err(e) = nats.publish_with_headers(reply.clone(), h, body).await {
         tracing::warn!(error = %e, "error reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_address_is_an_ip_or_nothing() {
+        let meta = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header_names::CLIENT_ADDR, v);
+            metadata(Some(&h), Instant::now(), &Trust::default())
+                .unwrap()
+                .client_addr
+        };
+        assert_eq!(meta("203.0.113.7").as_deref(), Some("203.0.113.7"));
+        assert_eq!(meta("2001:db8::1").as_deref(), Some("2001:db8::1"));
+        // An IPv4 client seen through an IPv6 socket is the same source.
+        assert_eq!(meta("::ffff:203.0.113.7").as_deref(), Some("203.0.113.7"));
+        for bad in ["", "nats", "example.com", "203.0.113.7:80", "1.2.3.4.5"] {
+            assert_eq!(meta(bad), None, "{bad}");
+        }
+        assert_eq!(meta(&format!("{}1", "0".repeat(64))), None);
+        assert_eq!(
+            metadata(None, Instant::now(), &Trust::default())
+                .unwrap()
+                .client_addr,
+            None
+        );
+    }
+
+    #[test]
+    fn a_caller_session_is_read_only_with_its_caller() {
+        let meta = |caller: Option<&str>, session: &str| {
+            let mut h = HeaderMap::new();
+            if let Some(c) = caller {
+                h.insert(header_names::CALLER, c);
+            }
+            h.insert(header_names::CALLER_SESSION, session);
+            metadata(Some(&h), Instant::now(), &Trust::default())
+                .unwrap()
+                .caller_session
+        };
+        assert_eq!(
+            meta(Some("acc_1"), "ses_0123abcd").as_deref(),
+            Some("ses_0123abcd")
+        );
+        assert_eq!(meta(None, "ses_0123abcd"), None);
+        assert_eq!(meta(Some("acc_1"), "ses/../x"), None);
+        assert_eq!(meta(Some("acc_1"), &"s".repeat(65)), None);
     }
 }

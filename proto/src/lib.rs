@@ -61,6 +61,13 @@ pub mod headers {
     pub const CALLER: &str = "Aicore-Caller";
     /// The caller's roles, comma-separated (set together with [`CALLER`]).
     pub const CALLER_ROLES: &str = "Aicore-Caller-Roles";
+    /// The session the caller's token belongs to (set by the gateway together with
+    /// [`CALLER`], from the validated token), so auth can tell the calling session apart.
+    pub const CALLER_SESSION: &str = "Aicore-Caller-Session";
+    /// The IP address of the end client behind the call (the gateway sets it from the TCP
+    /// peer); absent for a principal talking NATS itself. Auth throttles logins per
+    /// source address and account with it.
+    pub const CLIENT_ADDR: &str = "Aicore-Client-Addr";
     /// On a streamed reply: `end` marks the last message of a stream (empty body);
     /// `heartbeat` (empty body) says a quiet stream is still alive and is not an item.
     pub const STREAM: &str = "Aicore-Stream";
@@ -72,6 +79,13 @@ pub mod headers {
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     /// Set on error replies (micro protocol): an HTTP-like status number.
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+}
+
+/// Core-NATS subjects outside the `svc.<domain>.v1.<rpc>` scheme.
+pub mod subjects {
+    /// auth's revocation notices and heartbeats
+    /// ([`crate::aicore::auth::v1::RevocationNotice`]).
+    pub const AUTH_REVOKED: &str = "aicore.auth.revoked";
 }
 
 /// Who may call an RPC, from `(aicore.common.v1.policy)`.
@@ -201,6 +215,11 @@ pub struct Metadata {
     pub traceparent: Option<String>,
     /// The request id.
     pub request_id: Option<String>,
+    /// The end client's IP address ([`headers::CLIENT_ADDR`]), when a valid one came.
+    pub client_addr: Option<String>,
+    /// With [`Metadata::caller`]: the caller's session ([`headers::CALLER_SESSION`]),
+    /// when the caller came with a session token.
+    pub caller_session: Option<String>,
 }
 
 impl Metadata {
@@ -328,17 +347,24 @@ pub struct CallOptions {
     pub traceparent: Option<String>,
     /// Request id to carry.
     pub request_id: Option<String>,
+    /// The end client's IP address, forwarded in [`headers::CLIENT_ADDR`].
+    pub client_addr: Option<String>,
+    /// The caller's session, forwarded in [`headers::CALLER_SESSION`] (only with a
+    /// caller).
+    pub caller_session: Option<String>,
 }
 
 impl CallOptions {
-    /// Options carrying a handler's metadata onward (deadline, caller, trace), for
-    /// cross-domain calls made while serving a request.
+    /// Options carrying a handler's metadata onward (deadline, caller, trace, client
+    /// address), for cross-domain calls made while serving a request.
     pub fn from_meta(meta: &Metadata) -> Self {
         CallOptions {
             timeout: meta.remaining(),
             caller: meta.caller.clone(),
             traceparent: meta.traceparent.clone(),
             request_id: meta.request_id.clone(),
+            client_addr: meta.client_addr.clone(),
+            caller_session: meta.caller_session.clone(),
         }
     }
 

@@ -38,6 +38,10 @@ pub mod header_names {
     pub const CALLER: HeaderName = HeaderName::from_static(h::CALLER);
     /// [`h::CALLER_ROLES`].
     pub const CALLER_ROLES: HeaderName = HeaderName::from_static(h::CALLER_ROLES);
+    /// [`h::CALLER_SESSION`].
+    pub const CALLER_SESSION: HeaderName = HeaderName::from_static(h::CALLER_SESSION);
+    /// [`h::CLIENT_ADDR`].
+    pub const CLIENT_ADDR: HeaderName = HeaderName::from_static(h::CLIENT_ADDR);
     /// [`h::STREAM`].
     pub const STREAM: HeaderName = HeaderName::from_static(h::STREAM);
     /// [`h::REQUEST_INFO`].
@@ -174,7 +178,7 @@ fn backoff_cap(config: &ClientConfig, retry: u32) -> Duration {
         .min(config.backoff_max)
 }
 
-/// Builds the request headers: remaining time, trace, request id, caller.
+/// Builds the request headers: remaining time, trace, request id, caller, client address.
 fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header_names::TIMEOUT_MS, remaining.as_millis().to_string());
@@ -193,6 +197,12 @@ fn request_headers(options: &CallOptions, remaining: Duration) -> HeaderMap {
     if let Some(c) = &options.caller {
         h.insert(header_names::CALLER, c.account_id.as_str());
         h.insert(header_names::CALLER_ROLES, c.roles.join(",").as_str());
+        if let Some(s) = &options.caller_session {
+            h.insert(header_names::CALLER_SESSION, s.as_str());
+        }
+    }
+    if let Some(a) = &options.client_addr {
+        h.insert(header_names::CLIENT_ADDR, a.as_str());
     }
     h
 }

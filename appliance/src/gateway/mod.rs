@@ -13,9 +13,12 @@
 //! `auth.Validate` — see [`tokens`] — plus its roles), the per-client rate limit (429 +
 //! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default), the body
 //! limit (413) and transcoding (400 naming the field), then the call. The caller's identity
-//! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`, set only from the
+//! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`/`Aicore-Caller-Session`,
+//! set only from the
 //! validated token: nothing from the HTTP request is copied into NATS headers except the
-//! request id and the trace context, which are also echoed in the response.
+//! request id and the trace context, which are also echoed in the response. The client's
+//! IP address goes along in `Aicore-Client-Addr`, taken from the TCP peer (auth throttles
+//! logins per source address with it; behind a reverse proxy that is the proxy).
 //! Server-streaming RPCs answer Server-Sent Events. Shutdown stops accepting, ends open
 //! streams with an `error` event and lets in-flight requests finish (bounded by the drain
 //! timeout). TLS is not here (a later issue).
@@ -514,6 +517,9 @@ async fn call(
         caller: None,
         traceparent: Some(trace.traceparent.clone()),
         request_id: Some(trace.request_id.clone()),
+        // From the TCP peer, never from a request header: auth throttles logins by it.
+        client_addr: Some(peer.ip().to_canonical().to_string()),
+        caller_session: None,
     };
 
     // Who is calling, by the RPC's policy; then their rate limit.
@@ -523,7 +529,7 @@ async fn call(
         let token = bearer(headers).ok_or_else(|| {
             Status::unauthenticated("this call needs an `Authorization: Bearer <access token>`")
         })?;
-        let caller = match gw.tokens.cached(token) {
+        let bearer = match gw.tokens.cached(token) {
             Some(c) => c,
             None => {
                 // Unknown tokens cost the client address too, so a flood of made-up
@@ -532,6 +538,7 @@ async fn call(
                 gw.tokens.fetch(&gw.auth, token, &options).await?
             }
         };
+        let caller = bearer.caller;
         if m.policy.access == Access::Roles && !m.policy.roles.iter().any(|r| caller.has_role(r)) {
             return Err(Status::new(
                 Code::PermissionDenied,
@@ -541,6 +548,7 @@ async fn call(
         }
         gw.limit(Client::Account(&caller.account_id))?;
         options.caller = Some(caller);
+        options.caller_session = Some(bearer.session_id);
     }
 
     let json = read_body(headers, body, gw.max_body).await?;

@@ -28,11 +28,18 @@
 //! for another RPC is Conflict, and one player cannot block another player's keys. Refund
 //! and DefineItem (staff only) use scopes of their own.
 //!
+//! Money goes only to accounts that exist: Credit (`player_id`), Transfer
+//! (`to_player_id`) and Refund (the refunded entry's player, `transaction_id`) ask auth
+//! first, through [`accounts`] (a cache of known accounts in front of `auth.GetAccount`),
+//! and answer NotFound naming the field otherwise. Debit and Purchase only take money
+//! from a wallet that already holds some.
+//!
 //! Events, queued in the transaction of the change: `audit.payment.<kind>` with a
 //! `PaymentAuditEvent` for every change (kinds `credit`, `debit`, `transfer`, `purchase`,
 //! `refund`, `item_defined`); `evt.payment.purchased` and `evt.payment.refunded` with the
 //! `Transaction`, for game code that grants or revokes items.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aicore_proto::aicore::payment::v1::{
@@ -46,8 +53,12 @@ use aicore_proto::{Code, Metadata, Request, Status};
 use prost::Message;
 
 use crate::idempotency::{self, Idempotency};
+
+pub mod accounts;
+
 use crate::store::{Tx, decode};
 use crate::{Ctx, paging, validate};
+use accounts::{AccountCheck, Accounts, AuthAccounts};
 
 const WALLETS: &str = "payment.wallets";
 const LEDGER: &str = "payment.ledger";
@@ -104,6 +115,9 @@ pub struct PaymentConfig {
     pub items_default_page_size: u32,
     /// Largest page of ListItems; larger requests are capped to it.
     pub items_max_page_size: u32,
+    /// How long an account auth confirmed is remembered as existing, in seconds (only
+    /// "exists" answers are remembered).
+    pub account_cache_secs: u64,
 }
 
 impl Default for PaymentConfig {
@@ -118,6 +132,7 @@ impl Default for PaymentConfig {
             max_page_size: 500,
             items_default_page_size: 100,
             items_max_page_size: 500,
+            account_cache_secs: 60,
         }
     }
 }
@@ -145,15 +160,24 @@ pub struct LedgerMeta {
 pub struct Payment {
     ctx: Ctx,
     idempotency: Idempotency,
+    accounts: AccountCheck,
 }
 
 impl Payment {
-    /// The domain on a context.
+    /// The domain on a context, asking auth over NATS which accounts exist.
     pub fn new(ctx: Ctx) -> Self {
+        let accounts = Arc::new(AuthAccounts::new(ctx.clone()));
+        Payment::with_accounts(ctx, accounts)
+    }
+
+    /// The domain with another directory of accounts (tests).
+    pub fn with_accounts(ctx: Ctx, accounts: Arc<dyn Accounts>) -> Self {
         let ttl =
             Duration::from_secs(ctx.config.payment.idempotency_ttl_secs).max(MIN_IDEMPOTENCY_TTL);
+        let known_for = Duration::from_secs(ctx.config.payment.account_cache_secs);
         Payment {
             idempotency: Idempotency::new(IDEMPOTENCY_TABLE, ttl),
+            accounts: AccountCheck::new(accounts, known_for),
             ctx,
         }
     }
@@ -240,6 +264,11 @@ impl Payment {
             TransactionKind::Debit => ("debit", -req.amount),
             _ => ("credit", req.amount),
         };
+        if kind != TransactionKind::Debit {
+            self.accounts
+                .require(&req.player_id, "player_id", &meta)
+                .await?;
+        }
         let fp = idempotency::fingerprint(rpc, &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         });
@@ -557,6 +586,9 @@ impl PaymentHandler for Payment {
         self.check_amount(req.amount, "amount")?;
         check_reason(&req.reason)?;
         require_key(&req.idempotency_key)?;
+        self.accounts
+            .require(&req.to_player_id, "to_player_id", &meta)
+            .await?;
         let fp = idempotency::fingerprint("transfer", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         });
@@ -682,6 +714,16 @@ impl PaymentHandler for Payment {
         let fp = idempotency::fingerprint("refund", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         });
+        // The ledger never changes an entry, so its player read here is the one credited.
+        if let Some(original) = self
+            .ctx
+            .store
+            .get_msg::<Transaction>(LEDGER, &seq.to_be_bytes())?
+        {
+            self.accounts
+                .require(&original.player_id, "transaction_id", &meta)
+                .await?;
+        }
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let (id, reason) = (req.transaction_id, req.reason);
         self.write(REFUND_SCOPE, &req.idempotency_key, fp, move |tx| {

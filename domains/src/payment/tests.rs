@@ -7,16 +7,34 @@ use std::sync::Arc;
 use aicore_proto::aicore::payment::v1::Price;
 use proptest::prelude::*;
 
+use super::accounts::KnownAccounts;
 use super::*;
 use crate::store::{OUTBOX, OutboxEvent, Store};
 use crate::{DomainsConfig, ManualClock};
 
+/// The accounts the tests pay (the proptest's `PLAYERS` among them).
+const ACCOUNTS: [&str; 10] = ["p0", "p1", "p2", "p3", "p10", "alice", "bob", "a", "b", "c"];
+
 fn domain(edit: impl FnOnce(&mut PaymentConfig)) -> (Arc<Payment>, Arc<ManualClock>) {
+    let (p, clock, _) = domain_with_accounts(edit);
+    (p, clock)
+}
+
+/// The domain on an in-memory directory holding [`ACCOUNTS`] (and "d"), which the test
+/// may add to.
+fn domain_with_accounts(
+    edit: impl FnOnce(&mut PaymentConfig),
+) -> (Arc<Payment>, Arc<ManualClock>, Arc<KnownAccounts>) {
     let (mut ctx, clock) = Ctx::for_tests();
     let mut config = DomainsConfig::default();
     edit(&mut config.payment);
     ctx.config = Arc::new(config);
-    (Arc::new(Payment::new(ctx)), clock)
+    let accounts = Arc::new(KnownAccounts::new(ACCOUNTS.into_iter().chain(["d"])));
+    (
+        Arc::new(Payment::with_accounts(ctx, accounts.clone())),
+        clock,
+        accounts,
+    )
 }
 
 fn trusted<T>(body: T) -> Request<T> {
@@ -1282,4 +1300,109 @@ proptest! {
             .unwrap()
             .block_on(run_session(ops));
     }
+}
+
+#[tokio::test]
+async fn money_goes_only_to_accounts_that_exist() {
+    let (p, _, accounts) = domain_with_accounts(|_| {});
+    credit(&p, "p1", "GOLD", 100, "seed").await.unwrap();
+    let (ledger_before, outbox_before) = (ledger(&p.ctx.store).len(), outbox(&p.ctx.store).len());
+    let e = p
+        .credit(trusted(credit_req("acc_doesnotexist", "GOLD", 5, "c1")))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, field(&e)), (Code::NotFound, "player_id"));
+    let e = p
+        .transfer(trusted(transfer_req(
+            "p1",
+            "acc_doesnotexist",
+            "GOLD",
+            5,
+            "t1",
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, field(&e)), (Code::NotFound, "to_player_id"));
+    // Nothing moved, nothing was written.
+    assert_eq!(balance(&p, "p1", "GOLD").await, 100);
+    assert_eq!(ledger(&p.ctx.store).len(), ledger_before);
+    assert_eq!(outbox(&p.ctx.store).len(), outbox_before);
+    // "No" is not remembered: once the account exists, it can be paid.
+    accounts.insert("acc_doesnotexist");
+    p.transfer(trusted(transfer_req(
+        "p1",
+        "acc_doesnotexist",
+        "GOLD",
+        5,
+        "t1",
+    )))
+    .await
+    .unwrap();
+    assert_eq!(balance(&p, "acc_doesnotexist", "GOLD").await, 5);
+
+    // A refund pays the refunded entry's player, who must exist too.
+    define(&p, "sword", &[("GOLD", 30)]).await;
+    let bought = purchase(&p, "p1", "sword", "GOLD", 1, "b1").await.unwrap();
+    let without_p1 = Payment::with_accounts(
+        p.ctx.clone(),
+        Arc::new(KnownAccounts::new(["acc_doesnotexist"])),
+    );
+    let e = without_p1
+        .refund(trusted(RefundRequest {
+            transaction_id: bought.transaction_id,
+            idempotency_key: "r1".into(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, field(&e)), (Code::NotFound, "transaction_id"));
+    assert_eq!(balance(&p, "p1", "GOLD").await, 65);
+}
+
+#[tokio::test]
+async fn existing_accounts_are_remembered_and_unknown_ones_asked_again() {
+    #[derive(Default)]
+    struct Counting(std::sync::Mutex<Vec<String>>);
+    impl Accounts for Counting {
+        fn exists(
+            &self,
+            account_id: String,
+            options: aicore_proto::CallOptions,
+        ) -> futures::future::BoxFuture<'_, Result<bool, Status>> {
+            // Asked on payment's own authority, never as the end user.
+            assert!(options.caller.is_none());
+            let known = account_id.starts_with('p');
+            self.0.lock().unwrap().push(account_id);
+            Box::pin(async move { Ok(known) })
+        }
+    }
+    let (ctx, _) = Ctx::for_tests();
+    let asked = Arc::new(Counting::default());
+    let p = Payment::with_accounts(ctx, asked.clone());
+    for key in ["k1", "k2", "k3"] {
+        credit(&p, "p1", "GOLD", 1, key).await.unwrap();
+    }
+    p.transfer(as_player("p1", transfer_req("p1", "p2", "GOLD", 1, "t")))
+        .await
+        .unwrap();
+    for key in ["k4", "k5"] {
+        credit(&p, "x9", "GOLD", 1, key).await.unwrap_err();
+    }
+    assert_eq!(*asked.0.lock().unwrap(), ["p1", "p2", "x9", "x9"]);
+}
+
+#[tokio::test]
+async fn without_a_way_to_ask_auth_no_money_moves() {
+    // Ctx::for_tests has no NATS client: the production directory cannot answer, and the
+    // credit is refused rather than let through.
+    let (ctx, _) = Ctx::for_tests();
+    let p = Payment::new(ctx);
+    let e = credit(&p, "p1", "GOLD", 1, "k").await.unwrap_err();
+    assert_eq!(e.code, Code::Unavailable);
+    assert!(ledger(&p.ctx.store).is_empty());
+}
+
+/// The field a refusal names ("" when none).
+fn field(e: &Status) -> &str {
+    e.field_violations.first().map_or("", |v| v.field.as_str())
 }

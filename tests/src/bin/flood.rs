@@ -194,8 +194,7 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
 
     let stop = Arc::new(AtomicBool::new(false));
     let peaks = sample_peaks(pid, stop.clone());
-    let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> =
-        Arc::default();
+    let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
     let flood: Vec<_> = (0..connections)
         .map(|i| {
             let (stop, statuses) = (stop.clone(), statuses.clone());
@@ -243,7 +242,10 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
             0.0
         }
     );
-    println!("  flood answers by status (0 = connection failed): {:?}", statuses.lock().unwrap());
+    println!(
+        "  flood answers by status (0 = connection failed): {:?}",
+        statuses.lock().unwrap()
+    );
     println!(
         "  appliance RSS MiB: start {:.0}, quiet {:.0}, flood peak {:.0}, 5 s after {:.0}",
         rss0 as f64 / 1024.0,
@@ -251,7 +253,9 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
         rss_peak as f64 / 1024.0,
         rss2 as f64 / 1024.0
     );
-    println!("  appliance threads: start {threads0}, quiet {threads1}, flood peak {threads_peak}, 5 s after {threads2}");
+    println!(
+        "  appliance threads: start {threads0}, quiet {threads1}, flood peak {threads_peak}, 5 s after {threads2}"
+    );
     println!("  appliance CPU in the 5 s after the flood stopped: {cpu_after:.2} s");
 }
 
@@ -277,7 +281,9 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
                     .await;
                 all += 1;
                 ok += (s == 200) as u64;
-                let s = c.post("/v1/auth/login", login_body("player0", PW), &[]).await;
+                let s = c
+                    .post("/v1/auth/login", login_body("player0", PW), &[])
+                    .await;
                 all += 1;
                 ok += (s == 200) as u64;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -287,8 +293,7 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
     };
     let quiet = player(seconds).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> =
-        Arc::default();
+    let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
     // Eight addresses at 10 req/s each: each under the per-address limit.
     let bots: Vec<_> = (0..8u8)
         .map(|i| {
@@ -320,8 +325,16 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
     }
     let pct = |(ok, all): (u64, u64)| 100.0 * ok as f64 / all.max(1) as f64;
     println!("bogus-token flood: ~80 req/s, X-Request-Timeout-Ms: 1, {seconds} s per phase");
-    println!("  player's calls succeeding without the flood {:>5.1}% of {}", pct(quiet), quiet.1);
-    println!("  player's calls succeeding during the flood  {:>5.1}% of {}", pct(during), during.1);
+    println!(
+        "  player's calls succeeding without the flood {:>5.1}% of {}",
+        pct(quiet),
+        quiet.1
+    );
+    println!(
+        "  player's calls succeeding during the flood  {:>5.1}% of {}",
+        pct(during),
+        during.1
+    );
     println!("  flood answers by status: {:?}", statuses.lock().unwrap());
 }
 
@@ -335,7 +348,9 @@ fn rand_u128(n: u64) -> u128 {
 /// Logs player0 in; its access token and account id.
 async fn player_login(to: SocketAddr) -> (String, String) {
     let mut c = Conn::new(IpAddr::V4(Ipv4Addr::LOCALHOST), to);
-    let (status, body) = c.call("/v1/auth/login", login_body("player0", PW), &[]).await;
+    let (status, body) = c
+        .call("/v1/auth/login", login_body("player0", PW), &[])
+        .await;
     assert_eq!(status, 200, "player0 logs in");
     let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     (

@@ -382,22 +382,28 @@ async fn gateway_revocation_takes_effect_on_the_very_next_request() {
         200
     );
 
-    // A password change ends every session.
+    // A password change ends every other session; the calling one stays valid.
+    let other = s(&login(&http, "ana", PW).await, "accessToken");
+    assert_eq!(
+        http.call("/v1/auth/get_account", &me, &other).await.status,
+        200
+    );
     let change = format!(
         r#"{{"accountId":"{id}","oldPassword":"{PW}","newPassword":"a-brand-new-passphrase"}}"#
     );
     let before = revocations(&http).await;
-    assert_eq!(
-        http.call("/v1/auth/change_password", &change, &kept)
-            .await
-            .status,
-        200
-    );
+    let changed = http.call("/v1/auth/change_password", &change, &kept).await;
+    assert_eq!(changed.status, 200, "{}", changed.json());
+    assert_eq!(changed.json()["revokedSessions"], 2, "{}", changed.json());
     revocation_delivered(&http, before).await;
     assert_error(
-        &http.call("/v1/auth/get_account", &me, &kept).await,
+        &http.call("/v1/auth/get_account", &me, &other).await,
         401,
         "UNAUTHENTICATED",
+    );
+    assert_eq!(
+        http.call("/v1/auth/get_account", &me, &kept).await.status,
+        200
     );
 
     // Refresh-token reuse ends the session, including the token the refresh issued.
@@ -441,6 +447,116 @@ async fn gateway_revocation_takes_effect_on_the_very_next_request() {
         metric(&page, "aicore_gateway_revocations_total") >= 6.0,
         "{page}"
     );
+}
+
+/// The next revocation message on `sub` that `pick` accepts (within a minute).
+async fn next_notice(
+    sub: &mut async_nats::Subscriber,
+    pick: impl Fn(&auth::RevocationNotice) -> bool,
+) -> auth::RevocationNotice {
+    use futures::StreamExt;
+    use prost::Message;
+    let wait = async {
+        loop {
+            let m = sub.next().await.expect("revocation subscription ended");
+            let n = auth::RevocationNotice::decode(m.payload).expect("a protobuf notice");
+            if pick(&n) {
+                return n;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("no such revocation message")
+}
+
+#[tokio::test]
+async fn auth_numbers_its_revocation_notices_and_repeats_the_epoch_in_heartbeats() {
+    let app = Appliance::start().await;
+    let http = Http::new(&app.http_url);
+    let nats = app.nats().await;
+    let mut sub = nats
+        .subscribe(aicore_proto::subjects::AUTH_REVOKED)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let is_heartbeat =
+        |n: &auth::RevocationNotice| n.session_ids.is_empty() && n.account_ids.is_empty();
+    let first = next_notice(&mut sub, is_heartbeat).await;
+    assert_eq!(first.heartbeat_interval_ms, 500);
+
+    let l = player(&http, "kim").await;
+    let (t, session) = (s(&l, "accessToken"), s(&l, "sessionId"));
+    let me = format!(r#"{{"accountId":"{}"}}"#, s(&l, "accountId"));
+    assert_eq!(http.call("/v1/auth/get_account", &me, &t).await.status, 200);
+    let epoch = next_notice(&mut sub, is_heartbeat).await.epoch;
+    let before = revocations(&http).await;
+    let out = http
+        .post(
+            "/v1/auth/logout",
+            &format!(r#"{{"accessToken":"{t}"}}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(out.status, 200, "{}", out.json());
+    let notice = next_notice(&mut sub, |n| !is_heartbeat(n)).await;
+    assert_eq!(notice.session_ids, vec![session]);
+    assert_eq!(notice.epoch, epoch + 1);
+    assert_eq!(next_notice(&mut sub, is_heartbeat).await.epoch, epoch + 1);
+    revocation_delivered(&http, before).await;
+    assert_error(
+        &http.call("/v1/auth/get_account", &me, &t).await,
+        401,
+        "UNAUTHENTICATED",
+    );
+}
+
+#[tokio::test]
+async fn logins_through_the_gateway_reach_the_audit_stream_with_their_source() {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    use prost::Message;
+    let app = Appliance::start().await;
+    let http = Http::new(&app.http_url);
+    let l = player(&http, "lena").await;
+    let failed = http
+        .post(
+            "/v1/auth/login",
+            r#"{"username":"lena","password":"not-her-password"}"#,
+            &[],
+        )
+        .await;
+    assert_error(&failed, 401, "UNAUTHENTICATED");
+
+    let js = jetstream::new(app.nats().await);
+    let stream = js.get_stream("AUDIT").await.expect("stream AUDIT");
+    let audit: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: "audit.auth.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = audit.messages().await.expect("messages");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("audit events in time")
+            .expect("a message")
+            .expect("a readable message");
+        let e = auth::AuthAuditEvent::decode(m.payload.clone()).expect("an AuthAuditEvent");
+        assert_eq!(m.subject.as_str(), format!("audit.auth.{}", e.kind));
+        seen.push(e);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["login_succeeded", "login_failed"]);
+    for e in &seen {
+        assert_eq!(e.account_id, s(&l, "accountId"));
+        // The gateway passed the TCP peer's address along.
+        assert_eq!(e.source, "127.0.0.1");
+    }
+    assert_eq!(seen[0].session_id, s(&l, "sessionId"));
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! while the appliance is killed with SIGKILL, then it restarts on the same data directory
 //! and the ledger invariant is checked from the public API alone — balances add up to
 //! what was credited, every acknowledged transfer is in the ledger exactly once, and
-//! retrying any transfer after the restart (acknowledged or not) never pays twice.
+//! retrying any transfer after the restart (acknowledged or not) never pays twice. The
+//! wallets belong to registered accounts: payment pays only accounts that exist.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +22,26 @@ const SEED: i64 = 10_000;
 /// Acknowledged transfers to wait for before the crash, so it lands mid-load.
 const BEFORE_CRASH: usize = 300;
 
-fn player(i: usize) -> String {
-    format!("wallet-{i}")
+/// Registers the wallets' owners (payment pays only accounts that exist); their ids.
+async fn register_players(sdk: &aicore_sdk::Client) -> Vec<String> {
+    use aicore_proto::aicore::auth::v1 as auth;
+    let a = auth::AuthClient::new(sdk.clone());
+    let mut ids = Vec::new();
+    for i in 0..WALLETS {
+        let r = a
+            .register(
+                auth::RegisterRequest {
+                    username: format!("wallet-{i}"),
+                    password: "amber-walrus-quarry".into(),
+                    display_name: String::new(),
+                },
+                &opts(),
+            )
+            .await
+            .expect("register");
+        ids.push(r.account_id);
+    }
+    ids
 }
 
 fn opts() -> CallOptions {
@@ -31,14 +50,14 @@ fn opts() -> CallOptions {
 
 /// The transfer task `task` makes as its `n`-th: a pseudo-random pair of distinct wallets
 /// and amount; the key doubles as the reason so the ledger shows which call wrote what.
-fn transfer(task: usize, n: usize) -> pay::TransferRequest {
+fn transfer(players: &[String], task: usize, n: usize) -> pay::TransferRequest {
     let x = (task * 7919 + n * 104_729 + n * n * 31) % (WALLETS * (WALLETS - 1));
     let from = x % WALLETS;
     let to = (from + 1 + x / WALLETS) % WALLETS;
     let key = format!("t-{task}-{n}");
     pay::TransferRequest {
-        from_player_id: player(from),
-        to_player_id: player(to),
+        from_player_id: players[from].clone(),
+        to_player_id: players[to].clone(),
         currency: "GOLD".into(),
         amount: (x % 97 + 1) as i64,
         reason: key.clone(),
@@ -72,14 +91,14 @@ async fn ledger(c: &Client, player_id: &str) -> Vec<pay::Transaction> {
 }
 
 /// Checks the invariant from the public API and returns every entry by id.
-async fn check_ledger(c: &Client) -> HashMap<String, pay::Transaction> {
+async fn check_ledger(c: &Client, players: &[String]) -> HashMap<String, pay::Transaction> {
     let mut total = 0;
     let mut entries = HashMap::new();
-    for i in 0..WALLETS {
+    for player in players {
         let w = c
             .get_wallet(
                 pay::GetWalletRequest {
-                    player_id: player(i),
+                    player_id: player.clone(),
                     currency: "GOLD".into(),
                 },
                 &opts(),
@@ -87,13 +106,13 @@ async fn check_ledger(c: &Client) -> HashMap<String, pay::Transaction> {
             .await
             .expect("get wallet");
         let balance = w.balances[0].amount;
-        assert!(balance >= 0, "{} is negative", player(i));
-        let txs = ledger(c, &player(i)).await;
+        assert!(balance >= 0, "{} is negative", player);
+        let txs = ledger(c, player).await;
         assert_eq!(
             txs.iter().map(|t| t.amount).sum::<i64>(),
             balance,
             "{}: balance is the sum of its ledger",
-            player(i)
+            player
         );
         assert_eq!(txs.first().map(|t| t.balance_after), Some(balance));
         total += balance;
@@ -108,12 +127,14 @@ async fn check_ledger(c: &Client) -> HashMap<String, pay::Transaction> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payment_concurrent_transfers_survive_a_crash_exactly_once() {
     let mut app = Appliance::start().await;
-    let client: Client = pay::PaymentClient::new(app.client().await);
+    let sdk = app.client().await;
+    let players = Arc::new(register_players(&sdk).await);
+    let client: Client = pay::PaymentClient::new(sdk);
     for i in 0..WALLETS {
         client
             .credit(
                 pay::CreditRequest {
-                    player_id: player(i),
+                    player_id: players[i].clone(),
                     currency: "GOLD".into(),
                     amount: SEED,
                     reason: "seed".into(),
@@ -125,17 +146,29 @@ async fn payment_concurrent_transfers_survive_a_crash_exactly_once() {
             .expect("seed credit");
     }
 
+    // Money goes only to accounts that exist (payment asks auth over NATS).
+    let mut to_nobody = transfer(&players, 0, 0);
+    to_nobody.to_player_id = "acc_doesnotexist".into();
+    let e = client.transfer(to_nobody, &opts()).await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e}");
+    assert_eq!(e.field_violations[0].field, "to_player_id");
+
     let acked = Arc::new(Mutex::new(Vec::new()));
     let unacked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let (client, acked, unacked, stop) =
-            (client.clone(), acked.clone(), unacked.clone(), stop.clone());
+        let (client, acked, unacked, stop, players) = (
+            client.clone(),
+            acked.clone(),
+            unacked.clone(),
+            stop.clone(),
+            players.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let req = transfer(task, n);
+                let req = transfer(&players, task, n);
                 n += 1;
                 match client.transfer(req.clone(), &opts()).await {
                     Ok(r) => acked.lock().unwrap().push((req, r)),
@@ -160,7 +193,7 @@ async fn payment_concurrent_transfers_survive_a_crash_exactly_once() {
 
     let again = Appliance::start_in(&app.data_dir).await;
     let client: Client = pay::PaymentClient::new(again.client().await);
-    let entries = check_ledger(&client).await;
+    let entries = check_ledger(&client, &players).await;
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(acked.len() >= BEFORE_CRASH);
     for (req, r) in &acked {
@@ -187,7 +220,7 @@ async fn payment_concurrent_transfers_survive_a_crash_exactly_once() {
             Err(e) => assert_eq!(e.code, Code::FailedPrecondition, "{e}"),
         }
     }
-    let entries = check_ledger(&client).await;
+    let entries = check_ledger(&client, &players).await;
     // Every transfer that ever committed has both entries exactly once.
     let mut per_key: HashMap<&str, usize> = HashMap::new();
     for t in entries.values() {

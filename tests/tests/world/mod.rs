@@ -179,6 +179,19 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     let quests = qs::QuestSystemClient::new(client.clone());
     let world = ws::WorldStateClient::new(client.clone());
     let payment = pay::PaymentClient::new(client.clone());
+    // The player has an account: payment pays rewards only to accounts that exist.
+    let p1 = aicore_proto::aicore::auth::v1::AuthClient::new(client.clone())
+        .register(
+            aicore_proto::aicore::auth::v1::RegisterRequest {
+                username: "questing-player".into(),
+                password: "amber-walrus-quarry".into(),
+                display_name: String::new(),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap()
+        .account_id;
     let nats = app.nats().await;
     let mut completed = nats.subscribe("evt.quest.completed").await.unwrap();
     nats.flush().await.unwrap();
@@ -197,13 +210,13 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     // is read from world-state over NATS.
     let player = CallOptions {
         caller: Some(aicore_proto::Caller {
-            account_id: "p1".into(),
+            account_id: p1.clone(),
             roles: vec!["player".into()],
         }),
         ..opts()
     };
     let accept = qs::AcceptRequest {
-        player_id: "p1".into(),
+        player_id: p1.clone(),
         quest_id: "wolf_hunt".into(),
     };
     let e = quests.accept(accept.clone(), &player).await.unwrap_err();
@@ -215,7 +228,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     let available = quests
         .list_available(
             qs::ListAvailableRequest {
-                player_id: "p1".into(),
+                player_id: p1.clone(),
                 ..Default::default()
             },
             &player,
@@ -228,7 +241,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
         quests
             .progress(
                 qs::ProgressRequest {
-                    player_id: "p1".into(),
+                    player_id: p1.clone(),
                     quest_id: "wolf_hunt".into(),
                     objective_id: "wolves".into(),
                     delta: 1,
@@ -240,7 +253,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
             .unwrap();
     }
     let complete = qs::CompleteRequest {
-        player_id: "p1".into(),
+        player_id: p1.clone(),
         quest_id: "wolf_hunt".into(),
     };
     // Retries, some of them racing each other: one completion, one payment.
@@ -268,7 +281,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     let wallet = payment
         .get_wallet(
             pay::GetWalletRequest {
-                player_id: "p1".into(),
+                player_id: p1.clone(),
                 currency: String::new(),
             },
             &opts(),
@@ -300,7 +313,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     let e = quests
         .accept(
             qs::AcceptRequest {
-                player_id: "p1".into(),
+                player_id: p1.clone(),
                 quest_id: "wolf_hunt".into(),
             },
             &player,
