@@ -53,20 +53,20 @@ use aicore_proto::aicore::auth::v1::{
     RegisterResponse, RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
 };
 use aicore_proto::{Dispatch, Request, Status};
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use crate::runtime::new_id;
 use crate::store::Tx;
 use crate::{Ctx, paging};
 
 mod audit;
+mod hashing;
 mod throttle;
 
 use audit::Audit;
@@ -132,9 +132,15 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     /// argon2id lanes.
     pub argon2_parallelism: u32,
-    /// Password hashes computed at once (each holds `argon2_memory_kib`); further logins
-    /// wait. 0 = the number of CPUs.
+    /// Password hashes computed at once (each holds `argon2_memory_kib`, so this bounds
+    /// hashing's memory); 0 = the number of CPUs. With two or more, one is kept for
+    /// logins from a source the name recently logged in from (see
+    /// `domains/src/auth/hashing.rs`).
     pub max_concurrent_hashes: usize,
+    /// Password checks that may wait for a hashing slot, per lane; more are shed at once
+    /// (503 with Retry-After), as are checks that could not finish before their caller's
+    /// deadline.
+    pub max_waiting_hashes: usize,
     /// Password checks one source address may have failed on one username before that
     /// pair locks (other sources are not affected). See the login throttle
     /// (`domains/src/auth/throttle.rs`).
@@ -170,6 +176,7 @@ impl Default for AuthConfig {
             argon2_iterations: OWASP_MIN_ITERATIONS,
             argon2_parallelism: 1,
             max_concurrent_hashes: 0,
+            max_waiting_hashes: 64,
             lockout_threshold: 5,
             lockout_base_ms: 1000,
             lockout_max_secs: 15 * 60,
@@ -265,12 +272,12 @@ impl SessionRecord {
 pub struct Auth {
     ctx: Ctx,
     config: AuthConfig,
-    argon: Argon2<'static>,
+    /// Where password hashes run, bounded (see [`hashing`]).
+    hasher: Arc<hashing::Hasher>,
     /// A hash of a random password, verified when the username is unknown so that an
     /// unknown user costs the same time as a wrong password.
     dummy_hash: String,
     common_passwords: HashSet<&'static str>,
-    hashing: Arc<Semaphore>,
     /// The login throttle's numbers (see [`throttle`]).
     throttle: throttle::Policy,
     /// Password checks run so far (login and ChangePassword, dummy ones included): what
@@ -596,6 +603,7 @@ impl Auth {
         }
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let (dummy, _) = new_token("dummy_");
+        let first_hash = std::time::Instant::now();
         let dummy_hash = argon
             .hash_password(dummy.as_bytes())
             .map_err(|e| Status::internal(format!("argon2 self-test failed: {e}")))?
@@ -609,14 +617,19 @@ impl Auth {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let max_waiting = config.max_waiting_hashes;
         Ok(Auth {
             ctx: ctx.clone(),
             throttle: throttle::Policy::new(&config),
             config,
-            argon,
+            hasher: Arc::new(hashing::Hasher::new(
+                argon,
+                permits,
+                max_waiting,
+                first_hash.elapsed(),
+            )),
             dummy_hash,
             common_passwords,
-            hashing: Arc::new(Semaphore::new(permits)),
             password_checks: AtomicU64::new(0),
             on_revoked: None,
         })
@@ -720,61 +733,30 @@ impl Auth {
         Ok(())
     }
 
-    /// Hashes a password off the async threads, bounded by `max_concurrent_hashes`.
-    async fn hash_password(&self, password: String) -> Result<String, Status> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Status::internal("password hashing is shut down"))?;
-        let argon = self.argon.clone();
-        tokio::task::spawn_blocking(move || {
-            argon
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|_| Status::internal("password hashing failed"))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "argon2 hashing failed");
-            Status::internal("password hashing failed")
-        })
-    }
-
-    /// Whether `password` matches the PHC string `hash` (argon2 compares in constant time).
-    async fn verify_password(&self, password: String, hash: String) -> Result<bool, Status> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Status::internal("password hashing is shut down"))?;
-        self.password_checks.fetch_add(1, Ordering::Relaxed);
-        let argon = self.argon.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            argon.verify_password(password.as_bytes(), hash.as_str())
-        })
-        .await
-        .map_err(|_| Status::internal("password verification failed"))?;
-        match r {
-            Ok(()) => Ok(true),
-            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-            Err(e) => {
-                tracing::error!(error = %e, "stored password hash is unusable");
-                Err(Status::internal("password verification failed"))
-            }
-        }
-    }
-
     /// Counts a password attempt before its hash runs, or refuses it (without a hash) when
-    /// its source or username is locked out: see [`throttle`].
-    /// Returns the locks the admission started (the threshold-th attempt starts one, so
-    /// that no other is checked meanwhile; its own success lifts it again).
-    async fn admit(&self, attempt: &Attempt, now: i64) -> Result<Vec<LockStarted>, Status> {
+    /// its source or username is locked out: see [`throttle`]. The attempt first gets a
+    /// hashing slot (see [`hashing`]; in the reserved lane when its source recently
+    /// logged into the name, or when `trusted`), so an attempt shed for capacity is not
+    /// counted. Returns the slot to check the password in and the locks the admission
+    /// started (the threshold-th attempt starts one, so that no other is checked
+    /// meanwhile; its own success lifts it again).
+    async fn admit(
+        &self,
+        attempt: &Attempt,
+        now: i64,
+        deadline: Option<std::time::Instant>,
+        trusted: bool,
+    ) -> Result<(hashing::Slot, Vec<LockStarted>), Status> {
         // A read first: attempts against a lock cost no write.
-        let until = throttle::locked(&self.ctx.store, attempt, now, &self.throttle)?;
+        let (until, known_source) = throttle::peek(&self.ctx.store, attempt, now, &self.throttle)?;
         if until > 0 {
             return Err(locked_error(until, now));
         }
+        let lane = match trusted || known_source {
+            true => hashing::Lane::Trusted,
+            false => hashing::Lane::Other,
+        };
+        let slot = self.hasher.admit(lane, deadline).await?;
         let (a, policy) = (attempt.clone(), self.throttle.clone());
         let admission = self
             .ctx
@@ -782,7 +764,7 @@ impl Auth {
             .write(move |tx| throttle::admit(tx, &a, now, &policy))
             .await?;
         match admission {
-            Admission::Admitted(started) => Ok(started),
+            Admission::Admitted(started) => Ok((slot, started)),
             Admission::Locked(until) => Err(locked_error(until, now)),
         }
     }
@@ -898,7 +880,10 @@ impl AuthHandler for Auth {
                 "must be visible text without control characters",
             ));
         }
-        let password_hash = self.hash_password(password).await?;
+        let password_hash = self
+            .hasher
+            .hash(hashing::Lane::Other, request.meta.deadline, password)
+            .await?;
         let account = AccountRecord {
             account_id: new_id("acc"),
             username,
@@ -966,11 +951,14 @@ impl AuthHandler for Auth {
         let trail = Audit::new(&request.meta, ts(now));
         let known = account.as_ref().map(|a| a.account_id.clone());
         let known = known.as_deref();
-        let started = self.admit(&attempt, now).await?;
+        let (slot, started) = self
+            .admit(&attempt, now, request.meta.deadline, false)
+            .await?;
         let hash = account
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
-        let ok = self.verify_password(password, hash).await?;
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        let ok = slot.verify(password, hash).await?;
         let Some(account) = account.filter(|_| ok) else {
             // The attempt was counted when it was admitted.
             let failed = trail.event_for_name("login_failed", known, &username);
@@ -1308,6 +1296,7 @@ impl AuthHandler for Auth {
         self.check_password("new_password", &new_password, &account.username)?;
         let now = self.now();
         let trail = Audit::new(&request.meta, ts(now));
+        let deadline = request.meta.deadline;
         // The old password is a password check like a login's, throttled alike.
         let attempt =
             needs_old.then(|| Attempt::new(&account.username, request.meta.client_addr.as_deref()));
@@ -1318,9 +1307,11 @@ impl AuthHandler for Auth {
             if old_password.chars().count() > PASSWORD_MAX {
                 return Err(bad_credentials());
             }
-            let started = self.admit(attempt, now).await?;
-            let ok = self
-                .verify_password(old_password, account.password_hash.clone())
+            // An authenticated caller: the reserved lane.
+            let (slot, started) = self.admit(attempt, now, deadline, true).await?;
+            self.password_checks.fetch_add(1, Ordering::Relaxed);
+            let ok = slot
+                .verify(old_password, account.password_hash.clone())
                 .await?;
             if !ok {
                 let failed = trail.event("password_change_failed", &account_id);
@@ -1329,7 +1320,10 @@ impl AuthHandler for Auth {
             }
         }
         let policy = self.throttle.clone();
-        let new_hash = self.hash_password(new_password).await?;
+        let new_hash = self
+            .hasher
+            .hash(hashing::Lane::Trusted, deadline, new_password)
+            .await?;
         let checked_hash = account.password_hash;
         let notified = account_id.clone();
         let (revoked_sessions, epoch) = self
@@ -1977,6 +1971,10 @@ mod tests {
         let mut config = crate::DomainsConfig::default();
         config.auth.argon2_memory_kib = 64;
         config.auth.argon2_iterations = 1;
+        // Slots for every racing attempt at once, as on a machine with many cores: with
+        // one or two, hashing's own queue would serialise the races these tests run and
+        // hide a throttle that counts too late.
+        config.auth.max_concurrent_hashes = 64;
         ctx.config = Arc::new(config);
         (Auth::new(&ctx).unwrap(), clock)
     }

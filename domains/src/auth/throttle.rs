@@ -291,13 +291,22 @@ fn lock_in_force(pair: &ThrottleRecord, account: &ThrottleRecord, now: i64, p: &
     until
 }
 
-/// Whether `a` is locked at `now`, read without a write: a refused attempt costs no
-/// write. [`admit`] decides again inside its write.
-pub(super) fn locked(store: &Store, a: &Attempt, now: i64, p: &Policy) -> Result<i64, Status> {
+/// Whether `a` is locked at `now` (until when, 0 = not) and whether its source is
+/// trusted for its username (logged into it recently), read without a write: a refused
+/// attempt costs no write. [`admit`] decides again inside its write.
+pub(super) fn peek(
+    store: &Store,
+    a: &Attempt,
+    now: i64,
+    p: &Policy,
+) -> Result<(i64, bool), Status> {
     let get = |k: &[u8]| store.get_msg::<ThrottleRecord>(THROTTLE, k);
     let pair = load(get, &a.pair_key(), now, p)?;
     let account = load(get, &a.account_key(), now, p)?;
-    Ok(lock_in_force(&pair, &account, now, p))
+    Ok((
+        lock_in_force(&pair, &account, now, p),
+        trusted(&pair, now, p),
+    ))
 }
 
 /// Counts attempt `a` at `now` unless it is locked out (inside a write, so concurrent
