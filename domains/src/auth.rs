@@ -138,7 +138,7 @@ pub struct AuthConfig {
     /// `domains/src/auth/hashing.rs`).
     pub max_concurrent_hashes: usize,
     /// Password checks that may wait for a hashing slot, per lane; more are shed at once
-    /// (503 with Retry-After), as are checks that could not finish before their caller's
+    /// (429 with Retry-After), as are checks that could not finish before their caller's
     /// deadline.
     pub max_waiting_hashes: usize,
     /// Password checks one source address may have failed on one username before that

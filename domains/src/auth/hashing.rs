@@ -13,7 +13,7 @@
 //!   `max_concurrent_hashes` hashes exist: memory for hashing is bounded by that times
 //!   `argon2_memory_kib`.
 //! - **Queue**: at most `max_waiting_hashes` attempts wait per lane; beyond that an
-//!   attempt is shed at once with Unavailable and a Retry-After of the expected wait.
+//!   attempt is shed at once with ResourceExhausted (429) and a Retry-After of the expected wait.
 //! - **Time**: an attempt is admitted only when its expected wait plus one hash (a
 //!   running mean of measured hashes) ends before its caller's deadline; else it is shed
 //!   the same way, before it costs anything. A caller that gives up while waiting leaves
@@ -100,9 +100,12 @@ impl Hasher {
         self.mean_ns.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// ResourceExhausted (429), not Unavailable: the service is alive and answering, and
+    /// a client's circuit breaker must not take a shed password check for a dead service
+    /// (an Unavailable shed opened the gateway's breaker on `auth.login` for everyone).
     fn shed(&self, why: &str, wait: Duration) -> Status {
         Status::new(
-            Code::Unavailable,
+            Code::ResourceExhausted,
             format!("password checks are at capacity ({why}); retry shortly"),
         )
         .with_retry_after(wait.max(Duration::from_secs(1)))
@@ -167,7 +170,7 @@ impl Hasher {
     }
 
     /// A slot for one hash that can finish before `deadline` (see the module doc), or
-    /// Unavailable with a Retry-After when there is none to be had in time.
+    /// ResourceExhausted with a Retry-After when there is none to be had in time.
     pub(crate) async fn admit(
         self: &Arc<Self>,
         lane: Lane,
@@ -265,7 +268,7 @@ mod tests {
         let h = pool(2, 8, Duration::from_secs(1));
         let deadline = Some(Instant::now() + Duration::from_millis(100));
         let e = h.hash(Lane::Other, deadline, "x".into()).await.unwrap_err();
-        assert_eq!(e.code, Code::Unavailable);
+        assert_eq!(e.code, Code::ResourceExhausted);
         assert!(e.retry_after_ms >= 1000, "{e:?}");
         // With time enough it runs.
         h.hash(Lane::Other, None, "x".into()).await.unwrap();
@@ -287,7 +290,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let e = h.hash(Lane::Other, None, "x".into()).await.unwrap_err();
-        assert_eq!(e.code, Code::Unavailable, "{e:?}");
+        assert_eq!(e.code, Code::ResourceExhausted, "{e:?}");
         // A trusted attempt still runs, on the reserved slot.
         let hash = h.hash(Lane::Trusted, None, "pw".into()).await.unwrap();
         let slot = h.admit(Lane::Trusted, None).await.unwrap();

@@ -158,19 +158,28 @@ fn login_body(user: &str, password: &str) -> String {
     format!(r#"{{"username":"{user}","password":"{password}"}}"#)
 }
 
-/// The players log in with their right passwords for `seconds`; successful logins/s.
-async fn players_log_in(to: SocketAddr, seconds: f64) -> f64 {
+/// Answers by status.
+type Statuses = Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>>;
+
+/// The players log in with their right passwords for `seconds`; successful logins/s and
+/// their answers by status.
+async fn players_log_in(to: SocketAddr, seconds: f64) -> (f64, Statuses) {
     let ok = Arc::new(AtomicU64::new(0));
+    let statuses: Statuses = Arc::default();
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..PLAYERS)
         .map(|i| {
-            let ok = ok.clone();
+            let (ok, statuses) = (ok.clone(), statuses.clone());
             tokio::spawn(async move {
                 let mut c = Conn::new(IpAddr::V4(Ipv4Addr::LOCALHOST), to);
                 while Instant::now() < end {
-                    let s = c
-                        .post("/v1/auth/login", login_body(&format!("player{i}"), PW), &[])
+                    let (s, body) = c
+                        .call("/v1/auth/login", login_body(&format!("player{i}"), PW), &[])
                         .await;
+                    *statuses.lock().unwrap().entry(s).or_default() += 1;
+                    if s != 200 && std::env::var_os("FLOOD_VERBOSE").is_some() {
+                        eprintln!("player{i}: {s} {}", String::from_utf8_lossy(&body));
+                    }
                     if s == 200 {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -183,13 +192,13 @@ async fn players_log_in(to: SocketAddr, seconds: f64) -> f64 {
     for t in tasks {
         let _ = t.await;
     }
-    ok.load(Ordering::Relaxed) as f64 / seconds
+    (ok.load(Ordering::Relaxed) as f64 / seconds, statuses)
 }
 
 async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections: usize) {
     let pid = app.pid();
     let (rss0, threads0) = rss_and_threads(pid);
-    let quiet = players_log_in(to, seconds).await;
+    let (quiet, _) = players_log_in(to, seconds).await;
     let (rss1, threads1) = rss_and_threads(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -221,7 +230,7 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
         .collect();
     // Let the flood build up, then measure the players during it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = players_log_in(to, seconds).await;
+    let (during, players) = players_log_in(to, seconds).await;
     stop.store(true, Ordering::Relaxed);
     for t in flood {
         t.abort();
@@ -241,6 +250,10 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
         } else {
             0.0
         }
+    );
+    println!(
+        "  players' answers during the flood by status: {:?}",
+        players.lock().unwrap()
     );
     println!(
         "  flood answers by status (0 = connection failed): {:?}",
