@@ -4,6 +4,7 @@
 
 mod bench;
 mod certs;
+mod certs_audit;
 mod cli;
 mod config;
 mod files;

@@ -186,6 +186,17 @@ pub async fn run(mut config: Config) -> Result<()> {
         js.clone(),
         events_stop.child_token(),
     ));
+    // Certificate issues and revocations on AUDIT (only where this appliance keeps a CA).
+    let certs_audit = (child.is_some() && !insecure).then(|| {
+        tokio::spawn(crate::certs_audit::run(
+            js.clone(),
+            certs_dir.clone(),
+            config.security.ca_days,
+            Duration::from_secs(config.domains.event_bus.audit.max_age_secs),
+            Duration::from_secs(config.security.check_interval_secs.max(1)),
+            events_stop.child_token(),
+        ))
+    });
     let dead_letters = tokio::spawn(event_bus::run_dead_letters(js, events_stop.child_token()));
 
     // 3. Domains.
@@ -277,6 +288,9 @@ pub async fn run(mut config: Config) -> Result<()> {
     // The relay's final drain publishes what the last requests queued, while NATS is up.
     events_stop.cancel();
     let _ = tokio::join!(relay, dead_letters);
+    if let Some(task) = certs_audit {
+        let _ = task.await;
+    }
     if let Err(e) = nats.flush().await {
         tracing::warn!(error = %e, "final NATS flush failed");
     }

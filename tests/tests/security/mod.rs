@@ -543,3 +543,54 @@ async fn streams_written_before_accounts_existed_are_kept() {
     assert_eq!(&last.payload[..], b"kept");
     assert!(stream.info().await.unwrap().state.messages >= 1);
 }
+
+#[tokio::test]
+async fn certificate_issues_and_revocations_are_audited_once() {
+    use async_nats::jetstream;
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = Appliance::start_in(dir.path()).await;
+    ok(&app.certs(&["issue", "arena-9", "--role", "game-server"]));
+    ok(&app.certs(&["revoke", "arena-9"]));
+    let serial = serials(&app)["arena-9"].clone();
+    let js = jetstream::new(app.nats().await);
+    let stream = js.get_stream("AUDIT").await.unwrap();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    for kind in ["issued", "revoked"] {
+        let subject = format!("audit.certs.{kind}.{serial}");
+        let record = loop {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => break m,
+                Err(_) if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("no {subject}: {e}"),
+            }
+        };
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        assert_eq!(v["kind"], kind);
+        assert_eq!(v["name"], "arena-9");
+        assert_eq!(v["role"], "game-server");
+        let text = String::from_utf8_lossy(&record.payload);
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+    // A restart reads the same index again and records nothing twice.
+    app.signal(libc::SIGTERM);
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let app = Appliance::start_in(dir.path()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let js = jetstream::new(app.nats().await);
+    let stream = js.get_stream("AUDIT").await.unwrap();
+    let info = stream
+        .info_with_subjects(format!("audit.certs.*.{serial}"))
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let counts: Vec<(String, usize)> = info
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.iter().all(|(_, n)| *n == 1), "{counts:?}");
+}
