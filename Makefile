@@ -4,7 +4,7 @@ NATS  := .tools/nats/bin/nats-server
 OPENAPI_CHECK := .tools/venv/bin/openapi-spec-validator
 export AICORE_NATS_SERVER := $(CURDIR)/$(NATS)
 
-.PHONY: tools build run test lint bench clean
+.PHONY: tools build run test lint bench flood clean
 
 ## Install the pinned nats-server into .tools/ (idempotent).
 tools: $(NATS)
@@ -41,6 +41,11 @@ lint:
 ## Throughput/latency against a raw NATS baseline measured in the same run.
 bench: tools build
 	./target/release/aicore bench
+
+## A login flood and a bogus-token flood against a real appliance (see BENCHMARKS.md).
+flood: tools
+	$(CARGO) build --release --bin aicore --bin flood
+	AICORE_BIN=$(CURDIR)/target/release/aicore ./target/release/flood all
 
 clean:
 	rm -rf target .tools data
