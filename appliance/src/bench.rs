@@ -28,13 +28,14 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use aicore_domains::runtime::{self, ServeOptions};
-use aicore_domains::store::{Store, StoreOptions};
-use aicore_domains::{Ctx, SystemClock, registry};
+use aicore_domains::registry;
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::auth::v1::{AuthClient, RegisterRequest};
 use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
+use aicore_runtime::serve::{self, ServeOptions};
+use aicore_runtime::store::{Store, StoreOptions};
+use aicore_runtime::{Ctx, SystemClock};
 
 use crate::certs::Authority;
 use crate::config::Config;
@@ -460,18 +461,17 @@ async fn serve_domain(
     store: Store,
     config: &Config,
     stop: CancellationToken,
-) -> Result<runtime::ServiceHandle> {
+) -> Result<serve::ServiceHandle> {
     let nats = env.connect("domains", "bench-domains").await?;
     let ctx = Ctx {
         store,
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
-        config: Arc::new(config.domains.clone()),
         shutdown: stop.child_token(),
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
-    let dispatch = (spec.build)(&ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let handle = runtime::serve(nats.clone(), dispatch, ServeOptions::default(), stop)
+    let dispatch = (spec.build)(&ctx, &config.domains).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let handle = serve::serve(nats.clone(), dispatch, ServeOptions::default(), stop)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     nats.flush().await?;
@@ -1034,7 +1034,7 @@ async fn run_rows(
     args: &BenchArgs,
     dir: &std::path::Path,
     stop: CancellationToken,
-) -> Result<(Vec<Cell>, aicore_domains::store::StoreStats)> {
+) -> Result<(Vec<Cell>, aicore_runtime::store::StoreStats)> {
     std::fs::create_dir_all(dir)?;
     let (load, payload) = (&base.nats, &base.payload);
     let mut cells = Vec::new();
@@ -1043,7 +1043,7 @@ async fn run_rows(
     // own share of every domain call, with no domain work.
     if args.wants("runtime") {
         let runtime_nats = env.connect("domains", "bench-runtime-echo").await?;
-        let serving = runtime::serve(
+        let serving = serve::serve(
             runtime_nats.clone(),
             Arc::new(EchoService),
             ServeOptions::default(),

@@ -202,8 +202,8 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// The store's tunables as configured.
-    pub fn options(&self) -> aicore_domains::store::StoreOptions {
-        aicore_domains::store::StoreOptions {
+    pub fn options(&self) -> aicore_runtime::store::StoreOptions {
+        aicore_runtime::store::StoreOptions {
             cache_bytes: self.cache_bytes,
             max_batch: self.max_batch,
             wal: self.write_ahead_log,
@@ -214,10 +214,10 @@ impl StoreConfig {
 }
 
 impl Default for StoreConfig {
-    /// The store's own defaults ([`aicore_domains::store::StoreOptions`]), so they are
+    /// The store's own defaults ([`aicore_runtime::store::StoreOptions`]), so they are
     /// stated once.
     fn default() -> Self {
-        let o = aicore_domains::store::StoreOptions::default();
+        let o = aicore_runtime::store::StoreOptions::default();
         StoreConfig {
             file: "aicore.redb".into(),
             cache_bytes: o.cache_bytes,

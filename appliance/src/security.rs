@@ -79,7 +79,7 @@ pub fn user_of(name: &str, role: &str) -> String {
 
 /// The NATS account of the appliance's own principals (`domains`, `gateway`, `admin`).
 /// JetStream lives here. External principals (game servers) each get an account of their
-/// ([`aicore_domains::runtime::EXTERNAL_ACCOUNT`]) that imports the services they may call,
+/// ([`aicore_runtime::serve::EXTERNAL_ACCOUNT`]) that imports the services they may call,
 /// so nats-server itself tells a domain which principal sent a request.
 pub const HOME_ACCOUNT: &str = "AICORE";
 
@@ -209,7 +209,7 @@ pub fn accounts(ca: &Authority, game_server_allow: &[String], now: SystemTime) -
         home: HOME_ACCOUNT.to_string(),
         exports: exports(),
         external: ExternalAccount {
-            name: aicore_domains::runtime::EXTERNAL_ACCOUNT.to_string(),
+            name: aicore_runtime::serve::EXTERNAL_ACCOUNT.to_string(),
             users: Vec::new(),
             imports: imports.clone(),
         },
@@ -365,8 +365,8 @@ pub fn validate(config: &SecurityConfig) -> Result<()> {
 const KNOWN_ROLES: &[&str] = &["player", "service", "admin"];
 
 /// Who may act for whom, for the domain runtime: the game servers' role ceilings.
-pub fn trust(config: &SecurityConfig) -> aicore_domains::runtime::Trust {
-    aicore_domains::runtime::Trust {
+pub fn trust(config: &SecurityConfig) -> aicore_runtime::serve::Trust {
+    aicore_runtime::serve::Trust {
         default_ceiling: config.game_server_roles.clone(),
         ceilings: config
             .principal_roles

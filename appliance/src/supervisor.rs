@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
-use aicore_domains::runtime::{self, ServeOptions};
-use aicore_domains::store::Store;
-use aicore_domains::streams::ensure_streams;
-use aicore_domains::{Ctx, SystemClock};
-use aicore_domains::{event_bus, outbox, registry};
+use aicore_domains::{event_bus, registry};
+use aicore_runtime::outbox;
+use aicore_runtime::serve::{self, ServeOptions};
+use aicore_runtime::store::Store;
+use aicore_runtime::streams::ensure_streams;
+use aicore_runtime::{Ctx, SystemClock};
 
 use crate::certs::Authority;
 use crate::config::Config;
@@ -177,7 +178,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     // Event streams first, so a domain's first event has somewhere to go; then the outbox
     // relay and the dead-letter task, which outlive the domains in teardown.
     let js = async_nats::jetstream::new(nats.clone());
-    ensure_streams(&js, &config.domains.event_bus)
+    ensure_streams(&js, &config.domains.event_bus.streams())
         .await
         .map_err(|e| anyhow::anyhow!("creating the JetStream streams: {e}"))?;
     let events_stop = shutdown.child_token();
@@ -205,7 +206,6 @@ pub async fn run(mut config: Config) -> Result<()> {
         store: store.clone(),
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
-        config: Arc::new(config.domains.clone()),
         // Domain background tasks end with the domains, before the store closes.
         shutdown: domains_stop.child_token(),
     };
@@ -213,8 +213,9 @@ pub async fn run(mut config: Config) -> Result<()> {
     let mut served = Vec::new();
     for name in &domains {
         let spec = registry::find(name).context("domain listed but not registered")?;
-        let dispatch = (spec.build)(&ctx).map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
-        let handle = runtime::serve(
+        let dispatch = (spec.build)(&ctx, &config.domains)
+            .map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
+        let handle = serve::serve(
             nats.clone(),
             dispatch,
             ServeOptions {

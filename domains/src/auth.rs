@@ -61,9 +61,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::runtime::new_id;
-use crate::store::Tx;
-use crate::{Ctx, paging};
+use aicore_runtime::new_id;
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, paging};
 
 mod audit;
 mod hashing;
@@ -287,16 +287,20 @@ pub struct Auth {
     on_revoked: Option<RevocationHook>,
 }
 
-/// Builds auth's dispatcher (the registry's entry), with its revocation heartbeats
-/// running until `ctx.shutdown` when it has a NATS client to send them on.
-pub fn server(ctx: &Ctx) -> Result<Arc<dyn Dispatch>, Status> {
-    let auth = Arc::new(Auth::new(ctx)?);
-    if ctx.client.is_some() {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| Status::internal("auth needs a tokio runtime for its heartbeats"))?;
-        runtime.spawn(auth.clone().run_heartbeats());
+impl aicore_runtime::Domain for Auth {
+    type Config = AuthConfig;
+
+    /// auth's dispatcher, with its revocation heartbeats running until `ctx.shutdown`
+    /// when it has a NATS client to send them on.
+    fn build(ctx: &Ctx, config: &AuthConfig) -> Result<Arc<dyn Dispatch>, Status> {
+        let auth = Arc::new(Auth::new(ctx, config.clone())?);
+        if ctx.client.is_some() {
+            let runtime = tokio::runtime::Handle::try_current()
+                .map_err(|_| Status::internal("auth needs a tokio runtime for its heartbeats"))?;
+            runtime.spawn(auth.clone().run_heartbeats());
+        }
+        Ok(Arc::new(AuthServer(auth)))
     }
-    Ok(Arc::new(AuthServer(auth)))
 }
 
 fn bad_credentials() -> Status {
@@ -557,8 +561,7 @@ fn check_username(username: &str) -> Result<(), Status> {
 
 impl Auth {
     /// Builds auth on a context: checks its configuration and prepares the dummy hash.
-    pub fn new(ctx: &Ctx) -> Result<Auth, Status> {
-        let config = ctx.config.auth.clone();
+    pub fn new(ctx: &Ctx, config: AuthConfig) -> Result<Auth, Status> {
         let params = Params::new(
             config.argon2_memory_kib,
             config.argon2_iterations,
@@ -1522,7 +1525,7 @@ mod tests {
 
     use aicore_proto::Code;
 
-    use crate::ManualClock;
+    use aicore_runtime::ManualClock;
 
     const PW: &str = "correct horse battery";
 
@@ -1536,7 +1539,7 @@ mod tests {
 
     fn setup() -> (Auth, Arc<ManualClock>) {
         let (ctx, clock) = Ctx::for_tests();
-        (Auth::new(&ctx).unwrap(), clock)
+        (Auth::new(&ctx, AuthConfig::default()).unwrap(), clock)
     }
 
     async fn register(auth: &Auth, username: &str) -> String {
@@ -1967,16 +1970,17 @@ mod tests {
     /// Auth with cheap argon2 parameters, for tests that run many password checks (what
     /// they count is checks, not time).
     fn setup_cheap() -> (Auth, Arc<ManualClock>) {
-        let (mut ctx, clock) = Ctx::for_tests();
-        let mut config = crate::DomainsConfig::default();
-        config.auth.argon2_memory_kib = 64;
-        config.auth.argon2_iterations = 1;
-        // Slots for every racing attempt at once, as on a machine with many cores: with
-        // one or two, hashing's own queue would serialise the races these tests run and
-        // hide a throttle that counts too late.
-        config.auth.max_concurrent_hashes = 64;
-        ctx.config = Arc::new(config);
-        (Auth::new(&ctx).unwrap(), clock)
+        let (ctx, clock) = Ctx::for_tests();
+        let config = AuthConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            // Slots for every racing attempt at once, as on a machine with many cores: with
+            // one or two, hashing's own queue would serialise the races these tests run
+            // and hide a throttle that counts too late.
+            max_concurrent_hashes: 64,
+            ..AuthConfig::default()
+        };
+        (Auth::new(&ctx, config).unwrap(), clock)
     }
 
     async fn login_from(
@@ -2499,7 +2503,7 @@ mod tests {
         let (ctx, _clock) = Ctx::for_tests();
         let seen = Arc::new(std::sync::Mutex::new(Vec::<RevocationNotice>::new()));
         let sink = seen.clone();
-        let auth = Auth::new(&ctx)
+        let auth = Auth::new(&ctx, AuthConfig::default())
             .unwrap()
             .with_revocation_hook(Arc::new(move |r| sink.lock().unwrap().push(r)));
         let take = || std::mem::take(&mut *seen.lock().unwrap());
@@ -2595,7 +2599,7 @@ mod tests {
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sink = seen.clone();
         let auth = Arc::new(
-            Auth::new(&ctx)
+            Auth::new(&ctx, AuthConfig::default())
                 .unwrap()
                 .with_revocation_hook(Arc::new(move |_| {
                     sink.fetch_add(1, Ordering::Relaxed);
@@ -2619,7 +2623,7 @@ mod tests {
 
     /// The outbox's auth audit events, in order.
     fn audited(auth: &Auth) -> Vec<AuthAuditEvent> {
-        use crate::store::{OUTBOX, OutboxEvent, decode};
+        use aicore_runtime::store::{OUTBOX, OutboxEvent, decode};
         auth.ctx
             .store
             .scan(OUTBOX, b"", b"", usize::MAX)

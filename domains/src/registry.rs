@@ -1,75 +1,109 @@
-//! The list of served domains: one line per domain, naming how to build its server from a
-//! context. The appliance serves whichever of these `--domains` selects; the contracts of
-//! domains not listed here exist in `proto/` but are not served by this build.
+//! The one list of the domains this build serves. Each line names a domain (its proto
+//! package, `svc.<name>.v1.*`), documents its configuration section and names the type
+//! implementing [`Domain`]. From the list come [`DomainsConfig`] (one `[domains.<name>]`
+//! section per domain, every field defaulted) and [`DOMAINS`], which the appliance serves
+//! from; `aicore run --domains` refuses a name with a contract but no line here.
 
 use std::sync::Arc;
 
 use aicore_proto::{Dispatch, Status};
+use aicore_runtime::{Ctx, Domain};
 
-use crate::Ctx;
+/// Builds a domain's dispatcher on a context, with its section of the configuration.
+pub type Build = fn(&Ctx, &DomainsConfig) -> Result<Arc<dyn Dispatch>, Status>;
 
 /// How to build one domain's server.
 pub struct DomainSpec {
     /// The domain name (`auth`), as in its proto package.
     pub name: &'static str,
-    /// Builds the domain's dispatcher on a context.
-    pub build: fn(&Ctx) -> Result<Arc<dyn Dispatch>, Status>,
+    /// Builds the domain's dispatcher on a context, with its section of `config`.
+    pub build: Build,
 }
 
-/// Every domain this build serves.
-pub static DOMAINS: &[DomainSpec] = &[
-    DomainSpec {
-        name: "auth",
-        build: crate::auth::server,
-    },
-    DomainSpec {
-        name: "event_bus",
-        build: crate::event_bus::server,
-    },
-    DomainSpec {
-        name: "payment",
-        build: crate::payment::server,
-    },
-    DomainSpec {
-        name: "settings",
-        build: |ctx| {
-            Ok(Arc::new(
-                aicore_proto::aicore::settings::v1::SettingsServer(Arc::new(
-                    crate::settings::Settings::new(ctx.clone()),
-                )),
-            ))
-        },
-    },
-    DomainSpec {
-        name: "state_manager",
-        build: |ctx| {
-            Ok(Arc::new(
-                aicore_proto::aicore::state_manager::v1::StateManagerServer(Arc::new(
-                    crate::state_manager::StateManager::new(ctx.clone()),
-                )),
-            ))
-        },
-    },
-    DomainSpec {
-        name: "quest_system",
-        build: crate::quest_system::server,
-    },
-    DomainSpec {
-        name: "world_state",
-        build: crate::world_state::server,
-    },
-    DomainSpec {
-        name: "time_manager",
-        build: crate::time_manager::server,
-    },
-    DomainSpec {
-        name: "weather_manager",
-        build: crate::weather_manager::server,
-    },
-];
+/// Declares the domains: the configuration struct and the registry, from one list.
+macro_rules! domains {
+    ($( $(#[doc = $doc:literal])* $name:ident => $ty:ty ),* $(,)?) => {
+        /// Configuration of the domains, one section per domain (`[domains.<name>]` in
+        /// `aicore.toml`). Every field has a default, so an empty file is a valid
+        /// configuration.
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct DomainsConfig {
+            /// Requests one domain handles at once; further ones wait (bounded by their
+            /// deadline).
+            pub max_in_flight: usize,
+            $( $(#[doc = $doc])* pub $name: <$ty as Domain>::Config, )*
+        }
+
+        impl Default for DomainsConfig {
+            fn default() -> Self {
+                DomainsConfig {
+                    max_in_flight: 256,
+                    $( $name: Default::default(), )*
+                }
+            }
+        }
+
+        /// Every domain this build serves.
+        pub static DOMAINS: &[DomainSpec] = &[
+            $( DomainSpec {
+                name: stringify!($name),
+                build: |ctx, config| <$ty as Domain>::build(ctx, &config.$name),
+            }, )*
+        ];
+    };
+}
+
+domains! {
+    /// auth: accounts, sessions, access and refresh tokens, roles.
+    auth => crate::auth::Auth,
+    /// event-bus: JetStream streams, consumers and dead letters.
+    event_bus => crate::event_bus::EventBus,
+    /// settings: typed settings with schemas and defaults.
+    settings => crate::settings::Settings,
+    /// state-manager: versioned player save data.
+    state_manager => crate::state_manager::StateManager,
+    /// payment: wallets, the item catalog and the append-only ledger.
+    payment => crate::payment::Payment,
+    /// world-state: shared world facts, snapshots and the change feed.
+    world_state => crate::world_state::WorldState,
+    /// quest-system: quest definitions and player quest logs.
+    quest_system => crate::quest_system::QuestSystem,
+    /// time-manager: the game clock, hourly ticks and game-time timers.
+    time_manager => crate::time_manager::TimeManager,
+    /// weather-manager: regional weather from seeded per-season Markov chains.
+    weather_manager => crate::weather_manager::WeatherManager,
+}
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
 pub fn find(name: &str) -> Option<&'static DomainSpec> {
     let name = name.replace('-', "_");
     DOMAINS.iter().find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_domain_has_a_contract_and_builds_on_defaults() {
+        let (ctx, _) = Ctx::for_tests();
+        let config = DomainsConfig::default();
+        for d in DOMAINS {
+            assert!(
+                aicore_proto::find_service(d.name).is_some(),
+                "{} has no contract in proto/",
+                d.name
+            );
+            // Domains with background tasks need a runtime; build them in one.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let built = rt.block_on(async { (d.build)(&ctx, &config) });
+            let built = built.unwrap_or_else(|e| panic!("{}: {e}", d.name));
+            assert_eq!(built.service().domain, d.name);
+            ctx.shutdown.cancel();
+        }
+    }
 }

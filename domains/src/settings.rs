@@ -24,7 +24,7 @@ use aicore_proto::aicore::settings::v1::{
 };
 use aicore_proto::{Code, Metadata, Request, Status};
 
-use crate::{Ctx, paging, validate};
+use aicore_runtime::{Ctx, paging, validate};
 
 const SCHEMAS: &str = "settings.schemas";
 const VALUES: &str = "settings.values";
@@ -83,6 +83,23 @@ pub struct StoredValue {
 /// The settings domain.
 pub struct Settings {
     ctx: Ctx,
+    config: SettingsConfig,
+}
+
+impl aicore_runtime::Domain for Settings {
+    type Config = SettingsConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &SettingsConfig,
+    ) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(std::sync::Arc::new(
+            aicore_proto::aicore::settings::v1::SettingsServer(std::sync::Arc::new(Settings::new(
+                ctx.clone(),
+                config.clone(),
+            ))),
+        ))
+    }
 }
 
 /// Where a request reads or writes: a scope and, for PLAYER, the player.
@@ -266,12 +283,12 @@ fn decode_token(kind: u8, token: &str, prefix: &str) -> Result<String, Status> {
 
 impl Settings {
     /// The domain on a context.
-    pub fn new(ctx: Ctx) -> Self {
-        Settings { ctx }
+    pub fn new(ctx: Ctx, config: SettingsConfig) -> Self {
+        Settings { ctx, config }
     }
 
     fn config(&self) -> &SettingsConfig {
-        &self.ctx.config.settings
+        &self.config
     }
 
     fn check_key(&self, key: &str) -> Result<(), Status> {
@@ -480,7 +497,7 @@ impl SettingsHandler for Settings {
             let rows = store.scan(SCHEMAS, req.prefix.as_bytes(), &from, limit + 1)?;
             let exhausted = rows.len() <= limit;
             for (k, v) in rows {
-                let schema: Schema = crate::store::decode(SCHEMAS, v)?;
+                let schema: Schema = aicore_runtime::store::decode(SCHEMAS, v)?;
                 if schema.scopes.contains(&(target.scope as i32)) && schemas.len() <= limit {
                     schemas.push(schema);
                 }
@@ -611,7 +628,7 @@ impl SettingsHandler for Settings {
                 .scan(SCHEMAS, req.prefix.as_bytes(), from.as_bytes(), limit + 1)?;
         let mut schemas = rows
             .into_iter()
-            .map(|(_, v)| crate::store::decode::<Schema>(SCHEMAS, v))
+            .map(|(_, v)| aicore_runtime::store::decode::<Schema>(SCHEMAS, v))
             .collect::<Result<Vec<_>, Status>>()?;
         let next_page_token = paging::next_token(&mut schemas, limit, SCHEMAS_TOKEN, |s| {
             Some(s.key.as_bytes().to_vec())
@@ -625,12 +642,11 @@ impl SettingsHandler for Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
 
     fn domain() -> Settings {
-        Settings::new(Ctx::for_tests().0)
+        Settings::new(Ctx::for_tests().0, SettingsConfig::default())
     }
 
     fn trusted<T>(body: T) -> Request<T> {
@@ -1111,11 +1127,12 @@ mod tests {
 
     #[tokio::test]
     async fn config_limits_apply() {
-        let (mut ctx, _) = Ctx::for_tests();
-        let mut config = crate::DomainsConfig::default();
-        config.settings.max_string_bytes = 4;
-        ctx.config = Arc::new(config);
-        let s = Settings::new(ctx);
+        let (ctx, _) = Ctx::for_tests();
+        let config = SettingsConfig {
+            max_string_bytes: 4,
+            ..SettingsConfig::default()
+        };
+        let s = Settings::new(ctx, config);
         s.define_schema(trusted(schema(
             "ui.s",
             SettingType::String,

@@ -27,9 +27,9 @@ use aicore_proto::aicore::state_manager::v1::{
 };
 use aicore_proto::{Code, Request, Status};
 
-use crate::idempotency::{self, Idempotency};
-use crate::store::Tx;
-use crate::{Ctx, paging, validate};
+use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, paging, validate};
 
 /// The one table; the names below say which kind of row an access means.
 const OBJECTS: &str = "state_manager.objects";
@@ -42,9 +42,6 @@ const TAG_END: u8 = 3;
 
 /// Longest key the contract allows (`PutRequest.key`: 1–256 bytes).
 const CONTRACT_MAX_KEY_BYTES: usize = 256;
-/// Longest accepted `content_type`, in bytes.
-const MAX_CONTENT_TYPE_BYTES: usize = 255;
-const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Most superseded versions one write prunes (more only after a lowered `history_depth`;
 /// later writes prune the rest).
 const PRUNE_BATCH: usize = 256;
@@ -131,16 +128,32 @@ pub struct VersionRecord {
 /// The state-manager domain.
 pub struct StateManager {
     ctx: Ctx,
+    config: StateManagerConfig,
+}
+
+impl aicore_runtime::Domain for StateManager {
+    type Config = StateManagerConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &StateManagerConfig,
+    ) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(std::sync::Arc::new(
+            aicore_proto::aicore::state_manager::v1::StateManagerServer(std::sync::Arc::new(
+                StateManager::new(ctx.clone(), config.clone()),
+            )),
+        ))
+    }
 }
 
 impl StateManager {
     /// The domain on a context.
-    pub fn new(ctx: Ctx) -> Self {
-        StateManager { ctx }
+    pub fn new(ctx: Ctx, config: StateManagerConfig) -> Self {
+        StateManager { ctx, config }
     }
 
     fn config(&self) -> &StateManagerConfig {
-        &self.ctx.config.state_manager
+        &self.config
     }
 
     fn check_key(&self, key: &str, field: &str) -> Result<(), Status> {
@@ -165,46 +178,6 @@ impl StateManager {
     fn history_depth(&self) -> u64 {
         u64::from(self.config().history_depth.max(1))
     }
-}
-
-/// The content type to store: the default when empty, else a `type/subtype` MIME type with
-/// optional `;` parameters.
-pub(crate) fn content_type(ct: &str) -> Result<String, Status> {
-    if ct.is_empty() {
-        return Ok(DEFAULT_CONTENT_TYPE.to_string());
-    }
-    let bad = || {
-        Status::invalid(
-            "content_type",
-            "must be a MIME type such as `application/json`",
-        )
-    };
-    if ct.len() > MAX_CONTENT_TYPE_BYTES {
-        return Err(Status::invalid(
-            "content_type",
-            format!("must be at most {MAX_CONTENT_TYPE_BYTES} bytes"),
-        ));
-    }
-    let (essence, params) = match ct.split_once(';') {
-        Some((e, p)) => (e, Some(p)),
-        None => (ct, None),
-    };
-    let (ty, sub) = essence.trim_end().split_once('/').ok_or_else(bad)?;
-    // RFC 9110 `token` characters.
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
-    if !token(ty) || !token(sub) {
-        return Err(bad());
-    }
-    if let Some(p) = params
-        && !p.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
-    {
-        return Err(bad());
-    }
-    Ok(ct.to_string())
 }
 
 fn object_key(player_id: &str, key: &str) -> Vec<u8> {
@@ -324,7 +297,7 @@ impl StateManagerHandler for StateManager {
         validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["admin", "service"])?;
         self.check_key(&req.key, "key")?;
-        let content_type = content_type(&req.content_type)?;
+        let content_type = validate::content_type(&req.content_type)?;
         validate::max_bytes(
             req.data.len(),
             self.config().max_object_bytes,
@@ -451,7 +424,7 @@ impl StateManagerHandler for StateManager {
         // Hot objects: the reply built from the head and the row it points to, cached with
         // the head (a version row never changes, and is pruned only after a newer head).
         let hit = store.get_derived(OBJECTS, &okey, |raw| {
-            let head: Head = crate::store::decode(OBJECTS, raw.clone())?;
+            let head: Head = aicore_runtime::store::decode(OBJECTS, raw.clone())?;
             Ok(store
                 .get_msg::<VersionRecord>(VERSIONS, &version_key(&prefix, head.version))?
                 .map(|rec| {
@@ -598,7 +571,7 @@ impl StateManagerHandler for StateManager {
                     next_page_token = paging::encode_token(LIST_TOKEN, key.as_bytes());
                     break;
                 }
-                let head: Head = crate::store::decode(OBJECTS, v)?;
+                let head: Head = aicore_runtime::store::decode(OBJECTS, v)?;
                 objects.push(metadata(&req.player_id, &key, &head));
             }
             from = tagged(&req.player_id, &key, TAG_END);
@@ -635,7 +608,7 @@ impl StateManagerHandler for StateManager {
         let versions = rows
             .into_iter()
             .map(|(_, v)| {
-                let r: VersionRecord = crate::store::decode(VERSIONS, v)?;
+                let r: VersionRecord = aicore_runtime::store::decode(VERSIONS, v)?;
                 Ok(VersionInfo {
                     version: r.version,
                     size_bytes: r.size_bytes,
@@ -661,14 +634,12 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::DomainsConfig;
 
     fn domain(edit: impl FnOnce(&mut StateManagerConfig)) -> Arc<StateManager> {
-        let (mut ctx, _clock) = Ctx::for_tests();
-        let mut config = DomainsConfig::default();
-        edit(&mut config.state_manager);
-        ctx.config = Arc::new(config);
-        Arc::new(StateManager::new(ctx))
+        let (ctx, _clock) = Ctx::for_tests();
+        let mut config = StateManagerConfig::default();
+        edit(&mut config);
+        Arc::new(StateManager::new(ctx, config))
     }
 
     fn trusted<T>(body: T) -> Request<T> {
@@ -846,17 +817,16 @@ mod tests {
         let prefix = versions_prefix("p1", "k");
         let rows = sm.ctx.store.scan(VERSIONS, &prefix, &prefix, 100).unwrap();
         assert_eq!(rows.len(), 3);
-        let newest: VersionRecord = crate::store::decode(VERSIONS, rows[0].1.clone()).unwrap();
+        let newest: VersionRecord =
+            aicore_runtime::store::decode(VERSIONS, rows[0].1.clone()).unwrap();
         assert_eq!(newest.data, Bytes::from("v5"));
     }
 
     /// The same store under another history depth (as after a configuration change).
     fn with_depth(sm: &StateManager, depth: u32) -> StateManager {
-        let mut config = (*sm.ctx.config).clone();
-        config.state_manager.history_depth = depth;
-        let mut ctx = sm.ctx.clone();
-        ctx.config = Arc::new(config);
-        StateManager::new(ctx)
+        let mut config = sm.config.clone();
+        config.history_depth = depth;
+        StateManager::new(sm.ctx.clone(), config)
     }
 
     /// The version rows the store holds for `p1/key`, oldest first, and the head's idea

@@ -43,8 +43,8 @@ use aicore_proto::{Code, Status};
 use sha2::{Digest, Sha256};
 
 use super::AuthConfig;
-use crate::Store;
-use crate::store::Tx;
+use aicore_runtime::Store;
+use aicore_runtime::store::Tx;
 
 const THROTTLE: &str = "auth.login_throttle";
 const EXPIRY: &str = "auth.login_throttle_expiry";

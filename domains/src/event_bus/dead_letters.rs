@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{REASON_MAX_DELIVER, dlq_headers};
-use crate::streams::{self, ADVISORIES};
+use aicore_runtime::streams::{self, ADVISORIES};
 
 /// The durable consumer of `DLQ_ADVISORIES` the dead-letter task reads.
 const DEAD_LETTER_CONSUMER: &str = "dead-letters";

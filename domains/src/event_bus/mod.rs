@@ -4,21 +4,21 @@
 //! Ack are durable pull consumers, ListStreams and DeadLetters report. It keeps no redb
 //! state: JetStream is the store. A client publish is not a state change of any domain, so
 //! it goes straight to JetStream; events of domain state changes go through the outbox
-//! ([`crate::outbox`]) instead.
+//! ([`aicore_runtime::outbox`]) instead.
 //!
 //! Ack tokens are the `$JS.ACK.…` reply subjects JetStream gave each delivery: they carry
 //! stream, consumer, stream sequence and delivery count, so Ack needs no memory between
 //! calls and works from any replica.
 //!
 //! Dead letters: JetStream emits an advisory when a consumer gives up on a message
-//! (`max_deliver` exhausted, or a TERM). [`crate::streams`] keeps those advisories in the
+//! (`max_deliver` exhausted, or a TERM). [`aicore_runtime::streams`] keeps those advisories in the
 //! `DLQ_ADVISORIES` stream, and [`run_dead_letters`] (`dead_letters.rs`, started by the
 //! supervisor) turns each into a copy of the original message on `dlq.<stream>.<consumer>`
 //! with headers naming its origin, deliveries and reason; the DLQ message id
 //! (`dlq:<stream>:<consumer>:<seq>`) makes a repeat harmless. Because the advisories are
 //! stored, none is lost while the task is down.
 //!
-//! Stream and subject layout: see [`crate::streams`].
+//! Stream and subject layout: see [`aicore_runtime::streams`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,8 +40,9 @@ use async_nats::jetstream::{self, ErrorCode, consumer, stream};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 
-use crate::streams::{self, DLQ, StreamDef};
-use crate::{Ctx, paging};
+use aicore_runtime::streams::{self, DLQ, StreamDef};
+use aicore_runtime::streams::{StreamLimits, StreamsConfig};
+use aicore_runtime::{Ctx, paging};
 
 mod dead_letters;
 #[cfg(test)]
@@ -91,35 +92,6 @@ pub mod dlq_headers {
 /// The reason recorded when a consumer's `max_deliver` ran out.
 pub const REASON_MAX_DELIVER: &str = "max_deliver exceeded";
 
-/// Age, size and de-duplication limits of one stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamLimits {
-    /// Messages older than this are removed, in seconds; 0 = kept until the size limit.
-    pub max_age_secs: u64,
-    /// Stream size past which the oldest messages are removed, in bytes. JetStream reserves
-    /// it in its file store, so the sum over streams must fit `nats.max_file_store`.
-    pub max_bytes: u64,
-    /// How long a `Nats-Msg-Id` is remembered for de-duplication, in seconds (at least 120).
-    pub duplicate_window_secs: u64,
-}
-
-impl StreamLimits {
-    const fn new(days: u64, mib: u64) -> Self {
-        StreamLimits {
-            max_age_secs: days * 24 * 3600,
-            max_bytes: mib << 20,
-            duplicate_window_secs: 600,
-        }
-    }
-}
-
-impl Default for StreamLimits {
-    fn default() -> Self {
-        StreamLimits::new(7, 1024)
-    }
-}
-
 /// Configuration of event-bus (`[domains.event_bus]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,47 +119,67 @@ pub struct EventBusConfig {
 
 impl Default for EventBusConfig {
     fn default() -> Self {
+        let s = StreamsConfig::default();
         EventBusConfig {
             default_max_deliver: 5,
             default_ack_wait_ms: 30_000,
             default_page_size: 50,
             max_page_size: 500,
-            events: StreamLimits::new(7, 1024),
-            telemetry: StreamLimits::new(1, 1024),
-            audit: StreamLimits::new(90, 1024),
-            ai: StreamLimits::new(7, 512),
-            dlq: StreamLimits::new(30, 256),
+            events: s.events,
+            telemetry: s.telemetry,
+            audit: s.audit,
+            ai: s.ai,
+            dlq: s.dlq,
+        }
+    }
+}
+
+impl EventBusConfig {
+    /// The streams' limits, for [`aicore_runtime::streams::ensure_streams`].
+    pub fn streams(&self) -> StreamsConfig {
+        StreamsConfig {
+            events: self.events.clone(),
+            telemetry: self.telemetry.clone(),
+            audit: self.audit.clone(),
+            ai: self.ai.clone(),
+            dlq: self.dlq.clone(),
         }
     }
 }
 
 /// The event-bus domain.
 pub struct EventBus {
-    ctx: Ctx,
+    config: EventBusConfig,
     js: Option<jetstream::Context>,
 }
 
-/// The domain's server, for the registry.
-pub fn server(ctx: &Ctx) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
-    Ok(std::sync::Arc::new(
-        aicore_proto::aicore::event_bus::v1::EventBusServer(std::sync::Arc::new(EventBus::new(
-            ctx.clone(),
-        ))),
-    ))
+impl aicore_runtime::Domain for EventBus {
+    type Config = EventBusConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &EventBusConfig,
+    ) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(std::sync::Arc::new(
+            aicore_proto::aicore::event_bus::v1::EventBusServer(std::sync::Arc::new(
+                EventBus::new(ctx.clone(), config.clone()),
+            )),
+        ))
+    }
 }
 
 impl EventBus {
     /// The domain on a context; JetStream is reached through the context's NATS client.
-    pub fn new(ctx: Ctx) -> Self {
+    pub fn new(ctx: Ctx, config: EventBusConfig) -> Self {
         let js = ctx
             .client
             .as_ref()
             .map(|c| jetstream::new(c.nats().clone()));
-        EventBus { ctx, js }
+        EventBus { config, js }
     }
 
     fn config(&self) -> &EventBusConfig {
-        &self.ctx.config.event_bus
+        &self.config
     }
 
     fn js(&self) -> Result<&jetstream::Context, Status> {

@@ -1,7 +1,7 @@
 use super::*;
 
 fn bus() -> EventBus {
-    EventBus::new(Ctx::for_tests().0)
+    EventBus::new(Ctx::for_tests().0, EventBusConfig::default())
 }
 
 fn field(s: &Status) -> &str {

@@ -19,7 +19,7 @@ use aicore_proto::{CallOptions, Code, Metadata, Status};
 use futures::future::BoxFuture;
 use moka::sync::Cache;
 
-use crate::Ctx;
+use aicore_runtime::Ctx;
 
 /// Accounts remembered as existing, at most.
 const CACHE_CAPACITY: u64 = 100_000;

@@ -20,7 +20,7 @@
 //! - `payment.refunds`: `seq` of a refunded entry → the id of its REFUND entry (refund once).
 //! - `payment.items`: `item_id` → the contract's `Item`.
 //! - `payment.meta`: `ledger` → [`LedgerMeta`] (the next sequence number).
-//! - `payment.idempotency`: see [`crate::idempotency`].
+//! - `payment.idempotency`: see [`aicore_runtime::idempotency`].
 //!
 //! Idempotency keys of money writes are scoped by the wallet they act on (Credit, Debit and
 //! Purchase: `player_id`; Transfer: `from_player_id`) and shared across those RPCs, with the
@@ -52,13 +52,13 @@ use aicore_proto::aicore::payment::v1::{
 use aicore_proto::{Code, Metadata, Request, Status};
 use prost::Message;
 
-use crate::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::{self, Idempotency};
 
 pub mod accounts;
 
-use crate::store::{Tx, decode};
-use crate::{Ctx, paging, validate};
 use accounts::{AccountCheck, Accounts, AuthAccounts};
+use aicore_runtime::store::{Tx, decode};
+use aicore_runtime::{Ctx, paging, validate};
 
 const WALLETS: &str = "payment.wallets";
 const LEDGER: &str = "payment.ledger";
@@ -159,31 +159,32 @@ pub struct LedgerMeta {
 /// The payment domain.
 pub struct Payment {
     ctx: Ctx,
+    config: PaymentConfig,
     idempotency: Idempotency,
     accounts: AccountCheck,
 }
 
 impl Payment {
     /// The domain on a context, asking auth over NATS which accounts exist.
-    pub fn new(ctx: Ctx) -> Self {
+    pub fn new(ctx: Ctx, config: PaymentConfig) -> Self {
         let accounts = Arc::new(AuthAccounts::new(ctx.clone()));
-        Payment::with_accounts(ctx, accounts)
+        Payment::with_accounts(ctx, config, accounts)
     }
 
     /// The domain with another directory of accounts (tests).
-    pub fn with_accounts(ctx: Ctx, accounts: Arc<dyn Accounts>) -> Self {
-        let ttl =
-            Duration::from_secs(ctx.config.payment.idempotency_ttl_secs).max(MIN_IDEMPOTENCY_TTL);
-        let known_for = Duration::from_secs(ctx.config.payment.account_cache_secs);
+    pub fn with_accounts(ctx: Ctx, config: PaymentConfig, accounts: Arc<dyn Accounts>) -> Self {
+        let ttl = Duration::from_secs(config.idempotency_ttl_secs).max(MIN_IDEMPOTENCY_TTL);
+        let known_for = Duration::from_secs(config.account_cache_secs);
         Payment {
             idempotency: Idempotency::new(IDEMPOTENCY_TABLE, ttl),
             accounts: AccountCheck::new(accounts, known_for),
+            config,
             ctx,
         }
     }
 
     fn config(&self) -> &PaymentConfig {
-        &self.ctx.config.payment
+        &self.config
     }
 
     fn check_currency(&self, currency: &str, field: &str) -> Result<(), Status> {
@@ -955,13 +956,20 @@ impl PaymentHandler for Payment {
     }
 }
 
-/// The handler served for a context (see [`crate::registry`]).
-pub fn server(ctx: &Ctx) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
-    Ok(std::sync::Arc::new(
-        aicore_proto::aicore::payment::v1::PaymentServer(std::sync::Arc::new(Payment::new(
-            ctx.clone(),
-        ))),
-    ))
+impl aicore_runtime::Domain for Payment {
+    type Config = PaymentConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &PaymentConfig,
+    ) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(std::sync::Arc::new(
+            aicore_proto::aicore::payment::v1::PaymentServer(std::sync::Arc::new(Payment::new(
+                ctx.clone(),
+                config.clone(),
+            ))),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use proptest::prelude::*;
 
 use super::accounts::KnownAccounts;
 use super::*;
-use crate::store::{OUTBOX, OutboxEvent, Store};
-use crate::{DomainsConfig, ManualClock};
+use aicore_runtime::ManualClock;
+use aicore_runtime::store::{OUTBOX, OutboxEvent, Store};
 
 /// The accounts the tests pay (the proptest's `PLAYERS` among them).
 const ACCOUNTS: [&str; 10] = ["p0", "p1", "p2", "p3", "p10", "alice", "bob", "a", "b", "c"];
@@ -25,13 +25,12 @@ fn domain(edit: impl FnOnce(&mut PaymentConfig)) -> (Arc<Payment>, Arc<ManualClo
 fn domain_with_accounts(
     edit: impl FnOnce(&mut PaymentConfig),
 ) -> (Arc<Payment>, Arc<ManualClock>, Arc<KnownAccounts>) {
-    let (mut ctx, clock) = Ctx::for_tests();
-    let mut config = DomainsConfig::default();
-    edit(&mut config.payment);
-    ctx.config = Arc::new(config);
+    let (ctx, clock) = Ctx::for_tests();
+    let mut config = PaymentConfig::default();
+    edit(&mut config);
     let accounts = Arc::new(KnownAccounts::new(ACCOUNTS.into_iter().chain(["d"])));
     (
-        Arc::new(Payment::with_accounts(ctx, accounts.clone())),
+        Arc::new(Payment::with_accounts(ctx, config, accounts.clone())),
         clock,
         accounts,
     )
@@ -1345,6 +1344,7 @@ async fn money_goes_only_to_accounts_that_exist() {
     let bought = purchase(&p, "p1", "sword", "GOLD", 1, "b1").await.unwrap();
     let without_p1 = Payment::with_accounts(
         p.ctx.clone(),
+        p.config.clone(),
         Arc::new(KnownAccounts::new(["acc_doesnotexist"])),
     );
     let e = without_p1
@@ -1378,7 +1378,7 @@ async fn existing_accounts_are_remembered_and_unknown_ones_asked_again() {
     }
     let (ctx, _) = Ctx::for_tests();
     let asked = Arc::new(Counting::default());
-    let p = Payment::with_accounts(ctx, asked.clone());
+    let p = Payment::with_accounts(ctx, PaymentConfig::default(), asked.clone());
     for key in ["k1", "k2", "k3"] {
         credit(&p, "p1", "GOLD", 1, key).await.unwrap();
     }
@@ -1396,7 +1396,7 @@ async fn without_a_way_to_ask_auth_no_money_moves() {
     // Ctx::for_tests has no NATS client: the production directory cannot answer, and the
     // credit is refused rather than let through.
     let (ctx, _) = Ctx::for_tests();
-    let p = Payment::new(ctx);
+    let p = Payment::new(ctx, PaymentConfig::default());
     let e = credit(&p, "p1", "GOLD", 1, "k").await.unwrap_err();
     assert_eq!(e.code, Code::Unavailable);
     assert!(ledger(&p.ctx.store).is_empty());

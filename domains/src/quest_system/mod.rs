@@ -45,9 +45,9 @@ use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::idempotency::{self, Idempotency};
-use crate::store::Tx;
-use crate::{Ctx, paging, validate};
+use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, paging, validate};
 
 const QUESTS: &str = "quest_system.quests";
 const VERSIONS: &str = "quest_system.versions";
@@ -200,17 +200,25 @@ impl WorldFacts for OverNats {
 /// The quest-system domain.
 pub struct QuestSystem {
     ctx: Ctx,
+    config: QuestSystemConfig,
     rewards: Arc<dyn RewardSink>,
     facts: Arc<dyn WorldFacts>,
 }
 
-/// The quest-system server on a context (its line in [`crate::registry::DOMAINS`]).
-pub fn server(ctx: &Ctx) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
-    Ok(Arc::new(
-        aicore_proto::aicore::quest_system::v1::QuestSystemServer(Arc::new(QuestSystem::new(
-            ctx.clone(),
-        ))),
-    ))
+impl aicore_runtime::Domain for QuestSystem {
+    type Config = QuestSystemConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &QuestSystemConfig,
+    ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(Arc::new(
+            aicore_proto::aicore::quest_system::v1::QuestSystemServer(Arc::new(QuestSystem::new(
+                ctx.clone(),
+                config.clone(),
+            ))),
+        ))
+    }
 }
 
 /// Options for calls the domain makes on its own authority: the caller's deadline and
@@ -380,10 +388,11 @@ fn condition_holds(c: &FactCondition, fact: Option<&Fact>) -> bool {
 
 impl QuestSystem {
     /// The domain on a context, talking to payment and world-state over NATS.
-    pub fn new(ctx: Ctx) -> Self {
+    pub fn new(ctx: Ctx, config: QuestSystemConfig) -> Self {
         let deps = Arc::new(OverNats { ctx: ctx.clone() });
         QuestSystem {
             ctx,
+            config,
             rewards: deps.clone(),
             facts: deps,
         }
@@ -392,18 +401,20 @@ impl QuestSystem {
     /// The domain with other dependencies (tests).
     pub fn with_dependencies(
         ctx: Ctx,
+        config: QuestSystemConfig,
         rewards: Arc<dyn RewardSink>,
         facts: Arc<dyn WorldFacts>,
     ) -> Self {
         QuestSystem {
             ctx,
+            config,
             rewards,
             facts,
         }
     }
 
     fn config(&self) -> &QuestSystemConfig {
-        &self.ctx.config.quest_system
+        &self.config
     }
 
     fn page_size(&self, requested: i32) -> Result<usize, Status> {
@@ -704,7 +715,7 @@ impl QuestSystemHandler for QuestSystem {
                     break;
                 }
                 scanned += 1;
-                let quest: Quest = crate::store::decode(QUESTS, v.clone())?;
+                let quest: Quest = aicore_runtime::store::decode(QUESTS, v.clone())?;
                 let entry = self.entry(&req.player_id, &quest.quest_id)?;
                 if !matches!(may_accept(entry.as_ref(), quest.repeatable), Ok(true)) {
                     continue;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::store::{OUTBOX, OutboxEvent};
 
 /// How the next credit fails, if at all.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,7 +87,7 @@ struct World {
     qs: QuestSystem,
     pay: Arc<Payments>,
     facts: Arc<Facts>,
-    clock: Arc<crate::ManualClock>,
+    clock: Arc<aicore_runtime::ManualClock>,
 }
 
 fn world() -> World {
@@ -95,7 +95,7 @@ fn world() -> World {
     let pay = Arc::new(Payments::default());
     let facts = Arc::new(Facts::default());
     World {
-        qs: QuestSystem::with_dependencies(ctx, pay.clone(), facts.clone()),
+        qs: QuestSystem::with_dependencies(ctx, Default::default(), pay.clone(), facts.clone()),
         pay,
         facts,
         clock,
@@ -219,7 +219,7 @@ impl World {
             .scan(OUTBOX, b"", b"", 10_000)
             .unwrap()
             .into_iter()
-            .map(|(_, v)| crate::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
+            .map(|(_, v)| aicore_runtime::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
             .filter(|e| e.subject == COMPLETED_SUBJECT)
             .map(|e| prost::Message::decode(e.payload.as_slice()).unwrap())
             .collect()

@@ -55,9 +55,9 @@ use aicore_proto::{Code, Metadata, Request, Status};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::idempotency::{self, Idempotency};
-use crate::store::Tx;
-use crate::{Ctx, paging};
+use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, calendar, paging};
 
 const CLOCK: &str = "time_manager.clock";
 const CLOCK_KEY: &[u8] = b"clock";
@@ -77,10 +77,7 @@ pub const SCHEDULED_SUBJECT: &str = "evt.time.scheduled";
 /// Published on every clock change (payload: [`ClockChangedEvent`]).
 pub const CLOCK_CHANGED_SUBJECT: &str = "evt.time.clock_changed";
 
-/// Game seconds in a game day (the calendar's hours are 0–23).
-pub const DAY_SECONDS: i64 = 86_400;
-/// Game seconds in a game hour.
-pub const HOUR_SECONDS: i64 = 3_600;
+pub use aicore_runtime::calendar::{DAY_SECONDS, HOUR_SECONDS};
 /// Largest game time SetTime and Schedule accept (about 31 700 game years), so game
 /// milliseconds never overflow.
 pub const MAX_GAME_SECONDS: i64 = 1_000_000_000_000;
@@ -122,7 +119,7 @@ impl Default for TimeManagerConfig {
         TimeManagerConfig {
             default_scale: 60.0,
             start_game_seconds: 6 * HOUR_SECONDS,
-            days_per_season: 30,
+            days_per_season: calendar::DEFAULT_DAYS_PER_SEASON,
             poll_interval_ms: 200,
             max_catch_up_ticks: 24,
             fire_batch: 256,
@@ -201,13 +198,6 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
-/// The season (1 spring … 4 winter, as the `Season` enums number them) at game second
-/// `seconds` with `days_per_season`-day seasons.
-pub fn season_at(seconds: i64, days_per_season: u32) -> i32 {
-    let dps = i64::from(days_per_season.max(1));
-    (seconds.max(0).div_euclid(DAY_SECONDS).div_euclid(dps) % 4) as i32 + 1
-}
-
 /// A game second broken down by the calendar (see the module doc).
 pub fn game_time(seconds: i64, days_per_season: u32) -> GameTime {
     let s = seconds.max(0);
@@ -221,8 +211,8 @@ pub fn game_time(seconds: i64, days_per_season: u32) -> GameTime {
         minute: (sod % HOUR_SECONDS / 60) as i32,
         second: (sod % 60) as i32,
         year: day / (dps * 4),
-        season: Season::try_from(season_at(s, days_per_season)).unwrap_or(Season::Unspecified)
-            as i32,
+        season: Season::try_from(calendar::season_at(s, days_per_season))
+            .unwrap_or(Season::Unspecified) as i32,
         day_of_season: (day % dps) as i32,
     }
 }
@@ -280,12 +270,13 @@ impl Params {
     fn clock_proto(&self, c: &ClockState, real_ms: i64) -> Clock {
         Clock {
             game_time: Some(game_time(c.game_seconds_at(real_ms), self.days_per_season)),
-            real_time: Some(crate::runtime::timestamp(
+            real_time: Some(aicore_runtime::timestamp(
                 UNIX_EPOCH + Duration::from_millis(real_ms.max(0) as u64),
             )),
             scale: c.scale,
             paused: c.paused,
             version: c.version,
+            days_per_season: self.days_per_season,
         }
     }
 }
@@ -400,21 +391,24 @@ fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
 /// The time-manager domain.
 pub struct TimeManager {
     ctx: Ctx,
+    config: TimeManagerConfig,
     /// Wakes the ticker early (after a Schedule, so a past-due timer fires promptly).
     wake: tokio::sync::Notify,
 }
 
 impl TimeManager {
-    /// The domain on a context (without its ticker: see [`server`] and [`TimeManager::run`]).
-    pub fn new(ctx: Ctx) -> Self {
+    /// The domain on a context (without its ticker: see its [`aicore_runtime::Domain`]
+    /// build and [`TimeManager::run`]).
+    pub fn new(ctx: Ctx, config: TimeManagerConfig) -> Self {
         TimeManager {
             ctx,
+            config,
             wake: tokio::sync::Notify::new(),
         }
     }
 
     fn config(&self) -> &TimeManagerConfig {
-        &self.ctx.config.time_manager
+        &self.config
     }
 
     fn params(&self) -> Params {
@@ -659,7 +653,7 @@ impl TimeManagerHandler for TimeManager {
                 ),
             ));
         }
-        let content_type = crate::state_manager::content_type(&req.content_type)?;
+        let content_type = aicore_runtime::validate::content_type(&req.content_type)?;
         if req.idempotency_key.is_empty() {
             return Err(Status::invalid(
                 "idempotency_key",
@@ -687,7 +681,7 @@ impl TimeManagerHandler for TimeManager {
                 self.ctx.clock.now(),
                 move |tx| {
                     let timer = Timer {
-                        schedule_id: crate::runtime::new_id("tmr"),
+                        schedule_id: aicore_runtime::new_id("tmr"),
                         fire_at: Some(game_time(req.fire_at_seconds, dps)),
                         repeat_every_seconds: req.repeat_every_seconds,
                         name: req.name,
@@ -781,16 +775,22 @@ impl TimeManagerHandler for TimeManager {
     }
 }
 
-/// The time-manager server on a context (its line in [`crate::registry::DOMAINS`]), with
-/// its ticker running until `ctx.shutdown`.
-pub fn server(ctx: &Ctx) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
-    let tm = Arc::new(TimeManager::new(ctx.clone()));
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| Status::internal("time-manager needs a tokio runtime for its ticker"))?;
-    runtime.spawn(tm.clone().run());
-    Ok(Arc::new(
-        aicore_proto::aicore::time_manager::v1::TimeManagerServer(tm),
-    ))
+impl aicore_runtime::Domain for TimeManager {
+    type Config = TimeManagerConfig;
+
+    /// The server, with the ticker running until `ctx.shutdown`.
+    fn build(
+        ctx: &Ctx,
+        config: &TimeManagerConfig,
+    ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
+        let tm = Arc::new(TimeManager::new(ctx.clone(), config.clone()));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Status::internal("time-manager needs a tokio runtime for its ticker"))?;
+        runtime.spawn(tm.clone().run());
+        Ok(Arc::new(
+            aicore_proto::aicore::time_manager::v1::TimeManagerServer(tm),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::store::{OUTBOX, OutboxEvent};
-use crate::{Clock as _, ManualClock};
+use aicore_runtime::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::{Clock as _, ManualClock};
 
 fn domain() -> (Arc<TimeManager>, Arc<ManualClock>) {
     let (ctx, clock) = Ctx::for_tests();
-    (Arc::new(TimeManager::new(ctx)), clock)
+    (Arc::new(TimeManager::new(ctx, Default::default())), clock)
 }
 
 fn events(tm: &TimeManager, subject: &str) -> Vec<Vec<u8>> {
@@ -20,7 +20,7 @@ fn events(tm: &TimeManager, subject: &str) -> Vec<Vec<u8>> {
         .scan(OUTBOX, b"", b"", 100_000)
         .unwrap()
         .into_iter()
-        .map(|(_, v)| crate::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
+        .map(|(_, v)| aicore_runtime::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
         .filter(|e| e.subject == subject)
         .map(|e| e.payload)
         .collect()
@@ -102,7 +102,7 @@ async fn a_new_clock_starts_at_the_configured_time_and_runs_at_the_scale() {
     assert_eq!(g.season, Season::Spring as i32);
     assert_eq!(c.scale, 60.0);
     // Projection of another instant with the same scale.
-    let at = crate::runtime::timestamp(clock.now() + Duration::from_secs(60));
+    let at = aicore_runtime::timestamp(clock.now() + Duration::from_secs(60));
     let later = tm
         .now(Request::new(NowRequest { at: Some(at) }))
         .await
@@ -455,7 +455,7 @@ async fn the_clock_persists_in_the_store_across_domain_instances() {
     clock.advance(Duration::from_secs(10));
     let before = now_s(&tm).await;
     // A new instance on the same store (a restart) continues, counting the downtime.
-    let again = TimeManager::new(tm.ctx.clone());
+    let again = TimeManager::new(tm.ctx.clone(), tm.config.clone());
     assert_eq!(now_s(&again).await, before);
     clock.advance(Duration::from_secs(5));
     assert_eq!(now_s(&again).await, before + 600);

@@ -24,8 +24,8 @@
 //! step lengths other than an hour; SetOverride, ClearOverride and DefineRegion observe
 //! in their own transaction, so their changes are published at once.
 //!
-//! Seasons follow time-manager's calendar ([`crate::time_manager::season_at`]) with the
-//! shared `[domains.time_manager] days_per_season`.
+//! Seasons follow time-manager's calendar ([`aicore_runtime::calendar::season_at`]) with
+//! the days per season time-manager reports with every clock reading.
 //!
 //! Tables:
 //! - `weather_manager.regions`: region id → `Region`.
@@ -48,8 +48,8 @@ use aicore_proto::{CallOptions, Code, Request, Status};
 use futures::future::BoxFuture;
 use prost::Message;
 
-use crate::store::Tx;
-use crate::{Ctx, paging, validate};
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, paging, validate};
 
 const REGIONS: &str = "weather_manager.regions";
 const OVERRIDES: &str = "weather_manager.overrides";
@@ -243,7 +243,7 @@ impl Chain {
     }
 
     fn table(&self, step: i64) -> &Table {
-        let season = crate::time_manager::season_at(
+        let season = aicore_runtime::calendar::season_at(
             step.saturating_mul(self.step_seconds),
             self.days_per_season,
         );
@@ -467,11 +467,17 @@ fn check_climate(c: &Climate, field: &str) -> Result<(), Status> {
 pub trait GameClock: Send + Sync + 'static {
     /// The current game time, in game seconds since the epoch.
     fn now(&self) -> BoxFuture<'_, Result<i64, Status>>;
+    /// The calendar's days per season, as last seen (time-manager says it with every
+    /// answer); `None` before the first.
+    fn days_per_season(&self) -> Option<u32>;
 }
 
 /// time-manager's Now through the SDK client.
 pub struct OverNats {
     ctx: Ctx,
+    timeout: Duration,
+    /// The calendar's days per season from the last answer (0 = none yet).
+    days_per_season: std::sync::atomic::AtomicU32,
 }
 
 impl GameClock for OverNats {
@@ -479,15 +485,25 @@ impl GameClock for OverNats {
         use aicore_proto::aicore::time_manager::v1::{NowRequest, TimeManagerClient};
         Box::pin(async move {
             let client = TimeManagerClient::new(self.ctx.client()?.clone());
-            let timeout = Duration::from_millis(self.ctx.config.weather_manager.clock_timeout_ms);
             let r = client
-                .now(NowRequest { at: None }, &CallOptions::timeout(timeout))
+                .now(NowRequest { at: None }, &CallOptions::timeout(self.timeout))
                 .await?;
-            r.clock
-                .and_then(|c| c.game_time)
+            let clock = r
+                .clock
+                .ok_or_else(|| Status::internal("time-manager returned no clock"))?;
+            if clock.days_per_season > 0 {
+                self.days_per_season
+                    .store(clock.days_per_season, Ordering::Relaxed);
+            }
+            clock
+                .game_time
                 .map(|g| g.seconds)
                 .ok_or_else(|| Status::internal("time-manager returned no game time"))
         })
+    }
+
+    fn days_per_season(&self) -> Option<u32> {
+        Some(self.days_per_season.load(Ordering::Relaxed)).filter(|d| *d > 0)
     }
 }
 
@@ -507,6 +523,10 @@ impl GameClock for ManualGameClock {
         let v = self.0.load(Ordering::SeqCst);
         Box::pin(async move { Ok(v) })
     }
+
+    fn days_per_season(&self) -> Option<u32> {
+        Some(aicore_runtime::calendar::DEFAULT_DAYS_PER_SEASON)
+    }
 }
 
 // ---------------------------------------------------------------- the domain
@@ -514,6 +534,7 @@ impl GameClock for ManualGameClock {
 /// The weather-manager domain.
 pub struct WeatherManager {
     ctx: Ctx,
+    config: WeatherManagerConfig,
     clock: Arc<dyn GameClock>,
     /// Held from reading the game clock until the observation made with that reading is
     /// committed, by the background task and by every RPC that observes: observations
@@ -586,20 +607,25 @@ fn observe(
 
 impl WeatherManager {
     /// The domain on a context, reading game time from `clock`.
-    pub fn new(ctx: Ctx, clock: Arc<dyn GameClock>) -> Self {
+    pub fn new(ctx: Ctx, config: WeatherManagerConfig, clock: Arc<dyn GameClock>) -> Self {
         WeatherManager {
             ctx,
+            config,
             clock,
             observing: tokio::sync::Mutex::new(()),
         }
     }
 
     fn config(&self) -> &WeatherManagerConfig {
-        &self.ctx.config.weather_manager
+        &self.config
     }
 
+    /// The calendar's days per season: as time-manager last said, else its default (only
+    /// until the first clock reading; nothing is published before one).
     fn days_per_season(&self) -> u32 {
-        self.ctx.config.time_manager.days_per_season
+        self.clock
+            .days_per_season()
+            .unwrap_or(aicore_runtime::calendar::DEFAULT_DAYS_PER_SEASON)
     }
 
     fn region(&self, id: &str) -> Result<Region, Status> {
@@ -932,7 +958,7 @@ impl WeatherManagerHandler for WeatherManager {
             paging::next_token(&mut rows, limit, LIST_TOKEN, |(k, _)| Some(k.clone()));
         let regions = rows
             .into_iter()
-            .map(|(_, v)| crate::store::decode(REGIONS, v))
+            .map(|(_, v)| aicore_runtime::store::decode(REGIONS, v))
             .collect::<Result<_, Status>>()?;
         Ok(ListRegionsResponse {
             regions,
@@ -941,18 +967,28 @@ impl WeatherManagerHandler for WeatherManager {
     }
 }
 
-/// The weather-manager server on a context (its line in [`crate::registry::DOMAINS`]),
-/// reading game time from time-manager over NATS, with its background task running
-/// until `ctx.shutdown`.
-pub fn server(ctx: &Ctx) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
-    let clock = Arc::new(OverNats { ctx: ctx.clone() });
-    let wm = Arc::new(WeatherManager::new(ctx.clone(), clock));
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| Status::internal("weather-manager needs a tokio runtime for its task"))?;
-    runtime.spawn(wm.clone().run());
-    Ok(Arc::new(
-        aicore_proto::aicore::weather_manager::v1::WeatherManagerServer(wm),
-    ))
+impl aicore_runtime::Domain for WeatherManager {
+    type Config = WeatherManagerConfig;
+
+    /// The server, reading game time from time-manager over NATS, with its background
+    /// task running until `ctx.shutdown`.
+    fn build(
+        ctx: &Ctx,
+        config: &WeatherManagerConfig,
+    ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
+        let clock = Arc::new(OverNats {
+            ctx: ctx.clone(),
+            timeout: Duration::from_millis(config.clock_timeout_ms),
+            days_per_season: Default::default(),
+        });
+        let wm = Arc::new(WeatherManager::new(ctx.clone(), config.clone(), clock));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Status::internal("weather-manager needs a tokio runtime for its task"))?;
+        runtime.spawn(wm.clone().run());
+        Ok(Arc::new(
+            aicore_proto::aicore::weather_manager::v1::WeatherManagerServer(wm),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use aicore_proto::aicore::weather_manager::v1::Transition;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::store::{OUTBOX, OutboxEvent};
 
 use WeatherCondition as W;
 
@@ -24,7 +24,10 @@ const ALL: [W; 7] = [
 fn domain() -> (Arc<WeatherManager>, Arc<ManualGameClock>) {
     let (ctx, _) = Ctx::for_tests();
     let clock = Arc::new(ManualGameClock::default());
-    (Arc::new(WeatherManager::new(ctx, clock.clone())), clock)
+    (
+        Arc::new(WeatherManager::new(ctx, Default::default(), clock.clone())),
+        clock,
+    )
 }
 
 fn tr(from: W, to: W, weight: f64) -> Transition {
@@ -100,7 +103,7 @@ fn changes(wm: &WeatherManager) -> Vec<WeatherChangedEvent> {
         .scan(OUTBOX, b"", b"", 100_000)
         .unwrap()
         .into_iter()
-        .map(|(_, v)| crate::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
+        .map(|(_, v)| aicore_runtime::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
         .filter(|e| e.subject == CHANGED_SUBJECT)
         .map(|e| WeatherChangedEvent::decode(e.payload.as_slice()).unwrap())
         .collect()
@@ -492,6 +495,10 @@ impl GameClock for GatedClock {
             Ok(v)
         })
     }
+
+    fn days_per_season(&self) -> Option<u32> {
+        Some(aicore_runtime::calendar::DEFAULT_DAYS_PER_SEASON)
+    }
 }
 
 /// The background task reads the clock (10:00:10), then an override is set at a later
@@ -503,7 +510,7 @@ async fn a_step_with_an_older_clock_reading_never_lands_after_an_override() {
     let (ctx, _) = Ctx::for_tests();
     let stop = ctx.shutdown.clone();
     let clock = Arc::new(GatedClock::default());
-    let wm = Arc::new(WeatherManager::new(ctx, clock.clone()));
+    let wm = Arc::new(WeatherManager::new(ctx, Default::default(), clock.clone()));
     clock.seconds.store(10 * 3600, Ordering::SeqCst);
     define(&wm, region("vale", 5)).await.unwrap();
     wm.step(10 * 3600).await.unwrap();

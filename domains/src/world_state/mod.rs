@@ -39,9 +39,9 @@ use aicore_proto::{Code, Request, Status, Streaming};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::idempotency::{self, Idempotency};
-use crate::store::{Store, Tx};
-use crate::{Ctx, paging, validate};
+use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::store::{Store, Tx};
+use aicore_runtime::{Ctx, paging, validate};
 
 const FACTS: &str = "world_state.facts";
 const TOMBSTONES: &str = "world_state.tombstones";
@@ -134,21 +134,23 @@ pub struct Tombstone {
 /// The world-state domain.
 pub struct WorldState {
     ctx: Ctx,
+    config: WorldStateConfig,
     /// The latest revision this process committed; wakes local watchers at once.
     committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl WorldState {
     /// The domain on a context.
-    pub fn new(ctx: Ctx) -> Self {
+    pub fn new(ctx: Ctx, config: WorldStateConfig) -> Self {
         WorldState {
             ctx,
+            config,
             committed: tokio::sync::watch::Sender::new(0),
         }
     }
 
     fn config(&self) -> &WorldStateConfig {
-        &self.ctx.config.world_state
+        &self.config
     }
 
     fn page_size(&self, requested: i32) -> Result<usize, Status> {
@@ -285,7 +287,7 @@ impl WorldStateHandler for WorldState {
     async fn set(&self, request: Request<SetRequest>) -> Result<SetResponse, Status> {
         let req = request.body;
         check_key(&req.key, "key", false)?;
-        let content_type = crate::state_manager::content_type(&req.content_type)?;
+        let content_type = aicore_runtime::validate::content_type(&req.content_type)?;
         validate::max_bytes(
             req.data.len(),
             self.config().max_fact_bytes,
@@ -427,7 +429,7 @@ impl WorldStateHandler for WorldState {
             paging::next_token(&mut rows, limit, LIST_TOKEN, |(k, _)| Some(k.clone()));
         let facts = rows
             .into_iter()
-            .map(|(_, v)| crate::store::decode(FACTS, v))
+            .map(|(_, v)| aicore_runtime::store::decode(FACTS, v))
             .collect::<Result<_, Status>>()?;
         Ok(ListResponse {
             facts,
@@ -483,7 +485,7 @@ impl WorldStateHandler for WorldState {
         let mut bytes = 0usize;
         let mut facts = Vec::with_capacity(rows.len());
         for (_, v) in rows {
-            let f: Fact = crate::store::decode(FACTS, v)?;
+            let f: Fact = aicore_runtime::store::decode(FACTS, v)?;
             bytes += f.data.len();
             if bytes > max_bytes {
                 return Err(Status::with_field(
@@ -616,7 +618,7 @@ impl Watcher {
                     return Err(too_old(self.next));
                 }
                 self.next = revision + 1;
-                let mut change: FactChange = crate::store::decode(CHANGES, v)?;
+                let mut change: FactChange = aicore_runtime::store::decode(CHANGES, v)?;
                 if !change.key.starts_with(&self.prefix) {
                     continue;
                 }
@@ -698,13 +700,19 @@ impl Watcher {
     }
 }
 
-/// The world-state server on a context (its line in [`crate::registry::DOMAINS`]).
-pub fn server(ctx: &Ctx) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
-    Ok(std::sync::Arc::new(
-        aicore_proto::aicore::world_state::v1::WorldStateServer(std::sync::Arc::new(
-            WorldState::new(ctx.clone()),
-        )),
-    ))
+impl aicore_runtime::Domain for WorldState {
+    type Config = WorldStateConfig;
+
+    fn build(
+        ctx: &Ctx,
+        config: &WorldStateConfig,
+    ) -> Result<std::sync::Arc<dyn aicore_proto::Dispatch>, Status> {
+        Ok(std::sync::Arc::new(
+            aicore_proto::aicore::world_state::v1::WorldStateServer(std::sync::Arc::new(
+                WorldState::new(ctx.clone(), config.clone()),
+            )),
+        ))
+    }
 }
 
 #[cfg(test)]

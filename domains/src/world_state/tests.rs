@@ -6,15 +6,13 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::DomainsConfig;
-use crate::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::store::{OUTBOX, OutboxEvent};
 
 fn domain(edit: impl FnOnce(&mut WorldStateConfig)) -> Arc<WorldState> {
-    let (mut ctx, _clock) = Ctx::for_tests();
-    let mut config = DomainsConfig::default();
-    edit(&mut config.world_state);
-    ctx.config = Arc::new(config);
-    Arc::new(WorldState::new(ctx))
+    let (ctx, _clock) = Ctx::for_tests();
+    let mut config = WorldStateConfig::default();
+    edit(&mut config);
+    Arc::new(WorldState::new(ctx, config))
 }
 
 fn set_req(key: &str, data: &str, expected: Option<u64>) -> SetRequest {
@@ -67,7 +65,7 @@ fn events(ws: &WorldState) -> Vec<FactChange> {
         .scan(OUTBOX, b"", b"", 10_000)
         .unwrap()
         .into_iter()
-        .map(|(_, v)| crate::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
+        .map(|(_, v)| aicore_runtime::store::decode::<OutboxEvent>(OUTBOX, v).unwrap())
         .filter(|e| e.subject == CHANGED_SUBJECT)
         .map(|e| prost::Message::decode(e.payload.as_slice()).unwrap())
         .collect()
@@ -328,11 +326,9 @@ async fn watch_replays_then_catches_up_then_follows_live_changes_in_order() {
 
 /// The same store under another change-log retention (as after a configuration change).
 fn with_retention(ws: &WorldState, retention: u64) -> WorldState {
-    let mut config = (*ws.ctx.config).clone();
-    config.world_state.change_log_retention = retention;
-    let mut ctx = ws.ctx.clone();
-    ctx.config = Arc::new(config);
-    WorldState::new(ctx)
+    let mut config = ws.config.clone();
+    config.change_log_retention = retention;
+    WorldState::new(ws.ctx.clone(), config)
 }
 
 /// The revisions the change log holds, and where the meta row says it starts.

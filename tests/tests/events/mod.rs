@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aicore_domains::event_bus::EventBusConfig;
-use aicore_domains::store::{OUTBOX, OutboxEvent, Store, StoreOptions};
-use aicore_domains::{outbox, streams};
 use aicore_e2e::{Appliance, BareNats};
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::event_bus::v1::{self as eb, replay_request, replay_response};
+use aicore_runtime::store::{OUTBOX, OutboxEvent, Store, StoreOptions};
+use aicore_runtime::{outbox, streams};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -455,11 +455,11 @@ async fn outbox_relay_delivers_every_event_exactly_once_across_a_crash() {
     let nats = BareNats::start_js(&dir.path().join("js")).await;
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    streams::ensure_streams(&js, &EventBusConfig::default())
+    streams::ensure_streams(&js, &EventBusConfig::default().streams())
         .await
         .expect("streams");
     // Idempotent: a second start changes nothing.
-    streams::ensure_streams(&js, &EventBusConfig::default())
+    streams::ensure_streams(&js, &EventBusConfig::default().streams())
         .await
         .expect("streams again");
 

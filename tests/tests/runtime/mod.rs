@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aicore_domains::runtime::{ServeOptions, serve};
 use aicore_e2e::BareNats;
 use aicore_proto::{
     Access, CallOptions, Code, Dispatch, MethodInfo, Policy, Reply, Request, ServiceInfo, Status,
     Transport,
 };
+use aicore_runtime::serve::{ServeOptions, serve};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;

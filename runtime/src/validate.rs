@@ -55,6 +55,50 @@ pub fn max_bytes(len: usize, max: usize, field: &str, what: &str) -> Result<(), 
     Ok(())
 }
 
+/// Longest accepted `content_type`, in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
+
+/// A stored object's content type: `application/octet-stream` when empty, else a
+/// `type/subtype` MIME type (RFC 9110 token characters) with optional `;` parameters, at
+/// most 255 bytes; InvalidArgument naming `content_type` otherwise.
+pub fn content_type(ct: &str) -> Result<String, Status> {
+    if ct.is_empty() {
+        return Ok("application/octet-stream".to_string());
+    }
+    let bad = || {
+        Status::invalid(
+            "content_type",
+            "must be a MIME type such as `application/json`",
+        )
+    };
+    if ct.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(Status::invalid(
+            "content_type",
+            format!("must be at most {MAX_CONTENT_TYPE_BYTES} bytes"),
+        ));
+    }
+    let (essence, params) = match ct.split_once(';') {
+        Some((e, p)) => (e, Some(p)),
+        None => (ct, None),
+    };
+    let (ty, sub) = essence.trim_end().split_once('/').ok_or_else(bad)?;
+    // RFC 9110 `token` characters.
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(ty) || !token(sub) {
+        return Err(bad());
+    }
+    if let Some(p) = params
+        && !p.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    Ok(ct.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

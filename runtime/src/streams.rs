@@ -21,7 +21,62 @@ use std::time::Duration;
 use aicore_proto::{Code, Status};
 use async_nats::jetstream::{self, stream};
 
-use crate::event_bus::{EventBusConfig, StreamLimits};
+/// Age, size and de-duplication limits of one stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamLimits {
+    /// Messages older than this are removed, in seconds; 0 = kept until the size limit.
+    pub max_age_secs: u64,
+    /// Stream size past which the oldest messages are removed, in bytes. JetStream reserves
+    /// it in its file store, so the sum over streams must fit `nats.max_file_store`.
+    pub max_bytes: u64,
+    /// How long a `Nats-Msg-Id` is remembered for de-duplication, in seconds (at least 120).
+    pub duplicate_window_secs: u64,
+}
+
+impl StreamLimits {
+    /// `days` of age, `mib` MiB, a 10-minute de-duplication window.
+    pub const fn new(days: u64, mib: u64) -> Self {
+        StreamLimits {
+            max_age_secs: days * 24 * 3600,
+            max_bytes: mib << 20,
+            duplicate_window_secs: 600,
+        }
+    }
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits::new(7, 1024)
+    }
+}
+
+/// The limits of every stream (event-bus's configuration section holds them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamsConfig {
+    /// `EVENTS` (`evt.>`).
+    pub events: StreamLimits,
+    /// `TELEMETRY` (`telemetry.>`).
+    pub telemetry: StreamLimits,
+    /// `AUDIT` (`audit.>`).
+    pub audit: StreamLimits,
+    /// `AI` (`ai.>`).
+    pub ai: StreamLimits,
+    /// `DLQ` (`dlq.>`), and the advisory stream feeding it.
+    pub dlq: StreamLimits,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            events: StreamLimits::new(7, 1024),
+            telemetry: StreamLimits::new(1, 1024),
+            audit: StreamLimits::new(90, 1024),
+            ai: StreamLimits::new(7, 512),
+            dlq: StreamLimits::new(30, 256),
+        }
+    }
+}
 
 /// The dead-letter stream.
 pub const DLQ: &str = "DLQ";
@@ -99,7 +154,7 @@ pub fn dlq_subject(stream: &str, consumer: &str) -> String {
     format!("dlq.{stream}.{consumer}")
 }
 
-fn limits<'a>(cfg: &'a EventBusConfig, name: &str) -> &'a StreamLimits {
+fn limits<'a>(cfg: &'a StreamsConfig, name: &str) -> &'a StreamLimits {
     match name {
         "EVENTS" => &cfg.events,
         "TELEMETRY" => &cfg.telemetry,
@@ -143,7 +198,7 @@ fn config(
 
 /// The configuration [`ensure_streams`] gives each stream (the message streams, then the
 /// advisory stream).
-pub fn stream_configs(cfg: &EventBusConfig) -> Vec<stream::Config> {
+pub fn stream_configs(cfg: &StreamsConfig) -> Vec<stream::Config> {
     let mut out: Vec<stream::Config> = STREAMS
         .iter()
         .map(|s| {
@@ -172,7 +227,7 @@ pub fn stream_configs(cfg: &EventBusConfig) -> Vec<stream::Config> {
 
 /// Creates every stream, or updates it to the configured limits; safe to call at every
 /// start. Unavailable if JetStream cannot be reached or refuses a configuration.
-pub async fn ensure_streams(js: &jetstream::Context, cfg: &EventBusConfig) -> Result<(), Status> {
+pub async fn ensure_streams(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), Status> {
     for sc in stream_configs(cfg) {
         let name = sc.name.clone();
         js.create_or_update_stream(sc).await.map_err(|e| {
@@ -205,7 +260,7 @@ mod tests {
 
     #[test]
     fn configs_honour_limits_and_keep_a_minimum_dedup_window() {
-        let mut cfg = EventBusConfig::default();
+        let mut cfg = StreamsConfig::default();
         cfg.events.duplicate_window_secs = 1;
         cfg.events.max_bytes = 12345;
         cfg.audit.duplicate_window_secs = 3600;

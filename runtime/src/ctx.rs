@@ -1,0 +1,102 @@
+//! The handler context every domain gets ([`Ctx`]: store, clock, NATS client, shutdown
+//! signal), the clock abstraction tests move by hand, and the small helpers for ids and
+//! timestamps. It holds no configuration: each domain receives its own section when it
+//! is built, so a domain cannot read (or depend on) another's.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aicore_proto::{Code, Status};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Where time comes from, so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    /// The current wall-clock time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock tests set and advance by hand.
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    /// A manual clock at `t`.
+    pub fn new(t: SystemTime) -> Self {
+        ManualClock(Mutex::new(t))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a handler gets: the store, the clock, a client for cross-domain calls, the
+/// shutdown signal. A domain's own configuration is handed to it when it is built
+/// ([`crate::Domain::build`]), so no domain reads another's.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The domains' store.
+    pub store: Store,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The SDK client for calls to other domains (absent in unit tests).
+    pub client: Option<aicore_sdk::Client>,
+    /// Cancelled when the appliance stops; background tasks of a domain (tickers, pollers)
+    /// end with it, before the store closes.
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// A context on an in-memory store and a manual clock at a fixed instant, for tests.
+    pub fn for_tests() -> (Ctx, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
+        let ctx = Ctx {
+            store: Store::in_memory(),
+            clock: clock.clone(),
+            client: None,
+            shutdown: CancellationToken::new(),
+        };
+        (ctx, clock)
+    }
+
+    /// The client for cross-domain calls, or Unavailable when there is none.
+    pub fn client(&self) -> Result<&aicore_sdk::Client, Status> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Status::new(Code::Unavailable, "no NATS client in this context"))
+    }
+
+    /// Now, as a protobuf timestamp.
+    pub fn now_ts(&self) -> prost_types::Timestamp {
+        timestamp(self.clock.now())
+    }
+}
+
+/// A `SystemTime` as a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// A fresh random id with a readable prefix (`acc_3f9c…`), 128 bits of randomness.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:032x}", rand::random::<u128>())
+}
