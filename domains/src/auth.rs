@@ -2623,7 +2623,8 @@ mod tests {
 
     /// The outbox's auth audit events, in order.
     fn audited(auth: &Auth) -> Vec<AuthAuditEvent> {
-        use aicore_runtime::store::{OUTBOX, OutboxEvent, decode};
+        use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
+        use aicore_runtime::store::decode;
         auth.ctx
             .store
             .scan(OUTBOX, b"", b"", usize::MAX)

@@ -1,5 +1,7 @@
-//! The outbox relay: moves events that domains queued with [`Tx::emit`] (in the same redb
-//! transaction as their state change) onto JetStream, so state and events never disagree.
+//! The transactional outbox: domains queue events with [`Emit::emit`] in the same store
+//! transaction as their state change, and the relay moves them onto JetStream, so state
+//! and events never disagree. The store knows nothing of it: the relay waits on the
+//! outbox table through the store's generic commit hook ([`Store::watch`]).
 //! It reads the outbox in sequence order a batch at a time, publishes the whole batch
 //! pipelined (every publish sent, then every ack awaited: JetStream with fsync per message
 //! does not batch by itself), and deletes the acknowledged events in one store write.
@@ -12,8 +14,6 @@
 //! the event's own data (e.g. a version), which domains include anyway.
 //!
 //! It does not decide subjects or create streams ([`crate::streams`] does).
-//!
-//! [`Tx::emit`]: crate::store::Tx::emit
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,7 +24,100 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, OUTBOX, OutboxEvent, Store};
+use aicore_proto::Status;
+
+use crate::store::{self, Store, Tx};
+
+/// Queuing events in a store transaction.
+pub trait Emit {
+    /// Queues an event for JetStream in this transaction: it is published (by the outbox
+    /// relay) if and only if this closure's writes commit, so state and events never
+    /// disagree. `subject` is e.g. `evt.world.changed`.
+    fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status>;
+
+    /// Like [`Emit::emit`], with message headers (name, value).
+    fn emit_with_headers(
+        &mut self,
+        subject: &str,
+        headers: Vec<(String, String)>,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Status>;
+}
+
+impl Emit for Tx<'_> {
+    /// Queues an event for JetStream in this transaction: it is published (by the outbox
+    /// relay) if and only if this closure's writes commit, so state and events never
+    /// disagree. `subject` is e.g. `evt.world.changed`.
+    fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status> {
+        self.emit_with_headers(subject, Vec::new(), payload)
+    }
+
+    /// Like [`Tx::emit`], with message headers (name, value).
+    fn emit_with_headers(
+        &mut self,
+        subject: &str,
+        headers: Vec<(String, String)>,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Status> {
+        let mut meta = self
+            .get_msg::<OutboxMeta>(OUTBOX_META, b"meta")?
+            .unwrap_or_default();
+        if meta.epoch == 0 {
+            meta.epoch = rand::random::<u64>() | 1;
+        }
+        let seq = meta.next_seq.max(1);
+        meta.next_seq = seq + 1;
+        self.put_msg(OUTBOX_META, b"meta", &meta);
+        let event = OutboxEvent {
+            seq,
+            msg_id: format!("{:016x}-{seq}", meta.epoch),
+            subject: subject.to_string(),
+            payload: payload.into().to_vec(),
+            header_names: headers.iter().map(|h| h.0.clone()).collect(),
+            header_values: headers.into_iter().map(|h| h.1).collect(),
+        };
+        self.put_msg(OUTBOX, &seq.to_be_bytes(), &event);
+        Ok(())
+    }
+}
+
+/// The outbox table: events waiting for the relay, keyed by big-endian sequence.
+pub const OUTBOX: &str = "outbox.events";
+/// The outbox's counters.
+const OUTBOX_META: &str = "outbox.meta";
+
+/// Sequence counter and the store's random epoch, which makes message ids unique even if
+/// a data directory is recreated while JetStream's de-duplication window remembers ids.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutboxMeta {
+    #[prost(uint64, tag = "1")]
+    next_seq: u64,
+    #[prost(uint64, tag = "2")]
+    epoch: u64,
+}
+
+/// One event waiting in the outbox.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxEvent {
+    /// Its position; events are relayed in this order.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The `Nats-Msg-Id` JetStream de-duplicates on.
+    #[prost(string, tag = "2")]
+    pub msg_id: String,
+    /// Where it is published.
+    #[prost(string, tag = "3")]
+    pub subject: String,
+    /// The message body.
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: Vec<u8>,
+    /// Header names, parallel to `header_values`.
+    #[prost(string, repeated, tag = "5")]
+    pub header_names: Vec<String>,
+    /// Header values.
+    #[prost(string, repeated, tag = "6")]
+    pub header_values: Vec<String>,
+}
 
 /// Events read and published per round.
 pub const BATCH: usize = 256;
@@ -146,6 +239,7 @@ pub async fn run_relay(store: Store, js: jetstream::Context, shutdown: Cancellat
 
 /// [`run_relay`] over any [`Sink`].
 pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: CancellationToken) {
+    let queued = store.watch(OUTBOX);
     let mut backoff = MIN_BACKOFF;
     let mut total = 0u64;
     let mut from = 0u64;
@@ -166,7 +260,7 @@ pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: Cancellati
                 backoff = MIN_BACKOFF;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = store.outbox_signal() => {}
+                    _ = queued.notified() => {}
                     _ = tokio::time::sleep(IDLE_TICK) => {}
                 }
             }

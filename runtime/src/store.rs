@@ -337,79 +337,6 @@ impl Tx<'_> {
     pub fn delete(&mut self, table: &'static str, key: &[u8]) {
         self.writes.insert(table, key.to_vec(), None);
     }
-
-    /// Queues an event for JetStream in this transaction: it is published (by the outbox
-    /// relay) if and only if this closure's writes commit, so state and events never
-    /// disagree. `subject` is e.g. `evt.world.changed`.
-    pub fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status> {
-        self.emit_with_headers(subject, Vec::new(), payload)
-    }
-
-    /// Like [`Tx::emit`], with message headers (name, value).
-    pub fn emit_with_headers(
-        &mut self,
-        subject: &str,
-        headers: Vec<(String, String)>,
-        payload: impl Into<Bytes>,
-    ) -> Result<(), Status> {
-        let mut meta = self
-            .get_msg::<OutboxMeta>(OUTBOX_META, b"meta")?
-            .unwrap_or_default();
-        if meta.epoch == 0 {
-            meta.epoch = rand::random::<u64>() | 1;
-        }
-        let seq = meta.next_seq.max(1);
-        meta.next_seq = seq + 1;
-        self.put_msg(OUTBOX_META, b"meta", &meta);
-        let event = OutboxEvent {
-            seq,
-            msg_id: format!("{:016x}-{seq}", meta.epoch),
-            subject: subject.to_string(),
-            payload: payload.into().to_vec(),
-            header_names: headers.iter().map(|h| h.0.clone()).collect(),
-            header_values: headers.into_iter().map(|h| h.1).collect(),
-        };
-        self.put_msg(OUTBOX, &seq.to_be_bytes(), &event);
-        Ok(())
-    }
-}
-
-/// The outbox table: events waiting for the relay, keyed by big-endian sequence.
-pub const OUTBOX: &str = "outbox.events";
-/// The outbox's counters.
-const OUTBOX_META: &str = "outbox.meta";
-
-/// Sequence counter and the store's random epoch, which makes message ids unique even if
-/// a data directory is recreated while JetStream's de-duplication window remembers ids.
-#[derive(Clone, PartialEq, prost::Message)]
-struct OutboxMeta {
-    #[prost(uint64, tag = "1")]
-    next_seq: u64,
-    #[prost(uint64, tag = "2")]
-    epoch: u64,
-}
-
-/// One event waiting in the outbox.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct OutboxEvent {
-    /// Its position; events are relayed in this order.
-    #[prost(uint64, tag = "1")]
-    pub seq: u64,
-    /// The `Nats-Msg-Id` JetStream de-duplicates on.
-    #[prost(string, tag = "2")]
-    pub msg_id: String,
-    /// Where it is published.
-    #[prost(string, tag = "3")]
-    pub subject: String,
-    /// The message body.
-    #[prost(bytes = "vec", tag = "4")]
-    pub payload: Vec<u8>,
-    /// Header names, parallel to `header_values`.
-    #[prost(string, repeated, tag = "5")]
-    pub header_names: Vec<String>,
-    /// Header values.
-    #[prost(string, repeated, tag = "6")]
-    pub header_values: Vec<String>,
 }
 
 /// Decodes a stored protobuf value; a failure is data corruption, answered as Internal.
@@ -471,8 +398,9 @@ struct Inner {
     /// dropped with the key's row.
     derived: Cache<Derived>,
     generation: AtomicU64,
-    /// Woken after every commit that queued outbox events.
-    outbox: tokio::sync::Notify,
+    /// Tables someone waits on ([`Store::watch`]): woken after every commit writing to
+    /// them.
+    watches: std::sync::RwLock<Vec<(&'static str, Arc<tokio::sync::Notify>)>>,
     /// Durable commits made.
     commits: AtomicU64,
     /// Write closures run (committed or refused).
@@ -538,7 +466,7 @@ impl Store {
             cache,
             derived,
             generation: AtomicU64::new(0),
-            outbox: tokio::sync::Notify::new(),
+            watches: Default::default(),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
         });
@@ -718,10 +646,22 @@ impl Store {
         self.inner.backend.flushing()
     }
 
-    /// Waits until a commit queues outbox events (returns at once if one did since the
-    /// last call). For the outbox relay.
-    pub async fn outbox_signal(&self) {
-        self.inner.outbox.notified().await;
+    /// A signal woken after every commit that writes to `table` (a commit hook: the
+    /// outbox relay waits on its table with it). One waiter per table: the same signal
+    /// is returned to every caller, and a wake-up with nobody waiting is kept for the
+    /// next wait.
+    pub fn watch(&self, table: &'static str) -> Arc<tokio::sync::Notify> {
+        let mut watches = self
+            .inner
+            .watches
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, w)) = watches.iter().find(|(t, _)| *t == table) {
+            return w.clone();
+        }
+        let w = Arc::new(tokio::sync::Notify::new());
+        watches.push((table, w.clone()));
+        w
     }
 
     /// Finishes queued writes, then stops the writer; later writes fail as Unavailable.
@@ -813,14 +753,15 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
             // The writes are visible now: a reader that raced them re-checks the
             // generation and drops what it cached.
             store.generation.fetch_add(1, Ordering::SeqCst);
-            let mut events = false;
             for k in &touched {
-                events |= k.0 == OUTBOX;
                 store.cache.invalidate(k);
                 store.derived.invalidate(k);
             }
-            if events {
-                store.outbox.notify_one();
+            let watches = store.watches.read().unwrap_or_else(|p| p.into_inner());
+            for (table, wake) in watches.iter() {
+                if touched.iter().any(|k| k.0 == *table) {
+                    wake.notify_one();
+                }
             }
         }
         complete(completions, result)
@@ -1477,7 +1418,9 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_queued_only_with_their_commit_in_order() {
+        use crate::outbox::{Emit, OUTBOX, OutboxEvent};
         both(async |s: Store| {
+            let queued = s.watch(OUTBOX);
             let r: Result<(), Status> = s
                 .write(|tx| {
                     tx.emit("evt.test.a", vec![1])?;
@@ -1495,7 +1438,7 @@ mod tests {
                 .unwrap();
             }
             // The relay is signalled (the permit is stored even though nobody waited).
-            tokio::time::timeout(std::time::Duration::from_secs(5), s.outbox_signal())
+            tokio::time::timeout(std::time::Duration::from_secs(5), queued.notified())
                 .await
                 .expect("signalled");
             let rows = s.scan(OUTBOX, b"", b"", 10).unwrap();

@@ -12,6 +12,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::throttle::NATS_SOURCE;
+use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 
 /// Bytes of SHA-256 kept of an unknown username.

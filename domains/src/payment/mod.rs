@@ -53,6 +53,7 @@ use aicore_proto::{Code, Metadata, Request, Status};
 use prost::Message;
 
 use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::outbox::Emit;
 
 pub mod accounts;
 

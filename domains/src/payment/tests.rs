@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use super::accounts::KnownAccounts;
 use super::*;
 use aicore_runtime::ManualClock;
-use aicore_runtime::store::{OUTBOX, OutboxEvent, Store};
+use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
+use aicore_runtime::store::Store;
 
 /// The accounts the tests pay (the proptest's `PLAYERS` among them).
 const ACCOUNTS: [&str; 10] = ["p0", "p1", "p2", "p3", "p10", "alice", "bob", "a", "b", "c"];

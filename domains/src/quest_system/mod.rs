@@ -46,6 +46,7 @@ use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
 

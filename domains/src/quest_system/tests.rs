@@ -7,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use aicore_runtime::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
 
 /// How the next credit fails, if at all.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -56,6 +56,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, calendar, paging};
 

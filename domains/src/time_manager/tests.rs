@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use aicore_runtime::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
 use aicore_runtime::{Clock as _, ManualClock};
 
 fn domain() -> (Arc<TimeManager>, Arc<ManualClock>) {

@@ -48,6 +48,7 @@ use aicore_proto::{CallOptions, Code, Request, Status};
 use futures::future::BoxFuture;
 use prost::Message;
 
+use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
 

@@ -7,7 +7,7 @@ use aicore_proto::aicore::weather_manager::v1::Transition;
 use proptest::prelude::*;
 
 use super::*;
-use aicore_runtime::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
 
 use WeatherCondition as W;
 

@@ -40,6 +40,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::{Store, Tx};
 use aicore_runtime::{Ctx, paging, validate};
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use aicore_runtime::store::{OUTBOX, OutboxEvent};
+use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
 
 fn domain(edit: impl FnOnce(&mut WorldStateConfig)) -> Arc<WorldState> {
     let (ctx, _clock) = Ctx::for_tests();
