@@ -410,6 +410,47 @@ pub fn connect_host(host: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// Every key path of a TOML value (tables walked; arrays and scalars are leaves).
+    fn key_paths(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    // An empty table (a map with no entries by default) has no fields.
+                    toml::Value::Table(inner) if inner.is_empty() => {}
+                    toml::Value::Table(_) => key_paths(v, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn example_file_lists_every_section_and_field() {
+        // Parsing fills a missing field from the defaults, so equal values alone would not
+        // notice a field (or a whole new domain's section) left out of the file.
+        let text = include_str!("../../aicore.example.toml");
+        let written: toml::Value = toml::from_str(text).expect("aicore.example.toml parses");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut have, mut want) = (Vec::new(), Vec::new());
+        key_paths(&written, "", &mut have);
+        key_paths(&defaults, "", &mut want);
+        let missing: Vec<&String> = want.iter().filter(|k| !have.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "aicore.example.toml lacks {missing:?} (`aicore default-config` prints them)"
+        );
+        let unknown: Vec<&String> = have.iter().filter(|k| !want.contains(k)).collect();
+        assert!(
+            unknown.is_empty(),
+            "aicore.example.toml has unknown {unknown:?}"
+        );
+    }
+
     #[test]
     fn example_file_equals_the_defaults() {
         let text = include_str!("../../aicore.example.toml");
