@@ -1436,59 +1436,39 @@ impl AuthHandler for Auth {
         let caller_session = request.meta.caller_session.as_deref();
         let page_size = paging::page_size(page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let prefix = account_sessions_prefix(&account_id);
-        let mut from = prefix.clone();
-        if !page_token.is_empty() {
-            let last = paging::decode_token(SESSIONS_TOKEN, &page_token)?;
-            if !(last.starts_with(&prefix) && last.len() > prefix.len() + 8) {
-                return Err(paging::bad_token());
-            }
-            from = last;
-            from.push(0);
-        }
         let now = self.now();
         let store = &self.ctx.store;
-        let mut sessions = Vec::new();
-        let mut last_key: Option<Vec<u8>> = None;
-        let mut next_page_token = String::new();
-        'scan: loop {
-            let rows = store.scan(ACCOUNT_SESSIONS, &prefix, &from, 256)?;
-            let Some((tail, _)) = rows.last() else {
-                break;
+        let listing = paging::Listing {
+            store,
+            table: ACCOUNT_SESSIONS,
+            prefix: &prefix,
+            kind: SESSIONS_TOKEN,
+            limit: page_size,
+            // Closed sessions are skipped but pruned as they expire, so few are read past.
+            max_scan: usize::MAX,
+        };
+        let mut page = paging::Page::start(listing, &page_token)?;
+        while let Some((key, _)) = page.next_row()? {
+            let Some(sid) = key.get(prefix.len() + 8..) else {
+                continue;
             };
-            from = tail.clone();
-            from.push(0);
-            let exhausted = rows.len() < 256;
-            for (key, _) in rows {
-                let Some(sid) = key.get(prefix.len() + 8..) else {
-                    continue;
-                };
-                let Some(s) = store.get_msg::<SessionRecord>(SESSIONS, sid)? else {
-                    continue;
-                };
-                if !s.is_open(now) {
-                    continue;
-                }
-                if sessions.len() == page_size {
-                    if let Some(k) = &last_key {
-                        next_page_token = paging::encode_token(SESSIONS_TOKEN, k);
-                    }
-                    break 'scan;
-                }
-                let current = caller_session == Some(s.session_id.as_str());
-                sessions.push(Session {
-                    session_id: s.session_id,
-                    created_at: Some(ts(s.created_ms)),
-                    last_used_at: Some(ts(s.last_used_ms)),
-                    expires_at: Some(ts(s.refresh_expires_ms)),
-                    user_agent: s.user_agent,
-                    current,
-                });
-                last_key = Some(key);
+            let Some(s) = store.get_msg::<SessionRecord>(SESSIONS, sid)? else {
+                continue;
+            };
+            if !s.is_open(now) {
+                continue;
             }
-            if exhausted {
-                break;
-            }
+            let current = caller_session == Some(s.session_id.as_str());
+            page.keep(Session {
+                session_id: s.session_id,
+                created_at: Some(ts(s.created_ms)),
+                last_used_at: Some(ts(s.last_used_ms)),
+                expires_at: Some(ts(s.refresh_expires_ms)),
+                user_agent: s.user_agent,
+                current,
+            });
         }
+        let (sessions, next_page_token) = page.finish();
         Ok(ListSessionsResponse {
             sessions,
             next_page_token,

@@ -920,36 +920,23 @@ impl PaymentHandler for Payment {
             c.items_default_page_size,
             c.items_max_page_size,
         )?;
-        let mut from = if req.page_token.is_empty() {
-            Vec::new()
-        } else {
-            paging::decode_token(ITEMS_TOKEN, &req.page_token)?
+        let listing = paging::Listing {
+            store: &self.ctx.store,
+            table: ITEMS,
+            prefix: b"",
+            kind: ITEMS_TOKEN,
+            limit,
+            // Hidden (disabled) items are few; a page reads past them all.
+            max_scan: usize::MAX,
         };
-        let mut items = Vec::new();
-        let mut next_page_token = String::new();
-        // Hidden items are skipped, so a page may take more than one scan to fill.
-        'scan: loop {
-            let rows = self.ctx.store.scan(ITEMS, b"", &from, limit + 1)?;
-            let exhausted = rows.len() <= limit;
-            for (k, v) in rows {
-                let item: Item = decode(ITEMS, v)?;
-                if item.disabled && !show_disabled {
-                    from = k;
-                    from.push(0);
-                    continue;
-                }
-                if items.len() == limit {
-                    next_page_token = paging::encode_token(ITEMS_TOKEN, &k);
-                    break 'scan;
-                }
-                from = k;
-                from.push(0);
-                items.push(item);
-            }
-            if exhausted {
-                break;
+        let mut page = paging::Page::start(listing, &req.page_token)?;
+        while let Some((_, v)) = page.next_row()? {
+            let item: Item = decode(ITEMS, v)?;
+            if !item.disabled || show_disabled {
+                page.keep(item);
             }
         }
+        let (items, next_page_token) = page.finish();
         Ok(ListItemsResponse {
             items,
             next_page_token,

@@ -694,54 +694,31 @@ impl QuestSystemHandler for QuestSystem {
         validate::player_id(&req.player_id, "player_id")?;
         meta.authorize_owner(&req.player_id, &["service", "admin"])?;
         let limit = self.page_size(req.page_size)?;
-        let mut from = if req.page_token.is_empty() {
-            Vec::new()
-        } else {
-            paging::decode_token(LIST_TOKEN, &req.page_token)?
-        };
         let options = own_authority(&meta);
         let mut cache = HashMap::new();
-        let mut quests = Vec::new();
-        let mut scanned = 0;
-        let max_scan = self.config().max_scan.max(limit);
-        let next_page_token = loop {
-            let rows = self.ctx.store.scan(QUESTS, b"", &from, limit + 1)?;
-            if rows.is_empty() {
-                break String::new();
-            }
-            let mut stop = None;
-            for (k, v) in rows.iter() {
-                if quests.len() == limit || scanned == max_scan {
-                    stop = Some(paging::encode_token(LIST_TOKEN, k));
-                    break;
-                }
-                scanned += 1;
-                let quest: Quest = aicore_runtime::store::decode(QUESTS, v.clone())?;
-                let entry = self.entry(&req.player_id, &quest.quest_id)?;
-                if !matches!(may_accept(entry.as_ref(), quest.repeatable), Ok(true)) {
-                    continue;
-                }
-                if self
-                    .unmet(&req.player_id, &quest, &mut cache, &options)
-                    .await?
-                    .is_none()
-                {
-                    quests.push(quest);
-                }
-            }
-            if let Some(token) = stop {
-                break token;
-            }
-            if rows.len() <= limit {
-                break String::new();
-            }
-            // Every row was examined; the last one is the next start (examined again: the
-            // scan asked for limit + 1, so continue strictly after it).
-            from = rows
-                .last()
-                .map(|(k, _)| [k.as_slice(), b"\0"].concat())
-                .unwrap_or_default();
+        let listing = paging::Listing {
+            store: &self.ctx.store,
+            table: QUESTS,
+            prefix: b"",
+            kind: LIST_TOKEN,
+            limit,
+            max_scan: self.config().max_scan.max(limit),
         };
+        let mut page = paging::Page::start(listing, &req.page_token)?;
+        while let Some((_, v)) = page.next_row()? {
+            let quest: Quest = aicore_runtime::store::decode(QUESTS, v)?;
+            let entry = self.entry(&req.player_id, &quest.quest_id)?;
+            if !matches!(may_accept(entry.as_ref(), quest.repeatable), Ok(true)) {
+                continue;
+            }
+            let unmet = self
+                .unmet(&req.player_id, &quest, &mut cache, &options)
+                .await?;
+            if unmet.is_none() {
+                page.keep(quest);
+            }
+        }
+        let (quests, next_page_token) = page.finish();
         Ok(ListAvailableResponse {
             quests,
             next_page_token,
@@ -1052,43 +1029,27 @@ impl QuestSystemHandler for QuestSystem {
         }
         let limit = self.page_size(req.page_size)?;
         let prefix = player_prefix(&req.player_id);
-        let mut from = if req.page_token.is_empty() {
-            prefix.clone()
-        } else {
-            [
-                prefix.as_slice(),
-                &paging::decode_token(LOG_TOKEN, &req.page_token)?,
-            ]
-            .concat()
+        let listing = paging::Listing {
+            store: &self.ctx.store,
+            table: RECENT,
+            prefix: &prefix,
+            kind: LOG_TOKEN,
+            limit,
+            max_scan: self.config().max_scan.max(limit),
         };
-        let max_scan = self.config().max_scan.max(limit);
-        let mut scanned = 0;
-        let mut entries = Vec::new();
-        let next_page_token = 'outer: loop {
-            let rows = self.ctx.store.scan(RECENT, &prefix, &from, limit + 1)?;
-            for (k, _) in &rows {
-                if entries.len() == limit || scanned == max_scan {
-                    break 'outer paging::encode_token(LOG_TOKEN, &k[prefix.len()..]);
-                }
-                scanned += 1;
-                // The recency key ends with `\0` quest_id after the 8-byte time.
-                let quest_id = k.get(prefix.len() + 9..).unwrap_or_default();
-                let quest_id = String::from_utf8_lossy(quest_id);
-                let Some(pq) = self.entry(&req.player_id, &quest_id)?.and_then(|e| e.quest) else {
-                    continue;
-                };
-                if states.is_empty() || states.contains(&pq.state) {
-                    entries.push(pq);
-                }
+        let mut page = paging::Page::start(listing, &req.page_token)?;
+        while let Some((k, _)) = page.next_row()? {
+            // The recency key ends with `\0` quest_id after the 8-byte time.
+            let quest_id = k.get(prefix.len() + 9..).unwrap_or_default();
+            let quest_id = String::from_utf8_lossy(quest_id);
+            let Some(pq) = self.entry(&req.player_id, &quest_id)?.and_then(|e| e.quest) else {
+                continue;
+            };
+            if states.is_empty() || states.contains(&pq.state) {
+                page.keep(pq);
             }
-            if rows.len() <= limit {
-                break String::new();
-            }
-            from = rows
-                .last()
-                .map(|(k, _)| [k.as_slice(), b"\0"].concat())
-                .unwrap_or_default();
-        };
+        }
+        let (entries, next_page_token) = page.finish();
         Ok(GetLogResponse {
             entries,
             next_page_token,
