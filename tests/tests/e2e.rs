@@ -5,6 +5,7 @@
 mod events;
 mod gateway;
 mod operator;
+mod overload;
 mod payment;
 mod runtime;
 mod security;

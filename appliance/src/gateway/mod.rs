@@ -10,8 +10,11 @@
 //!
 //! Per request, in order: the in-flight bound (503 + Retry-After when full, never a queue),
 //! the access policy of the RPC (public, or a bearer token checked through the cached
-//! `auth.Validate` — see [`tokens`] — plus its roles), the per-client rate limit (429 +
-//! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default), the body
+//! `auth.Validate` — see [`tokens`] — plus its roles; a token not of auth's shape is 401
+//! without a NATS call, and the check runs under the gateway's own deadline,
+//! `http.validate_timeout_ms`, never the client's), the per-client rate limit (429 +
+//! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default, counted from
+//! the request's arrival, token check included), the body
 //! limit (413) and transcoding (400 naming the field), then the call. The caller's identity
 //! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`, set only from the
 //! validated token: nothing from the HTTP request is copied into NATS headers except the
@@ -488,6 +491,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `token` has the shape of the access tokens auth issues: `at_` and 256 random
+/// bits in unpadded base64url (43 characters; `domains/src/auth.rs`, `new_token`).
+/// Anything else cannot validate, so it is refused without asking auth.
+fn access_token_shaped(token: &str) -> bool {
+    token.strip_prefix("at_").is_some_and(|secret| {
+        secret.len() == 43
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 async fn call(
     gw: &Gateway,
     route: usize,
@@ -509,8 +524,10 @@ async fn call(
         })?),
         false => None,
     };
+    // The client's deadline counts from here, token check included.
+    let deadline = Instant::now() + gw.deadline(headers, m)?;
     let mut options = CallOptions {
-        timeout: Some(gw.deadline(headers, m)?),
+        timeout: None,
         caller: None,
         traceparent: Some(trace.traceparent.clone()),
         request_id: Some(trace.request_id.clone()),
@@ -523,13 +540,23 @@ async fn call(
         let token = bearer(headers).ok_or_else(|| {
             Status::unauthenticated("this call needs an `Authorization: Bearer <access token>`")
         })?;
+        if !access_token_shaped(token) {
+            // Not something auth issues: refused here, without a NATS call.
+            return Err(Status::unauthenticated("the bearer token is not an access token").into());
+        }
         let caller = match gw.tokens.cached(token) {
             Some(c) => c,
             None => {
                 // Unknown tokens cost the client address too, so a flood of made-up
-                // tokens cannot reach auth unbounded.
+                // tokens cannot reach auth unbounded. The check runs under the gateway's
+                // own deadline: it is shared by every client (one breaker, one cache),
+                // so a client's short deadline must not make auth look unresponsive.
                 gw.limit(Client::Ip(peer.ip()))?;
-                gw.tokens.fetch(&gw.auth, token, &options).await?
+                let check = CallOptions {
+                    timeout: Some(Duration::from_millis(gw.config.validate_timeout_ms)),
+                    ..options.clone()
+                };
+                gw.tokens.fetch(&gw.auth, token, &check).await?
             }
         };
         if m.policy.access == Access::Roles && !m.policy.roles.iter().any(|r| caller.has_role(r)) {
@@ -545,6 +572,7 @@ async fn call(
 
     let json = read_body(headers, body, gw.max_body).await?;
     let request = crate::json::to_protobuf(&r.input, &json)?;
+    options.timeout = Some(deadline.saturating_duration_since(Instant::now()));
 
     if let Some(permit) = stream_permit {
         let upstream = gw.client.server_stream(m, request, &options).await?;
@@ -808,6 +836,24 @@ mod tests {
         assert_eq!(t.request_id.len(), 32);
         h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42"));
         assert_eq!(Trace::from_headers(&h).request_id, "req-42");
+    }
+
+    #[test]
+    fn only_tokens_of_auths_shape_are_checked_with_auth() {
+        let good = format!("at_{}", "aZ09-_".repeat(7) + "x");
+        assert_eq!(good.len(), 46);
+        assert!(access_token_shaped(&good));
+        for bad in [
+            "",
+            "at_",
+            "rt_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_x",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_xy",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09+/x",
+            "bogus",
+        ] {
+            assert!(!access_token_shaped(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -297,6 +297,61 @@ async fn no_responders_is_unavailable_and_the_breaker_opens() {
     assert!(open.retry_after_ms > 0);
 }
 
+/// One caller's short deadlines are its own outcome: a burst of calls that each give the
+/// service 1 ms (so each times out) must not open the circuit every other caller of the
+/// subject shares. Then silence for whole attempts does open it: the breaker still
+/// protects against a service that does not answer.
+#[tokio::test]
+async fn a_callers_own_short_deadlines_never_open_the_circuit_for_others() {
+    let (nats, _svc, _client, _stop) = setup(64).await;
+    let config = aicore_sdk::ClientConfig {
+        breaker_threshold: 5,
+        breaker_cooldown: Duration::from_secs(60),
+        attempt_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let client = aicore_sdk::Client::new(async_nats::connect(&nats.url).await.unwrap(), config);
+    // The handler takes 200 ms; these callers wait 1 ms. Four times the threshold.
+    let hasty = CallOptions::timeout(Duration::from_millis(1));
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        let hasty = hasty.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .unary(&METHODS[1], Bytes::from_static(b"200"), &hasty)
+                .await
+        }));
+    }
+    for c in calls {
+        let e = c.await.unwrap().unwrap_err();
+        assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    }
+    // A caller with time is served.
+    let patient = CallOptions::timeout(Duration::from_secs(10));
+    let ok = client
+        .unary(&METHODS[1], Bytes::from_static(b"10"), &patient)
+        .await
+        .expect("a patient caller is served after others' deadlines ran out");
+    assert_eq!(ok.as_ref(), b"10");
+    // Silence for whole attempts (the handler takes longer than every attempt a 1 s
+    // deadline allows) is the service's failure and counts: the circuit opens.
+    let slow = CallOptions::timeout(Duration::from_millis(700));
+    let mut open = None;
+    for _ in 0..20 {
+        let e = client
+            .unary(&METHODS[1], Bytes::from_static(b"5000"), &slow)
+            .await
+            .unwrap_err();
+        if e.message.contains("circuit open") {
+            open = Some(e);
+            break;
+        }
+    }
+    let open = open.expect("silence for whole attempts opens the circuit");
+    assert_eq!(open.code, Code::Unavailable);
+}
+
 /// Asks `subject` and parses the one JSON answer.
 async fn micro(raw: &async_nats::Client, subject: &str) -> serde_json::Value {
     let reply = raw
