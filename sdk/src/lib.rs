@@ -1,11 +1,22 @@
 //! The AI Core client. [`Client`] implements the generated clients' [`Transport`] over
 //! NATS request/reply: it puts the deadline, trace context, request id and caller in
-//! headers, turns micro-protocol error replies back into [`Status`], retries idempotent
-//! RPCs (per their proto policy) with jittered backoff inside the deadline, and keeps a
+//! headers, turns micro-protocol error replies back into [`Status`], retries calls that
+//! are safe to repeat with jittered backoff inside the deadline, and keeps a
 //! circuit breaker per subject so a dead service fails fast instead of eating every
 //! caller's deadline. Domains use the same client for cross-domain calls, so placement
 //! stays free. It does not connect or authenticate by itself: it wraps a connected
 //! `async_nats::Client`.
+//!
+//! # What is retried
+//!
+//! A call whose attempt failed in transit (no responders, a timeout, Unavailable) is sent
+//! again only when that is provably safe ([`MethodInfo::retry_safe`]): the RPC is a read
+//! (`read_only` in its proto policy), or the request carries an idempotency key, so a
+//! replay returns the first reply. A write without a key is sent once: its first attempt
+//! may have been applied with the reply lost, and a blind retry would apply it twice or
+//! answer Conflict to a create-only write that succeeded. A caller that wants such a
+//! write retried asks for a key with [`CallOptions::idempotency_key`]
+//! ([`IdempotencyKey::Fresh`]): the SDK then puts one key in every attempt.
 //!
 //! # What counts against a breaker
 //!
@@ -26,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport};
+use aicore_proto::{CallOptions, Code, IdempotencyKey, MethodInfo, Status, Transport};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -269,6 +280,12 @@ pub fn new_traceparent() -> String {
     )
 }
 
+/// A fresh idempotency key (`idk_` and 128 random bits in hex), for a caller that wants a
+/// write retried safely (or see [`IdempotencyKey::Fresh`]).
+pub fn new_idempotency_key() -> String {
+    format!("idk_{:032x}", rand::rng().random::<u128>())
+}
+
 /// Turns a reply message into its body or the error it carries.
 pub fn reply_result(msg: &Message) -> Result<Bytes, Status> {
     if let Some(status) = msg.status
@@ -320,7 +337,16 @@ impl Transport for Client {
         options: &CallOptions,
     ) -> Result<Bytes, Status> {
         let deadline = self.deadline(method, options);
-        let attempts = if method.policy.idempotent {
+        let body = match &options.idempotency_key {
+            IdempotencyKey::AsIs => body,
+            IdempotencyKey::Fresh if method.idempotency_key != 0 => {
+                method.with_idempotency_key(body, &new_idempotency_key())
+            }
+            IdempotencyKey::Fresh => body,
+            IdempotencyKey::Use(key) => method.with_idempotency_key(body, key),
+        };
+        // Sent again only when provably safe: a read, or a write carrying its key.
+        let attempts = if method.retry_safe(&body) {
             self.config.max_attempts.max(1)
         } else {
             1

@@ -531,6 +531,8 @@ async fn call(
         caller: None,
         traceparent: Some(trace.traceparent.clone()),
         request_id: Some(trace.request_id.clone()),
+        // A client's write is retried inside the appliance only with its own key.
+        idempotency_key: aicore_proto::IdempotencyKey::AsIs,
     };
 
     // Who is calling, by the RPC's policy; then their rate limit.

@@ -300,7 +300,7 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
             "responses": responses,
             "security": security,
             "x-aicore-subject": m.subject,
-            "x-aicore-idempotent": m.policy.idempotent,
+            "x-aicore-read-only": m.policy.read_only,
         });
         if m.policy.access == Access::Roles {
             op["x-aicore-roles"] = json!(m.policy.roles);
