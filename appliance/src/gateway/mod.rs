@@ -340,19 +340,42 @@ struct Trace {
     traceparent: String,
 }
 
+/// The longest `X-Request-Id` accepted (also in the OpenAPI document).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether `id` is a request id the gateway carries: 1 to [`MAX_REQUEST_ID`] characters
+/// of `[A-Za-z0-9._:-]` (what the OpenAPI document says).
+fn request_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Refuses a request whose `X-Request-Id` is present but not one the gateway carries
+/// (400 naming the header), rather than silently replacing it.
+fn check_request_id(h: &HeaderMap) -> Result<(), ApiError> {
+    match h.get(REQUEST_ID_HEADER) {
+        Some(v) if !v.to_str().is_ok_and(request_id_ok) => Err(Status::invalid(
+            "X-Request-Id",
+            format!("must be 1 to {MAX_REQUEST_ID} characters of A-Z a-z 0-9 . _ : -"),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 impl Trace {
     /// Takes the client's request id when sane and continues its trace (same trace id,
-    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh.
+    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh
+    /// (an RPC with an unusable id is refused by [`check_request_id`]; this is what the
+    /// refusal carries).
     fn from_headers(h: &HeaderMap) -> Trace {
         let request_id = h
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            })
+            .filter(|s| request_id_ok(s))
             .map(str::to_string)
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let traceparent = h
@@ -461,10 +484,14 @@ impl Gateway {
     /// The deadline: the client's header (capped), else the RPC's default, else ours.
     fn deadline(&self, headers: &HeaderMap, m: &MethodInfo) -> Result<Duration, ApiError> {
         if let Some(v) = headers.get(TIMEOUT_HEADER) {
+            // Any positive whole number (as the OpenAPI document says); more than the
+            // longest deadline is the longest deadline, however many digits it has.
             let ms = v
                 .to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
                 .filter(|ms| *ms > 0)
                 .ok_or_else(|| {
                     Status::invalid(
@@ -513,6 +540,7 @@ async fn call(
 ) -> Result<Response, ApiError> {
     let r = &gw.routes[route];
     let m = r.method;
+    check_request_id(headers)?;
     let _permit = gw.in_flight.clone().try_acquire_owned().map_err(|_| {
         gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
         overloaded("requests in flight")
@@ -836,8 +864,14 @@ mod tests {
         );
         let t = Trace::from_headers(&h);
         assert_eq!(t.request_id.len(), 32);
+        assert!(check_request_id(&h).is_err());
+        let long = "a".repeat(MAX_REQUEST_ID + 1);
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
+        let e = check_request_id(&h).unwrap_err();
+        assert_eq!(e.status.field_violations[0].field, "X-Request-Id");
         h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42"));
         assert_eq!(Trace::from_headers(&h).request_id, "req-42");
+        assert!(check_request_id(&h).is_ok());
     }
 
     #[test]
