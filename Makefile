@@ -2,6 +2,7 @@
 CARGO ?= cargo
 NATS  := .tools/nats/bin/nats-server
 OPENAPI_CHECK := .tools/venv/bin/openapi-spec-validator
+SCHEMATHESIS := .tools/st-venv/bin/st
 export AICORE_NATS_SERVER := $(CURDIR)/$(NATS)
 
 .PHONY: tools build run test lint bench flood clean
@@ -18,6 +19,14 @@ $(OPENAPI_CHECK): scripts/openapi-validator.requirements.txt
 		-r scripts/openapi-validator.requirements.txt
 	touch $@
 
+## Schemathesis, which tests the running gateway against its OpenAPI document (pinned,
+## in its own venv).
+$(SCHEMATHESIS): scripts/schemathesis.requirements.txt
+	python3 -m venv .tools/st-venv
+	.tools/st-venv/bin/python -m pip install --disable-pip-version-check -q \
+		-r scripts/schemathesis.requirements.txt
+	touch $@
+
 build:
 	$(CARGO) build --release --bin aicore
 
@@ -26,7 +35,7 @@ run: tools build
 	./target/release/aicore run
 
 ## Build the binary the end-to-end tests start, then run every test in the workspace.
-test: tools $(OPENAPI_CHECK)
+test: tools $(OPENAPI_CHECK) $(SCHEMATHESIS)
 	$(CARGO) build --bin aicore
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

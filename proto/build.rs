@@ -15,8 +15,10 @@ use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 struct Policy {
     access: i32,
     roles: Vec<String>,
-    idempotent: bool,
+    read_only: bool,
     default_deadline_ms: u32,
+    /// Field number of the request's `idempotency_key` (0: it has none).
+    idempotency_key: u32,
 }
 
 fn main() {
@@ -99,13 +101,19 @@ fn main() {
                         })
                     })
                     .unwrap_or_default(),
-                idempotent: msg_field(p, "idempotent")
+                read_only: msg_field(p, "read_only")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false),
                 default_deadline_ms: msg_field(p, "default_deadline_ms")
                     .and_then(|v| v.as_u32())
                     .unwrap_or(0),
+                idempotency_key: idempotency_key_field(&m.input()),
             };
+            assert!(
+                !(policy.read_only && policy.idempotency_key != 0),
+                "rpc {} is read_only but its request has an idempotency_key: a read needs none",
+                m.full_name()
+            );
             assert!(
                 policy.access != 0,
                 "rpc {} has ACCESS_UNSPECIFIED",
@@ -135,6 +143,16 @@ fn main() {
     }
     list.push_str("];\n");
     std::fs::write(out.join("services.rs"), list).expect("write services.rs");
+}
+
+/// The field number of `message`'s idempotency key: a singular string field named
+/// `idempotency_key` (0 when there is none). Found by name, so every write that has one
+/// is covered without marking it.
+fn idempotency_key_field(message: &prost_reflect::MessageDescriptor) -> u32 {
+    message
+        .get_field_by_name("idempotency_key")
+        .filter(|f| matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list())
+        .map_or(0, |f| f.number())
 }
 
 fn msg_field(m: &DynamicMessage, name: &str) -> Option<Value> {
@@ -186,13 +204,14 @@ impl prost_build::ServiceGenerator for ServiceGen {
             let roles: Vec<String> = p.roles.iter().map(|r| format!("{r:?}")).collect();
             let _ = writeln!(
                 buf,
-                "    crate::MethodInfo {{ domain: {domain:?}, service: {full:?}, name: {:?}, rpc: {rpc:?}, subject: \"svc.{domain}.v1.{rpc}\", input: {:?}, output: {:?}, server_streaming: {}, policy: crate::Policy {{ access: crate::Access::{access}, roles: &[{}], idempotent: {}, default_deadline_ms: {} }} }},",
+                "    crate::MethodInfo {{ domain: {domain:?}, service: {full:?}, name: {:?}, rpc: {rpc:?}, subject: \"svc.{domain}.v1.{rpc}\", input: {:?}, output: {:?}, server_streaming: {}, idempotency_key: {}, policy: crate::Policy {{ access: crate::Access::{access}, roles: &[{}], read_only: {}, default_deadline_ms: {} }} }},",
                 m.proto_name,
                 m.input_proto_type.trim_start_matches('.'),
                 m.output_proto_type.trim_start_matches('.'),
                 m.server_streaming,
+                p.idempotency_key,
                 roles.join(", "),
-                p.idempotent,
+                p.read_only,
                 p.default_deadline_ms,
             );
         }

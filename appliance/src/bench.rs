@@ -76,10 +76,11 @@ static ECHO_METHODS: &[aicore_proto::MethodInfo] = &[aicore_proto::MethodInfo {
     input: "",
     output: "",
     server_streaming: false,
+    idempotency_key: 0,
     policy: aicore_proto::Policy {
         access: aicore_proto::Access::Public,
         roles: &[],
-        idempotent: false,
+        read_only: false,
         default_deadline_ms: 0,
     },
 }];

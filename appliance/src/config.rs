@@ -143,6 +143,10 @@ pub struct HttpConfig {
     pub validate_cache_ttl_ms: u64,
     /// Most tokens whose Validate answers are cached.
     pub validate_cache_capacity: u64,
+    /// Deadline in milliseconds of the gateway's own `auth.Validate` call for a token not
+    /// in the cache. The gateway's, not the client's: a client's short
+    /// `X-Request-Timeout-Ms` bounds its RPC, never the token check every client shares.
+    pub validate_timeout_ms: u64,
     /// How long a `/readyz` answer is reused, in milliseconds.
     pub ready_cache_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish before they are cut, in
@@ -168,6 +172,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             validate_cache_ttl_ms: 10_000,
             validate_cache_capacity: 100_000,
+            validate_timeout_ms: 1000,
             ready_cache_ms: 1000,
             drain_timeout_secs: 10,
         }

@@ -18,10 +18,11 @@ pub fn descriptor(full_name: &str) -> Result<MessageDescriptor, Status> {
         .ok_or_else(|| Status::internal(format!("no descriptor for {full_name}")))
 }
 
-/// Parses a JSON request into the message `input`. An empty (or all-whitespace) body is
-/// the empty message. Unknown fields are refused.
+/// Parses a JSON request into the message `input`. An empty body is the empty message;
+/// anything else must be one JSON object (whitespace alone is not). Unknown fields are
+/// refused.
 pub fn parse(input: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, Status> {
-    if json.iter().all(u8::is_ascii_whitespace) {
+    if json.is_empty() {
         return Ok(DynamicMessage::new(input.clone()));
     }
     let mut de = serde_json::Deserializer::from_slice(json);
@@ -119,9 +120,10 @@ mod tests {
         let m = parse(&login(), br#"{"username":"a","userAgent":"x"}"#).unwrap();
         let again = parse(&login(), br#"{"username":"a","user_agent":"x"}"#).unwrap();
         assert_eq!(m, again);
+        assert_eq!(parse(&login(), b"").unwrap(), DynamicMessage::new(login()));
         assert_eq!(
-            parse(&login(), b"  ").unwrap(),
-            DynamicMessage::new(login())
+            parse(&login(), b" \t").unwrap_err().field_violations[0].field,
+            "(body)"
         );
     }
 

@@ -230,6 +230,9 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Bench(_)) {
+        quiet_broken_pipe();
+    }
     // One crypto provider for the whole process (rustls would otherwise have to guess).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -252,12 +255,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Dropping the runtime would wait for every blocking task still running (a password
+    // hash, a file operation on a stuck disk); the process is done, so wait briefly only.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The client commands print for a reader that may stop early (`aicore status | head`).
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with EPIPE and `println!`
+/// panics; a command-line tool is expected to end quietly instead, as `cat` does: with the
+/// default disposition the kernel ends the process with SIGPIPE (status 141 in a shell),
+/// without a message. Only for the client commands: the server (`run`, `bench`) keeps
+/// SIGPIPE ignored, so a peer that goes away is an error on one socket, never the end of
+/// the process (its sockets write with MSG_NOSIGNAL anyway).
+fn quiet_broken_pipe() {
+    // SAFETY: signal(2) with SIG_DFL, before any thread is started; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -793,9 +793,14 @@ impl Process {
             return Some(status);
         }
         if let Some(pid) = self.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-            // SAFETY: plain syscall. `pid` is our own unreaped child (`id()` is None once
+            // SAFETY: plain syscalls. `pid` is our own unreaped child (`id()` is None once
             // it has been waited for), so it cannot name a recycled, unrelated process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // SIGCONT after SIGTERM (as systemd does): a stopped child acts on the
+            // SIGTERM at once instead of sitting out the timeout.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+                libc::kill(pid, libc::SIGCONT);
+            }
             match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
                 Ok(Ok(status)) => return Some(status),
                 Ok(Err(e)) => tracing::warn!(pid, error = %e, "cannot wait for nats-server"),

@@ -2,10 +2,16 @@
 //! start (or join) NATS, connect, serve the selected domains, start the HTTP gateway,
 //! announce readiness. Run until SIGTERM/SIGINT or until the nats-server child
 //! crash-loops. Teardown, in order: drain the gateway (no new HTTP requests, in-flight ones
-//! finish, streams end), stop taking requests and finish the in-flight ones (each domain drains), stop the outbox
-//! relay (after a last drain) and the dead-letter task, flush the
+//! finish, streams end), stop taking requests and finish the in-flight ones (each domain
+//! drains), stop the outbox relay (after a last drain) and the dead-letter task, flush the
 //! NATS connection, stop nats-server, close the store (its queued writes commit first).
 //! Every piece takes a child of one cancellation token, so nothing outlives the process.
+//!
+//! Giving up means exiting: teardown runs whatever ended the run (a signal, nats-server
+//! given up after a crash loop, a start-up step failing once the store is open), stops
+//! only what had started, and bounds every step (see [`teardown`]), so the process always
+//! ends, non-zero unless a signal asked for it — and a supervisor such as systemd can
+//! restart it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +67,62 @@ pub async fn connect(
         .with_context(|| format!("connecting to NATS at {url}"))
 }
 
-/// Runs the appliance until a signal or a fatal failure.
+/// How long the outbox relay and the dead-letter task get to stop once asked (the
+/// relay's last drain is [`outbox::FINAL_DRAIN`]); then they are aborted. Unpublished
+/// events stay in the outbox for the next start.
+const EVENTS_STOP: Duration = Duration::from_secs(outbox::FINAL_DRAIN.as_secs() + 2);
+/// How long the last flush of the domains' NATS connection may take (nothing to flush to
+/// when NATS is unreachable).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long stopping nats-server may take (SIGTERM, its own stop timeout, SIGKILL).
+const CHILD_STOP: Duration = Duration::from_secs(15);
+/// How long closing the store may take (its queued writes commit, the log is flushed).
+/// Past it the process exits anyway: acknowledged writes are durable in the log already,
+/// and the next start replays it.
+const STORE_CLOSE: Duration = Duration::from_secs(20);
+
+/// What `run` has started so far. [`teardown`] stops exactly that, in order, whether the
+/// start-up finished or failed half-way.
+struct Running {
+    gateway: Option<gateway::Server>,
+    /// Cancelled to stop every domain at once (and their background tasks).
+    domains_stop: CancellationToken,
+    served: Vec<serve::ServiceHandle>,
+    /// Cancelled to stop the outbox relay and the dead-letter task.
+    events_stop: CancellationToken,
+    relay: Option<tokio::task::JoinHandle<()>>,
+    dead_letters: Option<tokio::task::JoinHandle<()>>,
+    /// Records certificate changes on AUDIT (with a CA of our own).
+    certs_audit: Option<tokio::task::JoinHandle<()>>,
+    nats: Option<async_nats::Client>,
+    certs_task: Option<tokio::task::JoinHandle<()>>,
+    child: Option<NatsChild>,
+    /// The runtime file; removed when dropped, at the end of teardown.
+    published: Option<crate::runtime_file::Published>,
+}
+
+impl Running {
+    fn new(shutdown: &CancellationToken) -> Running {
+        Running {
+            gateway: None,
+            domains_stop: shutdown.child_token(),
+            served: Vec::new(),
+            events_stop: shutdown.child_token(),
+            relay: None,
+            dead_letters: None,
+            certs_audit: None,
+            nats: None,
+            certs_task: None,
+            child: None,
+            published: None,
+        }
+    }
+}
+
+/// Runs the appliance until a signal or a fatal failure. Whatever ends it (a signal,
+/// nats-server given up, a start-up step failing after the store opened), the ordered
+/// teardown runs, every step bounded, and the store is closed; the result is an error
+/// (a non-zero exit) unless a signal ended it and teardown completed.
 pub async fn run(mut config: Config) -> Result<()> {
     let domains = config.served_domains()?;
     let http_domains = config.http_domains()?;
@@ -75,11 +136,44 @@ pub async fn run(mut config: Config) -> Result<()> {
         tracing::warn!("{}", crate::files::shared_warning(&config.data_dir, mode));
     }
 
-    // 1. Store.
+    // 1. Store. From here on every way out goes through the teardown, which closes it.
     let store_path = config.data_dir.join(&config.store.file);
     let store = Store::open(&store_path, config.store.options())
         .with_context(|| format!("opening store {}", store_path.display()))?;
+    let mut running = Running::new(&shutdown);
+    let outcome = match start(
+        &config,
+        domains,
+        http_domains,
+        &store,
+        &shutdown,
+        &mut running,
+    )
+    .await
+    {
+        Ok(()) => wait(&running).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %format!("{e:#}"), "stopping after a failure");
+    }
+    let drain = Duration::from_secs(config.http.drain_timeout_secs);
+    let stopped = teardown(running, &store, drain).await;
+    shutdown.cancel();
+    tracing::info!("aicore stopped");
+    outcome.and(stopped)
+}
 
+/// Steps 2 and 3 of the start-up: NATS, event streams, domains, gateway, runtime file.
+/// Everything started is recorded in `running` as it starts.
+async fn start(
+    config: &Config,
+    domains: Vec<&'static str>,
+    http_domains: Vec<&'static str>,
+    store: &Store,
+    shutdown: &CancellationToken,
+    running: &mut Running,
+) -> Result<()> {
     // 2. NATS: the child (with our CA's certificates and users), or an existing server.
     security::validate(&config.security)?;
     let insecure = config.security.insecure_dev;
@@ -89,7 +183,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     let certs_dir = config.data_dir.join("certs");
     let mut child_cfg = None;
-    let (child, identities) = match &config.nats.url {
+    let identities = match &config.nats.url {
         Some(url) => {
             tracing::info!(%url, "using an existing NATS server; no child started");
             let s = &config.security;
@@ -104,11 +198,10 @@ pub async fn run(mut config: Config) -> Result<()> {
                     bail!("security.client_cert, client_key and ca_cert go together (all or none)")
                 }
             };
-            let identities = Identities {
+            Identities {
                 domains: tls.clone(),
                 gateway: tls,
-            };
-            (None, identities)
+            }
         }
         None => {
             let binary = resolve_binary(config.nats.server_bin.as_deref())?;
@@ -141,17 +234,16 @@ pub async fn run(mut config: Config) -> Result<()> {
                 tls,
             };
             child_cfg = Some(cfg.clone());
-            let child = NatsChild::start(cfg, shutdown.child_token()).await?;
+            running.child = Some(NatsChild::start(cfg, shutdown.child_token()).await?);
             let identity = |name: &str| (!insecure).then(|| ClientTls::in_dir(&certs_dir, name));
-            let identities = Identities {
+            Identities {
                 domains: identity("domains"),
                 gateway: identity("gateway"),
-            };
-            (Some(child), identities)
+            }
         }
     };
+    let child = running.child.as_ref();
     let url = child
-        .as_ref()
         .map(NatsChild::client_url)
         .unwrap_or_else(|| config.nats_url());
     let nats = connect(
@@ -161,9 +253,10 @@ pub async fn run(mut config: Config) -> Result<()> {
         "aicore-domains",
     )
     .await?;
+    running.nats = Some(nats.clone());
 
     // Revocations and renewals: re-read the index, renew what is due, reload nats-server.
-    let certs_task = match (child.as_ref(), child_cfg) {
+    running.certs_task = match (child, child_cfg) {
         (Some(child), Some(cfg)) if cfg.tls.is_some() => Some(tokio::spawn(watch_certs(
             child.reloader(),
             cfg,
@@ -181,36 +274,36 @@ pub async fn run(mut config: Config) -> Result<()> {
     ensure_streams(&js, &config.domains.event_bus.streams())
         .await
         .map_err(|e| anyhow::anyhow!("creating the JetStream streams: {e}"))?;
-    let events_stop = shutdown.child_token();
-    let relay = tokio::spawn(outbox::run_relay(
+    running.relay = Some(tokio::spawn(outbox::run_relay(
         store.clone(),
         js.clone(),
-        events_stop.child_token(),
-    ));
+        running.events_stop.child_token(),
+    )));
     // Certificate issues and revocations on AUDIT (only where this appliance keeps a CA).
-    let certs_audit = (child.is_some() && !insecure).then(|| {
-        tokio::spawn(crate::certs_audit::run(
+    if child.is_some() && !insecure {
+        running.certs_audit = Some(tokio::spawn(crate::certs_audit::run(
             js.clone(),
             certs_dir.clone(),
             config.security.ca_days,
             Duration::from_secs(config.domains.event_bus.audit.max_age_secs),
             Duration::from_secs(config.security.check_interval_secs.max(1)),
-            events_stop.child_token(),
-        ))
-    });
-    let dead_letters = tokio::spawn(event_bus::run_dead_letters(js, events_stop.child_token()));
+            running.events_stop.child_token(),
+        )));
+    }
+    running.dead_letters = Some(tokio::spawn(event_bus::run_dead_letters(
+        js,
+        running.events_stop.child_token(),
+    )));
 
     // 3. Domains.
-    let domains_stop = shutdown.child_token();
     let ctx = Ctx {
         store: store.clone(),
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         // Domain background tasks end with the domains, before the store closes.
-        shutdown: domains_stop.child_token(),
+        shutdown: running.domains_stop.child_token(),
     };
     let trust = Arc::new(security::trust(&config.security));
-    let mut served = Vec::new();
     for name in &domains {
         let spec = registry::find(name).context("domain listed but not registered")?;
         let dispatch = (spec.build)(&ctx, &config.domains)
@@ -223,17 +316,17 @@ pub async fn run(mut config: Config) -> Result<()> {
                 trust: trust.clone(),
                 ..ServeOptions::default()
             },
-            domains_stop.child_token(),
+            running.domains_stop.child_token(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("serving {name}: {e}"))?;
-        served.push(handle);
+        running.served.push(handle);
     }
     nats.flush().await.context("flushing NATS subscriptions")?;
 
     // 3b. The HTTP gateway, on its own NATS connection, once the domains answer.
-    let gateway = match config.http.enabled {
-        true => Some(
+    if config.http.enabled {
+        running.gateway = Some(
             gateway::start(
                 &config.http,
                 config.http_max_body_bytes(),
@@ -244,24 +337,29 @@ pub async fn run(mut config: Config) -> Result<()> {
                 shutdown.child_token(),
             )
             .await?,
-        ),
-        false => None,
-    };
+        );
+    }
     tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
-    // Where the client commands find this appliance; removed when this function returns.
+    // Where the client commands find this appliance; removed at the end of teardown.
     let runtime = crate::runtime_file::Runtime::of_this_process(
         url.clone(),
         child.is_some() && !insecure,
-        gateway
+        running
+            .gateway
             .as_ref()
             .map(|g| format!("http://{}", connect_addr(g.addr))),
-        child.as_ref().map(NatsChild::monitor_url),
+        child.map(NatsChild::monitor_url),
     );
-    let _published = crate::runtime_file::Published::write(&config.data_dir, &runtime)
-        .context("writing the runtime file")?;
+    running.published = Some(
+        crate::runtime_file::Published::write(&config.data_dir, &runtime)
+            .context("writing the runtime file")?,
+    );
+    Ok(())
+}
 
-    // 4. Run until a signal or a fatal failure.
-    let failed = child.as_ref().map(|c| c.failed());
+/// Step 4: runs until a signal (Ok) or a fatal failure: nats-server given up (Err).
+async fn wait(running: &Running) -> Result<()> {
+    let failed = running.child.as_ref().map(|c| c.failed());
     let fatal = async {
         match failed {
             Some(f) => Some(f.await),
@@ -269,43 +367,101 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
     };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let outcome = tokio::select! {
+    tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); Ok(()) }
         e = fatal => Err(e.unwrap_or_else(|| anyhow::anyhow!("NATS failed"))),
-    };
+    }
+}
 
-    // 5. Ordered teardown: every domain stops taking requests at once, then each
-    // finishes its in-flight ones.
-    // The gateway goes first: no new HTTP requests, in-flight ones finish against
-    // domains that are still serving.
-    if let Some(gateway) = gateway {
-        gateway.stop().await;
+/// Step 5: the ordered teardown of whatever `running` holds, every step bounded, so the process
+/// ends even when NATS is unreachable or a request never finishes: the gateway and the
+/// domains drain their in-flight requests within `drain` together (then they are cut),
+/// the outbox relay and the dead-letter task get [`EVENTS_STOP`], the last NATS flush
+/// [`FLUSH_TIMEOUT`], nats-server [`CHILD_STOP`], the store [`STORE_CLOSE`]. A second
+/// SIGTERM or SIGINT ends the waiting at once (acknowledged writes are durable in the
+/// store's log; the next start replays it). Err when the store did not close.
+async fn teardown(running: Running, store: &Store, drain: Duration) -> Result<()> {
+    let again = async {
+        let mut sigterm =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    tokio::select! {
+        r = stop_all(running, store, drain) => r,
+        () = again => {
+            tracing::warn!("signalled again during teardown: exiting without waiting further");
+            Err(anyhow::anyhow!("teardown interrupted by a second signal"))
+        }
     }
-    domains_stop.cancel();
-    for handle in served {
-        handle.stop().await;
+}
+
+async fn stop_all(mut running: Running, store: &Store, drain: Duration) -> Result<()> {
+    let drained_by = tokio::time::Instant::now() + drain;
+    // The gateway goes first: no new HTTP requests, in-flight ones finish against domains
+    // that are still serving.
+    if let Some(gateway) = running.gateway.take()
+        && tokio::time::timeout_at(drained_by, gateway.stop())
+            .await
+            .is_err()
+    {
+        tracing::warn!("the gateway did not stop within the drain timeout");
     }
-    // The relay's final drain publishes what the last requests queued, while NATS is up.
-    events_stop.cancel();
-    let _ = tokio::join!(relay, dead_letters);
-    if let Some(task) = certs_audit {
-        let _ = task.await;
+    // Every domain stops taking requests at once, then each finishes its in-flight ones.
+    running.domains_stop.cancel();
+    let served = std::mem::take(&mut running.served);
+    let domains = async {
+        for handle in served {
+            handle.stop().await;
+        }
+    };
+    if tokio::time::timeout_at(drained_by, domains).await.is_err() {
+        tracing::warn!("domains did not finish their requests within the drain timeout; cut");
     }
-    if let Err(e) = nats.flush().await {
-        tracing::warn!(error = %e, "final NATS flush failed");
+    // The relay's final drain publishes what the last requests queued, while NATS is up;
+    // what it cannot publish stays in the outbox.
+    running.events_stop.cancel();
+    for (what, task) in [
+        ("outbox relay", running.relay.take()),
+        ("dead-letter task", running.dead_letters.take()),
+        ("certificate audit", running.certs_audit.take()),
+    ] {
+        let Some(mut task) = task else { continue };
+        if tokio::time::timeout(EVENTS_STOP, &mut task).await.is_err() {
+            tracing::warn!("the {what} did not stop in time; aborted");
+            task.abort();
+        }
     }
-    drop(nats);
-    if let Some(task) = certs_task {
+    if let Some(nats) = running.nats.take() {
+        match tokio::time::timeout(FLUSH_TIMEOUT, nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final NATS flush failed"),
+            Err(_) => tracing::warn!("final NATS flush timed out (NATS unreachable)"),
+        }
+    }
+    if let Some(task) = running.certs_task.take() {
         task.abort();
     }
-    if let Some(child) = child {
-        child.stop().await;
+    if let Some(child) = running.child.take()
+        && tokio::time::timeout(CHILD_STOP, child.stop())
+            .await
+            .is_err()
+    {
+        tracing::warn!("nats-server did not stop in time; it is killed with this process");
     }
-    store.close().await;
-    shutdown.cancel();
-    tracing::info!("aicore stopped");
-    outcome
+    let closed = tokio::time::timeout(STORE_CLOSE, store.close()).await;
+    drop(running.published.take());
+    closed.map_err(|_| {
+        anyhow::anyhow!(
+            "the store did not close within {STORE_CLOSE:?}; its log is replayed at the next start"
+        )
+    })
 }
 
 /// Every `check_interval_secs`: renews the appliance's own certificates when due and

@@ -106,8 +106,9 @@ pub struct Policy {
     pub access: Access,
     /// With [`Access::Roles`]: the roles allowed.
     pub roles: &'static [&'static str],
-    /// Safe to retry after a timeout or Unavailable.
-    pub idempotent: bool,
+    /// The RPC changes nothing (a read): always safe to retry after a timeout or
+    /// Unavailable. See [`MethodInfo::retry_safe`] for writes.
+    pub read_only: bool,
     /// Default deadline when the caller sets none; 0 = the client's default.
     pub default_deadline_ms: u32,
 }
@@ -150,8 +151,61 @@ pub struct MethodInfo {
     pub output: &'static str,
     /// Whether the reply is a stream.
     pub server_streaming: bool,
+    /// Field number of the request's `idempotency_key` (a string), 0 when it has none.
+    pub idempotency_key: u32,
     /// Access and retry policy.
     pub policy: Policy,
+}
+
+impl MethodInfo {
+    /// Whether the request `body` (encoded) may be sent again after an attempt whose
+    /// outcome is unknown (a timeout, a lost reply): only when that is provably safe —
+    /// the RPC is a read, or the request carries an idempotency key, so a replay returns
+    /// the first reply instead of applying the write again (or answering Conflict to a
+    /// create-only write that the first attempt applied).
+    pub fn retry_safe(&self, body: &[u8]) -> bool {
+        self.policy.read_only
+            || (self.idempotency_key != 0
+                && string_field_len(body, self.idempotency_key).is_some_and(|n| n > 0))
+    }
+
+    /// `body` with `key` as its idempotency key when the RPC's request has that field
+    /// and `body` carries no key of its own (else `body` unchanged). The field is
+    /// appended: in protobuf the last occurrence of a field wins, and an absent or empty
+    /// one is the same as none.
+    pub fn with_idempotency_key(&self, body: Bytes, key: &str) -> Bytes {
+        if self.idempotency_key == 0
+            || key.is_empty()
+            || string_field_len(&body, self.idempotency_key).is_some_and(|n| n > 0)
+        {
+            return body;
+        }
+        let mut out = Vec::with_capacity(body.len() + key.len() + 8);
+        out.extend_from_slice(&body);
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        encode_key(self.idempotency_key, WireType::LengthDelimited, &mut out);
+        encode_varint(key.len() as u64, &mut out);
+        out.extend_from_slice(key.as_bytes());
+        Bytes::from(out)
+    }
+}
+
+/// The length of the last occurrence of length-delimited field `number` at the top level
+/// of the encoded message `body` (`None`: absent, or `body` is not valid protobuf).
+fn string_field_len(mut body: &[u8], number: u32) -> Option<usize> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut last = None;
+    while !body.is_empty() {
+        let (tag, wire_type) = decode_key(&mut body).ok()?;
+        if tag == number && wire_type == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut body).ok()?).ok()?;
+            body = body.get(len..)?;
+            last = Some(len);
+        } else {
+            skip_field(wire_type, tag, &mut body, DecodeContext::default()).ok()?;
+        }
+    }
+    last
 }
 
 /// One service: its domain and RPCs.
@@ -352,6 +406,23 @@ pub struct CallOptions {
     /// The caller's session, forwarded in [`headers::CALLER_SESSION`] (only with a
     /// caller).
     pub caller_session: Option<String>,
+    /// Whether the transport gives a write an idempotency key, making it safe to retry.
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// Whether the transport gives a write's request an idempotency key of its own (see
+/// [`MethodInfo::retry_safe`]); only for RPCs whose request has an `idempotency_key`
+/// field and a request that carries none. The key is the same for every attempt of the
+/// call, so a retry after a lost reply returns the first result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IdempotencyKey {
+    /// The request goes as it is: retried automatically only if it carries a key.
+    #[default]
+    AsIs,
+    /// A fresh random key, made by the transport for this call.
+    Fresh,
+    /// This key (e.g. one the caller keeps, to repeat the call itself later).
+    Use(String),
 }
 
 impl CallOptions {
@@ -365,7 +436,15 @@ impl CallOptions {
             request_id: meta.request_id.clone(),
             client_addr: meta.client_addr.clone(),
             caller_session: meta.caller_session.clone(),
+            idempotency_key: IdempotencyKey::AsIs,
         }
+    }
+
+    /// The same options, with the transport adding a fresh idempotency key to a write
+    /// that has none, so it is retried safely.
+    pub fn with_fresh_idempotency_key(mut self) -> Self {
+        self.idempotency_key = IdempotencyKey::Fresh;
+        self
     }
 
     /// Options with a timeout.
@@ -632,6 +711,46 @@ mod tests {
         ] {
             assert_eq!(code_from_http(http_status(c)), c);
         }
+    }
+
+    #[test]
+    fn writes_are_retry_safe_only_with_an_idempotency_key() {
+        use aicore::state_manager::v1 as sm;
+        let put = find_service("state_manager")
+            .unwrap()
+            .method("put")
+            .unwrap()
+            .1;
+        let get = find_service("state_manager")
+            .unwrap()
+            .method("get")
+            .unwrap()
+            .1;
+        assert!(get.policy.read_only && get.idempotency_key == 0);
+        assert!(!put.policy.read_only && put.idempotency_key == 6);
+        let keyless = sm::PutRequest {
+            player_id: "p".into(),
+            key: "k".into(),
+            expected_version: Some(0),
+            ..Default::default()
+        };
+        let body = Bytes::from(keyless.encode_to_vec());
+        assert!(!put.retry_safe(&body));
+        assert!(get.retry_safe(&sm::GetRequest::default().encode_to_vec()));
+        // A key added by the transport is the request's key; one of its own is kept.
+        let keyed = put.with_idempotency_key(body.clone(), "k-1");
+        assert!(put.retry_safe(&keyed));
+        let decoded = sm::PutRequest::decode(keyed.clone()).unwrap();
+        assert_eq!(decoded.idempotency_key, "k-1");
+        assert_eq!(decoded.expected_version, Some(0));
+        assert_eq!(put.with_idempotency_key(keyed.clone(), "k-2"), keyed);
+        // An explicitly empty key is no key.
+        let empty = sm::PutRequest {
+            idempotency_key: String::new(),
+            ..keyless
+        };
+        assert!(!put.retry_safe(&empty.encode_to_vec()));
+        assert_eq!(get.with_idempotency_key(Bytes::new(), "k"), Bytes::new());
     }
 
     #[test]

@@ -3,8 +3,15 @@
 //! and events never disagree. The store knows nothing of it: the relay waits on the
 //! outbox table through the store's generic commit hook ([`Store::watch`]).
 //! It reads the outbox in sequence order a batch at a time, publishes the whole batch
-//! pipelined (every publish sent, then every ack awaited: JetStream with fsync per message
-//! does not batch by itself), and deletes the acknowledged events in one store write.
+//! pipelined (every publish sent, then every ack awaited, all at once: JetStream with fsync
+//! per message does not batch by itself, and each ack is bounded by the JetStream
+//! context's ack timeout, so a round with NATS unreachable ends after one such timeout,
+//! not one per event), and deletes the acknowledged events in one store write.
+//! A stop is obeyed while a round waits: the round is abandoned and its events stay
+//! queued for the next start (an event JetStream stored but the outbox still holds is
+//! re-sent then and de-duplicated by its id); then a last drain of at most
+//! [`FINAL_DRAIN`]. So stopping with NATS unreachable takes at most that long and loses
+//! nothing.
 //! Each message carries `Nats-Msg-Id` = the event's outbox id, so a batch re-sent after a
 //! crash between "acked" and "deleted" is de-duplicated by the stream. A failed publish
 //! leaves its event queued and the relay backs off and retries; nothing is dropped.
@@ -149,14 +156,14 @@ impl Sink for jetstream::Context {
                 .map_err(|err| err.to_string());
             acks.push(sent);
         }
-        let mut out = Vec::with_capacity(acks.len());
-        for ack in acks {
-            out.push(match ack {
+        // All acks awaited together: a round waits for the slowest, not for their sum.
+        futures::future::join_all(acks.into_iter().map(|ack| async move {
+            match ack {
                 Ok(fut) => fut.await.map(|_| ()).map_err(|err| err.to_string()),
                 Err(err) => Err(err),
-            });
-        }
-        out
+            }
+        }))
+        .await
     }
 }
 
@@ -244,10 +251,12 @@ pub async fn run_relay_with<S: Sink>(store: Store, sink: S, shutdown: Cancellati
     let mut total = 0u64;
     let mut from = 0u64;
     loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let round = relay_once(&store, &sink, &mut from).await;
+        // A stop is obeyed while the round waits for acks: the events stay queued.
+        let round = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            round = relay_once(&store, &sink, &mut from) => round,
+        };
         match round {
             Ok(r) if r.failed == 0 && r.relayed == BATCH => {
                 // More may be queued: go again at once.
@@ -428,6 +437,41 @@ mod tests {
         relay_once(&store, &&fake, &mut 0).await.unwrap();
         assert_eq!(fake.stored.lock().unwrap().len(), 2);
         assert_eq!(queued(&store), 0);
+    }
+
+    /// A sink whose acks never come (NATS unreachable): it counts the rounds it saw.
+    #[derive(Default)]
+    struct Unreachable {
+        rounds: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for &Unreachable {
+        async fn publish(&self, _: &[OutboxEvent]) -> Vec<Result<(), String>> {
+            self.rounds
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_while_acks_never_come_ends_the_relay_and_keeps_every_event() {
+        let store = Store::in_memory();
+        emit(&store, &["evt.u.1", "evt.u.2", "evt.u.3"]).await;
+        let sink: &'static Unreachable = Box::leak(Box::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_relay_with(store.clone(), sink, stop.clone()));
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sink.rounds.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < give_up, "no round started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        // A liveness bound, not a performance figure: the relay must end at all.
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the relay ends although no ack ever comes")
+            .unwrap();
+        assert_eq!(queued(&store), 3, "unpublished events stay queued");
     }
 
     #[tokio::test]

@@ -3,16 +3,17 @@
 
 use aicore_proto::Status;
 
-/// Longest accepted player id, in bytes.
-pub const MAX_PLAYER_ID_BYTES: usize = 128;
+/// Longest accepted player id, in characters (what the protos' field rules and so the
+/// OpenAPI document say: JSON Schema counts characters, not bytes).
+pub const MAX_PLAYER_ID_CHARS: usize = 128;
 
-/// A player (account) id: 1–128 bytes, no control characters (so `\0` can separate key
-/// parts in tables).
+/// A player (account) id: 1–128 characters, no control characters (so `\0` can separate
+/// key parts in tables).
 pub fn player_id(value: &str, field: &str) -> Result<(), Status> {
-    if value.is_empty() || value.len() > MAX_PLAYER_ID_BYTES {
+    if value.is_empty() || value.chars().count() > MAX_PLAYER_ID_CHARS {
         return Err(Status::invalid(
             field,
-            format!("must be 1 to {MAX_PLAYER_ID_BYTES} bytes"),
+            format!("must be 1 to {MAX_PLAYER_ID_CHARS} characters"),
         ));
     }
     if value.chars().any(char::is_control) {

@@ -1,17 +1,43 @@
 //! The AI Core client. [`Client`] implements the generated clients' [`Transport`] over
 //! NATS request/reply: it puts the deadline, trace context, request id and caller in
-//! headers, turns micro-protocol error replies back into [`Status`], retries idempotent
-//! RPCs (per their proto policy) with jittered backoff inside the deadline, and keeps a
+//! headers, turns micro-protocol error replies back into [`Status`], retries calls that
+//! are safe to repeat with jittered backoff inside the deadline, and keeps a
 //! circuit breaker per subject so a dead service fails fast instead of eating every
 //! caller's deadline. Domains use the same client for cross-domain calls, so placement
 //! stays free. It does not connect or authenticate by itself: it wraps a connected
 //! `async_nats::Client`.
-
+//!
+//! # What is retried
+//!
+//! A call whose attempt failed in transit (no responders, a timeout, Unavailable) is sent
+//! again only when that is provably safe ([`MethodInfo::retry_safe`]): the RPC is a read
+//! (`read_only` in its proto policy), or the request carries an idempotency key, so a
+//! replay returns the first reply. A write without a key is sent once: its first attempt
+//! may have been applied with the reply lost, and a blind retry would apply it twice or
+//! answer Conflict to a create-only write that succeeded. A caller that wants such a
+//! write retried asks for a key with [`CallOptions::idempotency_key`]
+//! ([`IdempotencyKey::Fresh`]): the SDK then puts one key in every attempt.
+//!
+//! # What counts against a breaker
+//!
+//! A breaker is shared by every caller of a subject, so only what proves the *service*
+//! unhealthy may count toward opening it, never what one caller asked for: otherwise a
+//! single client sending requests with 1 ms deadlines (or hopeless inputs) would open the
+//! circuit for everyone. Per attempt:
+//! - **counts**: no responders (nobody serves the subject), and an attempt that timed out
+//!   although it had at least [`ClientConfig::attempt_timeout`] to get an answer — the
+//!   service had a reasonable time and said nothing;
+//! - **resets**: any reply from the service, success or error (it is alive and answering;
+//!   a refusal such as Unavailable or DeadlineExceeded comes back fast and eats no
+//!   deadline, which is what the breaker protects);
+//! - **neither**: an attempt cut short by the caller's own deadline (it had less than
+//!   `attempt_timeout`), and failures of the caller's own connection or request (max
+//!   payload, a connection that is down): the caller's outcome, not the service's.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use aicore_proto::{CallOptions, Code, MethodInfo, Status, Transport};
+use aicore_proto::{CallOptions, Code, IdempotencyKey, MethodInfo, Status, Transport};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -57,7 +83,9 @@ pub mod header_names {
 pub struct ClientConfig {
     /// Deadline when neither the call nor the RPC's policy sets one.
     pub default_timeout: Duration,
-    /// Longest single attempt of an idempotent call, so a lost request leaves time to retry.
+    /// Longest single attempt of an idempotent call, so a lost request leaves time to retry;
+    /// also the least time a service must have had before its silence counts against its
+    /// circuit breaker.
     pub attempt_timeout: Duration,
     /// Attempts of an idempotent call, the first included.
     pub max_attempts: u32,
@@ -65,7 +93,8 @@ pub struct ClientConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
-    /// Consecutive transport failures (no responders, timeouts) that open a subject's circuit.
+    /// Consecutive failures of a service (no responders, or silence for a whole
+    /// `attempt_timeout`; see the module documentation) that open its subject's circuit.
     pub breaker_threshold: u32,
     /// How long an open circuit refuses calls before letting a trial through.
     pub breaker_cooldown: Duration,
@@ -140,7 +169,12 @@ impl Client {
         Ok(())
     }
 
-    fn breaker_record(&self, subject: &'static str, transport_failure: bool) {
+    fn breaker_record(&self, subject: &'static str, health: Health) {
+        let transport_failure = match health {
+            Health::Unknown => return,
+            Health::Answered => false,
+            Health::Failed => true,
+        };
         // The common case, a success on a healthy subject, takes only the read lock.
         if !transport_failure {
             let all = self.breakers.read().unwrap_or_else(|e| e.into_inner());
@@ -167,6 +201,50 @@ impl Client {
     fn backoff(&self, retry: u32) -> Duration {
         let ms = backoff_cap(&self.config, retry).as_millis().max(1) as u64;
         Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+}
+
+/// What one attempt says about the health of the service it was sent to (see the module
+/// documentation: what counts against a breaker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// The service replied (a success or an error of its own): it is alive.
+    Answered,
+    /// The service is to blame: no responders, or silence for a whole reasonable attempt.
+    Failed,
+    /// Nothing learnt about the service: the caller's deadline cut the attempt short, or
+    /// the caller's own connection or request failed.
+    Unknown,
+}
+
+/// The health an attempt shows: `reply` is what came back (or the request error),
+/// `attempt` how long the attempt was allowed to wait.
+fn attempt_health(
+    config: &ClientConfig,
+    reply: &Result<Message, async_nats::RequestError>,
+    attempt: Duration,
+) -> Health {
+    use async_nats::RequestErrorKind;
+    match reply {
+        Ok(msg) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => Health::Failed,
+        Ok(_) => Health::Answered,
+        Err(e) => match e.kind() {
+            RequestErrorKind::NoResponders => Health::Failed,
+            RequestErrorKind::TimedOut => silence_health(config, attempt),
+            RequestErrorKind::MaxPayloadExceeded
+            | RequestErrorKind::InvalidSubject
+            | RequestErrorKind::Other => Health::Unknown,
+        },
+    }
+}
+
+/// The health shown by an attempt that got no answer in `attempt`: a failure only when
+/// the service had a reasonable time (the caller's deadline did not cut it short).
+fn silence_health(config: &ClientConfig, attempt: Duration) -> Health {
+    if attempt >= config.attempt_timeout {
+        Health::Failed
+    } else {
+        Health::Unknown
     }
 }
 
@@ -216,6 +294,12 @@ pub fn new_traceparent() -> String {
         r.random::<u128>().max(1),
         r.random::<u64>().max(1)
     )
+}
+
+/// A fresh idempotency key (`idk_` and 128 random bits in hex), for a caller that wants a
+/// write retried safely (or see [`IdempotencyKey::Fresh`]).
+pub fn new_idempotency_key() -> String {
+    format!("idk_{:032x}", rand::rng().random::<u128>())
 }
 
 /// Turns a reply message into its body or the error it carries.
@@ -269,7 +353,16 @@ impl Transport for Client {
         options: &CallOptions,
     ) -> Result<Bytes, Status> {
         let deadline = self.deadline(method, options);
-        let attempts = if method.policy.idempotent {
+        let body = match &options.idempotency_key {
+            IdempotencyKey::AsIs => body,
+            IdempotencyKey::Fresh if method.idempotency_key != 0 => {
+                method.with_idempotency_key(body, &new_idempotency_key())
+            }
+            IdempotencyKey::Fresh => body,
+            IdempotencyKey::Use(key) => method.with_idempotency_key(body, key),
+        };
+        // Sent again only when provably safe: a read, or a write carrying its key.
+        let attempts = if method.retry_safe(&body) {
             self.config.max_attempts.max(1)
         } else {
             1
@@ -294,12 +387,15 @@ impl Transport for Client {
                 .payload(body.clone())
                 .headers(request_headers(options, remaining))
                 .timeout(Some(this_try));
-            let result = match self.nats.send_request(method.subject, request).await {
+            let reply = self.nats.send_request(method.subject, request).await;
+            self.breaker_record(
+                method.subject,
+                attempt_health(&self.config, &reply, this_try),
+            );
+            let result = match reply {
                 Ok(msg) => reply_result(&msg),
                 Err(e) => Err(map_request_error(method.subject, e)),
             };
-            let transport_failure = matches!(&result, Err(s) if s.is_retryable());
-            self.breaker_record(method.subject, transport_failure);
             match result {
                 Err(s) if s.is_retryable() && attempt < attempts => {
                     let pause = self.backoff(attempt - 1);
@@ -340,7 +436,7 @@ impl Transport for Client {
         // long as the caller keeps it (dropping it unsubscribes).
         let first = match tokio::time::timeout(remaining, sub.next()).await {
             Err(_) => {
-                self.breaker_record(method.subject, true);
+                self.breaker_record(method.subject, silence_health(&self.config, remaining));
                 return Err(Status::new(
                     Code::DeadlineExceeded,
                     format!("{} did not start streaming in time", method.subject),
@@ -352,7 +448,10 @@ impl Transport for Client {
         let first_result = reply_result(&first);
         self.breaker_record(
             method.subject,
-            matches!(&first_result, Err(s) if s.is_retryable()),
+            match first.status {
+                Some(async_nats::StatusCode::NO_RESPONDERS) => Health::Failed,
+                _ => Health::Answered,
+            },
         );
         first_result.as_ref().map_err(Clone::clone)?;
         // Items until the end marker; an error item ends the stream too; heartbeats (a

@@ -319,8 +319,9 @@ async fn nats_child_killed_is_restarted_and_no_acknowledged_write_is_lost() {
     unsafe {
         libc::kill(before as i32, libc::SIGKILL);
     }
-    // Writes keep being attempted while the child restarts; the SDK retries the
-    // idempotent ones, so every put is eventually acknowledged.
+    // Writes keep being attempted while the child restarts (the SDK does not retry a
+    // write without an idempotency key: this loop does), so every put is eventually
+    // acknowledged.
     let mut acked = 0;
     for i in 20..40 {
         let key = format!("k{i}");

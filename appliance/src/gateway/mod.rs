@@ -10,8 +10,11 @@
 //!
 //! Per request, in order: the in-flight bound (503 + Retry-After when full, never a queue),
 //! the access policy of the RPC (public, or a bearer token checked through the cached
-//! `auth.Validate` — see [`tokens`] — plus its roles), the per-client rate limit (429 +
-//! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default), the body
+//! `auth.Validate` — see [`tokens`] — plus its roles; a token not of auth's shape is 401
+//! without a NATS call, and the check runs under the gateway's own deadline,
+//! `http.validate_timeout_ms`, never the client's), the per-client rate limit (429 +
+//! Retry-After), the deadline (`X-Request-Timeout-Ms` or the RPC's default, counted from
+//! the request's arrival, token check included), the body
 //! limit (413) and transcoding (400 naming the field), then the call. The caller's identity
 //! travels to the domain in `Aicore-Caller`/`Aicore-Caller-Roles`/`Aicore-Caller-Session`,
 //! set only from the
@@ -340,19 +343,42 @@ struct Trace {
     traceparent: String,
 }
 
+/// The longest `X-Request-Id` accepted (also in the OpenAPI document).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether `id` is a request id the gateway carries: 1 to [`MAX_REQUEST_ID`] characters
+/// of `[A-Za-z0-9._:-]` (what the OpenAPI document says).
+fn request_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Refuses a request whose `X-Request-Id` is present but not one the gateway carries
+/// (400 naming the header), rather than silently replacing it.
+fn check_request_id(h: &HeaderMap) -> Result<(), ApiError> {
+    match h.get(REQUEST_ID_HEADER) {
+        Some(v) if !v.to_str().is_ok_and(request_id_ok) => Err(Status::invalid(
+            "X-Request-Id",
+            format!("must be 1 to {MAX_REQUEST_ID} characters of A-Z a-z 0-9 . _ : -"),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 impl Trace {
     /// Takes the client's request id when sane and continues its trace (same trace id,
-    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh.
+    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh
+    /// (an RPC with an unusable id is refused by [`check_request_id`]; this is what the
+    /// refusal carries).
     fn from_headers(h: &HeaderMap) -> Trace {
         let request_id = h
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            })
+            .filter(|s| request_id_ok(s))
             .map(str::to_string)
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let traceparent = h
@@ -461,10 +487,14 @@ impl Gateway {
     /// The deadline: the client's header (capped), else the RPC's default, else ours.
     fn deadline(&self, headers: &HeaderMap, m: &MethodInfo) -> Result<Duration, ApiError> {
         if let Some(v) = headers.get(TIMEOUT_HEADER) {
+            // Any positive whole number (as the OpenAPI document says); more than the
+            // longest deadline is the longest deadline, however many digits it has.
             let ms = v
                 .to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
                 .filter(|ms| *ms > 0)
                 .ok_or_else(|| {
                     Status::invalid(
@@ -491,6 +521,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `token` has the shape of the access tokens auth issues: `at_` and 256 random
+/// bits in unpadded base64url (43 characters; `domains/src/auth.rs`, `new_token`).
+/// Anything else cannot validate, so it is refused without asking auth.
+fn access_token_shaped(token: &str) -> bool {
+    token.strip_prefix("at_").is_some_and(|secret| {
+        secret.len() == 43
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 async fn call(
     gw: &Gateway,
     route: usize,
@@ -501,6 +543,7 @@ async fn call(
 ) -> Result<Response, ApiError> {
     let r = &gw.routes[route];
     let m = r.method;
+    check_request_id(headers)?;
     let _permit = gw.in_flight.clone().try_acquire_owned().map_err(|_| {
         gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
         overloaded("requests in flight")
@@ -512,14 +555,18 @@ async fn call(
         })?),
         false => None,
     };
+    // The client's deadline counts from here, token check included.
+    let deadline = Instant::now() + gw.deadline(headers, m)?;
     let mut options = CallOptions {
-        timeout: Some(gw.deadline(headers, m)?),
+        timeout: None,
         caller: None,
         traceparent: Some(trace.traceparent.clone()),
         request_id: Some(trace.request_id.clone()),
         // From the TCP peer, never from a request header: auth throttles logins by it.
         client_addr: Some(peer.ip().to_canonical().to_string()),
         caller_session: None,
+        // A client's write is retried inside the appliance only with its own key.
+        idempotency_key: aicore_proto::IdempotencyKey::AsIs,
     };
 
     // Who is calling, by the RPC's policy; then their rate limit.
@@ -529,13 +576,23 @@ async fn call(
         let token = bearer(headers).ok_or_else(|| {
             Status::unauthenticated("this call needs an `Authorization: Bearer <access token>`")
         })?;
+        if !access_token_shaped(token) {
+            // Not something auth issues: refused here, without a NATS call.
+            return Err(Status::unauthenticated("the bearer token is not an access token").into());
+        }
         let bearer = match gw.tokens.cached(token) {
             Some(c) => c,
             None => {
                 // Unknown tokens cost the client address too, so a flood of made-up
-                // tokens cannot reach auth unbounded.
+                // tokens cannot reach auth unbounded. The check runs under the gateway's
+                // own deadline: it is shared by every client (one breaker, one cache),
+                // so a client's short deadline must not make auth look unresponsive.
                 gw.limit(Client::Ip(peer.ip()))?;
-                gw.tokens.fetch(&gw.auth, token, &options).await?
+                let check = CallOptions {
+                    timeout: Some(Duration::from_millis(gw.config.validate_timeout_ms)),
+                    ..options.clone()
+                };
+                gw.tokens.fetch(&gw.auth, token, &check).await?
             }
         };
         let caller = bearer.caller;
@@ -553,6 +610,7 @@ async fn call(
 
     let json = read_body(headers, body, gw.max_body).await?;
     let request = crate::json::to_protobuf(&r.input, &json)?;
+    options.timeout = Some(deadline.saturating_duration_since(Instant::now()));
 
     if let Some(permit) = stream_permit {
         let upstream = gw.client.server_stream(m, request, &options).await?;
@@ -814,8 +872,32 @@ mod tests {
         );
         let t = Trace::from_headers(&h);
         assert_eq!(t.request_id.len(), 32);
+        assert!(check_request_id(&h).is_err());
+        let long = "a".repeat(MAX_REQUEST_ID + 1);
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
+        let e = check_request_id(&h).unwrap_err();
+        assert_eq!(e.status.field_violations[0].field, "X-Request-Id");
         h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42"));
         assert_eq!(Trace::from_headers(&h).request_id, "req-42");
+        assert!(check_request_id(&h).is_ok());
+    }
+
+    #[test]
+    fn only_tokens_of_auths_shape_are_checked_with_auth() {
+        let good = format!("at_{}", "aZ09-_".repeat(7) + "x");
+        assert_eq!(good.len(), 46);
+        assert!(access_token_shaped(&good));
+        for bad in [
+            "",
+            "at_",
+            "rt_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_x",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_xy",
+            "at_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09+/x",
+            "bogus",
+        ] {
+            assert!(!access_token_shaped(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -91,18 +91,27 @@ fn kind_schema(kind: &Kind, pending: &mut VecDeque<MessageDescriptor>) -> Value 
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            json!({"type": "integer", "format": "int32"})
+            json!({"type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX})
         }
         Kind::Uint32 | Kind::Fixed32 => {
-            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})
         }
-        // The proto3 JSON mapping writes 64-bit integers as strings and reads either.
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": ["string", "integer"], "format": "int64"})
-        }
-        Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": ["string", "integer"], "format": "uint64"})
-        }
+        // The proto3 JSON mapping writes 64-bit integers as strings and reads either: a
+        // string of digits (never empty) or a number, within the type's range.
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
+            "oneOf": [
+                {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
+                {"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX},
+            ],
+            "format": "int64",
+        }),
+        Kind::Uint64 | Kind::Fixed64 => json!({
+            "oneOf": [
+                {"type": "string", "pattern": "^[0-9]{1,20}$"},
+                {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+            ],
+            "format": "uint64",
+        }),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -138,6 +147,12 @@ fn field_schema(
     } else {
         kind_schema(&f.kind(), pending)
     };
+    if let Some(obj) = s.as_object_mut()
+        && !f.is_list()
+        && !f.is_map()
+    {
+        field_rules(f, obj);
+    }
     if let Some(c) = comments.get(&f.parent_file(), f.path())
         && let Some(obj) = s.as_object_mut()
     {
@@ -145,6 +160,47 @@ fn field_schema(
         obj.insert("description".into(), c.into());
     }
     s
+}
+
+/// The field's `(aicore.common.v1.field)` rules as JSON Schema keywords.
+fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) {
+    let Some(ext) = descriptor_pool().get_extension_by_name("aicore.common.v1.field") else {
+        return;
+    };
+    let options = f.options();
+    if !options.has_extension(&ext) {
+        return;
+    }
+    let rules = options.get_extension(&ext);
+    let Some(rules) = rules.as_message() else {
+        return;
+    };
+    let get = |name: &str| rules.get_field_by_name(name).map(|v| v.into_owned());
+    if let Some(n) = get("min_len").and_then(|v| v.as_u32()).filter(|n| *n > 0) {
+        schema.insert("minLength".into(), n.into());
+    }
+    if let Some(n) = get("max_len").and_then(|v| v.as_u32()).filter(|n| *n > 0) {
+        schema.insert("maxLength".into(), n.into());
+    }
+    if let Some(p) = get("pattern").and_then(|v| v.as_str().map(str::to_owned))
+        && !p.is_empty()
+    {
+        schema.insert("pattern".into(), p.into());
+    }
+    if get("no_control_chars").and_then(|v| v.as_bool()) == Some(true) {
+        // Unanchored, so no `$` (which Python lets match before a final newline).
+        schema.insert("not".into(), json!({"pattern": "[\\x00-\\x1f\\x7f-\\x9f]"}));
+    }
+}
+
+/// Whether the field's rules refuse the empty string: then the field is required
+/// (absent is the same as empty in proto3 JSON).
+fn required_by_rules(f: &FieldDescriptor) -> bool {
+    let mut s = serde_json::Map::new();
+    field_rules(f, &mut s);
+    s.get("minLength")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
 }
 
 fn message_schema(
@@ -159,7 +215,16 @@ fn message_schema(
             field_schema(&f, comments, pending),
         );
     }
-    let mut s = json!({"type": "object", "properties": properties});
+    // Unknown fields are refused (json.rs parses with deny_unknown_fields).
+    let mut s = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    let required: Vec<String> = m
+        .fields()
+        .filter(|f| !f.is_list() && !f.is_map() && required_by_rules(f))
+        .map(|f| f.json_name().to_string())
+        .collect();
+    if !required.is_empty() {
+        s["required"] = json!(required);
+    }
     if let Some(c) = comments.get(&m.parent_file(), m.path()) {
         s["description"] = c.into();
     }
@@ -171,6 +236,24 @@ fn message_schema(
             format!("`{}`: at most one of {}", o.name(), names.join(", "))
         })
         .collect();
+    // At most one member of each oneof group (the parser refuses two).
+    let exclusive: Vec<Value> = m
+        .oneofs()
+        .filter(|o| !o.is_synthetic())
+        .flat_map(|o| {
+            let names: Vec<String> = o.fields().map(|f| f.json_name().to_string()).collect();
+            let mut pairs = Vec::new();
+            for (i, a) in names.iter().enumerate() {
+                for b in &names[i + 1..] {
+                    pairs.push(json!({"not": {"required": [a, b]}}));
+                }
+            }
+            pairs
+        })
+        .collect();
+    if !exclusive.is_empty() {
+        s["allOf"] = Value::Array(exclusive);
+    }
     if !oneofs.is_empty() {
         let d = s["description"].as_str().unwrap_or_default().to_string();
         let sep = if d.is_empty() { "" } else { "\n\n" };
@@ -219,6 +302,25 @@ fn error_schema() -> Value {
     })
 }
 
+/// The schema of one server-sent event of a streaming RPC: its `event` name and its
+/// `data`, the JSON of an item (`message`), an Error (`error`) or `{}` (`end`).
+fn sse_event_schema(item: &Value) -> Value {
+    json!({
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["message", "end", "error"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [item, schema_ref("Error"), {"type": "object", "maxProperties": 0}]},
+            },
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    })
+}
+
 /// The OpenAPI document for `methods`.
 pub fn document(methods: &[&'static MethodInfo]) -> Value {
     let comments = Comments::load();
@@ -251,11 +353,14 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
             .collect::<Vec<_>>()
             .join(" ");
         let input = kind_schema_of(m.input, &mut pending);
+        let body_required = descriptor_pool()
+            .get_message_by_name(m.input)
+            .is_some_and(|d| d.fields().any(|f| !f.is_list() && required_by_rules(&f)));
         let output = kind_schema_of(m.output, &mut pending);
         let ok = if m.server_streaming {
             json!({
                 "description": format!("A server-sent event stream: one `message` event per `{}` (its JSON in `data`), then one `end` event; an `error` event (an Error in `data`) ends it on failure.", m.output),
-                "content": {"text/event-stream": {"schema": {"type": "string"}, "x-aicore-event-schema": output}},
+                "content": {"text/event-stream": {"schema": sse_event_schema(&output), "x-aicore-event-schema": output}},
             })
         } else {
             json!({"description": "OK", "content": {"application/json": {"schema": output}}})
@@ -285,8 +390,8 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
             "summary": summary,
             "description": description,
             "requestBody": {
-                "required": false,
-                "description": "The request as proto3 JSON; an empty body is the empty message.",
+                "required": body_required,
+                "description": "The request as proto3 JSON; an empty body is the empty message (refused when the message has required fields).",
                 "content": {"application/json": {"schema": input}},
             },
             "parameters": [
@@ -294,13 +399,13 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
                  "description": "Deadline in milliseconds (default: the RPC's own, capped by the server).",
                  "schema": {"type": "integer", "minimum": 1}},
                 {"name": "X-Request-Id", "in": "header", "required": false,
-                 "description": "Request id to carry (generated when absent), echoed in the response.",
-                 "schema": {"type": "string", "maxLength": 128}},
+                 "description": "Request id to carry (generated when absent), echoed in the response; another value is refused with 400.",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": super::MAX_REQUEST_ID, "pattern": "^[A-Za-z0-9._:-]+$"}},
             ],
             "responses": responses,
             "security": security,
             "x-aicore-subject": m.subject,
-            "x-aicore-idempotent": m.policy.idempotent,
+            "x-aicore-read-only": m.policy.read_only,
         });
         if m.policy.access == Access::Roles {
             op["x-aicore-roles"] = json!(m.policy.roles);

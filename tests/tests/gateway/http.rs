@@ -75,6 +75,17 @@ impl Http {
         }
     }
 
+    /// A client whose connections come from `source` (any address of 127.0.0.0/8 is
+    /// this machine's loopback): the gateway sees another client address.
+    pub fn from_address(base: &str, source: std::net::IpAddr) -> Http {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(source));
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
     fn request(
         &self,
         method: Method,

@@ -220,3 +220,41 @@ async fn issuing_fails_when_the_running_appliance_never_accepts_the_certificate(
         "{said}"
     );
 }
+
+/// `aicore status | head`: the reader goes away before the command has printed
+/// everything. The command must end quietly (the conventional death by SIGPIPE, or exit
+/// 0), never with a panic message about a broken pipe. The pipe's read end is closed
+/// before the command starts, so its very first write meets a closed pipe, whatever the
+/// timing.
+#[tokio::test]
+async fn client_output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let app = Appliance::start().await;
+    let data = app.data_dir.to_str().unwrap().to_string();
+    for args in [
+        vec!["status", "--data-dir", &data],
+        vec!["status", "--json", "--data-dir", &data],
+        vec!["certs", "list", "--data-dir", &data],
+        vec!["default-config"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = Command::new(aicore_bin())
+            .args(&args)
+            .current_dir(&app.data_dir)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("running aicore");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "aicore {args:?} complained about the closed pipe: {stderr}"
+        );
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "aicore {args:?} ended with {:?}: {stderr}",
+            out.status
+        );
+    }
+}

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 const POLICY: Policy = Policy {
     access: Access::Public,
     roles: &[],
-    idempotent: false,
+    read_only: false,
     default_deadline_ms: 0,
 };
 
@@ -35,6 +35,7 @@ macro_rules! method {
             input: "",
             output: "",
             server_streaming: $stream,
+            idempotency_key: 0,
             policy: POLICY,
         }
     };
@@ -355,6 +356,61 @@ async fn no_responders_is_unavailable_and_the_breaker_opens() {
     assert!(open.retry_after_ms > 0);
 }
 
+/// One caller's short deadlines are its own outcome: a burst of calls that each give the
+/// service 1 ms (so each times out) must not open the circuit every other caller of the
+/// subject shares. Then silence for whole attempts does open it: the breaker still
+/// protects against a service that does not answer.
+#[tokio::test]
+async fn a_callers_own_short_deadlines_never_open_the_circuit_for_others() {
+    let (nats, _svc, _client, _stop) = setup(64).await;
+    let config = aicore_sdk::ClientConfig {
+        breaker_threshold: 5,
+        breaker_cooldown: Duration::from_secs(60),
+        attempt_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let client = aicore_sdk::Client::new(async_nats::connect(&nats.url).await.unwrap(), config);
+    // The handler takes 200 ms; these callers wait 1 ms. Four times the threshold.
+    let hasty = CallOptions::timeout(Duration::from_millis(1));
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        let hasty = hasty.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .unary(&METHODS[1], Bytes::from_static(b"200"), &hasty)
+                .await
+        }));
+    }
+    for c in calls {
+        let e = c.await.unwrap().unwrap_err();
+        assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    }
+    // A caller with time is served.
+    let patient = CallOptions::timeout(Duration::from_secs(10));
+    let ok = client
+        .unary(&METHODS[1], Bytes::from_static(b"10"), &patient)
+        .await
+        .expect("a patient caller is served after others' deadlines ran out");
+    assert_eq!(ok.as_ref(), b"10");
+    // Silence for whole attempts (the handler takes longer than every attempt a 1 s
+    // deadline allows) is the service's failure and counts: the circuit opens.
+    let slow = CallOptions::timeout(Duration::from_millis(700));
+    let mut open = None;
+    for _ in 0..20 {
+        let e = client
+            .unary(&METHODS[1], Bytes::from_static(b"5000"), &slow)
+            .await
+            .unwrap_err();
+        if e.message.contains("circuit open") {
+            open = Some(e);
+            break;
+        }
+    }
+    let open = open.expect("silence for whole attempts opens the circuit");
+    assert_eq!(open.code, Code::Unavailable);
+}
+
 /// Asks `subject` and parses the one JSON answer.
 async fn micro(raw: &async_nats::Client, subject: &str) -> serde_json::Value {
     let reply = raw
@@ -421,4 +477,112 @@ async fn discovery_and_stats_follow_the_micro_protocol() {
         (Some(1), Some(1))
     );
     assert!(panic["last_error"].as_str().unwrap().contains("internal"));
+}
+
+/// A responder for `svc.state_manager.v1.put` in front of a real state-manager domain (on
+/// an in-memory store): it applies every request it receives, but drops the reply to
+/// the first request for each key — the write happened, its answer was lost. Returns how
+/// many requests it received per key.
+async fn lossy_put_responder(
+    url: &str,
+) -> Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> {
+    use aicore_proto::aicore::state_manager::v1::PutRequest;
+    use prost::Message;
+    let (ctx, _clock) = aicore_runtime::Ctx::for_tests();
+    let dispatch = (aicore_domains::registry::find("state_manager")
+        .expect("state_manager is registered")
+        .build)(&ctx, &Default::default())
+    .expect("building state_manager");
+    let (put, _) = aicore_proto::find_service("state_manager")
+        .unwrap()
+        .method("put")
+        .unwrap();
+    let nats = async_nats::connect(url).await.unwrap();
+    let mut sub = nats.subscribe("svc.state_manager.v1.put").await.unwrap();
+    nats.flush().await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        // Keeps the context (its store) alive as long as the responder.
+        let _ctx = ctx;
+        while let Some(msg) = sub.next().await {
+            let key = PutRequest::decode(msg.payload.clone()).unwrap().key;
+            let n = {
+                let mut seen = counts.lock().unwrap();
+                let n = seen.entry(key).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let result = dispatch.call(put, Request::new(msg.payload.clone())).await;
+            if n == 1 {
+                continue;
+            }
+            let Some(reply) = msg.reply else { continue };
+            let _ = match result {
+                Ok(Reply::Unary(b)) => nats.publish(reply, b).await,
+                Ok(Reply::Stream(_)) => unreachable!("put is unary"),
+                Err(s) => {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert(
+                        aicore_proto::headers::SERVICE_ERROR_CODE,
+                        s.http_status().to_string().as_str(),
+                    );
+                    h.insert(aicore_proto::headers::SERVICE_ERROR, s.message.as_str());
+                    nats.publish_with_headers(reply, h, s.to_proto().encode_to_vec().into())
+                        .await
+                }
+            };
+        }
+    });
+    seen
+}
+
+/// Retries do not invent conflicts: a create-only write without an idempotency key whose
+/// reply was lost after it applied is not sent again (a retry would answer Conflict to a
+/// write that succeeded); with a key, its own or one the SDK adds, it is retried and
+/// returns the first result.
+#[tokio::test]
+async fn a_write_is_retried_only_with_an_idempotency_key() {
+    use aicore_proto::aicore::state_manager::v1::{PutRequest, StateManagerClient};
+    let nats = BareNats::start().await;
+    let seen = lossy_put_responder(&nats.url).await;
+    let client = StateManagerClient::new(aicore_sdk::Client::new(
+        async_nats::connect(&nats.url).await.unwrap(),
+        aicore_sdk::ClientConfig {
+            attempt_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+    ));
+    let create = |key: &str, idempotency_key: &str| PutRequest {
+        player_id: "p1".into(),
+        key: key.into(),
+        data: Bytes::from_static(b"once"),
+        expected_version: Some(0),
+        idempotency_key: idempotency_key.into(),
+        ..Default::default()
+    };
+    let opts = CallOptions::timeout(Duration::from_secs(3));
+    let count = |key: &str| seen.lock().unwrap().get(key).copied().unwrap_or(0);
+
+    let keyless = client.put(create("keyless", ""), &opts).await.unwrap_err();
+    assert_ne!(keyless.code, Code::Conflict, "{keyless}");
+    assert_eq!(keyless.code, Code::DeadlineExceeded, "{keyless}");
+    assert_eq!(count("keyless"), 1, "a keyless write was sent again");
+
+    let keyed = client
+        .put(create("keyed", "idk-1"), &opts)
+        .await
+        .expect("a keyed write is retried and returns the first result");
+    assert_eq!(keyed.metadata.unwrap().version, 1);
+    assert_eq!(count("keyed"), 2);
+
+    let fresh = client
+        .put(
+            create("fresh", ""),
+            &opts.clone().with_fresh_idempotency_key(),
+        )
+        .await
+        .expect("a write given a key by the SDK is retried and returns the first result");
+    assert_eq!(fresh.metadata.unwrap().version, 1);
+    assert_eq!(count("fresh"), 2);
 }

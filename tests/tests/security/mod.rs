@@ -223,7 +223,9 @@ async fn put_and_get_as(
             roles: vec!["player".into()],
         }),
         ..CallOptions::timeout(Duration::from_secs(10))
-    };
+    }
+    // Retried (e.g. over a reconnect) only with an idempotency key: the SDK adds one.
+    .with_fresh_idempotency_key();
     client
         .put(
             sm::PutRequest {
@@ -321,7 +323,9 @@ async fn certificates_rotate_under_load_without_a_restart_or_a_lost_request() {
     let mut tasks = Vec::new();
     for worker in 0..4 {
         let client = client.clone();
-        let opts = opts.clone();
+        // A write is retried over a reconnect only with an idempotency key: the SDK adds
+        // one to each put.
+        let opts = opts.clone().with_fresh_idempotency_key();
         tasks.push(tokio::spawn(async move {
             let (mut done, mut failed) = (0u32, Vec::new());
             while Instant::now() < until {
