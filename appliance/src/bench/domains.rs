@@ -1,0 +1,207 @@
+//! Rows of real domains with contention: payment transfers between a few wallets, and
+//! world-state reads and writes.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use aicore_proto::CallOptions;
+use aicore_proto::aicore::auth::v1::{AuthClient, RegisterRequest};
+use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
+use aicore_runtime::store::Store;
+
+use crate::config::Config;
+
+use super::env::*;
+use super::load::*;
+use super::*;
+
+/// Wallets the payment.transfer row moves money between: few, so transfers contend.
+pub(super) const BENCH_WALLETS: usize = 8;
+
+/// Serves payment over `store`, funds the bench wallets, and measures Transfer between
+/// random pairs of them (a fresh idempotency key per call) at every concurrency level.
+pub(super) async fn measure_transfers(
+    env: &Env,
+    store: Store,
+    config: &Config,
+    base: &Baseline,
+    args: &BenchArgs,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    let load = &base.nats;
+    let serving = serve_domain(env, "payment", store.clone(), config, stop.clone()).await?;
+    // Payment pays only accounts that exist: auth serves on the same store and the
+    // wallets' owners are registered (payment remembers them, so the measured transfers
+    // do not ask auth).
+    let auth_serving = serve_domain(env, "auth", store.clone(), config, stop).await?;
+    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+    let auth = AuthClient::new(sdk.clone());
+    let mut wallets = Vec::with_capacity(BENCH_WALLETS);
+    for w in 0..BENCH_WALLETS {
+        let r = auth
+            .register(
+                RegisterRequest {
+                    username: format!("bench-wallet-{w}"),
+                    password: "bench-wallet-passphrase".into(),
+                    display_name: String::new(),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the bench wallets' owners: {e}"))?;
+        wallets.push(r.account_id);
+    }
+    let wallets = Arc::new(wallets);
+    let client = PaymentClient::new(sdk);
+    // One unit per transfer out of the largest allowed credit: no wallet runs dry.
+    for w in 0..BENCH_WALLETS {
+        client
+            .credit(
+                CreditRequest {
+                    player_id: wallets[w].clone(),
+                    currency: "GOLD".into(),
+                    amount: config.domains.payment.max_amount,
+                    reason: "bench seed".into(),
+                    idempotency_key: format!("bench-seed-{w}"),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding wallets: {e}"))?;
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let (client, wallets) = (client.clone(), wallets.clone());
+        let op = move |worker: usize, i: u64| {
+            let client = client.clone();
+            let from = rand::random_range(0..BENCH_WALLETS);
+            let to = (from + rand::random_range(1..BENCH_WALLETS)) % BENCH_WALLETS;
+            let request = TransferRequest {
+                from_player_id: wallets[from].clone(),
+                to_player_id: wallets[to].clone(),
+                currency: "GOLD".into(),
+                amount: 1,
+                reason: String::new(),
+                idempotency_key: format!("bench-c{c}-w{worker}-{i}"),
+            };
+            async move {
+                client
+                    .transfer(request, &CallOptions::default())
+                    .await
+                    .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                "sdk payment.transfer (durable, 8 wallets)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    serving.stop().await;
+    auth_serving.stop().await;
+    Ok(cells)
+}
+
+/// Serves world-state over `store`, writes one fact, and measures Get of it (served
+/// from the store's cache) at every concurrency level.
+pub(super) async fn measure_world_gets(
+    env: &Env,
+    store: Store,
+    config: &Config,
+    base: &Baseline,
+    args: &BenchArgs,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    use aicore_proto::aicore::world_state::v1 as ws;
+    let (load, payload) = (&base.nats, &base.payload);
+    let serving = serve_domain(env, "world_state", store.clone(), config, stop).await?;
+    let client =
+        ws::WorldStateClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    client
+        .set(
+            ws::SetRequest {
+                key: "bench.hot".into(),
+                data: payload.clone(),
+                content_type: "application/octet-stream".into(),
+                expected_version: None,
+                idempotency_key: String::new(),
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the world fact: {e}"))?;
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let client = client.clone();
+        let op = move |_: usize, _: u64| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(
+                        ws::GetRequest {
+                            key: "bench.hot".into(),
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                "sdk world_state.get (cached)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    // Sets of 4096 facts: each a durable write that appends to the change log (pruned
+    // to its retention) and queues an event in the outbox.
+    for &c in &args.concurrency {
+        let client = client.clone();
+        let payload = payload.clone();
+        let op = move |worker: usize, i: u64| {
+            let (client, payload) = (client.clone(), payload.clone());
+            async move {
+                client
+                    .set(
+                        ws::SetRequest {
+                            key: format!("bench.w{worker}.{}", i % 64),
+                            data: payload,
+                            content_type: "application/octet-stream".into(),
+                            expected_version: None,
+                            idempotency_key: String::new(),
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                "sdk world_state.set (durable, change log)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    serving.stop().await;
+    Ok(cells)
+}

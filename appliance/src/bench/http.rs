@@ -1,0 +1,251 @@
+//! The HTTP rows: the gateway against a bare axum→NATS forwarder, same JSON in and out.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use aicore_proto::CallOptions;
+use aicore_runtime::store::{Store, StoreOptions};
+
+use crate::config::Config;
+
+use super::env::*;
+use super::load::*;
+use super::*;
+
+/// Row names of the HTTP paths.
+pub(super) const HTTP_BARE: &str = "http bare axum->nats forwarder";
+pub(super) const HTTP_GATEWAY: &str = "http gateway (auth+json+limits+metrics)";
+/// The bare forwarder's echo subject.
+pub(super) const HTTP_ECHO: &str = "svc.bench.v1.http_echo";
+
+/// An HTTP/1.1 load client with a connection pool (keep-alive), in-process like the other
+/// load generators.
+pub(super) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+/// Serves `router` on a free loopback port (with connect info, as the gateway needs)
+/// until `stop`; returns its address.
+pub(super) async fn serve_http(
+    router: axum::Router,
+    stop: CancellationToken,
+) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    });
+    Ok(addr)
+}
+
+/// One POST; true on 200 with the whole body read.
+pub(super) async fn post(client: &HttpClient, uri: &str, token: Option<&str>, body: Bytes) -> bool {
+    use http_body_util::BodyExt;
+    let mut req = axum::http::Request::post(uri).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", t);
+    }
+    let Ok(req) = req.body(http_body_util::Full::new(body)) else {
+        return false;
+    };
+    match client.request(req).await {
+        Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The gateway rows: a real auth domain (in-process, its own store) checks the bearer
+/// token (cached after the first call); state_manager.get is answered by a stub responder
+/// on its subject with a fixed reply, so the row measures the gateway's own work (auth
+/// cache, rate limit, in-flight bound, JSON ↔ protobuf, metrics, SDK call) rather than a
+/// domain's. The bare forwarder posts the same JSON body to an echo responder and returns
+/// its bytes; both bodies are `--payload` bytes of JSON in, about as many out.
+pub(super) async fn measure_gateway(
+    env: &Env,
+    config: &Config,
+    base: &Baseline,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    use aicore_proto::aicore::auth::v1 as auth;
+    use aicore_proto::aicore::state_manager::v1::{GetResponse, ObjectMetadata};
+    use prost::Message;
+    let load = &base.nats;
+
+    // The JSON request, padded to the payload size.
+    let head = r#"{"playerId":"bench","key":""#;
+    let pad = args.payload.saturating_sub(head.len() + 2).max(1);
+    let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
+
+    // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
+    let responder = env.connect("domains", "bench-http-responders").await?;
+    let reply = Bytes::from(
+        GetResponse {
+            metadata: Some(ObjectMetadata {
+                player_id: "bench".into(),
+                key: "k".repeat(pad.min(64)),
+                version: 1,
+                ..Default::default()
+            }),
+            data: Bytes::from(vec![b'x'; args.payload / 4]),
+        }
+        .encode_to_vec(),
+    );
+    let mut echo_sub = responder.subscribe(HTTP_ECHO).await?;
+    let mut get_sub = responder.subscribe("svc.state_manager.v1.get").await?;
+    let (n1, n2) = (responder.clone(), responder.clone());
+    let responders = [
+        tokio::spawn(async move {
+            while let Some(m) = echo_sub.next().await {
+                if let Some(r) = m.reply {
+                    let _ = n1.publish(r, m.payload).await;
+                }
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(m) = get_sub.next().await {
+                if let Some(r) = m.reply {
+                    let _ = n2.publish(r, reply.clone()).await;
+                }
+            }
+        }),
+    ];
+    responder.flush().await?;
+
+    // auth, for real, and one player's token.
+    let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
+    let auth_serving =
+        serve_domain(env, "auth", auth_store.clone(), config, stop.child_token()).await?;
+    let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    let password = "bench-violet-otter-lantern";
+    let options = CallOptions::default();
+    ready("registering the bench player", || {
+        a.register(
+            auth::RegisterRequest {
+                username: "bench".into(),
+                password: password.into(),
+                display_name: String::new(),
+            },
+            &options,
+        )
+    })
+    .await?;
+    let login = a
+        .login(
+            auth::LoginRequest {
+                username: "bench".into(),
+                password: password.into(),
+                user_agent: "aicore bench".into(),
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("logging in the bench player: {e}"))?;
+    let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
+
+    // The two servers.
+    let forwarder_nats = env.connect("gateway", "bench-forwarder").await?;
+    let forwarder = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(move |body: Bytes| {
+            let nats = forwarder_nats.clone();
+            async move {
+                match nats.request(HTTP_ECHO, body).await {
+                    Ok(m) => (axum::http::StatusCode::OK, m.payload).into_response(),
+                    Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                }
+            }
+        }),
+    );
+    let http_config = crate::config::HttpConfig {
+        // Limits are checked on every request but never bite: one account at full speed.
+        rate_limit_per_sec: 1e9,
+        rate_limit_burst: 1_000_000,
+        ..config.http.clone()
+    };
+    let (gateway, _listener) = crate::gateway::build(
+        &http_config,
+        config.http_max_body_bytes(),
+        config.nats.max_payload,
+        &env.url,
+        env.tls("gateway").as_ref(),
+        vec!["auth", "state_manager"],
+        stop.child_token(),
+    )
+    .await?;
+    let bare_addr = serve_http(forwarder, stop.child_token()).await?;
+    let gw_addr = serve_http(gateway, stop.child_token()).await?;
+
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+    let bare_uri: Arc<str> = format!("http://{bare_addr}/echo").into();
+    let gw_uri: Arc<str> = format!("http://{gw_addr}/v1/state_manager/get").into();
+    if !post(&client, &gw_uri, Some(&bearer), json.clone()).await {
+        anyhow::bail!("the gateway did not answer the bench request");
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        // Both HTTP paths and the raw baseline take turns, so the gateway's share of the
+        // forwarder compares slices of the same seconds.
+        let (bare, uri, body) = (client.clone(), bare_uri.clone(), json.clone());
+        let bare = op(move |_, _| {
+            let (client, uri, body) = (bare.clone(), uri.clone(), body.clone());
+            async move { post(&client, &uri, None, body).await }
+        });
+        let (client, uri, body, bearer) =
+            (client.clone(), gw_uri.clone(), json.clone(), bearer.clone());
+        let gateway = op(move |_, _| {
+            let (client, uri, body, bearer) =
+                (client.clone(), uri.clone(), body.clone(), bearer.clone());
+            async move { post(&client, &uri, Some(&bearer), body).await }
+        });
+        cells.extend(
+            measure_rows(
+                base,
+                None,
+                c,
+                args.seconds,
+                vec![(HTTP_BARE, bare), (HTTP_GATEWAY, gateway)],
+            )
+            .await,
+        );
+    }
+    stop.cancel();
+    for r in responders {
+        r.abort();
+    }
+    auth_serving.stop().await;
+    auth_store.close().await;
+    Ok(cells)
+}
+
+/// The gateway's throughput as a share of the bare forwarder's, per concurrency.
+pub(super) fn print_gateway_ratios(cells: &[Cell], args: &BenchArgs) {
+    let rps = |name: &str, c: usize| {
+        cells
+            .iter()
+            .find(|x| x.name == name && x.concurrency == c)
+            .map(|x| x.rps)
+    };
+    for &c in &args.concurrency {
+        if let (Some(g), Some(b)) = (rps(HTTP_GATEWAY, c), rps(HTTP_BARE, c))
+            && b > 0.0
+        {
+            println!("gateway vs bare forwarder at C={c}: {:.0}%", 100.0 * g / b);
+        }
+    }
+}
