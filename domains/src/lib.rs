@@ -8,6 +8,7 @@
 //! below), and its line in the `domains!` list in `registry.rs`. CONTRIBUTING.md has the
 //! whole recipe.
 
+pub mod ai_integration;
 pub mod auth;
 pub mod event_bus;
 pub mod payment;

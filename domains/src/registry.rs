@@ -73,6 +73,8 @@ domains! {
     time_manager => crate::time_manager::TimeManager,
     /// weather-manager: regional weather from seeded per-season Markov chains.
     weather_manager => crate::weather_manager::WeatherManager,
+    /// ai-integration: completion, chat and embeddings over providers, with an offline one.
+    ai_integration => crate::ai_integration::AiIntegration,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -68,6 +68,11 @@ pub mod headers {
     /// peer); absent for a principal talking NATS itself. Auth throttles logins per
     /// source address and account with it.
     pub const CLIENT_ADDR: &str = "Aicore-Client-Addr";
+    /// On a server-streaming request: an id the caller chose for the stream (the SDK sets
+    /// a random one). Publishing an empty message with this header to the RPC's
+    /// [`crate::stream_cancel_subject`] tells the server the caller went away, so it stops
+    /// the stream and the work behind it (an AI generation, a watch) at once.
+    pub const STREAM_ID: &str = "Aicore-Stream-Id";
     /// On a streamed reply: `end` marks the last message of a stream (empty body);
     /// `heartbeat` (empty body) says a quiet stream is still alive and is not an item.
     pub const STREAM: &str = "Aicore-Stream";
@@ -79,6 +84,13 @@ pub mod headers {
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     /// Set on error replies (micro protocol): an HTTP-like status number.
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+}
+
+/// Where a caller of the server-streaming RPC on `subject` says it abandoned a stream
+/// (an empty message carrying [`headers::STREAM_ID`]): `<subject>.cancel`. Every replica
+/// of the domain listens there; the one running the stream stops it.
+pub fn stream_cancel_subject(subject: &str) -> String {
+    format!("{subject}.cancel")
 }
 
 /// Core-NATS subjects outside the `svc.<domain>.v1.<rpc>` scheme.

@@ -176,6 +176,32 @@ pub async fn serve(
     let discovery = micro::serve_discovery(nats.clone(), service.clone(), cancel.clone())
         .await
         .map_err(|e| unavailable(format!("cannot start {}: {e}", info.domain)))?;
+    // Streams callers abandoned: every replica hears the cancel of a stream; the one
+    // running it stops it (see `Streams`).
+    let streams = Streams::default();
+    for m in info.methods.iter().filter(|m| m.server_streaming) {
+        let subject = aicore_proto::stream_cancel_subject(m.subject);
+        let mut sub = nats
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| unavailable(format!("cannot subscribe to {subject}: {e}")))?;
+        let (streams, stop) = (streams.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = sub.next() => match m {
+                        Some(m) => {
+                            if let Some(id) = m.headers.as_ref().and_then(|h| h.get(header_names::STREAM_ID)) {
+                                streams.cancel(id.as_str());
+                            }
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
     let mut requests = futures::stream::select_all(endpoints);
     let limit = options.max_in_flight.max(1);
     let served = Arc::new(AtomicU64::new(0));
@@ -197,7 +223,7 @@ pub async fn serve(
                 r = requests.next(), if in_flight.len() < limit => match r {
                     Some((method, request)) => {
                         served.fetch_add(1, Ordering::Relaxed);
-                        in_flight.push(handle(&*dispatch, &nats, &service, &options, &stop, method, request));
+                        in_flight.push(handle(&*dispatch, &nats, &service, &options, &stop, &streams, method, request));
                     }
                     None => break,
                 },
@@ -221,6 +247,59 @@ pub async fn serve(
         cancel,
         task,
     })
+}
+
+/// The streams running on this replica that their callers may cancel, by the id the
+/// caller gave ([`aicore_proto::headers::STREAM_ID`]). A cancel for an id not here (another
+/// replica's stream, one already ended) is ignored. The ids are random and travel only in
+/// the request's headers, so one caller cannot guess another's.
+#[derive(Clone, Default)]
+struct Streams(Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>);
+
+/// Longest stream id read.
+const MAX_STREAM_ID: usize = 64;
+
+impl Streams {
+    /// Registers stream `id`; the token is cancelled when its caller cancels, and the
+    /// entry goes when the guard drops.
+    fn register(&self, id: String) -> Option<(CancellationToken, StreamEntry)> {
+        if id.is_empty() || id.len() > MAX_STREAM_ID {
+            return None;
+        }
+        let token = CancellationToken::new();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&id) {
+            return None;
+        }
+        map.insert(id.clone(), token.clone());
+        Some((
+            token,
+            StreamEntry {
+                streams: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    fn cancel(&self, id: &str) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = map.get(id) {
+            t.cancel();
+        }
+    }
+}
+
+/// Removes a stream from [`Streams`] when it ends, however it ends.
+struct StreamEntry {
+    streams: Streams,
+    id: String,
+}
+
+impl Drop for StreamEntry {
+    fn drop(&mut self) {
+        let mut map = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.id);
+    }
 }
 
 /// Longest `Aicore-Client-Addr` value read; an IPv6 address with a zone fits.
@@ -332,16 +411,30 @@ fn principal_of_user(user: &str) -> Option<&str> {
     name.filter(|_| external)
 }
 
+#[allow(clippy::too_many_arguments)] // one request's whole context, passed down from `serve`
 async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
     service: &micro::Service,
     options: &ServeOptions,
     stop: &CancellationToken,
+    streams: &Streams,
     method: usize,
     request: async_nats::Message,
 ) {
     let info = &dispatch.service().methods[method];
+    // A stream its caller can cancel: the work stops when the caller says it went away.
+    let cancellable = info
+        .server_streaming
+        .then(|| {
+            let id = request.headers.as_ref()?.get(header_names::STREAM_ID)?;
+            streams.register(id.as_str().to_string())
+        })
+        .flatten();
+    let (abandoned, _entry) = match cancellable {
+        Some((token, entry)) => (token, Some(entry)),
+        None => (CancellationToken::new(), None),
+    };
     let received = Instant::now();
     let stats = &service.endpoints[method].stats;
     // Who is calling, bounded by what its principal may claim, then the RPC's policy:
@@ -390,6 +483,10 @@ async fn handle(
             },
             None => flatten_panic(call.await),
         };
+        if abandoned.is_cancelled() {
+            tracing::debug!(subject = info.subject, "the caller abandoned the stream");
+            return;
+        }
         match outcome {
             Ok(Reply::Unary(body)) => {
                 if let Some(reply) = &request.reply
@@ -412,6 +509,12 @@ async fn handle(
                 loop {
                     let item = tokio::select! {
                         biased;
+                        _ = abandoned.cancelled() => {
+                            // The caller went away: dropping `items` stops the work behind
+                            // the stream; nobody is left to tell.
+                            tracing::debug!(subject = info.subject, "the caller abandoned the stream");
+                            return;
+                        }
                         _ = stop.cancelled() => {
                             let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
                             respond_error(nats, &reply, stats, received, &s).await;

@@ -70,6 +70,8 @@ pub mod header_names {
     pub const CLIENT_ADDR: HeaderName = HeaderName::from_static(h::CLIENT_ADDR);
     /// [`h::STREAM`].
     pub const STREAM: HeaderName = HeaderName::from_static(h::STREAM);
+    /// [`h::STREAM_ID`].
+    pub const STREAM_ID: HeaderName = HeaderName::from_static(h::STREAM_ID);
     /// [`h::REQUEST_INFO`].
     pub const REQUEST_INFO: HeaderName = HeaderName::from_static(h::REQUEST_INFO);
     /// [`h::SERVICE_ERROR`].
@@ -423,15 +425,20 @@ impl Transport for Client {
         let mut sub = self.nats.subscribe(inbox.clone()).await.map_err(|e| {
             Status::new(Code::Unavailable, format!("cannot open a reply inbox: {e}"))
         })?;
+        let stream_id = format!("{:032x}", rand::random::<u128>());
+        let mut headers = request_headers(options, remaining);
+        headers.insert(header_names::STREAM_ID, stream_id.as_str());
         self.nats
-            .publish_with_reply_and_headers(
-                method.subject,
-                inbox,
-                request_headers(options, remaining),
-                body,
-            )
+            .publish_with_reply_and_headers(method.subject, inbox, headers, body)
             .await
             .map_err(|e| Status::new(Code::Unavailable, format!("cannot send request: {e}")))?;
+        // From here on, a caller that goes away (drops the stream, or gives up waiting
+        // for its start) tells the server, which stops the work behind the stream.
+        let mut cancel = CancelOnDrop(Some((
+            self.nats.clone(),
+            aicore_proto::stream_cancel_subject(method.subject),
+            stream_id,
+        )));
         // The first message must come within the deadline; after that the stream lives as
         // long as the caller keeps it (dropping it unsubscribes).
         let first = match tokio::time::timeout(remaining, sub.next()).await {
@@ -446,6 +453,10 @@ impl Transport for Client {
             Ok(Some(m)) => m,
         };
         let first_result = reply_result(&first);
+        if first_result.is_err() {
+            // The server ended the stream itself.
+            cancel.disarm();
+        }
         self.breaker_record(
             method.subject,
             match first.status {
@@ -479,7 +490,61 @@ impl Transport for Client {
                 };
             }
         });
-        Ok(stream.boxed())
+        Ok(Cancellable {
+            inner: stream.boxed(),
+            cancel,
+        }
+        .boxed())
+    }
+}
+
+/// Tells the server that the caller abandoned a stream, when dropped armed: an empty
+/// message with the stream's id on the RPC's cancel subject. Disarmed once the server
+/// ended the stream (the end marker or an error).
+struct CancelOnDrop(Option<(async_nats::Client, String, String)>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some((nats, subject, id)) = self.0.take() else {
+            return;
+        };
+        // Publishing only queues the message on the connection; a task is needed because
+        // `drop` cannot wait. Without a runtime (the process is ending) nothing is sent and
+        // the server stops at the stream's own bounds.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut h = HeaderMap::new();
+                h.insert(header_names::STREAM_ID, id.as_str());
+                let _ = nats.publish_with_headers(subject, h, Bytes::new()).await;
+            });
+        }
+    }
+}
+
+/// A server stream as the caller sees it, telling the server when it is dropped early.
+struct Cancellable {
+    inner: BoxStream<'static, Result<Bytes, Status>>,
+    cancel: CancelOnDrop,
+}
+
+impl futures::Stream for Cancellable {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let item = std::task::ready!(self.inner.poll_next_unpin(cx));
+        if matches!(item, None | Some(Err(_))) {
+            self.cancel.disarm();
+        }
+        std::task::Poll::Ready(item)
     }
 }
 

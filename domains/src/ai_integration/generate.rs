@@ -1,0 +1,942 @@
+//! One AI request from plan to record: which models to try (the caller's, or ai-router's
+//! choice and its fallback chain), what each model is (model-management's spec), the
+//! cache, the provider call, the stream of pieces the caller sees, and the outcome that
+//! goes back to the router and into the `AI` stream.
+//!
+//! Fallback happens only before the first token: a model that fails after it has started
+//! answering fails the request (the caller already holds part of an answer; a second
+//! model's text would not continue it). A request's record is written however it ends —
+//! including when the caller goes away mid-stream (`cancelled`, by the [`Recorder`]'s
+//! drop), which is also when the provider's connection closes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicore_proto::aicore::ai_integration::v1::{
+    ChatResponse, ChatStarted, ChatSummary, CompleteResponse, EmbedResponse, Embedding,
+    FinishReason, ServedBy, Usage, chat_response,
+};
+use aicore_proto::aicore::ai_router::v1 as router;
+use aicore_proto::aicore::model_management::v1 as mm;
+use aicore_proto::{CallOptions, Code, Metadata, Status, Streaming};
+use aicore_runtime::Ctx;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::AiIntegrationConfig;
+use super::accounting::{self, Outcome};
+use super::offline;
+use super::openai::{Deadlines, OpenAi};
+use super::provider::{ChatCall, Message, Params, Piece, Pieces, ProviderError, estimate_tokens};
+
+/// How long ai-integration waits for the router and model-management.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an outcome report to the router may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the handlers share.
+pub struct Inner {
+    pub ctx: Ctx,
+    pub config: AiIntegrationConfig,
+    pub providers: std::collections::BTreeMap<String, Arc<OpenAi>>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
+    targets: moka::sync::Cache<String, Target>,
+}
+
+/// A cached answer.
+enum Cached {
+    Text { text: String, finish: FinishReason },
+    Vectors(Vec<Vec<f32>>),
+}
+
+/// A model as ai-integration calls it.
+#[derive(Debug, Clone)]
+struct Target {
+    model_id: String,
+    provider_id: String,
+    provider_model: String,
+    endpoint: String,
+    context_length: u32,
+    embedding_dimensions: u32,
+}
+
+impl Target {
+    fn offline() -> Target {
+        Target {
+            model_id: offline::ID.into(),
+            provider_id: offline::ID.into(),
+            provider_model: offline::ID.into(),
+            endpoint: String::new(),
+            context_length: 0,
+            embedding_dimensions: 0,
+        }
+    }
+
+    fn served_by(&self) -> ServedBy {
+        ServedBy {
+            model_id: self.model_id.clone(),
+            provider_id: self.provider_id.clone(),
+            offline: self.provider_id == offline::ID,
+            cached: false,
+            provider_model: self.provider_model.clone(),
+            decision_id: String::new(),
+            failed_model_ids: Vec::new(),
+        }
+    }
+}
+
+/// A Complete or Chat, validated.
+pub struct Job {
+    pub rpc: &'static str,
+    pub model_id: String,
+    pub messages: Vec<Message>,
+    pub params: Params,
+    pub player: String,
+    pub no_cache: bool,
+    pub meta: Metadata,
+}
+
+impl Job {
+    fn prompt_text(&self) -> String {
+        self.messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn deterministic(&self) -> bool {
+        !self.no_cache && (self.params.temperature == Some(0.0) || self.params.seed.is_some())
+    }
+}
+
+/// The models to try, in order.
+struct Plan {
+    decision_id: String,
+    models: Vec<String>,
+}
+
+/// A generation that has started: who serves it and its pieces.
+struct Started {
+    served_by: ServedBy,
+    first: Piece,
+    rest: Pieces,
+    target: Target,
+    cache_key: Option<[u8; 32]>,
+}
+
+fn lookup_options() -> CallOptions {
+    CallOptions::timeout(LOOKUP_TIMEOUT)
+}
+
+impl Inner {
+    pub fn new(
+        ctx: Ctx,
+        config: AiIntegrationConfig,
+        providers: std::collections::BTreeMap<String, Arc<OpenAi>>,
+    ) -> Inner {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_entries)
+            .time_to_live(Duration::from_secs(config.cache_ttl_secs.max(1)))
+            .build();
+        let targets = moka::sync::Cache::builder()
+            .max_capacity(4096)
+            .time_to_live(Duration::from_millis(config.model_cache_ms.max(1)))
+            .build();
+        Inner {
+            ctx,
+            config,
+            providers,
+            cache,
+            targets,
+        }
+    }
+
+    fn deadlines(&self, meta: &Metadata, arrived: tokio::time::Instant) -> Deadlines {
+        let cap = |d: tokio::time::Instant| match meta.deadline {
+            Some(m) => d.min(tokio::time::Instant::from_std(m)),
+            None => d,
+        };
+        Deadlines {
+            first: cap(arrived + Duration::from_millis(self.config.first_token_timeout_ms)),
+            total: cap(arrived + Duration::from_millis(self.config.total_timeout_ms)),
+        }
+    }
+
+    /// Refuses a player past their hourly budget.
+    fn check_budget(&self, player: &str) -> Result<(), Status> {
+        let limit = self.config.player_tokens_per_hour;
+        if limit == 0 || player.is_empty() {
+            return Ok(());
+        }
+        let now = self.ctx.clock.now();
+        let hour = accounting::hour_of(now);
+        let used = accounting::hour_tokens(&self.ctx.store, player, hour)?;
+        if used >= limit {
+            let next = std::time::UNIX_EPOCH + Duration::from_secs((hour + 1) * 3600);
+            let wait = next.duration_since(now).unwrap_or_default();
+            return Err(Status::with_field(
+                Code::ResourceExhausted,
+                "player_id",
+                format!("used {used} of {limit} AI tokens this hour"),
+            )
+            .with_retry_after(wait));
+        }
+        Ok(())
+    }
+
+    /// The models to try for `capability`: the caller's, or the router's choice and chain.
+    async fn plan(
+        &self,
+        model_id: &str,
+        capability: router::Capability,
+        player: &str,
+        required_context: u32,
+        meta: &Metadata,
+    ) -> Result<Plan, Status> {
+        if !model_id.is_empty() {
+            return Ok(Plan {
+                decision_id: String::new(),
+                models: vec![model_id.to_string()],
+            });
+        }
+        let client = match self.ctx.client() {
+            Ok(c) => c,
+            Err(_) if self.config.offline_fallback => return Ok(offline_plan()),
+            Err(e) => return Err(e),
+        };
+        let route = router::AiRouterClient::new(client.clone())
+            .route(
+                router::RouteRequest {
+                    capability: capability as i32,
+                    player_id: player.to_string(),
+                    latency_budget: None,
+                    required_context,
+                    profile: String::new(),
+                    exclude_model_ids: Vec::new(),
+                    preferred_model_id: String::new(),
+                },
+                &CallOptions {
+                    traceparent: meta.traceparent.clone(),
+                    request_id: meta.request_id.clone(),
+                    ..lookup_options()
+                },
+            )
+            .await;
+        match route {
+            Ok(r) => {
+                let mut models = vec![r.model_id];
+                models.extend(
+                    r.fallback_model_ids
+                        .into_iter()
+                        .take(self.config.max_fallbacks),
+                );
+                Ok(Plan {
+                    decision_id: r.decision_id,
+                    models,
+                })
+            }
+            Err(e) if e.code == Code::Unavailable && self.config.offline_fallback => {
+                tracing::debug!(error = %e, "ai-router not answering; using the offline provider");
+                Ok(offline_plan())
+            }
+            Err(e) => Err(Status {
+                message: format!("ai-router: {}", e.message),
+                ..e
+            }),
+        }
+    }
+
+    /// What model `model_id` is, from model-management (cached briefly).
+    async fn resolve(&self, model_id: &str) -> Result<Target, Status> {
+        if let Some(t) = self.targets.get(model_id) {
+            return Ok(t);
+        }
+        let got = match self.ctx.client() {
+            Ok(c) => {
+                mm::ModelManagementClient::new(c.clone())
+                    .get(
+                        mm::GetRequest {
+                            model_id: model_id.to_string(),
+                        },
+                        &lookup_options(),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let target = match got {
+            Ok(r) => {
+                let model = r.model.unwrap_or_default();
+                let spec = model.spec.unwrap_or_default();
+                if spec.disabled || model.status == mm::ModelStatus::Disabled as i32 {
+                    return Err(Status::with_field(
+                        Code::FailedPrecondition,
+                        "model_id",
+                        format!("model {model_id} is disabled"),
+                    ));
+                }
+                if spec.provider_id != offline::ID
+                    && !self.providers.contains_key(&spec.provider_id)
+                {
+                    return Err(Status::with_field(
+                        Code::FailedPrecondition,
+                        "model_id",
+                        format!(
+                            "model {model_id} names provider {:?}, which is not configured in [domains.ai_integration]",
+                            spec.provider_id
+                        ),
+                    ));
+                }
+                Target {
+                    model_id: model_id.to_string(),
+                    provider_model: if spec.provider_model.is_empty() {
+                        model_id.to_string()
+                    } else {
+                        spec.provider_model
+                    },
+                    provider_id: spec.provider_id,
+                    endpoint: spec.endpoint,
+                    context_length: spec.context_length,
+                    embedding_dimensions: spec.embedding_dimensions,
+                }
+            }
+            // The built-in model needs no registry.
+            Err(e)
+                if model_id == offline::ID
+                    && matches!(e.code, Code::NotFound | Code::Unavailable) =>
+            {
+                Target::offline()
+            }
+            Err(e) if e.code == Code::NotFound => {
+                return Err(Status::with_field(
+                    Code::NotFound,
+                    "model_id",
+                    format!("no model {model_id} is registered"),
+                ));
+            }
+            Err(e) => {
+                return Err(Status {
+                    message: format!("model-management: {}", e.message),
+                    ..e
+                });
+            }
+        };
+        self.targets.insert(model_id.to_string(), target.clone());
+        Ok(target)
+    }
+
+    /// Tells the router how a call went (in the background, bounded: the caller does
+    /// not wait for it).
+    fn report(
+        &self,
+        decision_id: &str,
+        model_id: &str,
+        outcome: Result<(Duration, Usage), &ProviderError>,
+    ) {
+        let Ok(client) = self.ctx.client() else {
+            return;
+        };
+        let (success, latency, usage, error) = match outcome {
+            Ok((latency, usage)) => (true, latency, usage, String::new()),
+            Err(e) if !e.counts_against_model() => return,
+            Err(e) => (
+                false,
+                Duration::ZERO,
+                Usage::default(),
+                e.reason().to_string(),
+            ),
+        };
+        let request = router::ReportOutcomeRequest {
+            decision_id: decision_id.to_string(),
+            model_id: model_id.to_string(),
+            success,
+            latency: prost_types::Duration::try_from(latency).ok(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            error,
+        };
+        let client = router::AiRouterClient::new(client.clone());
+        tokio::spawn(async move {
+            if let Err(e) = client
+                .report_outcome(request, &CallOptions::timeout(REPORT_TIMEOUT))
+                .await
+            {
+                tracing::debug!(error = %e, "outcome not reported to ai-router");
+            }
+        });
+    }
+
+    /// Starts generating: follows the plan until a model gives its first piece.
+    async fn start(
+        &self,
+        job: &Job,
+        arrived: tokio::time::Instant,
+    ) -> Result<Started, (Status, ServedBy)> {
+        let fail = |s: Status| (s, ServedBy::default());
+        self.check_budget(&job.player).map_err(fail)?;
+        let prompt_tokens = estimate_tokens(&job.prompt_text());
+        let plan = self
+            .plan(
+                &job.model_id,
+                if job.rpc == "chat" {
+                    router::Capability::Chat
+                } else {
+                    router::Capability::Completion
+                },
+                &job.player,
+                prompt_tokens.saturating_add(job.params.max_tokens),
+                &job.meta,
+            )
+            .await
+            .map_err(fail)?;
+        let by = self.deadlines(&job.meta, arrived);
+        let mut failed: Vec<String> = Vec::new();
+        let mut last: Option<(Status, ServedBy)> = None;
+        for (i, model_id) in plan.models.iter().enumerate() {
+            let more = i + 1 < plan.models.len();
+            let target = match self.resolve(model_id).await {
+                Ok(t) => t,
+                Err(e) if more && job.model_id.is_empty() => {
+                    failed.push(model_id.clone());
+                    last = Some((e, ServedBy::default()));
+                    continue;
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            let mut served_by = target.served_by();
+            served_by.decision_id = plan.decision_id.clone();
+            served_by.failed_model_ids = failed.clone();
+            if target.context_length > 0
+                && prompt_tokens.saturating_add(job.params.max_tokens) > target.context_length
+                && !job.model_id.is_empty()
+            {
+                return Err((
+                    Status::invalid(
+                        "params.max_tokens",
+                        format!(
+                            "the prompt (about {prompt_tokens} tokens) and max_tokens exceed model {}'s context of {} tokens",
+                            target.model_id, target.context_length
+                        ),
+                    ),
+                    served_by,
+                ));
+            }
+            let call = ChatCall {
+                model: target.provider_model.clone(),
+                endpoint: target.endpoint.clone(),
+                messages: job.messages.clone(),
+                params: job.params.clone(),
+            };
+            let cache_key = (job.deterministic() && target.provider_id != offline::ID)
+                .then(|| cache_key("chat", &target, &call));
+            if let Some(k) = cache_key
+                && let Some(hit) = self.cache.get(&k)
+                && let Cached::Text { text, finish } = hit.as_ref()
+            {
+                served_by.cached = true;
+                let rest = futures::stream::iter([Ok(Piece::Done {
+                    finish: *finish,
+                    usage: Some(Default::default()),
+                })]);
+                return Ok(Started {
+                    served_by,
+                    first: Piece::Text(text.clone()),
+                    rest: rest.boxed(),
+                    target,
+                    cache_key: None,
+                });
+            }
+            let outcome = if target.provider_id == offline::ID {
+                // Never empty: it ends with its `Done`.
+                let mut pieces = offline::pieces(&call);
+                let first = pieces.remove(0);
+                Ok(super::provider::ChatStart {
+                    first,
+                    rest: futures::stream::iter(pieces.into_iter().map(Ok)).boxed(),
+                })
+            } else {
+                match self.providers.get(&target.provider_id) {
+                    Some(p) => p.chat(&call, by).await,
+                    None => Err(ProviderError::new(
+                        &target.provider_id,
+                        super::provider::Failure::Unavailable,
+                        "not configured",
+                    )),
+                }
+            };
+            match outcome {
+                Ok(start) => {
+                    return Ok(Started {
+                        served_by,
+                        first: start.first,
+                        rest: start.rest,
+                        target,
+                        cache_key,
+                    });
+                }
+                Err(e) => {
+                    self.report(&plan.decision_id, &target.model_id, Err(&e));
+                    tracing::debug!(model = %target.model_id, error = %e, "model failed before its first token");
+                    let retry_next =
+                        e.falls_back() && more && tokio::time::Instant::now() < by.first;
+                    failed.push(target.model_id.clone());
+                    let fallen = (Status::from(e), served_by);
+                    if !retry_next {
+                        return Err(fallen);
+                    }
+                    last = Some(fallen);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| fail(Status::internal("no model to try"))))
+    }
+}
+
+fn offline_plan() -> Plan {
+    Plan {
+        decision_id: String::new(),
+        models: vec![offline::ID.to_string()],
+    }
+}
+
+fn cache_key(kind: &str, target: &Target, call: &ChatCall) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        kind,
+        &target.model_id,
+        &target.provider_id,
+        &target.provider_model,
+        &target.endpoint,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for m in &call.messages {
+        h.update([m.role as u8]);
+        h.update((m.content.len() as u64).to_le_bytes());
+        h.update(m.content.as_bytes());
+    }
+    let p = &call.params;
+    h.update(p.max_tokens.to_le_bytes());
+    h.update(format!("{:?}{:?}{:?}{:?}", p.temperature, p.top_p, p.stop, p.seed).as_bytes());
+    h.finalize().into()
+}
+
+/// Writes a request's record once, however it ends: `finish` on the normal paths, or,
+/// when dropped unfinished (the caller went away mid-stream), as `cancelled` in a task.
+struct Recorder {
+    inner: Arc<Inner>,
+    outcome: Option<Outcome>,
+    started: Instant,
+}
+
+impl Recorder {
+    fn new(inner: Arc<Inner>, job: &Job) -> Recorder {
+        Recorder {
+            outcome: Some(Outcome {
+                rpc: job.rpc,
+                request_id: job
+                    .meta
+                    .request_id
+                    .clone()
+                    .unwrap_or_else(|| aicore_runtime::new_id("air")),
+                player: job.player.clone(),
+                prompt: job.prompt_text(),
+                ..Default::default()
+            }),
+            inner,
+            started: Instant::now(),
+        }
+    }
+
+    fn outcome(&mut self) -> &mut Outcome {
+        self.outcome.get_or_insert_with(Default::default)
+    }
+
+    async fn finish(&mut self, outcome: &'static str) {
+        let Some(mut o) = self.outcome.take() else {
+            return;
+        };
+        o.outcome = outcome;
+        o.latency = self.started.elapsed();
+        write(&self.inner, o).await;
+    }
+}
+
+async fn write(inner: &Inner, o: Outcome) {
+    let now = inner.ctx.clock.now();
+    if let Err(e) = accounting::record(&inner.ctx.store, now, o, inner.config.record_prompts).await
+    {
+        tracing::warn!(error = %e, "AI request record not written");
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let Some(mut o) = self.outcome.take() else {
+            return;
+        };
+        o.outcome = "cancelled";
+        o.latency = self.started.elapsed();
+        if let Some(u) = &mut o.usage {
+            u.estimated = true;
+        }
+        let inner = self.inner.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { write(&inner, o).await });
+        }
+    }
+}
+
+/// Usage as reported, or estimated from the texts.
+fn usage_of(reported: Option<super::provider::Tokens>, prompt: &str, answer: &str) -> Usage {
+    match reported {
+        Some(t) => Usage {
+            prompt_tokens: t.prompt,
+            completion_tokens: t.completion,
+            total_tokens: t.prompt.saturating_add(t.completion),
+            estimated: false,
+        },
+        None => {
+            let (p, c) = (estimate_tokens(prompt), estimate_tokens(answer));
+            Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                total_tokens: p + c,
+                estimated: true,
+            }
+        }
+    }
+}
+
+/// The state of a Chat stream (dropping it drops the provider's answer, which closes the
+/// provider connection, and the recorder, which records `cancelled`).
+enum ChatState {
+    Begin(Arc<Inner>, Box<Job>, tokio::time::Instant),
+    Live(Box<Live>),
+    Finishing(Box<Live>),
+    Over,
+}
+
+struct Live {
+    inner: Arc<Inner>,
+    pending: Option<Piece>,
+    rest: Pieces,
+    text: String,
+    recorder: Recorder,
+    served_by: ServedBy,
+    decision_id: String,
+    target: Target,
+    cache_key: Option<[u8; 32]>,
+    finish: FinishReason,
+    prompt: String,
+}
+
+fn item(i: chat_response::Item) -> ChatResponse {
+    ChatResponse { item: Some(i) }
+}
+
+/// A Chat as a stream: `started`, `delta`s, one `summary`.
+pub fn chat(inner: Arc<Inner>, job: Job) -> Streaming<ChatResponse> {
+    let arrived = tokio::time::Instant::now();
+    let state = ChatState::Begin(inner, Box::new(job), arrived);
+    futures::stream::unfold(state, |state| async move {
+        match state {
+            ChatState::Over => None,
+            ChatState::Begin(inner, job, arrived) => {
+                let mut recorder = Recorder::new(inner.clone(), &job);
+                match inner.start(&job, arrived).await {
+                    Err((status, served_by)) => {
+                        let o = recorder.outcome();
+                        o.served_by = served_by;
+                        o.error = status.to_string();
+                        recorder.finish("error").await;
+                        Some((Err(status), ChatState::Over))
+                    }
+                    Ok(s) => {
+                        let first_token = arrived.elapsed();
+                        let o = recorder.outcome();
+                        o.served_by = s.served_by.clone();
+                        o.first_token = Some(first_token);
+                        o.provider_called = !s.served_by.cached;
+                        let live = Live {
+                            inner,
+                            pending: Some(s.first),
+                            rest: s.rest,
+                            text: String::new(),
+                            recorder,
+                            decision_id: s.served_by.decision_id.clone(),
+                            served_by: s.served_by.clone(),
+                            target: s.target,
+                            cache_key: s.cache_key,
+                            finish: FinishReason::Stop,
+                            prompt: job.prompt_text(),
+                        };
+                        let started = item(chat_response::Item::Started(ChatStarted {
+                            served_by: Some(s.served_by),
+                        }));
+                        Some((Ok(started), ChatState::Live(Box::new(live))))
+                    }
+                }
+            }
+            ChatState::Live(mut live) => {
+                let next = match live.pending.take() {
+                    Some(p) => Some(Ok(p)),
+                    None => live.rest.next().await,
+                };
+                match next {
+                    Some(Ok(Piece::Text(t))) => {
+                        live.text.push_str(&t);
+                        Some((
+                            Ok(item(chat_response::Item::Delta(t))),
+                            ChatState::Live(live),
+                        ))
+                    }
+                    Some(Ok(Piece::Done { finish, usage })) => {
+                        let usage = if live.served_by.cached {
+                            Usage::default()
+                        } else {
+                            usage_of(usage, &live.prompt, &live.text)
+                        };
+                        live.finish = finish;
+                        live.recorder.outcome().usage = Some(usage);
+                        let summary = item(chat_response::Item::Summary(ChatSummary {
+                            finish_reason: finish as i32,
+                            usage: Some(usage),
+                        }));
+                        Some((Ok(summary), ChatState::Finishing(live)))
+                    }
+                    Some(Err(e)) => {
+                        live.inner
+                            .report(&live.decision_id, &live.target.model_id, Err(&e));
+                        let status = Status::from(e);
+                        let estimate = usage_of(None, &live.prompt, &live.text);
+                        let o = live.recorder.outcome();
+                        o.error = status.to_string();
+                        o.usage = Some(estimate);
+                        live.recorder.finish("error").await;
+                        Some((Err(status), ChatState::Over))
+                    }
+                    None => {
+                        live.recorder.finish("error").await;
+                        Some((
+                            Err(Status::internal("the answer ended without a summary")),
+                            ChatState::Over,
+                        ))
+                    }
+                }
+            }
+            ChatState::Finishing(mut live) => {
+                let usage = live.recorder.outcome().usage.unwrap_or_default();
+                if !live.served_by.cached {
+                    live.inner.report(
+                        &live.decision_id,
+                        &live.target.model_id,
+                        Ok((live.recorder.started.elapsed(), usage)),
+                    );
+                }
+                if let Some(k) = live.cache_key {
+                    live.inner.cache.insert(
+                        k,
+                        Arc::new(Cached::Text {
+                            text: live.text.clone(),
+                            finish: live.finish,
+                        }),
+                    );
+                }
+                live.recorder.outcome().answer = std::mem::take(&mut live.text);
+                live.recorder.finish("ok").await;
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A Complete: the same generation, collected.
+pub async fn complete(inner: Arc<Inner>, job: Job) -> Result<CompleteResponse, Status> {
+    let mut stream = chat(inner, job);
+    let mut out = CompleteResponse::default();
+    while let Some(item) = stream.next().await {
+        match item?.item {
+            Some(chat_response::Item::Started(s)) => out.served_by = s.served_by,
+            Some(chat_response::Item::Delta(t)) => out.text.push_str(&t),
+            Some(chat_response::Item::Summary(s)) => {
+                out.finish_reason = s.finish_reason;
+                out.usage = s.usage;
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// An Embed: plan, cache, provider, record.
+pub async fn embed(
+    inner: Arc<Inner>,
+    model_id: String,
+    inputs: Vec<String>,
+    player: String,
+    meta: Metadata,
+) -> Result<EmbedResponse, Status> {
+    let arrived = tokio::time::Instant::now();
+    let job = Job {
+        rpc: "embed",
+        model_id: model_id.clone(),
+        messages: Vec::new(),
+        params: Params::default(),
+        player: player.clone(),
+        no_cache: false,
+        meta: meta.clone(),
+    };
+    let mut recorder = Recorder::new(inner.clone(), &job);
+    recorder.outcome().prompt = inputs.join("\n");
+    let result = embed_inner(&inner, &job, &inputs, arrived).await;
+    match &result {
+        Ok(r) => {
+            let o = recorder.outcome();
+            o.served_by = r.served_by.clone().unwrap_or_default();
+            o.usage = r.usage;
+            o.provider_called = !o.served_by.cached;
+            recorder.finish("ok").await;
+        }
+        Err((status, served_by)) => {
+            let o = recorder.outcome();
+            o.served_by = served_by.clone();
+            o.error = status.to_string();
+            recorder.finish("error").await;
+        }
+    }
+    result.map_err(|(s, _)| s)
+}
+
+async fn embed_inner(
+    inner: &Arc<Inner>,
+    job: &Job,
+    inputs: &[String],
+    arrived: tokio::time::Instant,
+) -> Result<EmbedResponse, (Status, ServedBy)> {
+    let fail = |s: Status| (s, ServedBy::default());
+    inner.check_budget(&job.player).map_err(fail)?;
+    let plan = inner
+        .plan(
+            &job.model_id,
+            router::Capability::Embedding,
+            &job.player,
+            0,
+            &job.meta,
+        )
+        .await
+        .map_err(fail)?;
+    let by = inner.deadlines(&job.meta, arrived);
+    let text: String = inputs.join("\n");
+    let mut failed = Vec::new();
+    let mut last = None;
+    for (i, model_id) in plan.models.iter().enumerate() {
+        let more = i + 1 < plan.models.len();
+        let target = match inner.resolve(model_id).await {
+            Ok(t) => t,
+            Err(e) if more && job.model_id.is_empty() => {
+                failed.push(model_id.clone());
+                last = Some(fail(e));
+                continue;
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let mut served_by = target.served_by();
+        served_by.decision_id = plan.decision_id.clone();
+        served_by.failed_model_ids = failed.clone();
+        let key = {
+            let mut h = Sha256::new();
+            for part in [&target.model_id, &target.provider_model, &target.endpoint] {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+            for t in inputs {
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            let k: [u8; 32] = h.finalize().into();
+            k
+        };
+        let respond = |vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy| EmbedResponse {
+            dimensions: vectors.first().map_or(0, Vec::len) as u32,
+            embeddings: vectors
+                .into_iter()
+                .map(|values| Embedding { values })
+                .collect(),
+            usage: Some(usage),
+            served_by: Some(served_by),
+        };
+        if target.provider_id != offline::ID
+            && let Some(hit) = inner.cache.get(&key)
+            && let Cached::Vectors(v) = hit.as_ref()
+        {
+            served_by.cached = true;
+            return Ok(respond(v.clone(), Usage::default(), served_by));
+        }
+        let outcome = if target.provider_id == offline::ID {
+            let dims = match target.embedding_dimensions {
+                0 => inner.config.offline_embedding_dimensions,
+                d => d,
+            };
+            Ok(offline::embed(inputs, dims as usize))
+        } else {
+            match inner.providers.get(&target.provider_id) {
+                Some(p) => {
+                    p.embed(&target.provider_model, &target.endpoint, inputs, by)
+                        .await
+                }
+                None => Err(ProviderError::new(
+                    &target.provider_id,
+                    super::provider::Failure::Unavailable,
+                    "not configured",
+                )),
+            }
+        };
+        match outcome {
+            Ok(e) => {
+                let usage = match e.prompt_tokens {
+                    Some(p) => Usage {
+                        prompt_tokens: p,
+                        completion_tokens: 0,
+                        total_tokens: p,
+                        estimated: false,
+                    },
+                    None => {
+                        let p = estimate_tokens(&text);
+                        Usage {
+                            prompt_tokens: p,
+                            completion_tokens: 0,
+                            total_tokens: p,
+                            estimated: true,
+                        }
+                    }
+                };
+                inner.report(
+                    &plan.decision_id,
+                    &target.model_id,
+                    Ok((arrived.elapsed(), usage)),
+                );
+                if target.provider_id != offline::ID && inner.config.cache_entries > 0 {
+                    inner
+                        .cache
+                        .insert(key, Arc::new(Cached::Vectors(e.vectors.clone())));
+                }
+                return Ok(respond(e.vectors, usage, served_by));
+            }
+            Err(e) => {
+                inner.report(&plan.decision_id, &target.model_id, Err(&e));
+                let retry_next = e.falls_back() && more && tokio::time::Instant::now() < by.first;
+                failed.push(target.model_id.clone());
+                let fallen = (Status::from(e), served_by);
+                if !retry_next {
+                    return Err(fallen);
+                }
+                last = Some(fallen);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| fail(Status::internal("no model to try"))))
+}
