@@ -9,8 +9,10 @@
 //! whole recipe.
 
 pub mod ai_integration;
+pub mod ai_router;
 pub mod auth;
 pub mod event_bus;
+pub mod model_management;
 pub mod payment;
 pub mod quest_system;
 pub mod registry;

@@ -75,6 +75,10 @@ domains! {
     weather_manager => crate::weather_manager::WeatherManager,
     /// ai-integration: completion, chat and embeddings over providers, with an offline one.
     ai_integration => crate::ai_integration::AiIntegration,
+    /// model-management: the registry of AI models, their defaults and probes.
+    model_management => crate::model_management::ModelManagement,
+    /// ai-router: picks a model per request, with circuits and a fallback chain.
+    ai_router => crate::ai_router::AiRouter,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -8,6 +8,8 @@
 //! presents the appliance's `admin` certificate from `<data-dir>/certs` (when the
 //! appliance runs `--insecure-dev`, there is none and connections are plaintext).
 
+pub mod openai;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -11,11 +11,11 @@ use futures::StreamExt;
 
 use crate::gateway::http::Http;
 
-fn opts() -> CallOptions {
+pub(crate) fn opts() -> CallOptions {
     CallOptions::timeout(Duration::from_secs(20))
 }
 
-fn chat(text: &str) -> ai::ChatRequest {
+pub(crate) fn chat(text: &str) -> ai::ChatRequest {
     ai::ChatRequest {
         messages: vec![ai::ChatMessage {
             role: ai::Role::User as i32,
@@ -26,7 +26,7 @@ fn chat(text: &str) -> ai::ChatRequest {
 }
 
 /// Registers and logs in a player over HTTP; returns the access token.
-async fn player_token(http: &Http, name: &str) -> String {
+pub(crate) async fn player_token(http: &Http, name: &str) -> String {
     let body = format!(r#"{{"username":"{name}","password":"violet-otter-lantern"}}"#);
     assert_eq!(http.post("/v1/auth/register", &body, &[]).await.status, 200);
     let r = http.post("/v1/auth/login", &body, &[]).await;
@@ -138,4 +138,63 @@ async fn with_no_model_the_offline_provider_answers_over_nats_and_sse_and_is_rec
     }
     subjects.sort();
     assert_eq!(subjects, ["ai.chat.ok", "ai.chat.ok", "ai.complete.ok", "ai.embed.ok"]);
+}
+
+mod providers;
+mod routing;
+
+/// An appliance whose ai-integration has one OpenAI-compatible provider `lan` (the test
+/// server at `base_url`, its key in a 0600 file), with `extra` appended to its
+/// `[domains.ai_integration]` section and `more` after it.
+pub(crate) async fn with_provider(base_url: &str, extra: &str, more: &str) -> (Appliance, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("lan.key");
+    std::fs::write(&key, "sk-test-key\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let toml = format!(
+        "[domains.ai_integration]\nretry_base_ms = 10\nretry_max_ms = 50\n{extra}\n\n\
+         [[domains.ai_integration.providers]]\nid = \"lan\"\nbase_url = \"{base_url}\"\n\
+         api_key_file = \"{}\"\n\n{more}\n",
+        key.display()
+    );
+    (Appliance::start_with_config(&toml).await, keys)
+}
+
+/// Registers model `id` served by provider `lan` as `provider_model`.
+pub(crate) async fn register(
+    app: &Appliance,
+    id: &str,
+    provider_model: &str,
+    caps: &[aicore_proto::aicore::model_management::v1::Capability],
+) {
+    use aicore_proto::aicore::model_management::v1 as mm;
+    mm::ModelManagementClient::new(app.client().await)
+        .register(
+            mm::RegisterRequest {
+                model_id: id.into(),
+                spec: Some(mm::ModelSpec {
+                    provider_id: "lan".into(),
+                    provider_model: provider_model.into(),
+                    capabilities: caps.iter().map(|c| *c as i32).collect(),
+                    context_length: 8192,
+                    tier: mm::ModelTier::Small as i32,
+                    ..Default::default()
+                }),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("registering {id}: {e}"));
+}
+
+/// Waits (bounded) until `f` holds.
+pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
 }
