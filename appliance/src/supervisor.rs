@@ -302,6 +302,7 @@ async fn start(
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         // Domain background tasks end with the domains, before the store closes.
         shutdown: running.domains_stop.child_token(),
+        data_dir: Some(config.data_dir.clone()),
     };
     let trust = Arc::new(security::trust(&config.security));
     for name in &domains {

@@ -12,6 +12,7 @@ pub mod ai_integration;
 pub mod ai_router;
 pub mod auth;
 pub mod event_bus;
+pub mod knowledge_base;
 pub mod model_management;
 pub mod payment;
 pub mod quest_system;

@@ -79,6 +79,8 @@ domains! {
     model_management => crate::model_management::ModelManagement,
     /// ai-router: picks a model per request, with circuits and a fallback chain.
     ai_router => crate::ai_router::AiRouter,
+    /// knowledge-base: lore documents with ranked full-text and vector search.
+    knowledge_base => crate::knowledge_base::KnowledgeBase,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -61,6 +61,10 @@ pub struct Ctx {
     /// Cancelled when the appliance stops; background tasks of a domain (tickers, pollers)
     /// end with it, before the store closes.
     pub shutdown: CancellationToken,
+    /// Where a domain may keep files derived from its tables (a search index), each under
+    /// a folder named after the domain; `None` keeps them in memory (unit tests). The
+    /// store stays the source of truth: such files are rebuilt when missing or stale.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
@@ -74,6 +78,7 @@ impl Ctx {
             clock: clock.clone(),
             client: None,
             shutdown: CancellationToken::new(),
+            data_dir: None,
         };
         (ctx, clock)
     }

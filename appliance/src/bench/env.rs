@@ -108,6 +108,7 @@ pub(super) async fn serve_domain(
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         shutdown: stop.child_token(),
+        data_dir: None,
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
     let dispatch = (spec.build)(&ctx, &config.domains).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -140,6 +140,7 @@ async fn with_no_model_the_offline_provider_answers_over_nats_and_sse_and_is_rec
     assert_eq!(subjects, ["ai.chat.ok", "ai.chat.ok", "ai.complete.ok", "ai.embed.ok"]);
 }
 
+mod knowledge;
 mod providers;
 mod routing;
 
