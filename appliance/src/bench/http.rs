@@ -38,6 +38,10 @@ pub(super) async fn serve_http(
 ) -> Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // As the gateway serves (TCP_NODELAY, see gateway::start).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,

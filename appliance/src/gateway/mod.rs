@@ -178,6 +178,14 @@ pub async fn start(
         .await
         .with_context(|| format!("gateway listening on {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
+    // Each SSE event is its own small write: with Nagle's algorithm on, an event waits
+    // for the client's (delayed, up to 40 ms) ACK of the previous one. Measured on the
+    // AI time-to-first-token bench: p99 45 ms with it, see BENCHMARKS.md.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a gateway connection");
+        }
+    });
     let listen_stop = stop.clone();
     let task = tokio::spawn(async move {
         let r = axum::serve(
