@@ -17,9 +17,11 @@
 //! world-state Get of a cached fact; the same state-manager Put with group commit off (one
 //! durable commit per request) as the store's own baseline.
 
+mod ai;
 mod domains;
 mod env;
 mod http;
+mod kb;
 mod load;
 
 use std::sync::Arc;
@@ -105,7 +107,10 @@ pub struct BenchArgs {
     pub payload: usize,
     /// Row groups to run (the raw baseline always runs): runtime, http, state
     /// (state-manager get/put, and put without the write-ahead log), payment, world,
-    /// single (one durable commit per request).
+    /// single (one durable commit per request), ai (chat through ai-integration and
+    /// ai-router against a local test server, and time to the first token), kb
+    /// (knowledge-base indexing rate, search latency and index size at 10K and 100K
+    /// documents).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -225,6 +230,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     plain.extend(plain_rows);
     print_table(&main, &plain, &link, &args);
     print_gateway_ratios(&main, &args);
+    ai::print_ai_ratios(&main, &args);
     for c in main
         .iter()
         .chain(&plain)
@@ -238,6 +244,9 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             c.errors,
             c.first_error.as_deref().unwrap_or("?")
         );
+    }
+    if args.wants("kb") {
+        kb::measure_kb(dir.path(), stop.child_token()).await?;
     }
     if stats.commits > 0 {
         println!(
@@ -306,6 +315,11 @@ async fn run_rows(
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
     if args.wants("http") {
         cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
+    }
+
+    // AI: a chat through ai-integration and ai-router against calling the provider directly.
+    if args.wants("ai") {
+        cells.extend(ai::measure_ai(env, config, base, args, dir, stop.child_token()).await?);
     }
 
     // The domain path, group commit on.
