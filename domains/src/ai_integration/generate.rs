@@ -579,8 +579,9 @@ impl Drop for Recorder {
         };
         o.outcome = "cancelled";
         o.latency = self.started.elapsed();
-        if let Some(u) = &mut o.usage {
-            u.estimated = true;
+        // The provider was cut off before it reported usage: count what it generated.
+        if o.provider_called && o.usage.is_none() {
+            o.usage = Some(usage_of(None, &o.prompt, &o.answer));
         }
         let inner = self.inner.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -688,6 +689,8 @@ pub fn chat(inner: Arc<Inner>, job: Job) -> Streaming<ChatResponse> {
                 match next {
                     Some(Ok(Piece::Text(t))) => {
                         live.text.push_str(&t);
+                        // So a record written on cancellation counts what was generated.
+                        live.recorder.outcome().answer.push_str(&t);
                         Some((
                             Ok(item(chat_response::Item::Delta(t))),
                             ChatState::Live(live),
@@ -745,7 +748,6 @@ pub fn chat(inner: Arc<Inner>, job: Job) -> Streaming<ChatResponse> {
                         }),
                     );
                 }
-                live.recorder.outcome().answer = std::mem::take(&mut live.text);
                 live.recorder.finish("ok").await;
                 None
             }

@@ -77,6 +77,9 @@ async fn openai_compatible_servers_wire_formats_errors_and_cancellation() {
         assert!(e.message.contains("provider lan") && e.message.contains(text), "{m}: {e}");
     }
     assert_eq!(fake.seen.requests("err-503"), 3, "the first call and two retries");
+    // 429 with Retry-After: 1 is retried after that second; a second wait would pass the
+    // first-token bound (1.5 s here), so the 429 is answered then.
+    assert_eq!(fake.seen.requests("err-429"), 2);
     assert_eq!(fake.seen.requests("err-401"), 1);
     let e = client.complete(complete("m-err-429"), &opts()).await.unwrap_err();
     assert!(e.retry_after_ms >= 1000, "Retry-After is passed on: {e:?}");
@@ -97,7 +100,8 @@ async fn openai_compatible_servers_wire_formats_errors_and_cancellation() {
     assert!(end.message.contains("[DONE]"), "{end}");
     assert!(got.iter().any(|i| matches!(i.item, Some(ai::chat_response::Item::Delta(_)))));
 
-    // Cancellation over NATS: dropping the stream closes the provider's connection.
+    // Cancellation over NATS: dropping the stream closes the provider's connection, and
+    // the request is recorded as cancelled with the tokens generated so far.
     let before = fake.seen.abandoned.load(Ordering::SeqCst);
     let mut s = client
         .chat(ai::ChatRequest { model_id: "m-endless".into(), ..chat("Talk forever") }, &CallOptions::timeout(Duration::from_secs(60)))
@@ -111,6 +115,23 @@ async fn openai_compatible_servers_wire_formats_errors_and_cancellation() {
         fake.seen.abandoned.load(Ordering::SeqCst) > before
     })
     .await;
+    let usage = client
+        .get_usage(ai::GetUsageRequest { model_id: "m-endless".into(), ..Default::default() }, &opts())
+        .await
+        .unwrap();
+    let mut counted = usage.models.first().map_or(0, |m| m.completion_tokens);
+    for _ in 0..100 {
+        if counted > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let u = client
+            .get_usage(ai::GetUsageRequest { model_id: "m-endless".into(), ..Default::default() }, &opts())
+            .await
+            .unwrap();
+        counted = u.models.first().map_or(0, |m| m.completion_tokens);
+    }
+    assert!(counted > 0, "a cancelled generation's tokens are counted");
 
     // And over the gateway's SSE: the client goes away, so does the upstream request.
     let http = Http::new(&app.http_url);

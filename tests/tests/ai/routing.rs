@@ -49,7 +49,10 @@ async fn requests_fall_back_along_the_chain_and_a_failing_models_circuit_opens_a
         .explain(router::ExplainRequest { target: Some(router::explain_request::Target::DecisionId(s.decision_id.clone())) }, &opts())
         .await
         .unwrap();
-    assert_eq!(why.decision.unwrap().model_id, "primary");
+    let decision = why.decision.unwrap();
+    assert_eq!(decision.model_id, "primary");
+    // performance-mode is not served: the configured default profile applies.
+    assert!(decision.reason.contains("profile balanced (default)"), "{}", decision.reason);
     assert!(why.candidates.iter().any(|c| c.model_id == "backup" && c.eligible));
 
     // That failure opened primary's circuit (threshold 1 here): it is skipped, not tried.
