@@ -1,7 +1,8 @@
-//! One AI request from plan to record: which models to try (the caller's, or ai-router's
-//! choice and its fallback chain), what each model is (model-management's spec), the
-//! cache, the provider call, the stream of pieces the caller sees, and the outcome that
-//! goes back to the router and into the `AI` stream.
+//! How an AI request finds its model and starts: which models to try (the caller's, or
+//! ai-router's choice and its fallback chain), what each model is (model-management's
+//! spec), the budget, the cache and the provider call up to the first piece, and the
+//! outcome reports to the router. The stream the caller sees and the record are in
+//! [`super::chat`]; embeddings in [`super::embed`].
 //!
 //! Fallback happens only before the first token: a model that fails after it has started
 //! answering fails the request (the caller already holds part of an answer; a second
@@ -10,21 +11,18 @@
 //! drop), which is also when the provider's connection closes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aicore_proto::aicore::ai_integration::v1::{
-    ChatResponse, ChatStarted, ChatSummary, CompleteResponse, EmbedResponse, Embedding,
-    FinishReason, ServedBy, Usage, chat_response,
-};
+use aicore_proto::aicore::ai_integration::v1::{FinishReason, ServedBy, Usage};
 use aicore_proto::aicore::ai_router::v1 as router;
 use aicore_proto::aicore::model_management::v1 as mm;
-use aicore_proto::{CallOptions, Code, Metadata, Status, Streaming};
+use aicore_proto::{CallOptions, Code, Metadata, Status};
 use aicore_runtime::Ctx;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::AiIntegrationConfig;
-use super::accounting::{self, Outcome};
+use super::accounting;
 use super::offline;
 use super::openai::{Deadlines, OpenAi};
 use super::provider::{ChatCall, Message, Params, Piece, Pieces, ProviderError, estimate_tokens};
@@ -39,25 +37,25 @@ pub struct Inner {
     pub ctx: Ctx,
     pub config: AiIntegrationConfig,
     pub providers: std::collections::BTreeMap<String, Arc<OpenAi>>,
-    cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
-    targets: moka::sync::Cache<String, Target>,
+    pub(super) cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
+    pub(super) targets: moka::sync::Cache<String, Target>,
 }
 
 /// A cached answer.
-enum Cached {
+pub(super) enum Cached {
     Text { text: String, finish: FinishReason },
     Vectors(Vec<Vec<f32>>),
 }
 
 /// A model as ai-integration calls it.
 #[derive(Debug, Clone)]
-struct Target {
-    model_id: String,
-    provider_id: String,
-    provider_model: String,
-    endpoint: String,
-    context_length: u32,
-    embedding_dimensions: u32,
+pub(super) struct Target {
+    pub(super) model_id: String,
+    pub(super) provider_id: String,
+    pub(super) provider_model: String,
+    pub(super) endpoint: String,
+    pub(super) context_length: u32,
+    pub(super) embedding_dimensions: u32,
 }
 
 impl Target {
@@ -72,7 +70,7 @@ impl Target {
         }
     }
 
-    fn served_by(&self) -> ServedBy {
+    pub(super) fn served_by(&self) -> ServedBy {
         ServedBy {
             model_id: self.model_id.clone(),
             provider_id: self.provider_id.clone(),
@@ -97,7 +95,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn prompt_text(&self) -> String {
+    pub(super) fn prompt_text(&self) -> String {
         self.messages
             .iter()
             .map(|m| m.content.as_str())
@@ -111,18 +109,18 @@ impl Job {
 }
 
 /// The models to try, in order.
-struct Plan {
-    decision_id: String,
-    models: Vec<String>,
+pub(super) struct Plan {
+    pub(super) decision_id: String,
+    pub(super) models: Vec<String>,
 }
 
 /// A generation that has started: who serves it and its pieces.
-struct Started {
-    served_by: ServedBy,
-    first: Piece,
-    rest: Pieces,
-    target: Target,
-    cache_key: Option<[u8; 32]>,
+pub(super) struct Started {
+    pub(super) served_by: ServedBy,
+    pub(super) first: Piece,
+    pub(super) rest: Pieces,
+    pub(super) target: Target,
+    pub(super) cache_key: Option<[u8; 32]>,
 }
 
 fn lookup_options() -> CallOptions {
@@ -152,7 +150,7 @@ impl Inner {
         }
     }
 
-    fn deadlines(&self, meta: &Metadata, arrived: tokio::time::Instant) -> Deadlines {
+    pub(super) fn deadlines(&self, meta: &Metadata, arrived: tokio::time::Instant) -> Deadlines {
         let cap = |d: tokio::time::Instant| match meta.deadline {
             Some(m) => d.min(tokio::time::Instant::from_std(m)),
             None => d,
@@ -164,7 +162,7 @@ impl Inner {
     }
 
     /// Refuses a player past their hourly budget.
-    fn check_budget(&self, player: &str) -> Result<(), Status> {
+    pub(super) fn check_budget(&self, player: &str) -> Result<(), Status> {
         let limit = self.config.player_tokens_per_hour;
         if limit == 0 || player.is_empty() {
             return Ok(());
@@ -186,7 +184,7 @@ impl Inner {
     }
 
     /// The models to try for `capability`: the caller's, or the router's choice and chain.
-    async fn plan(
+    pub(super) async fn plan(
         &self,
         model_id: &str,
         capability: router::Capability,
@@ -248,7 +246,7 @@ impl Inner {
     }
 
     /// What model `model_id` is, from model-management (cached briefly).
-    async fn resolve(&self, model_id: &str) -> Result<Target, Status> {
+    pub(super) async fn resolve(&self, model_id: &str) -> Result<Target, Status> {
         if let Some(t) = self.targets.get(model_id) {
             return Ok(t);
         }
@@ -328,7 +326,7 @@ impl Inner {
 
     /// Tells the router how a call went (in the background, bounded: the caller does
     /// not wait for it).
-    fn report(
+    pub(super) fn report(
         &self,
         decision_id: &str,
         model_id: &str,
@@ -368,7 +366,7 @@ impl Inner {
     }
 
     /// Starts generating: follows the plan until a model gives its first piece.
-    async fn start(
+    pub(super) async fn start(
         &self,
         job: &Job,
         arrived: tokio::time::Instant,
@@ -493,7 +491,7 @@ impl Inner {
     }
 }
 
-fn offline_plan() -> Plan {
+pub(super) fn offline_plan() -> Plan {
     Plan {
         decision_id: String::new(),
         models: vec![offline::ID.to_string()],
@@ -521,424 +519,4 @@ fn cache_key(kind: &str, target: &Target, call: &ChatCall) -> [u8; 32] {
     h.update(p.max_tokens.to_le_bytes());
     h.update(format!("{:?}{:?}{:?}{:?}", p.temperature, p.top_p, p.stop, p.seed).as_bytes());
     h.finalize().into()
-}
-
-/// Writes a request's record once, however it ends: `finish` on the normal paths, or,
-/// when dropped unfinished (the caller went away mid-stream), as `cancelled` in a task.
-struct Recorder {
-    inner: Arc<Inner>,
-    outcome: Option<Outcome>,
-    started: Instant,
-}
-
-impl Recorder {
-    fn new(inner: Arc<Inner>, job: &Job) -> Recorder {
-        Recorder {
-            outcome: Some(Outcome {
-                rpc: job.rpc,
-                request_id: job
-                    .meta
-                    .request_id
-                    .clone()
-                    .unwrap_or_else(|| aicore_runtime::new_id("air")),
-                player: job.player.clone(),
-                prompt: job.prompt_text(),
-                ..Default::default()
-            }),
-            inner,
-            started: Instant::now(),
-        }
-    }
-
-    fn outcome(&mut self) -> &mut Outcome {
-        self.outcome.get_or_insert_with(Default::default)
-    }
-
-    async fn finish(&mut self, outcome: &'static str) {
-        let Some(mut o) = self.outcome.take() else {
-            return;
-        };
-        o.outcome = outcome;
-        o.latency = self.started.elapsed();
-        write(&self.inner, o).await;
-    }
-}
-
-async fn write(inner: &Inner, o: Outcome) {
-    let now = inner.ctx.clock.now();
-    if let Err(e) = accounting::record(&inner.ctx.store, now, o, inner.config.record_prompts).await
-    {
-        tracing::warn!(error = %e, "AI request record not written");
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let Some(mut o) = self.outcome.take() else {
-            return;
-        };
-        o.outcome = "cancelled";
-        o.latency = self.started.elapsed();
-        // The provider was cut off before it reported usage: count what it generated.
-        if o.provider_called && o.usage.is_none() {
-            o.usage = Some(usage_of(None, &o.prompt, &o.answer));
-        }
-        let inner = self.inner.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { write(&inner, o).await });
-        }
-    }
-}
-
-/// Usage as reported, or estimated from the texts.
-fn usage_of(reported: Option<super::provider::Tokens>, prompt: &str, answer: &str) -> Usage {
-    match reported {
-        Some(t) => Usage {
-            prompt_tokens: t.prompt,
-            completion_tokens: t.completion,
-            total_tokens: t.prompt.saturating_add(t.completion),
-            estimated: false,
-        },
-        None => {
-            let (p, c) = (estimate_tokens(prompt), estimate_tokens(answer));
-            Usage {
-                prompt_tokens: p,
-                completion_tokens: c,
-                total_tokens: p + c,
-                estimated: true,
-            }
-        }
-    }
-}
-
-/// The state of a Chat stream (dropping it drops the provider's answer, which closes the
-/// provider connection, and the recorder, which records `cancelled`).
-enum ChatState {
-    Begin(Arc<Inner>, Box<Job>, tokio::time::Instant),
-    Live(Box<Live>),
-    Finishing(Box<Live>),
-    Over,
-}
-
-struct Live {
-    inner: Arc<Inner>,
-    pending: Option<Piece>,
-    rest: Pieces,
-    text: String,
-    recorder: Recorder,
-    served_by: ServedBy,
-    decision_id: String,
-    target: Target,
-    cache_key: Option<[u8; 32]>,
-    finish: FinishReason,
-    prompt: String,
-}
-
-fn item(i: chat_response::Item) -> ChatResponse {
-    ChatResponse { item: Some(i) }
-}
-
-/// A Chat as a stream: `started`, `delta`s, one `summary`.
-pub fn chat(inner: Arc<Inner>, job: Job) -> Streaming<ChatResponse> {
-    let arrived = tokio::time::Instant::now();
-    let state = ChatState::Begin(inner, Box::new(job), arrived);
-    futures::stream::unfold(state, |state| async move {
-        match state {
-            ChatState::Over => None,
-            ChatState::Begin(inner, job, arrived) => {
-                let mut recorder = Recorder::new(inner.clone(), &job);
-                match inner.start(&job, arrived).await {
-                    Err((status, served_by)) => {
-                        let o = recorder.outcome();
-                        o.served_by = served_by;
-                        o.error = status.to_string();
-                        recorder.finish("error").await;
-                        Some((Err(status), ChatState::Over))
-                    }
-                    Ok(s) => {
-                        let first_token = arrived.elapsed();
-                        let o = recorder.outcome();
-                        o.served_by = s.served_by.clone();
-                        o.first_token = Some(first_token);
-                        o.provider_called = !s.served_by.cached;
-                        let live = Live {
-                            inner,
-                            pending: Some(s.first),
-                            rest: s.rest,
-                            text: String::new(),
-                            recorder,
-                            decision_id: s.served_by.decision_id.clone(),
-                            served_by: s.served_by.clone(),
-                            target: s.target,
-                            cache_key: s.cache_key,
-                            finish: FinishReason::Stop,
-                            prompt: job.prompt_text(),
-                        };
-                        let started = item(chat_response::Item::Started(ChatStarted {
-                            served_by: Some(s.served_by),
-                        }));
-                        Some((Ok(started), ChatState::Live(Box::new(live))))
-                    }
-                }
-            }
-            ChatState::Live(mut live) => {
-                let next = match live.pending.take() {
-                    Some(p) => Some(Ok(p)),
-                    None => live.rest.next().await,
-                };
-                match next {
-                    Some(Ok(Piece::Text(t))) => {
-                        live.text.push_str(&t);
-                        // So a record written on cancellation counts what was generated.
-                        live.recorder.outcome().answer.push_str(&t);
-                        Some((
-                            Ok(item(chat_response::Item::Delta(t))),
-                            ChatState::Live(live),
-                        ))
-                    }
-                    Some(Ok(Piece::Done { finish, usage })) => {
-                        let usage = if live.served_by.cached {
-                            Usage::default()
-                        } else {
-                            usage_of(usage, &live.prompt, &live.text)
-                        };
-                        live.finish = finish;
-                        live.recorder.outcome().usage = Some(usage);
-                        let summary = item(chat_response::Item::Summary(ChatSummary {
-                            finish_reason: finish as i32,
-                            usage: Some(usage),
-                        }));
-                        Some((Ok(summary), ChatState::Finishing(live)))
-                    }
-                    Some(Err(e)) => {
-                        live.inner
-                            .report(&live.decision_id, &live.target.model_id, Err(&e));
-                        let status = Status::from(e);
-                        let estimate = usage_of(None, &live.prompt, &live.text);
-                        let o = live.recorder.outcome();
-                        o.error = status.to_string();
-                        o.usage = Some(estimate);
-                        live.recorder.finish("error").await;
-                        Some((Err(status), ChatState::Over))
-                    }
-                    None => {
-                        live.recorder.finish("error").await;
-                        Some((
-                            Err(Status::internal("the answer ended without a summary")),
-                            ChatState::Over,
-                        ))
-                    }
-                }
-            }
-            ChatState::Finishing(mut live) => {
-                let usage = live.recorder.outcome().usage.unwrap_or_default();
-                if !live.served_by.cached {
-                    live.inner.report(
-                        &live.decision_id,
-                        &live.target.model_id,
-                        Ok((live.recorder.started.elapsed(), usage)),
-                    );
-                }
-                if let Some(k) = live.cache_key {
-                    live.inner.cache.insert(
-                        k,
-                        Arc::new(Cached::Text {
-                            text: live.text.clone(),
-                            finish: live.finish,
-                        }),
-                    );
-                }
-                live.recorder.finish("ok").await;
-                None
-            }
-        }
-    })
-    .boxed()
-}
-
-/// A Complete: the same generation, collected.
-pub async fn complete(inner: Arc<Inner>, job: Job) -> Result<CompleteResponse, Status> {
-    let mut stream = chat(inner, job);
-    let mut out = CompleteResponse::default();
-    while let Some(item) = stream.next().await {
-        match item?.item {
-            Some(chat_response::Item::Started(s)) => out.served_by = s.served_by,
-            Some(chat_response::Item::Delta(t)) => out.text.push_str(&t),
-            Some(chat_response::Item::Summary(s)) => {
-                out.finish_reason = s.finish_reason;
-                out.usage = s.usage;
-            }
-            None => {}
-        }
-    }
-    Ok(out)
-}
-
-/// An Embed: plan, cache, provider, record.
-pub async fn embed(
-    inner: Arc<Inner>,
-    model_id: String,
-    inputs: Vec<String>,
-    player: String,
-    meta: Metadata,
-) -> Result<EmbedResponse, Status> {
-    let arrived = tokio::time::Instant::now();
-    let job = Job {
-        rpc: "embed",
-        model_id: model_id.clone(),
-        messages: Vec::new(),
-        params: Params::default(),
-        player: player.clone(),
-        no_cache: false,
-        meta: meta.clone(),
-    };
-    let mut recorder = Recorder::new(inner.clone(), &job);
-    recorder.outcome().prompt = inputs.join("\n");
-    let result = embed_inner(&inner, &job, &inputs, arrived).await;
-    match &result {
-        Ok(r) => {
-            let o = recorder.outcome();
-            o.served_by = r.served_by.clone().unwrap_or_default();
-            o.usage = r.usage;
-            o.provider_called = !o.served_by.cached;
-            recorder.finish("ok").await;
-        }
-        Err((status, served_by)) => {
-            let o = recorder.outcome();
-            o.served_by = served_by.clone();
-            o.error = status.to_string();
-            recorder.finish("error").await;
-        }
-    }
-    result.map_err(|(s, _)| s)
-}
-
-async fn embed_inner(
-    inner: &Arc<Inner>,
-    job: &Job,
-    inputs: &[String],
-    arrived: tokio::time::Instant,
-) -> Result<EmbedResponse, (Status, ServedBy)> {
-    let fail = |s: Status| (s, ServedBy::default());
-    inner.check_budget(&job.player).map_err(fail)?;
-    let plan = inner
-        .plan(
-            &job.model_id,
-            router::Capability::Embedding,
-            &job.player,
-            0,
-            &job.meta,
-        )
-        .await
-        .map_err(fail)?;
-    let by = inner.deadlines(&job.meta, arrived);
-    let text: String = inputs.join("\n");
-    let mut failed = Vec::new();
-    let mut last = None;
-    for (i, model_id) in plan.models.iter().enumerate() {
-        let more = i + 1 < plan.models.len();
-        let target = match inner.resolve(model_id).await {
-            Ok(t) => t,
-            Err(e) if more && job.model_id.is_empty() => {
-                failed.push(model_id.clone());
-                last = Some(fail(e));
-                continue;
-            }
-            Err(e) => return Err(fail(e)),
-        };
-        let mut served_by = target.served_by();
-        served_by.decision_id = plan.decision_id.clone();
-        served_by.failed_model_ids = failed.clone();
-        let key = {
-            let mut h = Sha256::new();
-            for part in [&target.model_id, &target.provider_model, &target.endpoint] {
-                h.update(part.as_bytes());
-                h.update([0]);
-            }
-            for t in inputs {
-                h.update((t.len() as u64).to_le_bytes());
-                h.update(t.as_bytes());
-            }
-            let k: [u8; 32] = h.finalize().into();
-            k
-        };
-        let respond = |vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy| EmbedResponse {
-            dimensions: vectors.first().map_or(0, Vec::len) as u32,
-            embeddings: vectors
-                .into_iter()
-                .map(|values| Embedding { values })
-                .collect(),
-            usage: Some(usage),
-            served_by: Some(served_by),
-        };
-        if target.provider_id != offline::ID
-            && let Some(hit) = inner.cache.get(&key)
-            && let Cached::Vectors(v) = hit.as_ref()
-        {
-            served_by.cached = true;
-            return Ok(respond(v.clone(), Usage::default(), served_by));
-        }
-        let outcome = if target.provider_id == offline::ID {
-            let dims = match target.embedding_dimensions {
-                0 => inner.config.offline_embedding_dimensions,
-                d => d,
-            };
-            Ok(offline::embed(inputs, dims as usize))
-        } else {
-            match inner.providers.get(&target.provider_id) {
-                Some(p) => {
-                    p.embed(&target.provider_model, &target.endpoint, inputs, by)
-                        .await
-                }
-                None => Err(ProviderError::new(
-                    &target.provider_id,
-                    super::provider::Failure::Unavailable,
-                    "not configured",
-                )),
-            }
-        };
-        match outcome {
-            Ok(e) => {
-                let usage = match e.prompt_tokens {
-                    Some(p) => Usage {
-                        prompt_tokens: p,
-                        completion_tokens: 0,
-                        total_tokens: p,
-                        estimated: false,
-                    },
-                    None => {
-                        let p = estimate_tokens(&text);
-                        Usage {
-                            prompt_tokens: p,
-                            completion_tokens: 0,
-                            total_tokens: p,
-                            estimated: true,
-                        }
-                    }
-                };
-                inner.report(
-                    &plan.decision_id,
-                    &target.model_id,
-                    Ok((arrived.elapsed(), usage)),
-                );
-                if target.provider_id != offline::ID && inner.config.cache_entries > 0 {
-                    inner
-                        .cache
-                        .insert(key, Arc::new(Cached::Vectors(e.vectors.clone())));
-                }
-                return Ok(respond(e.vectors, usage, served_by));
-            }
-            Err(e) => {
-                inner.report(&plan.decision_id, &target.model_id, Err(&e));
-                let retry_next = e.falls_back() && more && tokio::time::Instant::now() < by.first;
-                failed.push(target.model_id.clone());
-                let fallen = (Status::from(e), served_by);
-                if !retry_next {
-                    return Err(fallen);
-                }
-                last = Some(fallen);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| fail(Status::internal("no model to try"))))
 }

@@ -24,10 +24,13 @@
 //! know what the text is for (story-teller, npc-behavior).
 
 pub mod accounting;
+mod chat;
+mod embed;
 mod generate;
 pub mod offline;
 pub mod openai;
 pub mod provider;
+mod sse;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -388,7 +391,7 @@ impl AiIntegrationHandler for AiIntegration {
             no_cache: req.no_cache,
             meta,
         };
-        generate::complete(self.inner.clone(), job).await
+        chat::complete(self.inner.clone(), job).await
     }
 
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Streaming<ChatResponse>, Status> {
@@ -423,7 +426,7 @@ impl AiIntegrationHandler for AiIntegration {
             no_cache: req.no_cache,
             meta,
         };
-        Ok(generate::chat(self.inner.clone(), job))
+        Ok(chat::chat(self.inner.clone(), job))
     }
 
     async fn embed(&self, request: Request<EmbedRequest>) -> Result<EmbedResponse, Status> {
@@ -445,7 +448,7 @@ impl AiIntegrationHandler for AiIntegration {
         validate::max_bytes(bytes, c.max_prompt_bytes, "inputs", "prompt")?;
         check_model_id(&req.model_id)?;
         let player = player_of(&meta, &req.player_id)?;
-        generate::embed(self.inner.clone(), req.model_id, req.inputs, player, meta).await
+        embed::embed(self.inner.clone(), req.model_id, req.inputs, player, meta).await
     }
 
     async fn get_usage(

@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aicore_proto::aicore::ai_integration::v1::{FinishReason, Role};
-use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -34,13 +32,12 @@ use tokio::time::Instant;
 use super::provider::{
     ChatCall, ChatStart, Embeddings, Failure, Piece, Pieces, ProviderError, Tokens,
 };
+use super::sse::{SseReader, root_cause};
 
 /// Longest excerpt of a provider's error body kept in a message.
 const ERROR_EXCERPT: usize = 300;
 /// Largest error body read.
 const MAX_ERROR_BODY: usize = 16 * 1024;
-/// Largest single SSE event accepted (a chunk is a few hundred bytes).
-const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Largest embeddings answer read.
 const MAX_EMBED_BODY: usize = 64 << 20;
 
@@ -411,14 +408,6 @@ fn backoff(p: RetryPolicy, attempt: u32) -> Duration {
     full.mul_f64(1.0 - jitter)
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
 /// Reads at most `limit` bytes of a body.
 async fn read_limited(r: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = r.bytes_stream();
@@ -456,75 +445,6 @@ fn error_message(body: &[u8]) -> String {
         "(no body)".to_string()
     } else {
         excerpt
-    }
-}
-
-/// Server-Sent Events out of a byte stream: the `data` of each event (lines joined by
-/// `\n`), ignoring comments and other fields.
-struct SseReader {
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
-    buf: Vec<u8>,
-    eof: bool,
-}
-
-impl SseReader {
-    fn new(body: BoxStream<'static, reqwest::Result<Bytes>>) -> Self {
-        SseReader {
-            body,
-            buf: Vec::new(),
-            eof: false,
-        }
-    }
-
-    /// The next event's data; `Ok(None)` at the end of the body.
-    async fn next_event(&mut self) -> Result<Option<String>, String> {
-        let mut data: Option<String> = None;
-        loop {
-            if let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=at).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8(line).map_err(|_| "an event is not UTF-8")?;
-                if line.is_empty() {
-                    if data.is_some() {
-                        return Ok(data);
-                    }
-                    continue;
-                }
-                if let Some(rest) = line.strip_prefix("data:") {
-                    let rest = rest.strip_prefix(' ').unwrap_or(rest);
-                    match &mut data {
-                        Some(d) => {
-                            d.push('\n');
-                            d.push_str(rest);
-                        }
-                        None => data = Some(rest.to_string()),
-                    }
-                }
-                // `:` comments (keep-alives), `event:`, `id:` and `retry:` carry nothing
-                // these servers need.
-                continue;
-            }
-            if self.eof {
-                // An event not closed by a blank line still counts once the body ends.
-                let tail = std::mem::take(&mut self.buf);
-                let tail = String::from_utf8(tail).map_err(|_| "an event is not UTF-8")?;
-                if let Some(rest) = tail.trim_end().strip_prefix("data:") {
-                    return Ok(Some(rest.trim_start().to_string()));
-                }
-                return Ok(data);
-            }
-            if self.buf.len() > MAX_EVENT_BYTES {
-                return Err(format!("an event is larger than {MAX_EVENT_BYTES} bytes"));
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(format!("the stream was cut: {}", root_cause(&e))),
-                None => self.eof = true,
-            }
-        }
     }
 }
 
@@ -603,30 +523,6 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reader(parts: &[&'static str]) -> SseReader {
-        let chunks: Vec<reqwest::Result<Bytes>> = parts
-            .iter()
-            .map(|p| Ok(Bytes::from_static(p.as_bytes())))
-            .collect();
-        SseReader::new(futures::stream::iter(chunks).boxed())
-    }
-
-    #[tokio::test]
-    async fn events_split_across_reads_and_crlf_lines_are_read_whole() {
-        let mut r = reader(&[
-            ": keep-alive\r\n\r\nda",
-            "ta: {\"a\":1}\r\n\r\ndata: line one\ndata: line two\n\n",
-            "event: x\ndata: [DONE]",
-        ]);
-        assert_eq!(r.next_event().await.unwrap().as_deref(), Some("{\"a\":1}"));
-        assert_eq!(
-            r.next_event().await.unwrap().as_deref(),
-            Some("line one\nline two")
-        );
-        assert_eq!(r.next_event().await.unwrap().as_deref(), Some("[DONE]"));
-        assert_eq!(r.next_event().await.unwrap(), None);
-    }
 
     #[test]
     fn error_bodies_of_each_server_give_their_message() {
