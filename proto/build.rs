@@ -143,6 +143,24 @@ fn main() {
     }
     list.push_str("];\n");
     std::fs::write(out.join("services.rs"), list).expect("write services.rs");
+
+    // Every request that carries an idempotency key, for the runtime's keyed writes.
+    let mut keyed = String::new();
+    for m in pool.all_messages() {
+        if m.parent_message().is_some() || idempotency_key_field(&m) == 0 {
+            continue;
+        }
+        let path = format!(
+            "crate::{}::{}",
+            m.package_name().replace('.', "::"),
+            m.name()
+        );
+        let _ = writeln!(
+            keyed,
+            "impl crate::Keyed for {path} {{\n    fn idempotency_key(&self) -> &str {{\n        &self.idempotency_key\n    }}\n    fn clear_idempotency_key(&mut self) {{\n        self.idempotency_key.clear();\n    }}\n}}"
+        );
+    }
+    std::fs::write(out.join("keyed.rs"), keyed).expect("write keyed.rs");
 }
 
 /// The field number of `message`'s idempotency key: a singular string field named

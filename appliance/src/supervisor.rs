@@ -301,6 +301,7 @@ async fn start(
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         // Domain background tasks end with the domains, before the store closes.
+        idempotency_ttl: Duration::from_secs(config.domains.idempotency_ttl_secs),
         shutdown: running.domains_stop.child_token(),
     };
     let trust = Arc::new(security::trust(&config.security));

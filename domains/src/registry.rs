@@ -32,6 +32,9 @@ macro_rules! domains {
             /// Requests one domain handles at once; further ones wait (bounded by their
             /// deadline).
             pub max_in_flight: usize,
+            /// How long every domain keeps the replies of idempotency keys, in seconds; at
+            /// least a day (less is raised).
+            pub idempotency_ttl_secs: u64,
             $( $(#[doc = $doc])* pub $name: <$ty as Domain>::Config, )*
         }
 
@@ -39,6 +42,7 @@ macro_rules! domains {
             fn default() -> Self {
                 DomainsConfig {
                     max_in_flight: 256,
+                    idempotency_ttl_secs: 24 * 3600,
                     $( $name: Default::default(), )*
                 }
             }

@@ -58,6 +58,9 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// The SDK client for calls to other domains (absent in unit tests).
     pub client: Option<aicore_sdk::Client>,
+    /// How long idempotency records are kept (see [`crate::idempotency`]); one setting
+    /// for every domain.
+    pub idempotency_ttl: Duration,
     /// Cancelled when the appliance stops; background tasks of a domain (tickers, pollers)
     /// end with it, before the store closes.
     pub shutdown: CancellationToken,
@@ -73,6 +76,7 @@ impl Ctx {
             store: Store::in_memory(),
             clock: clock.clone(),
             client: None,
+            idempotency_ttl: crate::idempotency::MIN_TTL,
             shutdown: CancellationToken::new(),
         };
         (ctx, clock)

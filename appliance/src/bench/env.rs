@@ -107,6 +107,7 @@ pub(super) async fn serve_domain(
         store,
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
+        idempotency_ttl: std::time::Duration::from_secs(config.domains.idempotency_ttl_secs),
         shutdown: stop.child_token(),
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
