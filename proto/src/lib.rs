@@ -23,6 +23,14 @@ use prost::Message;
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 include!(concat!(env!("OUT_DIR"), "/services.rs"));
 include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
+include!(concat!(env!("OUT_DIR"), "/events.rs"));
+
+/// A message published as an event (`(aicore.common.v1.event)` on it names its subject;
+/// the implementations are generated).
+pub trait Event: Message {
+    /// Where it is published.
+    fn subject(&self) -> String;
+}
 
 /// A request that may carry an idempotency key: every message with a string
 /// `idempotency_key` field (the implementations are generated). The runtime's keyed

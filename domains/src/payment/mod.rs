@@ -69,6 +69,11 @@ const REFUNDS: &str = "payment.refunds";
 const ITEMS: &str = "payment.items";
 const META: &str = "payment.meta";
 const IDEMPOTENCY_TABLE: &str = "payment.idempotency";
+/// Where a purchase's ledger entry is published (a `Transaction`, which also serves
+/// refunds, so its subject is named here rather than on the message).
+pub const PURCHASED_SUBJECT: &str = "evt.payment.purchased";
+/// Where a refund's ledger entry is published (a `Transaction`).
+pub const REFUNDED_SUBJECT: &str = "evt.payment.refunded";
 
 /// Roles that may credit, debit, refund, define items and act on any wallet.
 const STAFF: &[&str] = &["admin", "service"];
@@ -453,7 +458,7 @@ impl Actor {
             item,
             at: Some(self.at),
         };
-        tx.emit(&format!("audit.payment.{kind}"), event.encode_to_vec())
+        tx.emit(&event)
     }
 }
 
@@ -672,7 +677,7 @@ impl PaymentHandler for Payment {
                 t.amount = -total;
                 let t = append_next(tx, t, "quantity")?;
                 actor.audit(tx, "purchase", vec![t.clone()], None)?;
-                tx.emit("evt.payment.purchased", t.encode_to_vec())?;
+                tx.emit_raw(PURCHASED_SUBJECT, t.encode_to_vec())?;
                 Ok(PurchaseResponse {
                     transaction: Some(t),
                 })
@@ -755,7 +760,7 @@ impl PaymentHandler for Payment {
                     t.transaction_id.clone().into_bytes(),
                 );
                 actor.audit(tx, "refund", vec![t.clone()], None)?;
-                tx.emit("evt.payment.refunded", t.encode_to_vec())?;
+                tx.emit_raw(REFUNDED_SUBJECT, t.encode_to_vec())?;
                 Ok(RefundResponse {
                     transaction: Some(t),
                 })

@@ -953,7 +953,7 @@ impl QuestSystemHandler for QuestSystem {
                     rewards,
                     reward_transaction_ids: reward_transaction_ids.clone(),
                 };
-                tx.emit(COMPLETED_SUBJECT, prost::Message::encode_to_vec(&event))?;
+                tx.emit(&event)?;
                 Ok(CompleteResponse {
                     player_quest: Some(pq),
                     reward_transaction_ids,

@@ -53,7 +53,6 @@ use aicore_proto::aicore::time_manager::v1::{
 };
 use aicore_proto::{Code, Metadata, Request, Status};
 use bytes::Bytes;
-use prost::Message;
 
 use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
@@ -315,7 +314,7 @@ fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
                 game_time: Some(game_time(h * HOUR_SECONDS, p.days_per_season)),
                 catch_up: h < hour,
             };
-            tx.emit(TICK_SUBJECT, event.encode_to_vec())?;
+            tx.emit(&event)?;
             ticks += 1;
         }
     }
@@ -370,7 +369,7 @@ fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
             timer: Some(timer.clone()),
             fired_at: Some(game_time(game_s, p.days_per_season)),
         };
-        tx.emit(SCHEDULED_SUBJECT, event.encode_to_vec())?;
+        tx.emit(&event)?;
         fired += 1;
         let every = timer.repeat_every_seconds;
         if every > 0 {
@@ -508,7 +507,7 @@ impl TimeManager {
                     reason,
                     changed_by,
                 };
-                tx.emit(CLOCK_CHANGED_SUBJECT, event.encode_to_vec())?;
+                tx.emit(&event)?;
                 let mut fired = 0;
                 if jump {
                     let game_s = c.game_seconds_at(real_ms);

@@ -46,7 +46,6 @@ use aicore_proto::aicore::weather_manager::v1::{
 };
 use aicore_proto::{CallOptions, Code, Request, Status};
 use futures::future::BoxFuture;
-use prost::Message;
 
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
@@ -588,7 +587,7 @@ fn observe(
                 game_seconds: t,
                 weather: Some(w.clone()),
             };
-            tx.emit(CHANGED_SUBJECT, event.encode_to_vec())?;
+            tx.emit(&event)?;
         }
         last = Some(w.condition);
         now = w;

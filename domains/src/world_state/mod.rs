@@ -269,7 +269,7 @@ fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Re
         fact: None,
         ..change.clone()
     };
-    tx.emit(CHANGED_SUBJECT, prost::Message::encode_to_vec(&event))
+    tx.emit(&event)
 }
 
 impl WorldStateHandler for WorldState {

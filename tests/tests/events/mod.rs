@@ -471,7 +471,7 @@ async fn outbox_relay_delivers_every_event_exactly_once_across_a_crash() {
         store
             .write(move |tx| {
                 for i in 0..30 {
-                    tx.emit(&format!("evt.relay.{}", w * 30 + i), vec![1])?;
+                    tx.emit_raw(&format!("evt.relay.{}", w * 30 + i), vec![1])?;
                 }
                 Ok(())
             })
