@@ -108,6 +108,7 @@ pub(super) async fn serve_domain(
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
         idempotency_ttl: std::time::Duration::from_secs(config.domains.idempotency_ttl_secs),
+        tasks: Default::default(),
         shutdown: stop.child_token(),
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;

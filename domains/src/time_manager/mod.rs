@@ -773,9 +773,9 @@ impl aicore_runtime::Domain for TimeManager {
         config: &TimeManagerConfig,
     ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
         let tm = Arc::new(TimeManager::new(ctx.clone(), config.clone()));
-        let runtime = tokio::runtime::Handle::try_current()
+        tokio::runtime::Handle::try_current()
             .map_err(|_| Status::internal("time-manager needs a tokio runtime for its ticker"))?;
-        runtime.spawn(tm.clone().run());
+        ctx.spawn(tm.clone().run());
         Ok(Arc::new(
             aicore_proto::aicore::time_manager::v1::TimeManagerServer(tm),
         ))

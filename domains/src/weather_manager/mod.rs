@@ -982,9 +982,9 @@ impl aicore_runtime::Domain for WeatherManager {
             days_per_season: Default::default(),
         });
         let wm = Arc::new(WeatherManager::new(ctx.clone(), config.clone(), clock));
-        let runtime = tokio::runtime::Handle::try_current()
+        tokio::runtime::Handle::try_current()
             .map_err(|_| Status::internal("weather-manager needs a tokio runtime for its task"))?;
-        runtime.spawn(wm.clone().run());
+        ctx.spawn(wm.clone().run());
         Ok(Arc::new(
             aicore_proto::aicore::weather_manager::v1::WeatherManagerServer(wm),
         ))
