@@ -143,6 +143,84 @@ fn main() {
     }
     list.push_str("];\n");
     std::fs::write(out.join("services.rs"), list).expect("write services.rs");
+
+    // Every request that carries an idempotency key, for the runtime's keyed writes.
+    let mut keyed = String::new();
+    for m in pool.all_messages() {
+        if m.parent_message().is_some() || idempotency_key_field(&m) == 0 {
+            continue;
+        }
+        let path = format!(
+            "crate::{}::{}",
+            m.package_name().replace('.', "::"),
+            m.name()
+        );
+        let _ = writeln!(
+            keyed,
+            "impl crate::Keyed for {path} {{\n    fn idempotency_key(&self) -> &str {{\n        &self.idempotency_key\n    }}\n    fn clear_idempotency_key(&mut self) {{\n        self.idempotency_key.clear();\n    }}\n}}"
+        );
+    }
+    std::fs::write(out.join("keyed.rs"), keyed).expect("write keyed.rs");
+
+    // Every message declared as an event, with its subject, for the outbox.
+    let event_ext = pool
+        .get_extension_by_name("aicore.common.v1.event")
+        .expect("common.proto declares the event option");
+    let mut events = String::new();
+    for m in pool.all_messages() {
+        let opts = m.options();
+        if !opts.has_extension(&event_ext) {
+            continue;
+        }
+        assert!(
+            m.parent_message().is_none(),
+            "event {} must be a top-level message",
+            m.full_name()
+        );
+        let o = opts.get_extension(&event_ext);
+        let subject = o
+            .as_message()
+            .and_then(|o| msg_field(o, "subject"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let path = format!(
+            "crate::{}::{}",
+            m.package_name().replace('.', "::"),
+            m.name()
+        );
+        let body = match (subject.find('{'), subject.find('}')) {
+            (None, None) => {
+                assert!(
+                    !subject.is_empty(),
+                    "event {} has no subject",
+                    m.full_name()
+                );
+                format!("{subject:?}.to_string()")
+            }
+            (Some(a), Some(b)) if a < b => {
+                let field = &subject[a + 1..b];
+                let f = m.get_field_by_name(field).unwrap_or_else(|| {
+                    panic!("event {}: no field {field} for its subject", m.full_name())
+                });
+                assert!(
+                    matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list(),
+                    "event {}: subject field {field} must be a string",
+                    m.full_name()
+                );
+                format!(
+                    "format!(\"{}{{}}{}\", self.{field})",
+                    &subject[..a],
+                    &subject[b + 1..]
+                )
+            }
+            _ => panic!("event {}: malformed subject {subject:?}", m.full_name()),
+        };
+        let _ = writeln!(
+            events,
+            "impl crate::Event for {path} {{\n    fn subject(&self) -> String {{\n        {body}\n    }}\n}}"
+        );
+    }
+    std::fs::write(out.join("events.rs"), events).expect("write events.rs");
 }
 
 /// The field number of `message`'s idempotency key: a singular string field named

@@ -71,6 +71,9 @@ pub async fn connect(
 /// relay's last drain is [`outbox::FINAL_DRAIN`]); then they are aborted. Unpublished
 /// events stay in the outbox for the next start.
 const EVENTS_STOP: Duration = Duration::from_secs(outbox::FINAL_DRAIN.as_secs() + 2);
+/// How long teardown waits for the domains' background tasks after they were told to
+/// stop (a ticker's or replay's current step, a write-behind touch).
+const DOMAIN_TASKS_STOP: Duration = Duration::from_secs(5);
 /// How long the last flush of the domains' NATS connection may take (nothing to flush to
 /// when NATS is unreachable).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +90,8 @@ struct Running {
     gateway: Option<gateway::Server>,
     /// Cancelled to stop every domain at once (and their background tasks).
     domains_stop: CancellationToken,
+    /// The domains' background tasks ([`Ctx::spawn`]), waited for before the store closes.
+    domain_tasks: tokio_util::task::TaskTracker,
     served: Vec<serve::ServiceHandle>,
     /// Cancelled to stop the outbox relay and the dead-letter task.
     events_stop: CancellationToken,
@@ -106,6 +111,7 @@ impl Running {
         Running {
             gateway: None,
             domains_stop: shutdown.child_token(),
+            domain_tasks: Default::default(),
             served: Vec::new(),
             events_stop: shutdown.child_token(),
             relay: None,
@@ -300,7 +306,10 @@ async fn start(
         store: store.clone(),
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
-        // Domain background tasks end with the domains, before the store closes.
+        idempotency_ttl: Duration::from_secs(config.domains.idempotency_ttl_secs),
+        // Domain background tasks end with the domains, and teardown waits for them
+        // before the store closes.
+        tasks: running.domain_tasks.clone(),
         shutdown: running.domains_stop.child_token(),
         data_dir: Some(config.data_dir.clone()),
     };
@@ -424,6 +433,16 @@ async fn stop_all(mut running: Running, store: &Store, drain: Duration) -> Resul
     };
     if tokio::time::timeout_at(drained_by, domains).await.is_err() {
         tracing::warn!("domains did not finish their requests within the drain timeout; cut");
+    }
+    // Their background work (tickers, heartbeats, replays, write-behind touches) ends
+    // with them; it may still write, so it is waited for while the store is open.
+    running.domain_tasks.close();
+    match tokio::time::timeout(DOMAIN_TASKS_STOP, running.domain_tasks.wait()).await {
+        Ok(()) => tracing::info!("domain background tasks ended"),
+        Err(_) => tracing::warn!(
+            left = running.domain_tasks.len(),
+            "domain background tasks did not end in time; the store closes without them"
+        ),
     }
     // The relay's final drain publishes what the last requests queued, while NATS is up;
     // what it cannot publish stays in the outbox.

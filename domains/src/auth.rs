@@ -295,9 +295,9 @@ impl aicore_runtime::Domain for Auth {
     fn build(ctx: &Ctx, config: &AuthConfig) -> Result<Arc<dyn Dispatch>, Status> {
         let auth = Arc::new(Auth::new(ctx, config.clone())?);
         if ctx.client.is_some() {
-            let runtime = tokio::runtime::Handle::try_current()
+            tokio::runtime::Handle::try_current()
                 .map_err(|_| Status::internal("auth needs a tokio runtime for its heartbeats"))?;
-            runtime.spawn(auth.clone().run_heartbeats());
+            ctx.spawn(auth.clone().run_heartbeats());
         }
         Ok(Arc::new(AuthServer(auth)))
     }
@@ -1242,7 +1242,7 @@ impl AuthHandler for Auth {
             // Off the hot path; re-checked in the writer so it never revives a session.
             let store = store.clone();
             let sid = session.session_id.clone();
-            tokio::spawn(async move {
+            self.ctx.spawn(async move {
                 let r = store
                     .write(move |tx| {
                         if let Some(mut s) =

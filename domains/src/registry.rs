@@ -32,6 +32,9 @@ macro_rules! domains {
             /// Requests one domain handles at once; further ones wait (bounded by their
             /// deadline).
             pub max_in_flight: usize,
+            /// How long every domain keeps the replies of idempotency keys, in seconds; at
+            /// least a day (less is raised).
+            pub idempotency_ttl_secs: u64,
             $( $(#[doc = $doc])* pub $name: <$ty as Domain>::Config, )*
         }
 
@@ -39,6 +42,7 @@ macro_rules! domains {
             fn default() -> Self {
                 DomainsConfig {
                     max_in_flight: 256,
+                    idempotency_ttl_secs: 24 * 3600,
                     $( $name: Default::default(), )*
                 }
             }
@@ -92,6 +96,52 @@ pub fn find(name: &str) -> Option<&'static DomainSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_published_where_the_domains_say() {
+        use aicore_proto::Event;
+        use aicore_proto::aicore::{quest_system, time_manager, weather_manager, world_state};
+        let pairs = [
+            (
+                quest_system::v1::QuestCompleted::default().subject(),
+                crate::quest_system::COMPLETED_SUBJECT,
+            ),
+            (
+                world_state::v1::FactChange::default().subject(),
+                crate::world_state::CHANGED_SUBJECT,
+            ),
+            (
+                weather_manager::v1::WeatherChangedEvent::default().subject(),
+                crate::weather_manager::CHANGED_SUBJECT,
+            ),
+            (
+                time_manager::v1::TickEvent::default().subject(),
+                crate::time_manager::TICK_SUBJECT,
+            ),
+            (
+                time_manager::v1::ScheduledEvent::default().subject(),
+                crate::time_manager::SCHEDULED_SUBJECT,
+            ),
+            (
+                time_manager::v1::ClockChangedEvent::default().subject(),
+                crate::time_manager::CLOCK_CHANGED_SUBJECT,
+            ),
+        ];
+        for (generated, declared) in pairs {
+            assert_eq!(generated, declared);
+        }
+        let audit = aicore_proto::aicore::auth::v1::AuthAuditEvent {
+            kind: "login_failed".into(),
+            ..Default::default()
+        };
+        assert_eq!(audit.subject(), "audit.auth.login_failed");
+        for subject in [audit.subject(), crate::payment::PURCHASED_SUBJECT.into()] {
+            assert!(
+                aicore_runtime::streams::for_subject(&subject).is_some(),
+                "{subject} lands in no stream"
+            );
+        }
+    }
 
     #[test]
     fn every_registered_domain_has_a_contract_and_builds_on_defaults() {

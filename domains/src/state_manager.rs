@@ -27,7 +27,7 @@ use aicore_proto::aicore::state_manager::v1::{
 };
 use aicore_proto::{Code, Request, Status};
 
-use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
 
@@ -46,10 +46,7 @@ const CONTRACT_MAX_KEY_BYTES: usize = 256;
 /// later writes prune the rest).
 const PRUNE_BATCH: usize = 256;
 /// Replies of Put and Delete kept for replays of their idempotency keys.
-const IDEMPOTENCY: Idempotency = Idempotency::new(
-    "state_manager.idempotency",
-    std::time::Duration::from_secs(24 * 3600),
-);
+const IDEMPOTENCY: Idempotency = Idempotency::new("state_manager.idempotency");
 
 /// Configuration of state-manager (`[domains.state_manager]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -304,87 +301,77 @@ impl StateManagerHandler for StateManager {
             "data",
             "per-object",
         )?;
-        idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("put", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0put", req.player_id);
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "put", &scope, &req)?;
         let (player_id, key, data, expected) =
             (req.player_id, req.key, req.data, req.expected_version);
-        IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let okey = head_key(&player_id, &key);
-                    let prefix = versions_prefix(&player_id, &key);
-                    let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
-                    match (expected, &live) {
-                        (None, _) | (Some(0), None) => {}
-                        (Some(n), Some(h)) if h.version == n => {}
-                        (Some(0), Some(h)) => {
-                            return Err(Status::conflict(format!(
-                                "the object exists at version {}; expected_version 0 only creates",
-                                h.version
-                            )));
-                        }
-                        (Some(n), Some(h)) => {
-                            return Err(Status::conflict(format!(
-                                "the object is at version {}, not the expected {n}",
-                                h.version
-                            )));
-                        }
-                        (Some(n), None) => {
-                            return Err(Status::conflict(format!(
-                                "the object does not exist (expected version {n})"
-                            )));
-                        }
+        keyed
+            .write(move |tx| {
+                let okey = head_key(&player_id, &key);
+                let prefix = versions_prefix(&player_id, &key);
+                let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
+                match (expected, &live) {
+                    (None, _) | (Some(0), None) => {}
+                    (Some(n), Some(h)) if h.version == n => {}
+                    (Some(0), Some(h)) => {
+                        return Err(Status::conflict(format!(
+                            "the object exists at version {}; expected_version 0 only creates",
+                            h.version
+                        )));
                     }
-                    let last = match &live {
-                        Some(h) => h.version,
-                        None => newest_version(tx, &prefix)?.unwrap_or(0),
-                    };
-                    let version = last
-                        .checked_add(1)
-                        .ok_or_else(|| Status::internal("version overflow"))?;
-                    // A first version ever starts the run of rows; otherwise the head
-                    // knows where it starts (0: prune finds out).
-                    let oldest = match &live {
-                        Some(h) => h.oldest_version,
-                        None if last == 0 => version,
-                        None => 0,
-                    };
-                    let size_bytes = data.len() as u64;
-                    tx.put_msg(
-                        VERSIONS,
-                        &version_key(&prefix, version),
-                        &VersionRecord {
-                            version,
-                            size_bytes,
-                            content_type: content_type.clone(),
-                            updated_at: Some(now),
-                            deleted: false,
-                            data,
-                        },
-                    );
-                    let head = Head {
+                    (Some(n), Some(h)) => {
+                        return Err(Status::conflict(format!(
+                            "the object is at version {}, not the expected {n}",
+                            h.version
+                        )));
+                    }
+                    (Some(n), None) => {
+                        return Err(Status::conflict(format!(
+                            "the object does not exist (expected version {n})"
+                        )));
+                    }
+                }
+                let last = match &live {
+                    Some(h) => h.version,
+                    None => newest_version(tx, &prefix)?.unwrap_or(0),
+                };
+                let version = last
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                // A first version ever starts the run of rows; otherwise the head
+                // knows where it starts (0: prune finds out).
+                let oldest = match &live {
+                    Some(h) => h.oldest_version,
+                    None if last == 0 => version,
+                    None => 0,
+                };
+                let size_bytes = data.len() as u64;
+                tx.put_msg(
+                    VERSIONS,
+                    &version_key(&prefix, version),
+                    &VersionRecord {
                         version,
                         size_bytes,
-                        content_type,
+                        content_type: content_type.clone(),
                         updated_at: Some(now),
-                        oldest_version: prune(tx, &prefix, oldest, version, depth)?,
-                    };
-                    tx.put_msg(OBJECTS, &okey, &head);
-                    Ok(PutResponse {
-                        metadata: Some(metadata(&player_id, &key, &head)),
-                    })
-                },
-            )
+                        deleted: false,
+                        data,
+                    },
+                );
+                let head = Head {
+                    version,
+                    size_bytes,
+                    content_type,
+                    updated_at: Some(now),
+                    oldest_version: prune(tx, &prefix, oldest, version, depth)?,
+                };
+                tx.put_msg(OBJECTS, &okey, &head);
+                Ok(PutResponse {
+                    metadata: Some(metadata(&player_id, &key, &head)),
+                })
+            })
             .await
     }
 
@@ -472,59 +459,49 @@ impl StateManagerHandler for StateManager {
                 "0 means create-only and cannot apply to a delete; give the live version or none",
             ));
         }
-        idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("delete", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let depth = self.history_depth();
         let now = self.ctx.now_ts();
         let scope = format!("{}\0delete", req.player_id);
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "delete", &scope, &req)?;
         let (player_id, key, expected) = (req.player_id, req.key, req.expected_version);
-        IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let okey = head_key(&player_id, &key);
-                    let prefix = versions_prefix(&player_id, &key);
-                    let head = tx
-                        .get_msg::<Head>(OBJECTS, &okey)?
-                        .ok_or_else(|| Status::not_found("the object does not exist"))?;
-                    if let Some(n) = expected
-                        && n != head.version
-                    {
-                        return Err(Status::conflict(format!(
-                            "the object is at version {}, not the expected {n}",
-                            head.version
-                        )));
-                    }
-                    let tombstone = head
-                        .version
-                        .checked_add(1)
-                        .ok_or_else(|| Status::internal("version overflow"))?;
-                    tx.delete(OBJECTS, &okey);
-                    tx.put_msg(
-                        VERSIONS,
-                        &version_key(&prefix, tombstone),
-                        &VersionRecord {
-                            version: tombstone,
-                            size_bytes: 0,
-                            content_type: String::new(),
-                            updated_at: Some(now),
-                            deleted: true,
-                            data: bytes::Bytes::new(),
-                        },
-                    );
-                    prune(tx, &prefix, head.oldest_version, tombstone, depth)?;
-                    Ok(DeleteResponse {
-                        deleted_version: head.version,
-                        tombstone_version: tombstone,
-                    })
-                },
-            )
+        keyed
+            .write(move |tx| {
+                let okey = head_key(&player_id, &key);
+                let prefix = versions_prefix(&player_id, &key);
+                let head = tx
+                    .get_msg::<Head>(OBJECTS, &okey)?
+                    .ok_or_else(|| Status::not_found("the object does not exist"))?;
+                if let Some(n) = expected
+                    && n != head.version
+                {
+                    return Err(Status::conflict(format!(
+                        "the object is at version {}, not the expected {n}",
+                        head.version
+                    )));
+                }
+                let tombstone = head
+                    .version
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                tx.delete(OBJECTS, &okey);
+                tx.put_msg(
+                    VERSIONS,
+                    &version_key(&prefix, tombstone),
+                    &VersionRecord {
+                        version: tombstone,
+                        size_bytes: 0,
+                        content_type: String::new(),
+                        updated_at: Some(now),
+                        deleted: true,
+                        data: bytes::Bytes::new(),
+                    },
+                );
+                prune(tx, &prefix, head.oldest_version, tombstone, depth)?;
+                Ok(DeleteResponse {
+                    deleted_version: head.version,
+                    tombstone_version: tombstone,
+                })
+            })
             .await
     }
 

@@ -22,6 +22,25 @@ use prost::Message;
 
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 include!(concat!(env!("OUT_DIR"), "/services.rs"));
+include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
+include!(concat!(env!("OUT_DIR"), "/events.rs"));
+
+/// A message published as an event (`(aicore.common.v1.event)` on it names its subject;
+/// the implementations are generated).
+pub trait Event: Message {
+    /// Where it is published.
+    fn subject(&self) -> String;
+}
+
+/// A request that may carry an idempotency key: every message with a string
+/// `idempotency_key` field (the implementations are generated). The runtime's keyed
+/// writes fingerprint the request with the key cleared.
+pub trait Keyed: Message + Clone {
+    /// The key (empty = none).
+    fn idempotency_key(&self) -> &str;
+    /// Clears the key (for the request's fingerprint).
+    fn clear_idempotency_key(&mut self);
+}
 
 pub use aicore::common::v1::{Code, Error as ErrorProto, FieldViolation};
 

@@ -58,6 +58,13 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// The SDK client for calls to other domains (absent in unit tests).
     pub client: Option<aicore_sdk::Client>,
+    /// How long idempotency records are kept (see [`crate::idempotency`]); one setting
+    /// for every domain.
+    pub idempotency_ttl: Duration,
+    /// Every background task a domain starts ([`Ctx::spawn`]): tickers, heartbeats,
+    /// replays, write-behind touches. Teardown waits for them ([`Ctx::wait_tasks`]) before
+    /// the store closes, so none writes into a closed store or is cut mid-write.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Cancelled when the appliance stops; background tasks of a domain (tickers, pollers)
     /// end with it, before the store closes.
     pub shutdown: CancellationToken,
@@ -77,10 +84,28 @@ impl Ctx {
             store: Store::in_memory(),
             clock: clock.clone(),
             client: None,
+            idempotency_ttl: crate::idempotency::MIN_TTL,
+            tasks: Default::default(),
             shutdown: CancellationToken::new(),
             data_dir: None,
         };
         (ctx, clock)
+    }
+
+    /// Starts background work owned by the domains: it must end when `shutdown` is
+    /// cancelled, and teardown waits for it before closing the store.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Waits (at most `bound`) for every task [`Ctx::spawn`] started to end, once
+    /// `shutdown` is cancelled; true when all ended. Call before closing the store.
+    pub async fn wait_tasks(&self, bound: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }
 
     /// The client for cross-domain calls, or Unavailable when there is none.
@@ -104,4 +129,39 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 /// A fresh random id with a readable prefix (`acc_3f9c…`), 128 bits of randomness.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn teardown_waits_for_background_work_before_the_store_closes() {
+        let (ctx, _) = Ctx::for_tests();
+        let (store, stop) = (ctx.store.clone(), ctx.shutdown.clone());
+        // A ticker that, on shutdown, writes its last state (as time-manager's does).
+        ctx.spawn(async move {
+            stop.cancelled().await;
+            tokio::task::yield_now().await;
+            store
+                .write(|tx| {
+                    tx.put("t", b"last", vec![1]);
+                    Ok(())
+                })
+                .await
+                .expect("the store is still open");
+        });
+        ctx.shutdown.cancel();
+        assert!(ctx.wait_tasks(Duration::from_secs(10)).await);
+        ctx.store.close().await;
+        assert_eq!(
+            ctx.store.get("t", b"last").unwrap().as_deref(),
+            Some(&[1u8][..])
+        );
+        // A task that ignores shutdown is reported, not waited for forever.
+        let (ctx, _) = Ctx::for_tests();
+        ctx.spawn(std::future::pending());
+        ctx.shutdown.cancel();
+        assert!(!ctx.wait_tasks(Duration::from_millis(50)).await);
+    }
 }

@@ -17,8 +17,14 @@ use aicore_proto::Status;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use aicore_proto::Keyed;
+
+use crate::Ctx;
 use crate::store::{Store, Tx, decode};
 
+/// The shortest time records are kept, whatever the configuration says: a client's retry
+/// of a money write must not be applied twice because a day passed.
+pub const MIN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest idempotency key accepted.
 pub const MAX_KEY_CHARS: usize = 128;
 /// Expired records a new record removes (more than one, so a backlog shrinks).
@@ -52,17 +58,57 @@ struct Record {
     created_ms: u64,
 }
 
+/// A write prepared by [`Idempotency::prepare`].
+pub struct KeyedWrite {
+    idempotency: Idempotency,
+    store: Store,
+    scope: String,
+    key: String,
+    fingerprint: Vec<u8>,
+    now: SystemTime,
+    ttl: Duration,
+}
+
+impl KeyedWrite {
+    /// The request's idempotency key (empty = none).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Runs `f` as one durable write, unless the key was already used: then returns the
+    /// first reply, or Conflict when the request differed. Without a key `f` always runs.
+    pub async fn write<R, F>(self, f: F) -> Result<R, Status>
+    where
+        R: Message + Default + Send + 'static,
+        F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
+    {
+        if self.key.is_empty() {
+            return self.store.write(f).await;
+        }
+        self.idempotency
+            .write_keyed(
+                &self.store,
+                &self.scope,
+                &self.key,
+                self.fingerprint,
+                self.now,
+                self.ttl,
+                f,
+            )
+            .await
+    }
+}
+
 /// The idempotency records of one domain.
 #[derive(Clone, Copy)]
 pub struct Idempotency {
     table: &'static str,
-    ttl: Duration,
 }
 
 /// The fingerprint of a request to `rpc` carrying idempotency key `key`: its RPC (so two
 /// RPCs sharing a key scope never replay each other's replies) and its encoding with the
 /// key cleared by `clear_key`. Without a key nothing is recorded, so nothing is computed.
-pub fn fingerprint<M: Message + Clone>(
+fn fingerprint<M: Message + Clone>(
     rpc: &str,
     request: &M,
     key: &str,
@@ -98,37 +144,58 @@ fn millis(t: SystemTime) -> u64 {
 }
 
 impl Idempotency {
-    /// Records in `table`, kept at least `ttl`.
-    pub const fn new(table: &'static str, ttl: Duration) -> Self {
-        Idempotency { table, ttl }
+    /// Records in `table` (`<domain>.idempotency`).
+    pub const fn new(table: &'static str) -> Self {
+        Idempotency { table }
     }
 
-    /// Runs `f` as one durable write, unless `key` (scoped by `scope`, e.g. the player)
-    /// was already used: then returns the first reply, or Conflict when `fingerprint`
-    /// differs. An empty key runs `f` unconditionally.
-    pub async fn write<R, F>(
+    /// Prepares one durable write of RPC `rpc` for `request`: checks its idempotency key
+    /// (InvalidArgument naming `idempotency_key`) and fingerprints the request with the
+    /// key cleared, so the request can be taken apart before [`KeyedWrite::write`] runs.
+    /// The key is scoped by `scope` (e.g. the player) and kept `ctx.idempotency_ttl` (at
+    /// least [`MIN_TTL`]).
+    pub fn prepare<Q: Keyed>(
+        &self,
+        ctx: &Ctx,
+        rpc: &str,
+        scope: &str,
+        request: &Q,
+    ) -> Result<KeyedWrite, Status> {
+        let key = request.idempotency_key().to_string();
+        check_key(&key)?;
+        let fingerprint = fingerprint(rpc, request, &key, Q::clear_idempotency_key);
+        Ok(KeyedWrite {
+            idempotency: *self,
+            store: ctx.store.clone(),
+            scope: scope.to_string(),
+            key,
+            fingerprint,
+            now: ctx.clock.now(),
+            ttl: ctx.idempotency_ttl.max(MIN_TTL),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_keyed<R, F>(
         &self,
         store: &Store,
         scope: &str,
         key: &str,
         fingerprint: Vec<u8>,
         now: SystemTime,
+        ttl: Duration,
         f: F,
     ) -> Result<R, Status>
     where
         R: Message + Default + Send + 'static,
         F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
     {
-        if key.is_empty() {
-            return store.write(f).await;
-        }
-        check_key(key)?;
         let this = *self;
         let mut k = scope.as_bytes().to_vec();
         k.push(0);
         k.extend_from_slice(key.as_bytes());
         let now_ms = millis(now);
-        let ttl_ms = this.ttl.as_millis() as u64;
+        let ttl_ms = ttl.as_millis() as u64;
         store
             .write(move |tx| {
                 let old = tx.get_msg::<Record>(this.table, &k)?;
@@ -209,7 +276,7 @@ mod tests {
     use super::*;
     use aicore_proto::Code;
 
-    const IDEM: Idempotency = Idempotency::new("test.idempotency", Duration::from_secs(60));
+    const IDEM: Idempotency = Idempotency::new("test.idempotency");
     const T: &str = "test.counter";
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -219,12 +286,54 @@ mod tests {
     }
 
     async fn bump(store: &Store, key: &str, fp: &[u8], now: SystemTime) -> Result<Count, Status> {
-        IDEM.write(store, "p1", key, fp.to_vec(), now, |tx| {
-            let n = tx.get_msg::<Count>(T, b"c")?.map_or(0, |c| c.n) + 1;
-            tx.put_msg(T, b"c", &Count { n });
-            Ok(Count { n })
-        })
-        .await
+        if key.is_empty() {
+            return store.write(count).await;
+        }
+        check_key(key)?;
+        let ttl = Duration::from_secs(60);
+        IDEM.write_keyed(store, "p1", key, fp.to_vec(), now, ttl, count)
+            .await
+    }
+
+    fn count(tx: &mut Tx<'_>) -> Result<Count, Status> {
+        let n = tx.get_msg::<Count>(T, b"c")?.map_or(0, |c| c.n) + 1;
+        tx.put_msg(T, b"c", &Count { n });
+        Ok(Count { n })
+    }
+
+    #[tokio::test]
+    async fn a_keyed_request_is_fingerprinted_without_its_key_and_kept_at_least_a_day() {
+        use aicore_proto::aicore::world_state::v1::SetRequest;
+        let (mut ctx, clock) = Ctx::for_tests();
+        // A configured TTL below the floor is raised to it.
+        ctx.idempotency_ttl = Duration::from_secs(60);
+        let req = |data: &'static [u8], key: &str| SetRequest {
+            key: "fact".into(),
+            data: bytes::Bytes::from_static(data),
+            idempotency_key: key.into(),
+            ..Default::default()
+        };
+        let set = |r: SetRequest| {
+            let w = IDEM.prepare(&ctx, "set", "fact", &r);
+            async move { w?.write(count).await }
+        };
+        assert_eq!(set(req(b"a", "k")).await.unwrap().n, 1);
+        clock.advance(Duration::from_secs(23 * 3600));
+        assert_eq!(set(req(b"a", "k")).await.unwrap().n, 1);
+        let e = set(req(b"b", "k")).await.unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+        // Another RPC with the same scope and key is not a replay of this one.
+        let e = IDEM
+            .prepare(&ctx, "delete", "fact", &req(b"a", "k"))
+            .unwrap()
+            .write(count)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Conflict);
+        // Without a key every call writes.
+        assert_eq!(set(req(b"a", "")).await.unwrap().n, 2);
+        clock.advance(Duration::from_secs(2 * 3600));
+        assert_eq!(set(req(b"a", "k")).await.unwrap().n, 3);
     }
 
     #[tokio::test]

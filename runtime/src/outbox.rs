@@ -31,18 +31,26 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use aicore_proto::Status;
+use aicore_proto::{Event, Status};
 
 use crate::store::{self, Store, Tx};
 
 /// Queuing events in a store transaction.
 pub trait Emit {
-    /// Queues an event for JetStream in this transaction: it is published (by the outbox
-    /// relay) if and only if this closure's writes commit, so state and events never
-    /// disagree. `subject` is e.g. `evt.world.changed`.
-    fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status>;
+    /// Queues `event` for JetStream in this transaction, on the subject its message
+    /// declares (`(aicore.common.v1.event)`): it is published (by the outbox relay) if and
+    /// only if this closure's writes commit, so state and events never disagree.
+    fn emit<E: Event>(&mut self, event: &E) -> Result<(), Status> {
+        self.emit_raw(&event.subject(), event.encode_to_vec())
+    }
 
-    /// Like [`Emit::emit`], with message headers (name, value).
+    /// Queues a payload on `subject` (messages published on a subject a caller chose,
+    /// or a message type serving more than one subject).
+    fn emit_raw(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status> {
+        self.emit_with_headers(subject, Vec::new(), payload)
+    }
+
+    /// Like [`Emit::emit_raw`], with message headers (name, value).
     fn emit_with_headers(
         &mut self,
         subject: &str,
@@ -52,14 +60,6 @@ pub trait Emit {
 }
 
 impl Emit for Tx<'_> {
-    /// Queues an event for JetStream in this transaction: it is published (by the outbox
-    /// relay) if and only if this closure's writes commit, so state and events never
-    /// disagree. `subject` is e.g. `evt.world.changed`.
-    fn emit(&mut self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Status> {
-        self.emit_with_headers(subject, Vec::new(), payload)
-    }
-
-    /// Like [`Tx::emit`], with message headers (name, value).
     fn emit_with_headers(
         &mut self,
         subject: &str,
@@ -352,7 +352,7 @@ mod tests {
         store
             .write(move |tx| {
                 for s in &subjects {
-                    tx.emit(s, s.as_bytes().to_vec())?;
+                    tx.emit_raw(s, s.as_bytes().to_vec())?;
                 }
                 Ok(())
             })

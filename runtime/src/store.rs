@@ -1423,7 +1423,7 @@ mod tests {
             let queued = s.watch(OUTBOX);
             let r: Result<(), Status> = s
                 .write(|tx| {
-                    tx.emit("evt.test.a", vec![1])?;
+                    tx.emit_raw("evt.test.a", vec![1])?;
                     Err(Status::conflict("refused"))
                 })
                 .await;
@@ -1432,7 +1432,7 @@ mod tests {
             for i in 0..3u8 {
                 s.write(move |tx| {
                     tx.put(T, &[i], vec![i]);
-                    tx.emit("evt.test.b", vec![i])
+                    tx.emit_raw("evt.test.b", vec![i])
                 })
                 .await
                 .unwrap();

@@ -107,6 +107,8 @@ pub(super) async fn serve_domain(
         store,
         clock: Arc::new(SystemClock),
         client: Some(aicore_sdk::Client::new(nats.clone(), Default::default())),
+        idempotency_ttl: std::time::Duration::from_secs(config.domains.idempotency_ttl_secs),
+        tasks: Default::default(),
         shutdown: stop.child_token(),
         data_dir: None,
     };

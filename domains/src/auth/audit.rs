@@ -8,7 +8,6 @@
 
 use aicore_proto::aicore::auth::v1::AuthAuditEvent;
 use aicore_proto::{Metadata, Status};
-use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::throttle::NATS_SOURCE;
@@ -81,5 +80,5 @@ pub(super) fn username_prefix(username: &str) -> String {
 
 /// Queues `event` on `audit.auth.<kind>` in `tx`.
 pub(super) fn emit(tx: &mut Tx<'_>, event: &AuthAuditEvent) -> Result<(), Status> {
-    tx.emit(&format!("audit.auth.{}", event.kind), event.encode_to_vec())
+    tx.emit(event)
 }

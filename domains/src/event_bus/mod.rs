@@ -149,6 +149,7 @@ impl EventBusConfig {
 
 /// The event-bus domain.
 pub struct EventBus {
+    ctx: Ctx,
     config: EventBusConfig,
     js: Option<jetstream::Context>,
 }
@@ -175,7 +176,7 @@ impl EventBus {
             .client
             .as_ref()
             .map(|c| jetstream::new(c.nats().clone()));
-        EventBus { config, js }
+        EventBus { ctx, config, js }
     }
 
     fn config(&self) -> &EventBusConfig {
@@ -720,7 +721,8 @@ impl EventBusHandler for EventBus {
         };
         let follow = b.follow;
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<ReplayResponse, Status>>(64);
-        tokio::spawn(async move {
+        let stop = self.ctx.shutdown.clone();
+        self.ctx.spawn(async move {
             let mut sent = 0u64;
             let mut caught_up = pending_at_start == 0 || last_at_start == 0;
             let marker = |last| ReplayResponse {
@@ -737,12 +739,19 @@ impl EventBusHandler for EventBus {
                 }
             }
             while sent < limit {
-                let next = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d.into(), messages.next()).await {
-                        Ok(n) => n,
-                        Err(_) => return,
-                    },
-                    None => messages.next().await,
+                let wait = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d.into(), messages.next())
+                            .await
+                            .ok(),
+                        None => Some(messages.next().await),
+                    }
+                };
+                // The appliance stopping ends a replay (the runtime ends the caller's
+                // stream with Unavailable, so it can resume).
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    n = wait => match n { Some(n) => n, None => return },
                 };
                 let item = match next {
                     None => return,

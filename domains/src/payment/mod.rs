@@ -69,11 +69,14 @@ const REFUNDS: &str = "payment.refunds";
 const ITEMS: &str = "payment.items";
 const META: &str = "payment.meta";
 const IDEMPOTENCY_TABLE: &str = "payment.idempotency";
+/// Where a purchase's ledger entry is published (a `Transaction`, which also serves
+/// refunds, so its subject is named here rather than on the message).
+pub const PURCHASED_SUBJECT: &str = "evt.payment.purchased";
+/// Where a refund's ledger entry is published (a `Transaction`).
+pub const REFUNDED_SUBJECT: &str = "evt.payment.refunded";
 
 /// Roles that may credit, debit, refund, define items and act on any wallet.
 const STAFF: &[&str] = &["admin", "service"];
-/// The shortest time idempotency keys are kept, whatever the configuration says.
-const MIN_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest currency code (`[A-Z0-9_]`, the contract's limit).
 const MAX_CURRENCY_CHARS: usize = 16;
 /// Longest `reason`, in characters (the contract's limit).
@@ -104,8 +107,6 @@ pub struct PaymentConfig {
     /// The currencies accepted (codes of 1–16 characters `[A-Z0-9_]`); empty accepts any
     /// well-formed code. Listing them turns a typo into an error instead of a new currency.
     pub currencies: Vec<String>,
-    /// How long idempotency keys are remembered, in seconds; at least 24 h (less is raised).
-    pub idempotency_ttl_secs: u64,
     /// Longest item description, in characters.
     pub max_description_chars: usize,
     /// Page size of ListTransactions when the request asks for none.
@@ -127,7 +128,6 @@ impl Default for PaymentConfig {
             max_amount: 1_000_000_000_000,
             max_quantity: 1000,
             currencies: Vec::new(),
-            idempotency_ttl_secs: 24 * 3600,
             max_description_chars: 1024,
             default_page_size: 50,
             max_page_size: 500,
@@ -174,10 +174,9 @@ impl Payment {
 
     /// The domain with another directory of accounts (tests).
     pub fn with_accounts(ctx: Ctx, config: PaymentConfig, accounts: Arc<dyn Accounts>) -> Self {
-        let ttl = Duration::from_secs(config.idempotency_ttl_secs).max(MIN_IDEMPOTENCY_TTL);
         let known_for = Duration::from_secs(config.account_cache_secs);
         Payment {
-            idempotency: Idempotency::new(IDEMPOTENCY_TABLE, ttl),
+            idempotency: Idempotency::new(IDEMPOTENCY_TABLE),
             accounts: AccountCheck::new(accounts, known_for),
             config,
             ctx,
@@ -226,30 +225,6 @@ impl Payment {
         Ok(())
     }
 
-    /// Runs `f` as one durable write under `key` in `scope`, replaying the first reply.
-    async fn write<R, F>(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: Vec<u8>,
-        f: F,
-    ) -> Result<R, Status>
-    where
-        R: Message + Default + Send + 'static,
-        F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
-    {
-        self.idempotency
-            .write(
-                &self.ctx.store,
-                scope,
-                key,
-                fingerprint,
-                self.ctx.clock.now(),
-                f,
-            )
-            .await
-    }
-
     /// Credit and Debit: one staff-made entry of `kind` on one wallet.
     async fn adjust(
         &self,
@@ -271,9 +246,9 @@ impl Payment {
                 .require(&req.player_id, "player_id", &meta)
                 .await?;
         }
-        let fp = idempotency::fingerprint(rpc, &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
+        let keyed = self
+            .idempotency
+            .prepare(&self.ctx, rpc, &req.player_id, &req)?;
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let t = entry(
             kind,
@@ -283,8 +258,8 @@ impl Payment {
             &req.reason,
             actor.at,
         );
-        let reply = self
-            .write(&req.player_id, &req.idempotency_key, fp, move |tx| {
+        let reply = keyed
+            .write(move |tx| {
                 let t = append_next(tx, t, "amount")?;
                 actor.audit(tx, rpc, vec![t.clone()], None)?;
                 Ok(CreditResponse {
@@ -483,7 +458,7 @@ impl Actor {
             item,
             at: Some(self.at),
         };
-        tx.emit(&format!("audit.payment.{kind}"), event.encode_to_vec())
+        tx.emit(&event)
     }
 }
 
@@ -591,9 +566,9 @@ impl PaymentHandler for Payment {
         self.accounts
             .require(&req.to_player_id, "to_player_id", &meta)
             .await?;
-        let fp = idempotency::fingerprint("transfer", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
+        let keyed = self
+            .idempotency
+            .prepare(&self.ctx, "transfer", &req.from_player_id, &req)?;
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let mut out = entry(
             TransactionKind::TransferOut,
@@ -613,19 +588,20 @@ impl PaymentHandler for Payment {
             actor.at,
         );
         inn.counterparty_player_id = req.from_player_id.clone();
-        self.write(&req.from_player_id, &req.idempotency_key, fp, move |tx| {
-            let seq = allocate(tx, 2)?;
-            out.related_transaction_id = transaction_id(seq + 1);
-            inn.related_transaction_id = transaction_id(seq);
-            let debit = append(tx, seq, out, "amount")?;
-            let credit = append(tx, seq + 1, inn, "amount")?;
-            actor.audit(tx, "transfer", vec![debit.clone(), credit.clone()], None)?;
-            Ok(TransferResponse {
-                debit: Some(debit),
-                credit: Some(credit),
+        keyed
+            .write(move |tx| {
+                let seq = allocate(tx, 2)?;
+                out.related_transaction_id = transaction_id(seq + 1);
+                inn.related_transaction_id = transaction_id(seq);
+                let debit = append(tx, seq, out, "amount")?;
+                let credit = append(tx, seq + 1, inn, "amount")?;
+                actor.audit(tx, "transfer", vec![debit.clone(), credit.clone()], None)?;
+                Ok(TransferResponse {
+                    debit: Some(debit),
+                    credit: Some(credit),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn purchase(
@@ -650,9 +626,9 @@ impl PaymentHandler for Payment {
             ));
         }
         require_key(&req.idempotency_key)?;
-        let fp = idempotency::fingerprint("purchase", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
+        let keyed = self
+            .idempotency
+            .prepare(&self.ctx, "purchase", &req.player_id, &req)?;
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let max_amount = self.config().max_amount;
         let mut t = entry(
@@ -665,47 +641,48 @@ impl PaymentHandler for Payment {
         );
         t.item_id = req.item_id.clone();
         t.quantity = req.quantity;
-        self.write(&req.player_id, &req.idempotency_key, fp, move |tx| {
-            let item = tx
-                .get_msg::<Item>(ITEMS, t.item_id.as_bytes())?
-                .ok_or_else(|| Status::not_found(format!("item_id: no item {}", t.item_id)))?;
-            if item.disabled {
-                return Err(Status::with_field(
-                    Code::FailedPrecondition,
-                    "item_id",
-                    format!("{} is not for sale", t.item_id),
-                ));
-            }
-            let price = item
-                .prices
-                .iter()
-                .find(|p| p.currency == t.currency)
-                .ok_or_else(|| {
-                    Status::with_field(
+        keyed
+            .write(move |tx| {
+                let item = tx
+                    .get_msg::<Item>(ITEMS, t.item_id.as_bytes())?
+                    .ok_or_else(|| Status::not_found(format!("item_id: no item {}", t.item_id)))?;
+                if item.disabled {
+                    return Err(Status::with_field(
                         Code::FailedPrecondition,
-                        "currency",
-                        format!("{} has no price in {}", t.item_id, t.currency),
-                    )
-                })?;
-            let total = price
-                .amount
-                .checked_mul(i64::from(t.quantity))
-                .filter(|total| *total <= max_amount)
-                .ok_or_else(|| {
-                    Status::invalid(
-                        "quantity",
-                        format!("the total exceeds {max_amount} per operation"),
-                    )
-                })?;
-            t.amount = -total;
-            let t = append_next(tx, t, "quantity")?;
-            actor.audit(tx, "purchase", vec![t.clone()], None)?;
-            tx.emit("evt.payment.purchased", t.encode_to_vec())?;
-            Ok(PurchaseResponse {
-                transaction: Some(t),
+                        "item_id",
+                        format!("{} is not for sale", t.item_id),
+                    ));
+                }
+                let price = item
+                    .prices
+                    .iter()
+                    .find(|p| p.currency == t.currency)
+                    .ok_or_else(|| {
+                        Status::with_field(
+                            Code::FailedPrecondition,
+                            "currency",
+                            format!("{} has no price in {}", t.item_id, t.currency),
+                        )
+                    })?;
+                let total = price
+                    .amount
+                    .checked_mul(i64::from(t.quantity))
+                    .filter(|total| *total <= max_amount)
+                    .ok_or_else(|| {
+                        Status::invalid(
+                            "quantity",
+                            format!("the total exceeds {max_amount} per operation"),
+                        )
+                    })?;
+                t.amount = -total;
+                let t = append_next(tx, t, "quantity")?;
+                actor.audit(tx, "purchase", vec![t.clone()], None)?;
+                tx.emit_raw(PURCHASED_SUBJECT, t.encode_to_vec())?;
+                Ok(PurchaseResponse {
+                    transaction: Some(t),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn refund(&self, request: Request<RefundRequest>) -> Result<RefundResponse, Status> {
@@ -713,9 +690,9 @@ impl PaymentHandler for Payment {
         let seq = parse_transaction_id(&req.transaction_id)?;
         check_reason(&req.reason)?;
         require_key(&req.idempotency_key)?;
-        let fp = idempotency::fingerprint("refund", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
+        let keyed = self
+            .idempotency
+            .prepare(&self.ctx, "refund", REFUND_SCOPE, &req)?;
         // The ledger never changes an entry, so its player read here is the one credited.
         if let Some(original) = self
             .ctx
@@ -728,64 +705,67 @@ impl PaymentHandler for Payment {
         }
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
         let (id, reason) = (req.transaction_id, req.reason);
-        self.write(REFUND_SCOPE, &req.idempotency_key, fp, move |tx| {
-            let original = tx
-                .get_msg::<Transaction>(LEDGER, &seq.to_be_bytes())?
-                .ok_or_else(|| Status::not_found(format!("transaction_id: no transaction {id}")))?;
-            let kind = TransactionKind::try_from(original.kind).unwrap_or_default();
-            if !matches!(kind, TransactionKind::Purchase | TransactionKind::Debit) {
-                return Err(Status::with_field(
-                    Code::FailedPrecondition,
-                    "transaction_id",
-                    format!(
-                        "{id} is a {}; only purchases and debits are refunded",
-                        kind.as_str_name()
-                    ),
-                ));
-            }
-            if let Some(by) = tx.get(REFUNDS, &seq.to_be_bytes())? {
-                return Err(Status::with_field(
-                    Code::FailedPrecondition,
-                    "transaction_id",
-                    format!(
-                        "{id} was already refunded by {}",
-                        String::from_utf8_lossy(&by)
-                    ),
-                ));
-            }
-            let amount = original
-                .amount
-                .checked_neg()
-                .ok_or_else(|| Status::internal("unrefundable amount"))?;
-            let reason = if reason.is_empty() {
-                format!("refund:{id}")
-            } else {
-                reason
-            };
-            let mut t = entry(
-                TransactionKind::Refund,
-                &original.player_id,
-                &original.currency,
-                amount,
-                &reason,
-                actor.at,
-            );
-            t.item_id = original.item_id;
-            t.quantity = original.quantity;
-            t.related_transaction_id = id;
-            let t = append_next(tx, t, "transaction_id")?;
-            tx.put(
-                REFUNDS,
-                &seq.to_be_bytes(),
-                t.transaction_id.clone().into_bytes(),
-            );
-            actor.audit(tx, "refund", vec![t.clone()], None)?;
-            tx.emit("evt.payment.refunded", t.encode_to_vec())?;
-            Ok(RefundResponse {
-                transaction: Some(t),
+        keyed
+            .write(move |tx| {
+                let original = tx
+                    .get_msg::<Transaction>(LEDGER, &seq.to_be_bytes())?
+                    .ok_or_else(|| {
+                        Status::not_found(format!("transaction_id: no transaction {id}"))
+                    })?;
+                let kind = TransactionKind::try_from(original.kind).unwrap_or_default();
+                if !matches!(kind, TransactionKind::Purchase | TransactionKind::Debit) {
+                    return Err(Status::with_field(
+                        Code::FailedPrecondition,
+                        "transaction_id",
+                        format!(
+                            "{id} is a {}; only purchases and debits are refunded",
+                            kind.as_str_name()
+                        ),
+                    ));
+                }
+                if let Some(by) = tx.get(REFUNDS, &seq.to_be_bytes())? {
+                    return Err(Status::with_field(
+                        Code::FailedPrecondition,
+                        "transaction_id",
+                        format!(
+                            "{id} was already refunded by {}",
+                            String::from_utf8_lossy(&by)
+                        ),
+                    ));
+                }
+                let amount = original
+                    .amount
+                    .checked_neg()
+                    .ok_or_else(|| Status::internal("unrefundable amount"))?;
+                let reason = if reason.is_empty() {
+                    format!("refund:{id}")
+                } else {
+                    reason
+                };
+                let mut t = entry(
+                    TransactionKind::Refund,
+                    &original.player_id,
+                    &original.currency,
+                    amount,
+                    &reason,
+                    actor.at,
+                );
+                t.item_id = original.item_id;
+                t.quantity = original.quantity;
+                t.related_transaction_id = id;
+                let t = append_next(tx, t, "transaction_id")?;
+                tx.put(
+                    REFUNDS,
+                    &seq.to_be_bytes(),
+                    t.transaction_id.clone().into_bytes(),
+                );
+                actor.audit(tx, "refund", vec![t.clone()], None)?;
+                tx.emit_raw(REFUNDED_SUBJECT, t.encode_to_vec())?;
+                Ok(RefundResponse {
+                    transaction: Some(t),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn list_transactions(
@@ -868,43 +848,43 @@ impl PaymentHandler for Payment {
         }
         idempotency::check_key(&req.idempotency_key)?;
         req.prices.sort_by(|a, b| a.currency.cmp(&b.currency));
-        let fp = idempotency::fingerprint("define_item", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
+        let keyed = self
+            .idempotency
+            .prepare(&self.ctx, "define_item", ITEM_SCOPE, &req)?;
         let actor = Actor::new(&meta, &req.idempotency_key, self.ctx.now_ts());
-        let key = req.idempotency_key.clone();
-        self.write(ITEM_SCOPE, &key, fp, move |tx| {
-            let existing = tx.get_msg::<Item>(ITEMS, req.item_id.as_bytes())?;
-            let current = existing.as_ref().map_or(0, |i| i.version);
-            match req.expected_version {
-                Some(n) if n != current && current == 0 => {
-                    return Err(Status::conflict(format!(
-                        "item {} does not exist (expected version {n})",
-                        req.item_id
-                    )));
+        keyed
+            .write(move |tx| {
+                let existing = tx.get_msg::<Item>(ITEMS, req.item_id.as_bytes())?;
+                let current = existing.as_ref().map_or(0, |i| i.version);
+                match req.expected_version {
+                    Some(n) if n != current && current == 0 => {
+                        return Err(Status::conflict(format!(
+                            "item {} does not exist (expected version {n})",
+                            req.item_id
+                        )));
+                    }
+                    Some(n) if n != current => {
+                        return Err(Status::conflict(format!(
+                            "item {} is at version {current}, not the expected {n}",
+                            req.item_id
+                        )));
+                    }
+                    _ => {}
                 }
-                Some(n) if n != current => {
-                    return Err(Status::conflict(format!(
-                        "item {} is at version {current}, not the expected {n}",
-                        req.item_id
-                    )));
-                }
-                _ => {}
-            }
-            let item = Item {
-                item_id: req.item_id,
-                name: req.name,
-                description: req.description,
-                prices: req.prices,
-                disabled: req.disabled,
-                version: current + 1,
-                updated_at: Some(actor.at),
-            };
-            tx.put_msg(ITEMS, item.item_id.as_bytes(), &item);
-            actor.audit(tx, "item_defined", Vec::new(), Some(item.clone()))?;
-            Ok(DefineItemResponse { item: Some(item) })
-        })
-        .await
+                let item = Item {
+                    item_id: req.item_id,
+                    name: req.name,
+                    description: req.description,
+                    prices: req.prices,
+                    disabled: req.disabled,
+                    version: current + 1,
+                    updated_at: Some(actor.at),
+                };
+                tx.put_msg(ITEMS, item.item_id.as_bytes(), &item);
+                actor.audit(tx, "item_defined", Vec::new(), Some(item.clone()))?;
+                Ok(DefineItemResponse { item: Some(item) })
+            })
+            .await
     }
 
     async fn list_items(

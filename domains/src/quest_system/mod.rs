@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use aicore_proto::aicore::common::v1::{Value, value};
 use aicore_proto::aicore::quest_system::v1::{
@@ -45,7 +45,7 @@ use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
@@ -55,8 +55,7 @@ const VERSIONS: &str = "quest_system.versions";
 const LOG: &str = "quest_system.log";
 const RECENT: &str = "quest_system.recent";
 /// Replies of Progress kept for replays of their idempotency keys.
-const IDEMPOTENCY: Idempotency =
-    Idempotency::new("quest_system.idempotency", Duration::from_secs(24 * 3600));
+const IDEMPOTENCY: Idempotency = Idempotency::new("quest_system.idempotency");
 
 /// The subject a completion is published on (payload: [`QuestCompleted`]).
 pub const COMPLETED_SUBJECT: &str = "evt.quest.completed";
@@ -807,54 +806,43 @@ impl QuestSystemHandler for QuestSystem {
         if req.idempotency_key.is_empty() {
             return Err(Status::invalid("idempotency_key", "is required"));
         }
-        idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("progress", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let now = self.ctx.now_ts();
         let scope = format!("{}\0{}", req.player_id, req.quest_id);
-        let key = req.idempotency_key.clone();
-        IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let mut entry = tx
-                        .get_msg::<Entry>(LOG, &log_key(&req.player_id, &req.quest_id))?
-                        .ok_or_else(|| illegal("progress", "QUEST_STATE_AVAILABLE"))?;
-                    let mut pq = entry.quest.clone().unwrap_or_default();
-                    if pq.state != QuestState::Active as i32 {
-                        return Err(illegal("progress", state_name(pq.state)));
-                    }
-                    if entry.completing {
-                        return Err(illegal("progress", "QUEST_STATE_ACTIVE (being completed)"));
-                    }
-                    let before = all_done(&pq);
-                    let objective = pq
-                        .objectives
-                        .iter_mut()
-                        .find(|o| o.objective_id == req.objective_id)
-                        .ok_or_else(|| {
-                            Status::invalid("objective_id", "is not an objective of this quest")
-                        })?;
-                    objective.current = objective
-                        .current
-                        .saturating_add(req.delta)
-                        .min(objective.target);
-                    objective.done = objective.current >= objective.target;
-                    let all_objectives_done = !before && all_done(&pq);
-                    touch(&mut pq, now);
-                    entry.quest = Some(pq.clone());
-                    save_entry(tx, &mut entry)?;
-                    Ok(ProgressResponse {
-                        player_quest: Some(pq),
-                        all_objectives_done,
-                    })
-                },
-            )
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "progress", &scope, &req)?;
+        keyed
+            .write(move |tx| {
+                let mut entry = tx
+                    .get_msg::<Entry>(LOG, &log_key(&req.player_id, &req.quest_id))?
+                    .ok_or_else(|| illegal("progress", "QUEST_STATE_AVAILABLE"))?;
+                let mut pq = entry.quest.clone().unwrap_or_default();
+                if pq.state != QuestState::Active as i32 {
+                    return Err(illegal("progress", state_name(pq.state)));
+                }
+                if entry.completing {
+                    return Err(illegal("progress", "QUEST_STATE_ACTIVE (being completed)"));
+                }
+                let before = all_done(&pq);
+                let objective = pq
+                    .objectives
+                    .iter_mut()
+                    .find(|o| o.objective_id == req.objective_id)
+                    .ok_or_else(|| {
+                        Status::invalid("objective_id", "is not an objective of this quest")
+                    })?;
+                objective.current = objective
+                    .current
+                    .saturating_add(req.delta)
+                    .min(objective.target);
+                objective.done = objective.current >= objective.target;
+                let all_objectives_done = !before && all_done(&pq);
+                touch(&mut pq, now);
+                entry.quest = Some(pq.clone());
+                save_entry(tx, &mut entry)?;
+                Ok(ProgressResponse {
+                    player_quest: Some(pq),
+                    all_objectives_done,
+                })
+            })
             .await
     }
 
@@ -965,7 +953,7 @@ impl QuestSystemHandler for QuestSystem {
                     rewards,
                     reward_transaction_ids: reward_transaction_ids.clone(),
                 };
-                tx.emit(COMPLETED_SUBJECT, prost::Message::encode_to_vec(&event))?;
+                tx.emit(&event)?;
                 Ok(CompleteResponse {
                     player_quest: Some(pq),
                     reward_transaction_ids,

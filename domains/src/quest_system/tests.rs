@@ -1,6 +1,7 @@
 //! Unit and property tests of quest-system, on an in-memory store and a manual clock.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aicore_proto::aicore::quest_system::v1::{Objective, Prerequisites, Reward};
 use bytes::Bytes;

@@ -53,9 +53,8 @@ use aicore_proto::aicore::time_manager::v1::{
 };
 use aicore_proto::{Code, Metadata, Request, Status};
 use bytes::Bytes;
-use prost::Message;
 
-use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, calendar, paging};
@@ -67,8 +66,7 @@ const TICKER_KEY: &[u8] = b"ticker";
 const DUE_FROM: &[u8] = b"due_from";
 const TIMERS: &str = "time_manager.timers";
 const DUE: &str = "time_manager.due";
-const IDEMPOTENCY: Idempotency =
-    Idempotency::new("time_manager.idempotency", Duration::from_secs(24 * 3600));
+const IDEMPOTENCY: Idempotency = Idempotency::new("time_manager.idempotency");
 const LIST_TOKEN: u8 = b'T';
 
 /// Published once per game hour boundary crossed (payload: [`TickEvent`]).
@@ -316,7 +314,7 @@ fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
                 game_time: Some(game_time(h * HOUR_SECONDS, p.days_per_season)),
                 catch_up: h < hour,
             };
-            tx.emit(TICK_SUBJECT, event.encode_to_vec())?;
+            tx.emit(&event)?;
             ticks += 1;
         }
     }
@@ -371,7 +369,7 @@ fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
             timer: Some(timer.clone()),
             fired_at: Some(game_time(game_s, p.days_per_season)),
         };
-        tx.emit(SCHEDULED_SUBJECT, event.encode_to_vec())?;
+        tx.emit(&event)?;
         fired += 1;
         let every = timer.repeat_every_seconds;
         if every > 0 {
@@ -509,7 +507,7 @@ impl TimeManager {
                     reason,
                     changed_by,
                 };
-                tx.emit(CLOCK_CHANGED_SUBJECT, event.encode_to_vec())?;
+                tx.emit(&event)?;
                 let mut fired = 0;
                 if jump {
                     let game_s = c.game_seconds_at(real_ms);
@@ -661,41 +659,31 @@ impl TimeManagerHandler for TimeManager {
                 "is required (a retry with the same key returns the first timer)",
             ));
         }
-        idempotency::check_key(&req.idempotency_key)?;
         let owner = meta
             .caller
             .as_ref()
             .map(|c| c.account_id.clone())
             .unwrap_or_default();
-        let fingerprint = idempotency::fingerprint("schedule", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let dps = self.config().days_per_season;
         let now = self.ctx.now_ts();
         let scope = format!("schedule\0{owner}");
-        let reply = IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let timer = Timer {
-                        schedule_id: aicore_runtime::new_id("tmr"),
-                        fire_at: Some(game_time(req.fire_at_seconds, dps)),
-                        repeat_every_seconds: req.repeat_every_seconds,
-                        name: req.name,
-                        payload: req.payload,
-                        content_type,
-                        owner,
-                        created_at: Some(now),
-                    };
-                    tx.put_msg(TIMERS, timer.schedule_id.as_bytes(), &timer);
-                    put_due(tx, due_key(req.fire_at_seconds, &timer.schedule_id))?;
-                    Ok(ScheduleResponse { timer: Some(timer) })
-                },
-            )
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "schedule", &scope, &req)?;
+        let reply = keyed
+            .write(move |tx| {
+                let timer = Timer {
+                    schedule_id: aicore_runtime::new_id("tmr"),
+                    fire_at: Some(game_time(req.fire_at_seconds, dps)),
+                    repeat_every_seconds: req.repeat_every_seconds,
+                    name: req.name,
+                    payload: req.payload,
+                    content_type,
+                    owner,
+                    created_at: Some(now),
+                };
+                tx.put_msg(TIMERS, timer.schedule_id.as_bytes(), &timer);
+                put_due(tx, due_key(req.fire_at_seconds, &timer.schedule_id))?;
+                Ok(ScheduleResponse { timer: Some(timer) })
+            })
             .await?;
         self.wake.notify_one();
         Ok(reply)
@@ -785,9 +773,9 @@ impl aicore_runtime::Domain for TimeManager {
         config: &TimeManagerConfig,
     ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
         let tm = Arc::new(TimeManager::new(ctx.clone(), config.clone()));
-        let runtime = tokio::runtime::Handle::try_current()
+        tokio::runtime::Handle::try_current()
             .map_err(|_| Status::internal("time-manager needs a tokio runtime for its ticker"))?;
-        runtime.spawn(tm.clone().run());
+        ctx.spawn(tm.clone().run());
         Ok(Arc::new(
             aicore_proto::aicore::time_manager::v1::TimeManagerServer(tm),
         ))

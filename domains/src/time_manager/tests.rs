@@ -1,6 +1,7 @@
 //! Unit tests of time-manager, on an in-memory store and a manual clock: the ticker is
 //! driven by calling `step` instead of sleeping.
 
+use prost::Message;
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -46,7 +46,6 @@ use aicore_proto::aicore::weather_manager::v1::{
 };
 use aicore_proto::{CallOptions, Code, Request, Status};
 use futures::future::BoxFuture;
-use prost::Message;
 
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
@@ -588,7 +587,7 @@ fn observe(
                 game_seconds: t,
                 weather: Some(w.clone()),
             };
-            tx.emit(CHANGED_SUBJECT, event.encode_to_vec())?;
+            tx.emit(&event)?;
         }
         last = Some(w.condition);
         now = w;
@@ -983,9 +982,9 @@ impl aicore_runtime::Domain for WeatherManager {
             days_per_season: Default::default(),
         });
         let wm = Arc::new(WeatherManager::new(ctx.clone(), config.clone(), clock));
-        let runtime = tokio::runtime::Handle::try_current()
+        tokio::runtime::Handle::try_current()
             .map_err(|_| Status::internal("weather-manager needs a tokio runtime for its task"))?;
-        runtime.spawn(wm.clone().run());
+        ctx.spawn(wm.clone().run());
         Ok(Arc::new(
             aicore_proto::aicore::weather_manager::v1::WeatherManagerServer(wm),
         ))

@@ -1,6 +1,7 @@
 //! Unit and property tests of weather-manager, on an in-memory store and a manual game
 //! clock: the background task is driven by calling `step`.
 
+use prost::Message;
 use std::sync::Arc;
 
 use aicore_proto::aicore::weather_manager::v1::Transition;

@@ -39,7 +39,7 @@ use aicore_proto::{Code, Request, Status, Streaming};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::{Store, Tx};
 use aicore_runtime::{Ctx, paging, validate};
@@ -50,8 +50,7 @@ const CHANGES: &str = "world_state.changes";
 const META: &str = "world_state.meta";
 const META_KEY: &[u8] = b"revision";
 /// Replies of Set and Delete kept for replays of their idempotency keys.
-const IDEMPOTENCY: Idempotency =
-    Idempotency::new("world_state.idempotency", Duration::from_secs(24 * 3600));
+const IDEMPOTENCY: Idempotency = Idempotency::new("world_state.idempotency");
 
 /// The subject every change is published on (payload: [`FactChange`] without `fact`).
 pub const CHANGED_SUBJECT: &str = "evt.world.changed";
@@ -270,7 +269,7 @@ fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Re
         fact: None,
         ..change.clone()
     };
-    tx.emit(CHANGED_SUBJECT, prost::Message::encode_to_vec(&event))
+    tx.emit(&event)
 }
 
 impl WorldStateHandler for WorldState {
@@ -295,56 +294,46 @@ impl WorldStateHandler for WorldState {
             "data",
             "per-fact",
         )?;
-        idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("set", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let retention = self.config().change_log_retention;
         let now = self.ctx.now_ts();
         let scope = format!("set\0{}", req.key);
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "set", &scope, &req)?;
         let (key, data, expected) = (req.key, req.data, req.expected_version);
-        let reply = IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let live = tx.get_msg::<Fact>(FACTS, key.as_bytes())?;
-                    check_expected(expected, live.as_ref().map(|f| f.version))?;
-                    let last = match &live {
-                        Some(f) => f.version,
-                        None => tx
-                            .get_msg::<Tombstone>(TOMBSTONES, key.as_bytes())?
-                            .map_or(0, |t| t.version),
-                    };
-                    let version = last
-                        .checked_add(1)
-                        .ok_or_else(|| Status::internal("version overflow"))?;
-                    let mut change = FactChange {
-                        revision: 0,
-                        kind: ChangeKind::Set as i32,
+        let reply = keyed
+            .write(move |tx| {
+                let live = tx.get_msg::<Fact>(FACTS, key.as_bytes())?;
+                check_expected(expected, live.as_ref().map(|f| f.version))?;
+                let last = match &live {
+                    Some(f) => f.version,
+                    None => tx
+                        .get_msg::<Tombstone>(TOMBSTONES, key.as_bytes())?
+                        .map_or(0, |t| t.version),
+                };
+                let version = last
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                let mut change = FactChange {
+                    revision: 0,
+                    kind: ChangeKind::Set as i32,
+                    key: key.clone(),
+                    old_version: live.as_ref().map_or(0, |f| f.version),
+                    new_version: version,
+                    fact: Some(Fact {
                         key: key.clone(),
-                        old_version: live.as_ref().map_or(0, |f| f.version),
-                        new_version: version,
-                        fact: Some(Fact {
-                            key: key.clone(),
-                            data,
-                            content_type,
-                            version,
-                            revision: 0,
-                            updated_at: Some(now),
-                        }),
-                        changed_at: Some(now),
-                    };
-                    record_change(tx, &mut change, retention)?;
-                    let fact = change.fact.unwrap_or_default();
-                    tx.put_msg(FACTS, key.as_bytes(), &fact);
-                    tx.delete(TOMBSTONES, key.as_bytes());
-                    Ok(SetResponse { fact: Some(fact) })
-                },
-            )
+                        data,
+                        content_type,
+                        version,
+                        revision: 0,
+                        updated_at: Some(now),
+                    }),
+                    changed_at: Some(now),
+                };
+                record_change(tx, &mut change, retention)?;
+                let fact = change.fact.unwrap_or_default();
+                tx.put_msg(FACTS, key.as_bytes(), &fact);
+                tx.delete(TOMBSTONES, key.as_bytes());
+                Ok(SetResponse { fact: Some(fact) })
+            })
             .await?;
         self.announce(reply.fact.as_ref().map_or(0, |f| f.revision));
         Ok(reply)
@@ -359,48 +348,38 @@ impl WorldStateHandler for WorldState {
                 "0 means create-only and cannot apply to a delete; give the live version or none",
             ));
         }
-        idempotency::check_key(&req.idempotency_key)?;
-        let fingerprint = idempotency::fingerprint("delete", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let retention = self.config().change_log_retention;
         let now = self.ctx.now_ts();
         let scope = format!("delete\0{}", req.key);
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "delete", &scope, &req)?;
         let (key, expected) = (req.key, req.expected_version);
-        let reply = IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                &scope,
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    let live = tx
-                        .get_msg::<Fact>(FACTS, key.as_bytes())?
-                        .ok_or_else(|| Status::not_found(format!("no fact `{key}`")))?;
-                    check_expected(expected, Some(live.version))?;
-                    let version = live
-                        .version
-                        .checked_add(1)
-                        .ok_or_else(|| Status::internal("version overflow"))?;
-                    let mut change = FactChange {
-                        revision: 0,
-                        kind: ChangeKind::Delete as i32,
-                        key: key.clone(),
-                        old_version: live.version,
-                        new_version: version,
-                        fact: None,
-                        changed_at: Some(now),
-                    };
-                    record_change(tx, &mut change, retention)?;
-                    tx.delete(FACTS, key.as_bytes());
-                    tx.put_msg(TOMBSTONES, key.as_bytes(), &Tombstone { version });
-                    Ok(DeleteResponse {
-                        deleted_version: live.version,
-                        revision: change.revision,
-                    })
-                },
-            )
+        let reply = keyed
+            .write(move |tx| {
+                let live = tx
+                    .get_msg::<Fact>(FACTS, key.as_bytes())?
+                    .ok_or_else(|| Status::not_found(format!("no fact `{key}`")))?;
+                check_expected(expected, Some(live.version))?;
+                let version = live
+                    .version
+                    .checked_add(1)
+                    .ok_or_else(|| Status::internal("version overflow"))?;
+                let mut change = FactChange {
+                    revision: 0,
+                    kind: ChangeKind::Delete as i32,
+                    key: key.clone(),
+                    old_version: live.version,
+                    new_version: version,
+                    fact: None,
+                    changed_at: Some(now),
+                };
+                record_change(tx, &mut change, retention)?;
+                tx.delete(FACTS, key.as_bytes());
+                tx.put_msg(TOMBSTONES, key.as_bytes(), &Tombstone { version });
+                Ok(DeleteResponse {
+                    deleted_version: live.version,
+                    revision: change.revision,
+                })
+            })
             .await?;
         self.announce(reply.revision);
         Ok(reply)

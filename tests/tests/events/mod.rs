@@ -471,7 +471,7 @@ async fn outbox_relay_delivers_every_event_exactly_once_across_a_crash() {
         store
             .write(move |tx| {
                 for i in 0..30 {
-                    tx.emit(&format!("evt.relay.{}", w * 30 + i), vec![1])?;
+                    tx.emit_raw(&format!("evt.relay.{}", w * 30 + i), vec![1])?;
                 }
                 Ok(())
             })
@@ -632,4 +632,47 @@ async fn killed_mid_load_every_committed_change_has_exactly_one_event() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn stopping_mid_replay_and_mid_tick_waits_for_background_work_and_exits_cleanly() {
+    let mut app = Appliance::start().await;
+    let bus = bus(&app).await;
+    publish(&bus, "evt.stop.a", "a", "s-1").await;
+    // A following replay (a background task of event-bus), caught up and waiting; the
+    // time-manager's ticker runs all along.
+    let mut live = bus
+        .replay(
+            eb::ReplayRequest {
+                stream: "EVENTS".into(),
+                filter_subject: "evt.stop.>".into(),
+                follow: true,
+                ..Default::default()
+            },
+            &CallOptions::timeout(Duration::from_secs(60)),
+        )
+        .await
+        .expect("replay");
+    loop {
+        let item = live.next().await.expect("open").expect("item").item;
+        if matches!(item, Some(replay_response::Item::CaughtUp(_))) {
+            break;
+        }
+    }
+    app.signal(libc::SIGTERM);
+    // The stream ends with Unavailable (resume), not silence.
+    let end = tokio::time::timeout(Duration::from_secs(30), live.next())
+        .await
+        .expect("the replay ends when the appliance stops");
+    match end {
+        Some(Err(e)) => assert_eq!(e.code, aicore_proto::Code::Unavailable, "{e}"),
+        other => panic!("the replay ended without saying so: {other:?}"),
+    }
+    assert_eq!(app.wait_exit(Duration::from_secs(60)).await, Some(0));
+    let log = app.log();
+    assert!(
+        log.contains("domain background tasks ended"),
+        "teardown did not wait for the domains' tasks:\n{log}"
+    );
+    assert!(!log.contains("did not end in time"), "{log}");
 }
