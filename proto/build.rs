@@ -188,32 +188,41 @@ fn main() {
             m.package_name().replace('.', "::"),
             m.name()
         );
-        let body = match (subject.find('{'), subject.find('}')) {
-            (None, None) => {
-                assert!(
-                    !subject.is_empty(),
-                    "event {} has no subject",
-                    m.full_name()
-                );
-                format!("{subject:?}.to_string()")
-            }
-            (Some(a), Some(b)) if a < b => {
-                let field = &subject[a + 1..b];
-                let f = m.get_field_by_name(field).unwrap_or_else(|| {
-                    panic!("event {}: no field {field} for its subject", m.full_name())
-                });
-                assert!(
-                    matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list(),
-                    "event {}: subject field {field} must be a string",
-                    m.full_name()
-                );
-                format!(
-                    "format!(\"{}{{}}{}\", self.{field})",
-                    &subject[..a],
-                    &subject[b + 1..]
-                )
-            }
-            _ => panic!("event {}: malformed subject {subject:?}", m.full_name()),
+        assert!(
+            !subject.is_empty(),
+            "event {} has no subject",
+            m.full_name()
+        );
+        // `{field}` placeholders name string fields of the message.
+        let (mut template, mut args, mut rest) = (String::new(), Vec::new(), subject.as_str());
+        while let Some(a) = rest.find('{') {
+            let b = rest[a..].find('}').map(|b| a + b).unwrap_or_else(|| {
+                panic!("event {}: malformed subject {subject:?}", m.full_name())
+            });
+            let field = &rest[a + 1..b];
+            let f = m.get_field_by_name(field).unwrap_or_else(|| {
+                panic!("event {}: no field {field} for its subject", m.full_name())
+            });
+            assert!(
+                matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list(),
+                "event {}: subject field {field} must be a string",
+                m.full_name()
+            );
+            template.push_str(&rest[..a]);
+            template.push_str("{}");
+            args.push(format!("self.{field}"));
+            rest = &rest[b + 1..];
+        }
+        assert!(
+            !rest.contains('}'),
+            "event {}: malformed subject {subject:?}",
+            m.full_name()
+        );
+        template.push_str(rest);
+        let body = if args.is_empty() {
+            format!("{subject:?}.to_string()")
+        } else {
+            format!("format!({template:?}, {})", args.join(", "))
         };
         let _ = writeln!(
             events,

@@ -82,6 +82,8 @@ pub(super) async fn measure_kb(dir: &std::path::Path, stop: CancellationToken) -
             store: store.clone(),
             clock: Arc::new(SystemClock),
             client: None,
+            idempotency_ttl: aicore_runtime::idempotency::MIN_TTL,
+            tasks: Default::default(),
             shutdown: stop.child_token(),
             data_dir: Some(dir.clone()),
         };

@@ -140,7 +140,6 @@ pub async fn record(
 ) -> Result<(), Status> {
     let hour = hour_of(now);
     let model = o.served_by.model_id.clone();
-    let subject = format!("ai.{}.{}", o.rpc, o.outcome);
     let rec = AiRecord {
         request_id: o.request_id,
         rpc: o.rpc.to_string(),
@@ -179,7 +178,7 @@ pub async fn record(
                 }
                 tx.put_msg(USAGE, &k, &row);
             }
-            tx.emit(&subject, prost::Message::encode_to_vec(&rec))
+            tx.emit(&rec)
         })
         .await
 }

@@ -355,7 +355,7 @@ impl Inner {
             error,
         };
         let client = router::AiRouterClient::new(client.clone());
-        tokio::spawn(async move {
+        self.ctx.spawn(async move {
             if let Err(e) = client
                 .report_outcome(request, &CallOptions::timeout(REPORT_TIMEOUT))
                 .await

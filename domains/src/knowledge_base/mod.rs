@@ -35,7 +35,7 @@ use aicore_proto::aicore::knowledge_base::v1::{
     SearchResponse, UpdateRequest, UpdateResponse,
 };
 use aicore_proto::{CallOptions, Code, Request, Status};
-use aicore_runtime::idempotency::{self, Idempotency};
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::store::{Store, Tx, decode};
 use aicore_runtime::{Ctx, new_id, paging};
 
@@ -46,8 +46,7 @@ const BY_UPDATED: &str = "knowledge_base.by_updated";
 const VECTORS: &str = "knowledge_base.vectors";
 const META: &str = "knowledge_base.meta";
 const REVISION: &[u8] = b"revision";
-const IDEMPOTENCY: Idempotency =
-    Idempotency::new("knowledge_base.idempotency", Duration::from_secs(24 * 3600));
+const IDEMPOTENCY: Idempotency = Idempotency::new("knowledge_base.idempotency");
 const LIST_TOKEN: u8 = b'K';
 const SEARCH_TOKEN: u8 = b'S';
 /// Longest title, query and tag, in characters; most tags.
@@ -421,7 +420,7 @@ impl KnowledgeBaseHandler for KnowledgeBase {
         if req.idempotency_key.is_empty() {
             return Err(Status::invalid("idempotency_key", "is required"));
         }
-        idempotency::check_key(&req.idempotency_key)?;
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "add", "", &req)?;
         if !req.document_id.is_empty() {
             check_id(&req.document_id, "document_id")?;
         }
@@ -432,9 +431,6 @@ impl KnowledgeBaseHandler for KnowledgeBase {
             req.metadata.as_ref(),
             self.config.max_body_bytes,
         )?;
-        let fingerprint = idempotency::fingerprint("add", &req, &req.idempotency_key, |r| {
-            r.idempotency_key.clear()
-        });
         let vector = self
             .vector_of(&req.title, &req.body, meta.remaining())
             .await;
@@ -457,28 +453,21 @@ impl KnowledgeBaseHandler for KnowledgeBase {
         };
         let rev = Arc::new(AtomicU64::new(0));
         let (index, vectors, rev_out) = (self.index.clone(), self.vectors.clone(), rev.clone());
-        let reply = IDEMPOTENCY
-            .write(
-                &self.ctx.store,
-                "add",
-                &req.idempotency_key,
-                fingerprint,
-                self.ctx.clock.now(),
-                move |tx| {
-                    if tx.get(DOCS, doc.document_id.as_bytes())?.is_some() {
-                        return Err(Status::with_field(
-                            Code::Conflict,
-                            "document_id",
-                            format!("document {} exists", doc.document_id),
-                        ));
-                    }
-                    let r = KnowledgeBase::put(tx, &index, &vectors, None, &doc, vector)?;
-                    rev_out.store(r, Ordering::SeqCst);
-                    Ok(AddDocumentResponse {
-                        document: Some(doc),
-                    })
-                },
-            )
+        let reply = keyed
+            .write(move |tx| {
+                if tx.get(DOCS, doc.document_id.as_bytes())?.is_some() {
+                    return Err(Status::with_field(
+                        Code::Conflict,
+                        "document_id",
+                        format!("document {} exists", doc.document_id),
+                    ));
+                }
+                let r = KnowledgeBase::put(tx, &index, &vectors, None, &doc, vector)?;
+                rev_out.store(r, Ordering::SeqCst);
+                Ok(AddDocumentResponse {
+                    document: Some(doc),
+                })
+            })
             .await?;
         self.after_write(rev.load(Ordering::SeqCst), &meta).await;
         Ok(reply)

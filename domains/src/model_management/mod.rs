@@ -602,7 +602,7 @@ impl aicore_runtime::Domain for ModelManagement {
     ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
         let domain = Arc::new(ModelManagement::new(ctx.clone(), config.clone()));
         let seeding = domain.clone();
-        tokio::spawn(async move {
+        ctx.spawn(async move {
             if let Err(e) = seeding.seed().await {
                 tracing::warn!(error = %e, "the built-in offline model was not registered");
             }
