@@ -42,17 +42,7 @@ impl EventBusHandler for EventBus {
         let b = request.body;
         let def = check_stream("stream", &b.stream)?;
         check_filter("filter_subject", &b.filter_subject, def)?;
-        let deliver_policy = match &b.start {
-            None => consumer::DeliverPolicy::All,
-            Some(replay_request::Start::FromSequence(s)) => {
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: (*s).max(1),
-                }
-            }
-            Some(replay_request::Start::FromTime(t)) => consumer::DeliverPolicy::ByStartTime {
-                start_time: time_from_proto("from_time", t)?,
-            },
-        };
+        let deliver_policy = replay_start(&b.start)?;
         let mut stream = self.stream(def.name).await?;
         let last_at_start = stream
             .info()
@@ -69,7 +59,7 @@ impl EventBusHandler for EventBus {
             .await
             .map_err(|e| unavailable("creating a replay consumer", e))?;
         let pending_at_start = ordered.cached_info().num_pending;
-        let mut messages = ordered
+        let messages = ordered
             .messages()
             .await
             .map_err(|e| unavailable("starting the replay", e))?;
@@ -79,73 +69,16 @@ impl EventBusHandler for EventBus {
             u64::from(b.max_messages)
         };
         let follow = b.follow;
-        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<ReplayResponse, Status>>(64);
+        let (tx, rx) = futures::channel::mpsc::channel::<Result<ReplayResponse, Status>>(64);
         let stop = self.ctx.shutdown.clone();
-        self.ctx.spawn(async move {
-            let mut sent = 0u64;
-            let mut caught_up = pending_at_start == 0 || last_at_start == 0;
-            let marker = |last| ReplayResponse {
-                item: Some(replay_response::Item::CaughtUp(ReplayCaughtUp {
-                    last_sequence: last,
-                })),
-            };
-            if caught_up {
-                if !follow {
-                    return;
-                }
-                if tx.send(Ok(marker(last_at_start))).await.is_err() {
-                    return;
-                }
-            }
-            while sent < limit {
-                let wait = async {
-                    match deadline {
-                        Some(d) => tokio::time::timeout_at(d.into(), messages.next())
-                            .await
-                            .ok(),
-                        None => Some(messages.next().await),
-                    }
-                };
-                // The appliance stopping ends a replay (the runtime ends the caller's
-                // stream with Unavailable, so it can resume).
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    n = wait => match n { Some(n) => n, None => return },
-                };
-                let item = match next {
-                    None => return,
-                    Some(Err(e)) => Err(unavailable("replaying", e)),
-                    Some(Ok(m)) => from_delivery(&m, false).map(|msg| {
-                        let pending = m.info().map(|i| i.pending).unwrap_or(1);
-                        (msg, pending)
-                    }),
-                };
-                let (msg, pending) = match item {
-                    Ok(x) => x,
-                    Err(s) => {
-                        let _ = tx.send(Err(s)).await;
-                        return;
-                    }
-                };
-                let seq = msg.sequence;
-                sent += 1;
-                let out = ReplayResponse {
-                    item: Some(replay_response::Item::Message(msg)),
-                };
-                if tx.send(Ok(out)).await.is_err() {
-                    return;
-                }
-                if !caught_up && (pending == 0 || seq >= last_at_start) {
-                    caught_up = true;
-                    if !follow {
-                        return;
-                    }
-                    if tx.send(Ok(marker(seq.max(last_at_start)))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let run = ReplayRun {
+            deadline,
+            limit,
+            follow,
+            pending_at_start,
+            last_at_start,
+        };
+        self.ctx.spawn(run.forward(messages, tx, stop));
         Ok(Box::pin(rx))
     }
 
@@ -436,4 +369,111 @@ pub(super) async fn pull(
         .await
         .map_err(|e| unavailable("pulling messages", e))?;
     msgs.iter().map(|m| from_delivery(m, true)).collect()
+}
+
+/// Where a Replay starts: the whole stream, a sequence or a time.
+fn replay_start(start: &Option<replay_request::Start>) -> Result<consumer::DeliverPolicy, Status> {
+    Ok(match start {
+        None => consumer::DeliverPolicy::All,
+        Some(replay_request::Start::FromSequence(s)) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: (*s).max(1),
+        },
+        Some(replay_request::Start::FromTime(t)) => consumer::DeliverPolicy::ByStartTime {
+            start_time: time_from_proto("from_time", t)?,
+        },
+    })
+}
+
+/// A running Replay: what it forwards and when it stops.
+struct ReplayRun {
+    deadline: Option<std::time::Instant>,
+    /// Messages to send at most (`u64::MAX`: no limit).
+    limit: u64,
+    /// Whether to go on after catching up (else the replay ends there).
+    follow: bool,
+    pending_at_start: u64,
+    last_at_start: u64,
+}
+
+impl ReplayRun {
+    /// Forwards the replayed messages to the caller's stream, with a caught-up marker once
+    /// it reached what the stream held at the start; ends at the limit, at the caller's
+    /// deadline, when the caller goes away, or when the appliance stops.
+    async fn forward(
+        self,
+        mut messages: consumer::pull::Ordered,
+        mut tx: futures::channel::mpsc::Sender<Result<ReplayResponse, Status>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let ReplayRun {
+            deadline,
+            limit,
+            follow,
+            pending_at_start,
+            last_at_start,
+        } = self;
+        let mut sent = 0u64;
+        let mut caught_up = pending_at_start == 0 || last_at_start == 0;
+        let marker = |last| ReplayResponse {
+            item: Some(replay_response::Item::CaughtUp(ReplayCaughtUp {
+                last_sequence: last,
+            })),
+        };
+        if caught_up {
+            if !follow {
+                return;
+            }
+            if tx.send(Ok(marker(last_at_start))).await.is_err() {
+                return;
+            }
+        }
+        while sent < limit {
+            let wait = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), messages.next())
+                        .await
+                        .ok(),
+                    None => Some(messages.next().await),
+                }
+            };
+            // The appliance stopping ends a replay (the runtime ends the caller's
+            // stream with Unavailable, so it can resume).
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = wait => match n { Some(n) => n, None => return },
+            };
+            let item = match next {
+                None => return,
+                Some(Err(e)) => Err(unavailable("replaying", e)),
+                Some(Ok(m)) => from_delivery(&m, false).map(|msg| {
+                    let pending = m.info().map(|i| i.pending).unwrap_or(1);
+                    (msg, pending)
+                }),
+            };
+            let (msg, pending) = match item {
+                Ok(x) => x,
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+            };
+            let seq = msg.sequence;
+            sent += 1;
+            let out = ReplayResponse {
+                item: Some(replay_response::Item::Message(msg)),
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+            if !caught_up && (pending == 0 || seq >= last_at_start) {
+                caught_up = true;
+                if !follow {
+                    return;
+                }
+                if tx.send(Ok(marker(seq.max(last_at_start)))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -243,40 +243,7 @@ impl QuestSystemHandler for QuestSystem {
         let marked = self
             .ctx
             .store
-            .write(move |tx| {
-                let mut entry = tx
-                    .get_msg::<Entry>(LOG, &k)?
-                    .ok_or_else(|| illegal("complete", "QUEST_STATE_AVAILABLE"))?;
-                let mut pq = entry.quest.clone().unwrap_or_default();
-                if pq.state == QuestState::Completed as i32 {
-                    return Ok(Err(CompleteResponse {
-                        player_quest: Some(pq),
-                        reward_transaction_ids: entry.reward_transaction_ids,
-                    }));
-                }
-                if pq.state != QuestState::Active as i32 {
-                    return Err(illegal("complete", state_name(pq.state)));
-                }
-                if !entry.completing {
-                    let open: Vec<&str> = pq
-                        .objectives
-                        .iter()
-                        .filter(|o| !o.done)
-                        .map(|o| o.objective_id.as_str())
-                        .collect();
-                    if !open.is_empty() {
-                        return Err(Status::new(
-                            Code::FailedPrecondition,
-                            format!("objectives not done yet: {}", open.join(", ")),
-                        ));
-                    }
-                    entry.completing = true;
-                    touch(&mut pq, now);
-                    entry.quest = Some(pq.clone());
-                    save_entry(tx, &mut entry)?;
-                }
-                Ok(Ok(pq))
-            })
+            .write(move |tx| mark_completing(tx, &k, now))
             .await?;
         let pq = match marked {
             Ok(pq) => pq,
@@ -306,37 +273,7 @@ impl QuestSystemHandler for QuestSystem {
         let rewards = quest.rewards;
         self.ctx
             .store
-            .write(move |tx| {
-                let mut entry = tx
-                    .get_msg::<Entry>(LOG, &key)?
-                    .ok_or_else(|| Status::internal("the quest log entry vanished"))?;
-                let mut pq = entry.quest.clone().unwrap_or_default();
-                if !entry.completing {
-                    // A concurrent Complete recorded it first.
-                    return Ok(CompleteResponse {
-                        player_quest: Some(pq),
-                        reward_transaction_ids: entry.reward_transaction_ids,
-                    });
-                }
-                pq.state = QuestState::Completed as i32;
-                pq.completions = n;
-                pq.completed_at = Some(now);
-                touch(&mut pq, now);
-                entry.completing = false;
-                entry.quest = Some(pq.clone());
-                entry.reward_transaction_ids = reward_transaction_ids.clone();
-                save_entry(tx, &mut entry)?;
-                let event = QuestCompleted {
-                    player_quest: Some(pq.clone()),
-                    rewards,
-                    reward_transaction_ids: reward_transaction_ids.clone(),
-                };
-                tx.emit(&event)?;
-                Ok(CompleteResponse {
-                    player_quest: Some(pq),
-                    reward_transaction_ids,
-                })
-            })
+            .write(move |tx| record_completion(tx, &key, n, now, rewards, reward_transaction_ids))
             .await
     }
 
@@ -421,4 +358,86 @@ impl QuestSystemHandler for QuestSystem {
             next_page_token,
         })
     }
+}
+
+/// Complete's first step: marks an active entry with every objective done as completing,
+/// or finds it completed already (`Err`: the first result, answered again).
+fn mark_completing(
+    tx: &mut Tx<'_>,
+    key: &[u8],
+    now: prost_types::Timestamp,
+) -> Result<Result<PlayerQuest, CompleteResponse>, Status> {
+    let mut entry = tx
+        .get_msg::<Entry>(LOG, key)?
+        .ok_or_else(|| illegal("complete", "QUEST_STATE_AVAILABLE"))?;
+    let mut pq = entry.quest.clone().unwrap_or_default();
+    if pq.state == QuestState::Completed as i32 {
+        return Ok(Err(CompleteResponse {
+            player_quest: Some(pq),
+            reward_transaction_ids: entry.reward_transaction_ids,
+        }));
+    }
+    if pq.state != QuestState::Active as i32 {
+        return Err(illegal("complete", state_name(pq.state)));
+    }
+    if !entry.completing {
+        let open: Vec<&str> = pq
+            .objectives
+            .iter()
+            .filter(|o| !o.done)
+            .map(|o| o.objective_id.as_str())
+            .collect();
+        if !open.is_empty() {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                format!("objectives not done yet: {}", open.join(", ")),
+            ));
+        }
+        entry.completing = true;
+        touch(&mut pq, now);
+        entry.quest = Some(pq.clone());
+        save_entry(tx, &mut entry)?;
+    }
+    Ok(Ok(pq))
+}
+
+/// Complete's last step: records the completion with its reward transactions and queues
+/// its event, once (a concurrent Complete that recorded it first wins).
+fn record_completion(
+    tx: &mut Tx<'_>,
+    key: &[u8],
+    n: u32,
+    now: prost_types::Timestamp,
+    rewards: Vec<Reward>,
+    reward_transaction_ids: Vec<String>,
+) -> Result<CompleteResponse, Status> {
+    let mut entry = tx
+        .get_msg::<Entry>(LOG, key)?
+        .ok_or_else(|| Status::internal("the quest log entry vanished"))?;
+    let mut pq = entry.quest.clone().unwrap_or_default();
+    if !entry.completing {
+        // A concurrent Complete recorded it first.
+        return Ok(CompleteResponse {
+            player_quest: Some(pq),
+            reward_transaction_ids: entry.reward_transaction_ids,
+        });
+    }
+    pq.state = QuestState::Completed as i32;
+    pq.completions = n;
+    pq.completed_at = Some(now);
+    touch(&mut pq, now);
+    entry.completing = false;
+    entry.quest = Some(pq.clone());
+    entry.reward_transaction_ids = reward_transaction_ids.clone();
+    save_entry(tx, &mut entry)?;
+    let event = QuestCompleted {
+        player_quest: Some(pq.clone()),
+        rewards,
+        reward_transaction_ids: reward_transaction_ids.clone(),
+    };
+    tx.emit(&event)?;
+    Ok(CompleteResponse {
+        player_quest: Some(pq),
+        reward_transaction_ids,
+    })
 }

@@ -38,7 +38,7 @@ use aicore_proto::aicore::quest_system::v1::{
     CompleteResponse, DefineQuestRequest, DefineQuestResponse, FactCondition, FactOperator,
     GetLogRequest, GetLogResponse, GetQuestRequest, GetQuestResponse, ListAvailableRequest,
     ListAvailableResponse, ObjectiveProgress, PlayerQuest, ProgressRequest, ProgressResponse,
-    Quest, QuestCompleted, QuestState, QuestSystemHandler,
+    Quest, QuestCompleted, QuestState, QuestSystemHandler, Reward,
 };
 use aicore_proto::aicore::world_state::v1::Fact;
 use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
