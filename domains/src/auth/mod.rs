@@ -77,7 +77,9 @@ mod tokens;
 
 use passwords::*;
 use records::*;
+
 pub use revocation::RevocationHook;
+
 use revocation::*;
 use tokens::*;
 

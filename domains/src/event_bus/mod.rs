@@ -44,16 +44,16 @@ use aicore_runtime::streams::{self, DLQ, StreamDef};
 use aicore_runtime::streams::{StreamLimits, StreamsConfig};
 use aicore_runtime::{Ctx, paging};
 
+mod checks;
+mod convert;
 mod dead_letters;
+mod handlers;
 #[cfg(test)]
 mod tests;
 
-pub use dead_letters::run_dead_letters;
-mod checks;
 pub use checks::*;
-mod convert;
 pub use convert::*;
-mod handlers;
+pub use dead_letters::run_dead_letters;
 
 /// Largest `data` of a Publish (the contract's limit).
 const MAX_DATA_BYTES: usize = 1024 * 1024;

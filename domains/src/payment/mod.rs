@@ -60,9 +60,11 @@ pub mod accounts;
 use accounts::{AccountCheck, Accounts, AuthAccounts};
 use aicore_runtime::store::{Tx, decode};
 use aicore_runtime::{Ctx, paging, validate};
-mod ledger;
-use ledger::*;
+
 mod handlers;
+mod ledger;
+
+use ledger::*;
 
 const WALLETS: &str = "payment.wallets";
 const LEDGER: &str = "payment.ledger";

@@ -49,14 +49,16 @@ use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
-mod records;
-pub use records::*;
-mod peers;
-pub use peers::*;
+
 mod conditions;
-use conditions::*;
 mod handlers;
+mod peers;
+mod records;
 mod validation;
+
+use conditions::*;
+pub use peers::*;
+pub use records::*;
 
 const QUESTS: &str = "quest_system.quests";
 const VERSIONS: &str = "quest_system.versions";

@@ -25,9 +25,11 @@ use aicore_proto::aicore::settings::v1::{
 use aicore_proto::{Code, Metadata, Request, Status};
 
 use aicore_runtime::{Ctx, paging, validate};
+
 mod checks;
-use checks::*;
 mod schemas;
+
+use checks::*;
 
 const SCHEMAS: &str = "settings.schemas";
 const VALUES: &str = "settings.values";

@@ -30,7 +30,9 @@ use aicore_proto::{Code, Request, Status};
 use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
+
 mod rows;
+
 use rows::*;
 
 /// The one table; the names below say which kind of row an access means.

@@ -58,10 +58,12 @@ use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, calendar, paging};
-mod ticks;
-use ticks::*;
+
 mod handlers;
+mod ticks;
+
 use handlers::*;
+use ticks::*;
 
 const CLOCK: &str = "time_manager.clock";
 const CLOCK_KEY: &[u8] = b"clock";

@@ -50,13 +50,15 @@ use futures::future::BoxFuture;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
+
 mod chain;
-pub use chain::*;
-mod regions;
-pub use regions::*;
 mod clock;
-pub use clock::*;
 mod handlers;
+mod regions;
+
+pub use chain::*;
+pub use clock::*;
+pub use regions::*;
 
 const REGIONS: &str = "weather_manager.regions";
 const OVERRIDES: &str = "weather_manager.overrides";

@@ -43,8 +43,10 @@ use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::{Store, Tx};
 use aicore_runtime::{Ctx, paging, validate};
+
 mod handlers;
 mod watch;
+
 use watch::*;
 
 const FACTS: &str = "world_state.facts";
