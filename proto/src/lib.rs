@@ -25,6 +25,14 @@ include!(concat!(env!("OUT_DIR"), "/services.rs"));
 include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
 include!(concat!(env!("OUT_DIR"), "/events.rs"));
 
+/// The domains' on-disk records, generated from `proto/internal/<domain>.proto` (package
+/// `aicore.<domain>.internal.v1`, module `internal::<domain>`): reviewable and versioned like the contracts, but never
+/// sent to a client, and not in [`descriptor_pool`]. Their field numbers are the format of
+/// existing data files.
+pub mod internal {
+    include!(concat!(env!("OUT_DIR"), "/internal/_includes.rs"));
+}
+
 /// A message published as an event (`(aicore.common.v1.event)` on it names its subject;
 /// the implementations are generated).
 pub trait Event: Message {

@@ -52,6 +52,7 @@ use aicore_proto::aicore::auth::v1::{
     LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest,
     RegisterResponse, RevocationNotice, Session, ValidateRequest, ValidateResponse, logout_request,
 };
+use aicore_proto::internal::auth::{AccountRecord, SessionRecord, TokenKind, TokenRecord};
 use aicore_proto::{Dispatch, Request, Status};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 use base64::Engine;

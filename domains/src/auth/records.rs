@@ -4,77 +4,14 @@
 
 use super::*;
 
-/// An account as stored (never leaves the domain: [`Account`] is its public view).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct AccountRecord {
-    #[prost(string, tag = "1")]
-    pub account_id: String,
-    #[prost(string, tag = "2")]
-    pub username: String,
-    #[prost(string, tag = "3")]
-    pub display_name: String,
-    #[prost(string, repeated, tag = "4")]
-    pub roles: Vec<String>,
-    #[prost(int64, tag = "5")]
-    pub created_ms: i64,
-    /// argon2id PHC string (`$argon2id$v=19$m=…`).
-    #[prost(string, tag = "6")]
-    pub password_hash: String,
-    // Tags 7 and 8 held a failure counter and lock; the login throttle keeps them now
-    // (`auth.login_throttle`). Old rows still carry them; they are ignored.
+/// What a stored session says (a trait: the record is generated in `aicore_proto`).
+pub(super) trait SessionState {
+    /// Neither revoked nor past its refresh token's expiry.
+    fn is_open(&self, now: i64) -> bool;
 }
 
-/// What a token is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub(super) enum TokenKind {
-    Unspecified = 0,
-    Access = 1,
-    Refresh = 2,
-}
-
-/// One issued token, stored under the SHA-256 of the token.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct TokenRecord {
-    #[prost(enumeration = "TokenKind", tag = "1")]
-    pub kind: i32,
-    #[prost(string, tag = "2")]
-    pub session_id: String,
-    #[prost(string, tag = "3")]
-    pub account_id: String,
-    #[prost(int64, tag = "4")]
-    pub expires_ms: i64,
-    /// A refresh token already exchanged; presenting it again is reuse.
-    #[prost(bool, tag = "5")]
-    pub used: bool,
-}
-
-/// One session: a refresh-token family.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct SessionRecord {
-    #[prost(string, tag = "1")]
-    pub session_id: String,
-    #[prost(string, tag = "2")]
-    pub account_id: String,
-    #[prost(int64, tag = "3")]
-    pub created_ms: i64,
-    #[prost(int64, tag = "4")]
-    pub last_used_ms: i64,
-    /// Expiry of the current refresh token (the latest expiry of any token of the family).
-    #[prost(int64, tag = "5")]
-    pub refresh_expires_ms: i64,
-    #[prost(string, tag = "6")]
-    pub user_agent: String,
-    /// When the session was revoked (0 = open).
-    #[prost(int64, tag = "7")]
-    pub revoked_ms: i64,
-    /// SHA-256 of the one refresh token that may still be exchanged.
-    #[prost(bytes = "vec", tag = "8")]
-    pub refresh_hash: Vec<u8>,
-}
-
-impl SessionRecord {
-    pub(super) fn is_open(&self, now: i64) -> bool {
+impl SessionState for SessionRecord {
+    fn is_open(&self, now: i64) -> bool {
         self.revoked_ms == 0 && self.refresh_expires_ms > now
     }
 }

@@ -49,6 +49,7 @@ use aicore_proto::aicore::payment::v1::{
     PaymentHandler, PurchaseRequest, PurchaseResponse, RefundRequest, RefundResponse, Transaction,
     TransactionKind, TransferRequest, TransferResponse,
 };
+pub use aicore_proto::internal::payment::{LedgerMeta, Wallet};
 use aicore_proto::{Code, Metadata, Request, Status};
 use prost::Message;
 
@@ -141,25 +142,6 @@ impl Default for PaymentConfig {
             account_cache_secs: 60,
         }
     }
-}
-
-/// One balance (value of `payment.wallets`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Wallet {
-    /// In the currency's smallest unit; never negative.
-    #[prost(int64, tag = "1")]
-    pub balance: i64,
-    /// When the last entry changed it.
-    #[prost(message, optional, tag = "2")]
-    pub updated_at: Option<prost_types::Timestamp>,
-}
-
-/// The ledger's counters (value of `payment.meta` / `ledger`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LedgerMeta {
-    /// The sequence number the next entry gets (0 = none written yet, start at 1).
-    #[prost(uint64, tag = "1")]
-    pub next_seq: u64,
 }
 
 /// The payment domain.

@@ -41,6 +41,7 @@ use aicore_proto::aicore::quest_system::v1::{
     Quest, QuestCompleted, QuestState, QuestSystemHandler, Reward,
 };
 use aicore_proto::aicore::world_state::v1::Fact;
+pub use aicore_proto::internal::quest_system::Entry;
 use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};

@@ -4,24 +4,6 @@
 
 use super::*;
 
-/// One player's entry on one quest (value of `quest_system.log`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Entry {
-    /// What clients see.
-    #[prost(message, optional, tag = "1")]
-    pub quest: Option<PlayerQuest>,
-    /// A Complete started (objectives met, rewards being granted) and has not been
-    /// recorded yet; only Complete may touch the entry.
-    #[prost(bool, tag = "2")]
-    pub completing: bool,
-    /// Reward transactions of the latest completion (the reply a repeated Complete gets).
-    #[prost(string, repeated, tag = "3")]
-    pub reward_transaction_ids: Vec<String>,
-    /// The entry's key in `quest_system.recent`.
-    #[prost(bytes = "vec", tag = "4")]
-    pub recent_key: Vec<u8>,
-}
-
 pub(super) fn log_key(player: &str, quest: &str) -> Vec<u8> {
     [player.as_bytes(), b"\0", quest.as_bytes()].concat()
 }

@@ -22,6 +22,7 @@ use aicore_proto::aicore::settings::v1::{
     ListSchemasRequest, ListSchemasResponse, ResetRequest, ResetResponse, Schema, Scope,
     SetRequest, SetResponse, Setting, SettingType, SettingsHandler,
 };
+pub use aicore_proto::internal::settings::StoredValue;
 use aicore_proto::{Code, Metadata, Request, Status};
 
 use aicore_runtime::{Ctx, paging, validate};
@@ -69,20 +70,6 @@ impl Default for SettingsConfig {
             max_page_size: 500,
         }
     }
-}
-
-/// The stored value of one key in one scope (value of `settings.values`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StoredValue {
-    /// The value; absent after a Reset.
-    #[prost(message, optional, tag = "1")]
-    pub value: Option<Value>,
-    /// Writes (Set and Reset) so far.
-    #[prost(uint64, tag = "2")]
-    pub version: u64,
-    /// Time of the last write.
-    #[prost(message, optional, tag = "3")]
-    pub updated_at: Option<prost_types::Timestamp>,
 }
 
 /// The settings domain.

@@ -25,6 +25,7 @@ use aicore_proto::aicore::state_manager::v1::{
     ListRequest, ListResponse, ObjectMetadata, PutRequest, PutResponse, StateManagerHandler,
     VersionInfo,
 };
+pub use aicore_proto::internal::state_manager::{Head, VersionRecord};
 use aicore_proto::{Code, Request, Status};
 
 use aicore_runtime::idempotency::Idempotency;
@@ -79,51 +80,6 @@ impl Default for StateManagerConfig {
             max_page_size: 500,
         }
     }
-}
-
-/// The live version of an object (value of `state_manager.objects`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Head {
-    /// The live version.
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
-    /// Length of its data.
-    #[prost(uint64, tag = "2")]
-    pub size_bytes: u64,
-    /// Its content type.
-    #[prost(string, tag = "3")]
-    pub content_type: String,
-    /// When it was written.
-    #[prost(message, optional, tag = "4")]
-    pub updated_at: Option<prost_types::Timestamp>,
-    /// The oldest version row the object has (its rows are the run from here to
-    /// `version`); 0 when not known (heads written before this field existed).
-    #[prost(uint64, tag = "5")]
-    pub oldest_version: u64,
-}
-
-/// One version of an object (value of `state_manager.versions`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct VersionRecord {
-    /// The version number.
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
-    /// Length of its data (0 for a tombstone).
-    #[prost(uint64, tag = "2")]
-    pub size_bytes: u64,
-    /// Its content type (empty for a tombstone).
-    #[prost(string, tag = "3")]
-    pub content_type: String,
-    /// When it was written.
-    #[prost(message, optional, tag = "4")]
-    pub updated_at: Option<prost_types::Timestamp>,
-    /// Whether it is the tombstone of a Delete.
-    #[prost(bool, tag = "5")]
-    pub deleted: bool,
-    /// The object's content at this version (empty for a tombstone). Kept in the same
-    /// row so a Put writes one row less (durable throughput is bounded by rows written).
-    #[prost(bytes = "bytes", tag = "6")]
-    pub data: bytes::Bytes,
 }
 
 /// The state-manager domain.

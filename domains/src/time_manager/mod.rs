@@ -51,6 +51,7 @@ use aicore_proto::aicore::time_manager::v1::{
     ScheduledEvent, Season, SetScaleRequest, SetScaleResponse, SetTimeRequest, SetTimeResponse,
     TickEvent, TimeManagerHandler, Timer,
 };
+pub use aicore_proto::internal::time_manager::{ClockState, TickerState};
 use aicore_proto::{Code, Metadata, Request, Status};
 use bytes::Bytes;
 
@@ -134,29 +135,19 @@ impl Default for TimeManagerConfig {
     }
 }
 
-/// The stored clock (value of `time_manager.clock`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ClockState {
-    /// Real instant of the anchor, ms since the Unix epoch.
-    #[prost(int64, tag = "1")]
-    pub anchor_real_ms: i64,
-    /// Game time at the anchor, game ms since the world's epoch.
-    #[prost(int64, tag = "2")]
-    pub anchor_game_ms: i64,
-    /// Game seconds per real second.
-    #[prost(double, tag = "3")]
-    pub scale: f64,
-    /// While paused, game time stays at the anchor.
-    #[prost(bool, tag = "4")]
-    pub paused: bool,
-    /// Bumped by every change.
-    #[prost(uint64, tag = "5")]
-    pub version: u64,
+/// Reading and moving a stored [`ClockState`] (a trait: the record is generated in
+/// `aicore_proto`).
+pub trait GameClockMath {
+    /// Game milliseconds at real instant `real_ms` (never negative).
+    fn game_ms_at(&self, real_ms: i64) -> i64;
+    /// Game seconds at real instant `real_ms`.
+    fn game_seconds_at(&self, real_ms: i64) -> i64;
+    /// Moves the anchor to `real_ms` without changing game time there.
+    fn reanchor(&mut self, real_ms: i64);
 }
 
-impl ClockState {
-    /// Game milliseconds at real instant `real_ms` (never negative).
-    pub fn game_ms_at(&self, real_ms: i64) -> i64 {
+impl GameClockMath for ClockState {
+    fn game_ms_at(&self, real_ms: i64) -> i64 {
         if self.paused {
             return self.anchor_game_ms.max(0);
         }
@@ -166,24 +157,14 @@ impl ClockState {
             .max(0)
     }
 
-    /// Game seconds at real instant `real_ms`.
-    pub fn game_seconds_at(&self, real_ms: i64) -> i64 {
+    fn game_seconds_at(&self, real_ms: i64) -> i64 {
         self.game_ms_at(real_ms).div_euclid(1000)
     }
 
-    /// Moves the anchor to `real_ms` without changing game time there.
     fn reanchor(&mut self, real_ms: i64) {
         self.anchor_game_ms = self.game_ms_at(real_ms);
         self.anchor_real_ms = real_ms;
     }
-}
-
-/// The ticker's progress (value of `time_manager.ticker`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TickerState {
-    /// The game hour (game seconds / 3600) last ticked or jumped to.
-    #[prost(int64, tag = "1")]
-    pub last_hour: i64,
 }
 
 /// What one [`TimeManager::step`] did.

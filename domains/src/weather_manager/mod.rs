@@ -44,6 +44,7 @@ use aicore_proto::aicore::weather_manager::v1::{
     ListRegionsRequest, ListRegionsResponse, Region, Season, SetOverrideRequest,
     SetOverrideResponse, Weather, WeatherChangedEvent, WeatherCondition, WeatherManagerHandler,
 };
+pub use aicore_proto::internal::weather_manager::{Observed, OverrideState};
 use aicore_proto::{CallOptions, Code, Request, Status};
 use futures::future::BoxFuture;
 
@@ -116,50 +117,16 @@ impl Default for WeatherManagerConfig {
     }
 }
 
-/// An override (value of `weather_manager.overrides`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct OverrideState {
-    /// The forced condition.
-    #[prost(enumeration = "WeatherCondition", tag = "1")]
-    pub condition: i32,
-    /// The forced temperature; absent: the chain's.
-    #[prost(double, optional, tag = "2")]
-    pub temperature_c: Option<f64>,
-    /// 0–1.
-    #[prost(double, tag = "3")]
-    pub intensity: f64,
-    /// Game second it was set at.
-    #[prost(int64, tag = "4")]
-    pub from_game_seconds: i64,
-    /// Game second it ends at (exclusive); 0 = until cleared.
-    #[prost(int64, tag = "5")]
-    pub until_game_seconds: i64,
-    /// Why.
-    #[prost(string, tag = "6")]
-    pub reason: String,
+/// When a stored override applies (a trait: the record is generated in `aicore_proto`).
+trait OverrideWindow {
+    /// Whether the override covers game second `t`.
+    fn active_at(&self, t: i64) -> bool;
 }
 
-impl OverrideState {
+impl OverrideWindow for OverrideState {
     fn active_at(&self, t: i64) -> bool {
         self.from_game_seconds <= t && (self.until_game_seconds == 0 || t < self.until_game_seconds)
     }
-}
-
-/// The weather last published for a region (value of `weather_manager.observed`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Observed {
-    /// The step observed.
-    #[prost(int64, tag = "1")]
-    pub step: i64,
-    /// The effective condition then (override included).
-    #[prost(enumeration = "WeatherCondition", tag = "2")]
-    pub condition: i32,
-    /// The chain's own condition at `step` (a cursor for the next walk).
-    #[prost(enumeration = "WeatherCondition", tag = "3")]
-    pub chain_condition: i32,
-    /// The region version the cursor belongs to.
-    #[prost(uint64, tag = "4")]
-    pub region_version: u64,
 }
 
 // ---------------------------------------------------------------- the domain

@@ -35,6 +35,7 @@ use aicore_proto::aicore::world_state::v1::{
     ListRequest, ListResponse, SetRequest, SetResponse, SnapshotRequest, SnapshotResponse,
     WatchRequest, WatchResponse, WorldStateHandler, watch_response,
 };
+pub use aicore_proto::internal::world_state::{Meta, Tombstone};
 use aicore_proto::{Code, Request, Status, Streaming};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -113,27 +114,6 @@ impl Default for WorldStateConfig {
             watch_batch: 256,
         }
     }
-}
-
-/// The latest world revision (value of `world_state.meta`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Meta {
-    /// Revision of the latest change; 0 before the first.
-    #[prost(uint64, tag = "1")]
-    pub revision: u64,
-    /// The oldest revision the change log holds (its rows are the run from here to
-    /// `revision`: one per change, pruned from the oldest); 0 when not known (a meta
-    /// row written before this field existed).
-    #[prost(uint64, tag = "2")]
-    pub oldest_change: u64,
-}
-
-/// What a Delete leaves behind (value of `world_state.tombstones`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Tombstone {
-    /// The version the deletion took.
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
 }
 
 /// The world-state domain.
