@@ -52,6 +52,9 @@ pub trait Keyed: Message + Clone {
 
 pub use aicore::common::v1::{Code, Error as ErrorProto, FieldViolation};
 
+mod error_json;
+pub use error_json::{error_json, error_json_as};
+
 /// The encoded `FileDescriptorSet` of every `.proto`, imports included.
 pub static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 
