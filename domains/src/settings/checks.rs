@@ -72,6 +72,17 @@ impl Target {
     }
 
     /// The effective setting: the stored value if it satisfies the schema, else the default.
+    /// The schema of `key` read in a write, checked to allow this target's scope (read in
+    /// the transaction so a concurrent redefinition cannot slip a value past the rules it
+    /// is stored under).
+    pub(super) fn schema_in(&self, tx: &Tx<'_>, key: &str) -> Result<Schema, Status> {
+        let schema = tx
+            .get_msg::<Schema>(SCHEMAS, key.as_bytes())?
+            .ok_or_else(|| Status::not_found(format!("no schema for the key `{key}`")))?;
+        self.check_allowed(&schema)?;
+        Ok(schema)
+    }
+
     pub(super) fn setting(
         &self,
         schema: &Schema,

@@ -25,6 +25,7 @@ use aicore_proto::aicore::settings::v1::{
 pub use aicore_proto::internal::settings::StoredValue;
 use aicore_proto::{Code, Metadata, Request, Status};
 
+use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
 
 mod checks;
@@ -185,12 +186,7 @@ impl SettingsHandler for Settings {
         self.ctx
             .store
             .write(move |tx| {
-                // The schema is read in the transaction so a concurrent redefinition cannot
-                // slip a value past the rules it is stored under.
-                let schema = tx
-                    .get_msg::<Schema>(SCHEMAS, key.as_bytes())?
-                    .ok_or_else(|| Status::not_found(format!("no schema for the key `{key}`")))?;
-                target.check_allowed(&schema)?;
+                let schema = target.schema_in(tx, &key)?;
                 check_value(&schema, value.as_ref(), "value", &config)?;
                 let vkey = target.value_key(&key);
                 let current = tx
@@ -269,10 +265,7 @@ impl SettingsHandler for Settings {
         self.ctx
             .store
             .write(move |tx| {
-                let schema = tx
-                    .get_msg::<Schema>(SCHEMAS, key.as_bytes())?
-                    .ok_or_else(|| Status::not_found(format!("no schema for the key `{key}`")))?;
-                target.check_allowed(&schema)?;
+                let schema = target.schema_in(tx, &key)?;
                 let vkey = target.value_key(&key);
                 let current = tx.get_msg::<StoredValue>(VALUES, &vkey)?;
                 let version = current.as_ref().map_or(0, |c| c.version);
