@@ -230,6 +230,71 @@ fn main() {
         );
     }
     std::fs::write(out.join("events.rs"), events).expect("write events.rs");
+
+    compile_internal(&out);
+}
+
+/// Compiles the domains' on-disk records, `internal/<domain>.proto` (package
+/// `aicore.<domain>.internal.v1`), into `OUT_DIR/internal/` (module `internal::<domain>`). Apart from the contracts: they
+/// stay out of the descriptor set the gateway and the CLI reflect over (no route, no
+/// OpenAPI schema), and their `bytes` fields are `Vec<u8>` as the hand-written records'
+/// were (one field that was `Bytes`, a state-manager version's data, stays so). A type of a
+/// contract they use (`import "quest_system.proto"`) is the contract's generated type.
+fn compile_internal(out: &std::path::Path) {
+    println!("cargo:rerun-if-changed=internal");
+    let mut files: Vec<String> = std::fs::read_dir("internal")
+        .expect("read internal/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // `internal/auth.proto` from the crate's folder, `auth.proto` (a contract) from `proto/`.
+    let mut compiler = protox::Compiler::new(["proto", "."]).expect("protox include path");
+    // The imported contracts come along so prost knows their messages; only the internal
+    // packages' code is kept.
+    compiler.include_source_info(true).include_imports(true);
+    if let Err(e) = compiler.open_files(&files) {
+        panic!("proto compile error: {e:?}");
+    }
+    let mut config = prost_build::Config::new();
+    let mut requests = Vec::new();
+    let mut internal = Vec::new();
+    for file in compiler.file_descriptor_set().file {
+        let pkg = file.package().to_string();
+        if files.iter().any(|f| f == file.name()) {
+            assert!(
+                pkg.starts_with("aicore.") && pkg.ends_with(".internal.v1"),
+                "{} must declare package aicore.<domain>.internal.v1",
+                file.name()
+            );
+            internal.push(pkg.clone());
+        } else if pkg.starts_with("aicore.") {
+            config.extern_path(
+                format!(".{pkg}"),
+                format!("crate::{}", pkg.replace('.', "::")),
+            );
+        }
+        requests.push((prost_build::Module::from_protobuf_package_name(&pkg), file));
+    }
+    config.bytes([".aicore.state_manager.internal.v1.VersionRecord.data"]);
+    let modules = config.generate(requests).expect("prost-build (internal)");
+    let dir = out.join("internal");
+    std::fs::create_dir_all(&dir).expect("create OUT_DIR/internal");
+    // `aicore.auth.internal.v1` becomes `aicore_proto::internal::auth`.
+    let mut include = String::new();
+    for pkg in &internal {
+        let module = prost_build::Module::from_protobuf_package_name(pkg);
+        let code = modules.get(&module).expect("generated internal package");
+        let name = format!("{pkg}.rs");
+        std::fs::write(dir.join(&name), code).expect("write internal package");
+        let domain = pkg.split('.').nth(1).expect("aicore.<domain>.internal.v1");
+        let _ = writeln!(
+            include,
+            "pub mod {domain} {{\n    include!(concat!(env!(\"OUT_DIR\"), \"/internal/{name}\"));\n}}"
+        );
+    }
+    std::fs::write(dir.join("_includes.rs"), include).expect("write internal includes");
 }
 
 /// The field number of `message`'s idempotency key: a singular string field named

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aicore_proto::{CallOptions, Caller, Code, Status, Transport, code_name};
+use aicore_proto::{CallOptions, Caller, Code, Status, Transport};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -96,16 +96,10 @@ pub async fn call(nats: async_nats::Client, args: CallArgs) -> Result<(), CallFa
     }
 }
 
-/// The error as `aicore call` prints it on stderr: one JSON object.
+/// The error as `aicore call` prints it on stderr: one JSON object, as the gateway
+/// answers it.
 pub fn error_json(s: &Status) -> String {
-    serde_json::json!({
-        "code": code_name(s.code),
-        "message": s.message,
-        "field_violations": s.field_violations.iter().map(|v| serde_json::json!({
-            "field": v.field, "description": v.description
-        })).collect::<Vec<_>>(),
-    })
-    .to_string()
+    aicore_proto::error_json(s)
 }
 
 /// One instance's answer to `$SRV.PING`.

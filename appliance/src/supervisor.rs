@@ -13,6 +13,7 @@
 //! ends, non-zero unless a signal asked for it — and a supervisor such as systemd can
 //! restart it.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,55 +191,9 @@ async fn start(
     let certs_dir = config.data_dir.join("certs");
     let mut child_cfg = None;
     let identities = match &config.nats.url {
-        Some(url) => {
-            tracing::info!(%url, "using an existing NATS server; no child started");
-            let s = &config.security;
-            let tls = match (&s.client_cert, &s.client_key, &s.ca_cert) {
-                (Some(cert), Some(key), Some(ca)) => Some(ClientTls {
-                    ca: ca.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                }),
-                (None, None, None) => None,
-                _ => {
-                    bail!("security.client_cert, client_key and ca_cert go together (all or none)")
-                }
-            };
-            Identities {
-                domains: tls.clone(),
-                gateway: tls,
-            }
-        }
+        Some(url) => external_identities(config, url)?,
         None => {
-            let binary = resolve_binary(config.nats.server_bin.as_deref())?;
-            let tls = match insecure {
-                true => None,
-                false => {
-                    let ca = Authority::open_or_create(&certs_dir, config.security.ca_days)?;
-                    let sans = security::server_sans(&config.security, &config.nats.host);
-                    let now = std::time::SystemTime::now();
-                    let issued = security::ensure_issued(&ca, &config.security, &sans, now)?;
-                    if !issued.is_empty() {
-                        tracing::info!(certificates = %issued.join(","), "issued certificates");
-                    }
-                    Some(security::nats_tls(&ca, &config.security, now)?)
-                }
-            };
-            let cfg = NatsChildConfig {
-                binary,
-                host: config.nats.host.clone(),
-                port: config.nats.port,
-                monitor_port: config.nats.monitor_port,
-                store_dir: config.data_dir.join("jetstream"),
-                config_path: config.data_dir.join("nats-server.conf"),
-                sync_interval: config.nats.sync_interval.clone(),
-                max_payload: config.nats.max_payload,
-                max_memory_store: config.nats.max_memory_store,
-                max_file_store: config.nats.max_file_store,
-                max_restarts: config.nats.max_restarts,
-                restart_window: config.restart_window(),
-                tls,
-            };
+            let cfg = child_config(config, &certs_dir)?;
             child_cfg = Some(cfg.clone());
             running.child = Some(NatsChild::start(cfg, shutdown.child_token()).await?);
             let identity = |name: &str| (!insecure).then(|| ClientTls::in_dir(&certs_dir, name));
@@ -273,9 +228,98 @@ async fn start(
         ))),
         _ => None,
     };
+    let keeps_ca = child.is_some() && !insecure;
+    start_streams(config, store, &nats, keeps_ca, &certs_dir, running).await?;
+    serve_domains(config, &domains, store, &nats, running).await?;
 
-    // Event streams first, so a domain's first event has somewhere to go; then the outbox
-    // relay and the dead-letter task, which outlive the domains in teardown.
+    // 3b. The HTTP gateway, on its own NATS connection, once the domains answer.
+    if config.http.enabled {
+        running.gateway = Some(
+            gateway::start(
+                &config.http,
+                config.http_max_body_bytes(),
+                config.nats.max_payload,
+                &url,
+                identities.gateway.as_ref(),
+                http_domains,
+                shutdown.child_token(),
+            )
+            .await?,
+        );
+    }
+    tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
+    publish_runtime(config, url, keeps_ca, running)
+}
+
+/// The identities to connect to an existing NATS server with: the configured client
+/// certificate (all three files or none).
+fn external_identities(config: &Config, url: &str) -> Result<Identities> {
+    tracing::info!(%url, "using an existing NATS server; no child started");
+    let s = &config.security;
+    let tls = match (&s.client_cert, &s.client_key, &s.ca_cert) {
+        (Some(cert), Some(key), Some(ca)) => Some(ClientTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            bail!("security.client_cert, client_key and ca_cert go together (all or none)")
+        }
+    };
+    Ok(Identities {
+        domains: tls.clone(),
+        gateway: tls,
+    })
+}
+
+/// The nats-server child's configuration: the binary, listeners and limits, and (unless
+/// insecure) its certificates, issued by this appliance's CA as needed.
+fn child_config(config: &Config, certs_dir: &Path) -> Result<NatsChildConfig> {
+    let insecure = config.security.insecure_dev;
+    let binary = resolve_binary(config.nats.server_bin.as_deref())?;
+    let tls = match insecure {
+        true => None,
+        false => {
+            let ca = Authority::open_or_create(certs_dir, config.security.ca_days)?;
+            let sans = security::server_sans(&config.security, &config.nats.host);
+            let now = std::time::SystemTime::now();
+            let issued = security::ensure_issued(&ca, &config.security, &sans, now)?;
+            if !issued.is_empty() {
+                tracing::info!(certificates = %issued.join(","), "issued certificates");
+            }
+            Some(security::nats_tls(&ca, &config.security, now)?)
+        }
+    };
+    let cfg = NatsChildConfig {
+        binary,
+        host: config.nats.host.clone(),
+        port: config.nats.port,
+        monitor_port: config.nats.monitor_port,
+        store_dir: config.data_dir.join("jetstream"),
+        config_path: config.data_dir.join("nats-server.conf"),
+        sync_interval: config.nats.sync_interval.clone(),
+        max_payload: config.nats.max_payload,
+        max_memory_store: config.nats.max_memory_store,
+        max_file_store: config.nats.max_file_store,
+        max_restarts: config.nats.max_restarts,
+        restart_window: config.restart_window(),
+        tls,
+    };
+    Ok(cfg)
+}
+
+/// The event streams, so a domain's first event has somewhere to go; then the outbox
+/// relay, the certificate audit (where this appliance keeps a CA) and the dead-letter
+/// task, which outlive the domains in teardown.
+async fn start_streams(
+    config: &Config,
+    store: &Store,
+    nats: &async_nats::Client,
+    keeps_ca: bool,
+    certs_dir: &Path,
+    running: &mut Running,
+) -> Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
     ensure_streams(&js, &config.domains.event_bus.streams())
         .await
@@ -286,10 +330,10 @@ async fn start(
         running.events_stop.child_token(),
     )));
     // Certificate issues and revocations on AUDIT (only where this appliance keeps a CA).
-    if child.is_some() && !insecure {
+    if keeps_ca {
         running.certs_audit = Some(tokio::spawn(crate::certs_audit::run(
             js.clone(),
-            certs_dir.clone(),
+            certs_dir.to_path_buf(),
             config.security.ca_days,
             Duration::from_secs(config.domains.event_bus.audit.max_age_secs),
             Duration::from_secs(config.security.check_interval_secs.max(1)),
@@ -300,8 +344,17 @@ async fn start(
         js,
         running.events_stop.child_token(),
     )));
+    Ok(())
+}
 
-    // 3. Domains.
+/// 3. Builds each selected domain on one context and serves it on NATS.
+async fn serve_domains(
+    config: &Config,
+    domains: &[&'static str],
+    store: &Store,
+    nats: &async_nats::Client,
+    running: &mut Running,
+) -> Result<()> {
     let ctx = Ctx {
         store: store.clone(),
         clock: Arc::new(SystemClock),
@@ -314,7 +367,7 @@ async fn start(
         data_dir: Some(config.data_dir.clone()),
     };
     let trust = Arc::new(security::trust(&config.security));
-    for name in &domains {
+    for name in domains {
         let spec = registry::find(name).context("domain listed but not registered")?;
         let dispatch = (spec.build)(&ctx, &config.domains)
             .map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
@@ -333,27 +386,20 @@ async fn start(
         running.served.push(handle);
     }
     nats.flush().await.context("flushing NATS subscriptions")?;
+    Ok(())
+}
 
-    // 3b. The HTTP gateway, on its own NATS connection, once the domains answer.
-    if config.http.enabled {
-        running.gateway = Some(
-            gateway::start(
-                &config.http,
-                config.http_max_body_bytes(),
-                config.nats.max_payload,
-                &url,
-                identities.gateway.as_ref(),
-                http_domains,
-                shutdown.child_token(),
-            )
-            .await?,
-        );
-    }
-    tracing::info!(nats = %url, domains = %domains.join(","), data_dir = %config.data_dir.display(), "aicore ready");
-    // Where the client commands find this appliance; removed at the end of teardown.
+/// Where the client commands find this appliance; removed at the end of teardown.
+fn publish_runtime(
+    config: &Config,
+    url: String,
+    keeps_ca: bool,
+    running: &mut Running,
+) -> Result<()> {
+    let child = running.child.as_ref();
     let runtime = crate::runtime_file::Runtime::of_this_process(
-        url.clone(),
-        child.is_some() && !insecure,
+        url,
+        keeps_ca,
         running
             .gateway
             .as_ref()

@@ -25,6 +25,14 @@ include!(concat!(env!("OUT_DIR"), "/services.rs"));
 include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
 include!(concat!(env!("OUT_DIR"), "/events.rs"));
 
+/// The domains' on-disk records, generated from `proto/internal/<domain>.proto` (package
+/// `aicore.<domain>.internal.v1`, module `internal::<domain>`): reviewable and versioned like the contracts, but never
+/// sent to a client, and not in [`descriptor_pool`]. Their field numbers are the format of
+/// existing data files.
+pub mod internal {
+    include!(concat!(env!("OUT_DIR"), "/internal/_includes.rs"));
+}
+
 /// A message published as an event (`(aicore.common.v1.event)` on it names its subject;
 /// the implementations are generated).
 pub trait Event: Message {
@@ -43,6 +51,9 @@ pub trait Keyed: Message + Clone {
 }
 
 pub use aicore::common::v1::{Code, Error as ErrorProto, FieldViolation};
+
+mod error_json;
+pub use error_json::{error_json, error_json_as};
 
 /// The encoded `FileDescriptorSet` of every `.proto`, imports included.
 pub static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

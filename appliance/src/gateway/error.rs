@@ -1,6 +1,7 @@
 //! The gateway's error responses: the common error model ([`Status`]) as an HTTP status
 //! (through [`aicore_proto::http_status`], the one mapping) and a JSON body
-//! `{"code", "message", "details": [{"field", "description"}]}`, with `Retry-After` when a
+//! `{"code", "message", "field_violations": [{"field", "description"}]}` (the encoding
+//! `aicore call` prints too: [`aicore_proto::error_json`]), with `Retry-After` when a
 //! retry may succeed. Gateway-only refusals (413, 405, 415) are built here too, in the
 //! same body shape; a body over the limit has its own JSON code, [`PAYLOAD_TOO_LARGE`].
 
@@ -50,24 +51,13 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> String {
-        body_with_code(self.code, &self.status)
+        aicore_proto::error_json_as(self.code, &self.status)
     }
 }
 
-/// The JSON body of an error.
+/// The JSON body of an error (the one encoding of the error model, shared with the CLI).
 pub fn body(s: &Status) -> String {
-    body_with_code(code_name(s.code), s)
-}
-
-fn body_with_code(code: &str, s: &Status) -> String {
-    serde_json::json!({
-        "code": code,
-        "message": s.message,
-        "details": s.field_violations.iter().map(|v| serde_json::json!({
-            "field": v.field, "description": v.description
-        })).collect::<Vec<_>>(),
-    })
-    .to_string()
+    aicore_proto::error_json(s)
 }
 
 impl From<Status> for ApiError {
@@ -127,11 +117,11 @@ mod tests {
         let b: serde_json::Value =
             serde_json::from_str(&ApiError::new(Status::invalid("a.b", "bad")).body()).unwrap();
         assert_eq!(b["code"], "INVALID_ARGUMENT");
-        assert_eq!(b["details"][0]["field"], "a.b");
+        assert_eq!(b["field_violations"][0]["field"], "a.b");
         let r = ApiError::too_large(Status::invalid("(body)", "too big"));
         assert_eq!(r.http, StatusCode::PAYLOAD_TOO_LARGE);
         let b: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
         assert_eq!(b["code"], PAYLOAD_TOO_LARGE);
-        assert_eq!(b["details"][0]["field"], "(body)");
+        assert_eq!(b["field_violations"][0]["field"], "(body)");
     }
 }

@@ -282,11 +282,11 @@ fn error_schema() -> Value {
     json!({
         "type": "object",
         "description": "The common error model. `code` decides the HTTP status: INVALID_ARGUMENT 400, PAYLOAD_TOO_LARGE 413 (a body over the limit), UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, CONFLICT 409, FAILED_PRECONDITION 412, RESOURCE_EXHAUSTED 429, INTERNAL 500, UNAVAILABLE 503, DEADLINE_EXCEEDED 504. 429 and 503 carry Retry-After.",
-        "required": ["code", "message", "details"],
+        "required": ["code", "message", "field_violations"],
         "properties": {
             "code": {"type": "string", "enum": codes},
             "message": {"type": "string", "description": "For developers; never secrets."},
-            "details": {
+            "field_violations": {
                 "type": "array",
                 "description": "The offending fields, by path (`items[2].amount`).",
                 "items": {

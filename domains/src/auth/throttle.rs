@@ -39,6 +39,7 @@
 
 use std::time::Duration;
 
+use aicore_proto::internal::auth::ThrottleRecord;
 use aicore_proto::{Code, Status};
 use sha2::{Digest, Sha256};
 
@@ -55,27 +56,6 @@ pub(super) const NATS_SOURCE: &str = "nats";
 
 /// Bytes of SHA-256 kept as a username's key.
 const NAME_KEY_BYTES: usize = 16;
-
-/// One counter: a (source, username) pair's or a username's.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct ThrottleRecord {
-    /// Attempts counted since the last success (or since it was forgotten); an admitted
-    /// attempt counts until it succeeds.
-    #[prost(uint32, tag = "1")]
-    pub failures: u32,
-    /// Attempts are refused until then (ms since the epoch; 0 = not locked).
-    #[prost(int64, tag = "2")]
-    pub locked_until_ms: i64,
-    /// The last admitted attempt.
-    #[prost(int64, tag = "3")]
-    pub last_attempt_ms: i64,
-    /// Pair records: the last successful login from this source.
-    #[prost(int64, tag = "4")]
-    pub last_success_ms: i64,
-    /// Where its row in the expiry index is (0 = none).
-    #[prost(int64, tag = "5")]
-    pub expires_ms: i64,
-}
 
 /// The throttle's numbers, from [`AuthConfig`].
 #[derive(Debug, Clone)]

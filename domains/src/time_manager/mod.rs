@@ -51,6 +51,7 @@ use aicore_proto::aicore::time_manager::v1::{
     ScheduledEvent, Season, SetScaleRequest, SetScaleResponse, SetTimeRequest, SetTimeResponse,
     TickEvent, TimeManagerHandler, Timer,
 };
+pub use aicore_proto::internal::time_manager::{ClockState, TickerState};
 use aicore_proto::{Code, Metadata, Request, Status};
 use bytes::Bytes;
 
@@ -58,6 +59,12 @@ use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, calendar, paging};
+
+mod handlers;
+mod ticks;
+
+use handlers::*;
+use ticks::*;
 
 const CLOCK: &str = "time_manager.clock";
 const CLOCK_KEY: &[u8] = b"clock";
@@ -128,29 +135,19 @@ impl Default for TimeManagerConfig {
     }
 }
 
-/// The stored clock (value of `time_manager.clock`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ClockState {
-    /// Real instant of the anchor, ms since the Unix epoch.
-    #[prost(int64, tag = "1")]
-    pub anchor_real_ms: i64,
-    /// Game time at the anchor, game ms since the world's epoch.
-    #[prost(int64, tag = "2")]
-    pub anchor_game_ms: i64,
-    /// Game seconds per real second.
-    #[prost(double, tag = "3")]
-    pub scale: f64,
-    /// While paused, game time stays at the anchor.
-    #[prost(bool, tag = "4")]
-    pub paused: bool,
-    /// Bumped by every change.
-    #[prost(uint64, tag = "5")]
-    pub version: u64,
+/// Reading and moving a stored [`ClockState`] (a trait: the record is generated in
+/// `aicore_proto`).
+pub trait GameClockMath {
+    /// Game milliseconds at real instant `real_ms` (never negative).
+    fn game_ms_at(&self, real_ms: i64) -> i64;
+    /// Game seconds at real instant `real_ms`.
+    fn game_seconds_at(&self, real_ms: i64) -> i64;
+    /// Moves the anchor to `real_ms` without changing game time there.
+    fn reanchor(&mut self, real_ms: i64);
 }
 
-impl ClockState {
-    /// Game milliseconds at real instant `real_ms` (never negative).
-    pub fn game_ms_at(&self, real_ms: i64) -> i64 {
+impl GameClockMath for ClockState {
+    fn game_ms_at(&self, real_ms: i64) -> i64 {
         if self.paused {
             return self.anchor_game_ms.max(0);
         }
@@ -160,24 +157,14 @@ impl ClockState {
             .max(0)
     }
 
-    /// Game seconds at real instant `real_ms`.
-    pub fn game_seconds_at(&self, real_ms: i64) -> i64 {
+    fn game_seconds_at(&self, real_ms: i64) -> i64 {
         self.game_ms_at(real_ms).div_euclid(1000)
     }
 
-    /// Moves the anchor to `real_ms` without changing game time there.
     fn reanchor(&mut self, real_ms: i64) {
         self.anchor_game_ms = self.game_ms_at(real_ms);
         self.anchor_real_ms = real_ms;
     }
-}
-
-/// The ticker's progress (value of `time_manager.ticker`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TickerState {
-    /// The game hour (game seconds / 3600) last ticked or jumped to.
-    #[prost(int64, tag = "1")]
-    pub last_hour: i64,
 }
 
 /// What one [`TimeManager::step`] did.
@@ -214,177 +201,6 @@ pub fn game_time(seconds: i64, days_per_season: u32) -> GameTime {
             .unwrap_or(Season::Unspecified) as i32,
         day_of_season: (day % dps) as i32,
     }
-}
-
-fn due_key(fire_at: i64, id: &str) -> Vec<u8> {
-    let mut k = (fire_at.max(0) as u64).to_be_bytes().to_vec();
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn due_of(key: &[u8]) -> Option<(i64, &[u8])> {
-    let (at, id) = key.split_at_checked(8)?;
-    Some((u64::from_be_bytes(at.try_into().ok()?) as i64, id))
-}
-
-/// Values a transaction needs from the configuration.
-#[derive(Clone, Copy)]
-struct Params {
-    default_scale: f64,
-    start_game_seconds: i64,
-    days_per_season: u32,
-    max_catch_up_ticks: u32,
-    fire_batch: usize,
-}
-
-impl Params {
-    fn of(c: &TimeManagerConfig) -> Params {
-        Params {
-            default_scale: c.default_scale,
-            start_game_seconds: c.start_game_seconds,
-            days_per_season: c.days_per_season,
-            max_catch_up_ticks: c.max_catch_up_ticks,
-            fire_batch: c.fire_batch.max(1),
-        }
-    }
-
-    fn new_clock(&self, real_ms: i64) -> ClockState {
-        let scale = if self.default_scale.is_finite() && self.default_scale > 0.0 {
-            self.default_scale.min(MAX_SCALE)
-        } else {
-            60.0
-        };
-        ClockState {
-            anchor_real_ms: real_ms,
-            anchor_game_ms: self
-                .start_game_seconds
-                .clamp(0, MAX_GAME_SECONDS)
-                .saturating_mul(1000),
-            scale,
-            paused: false,
-            version: 0,
-        }
-    }
-
-    fn clock_proto(&self, c: &ClockState, real_ms: i64) -> Clock {
-        Clock {
-            game_time: Some(game_time(c.game_seconds_at(real_ms), self.days_per_season)),
-            real_time: Some(aicore_runtime::timestamp(
-                UNIX_EPOCH + Duration::from_millis(real_ms.max(0) as u64),
-            )),
-            scale: c.scale,
-            paused: c.paused,
-            version: c.version,
-            days_per_season: self.days_per_season,
-        }
-    }
-}
-
-/// The clock in `tx`, created (anchored at `real_ms`) when the world has none yet.
-fn clock_in(tx: &mut Tx<'_>, p: &Params, real_ms: i64) -> Result<ClockState, Status> {
-    match tx.get_msg::<ClockState>(CLOCK, CLOCK_KEY)? {
-        Some(c) => Ok(c),
-        None => {
-            let c = p.new_clock(real_ms);
-            tx.put_msg(CLOCK, CLOCK_KEY, &c);
-            Ok(c)
-        }
-    }
-}
-
-/// Emits the ticks for hours crossed up to `game_s` (see the module doc).
-fn tick(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
-    let hour = game_s.div_euclid(HOUR_SECONDS);
-    let last = match tx.get_msg::<TickerState>(TICKER, TICKER_KEY)? {
-        Some(t) => t.last_hour,
-        // A new world starts in an hour already begun: no tick for it.
-        None => {
-            tx.put_msg(TICKER, TICKER_KEY, &TickerState { last_hour: hour });
-            return Ok(0);
-        }
-    };
-    if hour == last {
-        return Ok(0);
-    }
-    let mut ticks = 0;
-    if hour > last {
-        let first = (last + 1).max(hour - i64::from(p.max_catch_up_ticks) + 1);
-        for h in first..=hour {
-            let event = TickEvent {
-                game_time: Some(game_time(h * HOUR_SECONDS, p.days_per_season)),
-                catch_up: h < hour,
-            };
-            tx.emit(&event)?;
-            ticks += 1;
-        }
-    }
-    // Backwards (the real clock stepped back): no ticks, follow it.
-    tx.put_msg(TICKER, TICKER_KEY, &TickerState { last_hour: hour });
-    Ok(ticks)
-}
-
-/// Where the due table's live keys start, at the latest (see the module doc), from the
-/// `due_from` row as read (a store without one: the table's start).
-fn due_start(row: Option<Bytes>) -> Vec<u8> {
-    row.map(|b| b.to_vec()).unwrap_or_default()
-}
-
-/// [`due_start`] as a transaction sees it.
-fn due_from(tx: &Tx<'_>) -> Result<Vec<u8>, Status> {
-    Ok(due_start(tx.get(TICKER, DUE_FROM)?))
-}
-
-/// Adds `key` to the due table, below which the scans then start if need be.
-fn put_due(tx: &mut Tx<'_>, key: Vec<u8>) -> Result<(), Status> {
-    if key < due_from(tx)? {
-        tx.put(TICKER, DUE_FROM, key.clone());
-    }
-    tx.put(DUE, &key, Vec::new());
-    Ok(())
-}
-
-/// Fires up to `fire_batch` timers due at or before `game_s`.
-fn fire_due(tx: &mut Tx<'_>, p: &Params, game_s: i64) -> Result<u32, Status> {
-    let mut fired = 0;
-    let from = due_from(tx)?;
-    // Every key this step deletes is below the rest and below the ones it adds (a
-    // repeating timer's next occurrence is after `game_s`): the next scan starts at it.
-    let mut last = None;
-    for (key, _) in tx.scan(DUE, b"", &from, p.fire_batch)? {
-        let Some((fire_at, id)) = due_of(&key) else {
-            tx.delete(DUE, &key);
-            last = Some(key);
-            continue;
-        };
-        if fire_at > game_s {
-            break;
-        }
-        let id = id.to_vec();
-        tx.delete(DUE, &key);
-        last = Some(key);
-        let Some(mut timer) = tx.get_msg::<Timer>(TIMERS, &id)? else {
-            continue;
-        };
-        let event = ScheduledEvent {
-            timer: Some(timer.clone()),
-            fired_at: Some(game_time(game_s, p.days_per_season)),
-        };
-        tx.emit(&event)?;
-        fired += 1;
-        let every = timer.repeat_every_seconds;
-        if every > 0 {
-            let next = fire_at + ((game_s - fire_at) / every + 1) * every;
-            timer.fire_at = Some(game_time(next, p.days_per_season));
-            tx.put_msg(TIMERS, &id, &timer);
-            put_due(tx, due_key(next, &timer.schedule_id))?;
-        } else {
-            tx.delete(TIMERS, &id);
-        }
-    }
-    if let Some(last) = last {
-        tx.put(TICKER, DUE_FROM, last);
-    }
-    Ok(fired)
 }
 
 /// The time-manager domain.
@@ -523,244 +339,6 @@ impl TimeManager {
             self.wake.notify_one();
         }
         Ok((clock, fired))
-    }
-}
-
-fn check_reason(reason: &str) -> Result<(), Status> {
-    if reason.chars().count() > 512 {
-        return Err(Status::invalid("reason", "must be at most 512 characters"));
-    }
-    Ok(())
-}
-
-fn check_game_seconds(v: i64, field: &str) -> Result<(), Status> {
-    if !(0..=MAX_GAME_SECONDS).contains(&v) {
-        return Err(Status::invalid(
-            field,
-            format!("must be 0 to {MAX_GAME_SECONDS} game seconds"),
-        ));
-    }
-    Ok(())
-}
-
-impl TimeManagerHandler for TimeManager {
-    async fn now(&self, request: Request<NowRequest>) -> Result<NowResponse, Status> {
-        let c = self.clock().await?;
-        let at = match request.body.at {
-            Some(ts) => {
-                let t = SystemTime::try_from(ts)
-                    .map_err(|_| Status::invalid("at", "is not a valid timestamp"))?;
-                unix_ms(t)
-            }
-            None => unix_ms(self.ctx.clock.now()),
-        };
-        Ok(NowResponse {
-            clock: Some(self.params().clock_proto(&c, at)),
-        })
-    }
-
-    async fn set_scale(
-        &self,
-        request: Request<SetScaleRequest>,
-    ) -> Result<SetScaleResponse, Status> {
-        let Request { body: req, meta } = request;
-        let scale = req.scale;
-        if !(scale.is_finite() && scale > 0.0 && scale <= MAX_SCALE) {
-            return Err(Status::invalid(
-                "scale",
-                format!("must be > 0 and <= {MAX_SCALE}"),
-            ));
-        }
-        let (clock, _) = self
-            .change_clock(&meta, "set_scale", String::new(), move |c| {
-                let changed = c.scale != scale;
-                c.scale = scale;
-                changed
-            })
-            .await?;
-        Ok(SetScaleResponse { clock: Some(clock) })
-    }
-
-    async fn pause(&self, request: Request<PauseRequest>) -> Result<PauseResponse, Status> {
-        let Request { body: req, meta } = request;
-        let (clock, _) = self
-            .change_clock(&meta, "pause", req.reason, |c| {
-                let changed = !c.paused;
-                c.paused = true;
-                changed
-            })
-            .await?;
-        Ok(PauseResponse { clock: Some(clock) })
-    }
-
-    async fn resume(&self, request: Request<ResumeRequest>) -> Result<ResumeResponse, Status> {
-        let Request { body: req, meta } = request;
-        let (clock, _) = self
-            .change_clock(&meta, "resume", req.reason, |c| {
-                let changed = c.paused;
-                c.paused = false;
-                changed
-            })
-            .await?;
-        Ok(ResumeResponse { clock: Some(clock) })
-    }
-
-    async fn set_time(&self, request: Request<SetTimeRequest>) -> Result<SetTimeResponse, Status> {
-        let Request { body: req, meta } = request;
-        check_game_seconds(req.game_seconds, "game_seconds")?;
-        let target_ms = req.game_seconds * 1000;
-        let (clock, timers_fired) = self
-            .change_clock(&meta, "set_time", req.reason, move |c| {
-                c.anchor_game_ms = target_ms;
-                true
-            })
-            .await?;
-        Ok(SetTimeResponse {
-            clock: Some(clock),
-            timers_fired,
-        })
-    }
-
-    async fn schedule(
-        &self,
-        request: Request<ScheduleRequest>,
-    ) -> Result<ScheduleResponse, Status> {
-        let Request { body: req, meta } = request;
-        check_game_seconds(req.fire_at_seconds, "fire_at_seconds")?;
-        if req.repeat_every_seconds != 0
-            && !(MIN_REPEAT_SECONDS..=MAX_GAME_SECONDS).contains(&req.repeat_every_seconds)
-        {
-            return Err(Status::invalid(
-                "repeat_every_seconds",
-                format!("must be 0 (once) or at least {MIN_REPEAT_SECONDS} game seconds"),
-            ));
-        }
-        let n = req.name.chars().count();
-        if n == 0 || n > MAX_NAME_CHARS || req.name.chars().any(char::is_control) {
-            return Err(Status::invalid(
-                "name",
-                format!("must be 1 to {MAX_NAME_CHARS} characters without control characters"),
-            ));
-        }
-        if req.payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(Status::with_field(
-                Code::ResourceExhausted,
-                "payload",
-                format!(
-                    "is {} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes",
-                    req.payload.len()
-                ),
-            ));
-        }
-        let content_type = aicore_runtime::validate::content_type(&req.content_type)?;
-        if req.idempotency_key.is_empty() {
-            return Err(Status::invalid(
-                "idempotency_key",
-                "is required (a retry with the same key returns the first timer)",
-            ));
-        }
-        let owner = meta
-            .caller
-            .as_ref()
-            .map(|c| c.account_id.clone())
-            .unwrap_or_default();
-        let dps = self.config().days_per_season;
-        let now = self.ctx.now_ts();
-        let scope = format!("schedule\0{owner}");
-        let keyed = IDEMPOTENCY.prepare(&self.ctx, "schedule", &scope, &req)?;
-        let reply = keyed
-            .write(move |tx| {
-                let timer = Timer {
-                    schedule_id: aicore_runtime::new_id("tmr"),
-                    fire_at: Some(game_time(req.fire_at_seconds, dps)),
-                    repeat_every_seconds: req.repeat_every_seconds,
-                    name: req.name,
-                    payload: req.payload,
-                    content_type,
-                    owner,
-                    created_at: Some(now),
-                };
-                tx.put_msg(TIMERS, timer.schedule_id.as_bytes(), &timer);
-                put_due(tx, due_key(req.fire_at_seconds, &timer.schedule_id))?;
-                Ok(ScheduleResponse { timer: Some(timer) })
-            })
-            .await?;
-        self.wake.notify_one();
-        Ok(reply)
-    }
-
-    async fn cancel_schedule(
-        &self,
-        request: Request<CancelScheduleRequest>,
-    ) -> Result<CancelScheduleResponse, Status> {
-        let req = request.body;
-        let id = req.schedule_id;
-        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-            return Err(Status::invalid(
-                "schedule_id",
-                "must be 1 to 128 characters without control characters",
-            ));
-        }
-        let cancelled = self
-            .ctx
-            .store
-            .write(move |tx| {
-                let Some(t) = tx.get_msg::<Timer>(TIMERS, id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let at = t.fire_at.map_or(0, |g| g.seconds);
-                tx.delete(TIMERS, id.as_bytes());
-                tx.delete(DUE, &due_key(at, &id));
-                Ok(true)
-            })
-            .await?;
-        Ok(CancelScheduleResponse { cancelled })
-    }
-
-    async fn list_schedules(
-        &self,
-        request: Request<ListSchedulesRequest>,
-    ) -> Result<ListSchedulesResponse, Status> {
-        let req = request.body;
-        let c = self.config();
-        let limit = paging::page_size(req.page_size, c.default_page_size, c.max_page_size)?;
-        let store = &self.ctx.store;
-        // No live key is below `due_from`: start there rather than step over the rows of
-        // timers fired since the store last flushed.
-        let mut from = due_start(store.get(TICKER, DUE_FROM)?);
-        if !req.page_token.is_empty() {
-            from = from.max(paging::decode_token(LIST_TOKEN, &req.page_token)?);
-        }
-        let mut timers = Vec::with_capacity(limit);
-        let batch = 256;
-        loop {
-            let rows = store.scan(DUE, b"", &from, batch)?;
-            let full = rows.len() == batch;
-            for (key, _) in rows {
-                if timers.len() == limit {
-                    return Ok(ListSchedulesResponse {
-                        timers,
-                        next_page_token: paging::encode_token(LIST_TOKEN, &key),
-                    });
-                }
-                from = key.clone();
-                from.push(0);
-                let Some((_, id)) = due_of(&key) else {
-                    continue;
-                };
-                if let Some(t) = store.get_msg::<Timer>(TIMERS, id)?
-                    && t.name.starts_with(&req.name_prefix)
-                {
-                    timers.push(t);
-                }
-            }
-            if !full {
-                return Ok(ListSchedulesResponse {
-                    timers,
-                    next_page_token: String::new(),
-                });
-            }
-        }
     }
 }
 

@@ -40,7 +40,7 @@ impl Reply {
 
     /// The `field` of the first error detail.
     pub fn field(&self) -> String {
-        self.json()["details"][0]["field"]
+        self.json()["field_violations"][0]["field"]
             .as_str()
             .unwrap_or_default()
             .to_string()

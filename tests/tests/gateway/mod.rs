@@ -56,7 +56,7 @@ fn assert_error(r: &Reply, status: u16, code: &str) {
     let j = r.json();
     assert_eq!(j["code"], code, "{j}");
     assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
-    assert!(j["details"].is_array(), "{j}");
+    assert!(j["field_violations"].is_array(), "{j}");
 }
 
 /// A metric's value in a `/metrics` page (0 when absent).
