@@ -23,39 +23,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aicore_proto::{Code, Status};
+use aicore_proto::Status;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::Done;
 use crate::writes::{Row, WriteSet, merged_scan, scan_start};
 
-/// Errors of the store itself (not of a domain's logic).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// redb failed (I/O, corruption, ...).
-    #[error("storage failure: {0}")]
-    Storage(String),
-    /// The store is closing and takes no more writes.
-    #[error("the store is shutting down")]
-    Closed,
-}
+mod error;
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        match e {
-            StoreError::Storage(m) => {
-                tracing::error!(error = %m, "storage failure");
-                Status::new(Code::Internal, "storage failure")
-            }
-            StoreError::Closed => Status::new(Code::Unavailable, "the store is shutting down"),
-        }
-    }
-}
-
-pub(crate) fn storage<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Storage(e.to_string())
-}
+pub use error::{Corruption, StoreError};
+pub(crate) use error::{chain, db_err};
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
@@ -170,6 +148,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         Ok(())
     }
     /// Whether memory layers are being written to the database right now.
+    /// Why writes fail now, if they do (the store is read-only until then).
+    fn write_error(&self) -> Option<StoreError> {
+        None
+    }
     fn flushing(&self) -> bool {
         false
     }
@@ -194,7 +176,7 @@ struct Memory {
 
 impl Memory {
     fn tables(&self) -> Result<std::sync::RwLockReadGuard<'_, Tables>, StoreError> {
-        self.tables.read().map_err(storage)
+        Ok(self.tables.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn scan_over(
@@ -239,7 +221,7 @@ impl Backend for Memory {
 
 impl Memory {
     fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
-        let mut tables = self.tables.write().map_err(storage)?;
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
         for (table, key, value) in writes.iter() {
             let t = tables.entry(table).or_default();
             match value {
@@ -438,9 +420,20 @@ impl Store {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(storage)?;
+                .map_err(|e| StoreError::io("creating the store's directory", e))?;
         }
-        let db = crate::durable::Durable::open(path, &options)?;
+        let db = crate::durable::Durable::open(Arc::new(crate::fs::RealFs), path, &options)?;
+        Ok(Self::start(Arc::new(db), options))
+    }
+
+    /// Opens the store on another file system (tests: one that can lose power).
+    #[cfg(test)]
+    pub(crate) fn open_on(
+        fs: Arc<dyn crate::fs::StoreFs>,
+        path: &Path,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let db = crate::durable::Durable::open(fs, path, &options)?;
         Ok(Self::start(Arc::new(db), options))
     }
 
@@ -646,6 +639,14 @@ impl Store {
         self.inner.backend.flushing()
     }
 
+    /// Why writes fail at the moment, if they do: the store is then read-only (reads
+    /// keep working). A full disk or an I/O error while growing or writing the log
+    /// clears on its own once the log can be written again (a write, or the idle
+    /// tick's probe, finds out); a failed sync or flush stays until a restart.
+    pub fn write_error(&self) -> Option<StoreError> {
+        self.inner.backend.write_error()
+    }
+
     /// A signal woken after every commit that writes to `table` (a commit hook: the
     /// outbox relay waits on its table with it). One waiter per table: the same signal
     /// is returned to every caller, and a wake-up with nobody waiting is kept for the
@@ -727,7 +728,7 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
     // reads fail, and every caller gets the storage failure.
     let (view, unreadable): (Box<dyn View + '_>, _) = match inner.backend.view() {
         Ok(v) => (v, None),
-        Err(e) => (Box::new(Unreadable(e.to_string())), Some(e)),
+        Err(e) => (Box::new(Unreadable(e.clone())), Some(e)),
     };
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     let mut batch = WriteSet::default();
@@ -776,18 +777,17 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
 }
 
 fn complete(completions: Vec<Completion>, result: Result<(), StoreError>) {
-    let shared = result.map_err(|e| e.to_string());
     for c in completions {
-        c(shared.clone().map_err(StoreError::Storage));
+        c(result.clone());
     }
 }
 
 /// What closures read when the backend could not give a view: every read fails.
-struct Unreadable(String);
+struct Unreadable(StoreError);
 
 impl View for Unreadable {
     fn get(&self, _: &'static str, _: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        Err(StoreError::Storage(self.0.clone()))
+        Err(self.0.clone())
     }
     fn scan(
         &self,
@@ -797,13 +797,14 @@ impl View for Unreadable {
         _: usize,
         _: &[&WriteSet],
     ) -> Result<Vec<Row>, StoreError> {
-        Err(StoreError::Storage(self.0.clone()))
+        Err(self.0.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aicore_proto::Code;
     use std::time::Instant;
 
     const T: &str = "test.items";
@@ -1372,7 +1373,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for p in pending {
-            assert_eq!(p.await.unwrap().unwrap_err().code, Code::Internal);
+            assert_eq!(p.await.unwrap().unwrap_err().code, Code::Unavailable);
         }
         // Not one of them became visible, and nothing more is taken.
         for key in [b"0", b"1", b"2"] {
@@ -1384,7 +1385,7 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert_eq!(later.unwrap_err().code, Code::Internal);
+        assert_eq!(later.unwrap_err().code, Code::Unavailable);
         assert_eq!(s.get(T, b"before").unwrap().unwrap().as_ref(), &[1]);
         s.close().await;
         drop(s);
