@@ -323,6 +323,7 @@ async fn start(
             ServeOptions {
                 max_in_flight: config.domains.max_in_flight,
                 trust: trust.clone(),
+                store: Some(ctx.store.clone()),
                 ..ServeOptions::default()
             },
             running.domains_stop.child_token(),

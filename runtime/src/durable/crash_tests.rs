@@ -212,3 +212,54 @@ async fn a_new_store_survives_a_power_cut() {
         s.close().await;
     }
 }
+
+/// How long opening the store takes with a full log (64 MiB of records newer than the
+/// checkpoint) to apply. A measurement, not a check: run it in a release build,
+/// `cargo nextest run --release -p aicore-runtime --run-ignored only --no-capture
+/// recovery_of_a_full_log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; see its doc comment"]
+async fn recovery_of_a_full_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let options = StoreOptions {
+        wal_bytes: 80 << 20,
+        checkpoint_tick: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let s = Store::open(&path, options.clone()).unwrap();
+    // Batches of 1,000 puts of 16-byte random keys and 128-byte values: 165 bytes an
+    // op, 406 batches ≈ 64 MiB of log.
+    let mut rng = StdRng::seed_from_u64(1);
+    for _ in 0..406 {
+        let rows: Vec<([u8; 16], [u8; 128])> =
+            (0..1000).map(|_| (rng.random(), [7; 128])).collect();
+        s.write(move |tx| {
+            for (k, v) in rows {
+                tx.put("test.items", &k, v.to_vec());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let image = tempfile::tempdir().unwrap();
+    s.between_flushes(|| {
+        for f in ["s.redb", "s.redb.wal0", "s.redb.wal1"] {
+            std::fs::copy(dir.path().join(f), image.path().join(f)).unwrap();
+        }
+    });
+    s.close().await;
+    let log = std::fs::metadata(image.path().join("s.redb.wal0"))
+        .unwrap()
+        .len();
+    let started = std::time::Instant::now();
+    let s = Store::open(&image.path().join("s.redb"), options).unwrap();
+    let took = started.elapsed();
+    println!(
+        "recovery of a full log ({} MiB segment, 406,000 puts): {took:?}",
+        log >> 20
+    );
+    assert_eq!(s.scan("test.items", b"", b"", 5).unwrap().len(), 5);
+    s.close().await;
+}

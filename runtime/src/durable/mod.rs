@@ -56,7 +56,7 @@ use bytes::Bytes;
 use redb::{Durability, ReadableDatabase, TableDefinition};
 
 use crate::fs::{RedbFile, StoreFile, StoreFs, sync};
-use crate::store::{Backend, StoreError, StoreOptions, View, db_err};
+use crate::store::{Backend, Corruption, StoreError, StoreOptions, View, db_err};
 use crate::wal::{self, AppendError, Wal};
 
 #[cfg(test)]
@@ -551,6 +551,48 @@ impl Opened {
         }
         Ok(plan.checkpoint)
     }
+}
+
+/// What `aicore store check` or `aicore store repair` found in a store's files.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// redb's checkpoint before (the last batch flushed into it).
+    pub checkpoint: u64,
+    /// Logged batches newer than it that opening applies (or, repairing, applied).
+    pub to_apply: usize,
+    /// Batches cut away as a crash's torn tail (never acknowledged).
+    pub torn: Vec<u64>,
+    /// Damage that loses acknowledged batches: the store refuses to open until
+    /// repaired. Repairing drops the batches `lost` lists.
+    pub damage: Option<Corruption>,
+    /// Batches the damage makes unusable (dropped by a repair).
+    pub lost: Vec<u64>,
+    /// Whether this was a repair (the files were changed).
+    pub repaired: bool,
+}
+
+/// Checks the store at `path` (it must not be open elsewhere): reads the log and plans
+/// recovery without changing anything but what opening redb itself repairs. With
+/// `repair`, applies what provably precedes any damage and moves the checkpoint past
+/// the rest, which is then never read again.
+pub fn check(path: &Path, repair: bool) -> Result<CheckReport, StoreError> {
+    let options = StoreOptions::default();
+    let opened = open_files(&crate::fs::RealFs, path, &options, true)?;
+    let checkpoint = read_meta(&opened.db)?.0;
+    let plan = &opened.plan;
+    let mut report = CheckReport {
+        checkpoint,
+        to_apply: plan.apply.len(),
+        torn: plan.torn.clone(),
+        damage: plan.damage.clone(),
+        lost: plan.lost.clone(),
+        repaired: false,
+    };
+    if repair {
+        opened.recover()?;
+        report.repaired = true;
+    }
+    Ok(report)
 }
 
 impl Durable {

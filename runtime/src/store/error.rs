@@ -72,6 +72,11 @@ impl StoreError {
         }
     }
 
+    /// The error with its chain of causes, for messages.
+    pub fn chain(&self) -> String {
+        chain(self)
+    }
+
     /// Whether the disk being full is the cause (directly or of a stop).
     pub fn is_disk_full(&self) -> bool {
         match self {
