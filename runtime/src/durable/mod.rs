@@ -61,6 +61,7 @@ use crate::wal::{self, AppendError, Wal};
 
 #[cfg(test)]
 mod crash_tests;
+mod db;
 #[cfg(test)]
 mod fault_tests;
 mod recovery;
@@ -166,6 +167,8 @@ struct FlushState {
 struct Flusher {
     state: Mutex<FlushState>,
     done: Condvar,
+    /// The store is being dropped: a flush being retried gives up.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 struct FlushJob {
@@ -249,10 +252,12 @@ impl Syncer {
             };
             match result {
                 Ok(()) => {
+                    // Known durable before any caller hears so: a record written after
+                    // an acknowledgement must say that its predecessors were durable.
+                    self.durable_seq.fetch_max(upto, Ordering::AcqRel);
                     self.finish(upto);
                     st = lock(&self.state);
                     st.durable = st.durable.max(upto);
-                    self.durable_seq.store(st.durable, Ordering::Release);
                 }
                 Err(e) => {
                     let err = StoreError::Stopped(Box::new(StoreError::io(
@@ -334,7 +339,7 @@ impl Syncer {
 }
 
 pub(crate) struct Durable {
-    db: Arc<redb::Database>,
+    db: Arc<db::DbSlot>,
     /// Held by the flusher while it commits (tests take it to copy a stable crash image).
     #[cfg_attr(not(test), allow(dead_code))]
     committing: Arc<Mutex<()>>,
@@ -622,11 +627,12 @@ impl Durable {
                 }
             }
         }
-        let db = Arc::new(db);
+        let db = Arc::new(db::DbSlot::new(db, file.clone(), options.redb_cache_bytes));
         let layers = Arc::new(RwLock::new(Layers::default()));
         let flusher = Arc::new(Flusher {
             state: Mutex::new(FlushState::default()),
             done: Condvar::new(),
+            stop: Default::default(),
         });
         let committing = Arc::new(Mutex::new(()));
         #[cfg(test)]
@@ -654,6 +660,7 @@ impl Durable {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
+            let retry = options.checkpoint_tick.max(Duration::from_millis(10));
             // The database file, for paced write-back.
             let file = file.clone();
             let thread = std::thread::Builder::new()
@@ -663,26 +670,37 @@ impl Durable {
                     for job in rx {
                         #[cfg(test)]
                         std::thread::sleep(pause);
-                        let result = {
+                        let commit = || {
                             let _held = lock(&committing);
+                            let db = db.get()?;
                             commit_layer(&db, &job.layer, job.seq, Some(&*file), || {
                                 #[cfg(test)]
                                 std::thread::sleep(stage_pause);
                             })
                         };
-                        if result.is_ok() {
-                            write(&layers).frozen = None;
-                        }
-                        let mut st = lock(&flusher.state);
-                        st.running = false;
-                        match result {
-                            Ok(()) => {}
-                            Err(e) => {
-                                let e = StoreError::Stopped(Box::new(e));
-                                tracing::error!(error = %crate::store::chain(&e), "store: flushing to redb failed; restart to recover from the log");
-                                st.failed = Some(e);
+                        // A failed flush (a full disk, an I/O error) is tried again
+                        // after each retry period, on the database opened again (redb
+                        // refuses everything after an I/O error); meanwhile writes are
+                        // refused and reads keep working from the layers and redb.
+                        let mut result = commit();
+                        while let Err(e) = result {
+                            let e = StoreError::Stopped(Box::new(e));
+                            tracing::error!(error = %crate::store::chain(&e), "store: flushing to redb failed; writes are refused until a retry succeeds");
+                            lock(&flusher.state).failed = Some(e);
+                            flusher.done.notify_all();
+                            let _ = db.reopen();
+                            std::thread::sleep(retry);
+                            if flusher.stop.load(Ordering::Acquire) {
+                                return;
                             }
+                            result = commit();
                         }
+                        write(&layers).frozen = None;
+                        let mut st = lock(&flusher.state);
+                        if st.failed.take().is_some() {
+                            tracing::info!("store: a flush succeeded again; writes resume");
+                        }
+                        st.running = false;
                         flusher.done.notify_all();
                     }
                 })
@@ -790,7 +808,20 @@ impl Durable {
 
     /// The path without the log: the batch is one durable redb commit.
     fn commit_direct(&self, writes: &WriteSet) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let result = self.try_commit_direct(writes);
+        if result.is_err() {
+            // redb refuses everything after an I/O error: open it again, so reads go
+            // on and the next batch can try.
+            if let Err(e) = self.db.reopen() {
+                tracing::error!(error = %crate::store::chain(&e), "store: could not reopen the database");
+            }
+        }
+        result
+    }
+
+    fn try_commit_direct(&self, writes: &WriteSet) -> Result<(), StoreError> {
+        let db = self.db.get()?;
+        let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         apply(&txn, layer_writes(writes))?;
         txn.commit().map_err(db_err)
@@ -847,9 +878,10 @@ impl Backend for Durable {
             if let Some(v) = layers.get(table, key) {
                 return Ok(v);
             }
-            self.db.begin_read().map_err(db_err)?
+            let db = self.db.get()?;
+            (db.begin_read().map_err(db_err)?, db)
         };
-        redb_get(&txn, table, key)
+        redb_get(&txn.0, table, key)
     }
 
     fn scan(
@@ -861,7 +893,8 @@ impl Backend for Durable {
     ) -> Result<Vec<Row>, StoreError> {
         let start = scan_start(from, prefix);
         let layers = read(&self.layers);
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let base = open_read_table(&txn, table)?;
         let over = layers.sources().map(|l| l.range(table, start)).collect();
         merged_scan(redb_rows(base.as_ref(), start)?, over, prefix, limit)
@@ -875,11 +908,13 @@ impl Backend for Durable {
             .iter()
             .map(|p| p.writes.clone())
             .collect();
+        let db = self.db.get()?;
         let (frozen, txn) = {
             let layers = read(&self.layers);
-            (layers.frozen.clone(), self.db.begin_read().map_err(db_err)?)
+            (layers.frozen.clone(), db.begin_read().map_err(db_err)?)
         };
         Ok(Box::new(LayeredView {
+            _db: db,
             layers: &self.layers,
             frozen,
             pending,
@@ -1014,6 +1049,7 @@ impl Drop for Durable {
         // Ends the flusher (it holds the database, which must be released when the last
         // store handle goes) and the syncer, after it synced what was asked.
         lock(&self.jobs).take();
+        self.flusher.stop.store(true, Ordering::Release);
         lock(&self.syncer.state).stop = true;
         self.syncer.changed.notify_all();
         // The last handle may be dropped on one of these threads (the syncer runs the
@@ -1034,6 +1070,8 @@ impl Drop for Durable {
 /// meanwhile; only the writer thread freezes a layer, and not while a view is held).
 /// redb tables are opened once per batch.
 struct LayeredView<'a> {
+    /// Held while its transaction is (see [`db::DbSlot::reopen`]).
+    _db: Arc<redb::Database>,
     layers: &'a RwLock<Layers>,
     frozen: Option<Arc<Layer>>,
     /// Oldest first.

@@ -565,7 +565,8 @@ impl Store {
     /// Why writes fail at the moment, if they do: the store is then read-only (reads
     /// keep working). A full disk or an I/O error while growing or writing the log
     /// clears on its own once the log can be written again (a write, or the idle
-    /// tick's probe, finds out); a failed sync or flush stays until a restart.
+    /// tick's probe, finds out), one during a flush into redb once a retry of the flush
+    /// succeeds; a failed log sync stays until a restart.
     pub fn write_error(&self) -> Option<StoreError> {
         self.inner.backend.write_error()
     }
