@@ -14,7 +14,7 @@ printf '%-12s %-8s %s\n' sync result "failing tests"
 for name in $names; do
   expected=$(grep -F "| \`$name\` |" "$table" | awk -F'|' '{print $4}')
   out=$(AICORE_SKIP_SYNC=$name cargo nextest run -p aicore-runtime --no-fail-fast "$@" 2>&1 || true)
-  failed=$(echo "$out" | grep -E '^\s+FAIL ' | awk '{print $NF}' | sort -u | tr '\n' ' ')
+  failed=$(echo "$out" | grep -E '^\s+FAIL ' | awk '{print $NF}' | sort -u | tr '\n' ' ' || true)
   if [[ -n "$failed" ]]; then
     printf '%-12s %-8s %s\n' "$name" caught "$failed"
   elif [[ "$expected" == *"none, by design"* ]]; then
