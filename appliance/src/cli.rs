@@ -108,6 +108,8 @@ struct Ping {
     name: String,
     id: String,
     version: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
 
 /// What `aicore status` reports besides the domains.
@@ -139,9 +141,18 @@ pub async fn status(
         .context("sending $SRV.PING")?;
     nats.flush().await?;
     let mut seen: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    // Why the store refuses writes, if a domain says it does.
+    let mut store_error: Option<String> = None;
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
         if let Ok(p) = serde_json::from_slice::<Ping>(&msg.payload) {
+            if p.metadata.get("store").is_some_and(|s| s == "read-only") {
+                store_error = p
+                    .metadata
+                    .get("store_error")
+                    .cloned()
+                    .or(Some(String::new()));
+            }
             seen.entry(p.name).or_default().push((p.id, p.version));
         }
     }
@@ -159,6 +170,8 @@ pub async fn status(
                 "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "missing": missing,
+            "store": if store_error.is_some() { "read-only" } else { "writable" },
+            "store_error": store_error,
             "appliance": report.running,
             "warnings": report.warnings,
             "certificates": certs.iter().map(|c| serde_json::json!({
@@ -183,6 +196,10 @@ pub async fn status(
                 r.http_url.as_deref().unwrap_or("off"),
                 r.monitor_url.as_deref().unwrap_or("none"),
             );
+            println!();
+        }
+        if let Some(e) = &store_error {
+            println!("store: READ-ONLY (reads work, writes are refused until it recovers): {e}");
             println!();
         }
         println!("{:<28} {:>9}  version", "domain", "instances");

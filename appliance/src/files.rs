@@ -12,7 +12,7 @@
 //! by anyone else, not even for a moment), synced, then renamed over the target; a
 //! symbolic link at the target is refused rather than replaced. The store's own files
 //! (redb and its write-ahead log) are opened `0600` by the domains crate itself
-//! (`open_private` in `domains/src/wal.rs`). Existing directories keep their mode (an operator chose it); [`shared_mode`]
+//! (`open_private` in `runtime/src/fs.rs`). Existing directories keep their mode (an operator chose it); [`shared_mode`]
 //! lets `aicore run` and `aicore status` say when the data directory is open to others.
 
 use std::io::Write;

@@ -125,6 +125,24 @@ enum Command {
     },
     /// Print the default configuration as TOML.
     DefaultConfig,
+    /// Check or repair the store's files (with the appliance stopped).
+    Store {
+        #[command(flatten)]
+        place: Place,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Read the write-ahead log and say what opening the store would do: batches to
+    /// apply, a crash's torn tail to cut away, or damage that makes it refuse to open.
+    /// Exits non-zero when there is damage.
+    Check,
+    /// Apply what provably precedes any damage in the log and drop the rest, saying
+    /// which batches were dropped; the store opens again afterwards.
+    Repair,
 }
 
 /// The appliance a command acts on: its data directory. Every command that has one
@@ -483,6 +501,51 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Store { place, command } => {
+            init_logging("warn");
+            place.apply(&mut config);
+            let path = config.data_dir.join(&config.store.file);
+            let repair = matches!(command, StoreCommand::Repair);
+            let r = aicore_runtime::store::check(&path, repair).map_err(|e| {
+                anyhow::anyhow!(
+                    "checking the store {}: {}",
+                    path.display(),
+                    aicore_runtime::store::StoreError::chain(&e)
+                )
+            })?;
+            println!(
+                "store {}: checkpoint at batch {}",
+                path.display(),
+                r.checkpoint
+            );
+            let verb = if r.repaired { "applied" } else { "to apply" };
+            println!("logged batches {verb}: {}", r.to_apply);
+            if !r.torn.is_empty() {
+                println!(
+                    "torn tail of a crash (never acknowledged), cut away: batches {:?}",
+                    r.torn
+                );
+            }
+            match (&r.damage, r.repaired) {
+                (None, _) => {
+                    println!("no damage");
+                    Ok(ExitCode::SUCCESS)
+                }
+                (Some(d), false) => {
+                    println!("DAMAGE: {d}");
+                    println!(
+                        "`aicore store repair` would drop acknowledged batches {:?}",
+                        r.lost
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                (Some(d), true) => {
+                    println!("REPAIRED past damage: {d}");
+                    println!("dropped acknowledged batches {:?}", r.lost);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::DefaultConfig => {
             print!("{}", toml::to_string(&Config::default())?);

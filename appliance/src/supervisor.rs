@@ -377,6 +377,7 @@ async fn serve_domains(
             ServeOptions {
                 max_in_flight: config.domains.max_in_flight,
                 trust: trust.clone(),
+                store: Some(ctx.store.clone()),
                 ..ServeOptions::default()
             },
             running.domains_stop.child_token(),

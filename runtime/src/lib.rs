@@ -12,6 +12,7 @@
 pub mod calendar;
 mod ctx;
 mod durable;
+mod fs;
 pub mod idempotency;
 mod micro;
 pub mod outbox;

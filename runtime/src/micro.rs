@@ -61,6 +61,8 @@ pub(crate) struct Service {
     pub queue_group: &'static str,
     pub started: String,
     pub endpoints: Vec<Endpoint>,
+    /// The store, whose write state the metadata reports.
+    pub store: Option<crate::Store>,
 }
 
 impl Service {
@@ -81,6 +83,21 @@ impl Service {
             queue_group: name,
             started,
             endpoints,
+            store: None,
+        }
+    }
+
+    /// A service whose metadata says whether `store` takes writes.
+    pub(crate) fn with_store(
+        store: Option<crate::Store>,
+        name: &'static str,
+        version: String,
+        description: &'static str,
+        endpoints: Vec<Endpoint>,
+    ) -> Service {
+        Service {
+            store,
+            ..Service::new(name, version, description, endpoints)
         }
     }
 
@@ -90,7 +107,15 @@ impl Service {
         m.insert("name".into(), json!(self.name));
         m.insert("id".into(), json!(self.id));
         m.insert("version".into(), json!(self.version));
-        m.insert("metadata".into(), json!({}));
+        let metadata = match self.store.as_ref().map(crate::Store::write_error) {
+            None => json!({}),
+            Some(None) => json!({ "store": "writable" }),
+            Some(Some(e)) => json!({
+                "store": "read-only",
+                "store_error": crate::store::chain(&e),
+            }),
+        };
+        m.insert("metadata".into(), metadata);
         m
     }
 

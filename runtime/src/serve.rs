@@ -109,6 +109,9 @@ pub struct ServeOptions {
     pub trust: Arc<Trust>,
     /// How often a quiet stream sends a heartbeat.
     pub stream_heartbeat: Duration,
+    /// The store the domain writes to: `$SRV.PING` and `$SRV.INFO` say in their
+    /// metadata whether it takes writes (`aicore status` and `/readyz` show it).
+    pub store: Option<crate::Store>,
 }
 
 impl Default for ServeOptions {
@@ -118,6 +121,7 @@ impl Default for ServeOptions {
             version: env!("CARGO_PKG_VERSION").to_string(),
             trust: Arc::default(),
             stream_heartbeat: STREAM_HEARTBEAT,
+            store: None,
         }
     }
 }
@@ -159,7 +163,8 @@ pub async fn serve(
             .map_err(|e| unavailable(format!("cannot subscribe to {}: {e}", m.subject)))?;
         endpoints.push(sub.map(move |r| (i, r)).boxed());
     }
-    let service = Arc::new(micro::Service::new(
+    let service = Arc::new(micro::Service::with_store(
+        options.store.clone(),
         info.domain,
         options.version.clone(),
         info.description,

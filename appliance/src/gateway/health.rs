@@ -17,6 +17,9 @@ pub struct Readiness {
     pub nats_connected: bool,
     /// Exposed domains that did not answer.
     pub missing: Vec<String>,
+    /// Why the store refuses writes, when a domain says it does (reads still work, so
+    /// the appliance stays ready; the body says the store is read-only).
+    pub store_error: Option<String>,
 }
 
 impl Readiness {
@@ -31,6 +34,8 @@ impl Readiness {
             "ready": self.ready(),
             "nats_connected": self.nats_connected,
             "missing": self.missing,
+            "store": if self.store_error.is_some() { "read-only" } else { "writable" },
+            "store_error": self.store_error,
         })
         .to_string()
     }
@@ -72,6 +77,7 @@ impl Ready {
     async fn probe(&self, nats: &async_nats::Client) -> Readiness {
         let connected = nats.connection_state() == async_nats::connection::State::Connected;
         let mut missing: BTreeSet<&str> = self.domains.iter().copied().collect();
+        let mut store_error = None;
         let inbox = nats.new_inbox();
         if connected && let Ok(mut sub) = nats.subscribe(inbox.clone()).await {
             if nats
@@ -87,6 +93,9 @@ impl Ready {
                         && let Some(name) = v.get("name").and_then(|n| n.as_str())
                     {
                         missing.remove(name);
+                        if let Some(e) = read_only(&v) {
+                            store_error = Some(e);
+                        }
                     }
                 }
             }
@@ -95,6 +104,18 @@ impl Ready {
         Readiness {
             nats_connected: connected,
             missing: missing.into_iter().map(str::to_string).collect(),
+            store_error,
         }
     }
+}
+
+/// From a `$SRV.PING` answer: why its store refuses writes, if it says so.
+pub fn read_only(ping: &serde_json::Value) -> Option<String> {
+    let meta = ping.get("metadata")?;
+    (meta.get("store")?.as_str()? == "read-only").then(|| {
+        meta.get("store_error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("unknown")
+            .to_string()
+    })
 }

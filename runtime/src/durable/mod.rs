@@ -48,15 +48,26 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Durability, ReadableDatabase, TableDefinition};
 
-use crate::store::{Backend, StoreError, StoreOptions, View, storage};
+use crate::fs::{RedbFile, StoreFile, StoreFs, sync};
+use crate::store::{Backend, Corruption, StoreError, StoreOptions, View, db_err};
 use crate::wal::{self, AppendError, Wal};
+
+#[cfg(test)]
+mod crash_tests;
+mod db;
+#[cfg(test)]
+mod fault_tests;
+mod recovery;
+
 use crate::writes::{Row, WriteSet, merged_scan, scan_start};
+pub(crate) use recovery::Plan;
 
 /// Writes not yet in redb: a value, or `None` for a deleted key.
 type Layer = WriteSet;
@@ -66,6 +77,8 @@ type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// The store's own table: the sequence number of the last checkpointed batch.
 const META: &str = "aicore.store";
 const CHECKPOINT: &[u8] = b"checkpoint";
+/// A random number mixed into every log record's checksum (see [`crate::wal`]).
+const LOG_KEY: &[u8] = b"log-key";
 
 fn def(table: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(table)
@@ -135,9 +148,12 @@ struct LogState {
     oldest: Option<Instant>,
     /// A batch ran since the last idle check.
     busy_since_tick: bool,
-    /// The log failed after a record may have reached the disk: the outcome of that
-    /// batch is unknown until a restart replays the log, so no further write is taken.
-    failed: Option<String>,
+    /// The log failed in a way that leaves a batch's outcome unknown until a restart
+    /// replays the log, so no further write is taken.
+    failed: Option<StoreError>,
+    /// The last batch was refused (the log could not grow or be written: a full disk,
+    /// an I/O error); cleared by the next batch written, or by the tick's probe.
+    refused: Option<StoreError>,
 }
 
 /// The flusher's state, shared with the writer.
@@ -145,12 +161,14 @@ struct LogState {
 struct FlushState {
     /// A frozen layer is being committed.
     running: bool,
-    failed: Option<String>,
+    failed: Option<StoreError>,
 }
 
 struct Flusher {
     state: Mutex<FlushState>,
     done: Condvar,
+    /// The store is being dropped: a flush being retried gives up.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 struct FlushJob {
@@ -173,11 +191,11 @@ struct Pending {
 #[derive(Default)]
 struct SyncState {
     /// The segment last written to and the sequence number of its last record.
-    target: Option<(Arc<std::fs::File>, u64)>,
+    target: Option<(Arc<dyn StoreFile>, u64)>,
     /// Every record up to this sequence number is on disk, and its batch visible.
     durable: u64,
     /// A sync failed: what was written since the last good one may or may not be on disk.
-    failed: Option<String>,
+    failed: Option<StoreError>,
     stop: bool,
 }
 
@@ -193,6 +211,8 @@ struct Syncer {
     /// them, readers do not see them until they are durable. Locked before `layers`.
     pending: Mutex<VecDeque<Pending>>,
     layers: Arc<RwLock<Layers>>,
+    /// `state.durable`, for the writer to stamp on each record without the lock.
+    durable_seq: AtomicU64,
     /// Tests: a pause before each sync, and a sync made to fail.
     #[cfg(test)]
     pause: Duration,
@@ -221,7 +241,7 @@ impl Syncer {
             drop(st);
             #[cfg(test)]
             std::thread::sleep(self.pause);
-            let result = file.sync_data();
+            let result = sync("wal-record", || file.sync_data());
             #[cfg(test)]
             let result = match self
                 .fail_next
@@ -232,23 +252,29 @@ impl Syncer {
             };
             match result {
                 Ok(()) => {
+                    // Known durable before any caller hears so: a record written after
+                    // an acknowledgement must say that its predecessors were durable.
+                    self.durable_seq.fetch_max(upto, Ordering::AcqRel);
                     self.finish(upto);
                     st = lock(&self.state);
                     st.durable = st.durable.max(upto);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store: syncing the write-ahead log failed");
+                    let err = StoreError::Stopped(Box::new(StoreError::io(
+                        "syncing the write-ahead log; the outcome of the writes since the \
+                         last sync is unknown until a restart",
+                        e,
+                    )));
+                    tracing::error!(error = %crate::store::chain(&err), "store: syncing the write-ahead log failed");
                     // Marked failed while holding `pending`, so no batch is queued after
                     // these are answered and then left waiting.
                     let failed: Vec<Pending> = {
                         let mut pending = lock(&self.pending);
-                        lock(&self.state).failed = Some(e.to_string());
+                        lock(&self.state).failed = Some(err.clone());
                         pending.drain(..).collect()
                     };
-                    let why =
-                        format!("syncing the write-ahead log failed ({e}); restart to recover");
                     for d in failed.into_iter().flat_map(|p| p.done) {
-                        d(Err(StoreError::Storage(why.clone())));
+                        d(Err(err.clone()));
                     }
                     st = lock(&self.state);
                 }
@@ -288,7 +314,7 @@ impl Syncer {
     }
 
     /// Asks for everything up to record `seq` of `file` to be synced.
-    fn request(&self, file: &Arc<std::fs::File>, seq: u64) {
+    fn request(&self, file: &Arc<dyn StoreFile>, seq: u64) {
         lock(&self.state).target = Some((file.clone(), seq));
         self.changed.notify_all();
     }
@@ -297,10 +323,8 @@ impl Syncer {
     fn wait(&self, upto: u64) -> Result<(), StoreError> {
         let mut st = lock(&self.state);
         loop {
-            if let Some(why) = &st.failed {
-                return Err(StoreError::Storage(format!(
-                    "syncing the write-ahead log failed ({why}); restart to recover"
-                )));
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
             }
             if st.durable >= upto {
                 return Ok(());
@@ -309,13 +333,13 @@ impl Syncer {
         }
     }
 
-    fn failed(&self) -> Option<String> {
+    fn failed(&self) -> Option<StoreError> {
         lock(&self.state).failed.clone()
     }
 }
 
 pub(crate) struct Durable {
-    db: Arc<redb::Database>,
+    db: Arc<db::DbSlot>,
     /// Held by the flusher while it commits (tests take it to copy a stable crash image).
     #[cfg_attr(not(test), allow(dead_code))]
     committing: Arc<Mutex<()>>,
@@ -339,23 +363,38 @@ fn wal_paths(path: &Path) -> Vec<PathBuf> {
 }
 
 fn write_checkpoint(txn: &redb::WriteTransaction, seq: u64) -> Result<(), StoreError> {
-    let mut t = txn.open_table(def(META)).map_err(storage)?;
+    let mut t = txn.open_table(def(META)).map_err(db_err)?;
     t.insert(CHECKPOINT, &seq.to_le_bytes()[..])
-        .map_err(storage)?;
+        .map_err(db_err)?;
     Ok(())
 }
 
-fn read_checkpoint(db: &redb::Database) -> Result<u64, StoreError> {
-    let txn = db.begin_read().map_err(storage)?;
-    let t = match txn.open_table(def(META)) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(storage(e)),
+/// The checkpoint and the log key (created, durably, with a new store).
+fn read_meta(database: &redb::Database) -> Result<(u64, u64), StoreError> {
+    let get = |t: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>, k: &[u8]| {
+        t.get(k)
+            .map_err(db_err)
+            .map(|v| v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
     };
-    Ok(t.get(CHECKPOINT)
-        .map_err(storage)?
-        .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
-        .unwrap_or(0))
+    let txn = database.begin_read().map_err(db_err)?;
+    let found = match txn.open_table(def(META)) {
+        Ok(t) => (get(&t, CHECKPOINT)?, get(&t, LOG_KEY)?),
+        Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
+        Err(e) => return Err(db_err(e)),
+    };
+    drop(txn);
+    if let (checkpoint, Some(key)) = found {
+        return Ok((checkpoint.unwrap_or(0), key));
+    }
+    let key = rand::random::<u64>() | 1;
+    let mut txn = database.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    {
+        let mut t = txn.open_table(def(META)).map_err(db_err)?;
+        t.insert(LOG_KEY, &key.to_le_bytes()[..]).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok((found.0.unwrap_or(0), key))
 }
 
 /// Applies writes to a redb write transaction, opening each table once.
@@ -368,14 +407,14 @@ fn apply<'n>(
         let t = match open.entry(table) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(txn.open_table(def(table)).map_err(storage)?)
+                e.insert(txn.open_table(def(table)).map_err(db_err)?)
             }
         };
         match value {
             Some(v) => t.insert(key, v).map(|_| ()),
             None => t.remove(key).map(|_| ()),
         }
-        .map_err(storage)?;
+        .map_err(db_err)?;
     }
     Ok(())
 }
@@ -389,7 +428,7 @@ fn layer_writes(layer: &Layer) -> impl Iterator<Item = (&str, &[u8], Option<&[u8
 ///
 /// With `file` (the database file, opened for its page cache), in three steps: a
 /// non-durable commit puts the pages into the page cache; they are written back a chunk
-/// at a time ([`write_back`]); an empty durable commit then makes it all durable, its
+/// at a time ([`StoreFile::write_back`]); an empty durable commit then makes it all durable, its
 /// `fsync` finding little left to write. One durable commit would hand the device all of
 /// a flush's pages at once, and every log sync meanwhile (a device cache flush) waited
 /// behind them: 24–38 ms syncs and 50–60 ms p99 in the payment row at C=128.
@@ -399,125 +438,201 @@ fn commit_layer(
     db: &redb::Database,
     layer: &Layer,
     seq: u64,
-    file: Option<&std::fs::File>,
+    file: Option<&dyn StoreFile>,
     before_durable: impl FnOnce(),
 ) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(storage)?;
+    let mut txn = db.begin_write().map_err(db_err)?;
     let staged = file.is_some();
     txn.set_durability(if staged {
         Durability::None
     } else {
         Durability::Immediate
     })
-    .map_err(storage)?;
+    .map_err(db_err)?;
     apply(&txn, layer_writes(layer))?;
     write_checkpoint(&txn, seq)?;
-    txn.commit().map_err(storage)?;
+    txn.commit().map_err(db_err)?;
     let Some(file) = file else { return Ok(()) };
-    if let Err(e) = write_back(file) {
+    if let Err(e) = file.write_back() {
         tracing::debug!(error = %e, "store: paced write-back failed; the durable commit writes all");
     }
     before_durable();
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
-    txn.commit().map_err(storage)
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    txn.commit().map_err(db_err)
 }
 
-/// Writes the file's dirty pages back to the device a chunk at a time, waiting for each
-/// (no device cache flush: the log's syncs get the device between chunks).
-fn write_back(file: &std::fs::File) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        const CHUNK: u64 = 1 << 20;
-        let len = file.metadata()?.len();
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        let mut at = 0;
-        while at < len {
-            let n = CHUNK.min(len - at);
-            // SAFETY: a plain syscall on an open descriptor with in-range offsets.
-            let r = unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    at as libc::off64_t,
-                    n as libc::off64_t,
-                    flags,
-                )
-            };
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            at += n;
+/// The store's files opened, the log read and recovery planned, nothing applied yet.
+pub(crate) struct Opened {
+    db: redb::Database,
+    file: Arc<dyn StoreFile>,
+    wals: Vec<Wal>,
+    paths: Vec<PathBuf>,
+    /// What to do with the log.
+    pub plan: Plan,
+}
+
+/// Opens the database file and the log segments (syncing their directory when one was
+/// created), reads the checkpoint and the log, and plans recovery (see
+/// [`recovery`]); with `repair`, damage in the log is planned around instead of
+/// refused.
+pub(crate) fn open_files(
+    fs: &dyn StoreFs,
+    path: &Path,
+    options: &StoreOptions,
+    repair: bool,
+) -> Result<Opened, StoreError> {
+    let paths = wal_paths(path);
+    let use_log = options.wal || paths.iter().any(|p| fs.exists(p));
+    let created = !fs.exists(path) || (use_log && paths.iter().any(|p| !fs.exists(p)));
+    let file = fs
+        .open_exclusive(path)
+        .map_err(|e| StoreError::io("opening the database file", e))?;
+    let db = redb::Builder::new()
+        .set_cache_size(options.redb_cache_bytes)
+        .create_with_backend(RedbFile(file.clone()))
+        .map_err(db_err)?;
+    let (checkpoint, key) = read_meta(&db)?;
+    let mut wals = Vec::new();
+    let mut scans = Vec::new();
+    if use_log {
+        for p in &paths {
+            let (w, scan) = Wal::open(fs, p, key)
+                .map_err(|e| StoreError::io("reading the write-ahead log", e))?;
+            wals.push(w);
+            scans.push(scan);
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-    Ok(())
+    if created && let Some(dir) = path.parent() {
+        // A file whose directory entry is not durable may be gone after a power cut,
+        // with every write acknowledged through it.
+        sync("dir-create", || fs.sync_dir(dir))
+            .map_err(|e| StoreError::io("syncing the store's directory", e))?;
+    }
+    let plan = recovery::plan(scans, checkpoint, repair)?;
+    Ok(Opened {
+        db,
+        file,
+        wals,
+        paths,
+        plan,
+    })
+}
+
+impl Opened {
+    /// Applies the planned log records over the checkpoint in one durable commit, and
+    /// records the new checkpoint (past every number found). Returns the new checkpoint.
+    pub(crate) fn recover(&self) -> Result<u64, StoreError> {
+        let plan = &self.plan;
+        if plan.checkpoint > read_meta(&self.db)?.0 {
+            let mut txn = self.db.begin_write().map_err(db_err)?;
+            txn.set_durability(Durability::Immediate).map_err(db_err)?;
+            apply(
+                &txn,
+                plan.apply.iter().flat_map(|r| {
+                    r.ops
+                        .iter()
+                        .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
+                }),
+            )?;
+            write_checkpoint(&txn, plan.checkpoint)?;
+            txn.commit().map_err(db_err)?;
+        }
+        if !plan.apply.is_empty() || !plan.torn.is_empty() {
+            tracing::info!(
+                applied = plan.apply.len(),
+                torn = plan.torn.len(),
+                checkpoint = plan.checkpoint,
+                "store: applied the write-ahead log's batches newer than the checkpoint; \
+                 cut away a crash's torn tail (never acknowledged)"
+            );
+        }
+        if let Some(damage) = &plan.damage {
+            tracing::error!(
+                %damage,
+                lost = ?plan.lost,
+                "store: REPAIRED the write-ahead log: acknowledged batches were dropped"
+            );
+        }
+        Ok(plan.checkpoint)
+    }
+}
+
+/// What `aicore store check` or `aicore store repair` found in a store's files.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// redb's checkpoint before (the last batch flushed into it).
+    pub checkpoint: u64,
+    /// Logged batches newer than it that opening applies (or, repairing, applied).
+    pub to_apply: usize,
+    /// Batches cut away as a crash's torn tail (never acknowledged).
+    pub torn: Vec<u64>,
+    /// Damage that loses acknowledged batches: the store refuses to open until
+    /// repaired. Repairing drops the batches `lost` lists.
+    pub damage: Option<Corruption>,
+    /// Batches the damage makes unusable (dropped by a repair).
+    pub lost: Vec<u64>,
+    /// Whether this was a repair (the files were changed).
+    pub repaired: bool,
+}
+
+/// Checks the store at `path` (it must not be open elsewhere): reads the log and plans
+/// recovery without changing anything but what opening redb itself repairs. With
+/// `repair`, applies what provably precedes any damage and moves the checkpoint past
+/// the rest, which is then never read again.
+pub fn check(path: &Path, repair: bool) -> Result<CheckReport, StoreError> {
+    let options = StoreOptions::default();
+    let opened = open_files(&crate::fs::RealFs, path, &options, true)?;
+    let checkpoint = read_meta(&opened.db)?.0;
+    let plan = &opened.plan;
+    let mut report = CheckReport {
+        checkpoint,
+        to_apply: plan.apply.len(),
+        torn: plan.torn.clone(),
+        damage: plan.damage.clone(),
+        lost: plan.lost.clone(),
+        repaired: false,
+    };
+    if repair {
+        opened.recover()?;
+        report.repaired = true;
+    }
+    Ok(report)
 }
 
 impl Durable {
     /// Opens the database and its log, applying the logged batches newer than the last
-    /// checkpoint (what a crash left only in the log) in one durable commit.
-    pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Durable, StoreError> {
-        // The file is opened here rather than by redb (`Builder::create` would create it
-        // with the umask's mode): private from its creation on.
-        let file = crate::wal::open_private(path).map_err(storage)?;
-        let db = redb::Builder::new()
-            .set_cache_size(options.redb_cache_bytes)
-            .create_file(file)
-            .map_err(storage)?;
-        let checkpointed = read_checkpoint(&db)?;
-        let paths = wal_paths(path);
-        let mut seq = checkpointed;
-        let mut wals = Vec::new();
-        if options.wal || paths.iter().any(|p| p.exists()) {
-            let mut records = Vec::new();
+    /// checkpoint (what a crash left only in the log) in one durable commit. Damage in
+    /// the log that loses an acknowledged write is refused ([`StoreError::Corrupt`]).
+    pub(crate) fn open(
+        fs: Arc<dyn StoreFs>,
+        path: &Path,
+        options: &StoreOptions,
+    ) -> Result<Durable, StoreError> {
+        let opened = open_files(&*fs, path, options, false)?;
+        let seq = opened.recover()?;
+        let Opened {
+            db,
+            file,
+            mut wals,
+            paths,
+            ..
+        } = opened;
+        if !options.wal && !wals.is_empty() {
+            wals.clear();
             for p in &paths {
-                let (w, r) = Wal::open(p).map_err(storage)?;
-                wals.push(w);
-                records.extend(r.into_iter().filter(|(s, _)| *s > checkpointed));
-            }
-            records.sort_by_key(|(s, _)| *s);
-            let contiguous = records
-                .iter()
-                .enumerate()
-                .take_while(|(i, (s, _))| *s == checkpointed + 1 + *i as u64)
-                .count();
-            records.truncate(contiguous);
-            if let Some((last, _)) = records.last() {
-                seq = *last;
-                let mut txn = db.begin_write().map_err(storage)?;
-                txn.set_durability(Durability::Immediate).map_err(storage)?;
-                apply(
-                    &txn,
-                    records.iter().flat_map(|(_, ops)| {
-                        ops.iter()
-                            .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
-                    }),
-                )?;
-                write_checkpoint(&txn, seq)?;
-                txn.commit().map_err(storage)?;
-                tracing::info!(
-                    batches = records.len(),
-                    "store: applied the write-ahead log's batches newer than the checkpoint"
-                );
-            }
-            if !options.wal {
-                wals.clear();
-                for p in &paths {
-                    if p.exists() {
-                        std::fs::remove_file(p).map_err(storage)?;
-                    }
+                if fs.exists(p) {
+                    fs.remove(p)
+                        .map_err(|e| StoreError::io("removing the write-ahead log", e))?;
                 }
             }
         }
-        let db = Arc::new(db);
+        let db = Arc::new(db::DbSlot::new(db, file.clone(), options.redb_cache_bytes));
         let layers = Arc::new(RwLock::new(Layers::default()));
         let flusher = Arc::new(Flusher {
             state: Mutex::new(FlushState::default()),
             done: Condvar::new(),
+            stop: Default::default(),
         });
         let committing = Arc::new(Mutex::new(()));
         #[cfg(test)]
@@ -533,6 +648,7 @@ impl Durable {
             changed: Condvar::new(),
             pending: Mutex::new(VecDeque::new()),
             layers: layers.clone(),
+            durable_seq: AtomicU64::new(seq),
             #[cfg(test)]
             pause: options.sync_pause,
             #[cfg(test)]
@@ -544,11 +660,9 @@ impl Durable {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
-            // The database file again, for paced write-back; without it (not expected)
-            // each flush is one durable commit.
-            let file = std::fs::File::open(path)
-                .inspect_err(|e| tracing::warn!(error = %e, "store: cannot open the database file for paced write-back"))
-                .ok();
+            let retry = options.checkpoint_tick.max(Duration::from_millis(10));
+            // The database file, for paced write-back.
+            let file = file.clone();
             let thread = std::thread::Builder::new()
                 .name("aicore-store-flush".into())
                 .spawn(move || {
@@ -556,34 +670,46 @@ impl Durable {
                     for job in rx {
                         #[cfg(test)]
                         std::thread::sleep(pause);
-                        let result = {
+                        let commit = || {
                             let _held = lock(&committing);
-                            commit_layer(&db, &job.layer, job.seq, file.as_ref(), || {
+                            let db = db.get()?;
+                            commit_layer(&db, &job.layer, job.seq, Some(&*file), || {
                                 #[cfg(test)]
                                 std::thread::sleep(stage_pause);
                             })
                         };
-                        if result.is_ok() {
-                            write(&layers).frozen = None;
-                        }
-                        let mut st = lock(&flusher.state);
-                        st.running = false;
-                        match result {
-                            Ok(()) => {}
-                            Err(e) => {
-                                tracing::error!(error = %e, "store: flushing to redb failed");
-                                st.failed = Some(e.to_string());
+                        // A failed flush (a full disk, an I/O error) is tried again
+                        // after each retry period, on the database opened again (redb
+                        // refuses everything after an I/O error); meanwhile writes are
+                        // refused and reads keep working from the layers and redb.
+                        let mut result = commit();
+                        while let Err(e) = result {
+                            let e = StoreError::Stopped(Box::new(e));
+                            tracing::error!(error = %crate::store::chain(&e), "store: flushing to redb failed; writes are refused until a retry succeeds");
+                            lock(&flusher.state).failed = Some(e);
+                            flusher.done.notify_all();
+                            let _ = db.reopen();
+                            std::thread::sleep(retry);
+                            if flusher.stop.load(Ordering::Acquire) {
+                                return;
                             }
+                            result = commit();
                         }
+                        write(&layers).frozen = None;
+                        let mut st = lock(&flusher.state);
+                        if st.failed.take().is_some() {
+                            tracing::info!("store: a flush succeeded again; writes resume");
+                        }
+                        st.running = false;
                         flusher.done.notify_all();
                     }
                 })
-                .map_err(storage)?;
+                .map_err(|e| StoreError::io("starting the store's flusher thread", e))?;
             let s = syncer.clone();
             let sync_thread = std::thread::Builder::new()
                 .name("aicore-store-sync".into())
                 .spawn(move || s.run())
-                .map_err(storage)?;
+                .map_err(|e| StoreError::io("starting the store's syncer thread", e))?;
             (Some(tx), vec![thread, sync_thread])
         } else {
             (None, Vec::new())
@@ -599,6 +725,7 @@ impl Durable {
                 oldest: None,
                 busy_since_tick: false,
                 failed: None,
+                refused: None,
             }),
             syncer,
             flusher,
@@ -620,9 +747,7 @@ impl Durable {
                 .unwrap_or_else(|p| p.into_inner());
         }
         match &st.failed {
-            Some(why) => Err(StoreError::Storage(format!(
-                "flushing to redb failed ({why}); restart to recover from the log"
-            ))),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
@@ -658,8 +783,9 @@ impl Durable {
         if !sent {
             let mut f = lock(&self.flusher.state);
             f.running = false;
-            f.failed = Some("the flusher thread is gone".into());
-            return Err(StoreError::Storage("the flusher thread is gone".into()));
+            let e = StoreError::Stopped(Box::new(StoreError::Closed));
+            f.failed = Some(e.clone());
+            return Err(e);
         }
         st.current = 1 - st.current;
         st.wals[st.current].reset(self.wal_bytes * 2);
@@ -668,30 +794,37 @@ impl Durable {
     }
 
     fn failed(&self, st: &LogState) -> Result<(), StoreError> {
-        if let Some(why) = &st.failed {
-            return Err(StoreError::Storage(format!(
-                "writes stopped after a storage failure ({why}); restart to recover"
-            )));
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
         }
-        if let Some(why) = &lock(&self.flusher.state).failed {
-            return Err(StoreError::Storage(format!(
-                "writes stopped after a failed flush ({why}); restart to recover"
-            )));
+        if let Some(e) = &lock(&self.flusher.state).failed {
+            return Err(e.clone());
         }
         match self.syncer.failed() {
-            Some(why) => Err(StoreError::Storage(format!(
-                "writes stopped after a failed log sync ({why}); restart to recover"
-            ))),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     /// The path without the log: the batch is one durable redb commit.
     fn commit_direct(&self, writes: &WriteSet) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let result = self.try_commit_direct(writes);
+        if result.is_err() {
+            // redb refuses everything after an I/O error: open it again, so reads go
+            // on and the next batch can try.
+            if let Err(e) = self.db.reopen() {
+                tracing::error!(error = %crate::store::chain(&e), "store: could not reopen the database");
+            }
+        }
+        result
+    }
+
+    fn try_commit_direct(&self, writes: &WriteSet) -> Result<(), StoreError> {
+        let db = self.db.get()?;
+        let mut txn = db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
         apply(&txn, layer_writes(writes))?;
-        txn.commit().map_err(storage)
+        txn.commit().map_err(db_err)
     }
 }
 
@@ -709,7 +842,7 @@ fn redb_get(
 
 fn table_get(t: &ReadTable, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
     Ok(t.get(key)
-        .map_err(storage)?
+        .map_err(db_err)?
         .map(|v| Bytes::copy_from_slice(v.value())))
 }
 
@@ -719,8 +852,8 @@ fn redb_rows<'t>(
     start: &[u8],
 ) -> Result<Box<dyn Iterator<Item = Result<Row, StoreError>> + 't>, StoreError> {
     Ok(match table {
-        Some(t) => Box::new(t.range::<&[u8]>(start..).map_err(storage)?.map(|item| {
-            let (k, v) = item.map_err(storage)?;
+        Some(t) => Box::new(t.range::<&[u8]>(start..).map_err(db_err)?.map(|item| {
+            let (k, v) = item.map_err(db_err)?;
             Ok((k.value().to_vec(), Bytes::copy_from_slice(v.value())))
         })),
         None => Box::new(std::iter::empty()),
@@ -734,7 +867,7 @@ fn open_read_table(
     match txn.open_table(def(table)) {
         Ok(t) => Ok(Some(t)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(storage(e)),
+        Err(e) => Err(db_err(e)),
     }
 }
 
@@ -745,9 +878,10 @@ impl Backend for Durable {
             if let Some(v) = layers.get(table, key) {
                 return Ok(v);
             }
-            self.db.begin_read().map_err(storage)?
+            let db = self.db.get()?;
+            (db.begin_read().map_err(db_err)?, db)
         };
-        redb_get(&txn, table, key)
+        redb_get(&txn.0, table, key)
     }
 
     fn scan(
@@ -759,7 +893,8 @@ impl Backend for Durable {
     ) -> Result<Vec<Row>, StoreError> {
         let start = scan_start(from, prefix);
         let layers = read(&self.layers);
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let base = open_read_table(&txn, table)?;
         let over = layers.sources().map(|l| l.range(table, start)).collect();
         merged_scan(redb_rows(base.as_ref(), start)?, over, prefix, limit)
@@ -773,14 +908,13 @@ impl Backend for Durable {
             .iter()
             .map(|p| p.writes.clone())
             .collect();
+        let db = self.db.get()?;
         let (frozen, txn) = {
             let layers = read(&self.layers);
-            (
-                layers.frozen.clone(),
-                self.db.begin_read().map_err(storage)?,
-            )
+            (layers.frozen.clone(), db.begin_read().map_err(db_err)?)
         };
         Ok(Box::new(LayeredView {
+            _db: db,
             layers: &self.layers,
             frozen,
             pending,
@@ -806,20 +940,25 @@ impl Backend for Durable {
         }
         let seq = st.seq + 1;
         let current = st.current;
-        match st.wals[current].write(seq, &body) {
-            Ok(()) => {}
-            Err(AppendError::Reserve(e)) => return done(Err(storage(e))),
-            Err(AppendError::Append(e)) => {
-                st.failed = Some(e.to_string());
-                return done(Err(storage(e)));
-            }
+        let synced = self.syncer.durable_seq.load(Ordering::Acquire);
+        if let Err(e) = st.wals[current].write(seq, synced, &body) {
+            // Nothing of this batch is durable; its number is used again by the next
+            // batch, whose record overwrites whatever of this one reached the file.
+            let e = match e {
+                AppendError::Reserve(e) => StoreError::io("growing the write-ahead log", e),
+                AppendError::Append(e) => StoreError::io("writing the write-ahead log", e),
+            };
+            tracing::warn!(error = %crate::store::chain(&e), "store: a write was refused; the store is read-only until the log can be written");
+            st.refused = Some(e.clone());
+            return done(Err(e));
         }
+        st.refused = None;
         st.seq = seq;
         {
             let mut pending = lock(&self.syncer.pending);
-            if let Some(why) = self.syncer.failed() {
+            if let Some(e) = self.syncer.failed() {
                 drop(pending);
-                return done(Err(StoreError::Storage(why)));
+                return done(Err(e));
             }
             pending.push_back(Pending {
                 seq,
@@ -845,9 +984,9 @@ impl Backend for Durable {
 
     fn after_submitted(&self, done: Done) {
         let mut pending = lock(&self.syncer.pending);
-        if let Some(why) = self.syncer.failed() {
+        if let Some(e) = self.syncer.failed() {
             drop(pending);
-            return done(Err(StoreError::Storage(why)));
+            return done(Err(e));
         }
         match pending.back_mut() {
             Some(last) => last.done.push(done),
@@ -879,9 +1018,21 @@ impl Backend for Durable {
         lock(&self.flusher.state).running
     }
 
+    fn write_error(&self) -> Option<StoreError> {
+        let st = lock(&self.log);
+        self.failed(&st).err().or_else(|| st.refused.clone())
+    }
+
     fn checkpoint(&self, idle_only: bool) -> Result<(), StoreError> {
         let mut st = lock(&self.log);
         let busy = std::mem::take(&mut st.busy_since_tick);
+        if st.refused.is_some() && !st.wals.is_empty() {
+            let current = st.current;
+            if st.wals[current].probe().is_ok() {
+                tracing::info!("store: the write-ahead log can be written again; writes resume");
+                st.refused = None;
+            }
+        }
         if st.wals.is_empty() || st.failed.is_some() || (idle_only && busy) {
             return Ok(());
         }
@@ -898,10 +1049,16 @@ impl Drop for Durable {
         // Ends the flusher (it holds the database, which must be released when the last
         // store handle goes) and the syncer, after it synced what was asked.
         lock(&self.jobs).take();
+        self.flusher.stop.store(true, Ordering::Release);
         lock(&self.syncer.state).stop = true;
         self.syncer.changed.notify_all();
+        // The last handle may be dropped on one of these threads (the syncer runs the
+        // callbacks that hold the store): that one ends by itself after this.
+        let me = std::thread::current().id();
         for t in lock(&self.threads).drain(..) {
-            let _ = t.join();
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -913,6 +1070,8 @@ impl Drop for Durable {
 /// meanwhile; only the writer thread freezes a layer, and not while a view is held).
 /// redb tables are opened once per batch.
 struct LayeredView<'a> {
+    /// Held while its transaction is (see [`db::DbSlot::reopen`]).
+    _db: Arc<redb::Database>,
     layers: &'a RwLock<Layers>,
     frozen: Option<Arc<Layer>>,
     /// Oldest first.
