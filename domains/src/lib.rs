@@ -13,6 +13,7 @@ pub mod ai_router;
 pub mod auth;
 pub mod event_bus;
 pub mod knowledge_base;
+pub mod language_system;
 pub mod model_management;
 pub mod payment;
 pub mod quest_system;

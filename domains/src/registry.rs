@@ -85,6 +85,9 @@ domains! {
     ai_router => crate::ai_router::AiRouter,
     /// knowledge-base: lore documents with ranked full-text and vector search.
     knowledge_base => crate::knowledge_base::KnowledgeBase,
+    /// language-system: localised strings with fallback chains, CLDR plurals and typed
+    /// placeholders, and machine translations kept for review.
+    language_system => crate::language_system::LanguageSystem,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
