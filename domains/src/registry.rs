@@ -88,6 +88,9 @@ domains! {
     /// language-system: localised strings with fallback chains, CLDR plurals and typed
     /// placeholders, and machine translations kept for review.
     language_system => crate::language_system::LanguageSystem,
+    /// environmental-narrative: lore fragments at locations, found under world, time and
+    /// weather conditions, each discovery recorded once.
+    environmental_narrative => crate::environmental_narrative::EnvironmentalNarrative,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
@@ -108,6 +111,11 @@ mod tests {
             (
                 quest_system::v1::QuestCompleted::default().subject(),
                 crate::quest_system::COMPLETED_SUBJECT,
+            ),
+            (
+                aicore_proto::aicore::environmental_narrative::v1::FragmentDiscovered::default()
+                    .subject(),
+                crate::environmental_narrative::DISCOVERED_SUBJECT,
             ),
             (
                 world_state::v1::FactChange::default().subject(),

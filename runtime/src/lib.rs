@@ -12,6 +12,7 @@
 pub mod calendar;
 mod ctx;
 mod durable;
+pub mod facts;
 pub mod idempotency;
 mod micro;
 pub mod outbox;

@@ -32,13 +32,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use aicore_proto::aicore::common::v1::{Value, value};
 use aicore_proto::aicore::quest_system::v1::{
     AbandonRequest, AbandonResponse, AcceptRequest, AcceptResponse, CompleteRequest,
-    CompleteResponse, DefineQuestRequest, DefineQuestResponse, FactCondition, FactOperator,
-    GetLogRequest, GetLogResponse, GetQuestRequest, GetQuestResponse, ListAvailableRequest,
-    ListAvailableResponse, ObjectiveProgress, PlayerQuest, ProgressRequest, ProgressResponse,
-    Quest, QuestCompleted, QuestState, QuestSystemHandler,
+    CompleteResponse, DefineQuestRequest, DefineQuestResponse, GetLogRequest, GetLogResponse,
+    GetQuestRequest, GetQuestResponse, ListAvailableRequest, ListAvailableResponse,
+    ObjectiveProgress, PlayerQuest, ProgressRequest, ProgressResponse, Quest, QuestCompleted,
+    QuestState, QuestSystemHandler,
 };
 use aicore_proto::aicore::world_state::v1::Fact;
 use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
@@ -61,7 +60,6 @@ const IDEMPOTENCY: Idempotency = Idempotency::new("quest_system.idempotency");
 pub const COMPLETED_SUBJECT: &str = "evt.quest.completed";
 
 const MAX_QUEST_ID_CHARS: usize = 64;
-const MAX_FACT_KEY_CHARS: usize = 256;
 /// Longest idempotency key payment accepts.
 const MAX_CREDIT_KEY_CHARS: usize = 128;
 const LIST_TOKEN: u8 = b'Q';
@@ -316,76 +314,6 @@ fn all_done(pq: &PlayerQuest) -> bool {
     pq.objectives.iter().all(|o| o.done)
 }
 
-/// A fact read as a scalar (see world_state.proto): `text/plain` as text or a number,
-/// `application/json` as a JSON scalar; anything else has no scalar value.
-#[derive(Debug, Clone, PartialEq)]
-enum Scalar {
-    Bool(bool),
-    Num(f64),
-    Str(String),
-}
-
-fn fact_scalar(f: &Fact) -> Option<Scalar> {
-    let essence = f
-        .content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "text/plain" => {
-            let text = std::str::from_utf8(&f.data).ok()?;
-            Some(match text.trim().parse::<f64>() {
-                Ok(n) if n.is_finite() => Scalar::Num(n),
-                _ => Scalar::Str(text.to_string()),
-            })
-        }
-        "application/json" => match serde_json::from_slice::<serde_json::Value>(&f.data).ok()? {
-            serde_json::Value::Bool(b) => Some(Scalar::Bool(b)),
-            serde_json::Value::Number(n) => n.as_f64().map(Scalar::Num),
-            serde_json::Value::String(s) => Some(Scalar::Str(s)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn value_scalar(v: &Value) -> Option<Scalar> {
-    Some(match v.kind.as_ref()? {
-        value::Kind::BoolValue(b) => Scalar::Bool(*b),
-        value::Kind::IntValue(i) => Scalar::Num(*i as f64),
-        value::Kind::FloatValue(f) => Scalar::Num(*f),
-        value::Kind::StringValue(s) => Scalar::Str(s.clone()),
-    })
-}
-
-/// Whether a condition holds for the fact (`None`: no live fact). A missing fact fails
-/// every operator but NOT_EXISTS; a non-numeric fact fails the numeric ones.
-fn condition_holds(c: &FactCondition, fact: Option<&Fact>) -> bool {
-    let op = FactOperator::try_from(c.op).unwrap_or(FactOperator::Unspecified);
-    let Some(fact) = fact else {
-        return op == FactOperator::NotExists;
-    };
-    let (have, want) = (fact_scalar(fact), c.value.as_ref().and_then(value_scalar));
-    match op {
-        FactOperator::Exists => true,
-        FactOperator::NotExists | FactOperator::Unspecified => false,
-        FactOperator::Equals => have.is_some() && have == want,
-        FactOperator::NotEquals => have.is_some() && have != want,
-        FactOperator::LessThan | FactOperator::GreaterThan => match (have, want) {
-            (Some(Scalar::Num(a)), Some(Scalar::Num(b))) => {
-                if op == FactOperator::LessThan {
-                    a < b
-                } else {
-                    a > b
-                }
-            }
-            _ => false,
-        },
-    }
-}
-
 impl QuestSystem {
     /// The domain on a context, talking to payment and world-state over NATS.
     pub fn new(ctx: Ctx, config: QuestSystemConfig) -> Self {
@@ -521,41 +449,7 @@ impl QuestSystem {
         }
         for (i, f) in pre.facts.iter().enumerate() {
             let field = format!("quest.prerequisites.facts[{i}]");
-            let n = f.key.chars().count();
-            if n == 0 || n > MAX_FACT_KEY_CHARS || f.key.chars().any(char::is_control) {
-                return Err(Status::invalid(
-                    &format!("{field}.key"),
-                    format!(
-                        "must be 1 to {MAX_FACT_KEY_CHARS} characters without control characters"
-                    ),
-                ));
-            }
-            let op = FactOperator::try_from(f.op).unwrap_or(FactOperator::Unspecified);
-            let value = f.value.as_ref().and_then(value_scalar);
-            match op {
-                FactOperator::Unspecified => {
-                    return Err(Status::invalid(
-                        &format!("{field}.op"),
-                        "must be set to a known operator",
-                    ));
-                }
-                FactOperator::Exists | FactOperator::NotExists => {}
-                FactOperator::Equals | FactOperator::NotEquals if value.is_none() => {
-                    return Err(Status::invalid(
-                        &format!("{field}.value"),
-                        "is required for EQUALS and NOT_EQUALS",
-                    ));
-                }
-                FactOperator::Equals | FactOperator::NotEquals => {}
-                FactOperator::LessThan | FactOperator::GreaterThan => {
-                    if !matches!(value, Some(Scalar::Num(_))) {
-                        return Err(Status::invalid(
-                            &format!("{field}.value"),
-                            "must be a number for LESS_THAN and GREATER_THAN",
-                        ));
-                    }
-                }
-            }
+            aicore_runtime::facts::check_condition(&field, &f.key, f.op, f.value.as_ref())?;
         }
         Ok(())
     }
@@ -603,7 +497,7 @@ impl QuestSystem {
                 cache.insert(c.key.clone(), fact);
             }
             let fact = cache.get(&c.key).and_then(Option::as_ref);
-            if !condition_holds(c, fact) {
+            if !aicore_runtime::facts::holds(c.op, c.value.as_ref(), fact) {
                 return Ok(Some(format!("the world fact `{}` does not qualify", c.key)));
             }
         }
