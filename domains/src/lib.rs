@@ -16,6 +16,7 @@ pub mod event_bus;
 pub mod knowledge_base;
 pub mod language_system;
 pub mod model_management;
+pub mod npc_behavior;
 pub mod payment;
 pub mod quest_system;
 pub mod registry;

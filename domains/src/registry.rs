@@ -91,6 +91,8 @@ domains! {
     /// environmental-narrative: lore fragments at locations, found under world, time and
     /// weather conditions, each discovery recorded once.
     environmental_narrative => crate::environmental_narrative::EnvironmentalNarrative,
+    /// npc-behavior: NPC traits, needs, schedules, utility-AI decisions and relations.
+    npc_behavior => crate::npc_behavior::NpcBehavior,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
