@@ -22,6 +22,7 @@ pub mod quest_system;
 pub mod registry;
 pub mod settings;
 pub mod state_manager;
+pub mod story_teller;
 pub mod time_manager;
 pub mod weather_manager;
 pub mod world_state;

@@ -93,6 +93,8 @@ domains! {
     environmental_narrative => crate::environmental_narrative::EnvironmentalNarrative,
     /// npc-behavior: NPC traits, needs, schedules, utility-AI decisions and relations.
     npc_behavior => crate::npc_behavior::NpcBehavior,
+    /// story-teller: story arcs played per player, narrated from templates, lore and AI.
+    story_teller => crate::story_teller::StoryTeller,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

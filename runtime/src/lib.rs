@@ -21,6 +21,7 @@ mod sched;
 pub mod serve;
 pub mod store;
 pub mod streams;
+pub mod template;
 pub mod validate;
 mod wal;
 mod writes;
