@@ -85,6 +85,16 @@ domains! {
     ai_router => crate::ai_router::AiRouter,
     /// knowledge-base: lore documents with ranked full-text and vector search.
     knowledge_base => crate::knowledge_base::KnowledgeBase,
+    /// language-system: localised strings with fallback chains, CLDR plurals and typed
+    /// placeholders, and machine translations kept for review.
+    language_system => crate::language_system::LanguageSystem,
+    /// environmental-narrative: lore fragments at locations, found under world, time and
+    /// weather conditions, each discovery recorded once.
+    environmental_narrative => crate::environmental_narrative::EnvironmentalNarrative,
+    /// npc-behavior: NPC traits, needs, schedules, utility-AI decisions and relations.
+    npc_behavior => crate::npc_behavior::NpcBehavior,
+    /// story-teller: story arcs played per player, narrated from templates, lore and AI.
+    story_teller => crate::story_teller::StoryTeller,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
@@ -105,6 +115,11 @@ mod tests {
             (
                 quest_system::v1::QuestCompleted::default().subject(),
                 crate::quest_system::COMPLETED_SUBJECT,
+            ),
+            (
+                aicore_proto::aicore::environmental_narrative::v1::FragmentDiscovered::default()
+                    .subject(),
+                crate::environmental_narrative::DISCOVERED_SUBJECT,
             ),
             (
                 world_state::v1::FactChange::default().subject(),

@@ -12,6 +12,7 @@
 pub mod calendar;
 mod ctx;
 mod durable;
+pub mod facts;
 mod fs;
 pub mod idempotency;
 mod micro;
@@ -21,6 +22,7 @@ mod sched;
 pub mod serve;
 pub mod store;
 pub mod streams;
+pub mod template;
 pub mod validate;
 mod wal;
 mod writes;

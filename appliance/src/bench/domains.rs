@@ -1,5 +1,6 @@
-//! Rows of real domains with contention: payment transfers between a few wallets, and
-//! world-state reads and writes.
+//! Rows of real domains with contention: payment transfers between a few wallets,
+//! world-state reads and writes, and the game reads that are pure computation over
+//! cached state (npc-behavior Decide, language-system Translate).
 
 use std::sync::Arc;
 
@@ -203,5 +204,175 @@ pub(super) async fn measure_world_gets(
         );
     }
     serving.stop().await;
+    Ok(cells)
+}
+
+/// Serves npc-behavior and language-system over `store`, defines one NPC and a few
+/// strings, and measures Decide (at a given game time, so no time-manager call: scoring
+/// over cached rows) and Translate (a plural and a placeholder through a fallback chain)
+/// at every concurrency level. Both should be close to a cached world-state Get.
+pub(super) async fn measure_game_reads(
+    env: &Env,
+    store: Store,
+    config: &Config,
+    base: &Baseline,
+    args: &BenchArgs,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    use aicore_proto::aicore::language_system::v1 as ls;
+    use aicore_proto::aicore::npc_behavior::v1 as npc;
+    let load = &base.nats;
+    let npc_serving =
+        serve_domain(env, "npc_behavior", store.clone(), config, stop.clone()).await?;
+    let ls_serving = serve_domain(env, "language_system", store.clone(), config, stop).await?;
+    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+    let npcs = npc::NpcBehaviorClient::new(sdk.clone());
+    let strings = ls::LanguageSystemClient::new(sdk);
+    let consider = |input: &str, curve: npc::Curve| npc::Consideration {
+        input: input.into(),
+        curve: curve as i32,
+        ..Default::default()
+    };
+    let action = |id: &str, cs: Vec<npc::Consideration>| npc::Action {
+        action_id: id.into(),
+        base_score: 0.9,
+        considerations: cs,
+        ..Default::default()
+    };
+    npcs.define(
+        npc::DefineRequest {
+            npc: Some(npc::NpcDefinition {
+                npc_id: "bench".into(),
+                name: "Bench".into(),
+                traits: [("bravery".to_string(), 0.4)].into(),
+                needs: vec![npc::Need {
+                    need_id: "hunger".into(),
+                    value: 0.6,
+                    decay_per_game_hour: 0.05,
+                }],
+                schedule: vec![npc::ScheduleEntry {
+                    from_hour: 8,
+                    to_hour: 18,
+                    activity: "work".into(),
+                    location_id: "shop".into(),
+                }],
+                actions: vec![
+                    action("eat", vec![consider("need:hunger", npc::Curve::Inverse)]),
+                    action("work", vec![consider("schedule:work", npc::Curve::Linear)]),
+                    action(
+                        "flee",
+                        vec![
+                            consider("context:danger", npc::Curve::Logistic),
+                            consider("trait:bravery", npc::Curve::Inverse),
+                        ],
+                    ),
+                    action(
+                        "greet",
+                        vec![consider("relation:affinity", npc::Curve::Linear)],
+                    ),
+                ],
+                ..Default::default()
+            }),
+            expected_version: None,
+        },
+        &CallOptions::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("defining the bench NPC: {e}"))?;
+    for (locale, text) in [
+        ("en", "{count} apples for {name}"),
+        ("fr", "{count} pommes pour {name}"),
+    ] {
+        strings
+            .put_strings(
+                ls::PutStringsRequest {
+                    locale: locale.into(),
+                    strings: vec![ls::LocalizedString {
+                        key: "shop.apples".into(),
+                        text: text.into(),
+                        plural_forms: [("one".to_string(), "one apple".to_string())].into(),
+                        ..Default::default()
+                    }],
+                    replace_all: false,
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("putting the bench strings: {e}"))?;
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let npcs = npcs.clone();
+        let op = move |_: usize, i: u64| {
+            let npcs = npcs.clone();
+            async move {
+                npcs.decide(
+                    npc::DecideRequest {
+                        npc_id: "bench".into(),
+                        player_id: "p1".into(),
+                        context: [("danger".to_string(), (i % 10) as f64 / 10.0)].into(),
+                        at_game_seconds: Some((i % 24) as i64 * 3600),
+                        ..Default::default()
+                    },
+                    &CallOptions::default(),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                "sdk npc_behavior.decide (4 actions)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    for &c in &args.concurrency {
+        let strings = strings.clone();
+        let op = move |_: usize, i: u64| {
+            let strings = strings.clone();
+            async move {
+                strings
+                    .translate(
+                        ls::TranslateRequest {
+                            locale: "fr-CA".into(),
+                            items: vec![ls::TranslateItem {
+                                key: "shop.apples".into(),
+                                count: Some((i % 5) as i64),
+                                args: [(
+                                    "name".to_string(),
+                                    ls::Argument {
+                                        value: Some(ls::argument::Value::Text("Ana".into())),
+                                    },
+                                )]
+                                .into(),
+                            }],
+                            allow_machine: false,
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        };
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                "sdk language_system.translate (plural, fallback)",
+                c,
+                args.seconds,
+                op,
+            )
+            .await,
+        );
+    }
+    npc_serving.stop().await;
+    ls_serving.stop().await;
     Ok(cells)
 }

@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 use crate::security::{self};
 
-use domains::{measure_transfers, measure_world_gets};
+use domains::{measure_game_reads, measure_transfers, measure_world_gets};
 use env::{Env, baseline, raw_tls_vs_plaintext, serve_domain};
 use http::{measure_gateway, print_gateway_ratios};
 use load::{Baseline, Cell, interleaved, measure, ready, slices};
@@ -110,7 +110,7 @@ pub struct BenchArgs {
     /// single (one durable commit per request), ai (chat through ai-integration and
     /// ai-router against a local test server, and time to the first token), kb
     /// (knowledge-base indexing rate, search latency and index size at 10K and 100K
-    /// documents).
+    /// documents), game (npc-behavior Decide and language-system Translate).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -419,6 +419,11 @@ async fn run_rows(
     if args.wants("world") {
         cells.extend(
             measure_world_gets(env, store.clone(), config, base, args, stop.child_token()).await?,
+        );
+    }
+    if args.wants("game") {
+        cells.extend(
+            measure_game_reads(env, store.clone(), config, base, args, stop.child_token()).await?,
         );
     }
     serving.stop().await;

@@ -32,13 +32,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use aicore_proto::aicore::common::v1::{Value, value};
 use aicore_proto::aicore::quest_system::v1::{
     AbandonRequest, AbandonResponse, AcceptRequest, AcceptResponse, CompleteRequest,
-    CompleteResponse, DefineQuestRequest, DefineQuestResponse, FactCondition, FactOperator,
-    GetLogRequest, GetLogResponse, GetQuestRequest, GetQuestResponse, ListAvailableRequest,
-    ListAvailableResponse, ObjectiveProgress, PlayerQuest, ProgressRequest, ProgressResponse,
-    Quest, QuestCompleted, QuestState, QuestSystemHandler, Reward,
+    CompleteResponse, DefineQuestRequest, DefineQuestResponse, GetLogRequest, GetLogResponse,
+    GetQuestRequest, GetQuestResponse, ListAvailableRequest, ListAvailableResponse,
+    ObjectiveProgress, PlayerQuest, ProgressRequest, ProgressResponse, Quest, QuestCompleted,
+    QuestState, QuestSystemHandler, Reward,
 };
 use aicore_proto::aicore::world_state::v1::Fact;
 pub use aicore_proto::internal::quest_system::Entry;
@@ -72,7 +71,6 @@ const IDEMPOTENCY: Idempotency = Idempotency::new("quest_system.idempotency");
 pub const COMPLETED_SUBJECT: &str = "evt.quest.completed";
 
 const MAX_QUEST_ID_CHARS: usize = 64;
-const MAX_FACT_KEY_CHARS: usize = 256;
 /// Longest idempotency key payment accepts.
 const MAX_CREDIT_KEY_CHARS: usize = 128;
 const LIST_TOKEN: u8 = b'Q';
@@ -233,7 +231,7 @@ impl QuestSystem {
                 cache.insert(c.key.clone(), fact);
             }
             let fact = cache.get(&c.key).and_then(Option::as_ref);
-            if !condition_holds(c, fact) {
+            if !aicore_runtime::facts::holds(c.op, c.value.as_ref(), fact) {
                 return Ok(Some(format!("the world fact `{}` does not qualify", c.key)));
             }
         }

@@ -3,7 +3,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aicore_proto::aicore::quest_system::v1::{Objective, Prerequisites, Reward};
+use aicore_proto::aicore::common::v1::{Value, value};
+use aicore_proto::aicore::quest_system::v1::{
+    FactCondition, FactOperator, Objective, Prerequisites, Reward,
+};
 use bytes::Bytes;
 use proptest::prelude::*;
 

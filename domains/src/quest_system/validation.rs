@@ -120,45 +120,8 @@ fn check_prerequisites(q: &Quest, c: &QuestSystemConfig) -> Result<(), Status> {
         }
     }
     for (i, f) in pre.facts.iter().enumerate() {
-        check_fact_condition(&format!("quest.prerequisites.facts[{i}]"), f)?;
-    }
-    Ok(())
-}
-
-/// One fact condition: a key, a known operator, and the value its operator needs.
-fn check_fact_condition(field: &str, f: &FactCondition) -> Result<(), Status> {
-    let n = f.key.chars().count();
-    if n == 0 || n > MAX_FACT_KEY_CHARS || f.key.chars().any(char::is_control) {
-        return Err(Status::invalid(
-            &format!("{field}.key"),
-            format!("must be 1 to {MAX_FACT_KEY_CHARS} characters without control characters"),
-        ));
-    }
-    let op = FactOperator::try_from(f.op).unwrap_or(FactOperator::Unspecified);
-    let value = f.value.as_ref().and_then(value_scalar);
-    match op {
-        FactOperator::Unspecified => {
-            return Err(Status::invalid(
-                &format!("{field}.op"),
-                "must be set to a known operator",
-            ));
-        }
-        FactOperator::Exists | FactOperator::NotExists => {}
-        FactOperator::Equals | FactOperator::NotEquals if value.is_none() => {
-            return Err(Status::invalid(
-                &format!("{field}.value"),
-                "is required for EQUALS and NOT_EQUALS",
-            ));
-        }
-        FactOperator::Equals | FactOperator::NotEquals => {}
-        FactOperator::LessThan | FactOperator::GreaterThan => {
-            if !matches!(value, Some(Scalar::Num(_))) {
-                return Err(Status::invalid(
-                    &format!("{field}.value"),
-                    "must be a number for LESS_THAN and GREATER_THAN",
-                ));
-            }
-        }
+        let field = format!("quest.prerequisites.facts[{i}]");
+        aicore_runtime::facts::check_condition(&field, &f.key, f.op, f.value.as_ref())?;
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ fn mixed_region(id: &str, seed: u64) -> wm::Region {
 }
 
 /// A region that stays CLEAR whatever the season.
-fn calm_region(id: &str) -> wm::Region {
+pub(crate) fn calm_region(id: &str) -> wm::Region {
     wm::Region {
         region_id: id.into(),
         name: "Calm".into(),
@@ -170,7 +170,7 @@ fn assert_cycle(w: &wm::Weather, id: &str, order: [C; 3], step_seconds: i64, k: 
 }
 
 /// Pauses the game clock and sets it to `seconds`, so the weather stands still.
-async fn freeze_at(time: &Time, seconds: i64) {
+pub(crate) async fn freeze_at(time: &Time, seconds: i64) {
     time.pause(
         tm::PauseRequest {
             reason: "e2e weather".into(),
@@ -195,7 +195,7 @@ async fn freeze_at(time: &Time, seconds: i64) {
     assert_eq!(clock.game_time.expect("game time").seconds, seconds);
 }
 
-async fn define(w: &Weather, region: wm::Region, expected: Option<u64>) -> wm::Region {
+pub(crate) async fn define(w: &Weather, region: wm::Region, expected: Option<u64>) -> wm::Region {
     w.define_region(
         wm::DefineRegionRequest {
             region: Some(region),
@@ -235,7 +235,7 @@ async fn forecast(w: &Weather, id: &str, steps: i32) -> Vec<wm::Weather> {
     .steps
 }
 
-fn override_req(id: &str, cond: C) -> wm::SetOverrideRequest {
+pub(crate) fn override_req(id: &str, cond: C) -> wm::SetOverrideRequest {
     wm::SetOverrideRequest {
         region_id: id.into(),
         condition: cond as i32,
