@@ -28,8 +28,9 @@
 //! must, to decide on current data), and such a batch is answered only after its own
 //! sync, which covers the earlier record too. Closures that write nothing are answered
 //! once the batches before them are durable, since they may have read them. A failed
-//! sync fails every batch written since the last good one (their outcome is unknown
-//! until a restart replays the log) and stops all further writes.
+//! sync fails every batch written since the last good one (their outcome is unknown) and
+//! refuses writes until the syncer has opened the log again from disk, dropped those
+//! batches and recovered as a restart would (see [`reopen`]).
 //!
 //! So each page of redb is written once per flush instead of once per batch, and the
 //! writer never waits for redb. After a crash, opening the store applies the logged
@@ -65,6 +66,7 @@ mod db;
 #[cfg(test)]
 mod fault_tests;
 mod recovery;
+mod reopen;
 
 use crate::writes::{Row, WriteSet, merged_scan, scan_start};
 pub(crate) use recovery::Plan;
@@ -220,6 +222,8 @@ struct Syncer {
     settle_pause: Duration,
     #[cfg(test)]
     fail_next: std::sync::atomic::AtomicBool,
+    /// How to open the log again after a failed sync (see [`reopen`]).
+    reopen: Option<reopen::Reopen>,
 }
 
 impl Syncer {
@@ -275,6 +279,10 @@ impl Syncer {
                     };
                     for d in failed.into_iter().flat_map(|p| p.done) {
                         d(Err(err.clone()));
+                    }
+                    if let Some(r) = &self.reopen {
+                        let durable = lock(&self.state).durable;
+                        r.run(self, durable);
                     }
                     st = lock(&self.state);
                 }
@@ -344,7 +352,8 @@ pub(crate) struct Durable {
     #[cfg_attr(not(test), allow(dead_code))]
     committing: Arc<Mutex<()>>,
     layers: Arc<RwLock<Layers>>,
-    log: Mutex<LogState>,
+    /// Shared with the syncer, which opens the log again after a failed sync.
+    log: Arc<Mutex<LogState>>,
     syncer: Arc<Syncer>,
     flusher: Arc<Flusher>,
     jobs: Mutex<Option<std::sync::mpsc::Sender<FlushJob>>>,
@@ -639,6 +648,25 @@ impl Durable {
         let pause = options.flush_pause;
         #[cfg(test)]
         let stage_pause = options.stage_pause;
+        let log = Arc::new(Mutex::new(LogState {
+            wals,
+            current: 0,
+            seq,
+            oldest: None,
+            busy_since_tick: false,
+            failed: None,
+            refused: None,
+        }));
+        let retry = options.checkpoint_tick.max(Duration::from_millis(10));
+        let reopen = options.wal.then(|| reopen::Reopen {
+            fs: fs.clone(),
+            paths: paths.clone(),
+            db: db.clone(),
+            log: log.clone(),
+            flusher: flusher.clone(),
+            layers: layers.clone(),
+            retry,
+        });
         // Everything up to the recovered sequence number is durable already.
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
@@ -655,12 +683,12 @@ impl Durable {
             settle_pause: options.settle_pause,
             #[cfg(test)]
             fail_next: Default::default(),
+            reopen,
         });
         let (jobs, threads) = if options.wal {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
-            let retry = options.checkpoint_tick.max(Duration::from_millis(10));
             // The database file, for paced write-back.
             let file = file.clone();
             let thread = std::thread::Builder::new()
@@ -718,15 +746,7 @@ impl Durable {
             db,
             committing,
             layers,
-            log: Mutex::new(LogState {
-                wals,
-                current: 0,
-                seq,
-                oldest: None,
-                busy_since_tick: false,
-                failed: None,
-                refused: None,
-            }),
+            log,
             syncer,
             flusher,
             jobs: Mutex::new(jobs),
