@@ -105,6 +105,9 @@ impl Syncer {
                     for d in failed.into_iter().flat_map(|p| p.done) {
                         d(Err(err.clone()));
                     }
+                    // The writer may be waiting for a sync (holding the log's lock,
+                    // which opening the log again takes): it hears of the failure now.
+                    self.changed.notify_all();
                     if let Some(r) = &self.reopen {
                         let durable = lock(&self.state).durable;
                         r.run(self, durable);
