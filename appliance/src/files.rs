@@ -23,15 +23,38 @@ use anyhow::{Context, Result, bail};
 
 /// Creates `dir` and its missing parents, each `0700`. An existing directory keeps its
 /// mode (an operator may have chosen one, as systemd's `StateDirectoryMode` does).
+///
+/// The parent of each directory created is synced: a new directory's entry is not
+/// durable until its parent is, and the store's files inside it (synced themselves, and
+/// their own directory after they are created) would vanish with it after a power cut,
+/// with every write acknowledged through them.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    // Outermost first: each entry made durable in a parent whose own entry already is.
+    for d in created.iter().rev() {
+        let parent = d
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .with_context(|| {
+                format!(
+                    "syncing {} after creating {}",
+                    parent.display(),
+                    d.display()
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` atomically, mode `0600`: through a randomly named

@@ -25,6 +25,7 @@
 //! | `dir-create` | directory sync after the store's files are created | `durable::crash_tests::acknowledged_writes_survive_power_cuts`, `durable::crash_tests::a_new_store_survives_a_power_cut` |
 //! | `wal-grow` | `fdatasync` after a segment grows by zero-filled chunks | none, by design: not a durability sync (a record's `fdatasync` makes the length it needs durable); it keeps those syncs from writing metadata |
 //! | `wal-shrink` | `fdatasync` after an outsized segment is cut back | none, by design: it makes the freed space durable; what lies past the cut is checkpointed |
+//! | `reopen-probe` | `fdatasync` of the current log segment before the log is opened again after a failed sync | none, by design: it only asks whether the disk answers before anything is dropped |
 //! <!-- /syncs -->
 
 use std::fmt::Debug;

@@ -204,3 +204,85 @@ async fn a_real_full_disk_refuses_writes_until_space_is_back() {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }
+
+/// A failed log sync (whose pages Linux may drop, fsyncgate): the batches it covered are
+/// refused, writes stay refused while the disk fails, and once it answers the store
+/// opens its log again from disk and takes writes again on its own. Every acknowledged
+/// write is there, before and after a power cut; the refused ones are absent, the same
+/// before and after.
+#[tokio::test]
+async fn a_failed_log_sync_stops_writes_until_the_log_is_opened_again() {
+    let fs = SimFs::new();
+    let path = Path::new("/data/s.redb");
+    let s = Store::open_on(fs.clone(), path, options()).unwrap();
+    let mut acked = Vec::new();
+    for key in 0..50 {
+        put(&s, key, 100).await.unwrap();
+        acked.push(key);
+    }
+    // Some of it flushed into redb (on an idle tick), the rest only in the log and the
+    // memory layers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while s.flushing() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for key in 50..100 {
+        put(&s, key, 100).await.unwrap();
+        acked.push(key);
+    }
+    fs.set_fault(Some(Fault::LogSyncEio));
+    let tasks: Vec<_> = (100..110)
+        .map(|key| {
+            let s = s.clone();
+            tokio::spawn(async move { (key, put(&s, key, 100).await) })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for t in tasks {
+        let (key, r) = t.await.unwrap();
+        match r {
+            Ok(()) => panic!("key {key} acknowledged although no sync succeeded"),
+            Err(e) => {
+                assert_eq!(e.code, Code::Unavailable, "{e:?}");
+                refused.push(key);
+            }
+        }
+    }
+    // While the disk fails: writes refused, the store says why, reads go on and show
+    // nothing refused.
+    assert_eq!(put(&s, 500, 10).await.unwrap_err().code, Code::Unavailable);
+    assert!(s.write_error().is_some());
+    for k in &acked {
+        assert!(s.get(T, &k.to_be_bytes()).unwrap().is_some(), "key {k}");
+    }
+    for k in &refused {
+        assert_eq!(s.get(T, &k.to_be_bytes()).unwrap(), None, "key {k}");
+    }
+    fs.set_fault(None);
+    assert!(
+        until_writable(&s).await,
+        "writes did not resume on their own"
+    );
+    for key in 200..220 {
+        put(&s, key, 100).await.unwrap();
+        acked.push(key);
+    }
+    let check = |s: &Store| {
+        for k in &acked {
+            assert!(
+                s.get(T, &k.to_be_bytes()).unwrap().is_some(),
+                "key {k} lost"
+            );
+        }
+        for k in refused.iter().chain([&500]) {
+            assert_eq!(s.get(T, &k.to_be_bytes()).unwrap(), None, "key {k} refused");
+        }
+    };
+    check(&s);
+    let after = fs.cut(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9));
+    s.close().await;
+    drop(s);
+    let s = Store::open_on(after, path, options()).unwrap();
+    check(&s);
+    s.close().await;
+}

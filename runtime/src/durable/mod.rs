@@ -28,8 +28,9 @@
 //! must, to decide on current data), and such a batch is answered only after its own
 //! sync, which covers the earlier record too. Closures that write nothing are answered
 //! once the batches before them are durable, since they may have read them. A failed
-//! sync fails every batch written since the last good one (their outcome is unknown
-//! until a restart replays the log) and stops all further writes.
+//! sync fails every batch written since the last good one (their outcome is unknown) and
+//! refuses writes until the syncer has opened the log again from disk, dropped those
+//! batches and recovered as a restart would (see [`reopen`]).
 //!
 //! So each page of redb is written once per flush instead of once per batch, and the
 //! writer never waits for redb. After a crash, opening the store applies the logged
@@ -64,10 +65,25 @@ mod crash_tests;
 mod db;
 #[cfg(test)]
 mod fault_tests;
+mod files;
+mod flusher;
+mod layers;
 mod recovery;
+mod reopen;
+mod syncer;
+mod view;
 
 use crate::writes::{Row, WriteSet, merged_scan, scan_start};
 pub(crate) use recovery::Plan;
+
+use files::*;
+pub use files::{CheckReport, check};
+pub(crate) use files::{Opened, open_files};
+use flusher::*;
+use layers::*;
+pub(crate) use syncer::Done;
+use syncer::*;
+use view::*;
 
 /// Writes not yet in redb: a value, or `None` for a deleted key.
 type Layer = WriteSet;
@@ -96,47 +112,6 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-#[derive(Default)]
-struct Layers {
-    active: Layer,
-    /// Batches made durable by the last sync, oldest first, newer than `active`: their
-    /// callers are answered before they are merged into `active` (see [`Syncer::finish`]).
-    recent: Vec<Arc<Layer>>,
-    frozen: Option<Arc<Layer>>,
-}
-
-impl Layers {
-    /// The newest layered write of a key: `Some(None)` if it was deleted.
-    fn get(&self, table: &str, key: &[u8]) -> Option<Option<Bytes>> {
-        self.live_get(table, key)
-            .or_else(|| self.frozen.as_ref().and_then(|f| f.get(table, key)))
-            .map(|v| v.cloned())
-    }
-
-    /// The newest write of a key in the layers not yet frozen.
-    fn live_get(&self, table: &str, key: &[u8]) -> Option<Option<&Bytes>> {
-        self.live().rev().find_map(|l| l.get(table, key))
-    }
-
-    /// The layers not yet frozen, oldest first: the active one, then the recent batches.
-    fn live(&self) -> impl DoubleEndedIterator<Item = &Layer> {
-        std::iter::once(&self.active).chain(self.recent.iter().map(|r| &**r))
-    }
-
-    /// The layers a scan merges over redb, oldest first.
-    fn sources(&self) -> impl Iterator<Item = &Layer> {
-        self.frozen.as_deref().into_iter().chain(self.live())
-    }
-
-    /// Merges the recent batches into the active layer.
-    fn settle(&mut self) {
-        for r in std::mem::take(&mut self.recent) {
-            self.active
-                .absorb(Arc::try_unwrap(r).unwrap_or_else(|w| (*w).clone()));
-        }
-    }
-}
-
 /// What the writer thread keeps about the log.
 struct LogState {
     /// The two segments (empty when the log is off); batches go to `current`.
@@ -156,448 +131,20 @@ struct LogState {
     refused: Option<StoreError>,
 }
 
-/// The flusher's state, shared with the writer.
-#[derive(Default)]
-struct FlushState {
-    /// A frozen layer is being committed.
-    running: bool,
-    failed: Option<StoreError>,
-}
-
-struct Flusher {
-    state: Mutex<FlushState>,
-    done: Condvar,
-    /// The store is being dropped: a flush being retried gives up.
-    stop: std::sync::atomic::AtomicBool,
-}
-
-struct FlushJob {
-    layer: Arc<Layer>,
-    seq: u64,
-}
-
-/// Called once a batch is durable and visible to readers (or with the error that
-/// leaves its outcome unknown).
-pub(crate) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-/// A batch written to the log, not yet known durable.
-struct Pending {
-    seq: u64,
-    writes: Arc<Layer>,
-    done: Vec<Done>,
-}
-
-/// What the writer and the log's syncer thread share about syncing.
-#[derive(Default)]
-struct SyncState {
-    /// The segment last written to and the sequence number of its last record.
-    target: Option<(Arc<dyn StoreFile>, u64)>,
-    /// Every record up to this sequence number is on disk, and its batch visible.
-    durable: u64,
-    /// A sync failed: what was written since the last good one may or may not be on disk.
-    failed: Option<StoreError>,
-    stop: bool,
-}
-
-/// The log's syncer: while it waits for one `fdatasync`, the writer thread goes on
-/// running the next batches' closures and writing their records (pipelined group
-/// commit); the next sync covers every record written meanwhile. After a sync it makes
-/// the batches it made durable visible and answers their callers itself, so an
-/// acknowledgement does not wait for the writer thread (see [`Syncer::finish`]).
-struct Syncer {
-    state: Mutex<SyncState>,
-    changed: Condvar,
-    /// Batches written and not yet durable, oldest first: later batches' closures read
-    /// them, readers do not see them until they are durable. Locked before `layers`.
-    pending: Mutex<VecDeque<Pending>>,
-    layers: Arc<RwLock<Layers>>,
-    /// `state.durable`, for the writer to stamp on each record without the lock.
-    durable_seq: AtomicU64,
-    /// Tests: a pause before each sync, and a sync made to fail.
-    #[cfg(test)]
-    pause: Duration,
-    #[cfg(test)]
-    settle_pause: Duration,
-    #[cfg(test)]
-    fail_next: std::sync::atomic::AtomicBool,
-}
-
-impl Syncer {
-    fn run(&self) {
-        let mut st = lock(&self.state);
-        loop {
-            let work = st
-                .target
-                .as_ref()
-                .filter(|(_, upto)| *upto > st.durable && st.failed.is_none())
-                .cloned();
-            let Some((file, upto)) = work else {
-                if st.stop {
-                    return;
-                }
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            };
-            drop(st);
-            #[cfg(test)]
-            std::thread::sleep(self.pause);
-            let result = sync("wal-record", || file.sync_data());
-            #[cfg(test)]
-            let result = match self
-                .fail_next
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
-                true => Err(std::io::Error::other("injected sync failure")),
-                false => result,
-            };
-            match result {
-                Ok(()) => {
-                    // Known durable before any caller hears so: a record written after
-                    // an acknowledgement must say that its predecessors were durable.
-                    self.durable_seq.fetch_max(upto, Ordering::AcqRel);
-                    self.finish(upto);
-                    st = lock(&self.state);
-                    st.durable = st.durable.max(upto);
-                }
-                Err(e) => {
-                    let err = StoreError::Stopped(Box::new(StoreError::io(
-                        "syncing the write-ahead log; the outcome of the writes since the \
-                         last sync is unknown until a restart",
-                        e,
-                    )));
-                    tracing::error!(error = %crate::store::chain(&err), "store: syncing the write-ahead log failed");
-                    // Marked failed while holding `pending`, so no batch is queued after
-                    // these are answered and then left waiting.
-                    let failed: Vec<Pending> = {
-                        let mut pending = lock(&self.pending);
-                        lock(&self.state).failed = Some(err.clone());
-                        pending.drain(..).collect()
-                    };
-                    for d in failed.into_iter().flat_map(|p| p.done) {
-                        d(Err(err.clone()));
-                    }
-                    st = lock(&self.state);
-                }
-            }
-            self.changed.notify_all();
-        }
-    }
-
-    /// Makes the pending batches up to `durable` visible and answers their callers.
-    /// They become visible as they are (a list readers look through before the active
-    /// layer), and are merged into the active layer's ordered map only after their
-    /// callers are answered: that merge is a third of the syncer's time (a profile of
-    /// the durable Put path), which the acknowledgements no longer wait for.
-    fn finish(&self, durable: u64) {
-        let mut done = Vec::new();
-        {
-            let mut pending = lock(&self.pending);
-            if pending.front().is_some_and(|p| p.seq <= durable) {
-                let mut layers = write(&self.layers);
-                while pending.front().is_some_and(|p| p.seq <= durable) {
-                    if let Some(p) = pending.pop_front() {
-                        layers.recent.push(p.writes);
-                        done.extend(p.done);
-                    }
-                }
-            }
-        }
-        if done.is_empty() {
-            return;
-        }
-        for d in done {
-            d(Ok(()));
-        }
-        #[cfg(test)]
-        std::thread::sleep(self.settle_pause);
-        write(&self.layers).settle();
-    }
-
-    /// Asks for everything up to record `seq` of `file` to be synced.
-    fn request(&self, file: &Arc<dyn StoreFile>, seq: u64) {
-        lock(&self.state).target = Some((file.clone(), seq));
-        self.changed.notify_all();
-    }
-
-    /// Waits until every batch up to `upto` is durable and visible.
-    fn wait(&self, upto: u64) -> Result<(), StoreError> {
-        let mut st = lock(&self.state);
-        loop {
-            if let Some(e) = &st.failed {
-                return Err(e.clone());
-            }
-            if st.durable >= upto {
-                return Ok(());
-            }
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn failed(&self) -> Option<StoreError> {
-        lock(&self.state).failed.clone()
-    }
-}
-
 pub(crate) struct Durable {
     db: Arc<db::DbSlot>,
     /// Held by the flusher while it commits (tests take it to copy a stable crash image).
     #[cfg_attr(not(test), allow(dead_code))]
     committing: Arc<Mutex<()>>,
     layers: Arc<RwLock<Layers>>,
-    log: Mutex<LogState>,
+    /// Shared with the syncer, which opens the log again after a failed sync.
+    log: Arc<Mutex<LogState>>,
     syncer: Arc<Syncer>,
     flusher: Arc<Flusher>,
     jobs: Mutex<Option<std::sync::mpsc::Sender<FlushJob>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     wal_bytes: u64,
     max_age: Duration,
-}
-
-fn wal_paths(path: &Path) -> Vec<PathBuf> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".to_string(), |n| n.to_string_lossy().into_owned());
-    (0..2)
-        .map(|i| path.with_file_name(format!("{name}.wal{i}")))
-        .collect()
-}
-
-fn write_checkpoint(txn: &redb::WriteTransaction, seq: u64) -> Result<(), StoreError> {
-    let mut t = txn.open_table(def(META)).map_err(db_err)?;
-    t.insert(CHECKPOINT, &seq.to_le_bytes()[..])
-        .map_err(db_err)?;
-    Ok(())
-}
-
-/// The checkpoint and the log key (created, durably, with a new store).
-fn read_meta(database: &redb::Database) -> Result<(u64, u64), StoreError> {
-    let get = |t: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>, k: &[u8]| {
-        t.get(k)
-            .map_err(db_err)
-            .map(|v| v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
-    };
-    let txn = database.begin_read().map_err(db_err)?;
-    let found = match txn.open_table(def(META)) {
-        Ok(t) => (get(&t, CHECKPOINT)?, get(&t, LOG_KEY)?),
-        Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
-        Err(e) => return Err(db_err(e)),
-    };
-    drop(txn);
-    if let (checkpoint, Some(key)) = found {
-        return Ok((checkpoint.unwrap_or(0), key));
-    }
-    let key = rand::random::<u64>() | 1;
-    let mut txn = database.begin_write().map_err(db_err)?;
-    txn.set_durability(Durability::Immediate).map_err(db_err)?;
-    {
-        let mut t = txn.open_table(def(META)).map_err(db_err)?;
-        t.insert(LOG_KEY, &key.to_le_bytes()[..]).map_err(db_err)?;
-    }
-    txn.commit().map_err(db_err)?;
-    Ok((found.0.unwrap_or(0), key))
-}
-
-/// Applies writes to a redb write transaction, opening each table once.
-fn apply<'n>(
-    txn: &redb::WriteTransaction,
-    writes: impl Iterator<Item = (&'n str, &'n [u8], Option<&'n [u8]>)>,
-) -> Result<(), StoreError> {
-    let mut open: HashMap<&'n str, Table<'_>> = HashMap::new();
-    for (table, key, value) in writes {
-        let t = match open.entry(table) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(txn.open_table(def(table)).map_err(db_err)?)
-            }
-        };
-        match value {
-            Some(v) => t.insert(key, v).map(|_| ()),
-            None => t.remove(key).map(|_| ()),
-        }
-        .map_err(db_err)?;
-    }
-    Ok(())
-}
-
-/// A layer's writes, for [`apply`].
-fn layer_writes(layer: &Layer) -> impl Iterator<Item = (&str, &[u8], Option<&[u8]>)> {
-    layer.iter().map(|(t, k, v)| (t, k, v.map(|v| v.as_ref())))
-}
-
-/// Commits `layer` to redb durably with `seq` as the checkpoint.
-///
-/// With `file` (the database file, opened for its page cache), in three steps: a
-/// non-durable commit puts the pages into the page cache; they are written back a chunk
-/// at a time ([`StoreFile::write_back`]); an empty durable commit then makes it all durable, its
-/// `fsync` finding little left to write. One durable commit would hand the device all of
-/// a flush's pages at once, and every log sync meanwhile (a device cache flush) waited
-/// behind them: 24–38 ms syncs and 50–60 ms p99 in the payment row at C=128.
-/// A crash before the durable commit leaves redb at the previous checkpoint, and the log
-/// still holds everything after it.
-fn commit_layer(
-    db: &redb::Database,
-    layer: &Layer,
-    seq: u64,
-    file: Option<&dyn StoreFile>,
-    before_durable: impl FnOnce(),
-) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(db_err)?;
-    let staged = file.is_some();
-    txn.set_durability(if staged {
-        Durability::None
-    } else {
-        Durability::Immediate
-    })
-    .map_err(db_err)?;
-    apply(&txn, layer_writes(layer))?;
-    write_checkpoint(&txn, seq)?;
-    txn.commit().map_err(db_err)?;
-    let Some(file) = file else { return Ok(()) };
-    if let Err(e) = file.write_back() {
-        tracing::debug!(error = %e, "store: paced write-back failed; the durable commit writes all");
-    }
-    before_durable();
-    let mut txn = db.begin_write().map_err(db_err)?;
-    txn.set_durability(Durability::Immediate).map_err(db_err)?;
-    txn.commit().map_err(db_err)
-}
-
-/// The store's files opened, the log read and recovery planned, nothing applied yet.
-pub(crate) struct Opened {
-    db: redb::Database,
-    file: Arc<dyn StoreFile>,
-    wals: Vec<Wal>,
-    paths: Vec<PathBuf>,
-    /// What to do with the log.
-    pub plan: Plan,
-}
-
-/// Opens the database file and the log segments (syncing their directory when one was
-/// created), reads the checkpoint and the log, and plans recovery (see
-/// [`recovery`]); with `repair`, damage in the log is planned around instead of
-/// refused.
-pub(crate) fn open_files(
-    fs: &dyn StoreFs,
-    path: &Path,
-    options: &StoreOptions,
-    repair: bool,
-) -> Result<Opened, StoreError> {
-    let paths = wal_paths(path);
-    let use_log = options.wal || paths.iter().any(|p| fs.exists(p));
-    let created = !fs.exists(path) || (use_log && paths.iter().any(|p| !fs.exists(p)));
-    let file = fs
-        .open_exclusive(path)
-        .map_err(|e| StoreError::io("opening the database file", e))?;
-    let db = redb::Builder::new()
-        .set_cache_size(options.redb_cache_bytes)
-        .create_with_backend(RedbFile(file.clone()))
-        .map_err(db_err)?;
-    let (checkpoint, key) = read_meta(&db)?;
-    let mut wals = Vec::new();
-    let mut scans = Vec::new();
-    if use_log {
-        for p in &paths {
-            let (w, scan) = Wal::open(fs, p, key)
-                .map_err(|e| StoreError::io("reading the write-ahead log", e))?;
-            wals.push(w);
-            scans.push(scan);
-        }
-    }
-    if created && let Some(dir) = path.parent() {
-        // A file whose directory entry is not durable may be gone after a power cut,
-        // with every write acknowledged through it.
-        sync("dir-create", || fs.sync_dir(dir))
-            .map_err(|e| StoreError::io("syncing the store's directory", e))?;
-    }
-    let plan = recovery::plan(scans, checkpoint, repair)?;
-    Ok(Opened {
-        db,
-        file,
-        wals,
-        paths,
-        plan,
-    })
-}
-
-impl Opened {
-    /// Applies the planned log records over the checkpoint in one durable commit, and
-    /// records the new checkpoint (past every number found). Returns the new checkpoint.
-    pub(crate) fn recover(&self) -> Result<u64, StoreError> {
-        let plan = &self.plan;
-        if plan.checkpoint > read_meta(&self.db)?.0 {
-            let mut txn = self.db.begin_write().map_err(db_err)?;
-            txn.set_durability(Durability::Immediate).map_err(db_err)?;
-            apply(
-                &txn,
-                plan.apply.iter().flat_map(|r| {
-                    r.ops
-                        .iter()
-                        .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
-                }),
-            )?;
-            write_checkpoint(&txn, plan.checkpoint)?;
-            txn.commit().map_err(db_err)?;
-        }
-        if !plan.apply.is_empty() || !plan.torn.is_empty() {
-            tracing::info!(
-                applied = plan.apply.len(),
-                torn = plan.torn.len(),
-                checkpoint = plan.checkpoint,
-                "store: applied the write-ahead log's batches newer than the checkpoint; \
-                 cut away a crash's torn tail (never acknowledged)"
-            );
-        }
-        if let Some(damage) = &plan.damage {
-            tracing::error!(
-                %damage,
-                lost = ?plan.lost,
-                "store: REPAIRED the write-ahead log: acknowledged batches were dropped"
-            );
-        }
-        Ok(plan.checkpoint)
-    }
-}
-
-/// What `aicore store check` or `aicore store repair` found in a store's files.
-#[derive(Debug)]
-pub struct CheckReport {
-    /// redb's checkpoint before (the last batch flushed into it).
-    pub checkpoint: u64,
-    /// Logged batches newer than it that opening applies (or, repairing, applied).
-    pub to_apply: usize,
-    /// Batches cut away as a crash's torn tail (never acknowledged).
-    pub torn: Vec<u64>,
-    /// Damage that loses acknowledged batches: the store refuses to open until
-    /// repaired. Repairing drops the batches `lost` lists.
-    pub damage: Option<Corruption>,
-    /// Batches the damage makes unusable (dropped by a repair).
-    pub lost: Vec<u64>,
-    /// Whether this was a repair (the files were changed).
-    pub repaired: bool,
-}
-
-/// Checks the store at `path` (it must not be open elsewhere): reads the log and plans
-/// recovery without changing anything but what opening redb itself repairs. With
-/// `repair`, applies what provably precedes any damage and moves the checkpoint past
-/// the rest, which is then never read again.
-pub fn check(path: &Path, repair: bool) -> Result<CheckReport, StoreError> {
-    let options = StoreOptions::default();
-    let opened = open_files(&crate::fs::RealFs, path, &options, true)?;
-    let checkpoint = read_meta(&opened.db)?.0;
-    let plan = &opened.plan;
-    let mut report = CheckReport {
-        checkpoint,
-        to_apply: plan.apply.len(),
-        torn: plan.torn.clone(),
-        damage: plan.damage.clone(),
-        lost: plan.lost.clone(),
-        repaired: false,
-    };
-    if repair {
-        opened.recover()?;
-        report.repaired = true;
-    }
-    Ok(report)
 }
 
 impl Durable {
@@ -639,6 +186,25 @@ impl Durable {
         let pause = options.flush_pause;
         #[cfg(test)]
         let stage_pause = options.stage_pause;
+        let log = Arc::new(Mutex::new(LogState {
+            wals,
+            current: 0,
+            seq,
+            oldest: None,
+            busy_since_tick: false,
+            failed: None,
+            refused: None,
+        }));
+        let retry = options.checkpoint_tick.max(Duration::from_millis(10));
+        let reopen = options.wal.then(|| reopen::Reopen {
+            fs: fs.clone(),
+            paths: paths.clone(),
+            db: db.clone(),
+            log: log.clone(),
+            flusher: flusher.clone(),
+            layers: layers.clone(),
+            retry,
+        });
         // Everything up to the recovered sequence number is durable already.
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
@@ -655,12 +221,12 @@ impl Durable {
             settle_pause: options.settle_pause,
             #[cfg(test)]
             fail_next: Default::default(),
+            reopen,
         });
         let (jobs, threads) = if options.wal {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
-            let retry = options.checkpoint_tick.max(Duration::from_millis(10));
             // The database file, for paced write-back.
             let file = file.clone();
             let thread = std::thread::Builder::new()
@@ -718,15 +284,7 @@ impl Durable {
             db,
             committing,
             layers,
-            log: Mutex::new(LogState {
-                wals,
-                current: 0,
-                seq,
-                oldest: None,
-                busy_since_tick: false,
-                failed: None,
-                refused: None,
-            }),
+            log,
             syncer,
             flusher,
             jobs: Mutex::new(jobs),
@@ -825,49 +383,6 @@ impl Durable {
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         apply(&txn, layer_writes(writes))?;
         txn.commit().map_err(db_err)
-    }
-}
-
-/// A redb read of one key.
-fn redb_get(
-    txn: &redb::ReadTransaction,
-    table: &str,
-    key: &[u8],
-) -> Result<Option<Bytes>, StoreError> {
-    match open_read_table(txn, table)? {
-        Some(t) => table_get(&t, key),
-        None => Ok(None),
-    }
-}
-
-fn table_get(t: &ReadTable, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-    Ok(t.get(key)
-        .map_err(db_err)?
-        .map(|v| Bytes::copy_from_slice(v.value())))
-}
-
-/// The rows of redb's table from `start` on, as a scan's base.
-fn redb_rows<'t>(
-    table: Option<&'t ReadTable>,
-    start: &[u8],
-) -> Result<Box<dyn Iterator<Item = Result<Row, StoreError>> + 't>, StoreError> {
-    Ok(match table {
-        Some(t) => Box::new(t.range::<&[u8]>(start..).map_err(db_err)?.map(|item| {
-            let (k, v) = item.map_err(db_err)?;
-            Ok((k.value().to_vec(), Bytes::copy_from_slice(v.value())))
-        })),
-        None => Box::new(std::iter::empty()),
-    })
-}
-
-fn open_read_table(
-    txn: &redb::ReadTransaction,
-    table: &str,
-) -> Result<Option<ReadTable>, StoreError> {
-    match txn.open_table(def(table)) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(db_err(e)),
     }
 }
 
@@ -1060,75 +575,5 @@ impl Drop for Durable {
                 let _ = t.join();
             }
         }
-    }
-}
-
-/// A batch's view: the batches written but not yet durable as of the batch's start
-/// (newest first), the live layers (the syncer may move a pending batch into them
-/// meanwhile: the same writes, found either way), then the frozen layer and redb as of
-/// the batch's start (taken together, a consistent base even if the flusher finishes
-/// meanwhile; only the writer thread freezes a layer, and not while a view is held).
-/// redb tables are opened once per batch.
-struct LayeredView<'a> {
-    /// Held while its transaction is (see [`db::DbSlot::reopen`]).
-    _db: Arc<redb::Database>,
-    layers: &'a RwLock<Layers>,
-    frozen: Option<Arc<Layer>>,
-    /// Oldest first.
-    pending: Vec<Arc<Layer>>,
-    txn: redb::ReadTransaction,
-    tables: RefCell<foldhash::HashMap<&'static str, Option<Rc<ReadTable>>>>,
-}
-
-impl LayeredView<'_> {
-    fn table(&self, table: &'static str) -> Result<Option<Rc<ReadTable>>, StoreError> {
-        if let Some(t) = self.tables.borrow().get(table) {
-            return Ok(t.clone());
-        }
-        let t = open_read_table(&self.txn, table)?.map(Rc::new);
-        self.tables.borrow_mut().insert(table, t.clone());
-        Ok(t)
-    }
-}
-
-impl View for LayeredView<'_> {
-    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        if let Some(v) = self.pending.iter().rev().find_map(|p| p.get(table, key)) {
-            return Ok(v.cloned());
-        }
-        // The live layers (a batch pending when the view was made may be in them by now,
-        // the same writes); the frozen one as of the view, which matches its redb.
-        if let Some(v) = read(self.layers).live_get(table, key) {
-            return Ok(v.cloned());
-        }
-        if let Some(v) = self.frozen.as_ref().and_then(|f| f.get(table, key)) {
-            return Ok(v.cloned());
-        }
-        match self.table(table)? {
-            Some(t) => table_get(&t, key),
-            None => Ok(None),
-        }
-    }
-
-    fn scan(
-        &self,
-        table: &'static str,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-        over: &[&WriteSet],
-    ) -> Result<Vec<Row>, StoreError> {
-        let layers = read(self.layers);
-        let base = self.table(table)?;
-        let sources = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .chain(layers.live())
-            .chain(self.pending.iter().map(|p| &**p))
-            .chain(over.iter().copied())
-            .map(|l| l.range(table, start))
-            .collect();
-        merged_scan(redb_rows(base.as_deref(), start)?, sources, prefix, limit)
     }
 }

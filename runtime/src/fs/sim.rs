@@ -27,6 +27,10 @@ pub(crate) enum Fault {
     Full,
     /// Writes and syncs fail with `EIO`.
     Eio,
+    /// Syncs of the log segments (`*.wal*`) fail with `EIO` and, as Linux does
+    /// (fsyncgate), what they should have made durable is dropped: the running system
+    /// still reads it, a power cut loses it.
+    LogSyncEio,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +108,8 @@ impl Contents {
 #[derive(Debug)]
 pub(crate) struct SimFile {
     power: Arc<Power>,
+    /// A log segment (what [`Fault::LogSyncEio`] reaches).
+    log: bool,
     contents: Mutex<Contents>,
 }
 
@@ -156,8 +162,13 @@ impl StoreFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut c = self.contents.lock().unwrap();
         self.power.check()?;
-        if self.power.fault() == Some(Fault::Eio) {
-            return Err(eio());
+        match self.power.fault() {
+            Some(Fault::Eio) => return Err(eio()),
+            Some(Fault::LogSyncEio) if self.log => {
+                c.unsynced.clear();
+                return Err(eio());
+            }
+            _ => {}
         }
         let changes = std::mem::take(&mut c.unsynced);
         for change in &changes {
@@ -218,6 +229,7 @@ impl SimFs {
                 path.clone(),
                 Arc::new(SimFile {
                     power: after.power.clone(),
+                    log: file.log,
                     contents: Mutex::new(Contents {
                         durable: data.clone(),
                         current: data,
@@ -258,6 +270,9 @@ impl StoreFs for SimFs {
         }
         let f = Arc::new(SimFile {
             power: self.power.clone(),
+            log: path
+                .extension()
+                .is_some_and(|e| e.to_string_lossy().starts_with("wal")),
             contents: Mutex::default(),
         });
         dir.files.insert(path.to_path_buf(), f.clone());

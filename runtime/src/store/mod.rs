@@ -566,7 +566,7 @@ impl Store {
     /// keep working). A full disk or an I/O error while growing or writing the log
     /// clears on its own once the log can be written again (a write, or the idle
     /// tick's probe, finds out), one during a flush into redb once a retry of the flush
-    /// succeeds; a failed log sync stays until a restart.
+    /// succeeds; a failed log sync once the log has been opened again from disk.
     pub fn write_error(&self) -> Option<StoreError> {
         self.inner.backend.write_error()
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use aicore_e2e::{Appliance, aicore_bin, with_umask};
 
+mod store;
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
