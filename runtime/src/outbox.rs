@@ -13,7 +13,10 @@
 //! [`FINAL_DRAIN`]. So stopping with NATS unreachable takes at most that long and loses
 //! nothing.
 //! Each message carries `Nats-Msg-Id` = the event's outbox id, so a batch re-sent after a
-//! crash between "acked" and "deleted" is de-duplicated by the stream. A failed publish
+//! crash between "acked" and "deleted" is de-duplicated by the stream, as long as the
+//! stream's duplicate window still remembers the id; an event queued longer than about
+//! half that window is first looked for in the stream and not sent again if it is there
+//! ([`JetStreamSink`] says why that way), so a re-send is safe whatever the downtime. A failed publish
 //! leaves its event queued and the relay backs off and retries; nothing is dropped.
 //!
 //! Ordering: within a batch publishes are pipelined, so if one fails and a later one
@@ -22,8 +25,9 @@
 //!
 //! It does not decide subjects or create streams ([`crate::streams`] does).
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -82,6 +86,7 @@ impl Emit for Tx<'_> {
             payload: payload.into().to_vec(),
             header_names: headers.iter().map(|h| h.0.clone()).collect(),
             header_values: headers.into_iter().map(|h| h.1).collect(),
+            queued_unix_ms: unix_ms(SystemTime::now()),
         };
         self.put_msg(OUTBOX, &seq.to_be_bytes(), &event);
         Ok(())
@@ -124,6 +129,18 @@ pub struct OutboxEvent {
     /// Header values.
     #[prost(string, repeated, tag = "6")]
     pub header_values: Vec<String>,
+    /// When it was queued, in milliseconds since the Unix epoch (wall clock: it is compared
+    /// with JetStream's de-duplication window and message timestamps, which are wall-clock
+    /// too). 0 in events queued before this field existed: their age is unknown, so they
+    /// are treated as older than any window.
+    #[prost(uint64, tag = "7")]
+    pub queued_unix_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Events read and published per round.
@@ -144,13 +161,185 @@ pub trait Sink: Send + Sync {
         &self,
         events: &[OutboxEvent],
     ) -> impl Future<Output = Vec<Result<(), String>>> + Send;
+
+    /// Before a round publishes `events`, says per event (same order) whether to send it,
+    /// drop it because the destination already holds it, or hold it back this round.
+    /// `now` is the relay's wall clock.
+    fn check(
+        &self,
+        events: &[OutboxEvent],
+        now: SystemTime,
+    ) -> impl Future<Output = Vec<Check>> + Send;
 }
 
-impl Sink for jetstream::Context {
+/// What a round does with one queued event ([`Sink::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Publish it (its id is still within the stream's de-duplication window, or the
+    /// stream was searched and does not hold it).
+    Send,
+    /// The stream already holds a message with its id: delete it from the outbox unsent.
+    Stored,
+    /// Could not tell (the stream could not be read): it stays queued for a later round.
+    Hold(String),
+}
+
+/// Whether JetStream may have forgotten the id of an event queued at `queued_ms`, so that
+/// a re-send would be stored twice.
+///
+/// The stream remembers an id for `window` from when it stored the message, and it stored
+/// it (if ever) after the event was queued; so an event younger than the window cannot
+/// have been forgotten. Half the window is the line, not the whole: the publish that
+/// follows the check reaches the server a little later, and the relay and nats-server
+/// read the wall clock at different moments (the same host's clock, but it may be stepped).
+/// An unknown age (0: queued before ages were recorded) counts as old.
+pub fn may_be_forgotten(queued_ms: u64, now_ms: u64, window: Duration) -> bool {
+    let half = u64::try_from(window.as_millis() / 2).unwrap_or(u64::MAX);
+    queued_ms == 0 || now_ms.saturating_sub(queued_ms) >= half
+}
+
+/// How long a stream's de-duplication window, once read, is used before it is read again
+/// (the appliance sets it at start; an operator changing it by hand is seen this late).
+const WINDOW_TTL: Duration = Duration::from_secs(60);
+/// A search starts this long before the oldest event was queued, in case the wall clock
+/// was stepped back between queueing and storing.
+const CLOCK_SLACK: Duration = Duration::from_secs(60);
+/// Most distinct subjects a search filters on; past that it reads every subject.
+const MAX_FILTER_SUBJECTS: usize = 64;
+/// Longest wait for the next message of a search that has more pending.
+const SEARCH_IDLE: Duration = Duration::from_secs(10);
+
+/// The relay's JetStream destination.
+///
+/// Re-sends after a crash between "acknowledged" and "deleted from the outbox" are
+/// de-duplicated by `Nats-Msg-Id` only within the stream's duplicate window (600 s by
+/// default); after a longer stop a plain re-send would store the event twice. So before a
+/// round publishes an event old enough that the window may have forgotten it
+/// ([`may_be_forgotten`]), the stream is searched for its id, and an event found there is
+/// deleted from the outbox instead of being sent.
+///
+/// Why a search and not the alternatives: JetStream cannot look a message up by
+/// `Nats-Msg-Id`; recording the acknowledged stream sequence in the outbox needs a store
+/// write between ack and delete, which has the very same crash gap; and widening the
+/// window to the oldest entry's age comes too late, since ids already forgotten are not
+/// remembered again. The search is an ephemeral ordered consumer, headers only, from
+/// shortly before the oldest such event was queued (the message can only have been stored
+/// after that), filtered on the events' subjects, ending at the stream's last message at
+/// the time of the search (or once every id is found). It runs only for events that sat in
+/// the outbox for half a window, i.e. after an outage or a long stop, not in normal
+/// operation, where events leave the outbox within milliseconds.
+///
+/// What it cannot do: a message already removed by the stream's own age or size limits is
+/// not found, and the event is sent again (at least once, never lost).
+pub struct JetStreamSink {
+    js: jetstream::Context,
+    windows: tokio::sync::Mutex<HashMap<&'static str, (Duration, tokio::time::Instant)>>,
+}
+
+impl JetStreamSink {
+    /// A destination publishing through `js`.
+    pub fn new(js: jetstream::Context) -> Self {
+        JetStreamSink {
+            js,
+            windows: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The duplicate window of `stream`, read at most every [`WINDOW_TTL`].
+    async fn window(&self, stream: &'static str) -> Result<Duration, String> {
+        let mut windows = self.windows.lock().await;
+        if let Some((window, read)) = windows.get(stream)
+            && read.elapsed() < WINDOW_TTL
+        {
+            return Ok(*window);
+        }
+        let info = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| format!("cannot read stream {stream}: {e}"))?;
+        let window = info.cached_info().config.duplicate_window;
+        windows.insert(stream, (window, tokio::time::Instant::now()));
+        Ok(window)
+    }
+
+    /// The ids of `events` (all bound for `stream`) that `stream` holds.
+    async fn search(
+        &self,
+        stream: &str,
+        events: &[&OutboxEvent],
+    ) -> Result<HashSet<String>, String> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        use futures::StreamExt;
+
+        let wanted: HashSet<&str> = events.iter().map(|e| e.msg_id.as_str()).collect();
+        let oldest = events.iter().map(|e| e.queued_unix_ms).min().unwrap_or(0);
+        let slack = u64::try_from(CLOCK_SLACK.as_millis()).unwrap_or(u64::MAX);
+        let from = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(oldest.saturating_sub(slack)) * 1_000_000,
+        );
+        let deliver_policy = match from {
+            Ok(start_time) if oldest > 0 => DeliverPolicy::ByStartTime { start_time },
+            _ => DeliverPolicy::All,
+        };
+        let mut subjects: Vec<String> = events.iter().map(|e| e.subject.clone()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        if subjects.len() > MAX_FILTER_SUBJECTS {
+            subjects.clear();
+        }
+        let err = |e: &dyn std::fmt::Display| format!("cannot search stream {stream}: {e}");
+        let mut handle = self.js.get_stream(stream).await.map_err(|e| err(&e))?;
+        // Messages stored after this were stored after the search began: not ours to read.
+        let last = handle
+            .info()
+            .await
+            .map_err(|e| err(&e))?
+            .state
+            .last_sequence;
+        let consumer = handle
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy,
+                filter_subjects: subjects,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let mut found = HashSet::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(found);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        loop {
+            let next = tokio::time::timeout(SEARCH_IDLE, messages.next())
+                .await
+                .map_err(|_| err(&"no message within the idle bound"))?;
+            let m = next
+                .ok_or_else(|| err(&"the consumer ended"))?
+                .map_err(|e| err(&e))?;
+            if let Some(id) = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                && wanted.contains(id.as_str())
+            {
+                found.insert(id.to_string());
+            }
+            let info = m.info().map_err(|e| err(&e))?;
+            if info.pending == 0 || info.stream_sequence >= last || found.len() == wanted.len() {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+impl Sink for JetStreamSink {
     async fn publish(&self, events: &[OutboxEvent]) -> Vec<Result<(), String>> {
         let mut acks = Vec::with_capacity(events.len());
         for e in events {
             let sent = self
+                .js
                 .send_publish(e.subject.clone(), publish_message(e))
                 .await
                 .map_err(|err| err.to_string());
@@ -164,6 +353,44 @@ impl Sink for jetstream::Context {
             }
         }))
         .await
+    }
+
+    async fn check(&self, events: &[OutboxEvent], now: SystemTime) -> Vec<Check> {
+        let now_ms = unix_ms(now);
+        let mut out = vec![Check::Send; events.len()];
+        // Events that may have been forgotten, by stream. An event on a subject no stream
+        // of ours captures is sent as before (its publish fails and it stays queued).
+        let mut old: HashMap<&'static str, Vec<usize>> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(def) = crate::streams::for_subject(&e.subject) else {
+                continue;
+            };
+            match self.window(def.name).await {
+                Ok(window) if may_be_forgotten(e.queued_unix_ms, now_ms, window) => {
+                    old.entry(def.name).or_default().push(i);
+                }
+                Ok(_) => {}
+                Err(why) => out[i] = Check::Hold(why),
+            }
+        }
+        for (stream, idx) in old {
+            let evs: Vec<&OutboxEvent> = idx.iter().map(|&i| &events[i]).collect();
+            match self.search(stream, &evs).await {
+                Ok(found) => {
+                    for i in idx {
+                        if found.contains(&events[i].msg_id) {
+                            out[i] = Check::Stored;
+                        }
+                    }
+                }
+                Err(why) => {
+                    for i in idx {
+                        out[i] = Check::Hold(why.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -207,7 +434,29 @@ pub async fn relay_once<S: Sink>(
     for (_, v) in rows {
         events.push(store::decode::<OutboxEvent>(OUTBOX, v)?);
     }
-    let results = sink.publish(&events).await;
+    // Events the stream may have forgotten are looked for first ([`Sink::check`]).
+    let checks = sink.check(&events, SystemTime::now()).await;
+    let mut results: Vec<Result<(), String>> = Vec::with_capacity(events.len());
+    let mut to_send = Vec::new();
+    for (e, c) in events.iter().zip(&checks) {
+        match c {
+            Check::Send => to_send.push(e.clone()),
+            Check::Stored => {
+                tracing::info!(seq = e.seq, msg_id = %e.msg_id, "outbox event already in its stream; not sent again")
+            }
+            Check::Hold(_) => {}
+        }
+    }
+    let mut sent = sink.publish(&to_send).await.into_iter();
+    for c in checks {
+        results.push(match c {
+            Check::Send => sent
+                .next()
+                .unwrap_or_else(|| Err("no publish result".to_string())),
+            Check::Stored => Ok(()),
+            Check::Hold(why) => Err(why),
+        });
+    }
     let mut done = Vec::new();
     let mut failed = 0;
     let mut first_failed = None;
@@ -241,7 +490,7 @@ pub async fn relay_once<S: Sink>(
 
 /// Runs the relay until `shutdown`, then drains what it can within [`FINAL_DRAIN`].
 pub async fn run_relay(store: Store, js: jetstream::Context, shutdown: CancellationToken) {
-    run_relay_with(store, js, shutdown).await
+    run_relay_with(store, JetStreamSink::new(js), shutdown).await
 }
 
 /// [`run_relay`] over any [`Sink`].
@@ -326,6 +575,10 @@ mod tests {
         ids: Mutex<HashSet<String>>,
         fail_subject: Mutex<Option<String>>,
         calls: Mutex<usize>,
+        /// Whether `check` finds stored ids (else every event is sent).
+        search: std::sync::atomic::AtomicBool,
+        /// Whether publish forgot earlier ids (a window that has passed).
+        forgetful: std::sync::atomic::AtomicBool,
     }
 
     impl Sink for &Fake {
@@ -338,10 +591,28 @@ mod tests {
                     if fail.as_deref() == Some(e.subject.as_str()) {
                         return Err("no stream".into());
                     }
-                    if self.ids.lock().unwrap().insert(e.msg_id.clone()) {
+                    let fresh = self.ids.lock().unwrap().insert(e.msg_id.clone());
+                    if fresh || self.forgetful.load(std::sync::atomic::Ordering::SeqCst) {
                         self.stored.lock().unwrap().push(e.subject.clone());
                     }
                     Ok(())
+                })
+                .collect()
+        }
+
+        async fn check(&self, events: &[OutboxEvent], _: SystemTime) -> Vec<Check> {
+            // Like JetStream with a window that forgot everything: look in what is stored.
+            let ids = self.ids.lock().unwrap();
+            events
+                .iter()
+                .map(|e| {
+                    if self.search.load(std::sync::atomic::Ordering::SeqCst)
+                        && ids.contains(&e.msg_id)
+                    {
+                        Check::Stored
+                    } else {
+                        Check::Send
+                    }
                 })
                 .collect()
         }
@@ -439,6 +710,45 @@ mod tests {
         assert_eq!(queued(&store), 0);
     }
 
+    #[tokio::test]
+    async fn past_the_window_a_stored_event_is_deleted_unsent() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let store = Store::in_memory();
+        emit(&store, &["evt.y.1", "evt.y.2"]).await;
+        let fake = Fake::default();
+        fake.forgetful.store(true, SeqCst);
+        fake.search.store(true, SeqCst);
+        // evt.y.1 was published but its delete was lost; evt.y.2 never went out.
+        let rows = store.scan(OUTBOX, b"", b"", 1).unwrap();
+        let first: Vec<OutboxEvent> = rows
+            .into_iter()
+            .map(|(_, v)| store::decode(OUTBOX, v).unwrap())
+            .collect();
+        (&fake).publish(&first).await;
+        let r = relay_once(&store, &&fake, &mut 0).await.unwrap();
+        assert_eq!(
+            r,
+            Round {
+                relayed: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(*fake.stored.lock().unwrap(), ["evt.y.1", "evt.y.2"]);
+        assert_eq!(queued(&store), 0);
+    }
+
+    #[test]
+    fn an_event_may_be_forgotten_from_half_the_window_on() {
+        let w = Duration::from_secs(600);
+        assert!(!may_be_forgotten(1_000_000, 1_000_000, w));
+        assert!(!may_be_forgotten(1_000_000, 1_299_999, w));
+        assert!(may_be_forgotten(1_000_000, 1_300_000, w));
+        // Unknown age: old.
+        assert!(may_be_forgotten(0, 1, w));
+        // A clock stepped back is not old.
+        assert!(!may_be_forgotten(2_000, 1_000, w));
+    }
+
     /// A sink whose acks never come (NATS unreachable): it counts the rounds it saw.
     #[derive(Default)]
     struct Unreachable {
@@ -450,6 +760,10 @@ mod tests {
             self.rounds
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::future::pending().await
+        }
+
+        async fn check(&self, events: &[OutboxEvent], _: SystemTime) -> Vec<Check> {
+            vec![Check::Send; events.len()]
         }
     }
 

@@ -187,20 +187,66 @@ fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>)
     {
         schema.insert("pattern".into(), p.into());
     }
+    // Ranges of numbers. Only where the schema is a plain number (the 64-bit kinds are a
+    // oneOf that also admits strings, which JSON Schema cannot range-check).
+    let is_number = matches!(
+        schema.get("type").and_then(Value::as_str),
+        Some("integer" | "number")
+    );
+    for (rule, keyword) in [
+        ("minimum", "minimum"),
+        ("maximum", "maximum"),
+        ("exclusive_minimum", "exclusiveMinimum"),
+    ] {
+        if is_number
+            && rules.has_field_by_name(rule)
+            && let Some(n) = get(rule).and_then(|v| v.as_f64())
+        {
+            schema.insert(keyword.into(), json_number(n));
+        }
+    }
     if get("no_control_chars").and_then(|v| v.as_bool()) == Some(true) {
         // Unanchored, so no `$` (which Python lets match before a final newline).
         schema.insert("not".into(), json!({"pattern": "[\\x00-\\x1f\\x7f-\\x9f]"}));
     }
 }
 
-/// Whether the field's rules refuse the empty string: then the field is required
-/// (absent is the same as empty in proto3 JSON).
+/// `n` as a JSON integer when it is one (so an integer field's bound reads `1`, not `1.0`).
+fn json_number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        json!(n as i64)
+    } else {
+        json!(n)
+    }
+}
+
+/// Whether the field's rules refuse its default (the empty string, or a zero outside the
+/// number's range): then the field is required, since absent is the same as the default
+/// in proto3 JSON (unless the field tracks presence).
 fn required_by_rules(f: &FieldDescriptor) -> bool {
     let mut s = serde_json::Map::new();
+    let number = matches!(
+        f.kind(),
+        Kind::Double
+            | Kind::Float
+            | Kind::Int32
+            | Kind::Sint32
+            | Kind::Sfixed32
+            | Kind::Uint32
+            | Kind::Fixed32
+    );
+    if number {
+        s.insert("type".into(), "number".into());
+    }
     field_rules(f, &mut s);
+    let num = |k: &str| s.get(k).and_then(Value::as_f64);
+    let zero_refused = num("minimum").is_some_and(|n| n > 0.0)
+        || num("maximum").is_some_and(|n| n < 0.0)
+        || num("exclusiveMinimum").is_some_and(|n| n >= 0.0);
     s.get("minLength")
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 0)
+        || (number && zero_refused && !f.supports_presence())
 }
 
 fn message_schema(
@@ -509,6 +555,11 @@ mod tests {
                 .as_str()
                 .is_some_and(|d| d.contains("user agent") || d.contains("client"))
         );
+        // Number ranges from the field rules, and a zero they refuse makes the field required.
+        let scale = &schemas["aicore.time_manager.v1.SetScaleRequest"];
+        assert_eq!(scale["properties"]["scale"]["exclusiveMinimum"], json!(0));
+        assert_eq!(scale["properties"]["scale"]["maximum"], json!(100000));
+        assert_eq!(scale["required"], json!(["scale"]));
         assert_eq!(
             doc["paths"].as_object().unwrap().len(),
             methods.len() + 2,

@@ -172,7 +172,8 @@ impl TimeManagerHandler for TimeManager {
     ) -> Result<CancelScheduleResponse, Status> {
         let req = request.body;
         let id = req.schedule_id;
-        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        // Characters, not bytes: what the field's rule and so the OpenAPI document say.
+        if id.is_empty() || id.chars().count() > 128 || id.chars().any(char::is_control) {
             return Err(Status::invalid(
                 "schedule_id",
                 "must be 1 to 128 characters without control characters",

@@ -12,7 +12,7 @@
 //! - **bogus**: about 80 requests/s with made-up bearer tokens and
 //!   `X-Request-Timeout-Ms: 1` (under the per-address rate limit), while a player reads
 //!   its account and logs in again. Reported: the player's successful share of calls
-//!   without and during the flood.
+//!   without and during the flood, and the appliance's RSS before and at the flood's peak.
 //!
 //! Numbers depend on the machine; compare the ratios (during / without), and runs of the
 //! same build. Usage: `flood [login|bogus|all] [--seconds S] [--connections N]`.
@@ -272,7 +272,8 @@ async fn login_flood(app: &Appliance, to: SocketAddr, seconds: f64, connections:
     println!("  appliance CPU in the 5 s after the flood stopped: {cpu_after:.2} s");
 }
 
-async fn bogus_flood(to: SocketAddr, seconds: f64) {
+async fn bogus_flood(app: &Appliance, to: SocketAddr, seconds: f64) {
+    let pid = app.pid();
     // The player's token.
     let login = player_login(to).await;
     let token = format!("Bearer {}", login.0);
@@ -305,7 +306,9 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
         }
     };
     let quiet = player(seconds).await;
+    let (rss_quiet, _) = rss_and_threads(pid);
     let stop = Arc::new(AtomicBool::new(false));
+    let peaks = sample_peaks(pid, stop.clone());
     let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
     // Eight addresses at 10 req/s each: each under the per-address limit.
     let bots: Vec<_> = (0..8u8)
@@ -336,6 +339,7 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
     for b in bots {
         b.abort();
     }
+    let (rss_peak, _) = peaks.await.unwrap_or_default();
     let pct = |(ok, all): (u64, u64)| 100.0 * ok as f64 / all.max(1) as f64;
     println!("bogus-token flood: ~80 req/s, X-Request-Timeout-Ms: 1, {seconds} s per phase");
     println!(
@@ -349,6 +353,11 @@ async fn bogus_flood(to: SocketAddr, seconds: f64) {
         during.1
     );
     println!("  flood answers by status: {:?}", statuses.lock().unwrap());
+    println!(
+        "  appliance RSS: after the quiet phase {} MiB, flood peak {} MiB",
+        rss_quiet / 1024,
+        rss_peak / 1024
+    );
 }
 
 /// A pseudo-random 128-bit number (no rand dependency needed for made-up tokens).
@@ -414,6 +423,6 @@ async fn main() {
         login_flood(&app, to, seconds, connections).await;
     }
     if which == "bogus" || which == "all" {
-        bogus_flood(to, seconds).await;
+        bogus_flood(&app, to, seconds).await;
     }
 }

@@ -12,7 +12,7 @@ use aicore_domains::event_bus::EventBusConfig;
 use aicore_e2e::{Appliance, BareNats};
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::event_bus::v1::{self as eb, replay_request, replay_response};
-use aicore_runtime::outbox::Emit;
+use aicore_runtime::outbox::{Emit, Sink};
 use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
 use aicore_runtime::store::{Store, StoreOptions};
 use aicore_runtime::{outbox, streams};
@@ -420,20 +420,27 @@ async fn consumers_ack_across_calls_and_poison_messages_reach_the_dlq() {
 
 /// A sink that publishes two batches, then half of the next and hangs (a crash).
 struct CrashingSink {
-    js: async_nats::jetstream::Context,
+    sink: outbox::JetStreamSink,
     batches: AtomicUsize,
     crashed: Arc<tokio::sync::Notify>,
 }
 
 impl outbox::Sink for CrashingSink {
     async fn publish(&self, events: &[OutboxEvent]) -> Vec<Result<(), String>> {
-        let sink = &self.js;
         if self.batches.fetch_add(1, Ordering::SeqCst) < 2 {
-            return outbox::Sink::publish(sink, events).await;
+            return self.sink.publish(events).await;
         }
-        outbox::Sink::publish(sink, &events[..events.len() / 2]).await;
+        self.sink.publish(&events[..events.len() / 2]).await;
         self.crashed.notify_one();
         std::future::pending().await
+    }
+
+    async fn check(
+        &self,
+        events: &[OutboxEvent],
+        now: std::time::SystemTime,
+    ) -> Vec<outbox::Check> {
+        self.sink.check(events, now).await
     }
 }
 
@@ -483,7 +490,7 @@ async fn outbox_relay_delivers_every_event_exactly_once_across_a_crash() {
     // and acknowledged by JetStream but never deleted from the outbox.
     let crashed = Arc::new(tokio::sync::Notify::new());
     let sink = CrashingSink {
-        js: js.clone(),
+        sink: outbox::JetStreamSink::new(js.clone()),
         batches: AtomicUsize::new(0),
         crashed: crashed.clone(),
     };
@@ -533,6 +540,89 @@ async fn outbox_relay_delivers_every_event_exactly_once_across_a_crash() {
         "a duplicate was stored"
     );
     assert_eq!(s.info().await.unwrap().state.messages, N as u64);
+}
+
+/// A crash between JetStream's ack and the outbox delete, then a stop longer than the
+/// stream's duplicate window: the restarted relay finds the event in the stream and does
+/// not store it again, and still sends the event that never went out.
+#[tokio::test]
+async fn a_resend_after_the_duplicate_window_stores_the_event_once() {
+    use async_nats::jetstream::{message::PublishMessage, stream};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = BareNats::start_js(&dir.path().join("js")).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // EVENTS with a one-second window (the appliance never sets one under two minutes;
+    // the relay reads the window from the stream, so a short one stands for a long stop).
+    js.create_stream(stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["evt.>".into()],
+        duplicate_window: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store
+        .write(|tx| {
+            tx.emit_raw("evt.window.acked", vec![1])?;
+            tx.emit_raw("evt.window.unsent", vec![2])
+        })
+        .await
+        .unwrap();
+    // The first event published and acknowledged; then the process "dies" before the
+    // outbox delete.
+    let rows = store.scan(OUTBOX, b"", b"", 1).unwrap();
+    let acked: Vec<OutboxEvent> = rows
+        .into_iter()
+        .map(|(_, v)| aicore_runtime::store::decode(OUTBOX, v).unwrap())
+        .collect();
+    let sent = outbox::JetStreamSink::new(js.clone()).publish(&acked).await;
+    assert_eq!(sent, [Ok(())]);
+    store.close().await;
+    drop(store);
+
+    // Wait until the stream has forgotten ids published after that event: a probe id is
+    // re-sent until the stream stores it again (its subject is not counted below).
+    let probe = || {
+        PublishMessage::build()
+            .payload(Bytes::from_static(b"p"))
+            .message_id("window-probe")
+    };
+    js.send_publish("evt.probe.x", probe())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ack = js
+            .send_publish("evt.probe.x", probe())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if !ack.duplicate {
+            break;
+        }
+        assert!(Instant::now() < give_up, "the duplicate window never passed");
+    }
+
+    // Restart: the same store file, a fresh relay.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(outbox::run_relay(store.clone(), js.clone(), stop.clone()));
+    while !store.scan(OUTBOX, b"", b"", 1).unwrap().is_empty() {
+        assert!(Instant::now() < give_up, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    relay.await.unwrap();
+    assert_eq!(count(&js, "evt.window.acked").await, 1, "stored twice");
+    assert_eq!(count(&js, "evt.window.unsent").await, 1, "never sent");
 }
 
 #[tokio::test]
