@@ -75,6 +75,30 @@ impl KeyedWrite {
         &self.key
     }
 
+    /// The reply stored for this key, if it is live: `Some(first reply)` for the same
+    /// request, Conflict for a different one, `None` without a key or a live record. Lets
+    /// a handler answer a retry before doing work outside the store (a model call) that
+    /// [`KeyedWrite::write`] would then discard; `write` still decides races.
+    pub fn replay<R: Message + Default>(&self) -> Result<Option<R>, Status> {
+        if self.key.is_empty() {
+            return Ok(None);
+        }
+        let k = record_key(&self.scope, &self.key);
+        let Some(rec) = self.store.get_msg::<Record>(self.idempotency.table, &k)? else {
+            return Ok(None);
+        };
+        let age = millis(self.now).saturating_sub(rec.created_ms);
+        if age >= self.ttl.as_millis() as u64 {
+            return Ok(None);
+        }
+        if rec.fingerprint != self.fingerprint {
+            return Err(Status::conflict(
+                "this idempotency_key was used with different parameters",
+            ));
+        }
+        decode(self.idempotency.table, rec.reply.into()).map(Some)
+    }
+
     /// Runs `f` as one durable write, unless the key was already used: then returns the
     /// first reply, or Conflict when the request differed. Without a key `f` always runs.
     pub async fn write<R, F>(self, f: F) -> Result<R, Status>
@@ -137,6 +161,14 @@ pub fn check_key(key: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Where the record of `key` in `scope` lives: scope, NUL, key.
+fn record_key(scope: &str, key: &str) -> Vec<u8> {
+    let mut k = scope.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -191,9 +223,7 @@ impl Idempotency {
         F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
     {
         let this = *self;
-        let mut k = scope.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(key.as_bytes());
+        let k = record_key(scope, key);
         let now_ms = millis(now);
         let ttl_ms = ttl.as_millis() as u64;
         store

@@ -15,20 +15,27 @@
 //! - `environmental_narrative.found`: player_id `\0` fragment_id → [`Found`].
 //! - `environmental_narrative.recent`: player_id `\0` !discovered_ms `\0` fragment_id →
 //!   location_id, so ListDiscovered lists most recent first with one scan.
+//! - `environmental_narrative.idempotency`: replies of DeleteFragment for their keys.
+//!
+//! DeleteFragment removes the fragment and its location row, and keeps the players'
+//! discoveries (`found`, `recent`): they stop being listed while the fragment is gone and
+//! still satisfy `requires_fragment_ids` of other fragments.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use aicore_proto::aicore::environmental_narrative::v1::{
-    Conditions, DefineFragmentRequest, DefineFragmentResponse, DiscoverRequest, DiscoverResponse,
-    Discovery, EnvironmentalNarrativeHandler, Fragment, FragmentDiscovered, ListDiscoveredRequest,
+    Conditions, DefineFragmentRequest, DefineFragmentResponse, DeleteFragmentRequest,
+    DeleteFragmentResponse, DiscoverRequest, DiscoverResponse, Discovery,
+    EnvironmentalNarrativeHandler, Fragment, FragmentDiscovered, ListDiscoveredRequest,
     ListDiscoveredResponse, WeatherCondition,
 };
 use aicore_proto::aicore::world_state::v1::Fact;
 use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
 use futures::future::BoxFuture;
 
+use aicore_runtime::idempotency::Idempotency;
 use aicore_runtime::outbox::Emit;
 use aicore_runtime::{Ctx, paging, validate};
 
@@ -37,6 +44,8 @@ const AT: &str = "environmental_narrative.at";
 const FOUND: &str = "environmental_narrative.found";
 const RECENT: &str = "environmental_narrative.recent";
 const LIST_TOKEN: u8 = b'D';
+/// Replies of DeleteFragment kept for replays of their idempotency keys.
+const IDEMPOTENCY: Idempotency = Idempotency::new("environmental_narrative.idempotency");
 const MAX_LOCATION_CHARS: usize = 128;
 
 /// The subject a first discovery is published on (payload: [`FragmentDiscovered`]).
@@ -477,6 +486,42 @@ impl EnvironmentalNarrativeHandler for EnvironmentalNarrative {
                 f.updated_at = Some(now);
                 tx.put_msg(FRAGMENTS, f.fragment_id.as_bytes(), &f);
                 Ok(DefineFragmentResponse { fragment: Some(f) })
+            })
+            .await
+    }
+
+    async fn delete_fragment(
+        &self,
+        request: Request<DeleteFragmentRequest>,
+    ) -> Result<DeleteFragmentResponse, Status> {
+        let req = request.body;
+        validate::slug(&req.fragment_id, "fragment_id", 64)?;
+        let keyed = IDEMPOTENCY.prepare(&self.ctx, "delete_fragment", &req.fragment_id, &req)?;
+        let (id, expected) = (req.fragment_id, req.expected_version);
+        keyed
+            .write(move |tx| {
+                let live = tx
+                    .get_msg::<Fragment>(FRAGMENTS, id.as_bytes())?
+                    .ok_or_else(|| {
+                        Status::with_field(
+                            Code::NotFound,
+                            "fragment_id",
+                            format!("no fragment `{id}`"),
+                        )
+                    })?;
+                if let Some(n) = expected
+                    && n != live.version
+                {
+                    return Err(Status::conflict(format!(
+                        "fragment `{id}` is at version {}, not the expected {n}",
+                        live.version
+                    )));
+                }
+                tx.delete(AT, &pair(&live.location_id, &id));
+                tx.delete(FRAGMENTS, id.as_bytes());
+                Ok(DeleteFragmentResponse {
+                    deleted_version: live.version,
+                })
             })
             .await
     }

@@ -442,3 +442,81 @@ async fn list_discovered_is_most_recent_first_filtered_and_only_ones_own() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_deleted_fragment_is_found_by_nobody_and_its_discoveries_are_kept() {
+    let (d, _) = domain();
+    define(&d, fragment("a", "mill", None)).await.unwrap();
+    define(&d, fragment("b", "mill", None)).await.unwrap();
+    let chained = Conditions {
+        requires_fragment_ids: vec!["a".into()],
+        ..Default::default()
+    };
+    define(&d, fragment("c", "cave", Some(chained)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&discover(&d, "p", "mill").await), ["a", "b"]);
+    let del = |id: &str, expected: Option<u64>, key: &str| DeleteFragmentRequest {
+        fragment_id: id.into(),
+        expected_version: expected,
+        idempotency_key: key.into(),
+    };
+    // Refusals name the field and delete nothing.
+    let e = d
+        .delete_fragment(Request::new(del("A!", None, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field_violations[0].field, "fragment_id");
+    let e = d
+        .delete_fragment(Request::new(del("a", Some(2), "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::Conflict);
+    assert_eq!(ids(&discover(&d, "q", "mill").await), ["a", "b"]);
+
+    let r = d
+        .delete_fragment(Request::new(del("a", Some(1), "k1")))
+        .await
+        .unwrap();
+    assert_eq!(r.deleted_version, 1);
+    // A retry with its key replays; without one the fragment is gone.
+    let again = d
+        .delete_fragment(Request::new(del("a", Some(1), "k1")))
+        .await
+        .unwrap();
+    assert_eq!(again, r);
+    let e = d
+        .delete_fragment(Request::new(del("a", None, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field_violations[0].field.as_str()),
+        (Code::NotFound, "fragment_id")
+    );
+
+    // Nobody finds it any more; the player who found it still has the discovery for the
+    // chain, and a list no longer shows it.
+    assert_eq!(ids(&discover(&d, "r", "mill").await), ["b"]);
+    assert_eq!(ids(&discover(&d, "p", "cave").await), ["c"]);
+    let listed = d
+        .list_discovered(Request::new(ListDiscoveredRequest {
+            player_id: "p".into(),
+            location_id: "mill".into(),
+            page_size: 10,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap();
+    let got: Vec<String> = listed
+        .discoveries
+        .iter()
+        .map(|x| x.fragment.clone().unwrap().fragment_id)
+        .collect();
+    assert_eq!(got, ["b"]);
+    // The location's slot is free again: defining it anew works and it is listed as found.
+    define(&d, fragment("a", "mill", None)).await.unwrap();
+    assert_eq!(
+        discover(&d, "p", "mill").await,
+        [("a".to_string(), false), ("b".to_string(), false)]
+    );
+}

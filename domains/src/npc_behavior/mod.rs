@@ -6,9 +6,14 @@
 //!
 //! Decide reads cached rows and writes nothing, so it costs about a cached Get (plus a
 //! time-manager call unless the caller gives the game time). Interact is an idempotent
-//! write (its reply, dialogue line included, is replayed for a retried key: a retry asks
-//! for a line again, and the first one is answered); memory is
-//! bounded, the least important memory forgotten first and the oldest among equals.
+//! write: its reply, dialogue line included, is replayed for a retried key without
+//! asking the model again (two racing first calls may each ask; the first to commit is
+//! answered to both). Memory is bounded, the least important memory forgotten first and
+//! the oldest among equals.
+//!
+//! Needs follow the game clock without a caller: a background task
+//! ([`NpcBehavior::follow_clock`]) advances every NPC on each time-manager tick
+//! (`evt.time.tick`, once a game hour); a tick an NPC has already seen changes nothing.
 //!
 //! Tables (NPC ids are `[a-z0-9_.-]`, player ids have no control characters):
 //! - `npc_behavior.npcs`: npc_id → [`NpcDefinition`].
@@ -165,12 +170,15 @@ impl aicore_runtime::Domain for NpcBehavior {
         config: &NpcBehaviorConfig,
     ) -> Result<Arc<dyn aicore_proto::Dispatch>, Status> {
         let minds = Arc::new(OverNats { ctx: ctx.clone() });
+        let domain = Arc::new(NpcBehavior::new(ctx.clone(), config.clone(), minds));
+        if ctx.client.is_some() {
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                Status::internal("npc-behavior needs a tokio runtime to follow the game clock")
+            })?;
+            ctx.spawn(domain.clone().follow_clock());
+        }
         Ok(Arc::new(
-            aicore_proto::aicore::npc_behavior::v1::NpcBehaviorServer(Arc::new(NpcBehavior::new(
-                ctx.clone(),
-                config.clone(),
-                minds,
-            ))),
+            aicore_proto::aicore::npc_behavior::v1::NpcBehaviorServer(domain),
         ))
     }
 }
@@ -397,6 +405,118 @@ impl NpcBehavior {
         Ok((def, state))
     }
 
+    /// Advances the needs of `ids` to `until` in one write; an NPC already ticked to
+    /// `until` or later is left alone, so a repeated tick decays nothing twice. Answers
+    /// how many were advanced.
+    async fn advance(&self, ids: Vec<String>, until: i64) -> Result<u32, Status> {
+        self.ctx
+            .store
+            .write(move |tx| {
+                let mut advanced = 0;
+                for (i, id) in ids.iter().enumerate() {
+                    let def = tx
+                        .get_msg::<NpcDefinition>(NPCS, id.as_bytes())?
+                        .ok_or_else(|| {
+                            Status::with_field(
+                                Code::NotFound,
+                                &format!("npc_ids[{i}]"),
+                                format!("no NPC `{id}`"),
+                            )
+                        })?;
+                    let mut state =
+                        tx.get_msg::<NpcState>(STATE, id.as_bytes())?
+                            .unwrap_or(NpcState {
+                                ticked_to_game_seconds: -1,
+                                ..Default::default()
+                            });
+                    if until <= state.ticked_to_game_seconds {
+                        continue;
+                    }
+                    state.needs = utility::needs_at(&def, &state, until).into_iter().collect();
+                    state.ticked_to_game_seconds = until;
+                    state.current_activity = utility::scheduled_at(&def.schedule, until)
+                        .map(|e| e.activity.clone())
+                        .unwrap_or_default();
+                    tx.put_msg(STATE, id.as_bytes(), &state);
+                    advanced += 1;
+                }
+                Ok(advanced)
+            })
+            .await
+    }
+
+    /// Advances every NPC to the game time of a time-manager tick (`evt.time.tick`
+    /// payload), in batches of `max_tick` NPCs, one write each. A redelivered or late
+    /// tick (not after an NPC's last one) changes nothing; a lost one is made up by the
+    /// next, since decay is computed from the elapsed game time. Answers how many NPCs
+    /// were advanced.
+    pub async fn on_tick(&self, payload: &[u8]) -> Result<u32, Status> {
+        use aicore_proto::aicore::time_manager::v1::TickEvent;
+        use prost::Message;
+        let event = TickEvent::decode(payload)
+            .map_err(|e| Status::invalid("payload", format!("is not a TickEvent: {e}")))?;
+        let until = event
+            .game_time
+            .map(|t| t.seconds)
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| Status::invalid("game_time", "must be a game time, 0 or more"))?;
+        let batch = self.config.max_tick.max(1);
+        let mut from = Vec::new();
+        let mut advanced = 0;
+        loop {
+            let rows = self.ctx.store.scan(NPCS, b"", &from, batch)?;
+            let full = rows.len() == batch;
+            let Some((last, _)) = rows.last() else { break };
+            from = [last.as_slice(), b"\0".as_slice()].concat();
+            let ids = rows
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            advanced += self.advance(ids, until).await?;
+            if !full {
+                break;
+            }
+        }
+        Ok(advanced)
+    }
+
+    /// The background task: follows time-manager's `evt.time.tick` (core NATS, a queue
+    /// group so one appliance of a cluster handles each tick) until `Ctx::shutdown`, so
+    /// needs decay as game time passes without anyone calling Tick.
+    pub async fn follow_clock(self: Arc<Self>) {
+        use aicore_proto::Event;
+        use aicore_proto::aicore::time_manager::v1::TickEvent;
+        use futures::StreamExt;
+        let Ok(client) = self.ctx.client() else {
+            return;
+        };
+        let subject = TickEvent::default().subject();
+        let mut ticks = match client
+            .nats()
+            .queue_subscribe(subject.clone(), "npc_behavior".to_string())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, %subject, "npc-behavior cannot follow the game clock");
+                return;
+            }
+        };
+        let stop = self.ctx.shutdown.clone();
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = ticks.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            if let Err(e) = self.on_tick(&msg.payload).await {
+                tracing::warn!(error = %e, "npc-behavior: a game-clock tick advanced no needs");
+            }
+        }
+    }
+
     fn relation(&self, npc: &str, player: &str) -> Result<Relation, Status> {
         Ok(self
             .ctx
@@ -568,6 +688,11 @@ impl NpcBehaviorHandler for NpcBehavior {
         let scope =
             String::from_utf8_lossy(&relation_key(&req.npc_id, &req.player_id)).into_owned();
         let keyed = IDEMPOTENCY.prepare(&self.ctx, "interact", &scope, &req)?;
+        // A retry is answered from the stored reply, line included, before asking the
+        // model again (the write below would discard a second line anyway).
+        if let Some(first) = keyed.replay::<InteractResponse>()? {
+            return Ok(first);
+        }
         let before = self.relation(&req.npc_id, &req.player_id)?;
         let line = if req.want_line {
             let situation = serde_json::json!({
@@ -662,41 +787,8 @@ impl NpcBehaviorHandler for NpcBehavior {
         } else {
             req.npc_ids
         };
-        let until = req.until_game_seconds;
-        self.ctx
-            .store
-            .write(move |tx| {
-                let mut advanced = 0;
-                for (i, id) in ids.iter().enumerate() {
-                    let def = tx
-                        .get_msg::<NpcDefinition>(NPCS, id.as_bytes())?
-                        .ok_or_else(|| {
-                            Status::with_field(
-                                Code::NotFound,
-                                &format!("npc_ids[{i}]"),
-                                format!("no NPC `{id}`"),
-                            )
-                        })?;
-                    let mut state =
-                        tx.get_msg::<NpcState>(STATE, id.as_bytes())?
-                            .unwrap_or(NpcState {
-                                ticked_to_game_seconds: -1,
-                                ..Default::default()
-                            });
-                    if until <= state.ticked_to_game_seconds {
-                        continue;
-                    }
-                    state.needs = utility::needs_at(&def, &state, until).into_iter().collect();
-                    state.ticked_to_game_seconds = until;
-                    state.current_activity = utility::scheduled_at(&def.schedule, until)
-                        .map(|e| e.activity.clone())
-                        .unwrap_or_default();
-                    tx.put_msg(STATE, id.as_bytes(), &state);
-                    advanced += 1;
-                }
-                Ok(TickResponse { advanced })
-            })
-            .await
+        let advanced = self.advance(ids, req.until_game_seconds).await?;
+        Ok(TickResponse { advanced })
     }
 }
 

@@ -11,7 +11,9 @@
 //! prompt's instructions are the studio's (`Node.prompt` and the narrator rules below);
 //! the player's name and the lore travel in the user message as JSON data. When
 //! ai-integration answers with its offline provider, the stream is the node's template
-//! filled with the facts instead of the provider's echo.
+//! filled with the facts instead of the provider's echo; so it is when ai-integration
+//! fails before the first piece of text (the header's `fallback_reason` names its error
+//! code). A failure after text was streamed ends the stream with that error.
 //!
 //! Tables (arc, node and choice ids are `[a-z0-9_.-]`; player ids have no control
 //! characters):
@@ -21,6 +23,7 @@
 //! - `story_teller.idempotency`: replies of Advance for their idempotency keys.
 
 pub mod graph;
+pub mod import;
 
 use std::collections::HashMap;
 use std::sync::Arc as Shared;
@@ -61,6 +64,10 @@ pub struct StoryTellerConfig {
     pub default_max_tokens: u32,
     /// Most narration tokens a request may ask for.
     pub max_tokens: u32,
+    /// Arc files defined at start-up, each one `Arc` in proto3 JSON (what DefineArc takes
+    /// as `arc`); an arc equal to its latest version is left alone. A file that cannot be
+    /// read or whose arc is refused stops the start, naming the file and the field.
+    pub arc_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for StoryTellerConfig {
@@ -71,6 +78,7 @@ impl Default for StoryTellerConfig {
             fact_chars: 600,
             default_max_tokens: 400,
             max_tokens: 2000,
+            arc_files: Vec::new(),
         }
     }
 }
@@ -342,10 +350,24 @@ impl aicore_runtime::Domain for StoryTeller {
         config: &StoryTellerConfig,
     ) -> Result<Shared<dyn aicore_proto::Dispatch>, Status> {
         let sources = Shared::new(OverNats { ctx: ctx.clone() });
+        let arcs = import::load(&config.arc_files, config.max_nodes)?;
+        let domain = Shared::new(StoryTeller::new(ctx.clone(), config.clone(), sources));
+        if !arcs.is_empty() {
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                Status::internal("story-teller needs a tokio runtime to import its arc files")
+            })?;
+            let importer = domain.clone();
+            ctx.spawn(async move {
+                match importer.import(arcs).await {
+                    Ok(n) => tracing::info!(defined = n, "story-teller imported its arc files"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "story-teller could not store its arc files")
+                    }
+                }
+            });
+        }
         Ok(Shared::new(
-            aicore_proto::aicore::story_teller::v1::StoryTellerServer(Shared::new(
-                StoryTeller::new(ctx.clone(), config.clone(), sources),
-            )),
+            aicore_proto::aicore::story_teller::v1::StoryTellerServer(domain),
         ))
     }
 }
@@ -818,6 +840,7 @@ impl StoryTellerHandler for StoryTeller {
             model_id,
             offline,
             source_document_ids: lore.iter().map(|l| l.document_id.clone()).collect(),
+            fallback_reason: String::new(),
         };
         let user = serde_json::json!({
             "scene_template": filled,
@@ -825,53 +848,65 @@ impl StoryTellerHandler for StoryTeller {
             "player_name": req.player_name,
             "choices_that_follow": choices.iter().map(|c| &c.label).collect::<Vec<_>>(),
         });
-        let mut generated = self
-            .sources
-            .generate(
-                narrator_system(
-                    &arc,
-                    &scene,
-                    if req.locale.is_empty() {
-                        "en"
-                    } else {
-                        &req.locale
-                    },
-                ),
-                user.to_string(),
-                max_tokens,
-                req.player_id.clone(),
-                options,
-            )
-            .await?;
-        let first = generated.next().await.transpose()?;
-        let (model_id, offline) = match first {
-            Some(Gen::Started { model_id, offline }) => (model_id, offline),
-            other => {
-                return Err(Status::internal(format!(
+        let started = async {
+            let mut generated = self
+                .sources
+                .generate(
+                    narrator_system(
+                        &arc,
+                        &scene,
+                        if req.locale.is_empty() {
+                            "en"
+                        } else {
+                            &req.locale
+                        },
+                    ),
+                    user.to_string(),
+                    max_tokens,
+                    req.player_id.clone(),
+                    options,
+                )
+                .await?;
+            match generated.next().await.transpose()? {
+                Some(Gen::Started { model_id, offline }) => Ok((model_id, offline, generated)),
+                other => Err(Status::internal(format!(
                     "ai-integration's stream began with {other:?}"
-                )));
+                ))),
+            }
+        }
+        .await;
+        // The template filled with the facts is the narration when there is no model
+        // (offline provider) or when ai-integration failed before any text: the scene
+        // is still told, and the header says why.
+        let (model_id, generated) = match started {
+            Ok((model_id, false, generated)) => (model_id, generated),
+            fell => {
+                let fallback_reason = match fell {
+                    Err(e) => {
+                        tracing::warn!(error = %e, arc_id = %req.arc_id, node_id = %scene.node_id,
+                            "narration falls back to its template");
+                        aicore_proto::code_name(e.code).to_string()
+                    }
+                    Ok(_) => String::new(),
+                };
+                let mut items = vec![Ok(item(narrate_response::Item::Header(NarrationHeader {
+                    fallback_reason,
+                    ..header(String::new(), true)
+                })))];
+                items.extend(
+                    pieces(&filled)
+                        .into_iter()
+                        .map(|t| Ok(item(narrate_response::Item::Text(t)))),
+                );
+                items.push(Ok(item(narrate_response::Item::Footer(NarrationFooter {
+                    choices,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    truncated: false,
+                }))));
+                return Ok(futures::stream::iter(items).boxed());
             }
         };
-        if offline {
-            // No model: the template filled with the facts is the narration.
-            drop(generated);
-            let mut items = vec![Ok(item(narrate_response::Item::Header(header(
-                String::new(),
-                true,
-            ))))];
-            items.extend(
-                pieces(&filled)
-                    .into_iter()
-                    .map(|t| Ok(item(narrate_response::Item::Text(t)))),
-            );
-            items.push(Ok(item(narrate_response::Item::Footer(NarrationFooter {
-                choices,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                truncated: false,
-            }))));
-            return Ok(futures::stream::iter(items).boxed());
-        }
         let head = futures::stream::iter([Ok(item(narrate_response::Item::Header(header(
             model_id, false,
         ))))]);

@@ -18,6 +18,8 @@ struct Scripted {
     quests: Mutex<HashMap<String, QuestStatus>>,
     offline: bool,
     prompts: Mutex<Vec<(String, String)>>,
+    /// The next generation fails: at the call, or as the stream's first item.
+    fail: Mutex<Option<(Status, bool)>>,
 }
 
 impl Sources for Scripted {
@@ -74,7 +76,13 @@ impl Sources for Scripted {
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Gen, Status>>, Status>> {
         self.prompts.lock().unwrap().push((system, user));
         let offline = self.offline;
+        let fail = self.fail.lock().unwrap().take();
         Box::pin(async move {
+            match fail {
+                Some((e, false)) => return Err(e),
+                Some((e, true)) => return Ok(futures::stream::iter([Err(e)]).boxed()),
+                None => {}
+            }
             let items = if offline {
                 vec![
                     Ok(Gen::Started {
@@ -489,4 +497,133 @@ async fn narration_with_a_model_streams_its_tokens_and_quotes_the_player_as_data
     let data: serde_json::Value = serde_json::from_str(&user).unwrap();
     assert_eq!(data["player_name"], sneaky);
     assert_eq!(data["facts"][0]["title"], "The Mill");
+}
+
+#[tokio::test]
+async fn narration_falls_back_to_the_template_when_the_model_fails_before_any_text() {
+    let (d, sources) = domain(false);
+    define(&d, arc()).await.unwrap();
+    d.start_arc(Request::new(StartArcRequest {
+        player_id: "p".into(),
+        arc_id: "ashes".into(),
+    }))
+    .await
+    .unwrap();
+    d.advance(Request::new(advance("gate", "mill", "a1")))
+        .await
+        .unwrap();
+    // The call itself fails, then the stream's first item: the scene is told from its
+    // template either way, and the header names the error code.
+    for (e, in_stream) in [
+        (Status::new(Code::Unavailable, "provider down"), false),
+        (Status::new(Code::DeadlineExceeded, "too slow"), true),
+    ] {
+        let code = aicore_proto::code_name(e.code);
+        *sources.fail.lock().unwrap() = Some((e, in_stream));
+        let items = narrate(&d, "", "Ana").await.unwrap();
+        let narrate_response::Item::Header(h) = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert!(h.offline, "{h:?}");
+        assert_eq!(h.fallback_reason, code);
+        assert_eq!(h.source_document_ids, ["mill-history"]);
+        assert_eq!(
+            text(&items),
+            "Ana reaches the mill. The Mill: It burned in the war."
+        );
+        assert!(matches!(
+            items.last(),
+            Some(narrate_response::Item::Footer(_))
+        ));
+    }
+    // With the model back, the narration is the model's again and names no fallback.
+    let items = narrate(&d, "", "Ana").await.unwrap();
+    let narrate_response::Item::Header(h) = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!((h.offline, h.fallback_reason.as_str()), (false, ""));
+    assert_eq!(text(&items), "The wind howls.");
+}
+
+const ARC_FILE: &str = r#"{
+  "arcId": "ferry",
+  "title": "The Ferry",
+  "startNodeId": "dock",
+  "nodes": [
+    {"nodeId": "dock", "template": "The ferry waits.",
+     "choices": [{"choiceId": "board", "label": "Board", "targetNodeId": "river"}]},
+    {"nodeId": "river", "template": "The river is wide."}
+  ]
+}"#;
+
+#[tokio::test]
+async fn arcs_import_from_files_once_and_refusals_name_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good = write("ferry.json", ARC_FILE);
+    let (d, _) = domain(true);
+    let arcs = import::load(std::slice::from_ref(&good), 1000).unwrap();
+    assert_eq!(d.import(arcs.clone()).await.unwrap(), 1);
+    let arc = d.ctx.store.get_msg::<Arc>(ARCS, b"ferry").unwrap().unwrap();
+    assert_eq!((arc.version, arc.nodes.len()), (1, 2));
+    assert_eq!(arc.nodes[0].choices[0].target_node_id, "river");
+    let started = d
+        .start_arc(Request::new(StartArcRequest {
+            player_id: "p".into(),
+            arc_id: "ferry".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        started.player_arc.unwrap().current_node.unwrap().node_id,
+        "dock"
+    );
+    // The same files again (a restart) define nothing new; a changed file a new version.
+    assert_eq!(d.import(arcs).await.unwrap(), 0);
+    let changed = write("ferry2.json", &ARC_FILE.replace("The ferry waits.", "Fog."));
+    assert_eq!(
+        d.import(import::load(&[changed], 1000).unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Refusals: the JSON path of a bad field, the graph's field for a dangling choice, a
+    // duplicate arc, an unreadable file; each message names the file.
+    let cases = [
+        (
+            ARC_FILE.replace("\"label\"", "\"lable\""),
+            // An unknown field: the object holding it (the message names the field).
+            "nodes[0].choices[0]",
+        ),
+        (
+            ARC_FILE.replace("\"targetNodeId\": \"river\"", "\"targetNodeId\": \"sea\""),
+            "arc.nodes[0].choices[0].target_node_id",
+        ),
+        (
+            ARC_FILE.replace("\"startNodeId\": \"dock\"", "\"startNodeId\": 7"),
+            "startNodeId",
+        ),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let p = write(&format!("bad{i}.json"), text);
+        let e = import::load(&[good.clone(), p], 1000).unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument);
+        assert_eq!(e.field_violations[0].field, *field, "{e:?}");
+        assert!(e.message.contains(&format!("bad{i}.json")), "{e:?}");
+        if i == 0 {
+            assert!(e.message.contains("lable"), "{e:?}");
+        }
+    }
+    let e = import::load(&[good.clone(), good.clone()], 1000).unwrap_err();
+    assert_eq!(
+        e.field_violations[0].field,
+        "domains.story_teller.arc_files[1]"
+    );
+    let e = import::load(&[dir.path().join("missing.json")], 1000).unwrap_err();
+    assert!(e.message.contains("missing.json"), "{e:?}");
 }

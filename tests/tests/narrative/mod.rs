@@ -114,4 +114,20 @@ async fn a_fragment_appears_only_while_its_weather_and_hours_hold() {
         m.ack().await.unwrap();
     }
     assert_eq!(seen, ["sign", "ghost"]);
+
+    // The studio deletes the ghost (a player may not): nobody finds it any more.
+    let del = r#"{"fragmentId":"ghost"}"#;
+    assert_eq!(http.call("/v1/environmental_narrative/delete_fragment", del, &token).await.status, 403);
+    let (_, got) = found(&http, &token, &me).await;
+    assert_eq!(got, [("ghost".to_string(), false), ("sign".to_string(), false)]);
+    let r = narrative
+        .delete_fragment(
+            en::DeleteFragmentRequest { fragment_id: "ghost".into(), ..Default::default() },
+            &opts(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.deleted_version, 1);
+    let (_, got) = found(&http, &token, &me).await;
+    assert_eq!(got, [("sign".to_string(), false)]);
 }

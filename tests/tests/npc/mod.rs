@@ -124,3 +124,46 @@ async fn decisions_follow_game_time_and_a_relation_survives_a_restart() {
     assert_eq!(rel.memories[0].summary, "shared a flask");
     assert_eq!(before["affinity"].as_f64(), Some(rel.affinity));
 }
+
+#[tokio::test]
+async fn needs_decay_as_game_time_passes_without_a_tick_call() {
+    let app = Appliance::start().await;
+    let client = app.client().await;
+    let time = tm::TimeManagerClient::new(client.clone());
+    let npcs = npc::NpcBehaviorClient::new(client);
+    npcs.define(npc::DefineRequest { npc: Some(guard()), expected_version: None }, &opts())
+        .await
+        .unwrap();
+    // One game hour per real second: time-manager publishes `evt.time.tick` each hour.
+    time.set_scale(tm::SetScaleRequest { scale: 3600.0 }, &opts()).await.expect("set scale");
+    let state = || async {
+        npcs.get(npc::GetRequest { npc_id: "gate-guard".into(), player_id: String::new() }, &opts())
+            .await
+            .unwrap()
+            .state
+            .unwrap()
+    };
+    // Nobody calls Tick: the first tick seen sets the NPC's clock, later ones decay "rest"
+    // (0.05 a game hour) by the game hours between them.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (first, later) = loop {
+        let s = state().await;
+        if s.ticked_to_game_seconds >= 0 {
+            break (s.ticked_to_game_seconds, s);
+        }
+        assert!(tokio::time::Instant::now() < give_up, "no tick reached the NPC: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(first % HOUR, 0, "ticks come on the game hour");
+    let later = loop {
+        let s = state().await;
+        if s.ticked_to_game_seconds >= first + 2 * HOUR {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "needs stopped following: {later:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let hours = (later.ticked_to_game_seconds - first) / HOUR;
+    let expected = (0.9 - 0.05 * hours as f64).max(0.0);
+    assert!((later.needs["rest"] - expected).abs() < 1e-9, "{hours} h: {later:?}");
+}
