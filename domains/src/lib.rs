@@ -15,6 +15,7 @@ pub mod event_bus;
 pub mod knowledge_base;
 pub mod model_management;
 pub mod payment;
+pub mod performance_mode;
 pub mod quest_system;
 pub mod registry;
 pub mod settings;

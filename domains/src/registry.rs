@@ -85,6 +85,8 @@ domains! {
     ai_router => crate::ai_router::AiRouter,
     /// knowledge-base: lore documents with ranked full-text and vector search.
     knowledge_base => crate::knowledge_base::KnowledgeBase,
+    /// performance-mode: quality budgets (profiles) per player and globally.
+    performance_mode => crate::performance_mode::PerformanceMode,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
