@@ -18,6 +18,7 @@ pub mod language_system;
 pub mod model_management;
 pub mod npc_behavior;
 pub mod payment;
+pub mod performance_mode;
 pub mod quest_system;
 pub mod registry;
 pub mod settings;

@@ -95,6 +95,8 @@ domains! {
     npc_behavior => crate::npc_behavior::NpcBehavior,
     /// story-teller: story arcs played per player, narrated from templates, lore and AI.
     story_teller => crate::story_teller::StoryTeller,
+    /// performance-mode: quality budgets (profiles) per player and globally.
+    performance_mode => crate::performance_mode::PerformanceMode,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
