@@ -318,10 +318,13 @@ async fn a_steady_report_writes_nothing() {
     assert_eq!(b.mode.unwrap().version, 1);
 }
 
+/// A change that makes a Report request invalid.
+type Breaks = Box<dyn Fn(&mut ReportRequest)>;
+
 #[tokio::test]
 async fn report_figures_are_checked_naming_the_field() {
     let d = domain();
-    let cases: Vec<(&str, Box<dyn Fn(&mut ReportRequest)>)> = vec![
+    let cases: Vec<(&str, Breaks)> = vec![
         ("frame_time_p95", Box::new(|r| r.frame_time_p95 = None)),
         ("frame_time_p95", Box::new(|r| r.frame_time_p95 = ms_d(0))),
         (
