@@ -165,11 +165,17 @@ impl Appliance {
     /// Starts an appliance in a fresh temporary directory serving only `served` (`serve`
     /// in its configuration), and waits until those answer: the others are down.
     pub async fn start_serving(served: &[&'static str]) -> Appliance {
+        Appliance::start_serving_with_config(served, "").await
+    }
+
+    /// [`Appliance::start_serving`] with `toml` (sections only, no `serve`) added to its
+    /// configuration.
+    pub async fn start_serving_with_config(served: &[&'static str], toml: &str) -> Appliance {
         let temp = tempfile::tempdir().expect("a temp dir");
         let list: Vec<String> = served.iter().map(|d| format!("{d:?}")).collect();
         std::fs::write(
             temp.path().join("aicore.toml"),
-            format!("serve = [{}]\n", list.join(", ")),
+            format!("serve = [{}]\n{toml}", list.join(", ")),
         )
         .expect("writing aicore.toml");
         let mut a = Appliance::spawn(temp.path(), None, None);
