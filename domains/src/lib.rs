@@ -11,6 +11,7 @@
 pub mod ai_integration;
 pub mod ai_router;
 pub mod auth;
+pub mod body_broker_integration;
 pub mod environmental_narrative;
 pub mod event_bus;
 pub mod knowledge_base;
@@ -18,6 +19,7 @@ pub mod language_system;
 pub mod model_management;
 pub mod npc_behavior;
 pub mod payment;
+pub mod performance_mode;
 pub mod quest_system;
 pub mod registry;
 pub mod settings;

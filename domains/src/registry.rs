@@ -95,6 +95,10 @@ domains! {
     npc_behavior => crate::npc_behavior::NpcBehavior,
     /// story-teller: story arcs played per player, narrated from templates, lore and AI.
     story_teller => crate::story_teller::StoryTeller,
+    /// performance-mode: quality budgets (profiles) per player and globally.
+    performance_mode => crate::performance_mode::PerformanceMode,
+    /// body-broker-integration: the game client's facade, a player's session in one call.
+    body_broker_integration => crate::body_broker_integration::BodyBrokerIntegration,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -138,6 +138,8 @@ pub struct Appliance {
     pub http_url: String,
     /// Where its log goes.
     pub log_path: PathBuf,
+    /// The domains it serves (all unless started with [`Appliance::start_serving`]).
+    serves: Vec<&'static str>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -156,6 +158,29 @@ impl Appliance {
         let temp = tempfile::tempdir().expect("a temp dir");
         std::fs::write(temp.path().join("aicore.toml"), toml).expect("writing aicore.toml");
         let mut a = Appliance::start_in(temp.path()).await;
+        a._temp = Some(temp);
+        a
+    }
+
+    /// Starts an appliance in a fresh temporary directory serving only `served` (`serve`
+    /// in its configuration), and waits until those answer: the others are down.
+    pub async fn start_serving(served: &[&'static str]) -> Appliance {
+        Appliance::start_serving_with_config(served, "").await
+    }
+
+    /// [`Appliance::start_serving`] with `toml` (sections only, no `serve`) added to its
+    /// configuration.
+    pub async fn start_serving_with_config(served: &[&'static str], toml: &str) -> Appliance {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let list: Vec<String> = served.iter().map(|d| format!("{d:?}")).collect();
+        std::fs::write(
+            temp.path().join("aicore.toml"),
+            format!("serve = [{}]\n{toml}", list.join(", ")),
+        )
+        .expect("writing aicore.toml");
+        let mut a = Appliance::spawn(temp.path(), None, None);
+        a.serves = served.to_vec();
+        a.wait_ready(Duration::from_secs(60)).await;
         a._temp = Some(temp);
         a
     }
@@ -187,6 +212,13 @@ impl Appliance {
     }
 
     async fn launch(data_dir: &Path, external_nats: Option<&str>, umask: Option<u32>) -> Appliance {
+        let mut a = Appliance::spawn(data_dir, external_nats, umask);
+        a.wait_ready(Duration::from_secs(60)).await;
+        a
+    }
+
+    /// Starts `aicore run` on `data_dir` without waiting for it.
+    fn spawn(data_dir: &Path, external_nats: Option<&str>, umask: Option<u32>) -> Appliance {
         let [port, monitor, http] = free_ports::<3>();
         let log_path = data_dir.join(format!("aicore-{port}.log"));
         std::fs::create_dir_all(data_dir).expect("data dir");
@@ -215,7 +247,7 @@ impl Appliance {
             .stderr(log)
             .spawn()
             .expect("spawning aicore");
-        let mut a = Appliance {
+        Appliance {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             nats_url: external_nats
@@ -223,10 +255,9 @@ impl Appliance {
                 .unwrap_or_else(|| format!("nats://127.0.0.1:{port}")),
             http_url: format!("http://127.0.0.1:{http}"),
             log_path,
+            serves: domains(),
             _temp: None,
-        };
-        a.wait_ready(Duration::from_secs(60)).await;
-        a
+        }
     }
 
     /// Waits until every domain answers `$SRV.PING` and the HTTP gateway accepts
@@ -243,7 +274,7 @@ impl Appliance {
             }
             if let Ok(nats) = self.options().connect(&self.nats_url).await {
                 let answered = ping(&nats, Duration::from_millis(300)).await;
-                if domains().iter().all(|d| answered.iter().any(|a| a == d))
+                if self.serves.iter().all(|d| answered.iter().any(|a| a == d))
                     && self.http_listening()
                 {
                     return;

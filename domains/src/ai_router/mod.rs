@@ -161,6 +161,10 @@ struct Profile {
     name: String,
     max_tier: Tier,
     source: &'static str,
+    /// performance-mode's latency budget for the profile, used when the request has none.
+    latency_budget: Option<Duration>,
+    /// performance-mode's cost ceiling (input + output micros per million tokens).
+    max_cost_micros: Option<u64>,
 }
 
 impl AiRouter {
@@ -271,6 +275,8 @@ impl AiRouter {
                     name: name.to_string(),
                     max_tier: *t,
                     source,
+                    latency_budget: None,
+                    max_cost_micros: None,
                 })
                 .ok_or_else(|| {
                     Status::invalid(
@@ -308,6 +314,12 @@ impl AiRouter {
                             name: profile.name,
                             max_tier,
                             source: "performance-mode",
+                            latency_budget: profile
+                                .ai_latency_budget
+                                .and_then(|d| Duration::try_from(d).ok())
+                                .filter(|d| !d.is_zero()),
+                            max_cost_micros: Some(profile.ai_max_cost_micros_per_million_tokens)
+                                .filter(|c| *c > 0),
                         });
                     }
                 }
@@ -332,7 +344,8 @@ impl AiRouter {
         let budget = req
             .latency_budget
             .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero());
+            .filter(|d| !d.is_zero())
+            .or(profile.latency_budget);
         let mut eligible: Vec<(Candidate, String)> = Vec::new();
         let mut excluded: Vec<Candidate> = Vec::new();
         {
@@ -355,6 +368,10 @@ impl AiRouter {
                     circuit: h.state() as i32,
                 };
                 let tier = Tier::from_model(spec.tier);
+                let cost = spec.cost.unwrap_or_default();
+                let micros = (cost.input_micros_per_million_tokens
+                    + cost.output_micros_per_million_tokens)
+                    .max(0) as u64;
                 let reason = if spec.disabled || m.status == mm::ModelStatus::Disabled as i32 {
                     Some("disabled".to_string())
                 } else if req.exclude_model_ids.contains(&m.model_id) {
@@ -369,6 +386,11 @@ impl AiRouter {
                     ))
                 } else if tier > profile.max_tier {
                     Some(format!("tier above profile {}", profile.name))
+                } else if profile.max_cost_micros.is_some_and(|c| micros > c) {
+                    Some(format!(
+                        "cost {micros} micros per million tokens above profile {}'s ceiling",
+                        profile.name
+                    ))
                 } else if let Some(b) = h.blocked() {
                     Some(b.to_string())
                 } else if budget.is_some_and(|b| expected > b) {
@@ -384,10 +406,7 @@ impl AiRouter {
                     excluded.push(c);
                     continue;
                 }
-                let cost = spec.cost.unwrap_or_default();
-                let micros = (cost.input_micros_per_million_tokens
-                    + cost.output_micros_per_million_tokens)
-                    .max(0) as f64;
+                let micros = micros as f64;
                 let f_latency = 1.0 / (1.0 + expected.as_secs_f64());
                 let f_cost = 1.0 / (1.0 + micros / 1e6);
                 let f_rel = 1.0 - h.error_rate(now, self.tuning.half_life);

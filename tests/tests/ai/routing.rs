@@ -51,7 +51,7 @@ async fn requests_fall_back_along_the_chain_and_a_failing_models_circuit_opens_a
         .unwrap();
     let decision = why.decision.unwrap();
     assert_eq!(decision.model_id, "primary");
-    // performance-mode is not served: the configured default profile applies.
+    // The request names no player: the configured default profile applies.
     assert!(decision.reason.contains("profile balanced (default)"), "{}", decision.reason);
     assert!(why.candidates.iter().any(|c| c.model_id == "backup" && c.eligible));
 

@@ -73,7 +73,7 @@ const SEASONS: [wm::Season; 4] = [
 /// A region whose chain has one edge out of each condition (`order[0]` → `order[1]` →
 /// `order[2]` → `order[0]`, from `order[0]` at step 0) and no temperature spread, so its
 /// weather at step `k` is known exactly: `order[k % 3]` at the season's mean.
-fn cycle_region(id: &str, order: [C; 3], step_seconds: i64) -> wm::Region {
+pub(crate) fn cycle_region(id: &str, order: [C; 3], step_seconds: i64) -> wm::Region {
     let edges = [
         (order[0], order[1], 1.0),
         (order[1], order[2], 1.0),
