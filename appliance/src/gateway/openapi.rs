@@ -153,6 +153,18 @@ fn field_schema(
     {
         field_rules(f, obj);
     }
+    // The proto3 JSON mapping reads `null` as the field's default, and the gateway does:
+    // say so wherever the default is a valid value (a field its rules make required is
+    // refused as null, like absent). Oneof members and messages keep their own schema.
+    if let Some(obj) = s.as_object_mut()
+        && !f.is_list()
+        && !f.is_map()
+        && f.containing_oneof().is_none()
+        && !matches!(f.kind(), Kind::Message(_))
+        && !required_by_rules(f)
+    {
+        admit_null(obj);
+    }
     if let Some(c) = comments.get(&f.parent_file(), f.path())
         && let Some(obj) = s.as_object_mut()
     {
@@ -160,6 +172,19 @@ fn field_schema(
         obj.insert("description".into(), c.into());
     }
     s
+}
+
+/// Widens a scalar's schema to admit JSON `null` too.
+fn admit_null(schema: &mut serde_json::Map<String, Value>) {
+    if let Some(Value::String(t)) = schema.get("type").cloned() {
+        schema.insert("type".into(), json!([t, "null"]));
+    }
+    if let Some(Value::Array(values)) = schema.get_mut("enum") {
+        values.push(Value::Null);
+    }
+    if let Some(Value::Array(choices)) = schema.get_mut("oneOf") {
+        choices.push(json!({"type": "null"}));
+    }
 }
 
 /// The field's `(aicore.common.v1.field)` rules as JSON Schema keywords.
@@ -560,6 +585,11 @@ mod tests {
         assert_eq!(scale["properties"]["scale"]["exclusiveMinimum"], json!(0));
         assert_eq!(scale["properties"]["scale"]["maximum"], json!(100000));
         assert_eq!(scale["required"], json!(["scale"]));
+        // proto3 JSON reads null as the default: optional scalars admit it, required don't.
+        assert_eq!(scale["properties"]["scale"]["type"], json!("number"));
+        let profiles = &schemas["aicore.performance_mode.v1.ProfilesRequest"]["properties"];
+        assert_eq!(profiles["pageSize"]["type"], json!(["integer", "null"]));
+        assert_eq!(profiles["pageToken"]["type"], json!(["string", "null"]));
         assert_eq!(
             doc["paths"].as_object().unwrap().len(),
             methods.len() + 2,
