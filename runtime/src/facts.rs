@@ -2,12 +2,27 @@
 //! (quest prerequisites, lore fragments, story choices): a fact read as a scalar (see
 //! world_state.proto: `text/plain` as text or a number, `application/json` as a JSON
 //! scalar) compared with a `common.Value` by one of the operators every such proto
-//! declares with the same numbers (`FactOperator`). Reading the fact is the domain's
-//! business (world-state over NATS); this only checks and compares.
+//! declares with the same numbers (`FactOperator`), and [`fetch`], which reads one fact
+//! from world-state over NATS.
 
-use aicore_proto::Status;
 use aicore_proto::aicore::common::v1::{Value, value};
 use aicore_proto::aicore::world_state::v1::Fact;
+use aicore_proto::aicore::world_state::v1::{GetRequest, WorldStateClient};
+use aicore_proto::{CallOptions, Code, Status};
+
+/// Reads one fact from world-state over NATS: `None` when there is no live fact.
+pub async fn fetch(
+    ctx: &crate::Ctx,
+    key: String,
+    options: &CallOptions,
+) -> Result<Option<Fact>, Status> {
+    let client = WorldStateClient::new(ctx.client()?.clone());
+    match client.get(GetRequest { key }, options).await {
+        Ok(r) => Ok(r.fact),
+        Err(e) if e.code == Code::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// Longest fact key (as world-state allows).
 pub const MAX_FACT_KEY_CHARS: usize = 256;

@@ -167,15 +167,7 @@ impl Sources for OverNats {
         key: String,
         options: CallOptions,
     ) -> BoxFuture<'_, Result<Option<Fact>, Status>> {
-        use aicore_proto::aicore::world_state::v1::{GetRequest, WorldStateClient};
-        Box::pin(async move {
-            let client = WorldStateClient::new(self.ctx.client()?.clone());
-            match client.get(GetRequest { key }, &options).await {
-                Ok(r) => Ok(r.fact),
-                Err(e) if e.code == Code::NotFound => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
+        Box::pin(async move { aicore_runtime::facts::fetch(&self.ctx, key, &options).await })
     }
 
     fn quest(
