@@ -517,6 +517,22 @@ impl NpcBehavior {
         }
     }
 
+    /// The NPC's relation to `player` when one is asked for (empty: none), read only for
+    /// the player themselves or a service or admin.
+    fn relation_asked(
+        &self,
+        npc: &str,
+        player: &str,
+        meta: &Metadata,
+    ) -> Result<Option<Relation>, Status> {
+        if player.is_empty() {
+            return Ok(None);
+        }
+        validate::player_id(player, "player_id")?;
+        meta.authorize_owner(player, &["service", "admin"])?;
+        self.relation(npc, player).map(Some)
+    }
+
     fn relation(&self, npc: &str, player: &str) -> Result<Relation, Status> {
         Ok(self
             .ctx
@@ -588,13 +604,7 @@ impl NpcBehaviorHandler for NpcBehavior {
     async fn get(&self, request: Request<GetRequest>) -> Result<GetResponse, Status> {
         let Request { body: req, meta } = request;
         let (npc, state) = self.load(&req.npc_id)?;
-        let relation = if req.player_id.is_empty() {
-            None
-        } else {
-            validate::player_id(&req.player_id, "player_id")?;
-            meta.authorize_owner(&req.player_id, &["service", "admin"])?;
-            Some(self.relation(&req.npc_id, &req.player_id)?)
-        };
+        let relation = self.relation_asked(&req.npc_id, &req.player_id, &meta)?;
         Ok(GetResponse {
             npc: Some(npc),
             state: Some(state),
@@ -605,13 +615,7 @@ impl NpcBehaviorHandler for NpcBehavior {
     async fn decide(&self, request: Request<DecideRequest>) -> Result<DecideResponse, Status> {
         let Request { body: req, meta } = request;
         let (npc, state) = self.load(&req.npc_id)?;
-        let relation = if req.player_id.is_empty() {
-            None
-        } else {
-            validate::player_id(&req.player_id, "player_id")?;
-            meta.authorize_owner(&req.player_id, &["service", "admin"])?;
-            Some(self.relation(&req.npc_id, &req.player_id)?)
-        };
+        let relation = self.relation_asked(&req.npc_id, &req.player_id, &meta)?;
         for (k, v) in &req.context {
             unit(*v, &format!("context.{k}"), 0.0)?;
         }
