@@ -5,7 +5,10 @@ OPENAPI_CHECK := .tools/venv/bin/openapi-spec-validator
 SCHEMATHESIS := .tools/st-venv/bin/st
 export AICORE_NATS_SERVER := $(CURDIR)/$(NATS)
 
-.PHONY: tools build run test lint bench flood clean
+.PHONY: tools build run test lint bench flood dist install clean
+
+PREFIX ?= /usr/local
+DESTDIR ?=
 
 ## Install the pinned nats-server into .tools/ (idempotent).
 tools: $(NATS)
@@ -56,5 +59,16 @@ flood: tools
 	$(CARGO) build --release --bin aicore --bin flood
 	AICORE_BIN=$(CURDIR)/target/release/aicore ./target/release/flood all
 
+## The release tarball: dist/aicore-<version>-<arch>.tar.gz with the binary, the pinned
+## nats-server, the systemd unit and user, the example config, dashboards and alert rules.
+dist: tools build
+	sh scripts/dist.sh --bin target/release/aicore --out dist
+
+## Install what `make dist` packs onto this machine (as root; DESTDIR and PREFIX as usual).
+## Creates the `aicore` user; never enables the service (`systemctl enable --now aicore`).
+install: tools build
+	stage=$$(sh scripts/dist.sh --bin target/release/aicore --out target/dist --stage-only | tail -n 1) && \
+		sh "$$stage/install.sh" --destdir "$(DESTDIR)" --prefix "$(PREFIX)"
+
 clean:
-	rm -rf target .tools data
+	rm -rf target .tools data dist

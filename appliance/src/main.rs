@@ -11,6 +11,7 @@ mod files;
 mod gateway;
 mod json;
 mod nats_child;
+mod notify;
 mod runtime_file;
 mod security;
 mod supervisor;

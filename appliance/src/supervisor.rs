@@ -31,6 +31,7 @@ use crate::certs::Authority;
 use crate::config::Config;
 use crate::gateway;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
+use crate::notify;
 use crate::security::{self, ClientTls};
 
 /// How the appliance's own NATS clients identify themselves: the domains' and the
@@ -158,9 +159,28 @@ pub async fn run(mut config: Config) -> Result<()> {
     )
     .await
     {
-        Ok(()) => wait(&running).await,
+        Ok(()) => {
+            // systemd's READY=1 and watchdog, from this process's own health loop.
+            let notify_stop = shutdown.child_token();
+            let notify = match (&running.nats, notify::under_systemd()) {
+                (Some(nats), true) => {
+                    let domains = running.served.iter().map(|s| s.liveness()).collect();
+                    let wait = notify::ping_wait(sd_notify::watchdog_enabled());
+                    let health = notify::Health::new(nats.clone(), domains, wait);
+                    Some(tokio::spawn(notify::serve(health, notify_stop.clone())))
+                }
+                _ => None,
+            };
+            let outcome = wait(&running).await;
+            notify_stop.cancel();
+            if let Some(task) = notify {
+                let _ = task.await;
+            }
+            outcome
+        }
         Err(e) => Err(e),
     };
+    notify::stopping();
     if let Err(e) = &outcome {
         tracing::error!(error = %format!("{e:#}"), "stopping after a failure");
     }

@@ -131,12 +131,50 @@ pub struct ServiceHandle {
     domain: &'static str,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    liveness: Liveness,
+}
+
+/// How often a domain's request loop marks itself alive when no request wakes it.
+pub const LOOP_TURN: Duration = Duration::from_secs(1);
+
+/// What a health loop needs to tell a live domain instance from a wedged one: its micro
+/// instance id (to ask this instance, not any replica on the NATS network, for a ping)
+/// and when its request loop last turned.
+#[derive(Clone)]
+pub struct Liveness {
+    /// The domain.
+    pub domain: &'static str,
+    /// Its micro instance id: `$SRV.PING.<domain>.<id>` reaches this instance only.
+    pub id: String,
+    /// Milliseconds since `since` at the loop's last turn.
+    turned: Arc<AtomicU64>,
+    since: Instant,
+}
+
+impl Liveness {
+    /// How long ago the request loop last turned (at least every [`LOOP_TURN`] while it
+    /// runs; a loop stuck in a handler or stopped stops turning).
+    pub fn since_last_turn(&self) -> Duration {
+        let at = Duration::from_millis(self.turned.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(at)
+    }
+
+    fn turn(&self) {
+        let now = self.since.elapsed().as_millis();
+        self.turned
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 impl ServiceHandle {
     /// The domain served.
     pub fn domain(&self) -> &'static str {
         self.domain
+    }
+
+    /// This instance's liveness, for a health loop.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness.clone()
     }
 
     /// Stops taking requests and waits for the ones in flight to finish.
@@ -212,6 +250,13 @@ pub async fn serve(
     let served = Arc::new(AtomicU64::new(0));
     let stop = cancel.clone();
     let options = Arc::new(options);
+    let liveness = Liveness {
+        domain: info.domain,
+        id: service.id.clone(),
+        turned: Arc::new(AtomicU64::new(0)),
+        since: Instant::now(),
+    };
+    let alive = liveness.clone();
     let task = tokio::spawn(async move {
         // Requests run concurrently as futures of this one task (no task spawned per
         // request: measured, spawning plus a semaphore cost a fifth of the throughput of a
@@ -220,10 +265,13 @@ pub async fn serve(
         // work off the task (argon2 runs on the blocking pool; store writes on the writer
         // thread).
         let mut in_flight = FuturesUnordered::new();
+        let mut turns = tokio::time::interval(LOOP_TURN);
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = turns.tick() => alive.turn(),
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 r = requests.next(), if in_flight.len() < limit => match r {
                     Some((method, request)) => {
@@ -251,6 +299,7 @@ pub async fn serve(
         domain: info.domain,
         cancel,
         task,
+        liveness,
     })
 }
 

@@ -217,8 +217,36 @@ impl Appliance {
         a
     }
 
+    /// Starts `aicore run` on `data_dir` serving `served`, with `env` added to its
+    /// environment, without waiting for it to be ready.
+    pub fn spawn_serving_with_env(
+        data_dir: &Path,
+        served: &[&'static str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Appliance {
+        let list: Vec<String> = served.iter().map(|d| format!("{d:?}")).collect();
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        std::fs::write(
+            data_dir.join("aicore.toml"),
+            format!("serve = [{}]\n", list.join(", ")),
+        )
+        .expect("writing aicore.toml");
+        let mut a = Appliance::spawn_env(data_dir, None, None, env);
+        a.serves = served.to_vec();
+        a
+    }
+
     /// Starts `aicore run` on `data_dir` without waiting for it.
     fn spawn(data_dir: &Path, external_nats: Option<&str>, umask: Option<u32>) -> Appliance {
+        Appliance::spawn_env(data_dir, external_nats, umask, &[])
+    }
+
+    fn spawn_env(
+        data_dir: &Path,
+        external_nats: Option<&str>,
+        umask: Option<u32>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Appliance {
         let [port, monitor, http] = free_ports::<3>();
         let log_path = data_dir.join(format!("aicore-{port}.log"));
         std::fs::create_dir_all(data_dir).expect("data dir");
@@ -241,6 +269,7 @@ impl Appliance {
             )
             .env("AICORE_NATS_SERVER", nats_server_bin())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .current_dir(data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

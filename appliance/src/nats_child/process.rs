@@ -155,6 +155,10 @@ pub(super) async fn spawn(cfg: &NatsChildConfig, spawner: &Spawner) -> Result<Pr
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // systemd's notification socket and watchdog are aicore's alone.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         // Own process group: a terminal's SIGINT must reach only aicore, which stops the
         // child last in its ordered teardown.
         .process_group(0)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use aicore_e2e::{Appliance, aicore_bin, with_umask};
 
 mod store;
+mod systemd;
 
 fn ok(out: &Output) -> String {
     assert!(
