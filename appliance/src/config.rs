@@ -33,6 +33,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Per-domain settings (`[domains.<name>]`).
     pub domains: DomainsConfig,
+    /// Distributed traces: exported over OTLP when an endpoint is set.
+    pub traces: crate::otlp::TracesConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             security: SecurityConfig::default(),
             domains: DomainsConfig::default(),
+            traces: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod gateway;
 mod json;
 mod nats_child;
 mod notify;
+mod otlp;
 mod runtime_file;
 mod security;
 mod supervisor;

@@ -138,7 +138,12 @@ pub async fn run(mut config: Config) -> Result<()> {
         bail!("no domain selected to serve");
     }
     config.pick_free_ports()?;
+    config.traces.validate()?;
     let shutdown = CancellationToken::new();
+    // Spans go to the OTLP collector from the first request on; the exporter outlives the
+    // teardown so the drain's spans are sent too.
+    let traces_stop = CancellationToken::new();
+    let traces = crate::otlp::start(&config.traces, traces_stop.clone())?;
     crate::files::create_private_dir(&config.data_dir).context("creating the data dir")?;
     if let Some(mode) = crate::files::shared_mode(&config.data_dir) {
         tracing::warn!("{}", crate::files::shared_warning(&config.data_dir, mode));
@@ -187,6 +192,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     let drain = Duration::from_secs(config.http.drain_timeout_secs);
     let stopped = teardown(running, &store, drain).await;
     shutdown.cancel();
+    traces_stop.cancel();
+    if let Some(exporter) = traces {
+        let _ = exporter.await;
+    }
     tracing::info!("aicore stopped");
     outcome.and(stopped)
 }

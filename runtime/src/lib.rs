@@ -23,6 +23,7 @@ pub mod serve;
 pub mod store;
 pub mod streams;
 pub mod template;
+pub mod trace;
 pub mod validate;
 mod wal;
 mod writes;

@@ -38,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 use aicore_proto::{Event, Status};
 
 use crate::store::{self, Store, Tx};
+use crate::trace::{self, TraceParent};
+
+/// The W3C trace context header events carry.
+const TRACEPARENT: &str = aicore_proto::headers::TRACEPARENT;
 
 /// Queuing events in a store transaction.
 pub trait Emit {
@@ -79,6 +83,14 @@ impl Emit for Tx<'_> {
         let seq = meta.next_seq.max(1);
         meta.next_seq = seq + 1;
         self.put_msg(OUTBOX_META, b"meta", &meta);
+        let mut headers = headers;
+        if let Some(trace) = self.trace
+            && !headers
+                .iter()
+                .any(|h| h.0.eq_ignore_ascii_case(TRACEPARENT))
+        {
+            headers.push((TRACEPARENT.to_string(), trace.to_string()));
+        }
         let event = OutboxEvent {
             seq,
             msg_id: format!("{:016x}-{seq}", meta.epoch),
@@ -394,6 +406,19 @@ impl Sink for JetStreamSink {
     }
 }
 
+/// Gives an event carrying a trace context a child span of it to be published in:
+/// rewrites its `traceparent` to the child and returns the child and its parent's id.
+fn produce_in_span(e: &mut OutboxEvent) -> Option<(TraceParent, u64)> {
+    let i = e
+        .header_names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(TRACEPARENT))?;
+    let parent = TraceParent::parse(e.header_values.get(i)?)?;
+    let child = parent.child();
+    e.header_values[i] = child.to_string();
+    Some((child, parent.span_id))
+}
+
 /// The JetStream message for an event: its payload, its headers and `Nats-Msg-Id`.
 pub fn publish_message(e: &OutboxEvent) -> PublishMessage {
     let mut h = HeaderMap::new();
@@ -447,7 +472,36 @@ pub async fn relay_once<S: Sink>(
             Check::Hold(_) => {}
         }
     }
-    let mut sent = sink.publish(&to_send).await.into_iter();
+    // Each event a request queued is published in a span of its own, a child of that
+    // request's, which its consumers continue.
+    let started = SystemTime::now();
+    let producing: Vec<Option<(TraceParent, u64)>> = to_send
+        .iter_mut()
+        .map(|e| trace::enabled().then(|| produce_in_span(e)).flatten())
+        .collect();
+    let sent = sink.publish(&to_send).await;
+    for ((e, span), r) in to_send.iter().zip(producing).zip(&sent) {
+        if let Some((context, parent)) = span {
+            trace::record(trace::Span {
+                context,
+                parent: Some(parent),
+                name: e.subject.clone(),
+                kind: trace::Kind::Producer,
+                start: started,
+                end: SystemTime::now(),
+                error: r
+                    .as_ref()
+                    .err()
+                    .map(|err| ("UNAVAILABLE".into(), err.clone())),
+                attributes: vec![
+                    ("messaging.system", "nats".into()),
+                    ("messaging.destination.name", e.subject.clone()),
+                    ("messaging.message.id", e.msg_id.clone()),
+                ],
+            });
+        }
+    }
+    let mut sent = sent.into_iter();
     for c in checks {
         results.push(match c {
             Check::Send => sent

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::micro;
+use crate::trace::{self, TraceParent};
 
 /// The NATS account external principals (game servers) connect to, apart from the
 /// appliance's own account. It imports the services they may call with `share`, so
@@ -504,13 +505,19 @@ async fn handle(
             return;
         }
     };
-    let span = tracing::debug_span!(
+    // This request's own span, a child of the caller's; the handler's calls and the
+    // events its writes queue are children of it.
+    let mut meta = meta;
+    let (context, parent) = TraceParent::continuing(meta.traceparent.as_deref());
+    meta.traceparent = Some(context.to_string());
+    let mut finished = Finished::start(context, parent, info.subject);
+    let span = tracing::info_span!(
         "rpc",
         subject = info.subject,
         request_id = meta.request_id.as_deref().unwrap_or(""),
-        traceparent = meta.traceparent.as_deref().unwrap_or("")
+        trace_id = %format_args!("{:032x}", context.trace_id),
     );
-    async move {
+    let served = async move {
         let deadline = meta.deadline;
         let call = dispatch.call(
             method,
@@ -539,7 +546,11 @@ async fn handle(
         };
         if abandoned.is_cancelled() {
             tracing::debug!(subject = info.subject, "the caller abandoned the stream");
+            finished.abandoned();
             return;
+        }
+        if let Err(s) = &outcome {
+            finished.fail(s);
         }
         match outcome {
             Ok(Reply::Unary(body)) => {
@@ -592,6 +603,7 @@ async fn handle(
                             }
                         }
                         Err(s) => {
+                            finished.fail(&s);
                             respond_error(nats, &reply, stats, received, &s).await;
                             return;
                         }
@@ -608,9 +620,70 @@ async fn handle(
                 }
             }
         }
+    };
+    trace::scope(context, served.instrument(span)).await
+}
+
+/// A served request's span, recorded when the request is done (whichever way it ends);
+/// nothing when no trace sink is installed.
+struct Finished {
+    span: Option<trace::Span>,
+}
+
+impl Finished {
+    fn start(context: TraceParent, parent: Option<u64>, subject: &'static str) -> Finished {
+        let span = trace::enabled().then(|| {
+            let mut parts = subject.split('.');
+            let domain = parts.nth(1).unwrap_or_default();
+            let rpc = parts.nth(1).unwrap_or_default();
+            let now = SystemTime::now();
+            trace::Span {
+                context,
+                parent,
+                name: subject.to_string(),
+                kind: trace::Kind::Server,
+                start: now,
+                end: now,
+                error: None,
+                attributes: vec![
+                    ("rpc.system", "nats".to_string()),
+                    ("rpc.service", domain.to_string()),
+                    ("rpc.method", rpc.to_string()),
+                ],
+            }
+        });
+        Finished { span }
     }
-    .instrument(span)
-    .await
+
+    fn fail(&mut self, status: &Status) {
+        if let Some(span) = &mut self.span {
+            span.error = Some((
+                status.code.as_str_name().to_string(),
+                status.message.clone(),
+            ));
+        }
+    }
+
+    fn abandoned(&mut self) {
+        if let Some(span) = &mut self.span {
+            span.error = Some(("CANCELLED".into(), "the caller went away".into()));
+        }
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(mut span) = self.span.take() {
+            span.end = SystemTime::now();
+            let code = span
+                .error
+                .as_ref()
+                .map_or("OK", |e| e.0.as_str())
+                .to_string();
+            span.attributes.push(("rpc.status", code));
+            trace::record(span);
+        }
+    }
 }
 
 fn flatten_panic(

@@ -37,10 +37,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aicore_proto::aicore::auth::v1::AuthClient;
 use aicore_proto::{Access, CallOptions, Code, MethodInfo, Status, Transport};
+use aicore_runtime::trace::{self, TraceParent};
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::body::Body;
@@ -349,6 +350,9 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>> {
 struct Trace {
     request_id: String,
     traceparent: String,
+    /// This hop's span (its id is what `traceparent` names) and the client's, if any.
+    context: TraceParent,
+    parent: Option<u64>,
 }
 
 /// The longest `X-Request-Id` accepted (also in the OpenAPI document).
@@ -389,15 +393,37 @@ impl Trace {
             .filter(|s| request_id_ok(s))
             .map(str::to_string)
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        let traceparent = h
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(continue_trace)
-            .unwrap_or_else(aicore_sdk::new_traceparent);
+        let (context, parent) =
+            TraceParent::continuing(h.get("traceparent").and_then(|v| v.to_str().ok()));
         Trace {
             request_id,
-            traceparent,
+            traceparent: context.to_string(),
+            context,
+            parent,
         }
+    }
+
+    /// Records this hop's span (when traces are exported), named after the route.
+    fn record(&self, name: &str, start: SystemTime, status: StatusCode) {
+        if !trace::enabled() {
+            return;
+        }
+        let error = (status.is_server_error() || status.is_client_error())
+            .then(|| (status.as_str().to_string(), String::new()));
+        trace::record(trace::Span {
+            context: self.context,
+            parent: self.parent,
+            name: name.to_string(),
+            kind: trace::Kind::Server,
+            start,
+            end: SystemTime::now(),
+            error,
+            attributes: vec![
+                ("http.request.method", "POST".into()),
+                ("http.response.status_code", status.as_str().into()),
+                ("http.request.id", self.request_id.clone()),
+            ],
+        });
     }
 
     fn stamp(&self, h: &mut HeaderMap) {
@@ -408,31 +434,6 @@ impl Trace {
             h.insert("traceparent", v);
         }
     }
-}
-
-/// A child of a valid W3C `traceparent` (version 00): same trace id and flags, new span id.
-fn continue_trace(tp: &str) -> Option<String> {
-    let parts: Vec<&str> = tp.trim().split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let [version, trace, span, flags] = parts[..] else {
-        return None;
-    };
-    let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    if version != "00"
-        || !hex(trace, 32)
-        || !hex(span, 16)
-        || !hex(flags, 2)
-        || zero(trace)
-        || zero(span)
-    {
-        return None;
-    }
-    Some(format!(
-        "00-{trace}-{:016x}-{flags}",
-        rand::random::<u64>().max(1)
-    ))
 }
 
 /// Keeps the in-flight gauge right even when the client goes away mid-request.
@@ -452,6 +453,7 @@ async fn handle(
     body: Body,
 ) -> Response {
     let start = Instant::now();
+    let started = SystemTime::now();
     let trace = Trace::from_headers(&headers);
     gw.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(&gw.metrics);
@@ -466,6 +468,11 @@ async fn handle(
     };
     drop(guard);
     trace.stamp(response.headers_mut());
+    trace.record(
+        &format!("http {}", gw.routes[route].method.subject),
+        started,
+        response.status(),
+    );
     gw.metrics
         .record(route, response.status().as_u16(), start.elapsed());
     response
@@ -860,19 +867,23 @@ mod tests {
     #[test]
     fn traces_continue_valid_parents_and_replace_bad_ones() {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let child = continue_trace(parent).unwrap();
-        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(child.ends_with("-01"));
-        assert_ne!(child, parent);
-        for bad in [
-            "",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f-00f067aa0ba902b7-01",
-        ] {
-            assert!(continue_trace(bad).is_none(), "{bad}");
-        }
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static(parent));
+        let t = Trace::from_headers(&h);
+        assert!(
+            t.traceparent
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        assert!(t.traceparent.ends_with("-01"));
+        assert_ne!(t.traceparent, parent);
+        assert_eq!(t.parent, Some(0x00f067aa0ba902b7));
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        );
+        let t = Trace::from_headers(&h);
+        assert_eq!(t.parent, None);
+        assert!(!t.traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
         let mut h = HeaderMap::new();
         h.insert(
             REQUEST_ID_HEADER,

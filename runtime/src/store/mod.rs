@@ -179,6 +179,8 @@ pub struct Tx<'a> {
     /// What the batch's earlier closures wrote.
     batch: &'a WriteSet,
     writes: WriteSet,
+    /// The span of the request whose write this is; the events it queues carry it.
+    pub(crate) trace: Option<crate::trace::TraceParent>,
 }
 
 impl Tx<'_> {
@@ -508,7 +510,9 @@ impl Store {
         F: for<'a> FnOnce(&mut Tx<'a>) -> Result<R, Status> + Send + 'static,
     {
         let (done, wait) = oneshot::channel::<Result<R, Status>>();
+        let trace = crate::trace::current();
         let job: Job = Box::new(move |tx: &mut Tx<'_>| -> Completion {
+            tx.trace = trace;
             match std::panic::catch_unwind(AssertUnwindSafe(|| f(tx))) {
                 Ok(Ok(r)) => Box::new(move |commit: Result<(), StoreError>| {
                     let _ = done.send(commit.map(|()| r).map_err(Status::from));
@@ -661,6 +665,7 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
             view: &*view,
             batch: &batch,
             writes: WriteSet::default(),
+            trace: None,
         };
         completions.push(job(&mut tx));
         let writes = std::mem::take(&mut tx.writes);

@@ -322,3 +322,188 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
         .unwrap_err();
     assert!(e.message.contains("COMPLETED"), "{e}");
 }
+
+/// Collects what an OTLP/HTTP collector would receive: every `POST /v1/traces` body.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use axum::routing::post;
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+    let seen: Seen = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(
+                |axum::extract::State(seen): axum::extract::State<Seen>, body: Bytes| async move {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    seen.lock().unwrap().push(v);
+                    "{}"
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// The spans of trace `trace_id` the collector has received.
+fn spans_of(seen: &std::sync::Mutex<Vec<serde_json::Value>>, trace_id: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for body in seen.lock().unwrap().iter() {
+        for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for span in ss["spans"].as_array().into_iter().flatten() {
+                    if span["traceId"] == trace_id {
+                        out.push(span.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_quest_completion_is_one_trace_from_quest_through_payment_to_the_outbox() {
+    let (endpoint, seen) = collector().await;
+    let app = Appliance::start_serving_with_config(
+        &["auth", "payment", "quest_system", "world_state"],
+        &format!("[traces]\notlp_endpoint = \"{endpoint}\"\nexport_interval_ms = 50\n"),
+    )
+    .await;
+    let client = app.client().await;
+    let quests = qs::QuestSystemClient::new(client.clone());
+    let world = ws::WorldStateClient::new(client.clone());
+    let p1 = aicore_proto::aicore::auth::v1::AuthClient::new(client.clone())
+        .register(
+            aicore_proto::aicore::auth::v1::RegisterRequest {
+                username: "traced-player".into(),
+                password: "amber-walrus-quarry".into(),
+                display_name: String::new(),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap()
+        .account_id;
+    quests
+        .define_quest(
+            qs::DefineQuestRequest {
+                quest: Some(quest()),
+                expected_version: Some(0),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap();
+    world
+        .set(set_req("forest.wolves", "12"), &opts())
+        .await
+        .unwrap();
+    let player = CallOptions {
+        caller: Some(aicore_proto::Caller {
+            account_id: p1.clone(),
+            roles: vec!["player".into()],
+        }),
+        ..opts()
+    };
+    quests
+        .accept(
+            qs::AcceptRequest {
+                player_id: p1.clone(),
+                quest_id: "wolf_hunt".into(),
+            },
+            &player,
+        )
+        .await
+        .unwrap();
+    quests
+        .progress(
+            qs::ProgressRequest {
+                player_id: p1.clone(),
+                quest_id: "wolf_hunt".into(),
+                objective_id: "wolves".into(),
+                delta: 3,
+                idempotency_key: "kill-all".into(),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let nats = app.nats().await;
+    let mut completed = nats.subscribe("evt.quest.completed").await.unwrap();
+    nats.flush().await.unwrap();
+
+    // The game server's own span starts the trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    quests
+        .complete(
+            qs::CompleteRequest {
+                player_id: p1.clone(),
+                quest_id: "wolf_hunt".into(),
+            },
+            &CallOptions {
+                traceparent: Some(format!("00-{trace_id}-{client_span}-01")),
+                ..player.clone()
+            },
+        )
+        .await
+        .unwrap();
+
+    // quest → payment (one Credit per reward currency) → their events; quest → its event.
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    let (complete, credits, produced) = loop {
+        let spans = spans_of(&seen, trace_id);
+        let complete = spans
+            .iter()
+            .find(|s| s["name"] == "svc.quest_system.v1.complete")
+            .cloned();
+        if let Some(complete) = complete {
+            let credits: Vec<_> = spans
+                .iter()
+                .filter(|s| s["name"] == "svc.payment.v1.credit")
+                .cloned()
+                .collect();
+            let produced: Vec<_> = spans.iter().filter(|s| s["kind"] == 4).cloned().collect();
+            // Two credits, each with its ledger event, and the completion event.
+            if credits.len() == 2 && produced.len() >= 3 {
+                break (complete, credits, produced);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "spans of the trace so far: {spans:#?}\n{}",
+            app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(complete["parentSpanId"], client_span);
+    assert_eq!(complete["kind"], 2);
+    for credit in &credits {
+        assert_eq!(credit["parentSpanId"], complete["spanId"], "{credit:#}");
+        // Each credit's ledger event is published in a span of its own, its child.
+        assert!(
+            produced.iter().any(|p| p["parentSpanId"] == credit["spanId"]),
+            "no event span under {credit:#}: {produced:#?}"
+        );
+    }
+    let quest_event = produced
+        .iter()
+        .find(|p| p["name"] == "evt.quest.completed")
+        .expect("the completion event's span");
+    assert_eq!(quest_event["parentSpanId"], complete["spanId"]);
+    // Its consumers continue the trace from that span.
+    let m = tokio::time::timeout(Duration::from_secs(10), completed.next())
+        .await
+        .expect("evt.quest.completed in time")
+        .unwrap();
+    let tp = m.headers.unwrap().get("traceparent").unwrap().to_string();
+    assert_eq!(
+        tp,
+        format!(
+            "00-{trace_id}-{}-01",
+            quest_event["spanId"].as_str().unwrap()
+        )
+    );
+}
