@@ -25,6 +25,9 @@ pub struct TracesConfig {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans.
     pub service_name: String,
+    /// The share of the traces this process starts that are recorded (0.0 to 1.0); a
+    /// trace arriving with a `traceparent` follows its caller's sampled flag.
+    pub sample_ratio: f64,
     /// Spans waiting for export at most; past it new spans are dropped (and counted).
     pub queue: usize,
     /// Spans per request to the collector at most.
@@ -40,6 +43,7 @@ impl Default for TracesConfig {
         TracesConfig {
             otlp_endpoint: None,
             service_name: "aicore".into(),
+            sample_ratio: 1.0,
             queue: 8192,
             batch: 512,
             export_interval_ms: 1000,
@@ -60,6 +64,9 @@ impl TracesConfig {
         }
         if self.service_name.is_empty() || self.service_name.len() > 128 {
             bail!("traces.service_name must be 1 to 128 characters");
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            bail!("traces.sample_ratio must be 0.0 to 1.0");
         }
         if !(1..=1_000_000).contains(&self.queue) {
             bail!("traces.queue must be 1 to 1000000");
@@ -100,6 +107,7 @@ pub fn start(
         return Ok(None);
     };
     let (tx, rx) = mpsc::channel(config.queue);
+    trace::set_root_sample_ratio(config.sample_ratio);
     if trace::install(tx).is_err() {
         bail!("a trace exporter is already running in this process");
     }
@@ -170,7 +178,7 @@ impl Exporter {
             .http
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
+            .body(body)
             .send()
             .await;
         let failure = match sent {
@@ -211,41 +219,78 @@ fn unix_nanos(t: SystemTime) -> String {
 }
 
 /// One OTLP `ExportTraceServiceRequest` in its JSON form: ids as lowercase hex, times as
-/// decimal strings of Unix nanoseconds, enums as numbers.
-pub fn encode(resource: &Value, spans: &[Span]) -> Value {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut span = json!({
-                "traceId": format!("{:032x}", s.context.trace_id),
-                "spanId": format!("{:016x}", s.context.span_id),
-                "name": s.name,
-                // SPAN_KIND_SERVER = 2, SPAN_KIND_PRODUCER = 4.
-                "kind": match s.kind { Kind::Server => 2, Kind::Producer => 4 },
-                "startTimeUnixNano": unix_nanos(s.start),
-                "endTimeUnixNano": unix_nanos(s.end),
-                "attributes": s.attributes.iter().map(|(k, v)| attribute(k, v)).collect::<Vec<_>>(),
-                // STATUS_CODE_UNSET = 0, STATUS_CODE_ERROR = 2.
-                "status": match &s.error {
-                    None => json!({}),
-                    Some((code, message)) => json!({ "code": 2, "message": format!("{code}: {message}") }),
-                },
-            });
-            if let Some(p) = s.parent {
-                span["parentSpanId"] = json!(format!("{p:016x}"));
+/// decimal strings of Unix nanoseconds, enums as numbers. Written straight into one
+/// buffer (no JSON tree per span): the exporter shares the cores with the requests.
+pub fn encode(resource: &Value, spans: &[Span]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(256 + spans.len() * 400);
+    out.push_str(r#"{"resourceSpans":[{"resource":"#);
+    out.push_str(&resource.to_string());
+    out.push_str(r#","scopeSpans":[{"scope":{"name":"aicore","version":""#);
+    out.push_str(env!("CARGO_PKG_VERSION"));
+    out.push_str(r#""},"spans":["#);
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"traceId":"{:032x}","spanId":"{:016x}","#,
+            s.context.trace_id, s.context.span_id
+        );
+        if let Some(p) = s.parent {
+            let _ = write!(out, r#""parentSpanId":"{p:016x}","#);
+        }
+        out.push_str(r#""name":"#);
+        json_str(&mut out, &s.name);
+        // SPAN_KIND_SERVER = 2, SPAN_KIND_PRODUCER = 4.
+        let kind = match s.kind {
+            Kind::Server => 2,
+            Kind::Producer => 4,
+        };
+        let _ = write!(
+            out,
+            r#","kind":{kind},"startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":["#,
+            unix_nanos(s.start),
+            unix_nanos(s.end)
+        );
+        for (j, (k, v)) in s.attributes.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
             }
-            span
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": resource,
-            "scopeSpans": [{
-                "scope": { "name": "aicore", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }]
-    })
+            out.push_str(r#"{"key":"#);
+            json_str(&mut out, k);
+            out.push_str(r#","value":{"stringValue":"#);
+            json_str(&mut out, v);
+            out.push_str("}}");
+        }
+        // STATUS_CODE_UNSET = 0, STATUS_CODE_ERROR = 2.
+        out.push_str(r#"],"status":{"#);
+        if let Some((code, message)) = &s.error {
+            out.push_str(r#""code":2,"message":"#);
+            json_str(&mut out, &format!("{code}: {message}"));
+        }
+        out.push_str("}}");
+    }
+    out.push_str("]}]}]}");
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -265,10 +310,11 @@ mod tests {
             kind: Kind::Server,
             start: t0,
             end: t0 + Duration::from_micros(250),
-            error: Some(("CODE_NOT_FOUND".into(), "no wallet".into())),
+            error: Some(("CODE_NOT_FOUND", "no \"wallet\"\n\u{1}".into())),
             attributes: vec![("rpc.service", "payment".into())],
         };
-        let v = encode(&resource("aicore"), &[span]);
+        let v: Value = serde_json::from_str(&encode(&resource("aicore"), &[span.clone(), span]))
+            .expect("valid JSON");
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(s["traceId"], format!("{:032x}", parent.trace_id));
         assert_eq!(s["parentSpanId"], format!("{:016x}", parent.span_id));
@@ -277,6 +323,17 @@ mod tests {
         assert_eq!(s["startTimeUnixNano"], "1700000000123456789");
         assert_eq!(s["endTimeUnixNano"], "1700000000123706789");
         assert_eq!(s["status"]["code"], 2);
+        assert_eq!(
+            s["status"]["message"],
+            "CODE_NOT_FOUND: no \"wallet\"\n\u{1}"
+        );
+        assert_eq!(
+            v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(s["attributes"][0]["value"]["stringValue"], "payment");
         assert_eq!(
             v["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],

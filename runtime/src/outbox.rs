@@ -414,6 +414,9 @@ fn produce_in_span(e: &mut OutboxEvent) -> Option<(TraceParent, u64)> {
         .iter()
         .position(|n| n.eq_ignore_ascii_case(TRACEPARENT))?;
     let parent = TraceParent::parse(e.header_values.get(i)?)?;
+    if !parent.recorded() {
+        return None;
+    }
     let child = parent.child();
     e.header_values[i] = child.to_string();
     Some((child, parent.span_id))
@@ -485,18 +488,18 @@ pub async fn relay_once<S: Sink>(
             trace::record(trace::Span {
                 context,
                 parent: Some(parent),
-                name: e.subject.clone(),
+                name: e.subject.clone().into(),
                 kind: trace::Kind::Producer,
                 start: started,
                 end: SystemTime::now(),
                 error: r
                     .as_ref()
                     .err()
-                    .map(|err| ("UNAVAILABLE".into(), err.clone())),
+                    .map(|err| ("UNAVAILABLE", err.clone())),
                 attributes: vec![
                     ("messaging.system", "nats".into()),
-                    ("messaging.destination.name", e.subject.clone()),
-                    ("messaging.message.id", e.msg_id.clone()),
+                    ("messaging.destination.name", e.subject.clone().into()),
+                    ("messaging.message.id", e.msg_id.clone().into()),
                 ],
             });
         }

@@ -632,7 +632,7 @@ struct Finished {
 
 impl Finished {
     fn start(context: TraceParent, parent: Option<u64>, subject: &'static str) -> Finished {
-        let span = trace::enabled().then(|| {
+        let span = context.recorded().then(|| {
             let mut parts = subject.split('.');
             let domain = parts.nth(1).unwrap_or_default();
             let rpc = parts.nth(1).unwrap_or_default();
@@ -640,15 +640,15 @@ impl Finished {
             trace::Span {
                 context,
                 parent,
-                name: subject.to_string(),
+                name: subject.into(),
                 kind: trace::Kind::Server,
                 start: now,
                 end: now,
                 error: None,
                 attributes: vec![
-                    ("rpc.system", "nats".to_string()),
-                    ("rpc.service", domain.to_string()),
-                    ("rpc.method", rpc.to_string()),
+                    ("rpc.system", "nats".into()),
+                    ("rpc.service", domain.into()),
+                    ("rpc.method", rpc.into()),
                 ],
             }
         });
@@ -657,16 +657,13 @@ impl Finished {
 
     fn fail(&mut self, status: &Status) {
         if let Some(span) = &mut self.span {
-            span.error = Some((
-                status.code.as_str_name().to_string(),
-                status.message.clone(),
-            ));
+            span.error = Some((status.code.as_str_name(), status.message.clone()));
         }
     }
 
     fn abandoned(&mut self) {
         if let Some(span) = &mut self.span {
-            span.error = Some(("CANCELLED".into(), "the caller went away".into()));
+            span.error = Some(("CANCELLED", "the caller went away".into()));
         }
     }
 }
@@ -675,12 +672,8 @@ impl Drop for Finished {
     fn drop(&mut self) {
         if let Some(mut span) = self.span.take() {
             span.end = SystemTime::now();
-            let code = span
-                .error
-                .as_ref()
-                .map_or("OK", |e| e.0.as_str())
-                .to_string();
-            span.attributes.push(("rpc.status", code));
+            let code = span.error.as_ref().map_or("OK", |e| e.0);
+            span.attributes.push(("rpc.status", code.into()));
             trace::record(span);
         }
     }

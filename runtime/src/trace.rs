@@ -13,8 +13,9 @@
 //! id and a formatted header, nothing more. The sink is a bounded queue; when the
 //! exporter falls behind, spans are dropped and counted ([`dropped`]), never waited for.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
@@ -63,13 +64,21 @@ impl TraceParent {
         (tp.trace_id != 0 && tp.span_id != 0).then_some(tp)
     }
 
-    /// A new trace's root context (sampled).
+    /// A new trace's root context, sampled at the root sampling ratio
+    /// ([`set_root_sample_ratio`]; all by default).
     pub fn root() -> TraceParent {
+        let per_million = ROOT_SAMPLE_PER_MILLION.load(Ordering::Relaxed);
         TraceParent {
             trace_id: rand::random::<u128>().max(1),
             span_id: new_span_id(),
-            flags: 1,
+            flags: u8::from(rand::random::<u32>() % 1_000_000 < per_million),
         }
+    }
+
+    /// Whether this trace is sampled (flag bit 0) and spans are being recorded: what a
+    /// span is recorded for. A caller that did not sample its trace is followed.
+    pub fn recorded(&self) -> bool {
+        self.flags & 1 == 1 && enabled()
     }
 
     /// A child context: same trace and flags, a new span id.
@@ -140,7 +149,7 @@ pub struct Span {
     /// The span it is a child of, if any.
     pub parent: Option<u64>,
     /// `svc.<domain>.v1.<rpc>`, or the subject an event was published on.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// What it was.
     pub kind: Kind,
     /// When it began and ended.
@@ -148,13 +157,25 @@ pub struct Span {
     /// When it ended.
     pub end: SystemTime,
     /// The outcome: `None` for success, else the error code's name and message.
-    pub error: Option<(String, String)>,
+    pub error: Option<(&'static str, String)>,
     /// Attributes (`rpc.service`, `rpc.method`, `rpc.status`, …).
-    pub attributes: Vec<(&'static str, String)>,
+    pub attributes: Vec<(&'static str, Cow<'static, str>)>,
 }
 
 static SINK: OnceLock<mpsc::Sender<Span>> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Whether an installed sink gets spans (`aicore bench` turns it off and on to measure
+/// what recording costs).
+static RECORDING: AtomicBool = AtomicBool::new(true);
+/// The share of new traces that are sampled, in millionths.
+static ROOT_SAMPLE_PER_MILLION: AtomicU32 = AtomicU32::new(1_000_000);
+
+/// Samples `ratio` (0.0 to 1.0) of the traces this process starts; a trace that arrives
+/// from a caller keeps the caller's decision.
+pub fn set_root_sample_ratio(ratio: f64) {
+    let per_million = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u32;
+    ROOT_SAMPLE_PER_MILLION.store(per_million, Ordering::Relaxed);
+}
 
 /// Sends every finished span of this process to `sink` from now on (once; a second sink
 /// is refused and returned).
@@ -162,9 +183,14 @@ pub fn install(sink: mpsc::Sender<Span>) -> Result<(), mpsc::Sender<Span>> {
     SINK.set(sink)
 }
 
-/// Whether spans are recorded (a sink is installed).
+/// Whether spans are recorded (a sink is installed and recording is on).
 pub fn enabled() -> bool {
-    SINK.get().is_some()
+    SINK.get().is_some() && RECORDING.load(Ordering::Relaxed)
+}
+
+/// Turns recording off or on (on by default, once a sink is installed).
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
 }
 
 /// Hands a finished span to the sink; dropped (and counted) when its queue is full.
@@ -226,6 +252,21 @@ mod tests {
         let (root, of) = TraceParent::continuing(Some("garbage"));
         assert_eq!(of, None);
         assert_ne!(root.trace_id, parent.trace_id);
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_ratio_and_callers_decisions_are_kept() {
+        set_root_sample_ratio(0.0);
+        let unsampled = TraceParent::root();
+        set_root_sample_ratio(1.0);
+        assert_eq!(unsampled.flags, 0);
+        assert_eq!(TraceParent::root().flags, 1);
+        // A caller's "not sampled" is inherited by the child.
+        let (child, _) = TraceParent::continuing(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert_eq!(child.flags, 0);
+        assert!(!child.recorded());
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ mod env;
 mod http;
 mod kb;
 mod load;
+mod traces;
 
 use std::sync::Arc;
 
@@ -110,7 +111,8 @@ pub struct BenchArgs {
     /// single (one durable commit per request), ai (chat through ai-integration and
     /// ai-router against a local test server, and time to the first token), kb
     /// (knowledge-base indexing rate, search latency and index size at 10K and 100K
-    /// documents), game (npc-behavior Decide and language-system Translate).
+    /// documents), game (npc-behavior Decide and language-system Translate), traces (the
+    /// cached Get, and with http the gateway, again with every span exported over OTLP).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -230,6 +232,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     plain.extend(plain_rows);
     print_table(&main, &plain, &link, &args);
     print_gateway_ratios(&main, &args);
+    traces::print_trace_ratios(&main, &args);
     ai::print_ai_ratios(&main, &args);
     for c in main
         .iter()
@@ -316,6 +319,14 @@ async fn run_rows(
     if args.wants("http") {
         cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
     }
+    if args.wants("traces") {
+        traces::start_once(stop.child_token()).await?;
+        let traced = dir.join("traced");
+        std::fs::create_dir_all(&traced)?;
+        let _on = traces::Recording::on();
+        let run = measure_gateway(env, config, base, args, &traced, stop.child_token()).await?;
+        cells.extend(traces::traced(run));
+    }
 
     // AI: a chat through ai-integration and ai-router against calling the provider directly.
     if args.wants("ai") {
@@ -348,31 +359,48 @@ async fn run_rows(
         )
         .await
         .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+    let cached_get = |client: StateManagerClient<aicore_sdk::Client>| {
+        move |_: usize, _: u64| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(
+                        GetRequest {
+                            player_id: "bench".into(),
+                            key: "hot".into(),
+                            version: 0,
+                        },
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
+    };
     for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
-        let client = client.clone();
         cells.push(
             measure(
                 base,
                 Some(&store),
-                "sdk state_manager.get (cached)",
+                traces::GET,
                 c,
                 args.seconds,
-                move |_, _| {
-                    let client = client.clone();
-                    async move {
-                        client
-                            .get(
-                                GetRequest {
-                                    player_id: "bench".into(),
-                                    key: "hot".into(),
-                                    version: 0,
-                                },
-                                &CallOptions::default(),
-                            )
-                            .await
-                            .map(|_| ())
-                    }
-                },
+                cached_get(client.clone()),
+            )
+            .await,
+        );
+    }
+    for &c in args.concurrency.iter().filter(|_| args.wants("traces")) {
+        traces::start_once(stop.child_token()).await?;
+        let _on = traces::Recording::on();
+        cells.push(
+            measure(
+                base,
+                Some(&store),
+                traces::TRACED_GET,
+                c,
+                args.seconds,
+                cached_get(client.clone()),
             )
             .await,
         );

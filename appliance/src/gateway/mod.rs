@@ -405,23 +405,26 @@ impl Trace {
 
     /// Records this hop's span (when traces are exported), named after the route.
     fn record(&self, name: &str, start: SystemTime, status: StatusCode) {
-        if !trace::enabled() {
+        if !self.context.recorded() {
             return;
         }
         let error = (status.is_server_error() || status.is_client_error())
-            .then(|| (status.as_str().to_string(), String::new()));
+            .then(|| ("HTTP_ERROR", format!("HTTP {}", status.as_u16())));
         trace::record(trace::Span {
             context: self.context,
             parent: self.parent,
-            name: name.to_string(),
+            name: name.to_string().into(),
             kind: trace::Kind::Server,
             start,
             end: SystemTime::now(),
             error,
             attributes: vec![
                 ("http.request.method", "POST".into()),
-                ("http.response.status_code", status.as_str().into()),
-                ("http.request.id", self.request_id.clone()),
+                (
+                    "http.response.status_code",
+                    status.as_str().to_string().into(),
+                ),
+                ("http.request.id", self.request_id.clone().into()),
             ],
         });
     }
