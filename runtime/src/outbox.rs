@@ -492,10 +492,7 @@ pub async fn relay_once<S: Sink>(
                 kind: trace::Kind::Producer,
                 start: started,
                 end: SystemTime::now(),
-                error: r
-                    .as_ref()
-                    .err()
-                    .map(|err| ("UNAVAILABLE", err.clone())),
+                error: r.as_ref().err().map(|err| ("UNAVAILABLE", err.clone())),
                 attributes: vec![
                     ("messaging.system", "nats".into()),
                     ("messaging.destination.name", e.subject.clone().into()),

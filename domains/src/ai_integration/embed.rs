@@ -9,9 +9,9 @@ use aicore_proto::{Metadata, Status};
 use sha2::{Digest, Sha256};
 
 use super::chat::Recorder;
-use super::generate::{Cached, Inner, Job};
+use super::generate::{Cached, Inner, Job, Tried, not_configured};
 use super::offline;
-use super::provider::{Params, ProviderError, estimate_tokens};
+use super::provider::{Params, estimate_tokens};
 /// An Embed: plan, cache, provider, record.
 pub async fn embed(
     inner: Arc<Inner>,
@@ -71,91 +71,76 @@ async fn embed_inner(
         .map_err(fail)?;
     let by = inner.deadlines(&job.meta, arrived);
     let text: String = inputs.join("\n");
-    let mut failed = Vec::new();
-    let mut last = None;
-    for (i, model_id) in plan.models.iter().enumerate() {
-        let more = i + 1 < plan.models.len();
-        let target = match inner.resolve(model_id).await {
-            Ok(t) => t,
-            Err(e) if more && job.model_id.is_empty() => {
-                failed.push(model_id.clone());
-                last = Some(fail(e));
-                continue;
-            }
-            Err(e) => return Err(fail(e)),
-        };
-        let mut served_by = target.served_by();
-        served_by.decision_id = plan.decision_id.clone();
-        served_by.failed_model_ids = failed.clone();
-        let key = {
-            let mut h = Sha256::new();
-            for part in [&target.model_id, &target.provider_model, &target.endpoint] {
-                h.update(part.as_bytes());
-                h.update([0]);
-            }
-            for t in inputs {
-                h.update((t.len() as u64).to_le_bytes());
-                h.update(t.as_bytes());
-            }
-            let k: [u8; 32] = h.finalize().into();
-            k
-        };
-        let respond = |vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy| EmbedResponse {
-            dimensions: vectors.first().map_or(0, Vec::len) as u32,
-            embeddings: vectors
-                .into_iter()
-                .map(|values| Embedding { values })
-                .collect(),
-            usage: Some(usage),
-            served_by: Some(served_by),
-        };
-        if target.provider_id != offline::ID
-            && let Some(hit) = inner.cache.get(&key)
-            && let Cached::Vectors(v) = hit.as_ref()
-        {
-            served_by.cached = true;
-            return Ok(respond(v.clone(), Usage::default(), served_by));
-        }
-        let outcome = if target.provider_id == offline::ID {
-            let dims = match target.embedding_dimensions {
-                0 => inner.config.offline_embedding_dimensions,
-                d => d,
-            };
-            Ok(offline::embed(inputs, dims as usize))
-        } else {
-            match inner.providers.get(&target.provider_id) {
-                Some(p) => {
-                    p.embed(&target.provider_model, &target.endpoint, inputs, by)
-                        .await
+    let text = &text;
+    let pinned = !job.model_id.is_empty();
+    let decision_id = plan.decision_id.as_str();
+    inner
+        .follow_plan(
+            &plan,
+            pinned,
+            by.first,
+            |target, mut served_by| async move {
+                let key = {
+                    let mut h = Sha256::new();
+                    for part in [&target.model_id, &target.provider_model, &target.endpoint] {
+                        h.update(part.as_bytes());
+                        h.update([0]);
+                    }
+                    for t in inputs {
+                        h.update((t.len() as u64).to_le_bytes());
+                        h.update(t.as_bytes());
+                    }
+                    let k: [u8; 32] = h.finalize().into();
+                    k
+                };
+                let respond =
+                    |vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy| EmbedResponse {
+                        dimensions: vectors.first().map_or(0, Vec::len) as u32,
+                        embeddings: vectors
+                            .into_iter()
+                            .map(|values| Embedding { values })
+                            .collect(),
+                        usage: Some(usage),
+                        served_by: Some(served_by),
+                    };
+                if target.provider_id != offline::ID
+                    && let Some(hit) = inner.cache.get(&key)
+                    && let Cached::Vectors(v) = hit.as_ref()
+                {
+                    served_by.cached = true;
+                    return Tried::Served(respond(v.clone(), Usage::default(), served_by));
                 }
-                None => Err(ProviderError::new(
-                    &target.provider_id,
-                    super::provider::Failure::Unavailable,
-                    "not configured",
-                )),
-            }
-        };
-        match outcome {
-            Ok(e) => {
-                let usage = match e.prompt_tokens {
-                    Some(p) => Usage {
-                        prompt_tokens: p,
-                        completion_tokens: 0,
-                        total_tokens: p,
-                        estimated: false,
-                    },
-                    None => {
-                        let p = estimate_tokens(&text);
-                        Usage {
-                            prompt_tokens: p,
-                            completion_tokens: 0,
-                            total_tokens: p,
-                            estimated: true,
+                let outcome = if target.provider_id == offline::ID {
+                    let dims = match target.embedding_dimensions {
+                        0 => inner.config.offline_embedding_dimensions,
+                        d => d,
+                    };
+                    Ok(offline::embed(inputs, dims as usize))
+                } else {
+                    match inner.providers.get(&target.provider_id) {
+                        Some(p) => {
+                            p.embed(&target.provider_model, &target.endpoint, inputs, by)
+                                .await
                         }
+                        None => Err(not_configured(&target.provider_id)),
                     }
                 };
+                let e = match outcome {
+                    Ok(e) => e,
+                    Err(e) => return Tried::Failed(e, served_by),
+                };
+                let (prompt_tokens, estimated) = match e.prompt_tokens {
+                    Some(p) => (p, false),
+                    None => (estimate_tokens(text), true),
+                };
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens: 0,
+                    total_tokens: prompt_tokens,
+                    estimated,
+                };
                 inner.report(
-                    &plan.decision_id,
+                    decision_id,
                     &target.model_id,
                     Ok((arrived.elapsed(), usage)),
                 );
@@ -164,19 +149,8 @@ async fn embed_inner(
                         .cache
                         .insert(key, Arc::new(Cached::Vectors(e.vectors.clone())));
                 }
-                return Ok(respond(e.vectors, usage, served_by));
-            }
-            Err(e) => {
-                inner.report(&plan.decision_id, &target.model_id, Err(&e));
-                let retry_next = e.falls_back() && more && tokio::time::Instant::now() < by.first;
-                failed.push(target.model_id.clone());
-                let fallen = (Status::from(e), served_by);
-                if !retry_next {
-                    return Err(fallen);
-                }
-                last = Some(fallen);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| fail(Status::internal("no model to try"))))
+                Tried::Served(respond(e.vectors, usage, served_by))
+            },
+        )
+        .await
 }

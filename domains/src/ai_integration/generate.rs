@@ -389,27 +389,13 @@ impl Inner {
             .await
             .map_err(fail)?;
         let by = self.deadlines(&job.meta, arrived);
-        let mut failed: Vec<String> = Vec::new();
-        let mut last: Option<(Status, ServedBy)> = None;
-        for (i, model_id) in plan.models.iter().enumerate() {
-            let more = i + 1 < plan.models.len();
-            let target = match self.resolve(model_id).await {
-                Ok(t) => t,
-                Err(e) if more && job.model_id.is_empty() => {
-                    failed.push(model_id.clone());
-                    last = Some((e, ServedBy::default()));
-                    continue;
-                }
-                Err(e) => return Err(fail(e)),
-            };
-            let mut served_by = target.served_by();
-            served_by.decision_id = plan.decision_id.clone();
-            served_by.failed_model_ids = failed.clone();
+        let pinned = !job.model_id.is_empty();
+        self.follow_plan(&plan, pinned, by.first, |target, mut served_by| async move {
             if target.context_length > 0
                 && prompt_tokens.saturating_add(job.params.max_tokens) > target.context_length
-                && !job.model_id.is_empty()
+                && pinned
             {
-                return Err((
+                return Tried::Refused(
                     Status::invalid(
                         "params.max_tokens",
                         format!(
@@ -418,7 +404,7 @@ impl Inner {
                         ),
                     ),
                     served_by,
-                ));
+                );
             }
             let call = ChatCall {
                 model: target.provider_model.clone(),
@@ -437,7 +423,7 @@ impl Inner {
                     finish: *finish,
                     usage: Some(Default::default()),
                 })]);
-                return Ok(Started {
+                return Tried::Served(Started {
                     served_by,
                     first: Piece::Text(text.clone()),
                     rest: rest.boxed(),
@@ -456,29 +442,67 @@ impl Inner {
             } else {
                 match self.providers.get(&target.provider_id) {
                     Some(p) => p.chat(&call, by).await,
-                    None => Err(ProviderError::new(
-                        &target.provider_id,
-                        super::provider::Failure::Unavailable,
-                        "not configured",
-                    )),
+                    None => Err(not_configured(&target.provider_id)),
                 }
             };
             match outcome {
-                Ok(start) => {
-                    return Ok(Started {
-                        served_by,
-                        first: start.first,
-                        rest: start.rest,
-                        target,
-                        cache_key,
-                    });
+                Ok(start) => Tried::Served(Started {
+                    served_by,
+                    first: start.first,
+                    rest: start.rest,
+                    target,
+                    cache_key,
+                }),
+                Err(e) => Tried::Failed(e, served_by),
+            }
+        })
+        .await
+    }
+
+    /// Follows the router's `plan`: each model in turn is resolved and given to
+    /// `attempt`, until one serves. A model that cannot be resolved is skipped when the
+    /// caller did not pin one (`pinned`) and more are left; a provider failure is
+    /// reported to the router and falls back to the next model while it may
+    /// ([`ProviderError::falls_back`]) and the first answer is still due by `first_by`.
+    /// The [`ServedBy`] given to `attempt` names the plan's decision and the models that
+    /// failed before.
+    pub(super) async fn follow_plan<T, F, Fut>(
+        &self,
+        plan: &Plan,
+        pinned: bool,
+        first_by: tokio::time::Instant,
+        mut attempt: F,
+    ) -> Result<T, (Status, ServedBy)>
+    where
+        F: FnMut(Target, ServedBy) -> Fut,
+        Fut: std::future::Future<Output = Tried<T>>,
+    {
+        let mut failed: Vec<String> = Vec::new();
+        let mut last: Option<(Status, ServedBy)> = None;
+        for (i, model_id) in plan.models.iter().enumerate() {
+            let more = i + 1 < plan.models.len();
+            let target = match self.resolve(model_id).await {
+                Ok(t) => t,
+                Err(e) if more && !pinned => {
+                    failed.push(model_id.clone());
+                    last = Some((e, ServedBy::default()));
+                    continue;
                 }
-                Err(e) => {
-                    self.report(&plan.decision_id, &target.model_id, Err(&e));
-                    tracing::debug!(model = %target.model_id, error = %e, "model failed before its first token");
+                Err(e) => return Err((e, ServedBy::default())),
+            };
+            let mut served_by = target.served_by();
+            served_by.decision_id = plan.decision_id.clone();
+            served_by.failed_model_ids = failed.clone();
+            let model_id = target.model_id.clone();
+            match attempt(target, served_by).await {
+                Tried::Served(t) => return Ok(t),
+                Tried::Refused(s, served_by) => return Err((s, served_by)),
+                Tried::Failed(e, served_by) => {
+                    self.report(&plan.decision_id, &model_id, Err(&e));
+                    tracing::debug!(model = %model_id, error = %e, "model failed before its first answer");
                     let retry_next =
-                        e.falls_back() && more && tokio::time::Instant::now() < by.first;
-                    failed.push(target.model_id.clone());
+                        e.falls_back() && more && tokio::time::Instant::now() < first_by;
+                    failed.push(model_id);
                     let fallen = (Status::from(e), served_by);
                     if !retry_next {
                         return Err(fallen);
@@ -487,8 +511,28 @@ impl Inner {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| fail(Status::internal("no model to try"))))
+        Err(last.unwrap_or_else(|| (Status::internal("no model to try"), ServedBy::default())))
     }
+}
+
+/// What one model of a plan gave ([`Inner::follow_plan`]).
+pub(super) enum Tried<T> {
+    /// It served.
+    Served(T),
+    /// Its provider failed: the next model may be tried.
+    Failed(ProviderError, ServedBy),
+    /// The request cannot be served by this model nor any other (e.g. it does not fit
+    /// the pinned model's context): no fallback.
+    Refused(Status, ServedBy),
+}
+
+/// The error for a model whose provider is not configured.
+pub(super) fn not_configured(provider_id: &str) -> ProviderError {
+    ProviderError::new(
+        provider_id,
+        super::provider::Failure::Unavailable,
+        "not configured",
+    )
 }
 
 pub(super) fn offline_plan() -> Plan {
