@@ -45,18 +45,8 @@ fn expiry_key(created_ms: u64, record_key: &[u8]) -> Vec<u8> {
     k
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct Record {
-    /// SHA-256 of the request with its idempotency key cleared.
-    #[prost(bytes = "vec", tag = "1")]
-    fingerprint: Vec<u8>,
-    /// The encoded first reply.
-    #[prost(bytes = "vec", tag = "2")]
-    reply: Vec<u8>,
-    /// When it was stored, ms since the epoch.
-    #[prost(uint64, tag = "3")]
-    created_ms: u64,
-}
+/// The first reply to a key (`proto/internal/runtime.proto`).
+use aicore_proto::internal::runtime::IdempotencyRecord as Record;
 
 /// A write prepared by [`Idempotency::prepare`].
 pub struct KeyedWrite {
@@ -307,6 +297,18 @@ mod tests {
     use aicore_proto::Code;
 
     const IDEM: Idempotency = Idempotency::new("test.idempotency");
+
+    /// The stored bytes of a kept reply do not change (data files hold them).
+    #[test]
+    fn records_keep_their_stored_bytes() {
+        use prost::Message;
+        let r = Record {
+            fingerprint: vec![1],
+            reply: vec![2],
+            created_ms: 7,
+        };
+        assert_eq!(r.encode_to_vec(), [0x0a, 1, 1, 0x12, 1, 2, 0x18, 7]);
+    }
     const T: &str = "test.counter";
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -110,44 +110,8 @@ pub const OUTBOX: &str = "outbox.events";
 /// The outbox's counters.
 const OUTBOX_META: &str = "outbox.meta";
 
-/// Sequence counter and the store's random epoch, which makes message ids unique even if
-/// a data directory is recreated while JetStream's de-duplication window remembers ids.
-#[derive(Clone, PartialEq, prost::Message)]
-struct OutboxMeta {
-    #[prost(uint64, tag = "1")]
-    next_seq: u64,
-    #[prost(uint64, tag = "2")]
-    epoch: u64,
-}
-
-/// One event waiting in the outbox.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct OutboxEvent {
-    /// Its position; events are relayed in this order.
-    #[prost(uint64, tag = "1")]
-    pub seq: u64,
-    /// The `Nats-Msg-Id` JetStream de-duplicates on.
-    #[prost(string, tag = "2")]
-    pub msg_id: String,
-    /// Where it is published.
-    #[prost(string, tag = "3")]
-    pub subject: String,
-    /// The message body.
-    #[prost(bytes = "vec", tag = "4")]
-    pub payload: Vec<u8>,
-    /// Header names, parallel to `header_values`.
-    #[prost(string, repeated, tag = "5")]
-    pub header_names: Vec<String>,
-    /// Header values.
-    #[prost(string, repeated, tag = "6")]
-    pub header_values: Vec<String>,
-    /// When it was queued, in milliseconds since the Unix epoch (wall clock: it is compared
-    /// with JetStream's de-duplication window and message timestamps, which are wall-clock
-    /// too). 0 in events queued before this field existed: their age is unknown, so they
-    /// are treated as older than any window.
-    #[prost(uint64, tag = "7")]
-    pub queued_unix_ms: u64,
-}
+/// Sequence counter and epoch; one queued event (`proto/internal/runtime.proto`).
+pub use aicore_proto::internal::runtime::{OutboxEvent, OutboxMeta};
 
 /// Milliseconds since the Unix epoch (0 before it).
 fn unix_ms(t: SystemTime) -> u64 {
@@ -862,5 +826,37 @@ mod tests {
         task.await.unwrap();
         assert_eq!(queued(&store), 0);
         assert_eq!(fake.stored.lock().unwrap().len(), BATCH * 2 + 6);
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use prost::Message;
+
+    /// The stored bytes of the outbox's records do not change (data files hold them).
+    #[test]
+    fn outbox_records_keep_their_stored_bytes() {
+        let meta = OutboxMeta {
+            next_seq: 3,
+            epoch: 5,
+        };
+        assert_eq!(meta.encode_to_vec(), [0x08, 3, 0x10, 5]);
+        let event = OutboxEvent {
+            seq: 1,
+            msg_id: "a".into(),
+            subject: "s".into(),
+            payload: vec![9],
+            header_names: vec!["h".into()],
+            header_values: vec!["v".into()],
+            queued_unix_ms: 2,
+        };
+        assert_eq!(
+            event.encode_to_vec(),
+            [
+                0x08, 1, 0x12, 1, b'a', 0x1a, 1, b's', 0x22, 1, 9, 0x2a, 1, b'h', 0x32, 1, b'v',
+                0x38, 2
+            ]
+        );
     }
 }
