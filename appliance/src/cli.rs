@@ -123,6 +123,14 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// What the services answered to one `$SRV.PING`.
+struct Answers {
+    /// Instances (id, version) by service name.
+    seen: BTreeMap<String, Vec<(String, String)>>,
+    /// Why the store refuses writes, if a domain says it does.
+    store_error: Option<String>,
+}
+
 /// Pings every service for `wait` and reports which of `expected` answered, the
 /// appliance's runtime file, warnings, and when each certificate of the local CA
 /// expires. Returns whether all answered.
@@ -133,109 +141,131 @@ pub async fn status(
     json: bool,
     report: &Report,
 ) -> Result<bool> {
-    let certs = &report.certs;
+    let answers = ping_all(nats, wait).await?;
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|d| !answers.seen.contains_key(*d))
+        .collect();
+    if json {
+        println!("{}", status_json(&answers, &missing, report));
+    } else {
+        print_status(&answers, &missing, report);
+    }
+    Ok(missing.is_empty())
+}
+
+/// Every answer to one `$SRV.PING` within `wait`.
+async fn ping_all(nats: &async_nats::Client, wait: Duration) -> Result<Answers> {
     let inbox = nats.new_inbox();
     let mut sub = nats.subscribe(inbox.clone()).await?;
     nats.publish_with_reply("$SRV.PING", inbox, Bytes::new())
         .await
         .context("sending $SRV.PING")?;
     nats.flush().await?;
-    let mut seen: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    // Why the store refuses writes, if a domain says it does.
-    let mut store_error: Option<String> = None;
+    let mut answers = Answers {
+        seen: BTreeMap::new(),
+        store_error: None,
+    };
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
         if let Ok(p) = serde_json::from_slice::<Ping>(&msg.payload) {
             if p.metadata.get("store").is_some_and(|s| s == "read-only") {
-                store_error = p
+                answers.store_error = p
                     .metadata
                     .get("store_error")
                     .cloned()
                     .or(Some(String::new()));
             }
-            seen.entry(p.name).or_default().push((p.id, p.version));
+            answers
+                .seen
+                .entry(p.name)
+                .or_default()
+                .push((p.id, p.version));
         }
     }
-    let missing: Vec<&str> = expected
-        .iter()
-        .copied()
-        .filter(|d| !seen.contains_key(*d))
-        .collect();
-    if json {
-        let doc = serde_json::json!({
-            "ok": missing.is_empty(),
-            "services": seen.iter().map(|(name, inst)| serde_json::json!({
-                "name": name,
-                "instances": inst.len(),
-                "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "missing": missing,
-            "store": if store_error.is_some() { "read-only" } else { "writable" },
-            "store_error": store_error,
-            "appliance": report.running,
-            "warnings": report.warnings,
-            "certificates": certs.iter().map(|c| serde_json::json!({
-                "name": c.name,
-                "role": c.role,
-                "not_after": c.not_after,
-                "revoked": c.revoked,
-                "renewal_due": c.needs_renewal(std::time::SystemTime::now()),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{doc}");
-    } else {
-        if let Some(r) = &report.running {
-            let up = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .saturating_sub(r.started_at);
-            println!(
-                "appliance pid {}, ready for {up} s: NATS {}, HTTP {}, monitor {}",
-                r.pid,
-                r.nats_url,
-                r.http_url.as_deref().unwrap_or("off"),
-                r.monitor_url.as_deref().unwrap_or("none"),
-            );
-            println!();
-        }
-        if let Some(e) = &store_error {
-            println!("store: READ-ONLY (reads work, writes are refused until it recovers): {e}");
-            println!();
-        }
-        println!("{:<28} {:>9}  version", "domain", "instances");
-        for (name, inst) in &seen {
-            println!("{name:<28} {:>9}  {}", inst.len(), inst[0].1);
-        }
-        for m in &missing {
-            println!("{m:<28} {:>9}  NOT ANSWERING", 0);
-        }
-        if !certs.is_empty() {
-            println!();
-            println!(
-                "{:<28} {:<12} {:>12}  state",
-                "certificate", "role", "expires in"
-            );
-            let now = std::time::SystemTime::now();
-            let now_secs = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            for c in certs {
-                let left = c.not_after as i64 - now_secs as i64;
-                let state = if c.revoked {
-                    "revoked"
-                } else if left <= 0 {
-                    "expired"
-                } else if c.needs_renewal(now) {
-                    "renewal due"
-                } else {
-                    "valid"
-                };
-                let expires = format!("{}d {}h", left / 86_400, left % 86_400 / 3_600);
-                println!("{:<28} {:<12} {expires:>12}  {state}", c.name, c.role);
-            }
-        }
+    Ok(answers)
+}
+
+/// `aicore status --json`.
+fn status_json(answers: &Answers, missing: &[&str], report: &Report) -> serde_json::Value {
+    serde_json::json!({
+        "ok": missing.is_empty(),
+        "services": answers.seen.iter().map(|(name, inst)| serde_json::json!({
+            "name": name,
+            "instances": inst.len(),
+            "versions": inst.iter().map(|i| i.1.clone()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "missing": missing,
+        "store": if answers.store_error.is_some() { "read-only" } else { "writable" },
+        "store_error": answers.store_error,
+        "appliance": report.running,
+        "warnings": report.warnings,
+        "certificates": report.certs.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "role": c.role,
+            "not_after": c.not_after,
+            "revoked": c.revoked,
+            "renewal_due": c.needs_renewal(std::time::SystemTime::now()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `aicore status` for a terminal: the appliance, the store, the domains, certificates.
+fn print_status(answers: &Answers, missing: &[&str], report: &Report) {
+    if let Some(r) = &report.running {
+        let up = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(r.started_at);
+        println!(
+            "appliance pid {}, ready for {up} s: NATS {}, HTTP {}, monitor {}",
+            r.pid,
+            r.nats_url,
+            r.http_url.as_deref().unwrap_or("off"),
+            r.monitor_url.as_deref().unwrap_or("none"),
+        );
+        println!();
     }
-    Ok(missing.is_empty())
+    if let Some(e) = &answers.store_error {
+        println!("store: READ-ONLY (reads work, writes are refused until it recovers): {e}");
+        println!();
+    }
+    println!("{:<28} {:>9}  version", "domain", "instances");
+    for (name, inst) in &answers.seen {
+        println!("{name:<28} {:>9}  {}", inst.len(), inst[0].1);
+    }
+    for m in missing {
+        println!("{m:<28} {:>9}  NOT ANSWERING", 0);
+    }
+    if !report.certs.is_empty() {
+        println!();
+        print_certificates(&report.certs);
+    }
+}
+
+/// The local CA's certificates: role, time left, state.
+fn print_certificates(certs: &[crate::certs::Issued]) {
+    println!(
+        "{:<28} {:<12} {:>12}  state",
+        "certificate", "role", "expires in"
+    );
+    let now = SystemTime::now();
+    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for c in certs {
+        let left = c.not_after as i64 - now_secs as i64;
+        let state = if c.revoked {
+            "revoked"
+        } else if left <= 0 {
+            "expired"
+        } else if c.needs_renewal(now) {
+            "renewal due"
+        } else {
+            "valid"
+        };
+        let expires = format!("{}d {}h", left / 86_400, left % 86_400 / 3_600);
+        println!("{:<28} {:<12} {expires:>12}  {state}", c.name, c.role);
+    }
 }
 
 /// Connects (presenting `tls` when given: the admin certificate); a failure names the URL.
