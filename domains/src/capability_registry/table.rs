@@ -10,7 +10,8 @@
 //! bound; anything else is counted and ignored whole. A round reads at most
 //! `max_replies_per_round` replies and `max_round_bytes` bytes; the table holds at most
 //! `max_instances` instances (a new one replaces the longest-unseen stale one, else it is
-//! refused) and `max_endpoints` endpoints per instance. Each refusal is counted, so an
+//! refused; newcomers of one round are admitted one service at a time in turn) and
+//! `max_endpoints` endpoints per instance. Each refusal is counted, so an
 //! operator sees it in Health.
 
 use std::collections::{BTreeMap, HashMap};
@@ -413,7 +414,7 @@ impl Table {
         c.oversized_replies += r.oversized_replies;
         c.dropped_replies += r.dropped_replies;
         self.forget(now, j.forget_after);
-        for ((name, id), seen) in round.seen {
+        for (name, id, seen) in fair_order(round.seen) {
             let known = self
                 .services
                 .get(&name)
@@ -489,6 +490,27 @@ impl Table {
             self.remove(&n, &id);
         }
     }
+}
+
+/// The instances of a round one service at a time in turn (the first instance of every
+/// service, then the second of each, …), so that when room runs out, a flood of instances
+/// under one name has not crowded out the other services seen in the same round.
+fn fair_order(seen: BTreeMap<(String, String), Seen>) -> Vec<(String, String, Seen)> {
+    let mut by_name: BTreeMap<String, std::collections::VecDeque<(String, Seen)>> = BTreeMap::new();
+    for ((name, id), s) in seen {
+        by_name.entry(name).or_default().push_back((id, s));
+    }
+    let mut out = Vec::new();
+    while !by_name.is_empty() {
+        by_name.retain(|name, queue| match queue.pop_front() {
+            Some((id, s)) => {
+                out.push((name.clone(), id, s));
+                true
+            }
+            None => false,
+        });
+    }
+    out
 }
 
 /// Applies what a round saw of an instance to its record.

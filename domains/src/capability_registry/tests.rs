@@ -670,6 +670,28 @@ async fn a_flood_of_instances_and_endpoints_is_capped_and_counted() {
     assert_eq!(c.dropped_replies, 5);
 }
 
+#[tokio::test]
+async fn a_flood_under_one_name_does_not_crowd_out_a_service_seen_in_the_same_round() {
+    let config = CapabilityRegistryConfig {
+        max_instances: 4,
+        ..Default::default()
+    };
+    let (r, _) = registry(config);
+    let mut seen: Vec<_> = (0..8)
+        .map(|i| docs("aaa_flood", &format!("f{i}"), "1", &[]))
+        .collect();
+    seen.push(docs("zeta", "z1", "1", &[("get", 0, 0)]));
+    round(&r, &seen);
+    let h = r.health(req(HealthRequest::default())).await.unwrap();
+    let totals: Vec<_> = h
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.total_instances))
+        .collect();
+    assert_eq!(totals, [("aaa_flood", 3), ("zeta", 1)]);
+    assert_eq!(h.discovery.unwrap().rejected_instances, 5);
+}
+
 #[test]
 fn an_inconsistent_configuration_is_refused_naming_the_field() {
     let (ctx, _) = Ctx::for_tests();
