@@ -398,11 +398,6 @@ pub struct Table {
 }
 
 impl Table {
-    /// Instances held.
-    pub fn len(&self) -> usize {
-        self.instances
-    }
-
     /// Takes a finished round seen at `now`: updates the instances it saw, admits new
     /// ones while there is room, and forgets those unseen for `forget_after`.
     pub fn absorb(&mut self, round: Round, now: SystemTime, limits: &Limits, j: &Judgement) {

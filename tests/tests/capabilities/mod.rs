@@ -21,9 +21,9 @@ fn opts() -> CallOptions {
 /// Fast rounds so the test sees several within seconds; few instances, so a flood fills
 /// the table.
 const CONFIG: &str = "[domains.capability_registry]
-discovery_interval_ms = 300
-reply_window_ms = 150
-stale_after_rounds = 2
+discovery_interval_ms = 400
+reply_window_ms = 250
+stale_after_rounds = 3
 max_instances = 12
 ";
 
@@ -159,6 +159,25 @@ async fn a_second_aicore_on_the_network_is_found_with_its_version_and_stats_and_
         assert_eq!(list.queue_group, "settings");
     }
     assert_eq!(both[0].version, both[1].version, "the same build");
+
+    // Every round hears every instance (all replies gathered, not the first one): over
+    // the next rounds neither settings instance ever turns stale.
+    let rounds = || async {
+        registry
+            .health(cr::HealthRequest::default(), &opts())
+            .await
+            .expect("health")
+            .discovery
+            .unwrap_or_default()
+            .rounds
+    };
+    let (start, mut seen) = (rounds().await, 0u64);
+    while seen < start + 8 {
+        let live = settings_instances(&registry, false).await;
+        assert_eq!(live.len(), 2, "an instance went missing: {live:?}");
+        seen = rounds().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Which service and version handles settings.List: both instances.
     let found = registry
