@@ -244,7 +244,7 @@ async fn a_second_aicore_on_the_network_is_found_with_its_version_and_stats_and_
         .into_iter()
         .map(|i| i.instance_id)
         .collect();
-    assert_eq!(live, [first_id.clone()]);
+    assert_eq!(live, [first_id]);
     let h = registry
         .health(
             cr::HealthRequest {
