@@ -167,11 +167,7 @@ pub struct CapabilityRegistry {
 
 /// A service name from a request (`auth`; `state-manager` for `state_manager` too).
 fn requested_name(name: &str, field: &str) -> Result<String, Status> {
-    if name.len() > table::MAX_NAME
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !name.is_empty() && !table::name_ok(name) {
         return Err(Status::invalid(
             field,
             format!(
@@ -427,15 +423,11 @@ impl CapabilityRegistryHandler for CapabilityRegistry {
         let target = match req.target {
             None => return Err(Status::invalid("target", "a subject or an rpc is required")),
             Some(find_request::Target::Subject(s)) => {
-                if s.is_empty()
-                    || s.len() > table::MAX_SUBJECT
-                    || s.bytes()
-                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-                {
+                if !table::subject_ok(&s) || !s.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(Status::invalid(
                         "subject",
                         format!(
-                            "must be a NATS subject of 1 to {} bytes without spaces",
+                            "must be a NATS subject of 1 to {} printable ASCII characters without spaces",
                             table::MAX_SUBJECT
                         ),
                     ));

@@ -178,7 +178,8 @@ pub struct Round {
     counters: DiscoveryCounters,
 }
 
-fn name_ok(s: &str) -> bool {
+/// A micro-protocol name or id: 1–64 bytes of `[A-Za-z0-9_-]`.
+pub fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
         && s.bytes()
@@ -189,7 +190,8 @@ fn text_ok(s: &str, max: usize) -> bool {
     s.len() <= max && !s.chars().any(char::is_control)
 }
 
-fn subject_ok(s: &str) -> bool {
+/// A NATS subject: 1–256 bytes, no whitespace or control characters.
+pub fn subject_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SUBJECT
         && !s

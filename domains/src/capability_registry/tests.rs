@@ -409,6 +409,7 @@ async fn find_refuses_a_missing_target_and_bad_subjects_and_rpcs_naming_the_fiel
         (sub("svc.auth v1".into()), "subject"),
         (sub(format!("svc.{}", "a".repeat(300))), "subject"),
         (sub("svc.\u{0}".into()), "subject"),
+        (sub("svc.wetter.ä".into()), "subject"),
         (rpc("", "login".into()), "rpc.domain"),
         (rpc("au th", "login".into()), "rpc.domain"),
         (rpc("auth", String::new()), "rpc.rpc"),
