@@ -1,6 +1,7 @@
 //! capability-registry on a real appliance (mutual TLS, accounts, its nats-server child):
 //! a second `aicore` process joining the same NATS as the `domains` principal shows up in
-//! List and Find with its version and endpoint stats; a hostile responder on the network
+//! List and Find with its version and endpoint stats, as does a micro service written with
+//! async-nats's own `service` API; a hostile responder on the network
 //! (garbage, an oversized reply, a flood of made-up instances) is counted and bounded
 //! without hiding the real services; and once the second process is killed its instance
 //! turns stale while its service stays healthy on the first.
@@ -202,6 +203,59 @@ async fn a_second_aicore_on_the_network_is_found_with_its_version_and_stats_and_
         .map(|i| i.instance_id)
         .collect();
     assert_eq!(ids, BTreeSet::from([first_id.clone(), second_id.clone()]));
+
+    // Any micro-protocol service on the network is found too: one written with
+    // async-nats's own `service` API, with its version and its endpoint's requests.
+    let external = first.nats().await;
+    let inventory = {
+        use async_nats::service::ServiceExt;
+        external
+            .service_builder()
+            .description("a game server's inventory")
+            .start("inventory", "2.1.0")
+            .await
+            .expect("the inventory service")
+    };
+    let mut count = inventory
+        .endpoint("svc.inventory.v1.count")
+        .await
+        .expect("its endpoint");
+    let answering = tokio::spawn(async move {
+        while let Some(r) = count.next().await {
+            let _ = r.respond(Ok("3".into())).await;
+        }
+    });
+    for _ in 0..3 {
+        external
+            .request("svc.inventory.v1.count", "".into())
+            .await
+            .expect("an inventory count");
+    }
+    let inventory_found = until("the inventory service found with its stats", &[&first], || async {
+        let f = registry
+            .find(
+                cr::FindRequest {
+                    target: Some(cr::find_request::Target::Subject(
+                        "svc.inventory.v1.count".into(),
+                    )),
+                    healthy_only: false,
+                },
+                &opts(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = f.service.ok_or("no service")?;
+        match s.instances.as_slice() {
+            [i] if requests(i) >= 3 => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(inventory_found.name, "inventory");
+    assert_eq!(inventory_found.description, "a game server's inventory");
+    assert_eq!(inventory_found.instances[0].version, "2.1.0");
+    answering.abort();
+    drop(inventory);
 
     // A hostile responder: counted, bounded, and the real services still listed.
     let bad = hostile(first.nats().await).await;
