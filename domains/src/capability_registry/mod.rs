@@ -226,7 +226,8 @@ impl CapabilityRegistry {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a round: a round object callers feed replies into ([`Self::take`]).
+    /// Feeds one reply to `verb`, arrived `latency` after the request, into `round`
+    /// under this registry's limits.
     pub fn take(&self, round: &mut Round, verb: Verb, payload: &[u8], latency: Duration) {
         round.take(verb, payload, latency, &self.limits);
     }

@@ -72,8 +72,11 @@ pub struct Judgement {
 /// The discovery verb a reply answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
+    /// `$SRV.PING`: who is there (its round trip is the ping latency).
     Ping,
+    /// `$SRV.INFO`: description and endpoints.
     Info,
+    /// `$SRV.STATS`: start time and per-endpoint counters.
     Stats,
 }
 
@@ -146,11 +149,17 @@ struct EndpointDoc {
 /// One endpoint as the table keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointRec {
+    /// The endpoint's name (`login`).
     pub name: String,
+    /// The subject it serves (`svc.auth.v1.login`).
     pub subject: String,
+    /// Its queue group.
     pub queue_group: String,
+    /// Requests over its lifetime (from STATS; 0 until one came).
     pub requests: u64,
+    /// Of those, answered with an error (never more than `requests`).
     pub errors: u64,
+    /// Mean processing time.
     pub average: Duration,
 }
 
@@ -319,12 +328,19 @@ impl Round {
 /// One instance as the table keeps it.
 #[derive(Debug, Clone)]
 pub struct InstanceRec {
+    /// The version it reports.
     pub version: String,
+    /// Its service's description (from INFO).
     pub description: String,
+    /// Its metadata (host, build, store state, …).
     pub metadata: BTreeMap<String, String>,
+    /// When it started (from STATS).
     pub started: Option<SystemTime>,
+    /// Its endpoints, at most `max_endpoints`.
     pub endpoints: Vec<EndpointRec>,
+    /// When a round last heard it (the registry's clock).
     pub last_seen: SystemTime,
+    /// Round trip of the last ping it answered.
     pub ping: Option<Duration>,
     /// Errors / requests between its last two stats, when enough requests came.
     pub recent_error_rate: Option<f64>,
@@ -392,8 +408,10 @@ impl InstanceRec {
 /// The table: services by name, their instances by id.
 #[derive(Debug, Default)]
 pub struct Table {
+    /// Services by name, each with its instances by id.
     pub services: BTreeMap<String, BTreeMap<String, InstanceRec>>,
     instances: usize,
+    /// What discovery saw and refused so far.
     pub counters: DiscoveryCounters,
     /// When the last round was absorbed.
     pub discovered_at: Option<SystemTime>,
