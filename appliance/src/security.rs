@@ -91,10 +91,21 @@ pub fn inbox_prefix(name: &str) -> String {
     format!("_INBOX.{name}")
 }
 
+/// The micro protocol's discovery requests (`$SRV.<verb>`, `.<name>`, `.<name>.<id>`) and
+/// nothing else under `$SRV`: the domains answer them (subscribe) and capability-registry
+/// asks them across the network (publish, replies in the domains' own inbox).
+const DISCOVERY: &[&str] = &[
+    "$SRV.PING",
+    "$SRV.PING.>",
+    "$SRV.INFO",
+    "$SRV.INFO.>",
+    "$SRV.STATS",
+    "$SRV.STATS.>",
+];
 /// What the domains publish to: events, audit, telemetry, AI, dead letters, the
-/// appliance's notices, the micro protocol, calls to other domains, and the replies of
-/// streamed answers (to any principal's inbox in this account, and `_R_.` for a principal
-/// in another account; a reply grants no read access).
+/// appliance's notices, calls to other domains, and the replies of streamed answers (to
+/// any principal's inbox in this account, and `_R_.` for a principal in another account;
+/// a reply grants no read access). The discovery requests ([`DISCOVERY`]) come on top.
 const DOMAIN_PUBLISH: &[&str] = &[
     "svc.>",
     "evt.>",
@@ -103,14 +114,13 @@ const DOMAIN_PUBLISH: &[&str] = &[
     "ai.>",
     "dlq.>",
     "aicore.>",
-    "$SRV.>",
     "_INBOX.>",
     "_R_.>",
     "$JS.API.>",
     "$JS.ACK.>",
     "$JS.FC.>",
 ];
-/// What the domains subscribe to, besides their own inbox.
+/// What the domains subscribe to, besides their own inbox and [`DISCOVERY`].
 const DOMAIN_SUBSCRIBE: &[&str] = &[
     "svc.>",
     "evt.>",
@@ -119,7 +129,6 @@ const DOMAIN_SUBSCRIBE: &[&str] = &[
     "ai.>",
     "dlq.>",
     "aicore.>",
-    "$SRV.>",
 ];
 /// What a game server may always publish (into the home account, through an import).
 const TELEMETRY: &[&str] = &["telemetry.>", "evt.telemetry.>"];
@@ -135,8 +144,11 @@ fn permissions(role: &str, name: &str, imports: &[String]) -> Option<(Vec<String
         // telemetry, AI and dead letters; use JetStream; call other domains.
         "domains" => {
             let mut subscribe = s(DOMAIN_SUBSCRIBE);
+            subscribe.extend(s(DISCOVERY));
             subscribe.push(inbox);
-            (s(DOMAIN_PUBLISH), subscribe)
+            let mut publish = s(DOMAIN_PUBLISH);
+            publish.extend(s(DISCOVERY));
+            (publish, subscribe)
         }
         // Requests to `svc.>` and their replies only; revocation notices; readiness.
         "gateway" => (
@@ -529,5 +541,38 @@ mod tests {
             );
         }
         assert!(permissions("server", "nats", &[]).is_none());
+    }
+
+    #[test]
+    fn the_domains_may_ask_and_answer_discovery_but_nothing_else_under_srv() {
+        let (publish, subscribe) = permissions("domains", "domains", &[]).unwrap();
+        let allowed =
+            |list: &[String], subject: &str| list.iter().any(|p| subject_matches(p, subject));
+        for subject in [
+            "$SRV.PING",
+            "$SRV.INFO",
+            "$SRV.STATS",
+            "$SRV.PING.auth",
+            "$SRV.STATS.auth.0a1b2c",
+        ] {
+            assert!(allowed(&publish, subject), "publish {subject}");
+            assert!(allowed(&subscribe, subject), "subscribe {subject}");
+        }
+        // Discovery replies come back in the domains' own inbox, and only there.
+        assert!(allowed(&subscribe, "_INBOX.domains.r1.PING"));
+        assert!(!allowed(&subscribe, "_INBOX.gateway.r1.PING"));
+        for subject in [
+            "$SRV",
+            "$SRV.KILL",
+            "$SRV.SCHEDULE.auth",
+            "$SYS.REQ.SERVER.PING",
+        ] {
+            assert!(!allowed(&publish, subject), "publish {subject}");
+            assert!(!allowed(&subscribe, subject), "subscribe {subject}");
+        }
+        // The gateway may ask who answers, never the registry's richer INFO and STATS.
+        let (publish, _) = permissions("gateway", "gateway", &[]).unwrap();
+        assert!(allowed(&publish, "$SRV.PING"));
+        assert!(!allowed(&publish, "$SRV.STATS"));
     }
 }

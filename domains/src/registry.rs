@@ -99,6 +99,9 @@ domains! {
     performance_mode => crate::performance_mode::PerformanceMode,
     /// body-broker-integration: the game client's facade, a player's session in one call.
     body_broker_integration => crate::body_broker_integration::BodyBrokerIntegration,
+    /// capability-registry: what runs where on the NATS network, from micro-protocol
+    /// discovery, with versions, endpoint stats and last-seen health.
+    capability_registry => crate::capability_registry::CapabilityRegistry,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

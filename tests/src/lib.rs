@@ -199,6 +199,42 @@ impl Appliance {
         a
     }
 
+    /// Starts a second `aicore` process serving `served` on `host`'s NATS server (its
+    /// child), connecting as `host`'s `domains` principal, with `toml` (sections only)
+    /// added to its configuration; it starts no nats-server of its own. Connections the
+    /// test makes to it present `host`'s `admin` certificate.
+    pub async fn start_joining_appliance(
+        host: &Appliance,
+        served: &[&'static str],
+        toml: &str,
+    ) -> Appliance {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let certs = temp.path().join("certs");
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        for f in ["admin.pem", "admin.key", "ca.pem"] {
+            std::fs::copy(host.certs_dir().join(f), certs.join(f)).expect("copying a certificate");
+        }
+        let domains = host.identity("domains");
+        let list: Vec<String> = served.iter().map(|d| format!("{d:?}")).collect();
+        std::fs::write(
+            temp.path().join("aicore.toml"),
+            format!(
+                "serve = [{}]\n[nats]\nurl = {:?}\n[security]\nclient_cert = {:?}\nclient_key = {:?}\nca_cert = {:?}\n{toml}",
+                list.join(", "),
+                host.nats_url,
+                domains.cert,
+                domains.key,
+                domains.ca,
+            ),
+        )
+        .expect("writing aicore.toml");
+        let mut a = Appliance::spawn(temp.path(), Some(&host.nats_url), None);
+        a.serves = served.to_vec();
+        a.wait_ready(Duration::from_secs(60)).await;
+        a._temp = Some(temp);
+        a
+    }
+
     /// Starts an appliance on `data_dir` (e.g. again after a crash), with
     /// `data_dir/aicore.toml` as its configuration when that file exists.
     pub async fn start_in(data_dir: &Path) -> Appliance {
