@@ -12,6 +12,7 @@ pub mod ai_integration;
 pub mod ai_router;
 pub mod auth;
 pub mod body_broker_integration;
+pub mod orchestration;
 pub mod environmental_narrative;
 pub mod event_bus;
 pub mod knowledge_base;

@@ -99,6 +99,9 @@ domains! {
     performance_mode => crate::performance_mode::PerformanceMode,
     /// body-broker-integration: the game client's facade, a player's session in one call.
     body_broker_integration => crate::body_broker_integration::BodyBrokerIntegration,
+    /// orchestration: sagas, workflows of domain calls with compensations, resumed after
+    /// a crash.
+    orchestration => crate::orchestration::Orchestration,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
