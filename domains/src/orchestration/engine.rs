@@ -64,7 +64,11 @@ fn context(r: &RunRecord, outputs: &[Option<Value>], upto: usize) -> Value {
 }
 
 /// The encoded request of `call` with its bindings applied from `context`.
-fn build(call: &Call, context: &Value, field: &str) -> Result<(&'static MethodInfo, Bytes), Status> {
+fn build(
+    call: &Call,
+    context: &Value,
+    field: &str,
+) -> Result<(&'static MethodInfo, Bytes), Status> {
     let method = method_of(call, field)?;
     let mut request = json::from_struct(&call.input.clone().unwrap_or_default());
     for (i, Binding { to, from }) in call.bindings.iter().enumerate() {
@@ -92,6 +96,14 @@ pub(super) fn step_key(run_id: &str, step_id: &str, undo: bool) -> String {
     }
 }
 
+/// `body` carrying `key` as its idempotency key (Define refused requests setting one).
+fn keyed(method: &MethodInfo, body: Bytes, key: Option<&str>) -> Bytes {
+    match key {
+        Some(k) => method.with_idempotency_key(body, k),
+        None => body,
+    }
+}
+
 fn now_ms(ctx: &Ctx) -> i64 {
     ms(ctx.clock.now())
 }
@@ -100,7 +112,11 @@ impl Orchestration {
     /// Makes sure run `run_id` has an executor (one at most).
     pub(super) fn execute(&self, run_id: String) {
         {
-            let mut executing = self.inner.executing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut executing = self
+                .inner
+                .executing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if !executing.insert(run_id.clone()) {
                 return;
             }
@@ -151,7 +167,11 @@ impl Orchestration {
     fn backoff(&self, attempt: u32) -> Duration {
         let c = &self.inner.config;
         let factor = 1u64 << attempt.saturating_sub(1).min(20);
-        Duration::from_millis(c.retry_backoff_ms.saturating_mul(factor).min(c.max_backoff_ms))
+        Duration::from_millis(
+            c.retry_backoff_ms
+                .saturating_mul(factor)
+                .min(c.max_backoff_ms),
+        )
     }
 
     /// Applies `f` to the stored run inside one write (nothing is written when `f` says
@@ -176,7 +196,11 @@ impl Orchestration {
 
     /// One transition of the run.
     async fn advance(&self, run_id: &str, cache: &mut Option<Workflow>) -> Result<Next, Status> {
-        let Some(r) = self.ctx().store.get_msg::<RunRecord>(RUNS, run_id.as_bytes())? else {
+        let Some(r) = self
+            .ctx()
+            .store
+            .get_msg::<RunRecord>(RUNS, run_id.as_bytes())?
+        else {
             tracing::warn!(run_id, "an active run has no record");
             return Ok(Next::Done);
         };
@@ -189,10 +213,14 @@ impl Orchestration {
                 self.ctx()
                     .store
                     .get_msg::<Workflow>(VERSIONS, &key)?
-                    .ok_or_else(|| Status::internal(format!("run {run_id}: its workflow version is gone")))?,
+                    .ok_or_else(|| {
+                        Status::internal(format!("run {run_id}: its workflow version is gone"))
+                    })?,
             );
         }
-        let w = cache.as_ref().ok_or_else(|| Status::internal("no workflow"))?;
+        let w = cache
+            .as_ref()
+            .ok_or_else(|| Status::internal("no workflow"))?;
         if w.steps.len() != r.steps.len() {
             return Err(Status::internal(format!(
                 "run {run_id} has {} steps, its workflow {}",
@@ -203,7 +231,10 @@ impl Orchestration {
         match RunState::try_from(r.state) {
             Ok(RunState::Running) => self.forward(r, w).await,
             Ok(RunState::Compensating) => self.backward(r, w).await,
-            _ => Err(Status::internal(format!("run {run_id} is in state {}", r.state))),
+            _ => Err(Status::internal(format!(
+                "run {run_id} is in state {}",
+                r.state
+            ))),
         }
     }
 
@@ -278,7 +309,8 @@ impl Orchestration {
             .update(&run_id, move |r, _| {
                 let s = &mut r.steps[i];
                 if r.state != RunState::Running as i32
-                    || !(s.state == StepState::Pending as i32 || s.state == StepState::Running as i32)
+                    || !(s.state == StepState::Pending as i32
+                        || s.state == StepState::Running as i32)
                 {
                     return false;
                 }
@@ -294,10 +326,19 @@ impl Orchestration {
             return Ok(Next::Continue);
         }
         let timeout = {
-            let t = duration(&step.timeout, DEFAULT_STEP_TIMEOUT, MAX_STEP_TIMEOUT, "timeout")
-                .unwrap_or(DEFAULT_STEP_TIMEOUT);
+            let t = duration(
+                &step.timeout,
+                DEFAULT_STEP_TIMEOUT,
+                MAX_STEP_TIMEOUT,
+                "timeout",
+            )
+            .unwrap_or(DEFAULT_STEP_TIMEOUT);
             let left = r.deadline_ms.saturating_sub(now);
-            if left > 0 { t.min(Duration::from_millis(left as u64)) } else { t }
+            if left > 0 {
+                t.min(Duration::from_millis(left as u64))
+            } else {
+                t
+            }
         };
         let Some(result) = self.call_step(&r, step, i, timeout).await? else {
             return Ok(Next::Done);
@@ -336,6 +377,7 @@ impl Orchestration {
             Err(e) => return Ok(Some(Err(e))),
         };
         let key = (method.idempotency_key != 0).then(|| step_key(&r.run_id, &step.step_id, false));
+        let body = keyed(method, body, key.as_deref());
         let options = Self::options(r, timeout, key);
         Ok(self
             .send(method, body, options)
@@ -357,7 +399,12 @@ impl Orchestration {
         let id = step.step_id.clone();
         let kept = json::response(method, reply).and_then(|v| {
             let text = v.to_string();
-            validate::max_bytes(text.len(), MAX_OUTPUT_BYTES, &format!("steps.{id}.output"), "step output")?;
+            validate::max_bytes(
+                text.len(),
+                MAX_OUTPUT_BYTES,
+                &format!("steps.{id}.output"),
+                "step output",
+            )?;
             Ok(text)
         });
         tracing::debug!(run_id, step = id, "step succeeded");
@@ -427,7 +474,11 @@ impl Orchestration {
         // retries after a timeout) is sent once more with its key first: the domain
         // answers with its first reply if it applied it, so it is compensated if and only
         // if it took effect.
-        if let Some(i) = r.steps.iter().position(|s| s.state == StepState::Running as i32) {
+        if let Some(i) = r
+            .steps
+            .iter()
+            .position(|s| s.state == StepState::Running as i32)
+        {
             let step = &w.steps[i];
             let attempt = r.steps[i].attempts + 1;
             let marked = self
@@ -443,11 +494,18 @@ impl Orchestration {
             if !marked {
                 return Ok(Next::Continue);
             }
-            let timeout = duration(&step.timeout, DEFAULT_STEP_TIMEOUT, MAX_STEP_TIMEOUT, "timeout")
-                .unwrap_or(DEFAULT_STEP_TIMEOUT);
+            let timeout = duration(
+                &step.timeout,
+                DEFAULT_STEP_TIMEOUT,
+                MAX_STEP_TIMEOUT,
+                "timeout",
+            )
+            .unwrap_or(DEFAULT_STEP_TIMEOUT);
             match self.call_step(&r, step, i, timeout).await? {
                 None => return Ok(Next::Done),
-                Some(Ok((method, reply))) => self.record_success(&run_id, i, step, method, reply).await?,
+                Some(Ok((method, reply))) => {
+                    self.record_success(&run_id, i, step, method, reply).await?
+                }
                 Some(Err(e)) => self.record_failure(&run_id, i, step, e).await?,
             }
             return Ok(Next::Continue);
@@ -511,13 +569,23 @@ impl Orchestration {
         let outputs = self.outputs(&r)?;
         let field = format!("steps.{}.compensation", step.step_id);
         let built = build(&undo, &context(&r, &outputs, j + 1), &field);
-        let timeout = duration(&step.timeout, DEFAULT_STEP_TIMEOUT, MAX_STEP_TIMEOUT, "timeout")
-            .unwrap_or(DEFAULT_STEP_TIMEOUT);
+        let timeout = duration(
+            &step.timeout,
+            DEFAULT_STEP_TIMEOUT,
+            MAX_STEP_TIMEOUT,
+            "timeout",
+        )
+        .unwrap_or(DEFAULT_STEP_TIMEOUT);
         let result = match built {
             Err(e) => Err(e),
             Ok((method, body)) => {
-                let key = (method.idempotency_key != 0).then(|| step_key(&run_id, &step.step_id, true));
-                let Some(result) = self.send(method, body, Self::options(&r, timeout, key)).await else {
+                let key =
+                    (method.idempotency_key != 0).then(|| step_key(&run_id, &step.step_id, true));
+                let body = keyed(method, body, key.as_deref());
+                let Some(result) = self
+                    .send(method, body, Self::options(&r, timeout, key))
+                    .await
+                else {
                     return Ok(Next::Done);
                 };
                 result.map(|_| ())

@@ -196,7 +196,10 @@ pub fn response(method: &MethodInfo, body: Bytes) -> Result<Value, Status> {
     let m = DynamicMessage::decode(desc, body).map_err(|e| {
         Status::new(
             Code::Internal,
-            format!("{} replied with an undecodable message: {e}", method.subject),
+            format!(
+                "{} replied with an undecodable message: {e}",
+                method.subject
+            ),
         )
     })?;
     let opts = SerializeOptions::new().skip_default_fields(false);

@@ -56,9 +56,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aicore_proto::aicore::orchestration::v1::{
-    Binding, Call, CancelRequest, CancelResponse, DefineRequest, DefineResponse,
-    ListRunsRequest, ListRunsResponse, OrchestrationHandler, Run, RunState, StartRequest,
-    StartResponse, Step, StepRun, StepState, StatusRequest, StatusResponse, Workflow,
+    Binding, Call, CancelRequest, CancelResponse, DefineRequest, DefineResponse, ListRunsRequest,
+    ListRunsResponse, OrchestrationHandler, Run, RunState, StartRequest, StartResponse,
+    StatusRequest, StatusResponse, Step, StepRun, StepState, Workflow,
 };
 use aicore_proto::internal::orchestration::{RunRecord, StepRecord};
 use aicore_proto::{CallOptions, Code, MethodInfo, Request, Status};
@@ -185,7 +185,8 @@ fn duration(
     field: &str,
 ) -> Result<Duration, Status> {
     let Some(d) = d else { return Ok(default) };
-    let ok = d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) && (d.seconds, d.nanos) != (0, 0);
+    let ok =
+        d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) && (d.seconds, d.nanos) != (0, 0);
     let value = ok.then(|| Duration::new(d.seconds as u64, d.nanos as u32));
     match value {
         Some(v) if v <= max => Ok(v),
@@ -199,7 +200,11 @@ fn duration(
 /// The retries of a step: its `max_retries`, and 2 when unset (0 means unset in proto3;
 /// a step that must not be retried is rare for calls that carry their key).
 fn retries(step: &Step) -> u32 {
-    if step.max_retries == 0 { 2 } else { step.max_retries }
+    if step.max_retries == 0 {
+        2
+    } else {
+        step.max_retries
+    }
 }
 
 /// The RPC a call names; InvalidArgument naming `field` when it is not one a step may call.
@@ -214,7 +219,10 @@ fn method_of(call: &Call, field: &str) -> Result<&'static MethodInfo, Status> {
     let service = aicore_proto::find_service(&domain).ok_or_else(|| {
         Status::invalid(
             &format!("{field}.domain"),
-            format!("`{}` is not a domain", call.domain.chars().take(64).collect::<String>()),
+            format!(
+                "`{}` is not a domain",
+                call.domain.chars().take(64).collect::<String>()
+            ),
         )
     })?;
     let (_, method) = service.method(&call.rpc).ok_or_else(|| {
@@ -254,13 +262,21 @@ fn check_call(call: &Call, field: &str, earlier: &[&str], own: Option<&str>) -> 
         &format!("{field}.input"),
         "per-call input",
     )?;
-    if let Some(k) = literal.fields.keys().find(|k| json::is_key_field(method, k)) {
+    if let Some(k) = literal
+        .fields
+        .keys()
+        .find(|k| json::is_key_field(method, k))
+    {
         return Err(Status::invalid(
             &format!("{field}.input.{k}"),
             "is set by the run (from the run and step ids); a workflow may not set it",
         ));
     }
-    json::request(method, json::from_struct(&literal), &format!("{field}.input"))?;
+    json::request(
+        method,
+        json::from_struct(&literal),
+        &format!("{field}.input"),
+    )?;
     if call.bindings.len() > MAX_BINDINGS {
         return Err(Status::invalid(
             &format!("{field}.bindings"),
@@ -310,14 +326,24 @@ fn check_workflow(w: &Workflow) -> Result<(), Status> {
             format!("at most {MAX_DESCRIPTION_CHARS} characters"),
         ));
     }
-    validate::max_bytes(w.encoded_len(), MAX_WORKFLOW_BYTES, "workflow", "per-workflow")?;
+    validate::max_bytes(
+        w.encoded_len(),
+        MAX_WORKFLOW_BYTES,
+        "workflow",
+        "per-workflow",
+    )?;
     if w.steps.is_empty() || w.steps.len() > MAX_STEPS {
         return Err(Status::invalid(
             "workflow.steps",
             format!("must hold 1 to {MAX_STEPS} steps"),
         ));
     }
-    duration(&w.run_timeout, DEFAULT_RUN_TIMEOUT, MAX_RUN_TIMEOUT, "workflow.run_timeout")?;
+    duration(
+        &w.run_timeout,
+        DEFAULT_RUN_TIMEOUT,
+        MAX_RUN_TIMEOUT,
+        "workflow.run_timeout",
+    )?;
     let mut ids: Vec<&str> = Vec::with_capacity(w.steps.len());
     for (i, s) in w.steps.iter().enumerate() {
         let f = format!("workflow.steps[{i}]");
@@ -346,7 +372,12 @@ fn check_workflow(w: &Workflow) -> Result<(), Status> {
         if let Some(c) = &s.compensation {
             check_call(c, &format!("{f}.compensation"), &ids, Some(&s.step_id))?;
         }
-        duration(&s.timeout, DEFAULT_STEP_TIMEOUT, MAX_STEP_TIMEOUT, &format!("{f}.timeout"))?;
+        duration(
+            &s.timeout,
+            DEFAULT_STEP_TIMEOUT,
+            MAX_STEP_TIMEOUT,
+            &format!("{f}.timeout"),
+        )?;
         if s.max_retries > MAX_RETRIES {
             return Err(Status::invalid(
                 &format!("{f}.max_retries"),
@@ -375,7 +406,9 @@ fn output_key(run_id: &str, index: usize) -> Vec<u8> {
 fn check_run_id(run_id: &str) -> Result<(), Status> {
     if run_id.is_empty()
         || run_id.len() > MAX_RUN_ID
-        || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || !run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
         return Err(Status::invalid(
             "run_id",
@@ -571,8 +604,12 @@ impl OrchestrationHandler for Orchestration {
                             format!("no workflow `{workflow_id}`"),
                         )
                     })?;
-                let run_timeout =
-                    duration(&w.run_timeout, DEFAULT_RUN_TIMEOUT, MAX_RUN_TIMEOUT, "run_timeout")?;
+                let run_timeout = duration(
+                    &w.run_timeout,
+                    DEFAULT_RUN_TIMEOUT,
+                    MAX_RUN_TIMEOUT,
+                    "run_timeout",
+                )?;
                 let record = RunRecord {
                     run_id: run_id.clone(),
                     workflow_id: w.workflow_id.clone(),
@@ -591,7 +628,10 @@ impl OrchestrationHandler for Orchestration {
                     started_ms: now,
                     deadline_ms: now.saturating_add(run_timeout.as_millis() as i64),
                     has_caller: caller.is_some(),
-                    caller_account: caller.as_ref().map(|c| c.account_id.clone()).unwrap_or_default(),
+                    caller_account: caller
+                        .as_ref()
+                        .map(|c| c.account_id.clone())
+                        .unwrap_or_default(),
                     caller_roles: caller.map(|c| c.roles).unwrap_or_default(),
                     ..Default::default()
                 };
