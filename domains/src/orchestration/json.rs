@@ -130,6 +130,11 @@ fn from_value(v: &prost_types::Value) -> Value {
     use prost_types::value::Kind;
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
+        // A Struct holds every number as a double; a whole one within the exactly
+        // representable range reads as an integer, so it fits an integer field.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0 => {
+            Value::Number((*n as i64).into())
+        }
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(Value::Number)
             .unwrap_or(Value::Null),
@@ -267,7 +272,7 @@ mod tests {
 
     #[test]
     fn structs_round_trip() {
-        let v = json!({"a": [1.5, "x", null, true, {"b": {}}]});
+        let v = json!({"a": [1.5, "x", null, true, {"b": {}}, 30, -2]});
         assert_eq!(from_struct(&to_struct(&v)), v);
     }
 }
