@@ -11,35 +11,13 @@ use aicore_proto::aicore::auth::v1 as auth;
 use aicore_proto::aicore::orchestration::v1 as orch;
 use aicore_proto::aicore::payment::v1 as pay;
 use aicore_proto::{CallOptions, Code};
+use aicore_domains::orchestration::json::to_struct;
 use serde_json::{Value, json};
 
 type Orch = orch::OrchestrationClient<aicore_sdk::Client>;
 
 fn opts() -> CallOptions {
     CallOptions::timeout(Duration::from_secs(10))
-}
-
-fn to_struct(v: &Value) -> prost_types::Struct {
-    fn value(v: &Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            Value::Null => Kind::NullValue(0),
-            Value::Bool(b) => Kind::BoolValue(*b),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-            Value::String(s) => Kind::StringValue(s.clone()),
-            Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                values: a.iter().map(value).collect(),
-            }),
-            Value::Object(_) => Kind::StructValue(to_struct(v)),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    match v {
-        Value::Object(m) => prost_types::Struct {
-            fields: m.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-        },
-        _ => panic!("an object"),
-    }
 }
 
 fn bind(to: &str, from: &str) -> orch::Binding {
