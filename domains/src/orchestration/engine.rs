@@ -71,18 +71,18 @@ fn build(
 ) -> Result<(&'static MethodInfo, Bytes), Status> {
     let method = method_of(call, field)?;
     let mut request = json::from_struct(&call.input.clone().unwrap_or_default());
-    for (i, Binding { to, from }) in call.bindings.iter().enumerate() {
+    for (i, Binding { target, source }) in call.bindings.iter().enumerate() {
         let f = format!("{field}.bindings[{i}]");
-        let from_tokens = json::parse_pointer(from, &format!("{f}.from"))?;
-        let to_tokens = json::parse_pointer(to, &format!("{f}.to"))?;
+        let from_tokens = json::parse_pointer(source, &format!("{f}.source"))?;
+        let to_tokens = json::parse_pointer(target, &format!("{f}.target"))?;
         let value = json::get(context, &from_tokens).ok_or_else(|| {
             Status::invalid(
-                &format!("{f}.from"),
-                format!("`{from}` finds nothing in the run's context"),
+                &format!("{f}.source"),
+                format!("`{source}` finds nothing in the run's context"),
             )
         })?;
         json::set(&mut request, &to_tokens, value.clone())
-            .map_err(|m| Status::invalid(&format!("{f}.to"), m))?;
+            .map_err(|m| Status::invalid(&format!("{f}.target"), m))?;
     }
     Ok((method, json::request(method, request, field)?))
 }

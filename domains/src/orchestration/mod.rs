@@ -285,21 +285,21 @@ fn check_call(call: &Call, field: &str, earlier: &[&str], own: Option<&str>) -> 
     }
     for (i, b) in call.bindings.iter().enumerate() {
         let f = format!("{field}.bindings[{i}]");
-        let to = json::parse_pointer(&b.to, &format!("{f}.to"))?;
+        let to = json::parse_pointer(&b.target, &format!("{f}.target"))?;
         let first = &to[0];
         if json::is_key_field(method, first) {
             return Err(Status::invalid(
-                &format!("{f}.to"),
+                &format!("{f}.target"),
                 "the idempotency key is set by the run; a binding may not set it",
             ));
         }
         if !json::has_field(method, first) {
             return Err(Status::invalid(
-                &format!("{f}.to"),
+                &format!("{f}.target"),
                 format!("`{first}` is not a field of {}", method.input),
             ));
         }
-        let from = json::parse_pointer(&b.from, &format!("{f}.from"))?;
+        let from = json::parse_pointer(&b.source, &format!("{f}.source"))?;
         let ok = match from.as_slice() {
             [input, ..] if input == "input" => true,
             [steps, id, output, ..] if steps == "steps" && output == "output" => {
@@ -309,7 +309,7 @@ fn check_call(call: &Call, field: &str, earlier: &[&str], own: Option<&str>) -> 
         };
         if !ok {
             return Err(Status::invalid(
-                &format!("{f}.from"),
+                &format!("{f}.source"),
                 "must start with /input or /steps/<an earlier step's id>/output",
             ));
         }

@@ -158,8 +158,8 @@ fn setup() -> (
 
 fn bind(to: &str, from: &str) -> Binding {
     Binding {
-        to: to.into(),
-        from: from.into(),
+        target: to.into(),
+        source: from.into(),
     }
 }
 
@@ -432,7 +432,7 @@ async fn a_binding_that_finds_nothing_fails_its_step_without_retry() {
     assert_eq!(states(&run), [StepState::Compensated, StepState::Failed]);
     let e = run.steps[1].error.as_ref().unwrap();
     assert_eq!(e.code, Code::InvalidArgument as i32);
-    assert!(e.message.contains("bindings[1].from"), "{}", e.message);
+    assert!(e.message.contains("bindings[1].source"), "{}", e.message);
     assert_eq!(run.steps[1].attempts, 1);
     assert_eq!(wallet.balance("p1", "gems"), 0);
 }
@@ -769,7 +769,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].to",
+            "workflow.steps[0].call.bindings[1].target",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -780,7 +780,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].to",
+            "workflow.steps[0].call.bindings[1].target",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -791,7 +791,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].to",
+            "workflow.steps[0].call.bindings[1].target",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -802,7 +802,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].from",
+            "workflow.steps[0].call.bindings[1].source",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -813,7 +813,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].from",
+            "workflow.steps[0].call.bindings[1].source",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -824,7 +824,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].from",
+            "workflow.steps[0].call.bindings[1].source",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -835,7 +835,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[0].call.bindings[1].from",
+            "workflow.steps[0].call.bindings[1].source",
             Box::new(|w| {
                 w.steps[0]
                     .call
@@ -846,7 +846,7 @@ async fn define_refuses_hostile_and_oversized_workflows_naming_the_field() {
             }),
         ),
         (
-            "workflow.steps[1].compensation.bindings[2].from",
+            "workflow.steps[1].compensation.bindings[2].source",
             Box::new(|w| {
                 w.steps[1]
                     .compensation

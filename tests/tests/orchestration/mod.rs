@@ -22,8 +22,8 @@ fn opts() -> CallOptions {
 
 fn bind(to: &str, from: &str) -> orch::Binding {
     orch::Binding {
-        to: to.into(),
-        from: from.into(),
+        target: to.into(),
+        source: from.into(),
     }
 }
 
