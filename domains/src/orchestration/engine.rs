@@ -340,12 +340,14 @@ impl Orchestration {
                 t
             }
         };
+        // Past the run's deadline a step is only re-sent to learn its outcome: no retries.
+        let past = now >= r.deadline_ms;
         let Some(result) = self.call_step(&r, step, i, timeout).await? else {
             return Ok(Next::Done);
         };
         match result {
             Ok((method, reply)) => self.record_success(&run_id, i, step, method, reply).await?,
-            Err(e) if e.is_retryable() && attempt <= retries(step) => {
+            Err(e) if e.is_retryable() && attempt <= retries(step) && !past => {
                 tracing::debug!(run_id, step = step.step_id, attempt, error = %e, "step attempt failed; retrying");
                 self.update(&run_id, move |r, _| {
                     let s = &mut r.steps[i];

@@ -28,8 +28,9 @@
 //!
 //! Deadlines: each attempt of a call is bounded by its step's `timeout`; the run by the
 //! workflow's `run_timeout`, checked before each step starts and cutting each attempt to
-//! the time left. A step in flight at a crash is re-sent even past the run's deadline, so
-//! its outcome is known before compensating. Compensations are bounded by their step's
+//! the time left. A step in flight at a crash (or between retries) is re-sent once even
+//! past the run's deadline, without further retries, so its outcome is known before
+//! compensating. Compensations are bounded by their step's
 //! timeout only. Unavailable and DeadlineExceeded are retried `max_retries` times with
 //! exponential backoff (same key); any other error fails the step at once.
 //!

@@ -1116,3 +1116,48 @@ async fn steps_run_on_the_identity_of_the_caller_of_start() {
         ("svc_1", vec!["service".to_string()])
     );
 }
+
+#[tokio::test]
+async fn past_its_deadline_a_run_stops_retrying_and_compensates() {
+    let (ctx, clock) = Ctx::for_tests();
+    let wallet = Arc::new(Wallet::default());
+    let slow = OrchestrationConfig {
+        retry_backoff_ms: 50,
+        max_backoff_ms: 50,
+        ..Default::default()
+    };
+    let o = Orchestration::new(ctx, slow, Arc::new(Fake(wallet.clone()))).unwrap();
+    let mut step = credit_step("b", "gold", 6);
+    step.max_retries = 10;
+    let mut w = workflow("w", vec![credit_step("a", "gems", 5), step]);
+    w.run_timeout = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    define(&o, w).await.unwrap();
+    // `a` is applied and held; then every credit fails as Unavailable, so `b` retries.
+    wallet
+        .state
+        .lock()
+        .unwrap()
+        .hold_after_apply
+        .push("svc.payment.v1.credit".into());
+    let run = start(&o, "w", "k").await.unwrap();
+    while wallet.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..11 {
+        wallet.fail_next(
+            "svc.payment.v1.credit",
+            Status::new(Code::Unavailable, "down"),
+        );
+    }
+    wallet.gate.notify_one();
+    wait_for(&o, &run.run_id, |r| r.steps[1].attempts >= 1).await;
+    clock.advance(Duration::from_secs(61));
+    let run = finished(&o, &run.run_id).await;
+    assert_eq!(run.state(), RunState::Compensated, "{run:?}");
+    assert_eq!(states(&run), [StepState::Compensated, StepState::Failed]);
+    assert!(run.steps[1].attempts < 11, "{:?}", run.steps[1]);
+    assert_eq!(wallet.balance("p1", "gems"), 0);
+}
