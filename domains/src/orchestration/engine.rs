@@ -96,6 +96,17 @@ pub(super) fn step_key(run_id: &str, step_id: &str, undo: bool) -> String {
     }
 }
 
+/// Records `e` on step `i` (`id`) and, if the run is still running, starts compensating
+/// with it as the run's error.
+fn blame(r: &mut RunRecord, i: usize, id: &str, e: &Status) {
+    let s = &mut r.steps[i];
+    (s.error_code, s.error_message) = (e.code as i32, e.message.clone());
+    if r.state == RunState::Running as i32 {
+        r.state = RunState::Compensating as i32;
+        (r.error_code, r.error_message) = (e.code as i32, format!("step `{id}`: {}", e.message));
+    }
+}
+
 /// `body` carrying `key` as its idempotency key (Define refused requests setting one).
 fn keyed(method: &MethodInfo, body: Bytes, key: Option<&str>) -> Bytes {
     match key {
@@ -423,14 +434,7 @@ impl Orchestration {
                     (s.error_code, s.error_message) = (0, String::new());
                     tx.put(OUTPUTS, &output_key(&r.run_id, i), text.into_bytes());
                 }
-                Err(e) => {
-                    (s.error_code, s.error_message) = (e.code as i32, e.message.clone());
-                    if r.state == RunState::Running as i32 {
-                        r.state = RunState::Compensating as i32;
-                        (r.error_code, r.error_message) =
-                            (e.code as i32, format!("step `{id}`: {}", e.message));
-                    }
-                }
+                Err(e) => blame(r, i, &id, &e),
             }
             true
         })
@@ -456,12 +460,7 @@ impl Orchestration {
             }
             s.state = StepState::Failed as i32;
             s.finished_ms = now;
-            (s.error_code, s.error_message) = (e.code as i32, e.message.clone());
-            if r.state == RunState::Running as i32 {
-                r.state = RunState::Compensating as i32;
-                (r.error_code, r.error_message) =
-                    (e.code as i32, format!("step `{id}`: {}", e.message));
-            }
+            blame(r, i, &id, &e);
             true
         })
         .await?;
