@@ -19,6 +19,7 @@ pub mod knowledge_base;
 pub mod language_system;
 pub mod model_management;
 pub mod npc_behavior;
+pub mod orchestration;
 pub mod payment;
 pub mod performance_mode;
 pub mod quest_system;

@@ -102,6 +102,9 @@ domains! {
     /// capability-registry: what runs where on the NATS network, from micro-protocol
     /// discovery, with versions, endpoint stats and last-seen health.
     capability_registry => crate::capability_registry::CapabilityRegistry,
+    /// orchestration: sagas, workflows of domain calls with compensations, resumed after
+    /// a crash.
+    orchestration => crate::orchestration::Orchestration,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
