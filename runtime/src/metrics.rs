@@ -341,6 +341,8 @@ pub const RPC_DURATION: &str = "aicore_rpc_duration_seconds";
 /// Where every part registers; renders the one exposition.
 pub struct Registry {
     switch: Switch,
+    /// When this process started, seconds since the epoch (restarts show as changes).
+    started: f64,
     rpcs: Mutex<Vec<Arc<RpcMetrics>>>,
     collectors: Mutex<Vec<Arc<dyn Collect>>>,
     scrapers: Mutex<Vec<Arc<dyn Scrape>>>,
@@ -369,6 +371,9 @@ impl Registry {
     pub fn new(enabled: bool) -> Self {
         Registry {
             switch: Switch::new(enabled),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             rpcs: Default::default(),
             collectors: Default::default(),
             scrapers: Default::default(),
@@ -408,6 +413,18 @@ impl Registry {
         let scrapers: Vec<_> = lock(&self.scrapers).clone();
         let scraped = futures::future::join_all(scrapers.iter().map(|s| s.scrape())).await;
         let mut out = Exposition::default();
+        out.scalar(
+            "aicore_start_time_seconds",
+            Kind::Gauge,
+            "When this aicore process started, seconds since the epoch.",
+            self.started,
+        );
+        out.scalar(
+            "aicore_metrics_enabled",
+            Kind::Gauge,
+            "1 while per-request figures are recorded (metrics.enabled).",
+            u8::from(self.switch.on()),
+        );
         self.collect_rpcs(&mut out);
         let collectors: Vec<_> = lock(&self.collectors).clone();
         for c in collectors {

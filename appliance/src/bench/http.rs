@@ -186,6 +186,7 @@ pub(super) async fn measure_gateway(
         &env.url,
         env.tls("gateway").as_ref(),
         vec!["auth", "state_manager"],
+        Default::default(),
         stop.child_token(),
     )
     .await?;

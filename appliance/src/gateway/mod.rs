@@ -86,6 +86,8 @@ struct Gateway {
     in_flight: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Every part's figures; `/metrics` renders it.
+    registry: Arc<aicore_runtime::metrics::Registry>,
     ready: health::Ready,
     openapi: Bytes,
     config: HttpConfig,
@@ -162,6 +164,7 @@ pub async fn start(
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
+    registry: Arc<aicore_runtime::metrics::Registry>,
     stop: CancellationToken,
 ) -> Result<Server> {
     let (router, gateway) = build(
@@ -171,6 +174,7 @@ pub async fn start(
         nats_url,
         tls,
         domains,
+        registry,
         stop.clone(),
     )
     .await?;
@@ -218,6 +222,7 @@ pub async fn build(
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
+    registry: Arc<aicore_runtime::metrics::Registry>,
     stop: CancellationToken,
 ) -> Result<(Router, tokio::task::JoinHandle<()>)> {
     if max_body_bytes >= max_payload {
@@ -241,7 +246,9 @@ pub async fn build(
     }
     let metrics = Arc::new(Metrics::new(
         routes.iter().map(|r| canonical_path(r.method)).collect(),
+        registry.switch(),
     ));
+    registry.register(metrics.clone());
     let tokens = Arc::new(Tokens::new(
         Duration::from_millis(config.validate_cache_ttl_ms),
         config.validate_cache_capacity,
@@ -272,6 +279,7 @@ pub async fn build(
         in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize)),
         streams: Arc::new(Semaphore::new(config.max_streams.max(1) as usize)),
         metrics,
+        registry,
         ready: health::Ready::new(domains, Duration::from_millis(config.ready_cache_ms)),
         openapi,
         config: config.clone(),
@@ -782,7 +790,7 @@ async fn metrics_text(State(gw): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        gw.metrics.render(),
+        gw.registry.render().await,
     )
         .into_response()
 }
