@@ -157,6 +157,9 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("opening store {}", store_path.display()))?;
     metrics.register(Arc::new(StoreMetrics(store.clone())));
     metrics.register(Arc::new(outbox::OutboxMetrics(store.clone())));
+    metrics.register(Arc::new(crate::files::DiskMetrics::new(
+        config.data_dir.clone(),
+    )));
     let mut running = Running::new(&shutdown);
     let outcome = match start(
         &config,
