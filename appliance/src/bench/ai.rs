@@ -308,7 +308,7 @@ pub(super) async fn measure_ai(
         &env.url,
         env.tls("gateway").as_ref(),
         vec!["auth", "ai_integration"],
-        Default::default(),
+        env.metrics.clone(),
         stop.child_token(),
     )
     .await?;

@@ -23,6 +23,7 @@ mod env;
 mod http;
 mod kb;
 mod load;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
+use aicore_runtime::metrics::Registry;
 use aicore_runtime::serve::{self, ServeOptions};
 use aicore_runtime::store::{Store, StoreOptions};
 
@@ -110,7 +112,8 @@ pub struct BenchArgs {
     /// single (one durable commit per request), ai (chat through ai-integration and
     /// ai-router against a local test server, and time to the first token), kb
     /// (knowledge-base indexing rate, search latency and index size at 10K and 100K
-    /// documents), game (npc-behavior Decide and language-system Translate).
+    /// documents), game (npc-behavior Decide and language-system Translate), metrics
+    /// (a cached Get and the gateway with metrics off and on, same run).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -164,11 +167,13 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             label: "mTLS",
             url: tls_child.client_url(),
             certs: Some(certs),
+            metrics: Arc::new(Registry::new(config.metrics.enabled)),
         },
         Env {
             label: "plaintext",
             url: plain_child.client_url(),
             certs: None,
+            metrics: Arc::new(Registry::new(config.metrics.enabled)),
         },
     ];
     let payload = Bytes::from(vec![b'x'; args.payload]);
@@ -230,6 +235,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     plain.extend(plain_rows);
     print_table(&main, &plain, &link, &args);
     print_gateway_ratios(&main, &args);
+    metrics::print_cost(&main, &args.concurrency);
     ai::print_ai_ratios(&main, &args);
     for c in main
         .iter()
@@ -280,7 +286,10 @@ async fn run_rows(
         let serving = serve::serve(
             runtime_nats.clone(),
             Arc::new(EchoService),
-            ServeOptions::default(),
+            ServeOptions {
+                metrics: Some(env.metrics.clone()),
+                ..ServeOptions::default()
+            },
             stop.child_token(),
         )
         .await
@@ -313,7 +322,7 @@ async fn run_rows(
     }
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
-    if args.wants("http") {
+    if args.wants("http") || args.wants("metrics") {
         cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
     }
 
@@ -324,7 +333,11 @@ async fn run_rows(
 
     // The domain path, group commit on.
     // The store as configured (`[store]` of `--config`), so a run shows what a setting does.
-    let store = Store::open(&dir.join("bench.redb"), config.store.options())?;
+    let options = StoreOptions {
+        metrics: env.metrics.switch(),
+        ..config.store.options()
+    };
+    let store = Store::open(&dir.join("bench.redb"), options)?;
     let serving = serve_domain(
         env,
         "state_manager",
@@ -373,6 +386,18 @@ async fn run_rows(
                             .map(|_| ())
                     }
                 },
+            )
+            .await,
+        );
+    }
+    if args.wants("metrics") {
+        cells.extend(
+            metrics::measure_get(
+                base,
+                &client,
+                &env.metrics.switch(),
+                &args.concurrency,
+                args.seconds,
             )
             .await,
         );
