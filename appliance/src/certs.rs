@@ -386,8 +386,8 @@ impl ExpiryMetrics {
     /// The CA certificate's end of validity, seconds since the epoch.
     fn ca_not_after(&self) -> Result<i64> {
         let pem = std::fs::read(self.dir.join("ca.pem"))?;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("ca.pem: {e}"))?;
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(&pem).map_err(|e| anyhow::anyhow!("ca.pem: {e}"))?;
         let cert = pem
             .parse_x509()
             .map_err(|e| anyhow::anyhow!("ca.pem: {e}"))?;

@@ -251,7 +251,9 @@ async fn start(
     };
     let keeps_ca = child.is_some() && !insecure;
     if keeps_ca {
-        metrics.register(Arc::new(crate::certs::ExpiryMetrics::new(certs_dir.clone())));
+        metrics.register(Arc::new(crate::certs::ExpiryMetrics::new(
+            certs_dir.clone(),
+        )));
     }
     start_streams(config, store, &nats, keeps_ca, &certs_dir, running).await?;
     serve_domains(config, &domains, store, &nats, metrics, running).await?;

@@ -450,7 +450,11 @@ impl Registry {
                     if n > 0 {
                         out.sample(
                             RPC_REQUESTS,
-                            &[("domain", r.service.domain), ("rpc", m.rpc), ("status", status)],
+                            &[
+                                ("domain", r.service.domain),
+                                ("rpc", m.rpc),
+                                ("status", status),
+                            ],
                             n,
                         );
                     }
@@ -586,12 +590,30 @@ mod tests {
         rpc.record(0, Ok(()), Duration::from_secs(60));
         rpc.record(7, Ok(()), Duration::from_millis(1)); // no such RPC: ignored
         let text = render(&reg);
-        assert!(text.contains(r#"aicore_rpc_requests_total{domain="demo",rpc="get",status="ok"} 2"#), "{text}");
-        assert!(text.contains(r#"aicore_rpc_requests_total{domain="demo",rpc="get",status="not_found"} 1"#));
-        assert!(text.contains(r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="0.005"} 1"#), "{text}");
-        assert!(text.contains(r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="0.05"} 2"#));
-        assert!(text.contains(r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="10"} 2"#));
-        assert!(text.contains(r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="+Inf"} 3"#));
+        assert!(
+            text.contains(r#"aicore_rpc_requests_total{domain="demo",rpc="get",status="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"aicore_rpc_requests_total{domain="demo",rpc="get",status="not_found"} 1"#
+        ));
+        assert!(
+            text.contains(
+                r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="0.005"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="0.05"} 2"#
+        ));
+        assert!(
+            text.contains(
+                r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="10"} 2"#
+            )
+        );
+        assert!(text.contains(
+            r#"aicore_rpc_duration_seconds_bucket{domain="demo",rpc="get",le="+Inf"} 3"#
+        ));
         assert!(text.contains(r#"aicore_rpc_duration_seconds_count{domain="demo",rpc="get"} 3"#));
         assert_eq!(text.matches("# TYPE aicore_rpc_requests_total").count(), 1);
         // The same domain again shares its rows.

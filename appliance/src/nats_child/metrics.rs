@@ -249,7 +249,12 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
                 .map(move |s| (account, s))
         })
         .collect();
-    let name = |v: &Value| v.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = |v: &Value| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     type Figure = fn(&Value) -> u64;
     let stream_figures: [(&str, Kind, &str, Figure); 3] = [
         (
@@ -321,7 +326,11 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
         for (account, stream, c) in &consumers {
             out.sample(
                 metric,
-                &[("account", account), ("stream", stream), ("consumer", &name(c))],
+                &[
+                    ("account", account),
+                    ("stream", stream),
+                    ("consumer", &name(c)),
+                ],
                 f(c),
             );
         }
