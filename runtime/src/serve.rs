@@ -425,7 +425,7 @@ fn principal_of_user(user: &str) -> Option<&str> {
 async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
-    stats: Record<'_>,
+    record: Record<'_>,
     options: &ServeOptions,
     stop: &CancellationToken,
     streams: &Streams,
@@ -446,7 +446,7 @@ async fn handle(
         None => (CancellationToken::new(), None),
     };
     let received = Instant::now();
-    let stats = &stats;
+    let stats = &record;
     // Who is calling, bounded by what its principal may claim, then the RPC's policy:
     // one check for every caller, whatever the transport, before the handler runs.
     let meta = metadata(request.headers.as_ref(), received, &options.trust)

@@ -157,6 +157,7 @@ async fn connect(
 
 /// Starts the gateway for `domains` on its own connection to `nats_url`, listening as
 /// configured, until [`Server::stop`] or `stop` is cancelled.
+#[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
 pub async fn start(
     config: &HttpConfig,
     max_body_bytes: u32,
@@ -215,6 +216,7 @@ pub async fn start(
 /// The gateway's router (with connect info needed: serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`), and the gateway's revocation
 /// listener task, which lives until `stop`.
+#[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
 pub async fn build(
     config: &HttpConfig,
     max_body_bytes: u32,
