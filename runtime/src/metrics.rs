@@ -335,7 +335,8 @@ impl RpcMetrics {
 
 /// Requests counted by the domain runtime, by domain, rpc and status.
 pub const RPC_REQUESTS: &str = "aicore_rpc_requests_total";
-/// Time from pick-up to the reply (streams: to the end marker), by domain and rpc.
+/// Time from pick-up to the reply (streams: until the handler started the stream; a
+/// watch may then run for hours), by domain and rpc.
 pub const RPC_DURATION: &str = "aicore_rpc_duration_seconds";
 
 /// Where every part registers; renders the one exposition.
@@ -464,7 +465,7 @@ impl Registry {
         out.family(
             RPC_DURATION,
             Kind::Histogram,
-            "Domain call time from pick-up to the reply (streams: to their end), by domain and rpc.",
+            "Domain call time from pick-up to the reply (streams: to their start), by domain and rpc.",
         );
         for r in &rpcs {
             for (m, row) in r.service.methods.iter().zip(r.rows.iter()) {

@@ -510,6 +510,9 @@ async fn handle(
                 let Some(reply) = request.reply.clone() else {
                     return;
                 };
+                // What a stream's latency means: how long it took to start (a watch may
+                // then run for hours).
+                let started = received.elapsed();
                 // A stream (a watch, a replay) may run far longer than any unary call;
                 // shutdown must not wait for it, so it ends with Unavailable (not the end
                 // marker: the client can tell it was cut and resume). A quiet stream
@@ -556,7 +559,7 @@ async fn handle(
                 let mut h = HeaderMap::new();
                 h.insert(header_names::STREAM, "end");
                 let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
-                stats.ok(received.elapsed());
+                stats.stream_ended(received.elapsed(), started);
             }
             Err(s) => {
                 if let Some(reply) = &request.reply {
@@ -596,9 +599,15 @@ struct Record<'a> {
 
 impl Record<'_> {
     fn ok(&self, elapsed: Duration) {
+        self.stream_ended(elapsed, elapsed)
+    }
+
+    /// A call answered in full after `elapsed`; its latency is `started` (the time a
+    /// stream took to start, the whole call for a unary one).
+    fn stream_ended(&self, elapsed: Duration, started: Duration) {
         self.stats.record(elapsed);
         if let Some(rpc) = self.rpc {
-            rpc.record(self.method, Ok(()), elapsed);
+            rpc.record(self.method, Ok(()), started);
         }
     }
 
