@@ -29,6 +29,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The embedded store.
     pub store: StoreConfig,
+    /// Prometheus metrics on the gateway's `/metrics`.
+    pub metrics: MetricsConfig,
     /// Certificates and NATS users (mTLS and least privilege, on by default).
     pub security: SecurityConfig,
     /// Per-domain settings (`[domains.<name>]`).
@@ -46,6 +48,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
             security: SecurityConfig::default(),
             domains: DomainsConfig::default(),
             traces: Default::default(),
@@ -232,6 +235,29 @@ impl Default for StoreConfig {
             max_batch: o.max_batch,
             write_ahead_log: o.wal,
             wal_bytes: o.wal_bytes,
+        }
+    }
+}
+
+/// Metrics settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record per-request figures (per-RPC counts and latency, gateway rows, store cache
+    /// hits and commit histograms). Off, `/metrics` still shows the figures read at
+    /// scrape time (store, outbox, nats-server, certificates). Their cost on the hot
+    /// path is measured by `aicore bench --only metrics` (BENCHMARKS.md).
+    pub enabled: bool,
+    /// How long a scrape of `/metrics` waits for nats-server's monitoring endpoint;
+    /// past it the nats-server figures are left out and `aicore_nats_monitor_up` is 0.
+    pub nats_scrape_timeout_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            nats_scrape_timeout_ms: 500,
         }
     }
 }

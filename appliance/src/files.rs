@@ -17,7 +17,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -194,5 +194,55 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+}
+
+/// The data directory's file system for `/metrics`: free and total bytes (the store,
+/// its log and JetStream all live there, and a full disk makes the store read-only).
+pub struct DiskMetrics {
+    dir: PathBuf,
+}
+
+impl DiskMetrics {
+    /// The file system holding `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        DiskMetrics { dir }
+    }
+
+    /// (available to us, total) bytes.
+    fn space(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
+            .map_err(std::io::Error::other)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a buffer of the right type, both ours.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let frsize = st.f_frsize as u64;
+        Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    }
+}
+
+impl aicore_runtime::metrics::Collect for DiskMetrics {
+    fn collect(&self, out: &mut aicore_runtime::metrics::Exposition) {
+        use aicore_runtime::metrics::Kind;
+        match self.space() {
+            Ok((free, total)) => {
+                out.scalar(
+                    "aicore_data_dir_free_bytes",
+                    Kind::Gauge,
+                    "Bytes available on the data directory's file system.",
+                    free,
+                );
+                out.scalar(
+                    "aicore_data_dir_size_bytes",
+                    Kind::Gauge,
+                    "Size of the data directory's file system.",
+                    total,
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "data directory's file system not read"),
+        }
     }
 }

@@ -21,15 +21,17 @@ use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
 use aicore_domains::{event_bus, registry};
+use aicore_runtime::metrics::{Registry, StoreMetrics};
 use aicore_runtime::outbox;
 use aicore_runtime::serve::{self, ServeOptions};
-use aicore_runtime::store::Store;
+use aicore_runtime::store::{Store, StoreOptions};
 use aicore_runtime::streams::ensure_streams;
 use aicore_runtime::{Ctx, SystemClock};
 
 use crate::certs::Authority;
 use crate::config::Config;
 use crate::gateway;
+use crate::nats_child::metrics::NatsMonitor;
 use crate::nats_child::{NatsChild, NatsChildConfig, resolve_binary};
 use crate::notify;
 use crate::security::{self, ClientTls};
@@ -150,15 +152,27 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
 
     // 1. Store. From here on every way out goes through the teardown, which closes it.
+    // Every part's figures, rendered by the gateway's `/metrics`.
+    let metrics = Arc::new(Registry::new(config.metrics.enabled));
     let store_path = config.data_dir.join(&config.store.file);
-    let store = Store::open(&store_path, config.store.options())
+    let store_options = StoreOptions {
+        metrics: metrics.switch(),
+        ..config.store.options()
+    };
+    let store = Store::open(&store_path, store_options)
         .with_context(|| format!("opening store {}", store_path.display()))?;
+    metrics.register(Arc::new(StoreMetrics(store.clone())));
+    metrics.register(Arc::new(outbox::OutboxMetrics(store.clone())));
+    metrics.register(Arc::new(crate::files::DiskMetrics::new(
+        config.data_dir.clone(),
+    )));
     let mut running = Running::new(&shutdown);
     let outcome = match start(
         &config,
         domains,
         http_domains,
         &store,
+        &metrics,
         &shutdown,
         &mut running,
     )
@@ -207,6 +221,7 @@ async fn start(
     domains: Vec<&'static str>,
     http_domains: Vec<&'static str>,
     store: &Store,
+    metrics: &Arc<Registry>,
     shutdown: &CancellationToken,
     running: &mut Running,
 ) -> Result<()> {
@@ -224,7 +239,13 @@ async fn start(
         None => {
             let cfg = child_config(config, &certs_dir)?;
             child_cfg = Some(cfg.clone());
-            running.child = Some(NatsChild::start(cfg, shutdown.child_token()).await?);
+            let child = NatsChild::start(cfg, shutdown.child_token()).await?;
+            metrics.register(child.metrics());
+            metrics.register_scrape(Arc::new(NatsMonitor::new(
+                child.monitor_url(),
+                Duration::from_millis(config.metrics.nats_scrape_timeout_ms),
+            )));
+            running.child = Some(child);
             let identity = |name: &str| (!insecure).then(|| ClientTls::in_dir(&certs_dir, name));
             Identities {
                 domains: identity("domains"),
@@ -258,8 +279,13 @@ async fn start(
         _ => None,
     };
     let keeps_ca = child.is_some() && !insecure;
+    if keeps_ca {
+        metrics.register(Arc::new(crate::certs::ExpiryMetrics::new(
+            certs_dir.clone(),
+        )));
+    }
     start_streams(config, store, &nats, keeps_ca, &certs_dir, running).await?;
-    serve_domains(config, &domains, store, &nats, running).await?;
+    serve_domains(config, &domains, store, &nats, metrics, running).await?;
 
     // 3b. The HTTP gateway, on its own NATS connection, once the domains answer.
     if config.http.enabled {
@@ -271,6 +297,7 @@ async fn start(
                 &url,
                 identities.gateway.as_ref(),
                 http_domains,
+                metrics.clone(),
                 shutdown.child_token(),
             )
             .await?,
@@ -382,6 +409,7 @@ async fn serve_domains(
     domains: &[&'static str],
     store: &Store,
     nats: &async_nats::Client,
+    metrics: &Arc<Registry>,
     running: &mut Running,
 ) -> Result<()> {
     let ctx = Ctx {
@@ -407,6 +435,7 @@ async fn serve_domains(
                 max_in_flight: config.domains.max_in_flight,
                 trust: trust.clone(),
                 store: Some(ctx.store.clone()),
+                metrics: Some(metrics.clone()),
                 ..ServeOptions::default()
             },
             running.domains_stop.child_token(),

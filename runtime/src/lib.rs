@@ -15,6 +15,7 @@ mod durable;
 pub mod facts;
 mod fs;
 pub mod idempotency;
+pub mod metrics;
 mod micro;
 pub mod outbox;
 pub mod paging;

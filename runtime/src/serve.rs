@@ -113,6 +113,8 @@ pub struct ServeOptions {
     /// The store the domain writes to: `$SRV.PING` and `$SRV.INFO` say in their
     /// metadata whether it takes writes (`aicore status` and `/readyz` show it).
     pub store: Option<crate::Store>,
+    /// Where the domain's per-RPC counters and latency histograms go (none: not kept).
+    pub metrics: Option<Arc<crate::metrics::Registry>>,
 }
 
 impl Default for ServeOptions {
@@ -123,6 +125,7 @@ impl Default for ServeOptions {
             trust: Arc::default(),
             stream_heartbeat: STREAM_HEARTBEAT,
             store: None,
+            metrics: None,
         }
     }
 }
@@ -250,6 +253,7 @@ pub async fn serve(
     let limit = options.max_in_flight.max(1);
     let served = Arc::new(AtomicU64::new(0));
     let stop = cancel.clone();
+    let rpc_metrics = options.metrics.as_ref().map(|m| m.rpc(info));
     let options = Arc::new(options);
     let liveness = Liveness {
         domain: info.domain,
@@ -277,7 +281,8 @@ pub async fn serve(
                 r = requests.next(), if in_flight.len() < limit => match r {
                     Some((method, request)) => {
                         served.fetch_add(1, Ordering::Relaxed);
-                        in_flight.push(handle(&*dispatch, &nats, &service, &options, &stop, &streams, method, request));
+                        let record = Record { stats: &service.endpoints[method].stats, rpc: rpc_metrics.as_deref(), method };
+                        in_flight.push(handle(&*dispatch, &nats, record, &options, &stop, &streams, method, request));
                     }
                     None => break,
                 },
@@ -470,7 +475,7 @@ fn principal_of_user(user: &str) -> Option<&str> {
 async fn handle(
     dispatch: &dyn Dispatch,
     nats: &async_nats::Client,
-    service: &micro::Service,
+    record: Record<'_>,
     options: &ServeOptions,
     stop: &CancellationToken,
     streams: &Streams,
@@ -491,7 +496,7 @@ async fn handle(
         None => (CancellationToken::new(), None),
     };
     let received = Instant::now();
-    let stats = &service.endpoints[method].stats;
+    let stats = &record;
     // Who is calling, bounded by what its principal may claim, then the RPC's policy:
     // one check for every caller, whatever the transport, before the handler runs.
     let meta = metadata(request.headers.as_ref(), received, &options.trust)
@@ -559,12 +564,15 @@ async fn handle(
                 {
                     tracing::warn!(error = %e, "reply not sent");
                 }
-                stats.record(received.elapsed());
+                stats.ok(received.elapsed());
             }
             Ok(Reply::Stream(mut items)) => {
                 let Some(reply) = request.reply.clone() else {
                     return;
                 };
+                // What a stream's latency means: how long it took to start (a watch may
+                // then run for hours).
+                let started = received.elapsed();
                 // A stream (a watch, a replay) may run far longer than any unary call;
                 // shutdown must not wait for it, so it ends with Unavailable (not the end
                 // marker: the client can tell it was cut and resume). A quiet stream
@@ -612,7 +620,7 @@ async fn handle(
                 let mut h = HeaderMap::new();
                 h.insert(header_names::STREAM, "end");
                 let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
-                stats.record(received.elapsed());
+                stats.stream_ended(received.elapsed(), started);
             }
             Err(s) => {
                 if let Some(reply) = &request.reply {
@@ -696,10 +704,40 @@ fn flatten_panic(
     }
 }
 
+/// Where one request's outcome is counted: the micro protocol's endpoint stats
+/// (`$SRV.STATS`) and the Prometheus rows ([`crate::metrics`]).
+struct Record<'a> {
+    stats: &'a micro::EndpointStats,
+    rpc: Option<&'a crate::metrics::RpcMetrics>,
+    method: usize,
+}
+
+impl Record<'_> {
+    fn ok(&self, elapsed: Duration) {
+        self.stream_ended(elapsed, elapsed)
+    }
+
+    /// A call answered in full after `elapsed`; its latency is `started` (the time a
+    /// stream took to start, the whole call for a unary one).
+    fn stream_ended(&self, elapsed: Duration, started: Duration) {
+        self.stats.record(elapsed);
+        if let Some(rpc) = self.rpc {
+            rpc.record(self.method, Ok(()), started);
+        }
+    }
+
+    fn error(&self, elapsed: Duration, status: &Status) {
+        self.stats.error(elapsed, status.to_string());
+        if let Some(rpc) = self.rpc {
+            rpc.record(self.method, Err(status.code), elapsed);
+        }
+    }
+}
+
 async fn respond_error(
     nats: &async_nats::Client,
     reply: &async_nats::Subject,
-    stats: &micro::EndpointStats,
+    stats: &Record<'_>,
     received: Instant,
     status: &Status,
 ) {
@@ -708,7 +746,7 @@ async fn respond_error(
     } else {
         tracing::debug!(error = %status, "request refused");
     }
-    stats.error(received.elapsed(), status.to_string());
+    stats.error(received.elapsed(), status);
     let mut h = HeaderMap::new();
     // Header values must stay on one line.
     let msg: String = status

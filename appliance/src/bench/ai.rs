@@ -308,6 +308,7 @@ pub(super) async fn measure_ai(
         &env.url,
         env.tls("gateway").as_ref(),
         vec!["auth", "ai_integration"],
+        env.metrics.clone(),
         stop.child_token(),
     )
     .await?;

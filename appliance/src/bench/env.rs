@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use aicore_domains::registry;
+use aicore_runtime::metrics::Registry;
 use aicore_runtime::serve::{self, ServeOptions};
 use aicore_runtime::store::Store;
 use aicore_runtime::{Ctx, SystemClock};
@@ -33,6 +34,9 @@ pub(super) struct Env {
     pub(super) url: String,
     /// The certificate directory, on the TLS server.
     pub(super) certs: Option<std::path::PathBuf>,
+    /// Where the domains and gateways of this server's rows record, as `aicore run`'s
+    /// do (the `metrics` rows switch it off and on).
+    pub(super) metrics: Arc<Registry>,
 }
 
 impl Env {
@@ -114,7 +118,11 @@ pub(super) async fn serve_domain(
     };
     let spec = registry::find(name).with_context(|| format!("{name} is not registered"))?;
     let dispatch = (spec.build)(&ctx, &config.domains).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let handle = serve::serve(nats.clone(), dispatch, ServeOptions::default(), stop)
+    let options = ServeOptions {
+        metrics: Some(env.metrics.clone()),
+        ..ServeOptions::default()
+    };
+    let handle = serve::serve(nats.clone(), dispatch, options, stop)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     nats.flush().await?;

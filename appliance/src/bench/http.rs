@@ -186,6 +186,7 @@ pub(super) async fn measure_gateway(
         &env.url,
         env.tls("gateway").as_ref(),
         vec!["auth", "state_manager"],
+        env.metrics.clone(),
         stop.child_token(),
     )
     .await?;
@@ -217,17 +218,25 @@ pub(super) async fn measure_gateway(
                 (client.clone(), uri.clone(), body.clone(), bearer.clone());
             async move { post(&client, &uri, Some(&bearer), body).await }
         });
-        cells.extend(
-            measure_rows(
-                base,
-                None,
-                c,
-                args.seconds,
-                vec![(HTTP_BARE, bare), (HTTP_GATEWAY, gateway)],
-            )
-            .await,
-        );
+        let mut rows = Vec::new();
+        if args.wants("http") {
+            rows.push((HTTP_BARE, bare));
+            rows.push((HTTP_GATEWAY, gateway.clone()));
+        }
+        if args.wants("metrics") {
+            let switch = env.metrics.switch();
+            rows.push((
+                super::metrics::GATEWAY_OFF,
+                super::metrics::switched(&switch, false, gateway.clone()),
+            ));
+            rows.push((
+                super::metrics::GATEWAY_ON,
+                super::metrics::switched(&switch, true, gateway),
+            ));
+        }
+        cells.extend(measure_rows(base, None, c, args.seconds, rows).await);
     }
+    env.metrics.switch().set(config.metrics.enabled);
     stop.cancel();
     for r in responders {
         r.abort();

@@ -23,6 +23,7 @@ mod env;
 mod http;
 mod kb;
 mod load;
+mod metrics;
 mod traces;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::state_manager::v1::{GetRequest, PutRequest, StateManagerClient};
+use aicore_runtime::metrics::Registry;
 use aicore_runtime::serve::{self, ServeOptions};
 use aicore_runtime::store::{Store, StoreOptions};
 
@@ -111,7 +113,8 @@ pub struct BenchArgs {
     /// single (one durable commit per request), ai (chat through ai-integration and
     /// ai-router against a local test server, and time to the first token), kb
     /// (knowledge-base indexing rate, search latency and index size at 10K and 100K
-    /// documents), game (npc-behavior Decide and language-system Translate), traces (the
+    /// documents), game (npc-behavior Decide and language-system Translate), metrics
+    /// (a cached Get and the gateway with metrics off and on, same run), traces (the
     /// cached Get, and with http the gateway, again with every span exported over OTLP).
     /// Empty runs them all.
     #[arg(long, value_delimiter = ',')]
@@ -166,11 +169,13 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
             label: "mTLS",
             url: tls_child.client_url(),
             certs: Some(certs),
+            metrics: Arc::new(Registry::new(config.metrics.enabled)),
         },
         Env {
             label: "plaintext",
             url: plain_child.client_url(),
             certs: None,
+            metrics: Arc::new(Registry::new(config.metrics.enabled)),
         },
     ];
     let payload = Bytes::from(vec![b'x'; args.payload]);
@@ -233,6 +238,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     print_table(&main, &plain, &link, &args);
     print_gateway_ratios(&main, &args);
     traces::print_trace_ratios(&main, &args);
+    metrics::print_cost(&main, &args.concurrency);
     ai::print_ai_ratios(&main, &args);
     for c in main
         .iter()
@@ -283,7 +289,10 @@ async fn run_rows(
         let serving = serve::serve(
             runtime_nats.clone(),
             Arc::new(EchoService),
-            ServeOptions::default(),
+            ServeOptions {
+                metrics: Some(env.metrics.clone()),
+                ..ServeOptions::default()
+            },
             stop.child_token(),
         )
         .await
@@ -316,7 +325,7 @@ async fn run_rows(
     }
 
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
-    if args.wants("http") {
+    if args.wants("http") || args.wants("metrics") {
         cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
     }
     if args.wants("traces") {
@@ -335,7 +344,11 @@ async fn run_rows(
 
     // The domain path, group commit on.
     // The store as configured (`[store]` of `--config`), so a run shows what a setting does.
-    let store = Store::open(&dir.join("bench.redb"), config.store.options())?;
+    let options = StoreOptions {
+        metrics: env.metrics.switch(),
+        ..config.store.options()
+    };
+    let store = Store::open(&dir.join("bench.redb"), options)?;
     let serving = serve_domain(
         env,
         "state_manager",
@@ -401,6 +414,18 @@ async fn run_rows(
                 c,
                 args.seconds,
                 cached_get(client.clone()),
+            )
+            .await,
+        );
+    }
+    if args.wants("metrics") {
+        cells.extend(
+            metrics::measure_get(
+                base,
+                &client,
+                &env.metrics.switch(),
+                &args.concurrency,
+                args.seconds,
             )
             .await,
         );

@@ -1,35 +1,32 @@
-//! The gateway's Prometheus metrics, hand-written on atomics: every route is known when
-//! the gateway starts, so each gets a preallocated row of counters and histogram buckets
-//! and recording a request is a handful of relaxed atomic adds — no label hashing, no
-//! lock on the hot path. `/metrics` renders the text exposition format (only rows that
-//! saw traffic, to keep the page short).
+//! The gateway's Prometheus metrics, on the runtime's atomics
+//! ([`aicore_runtime::metrics`]): every route is known when the gateway starts, so each
+//! gets a preallocated row of counters and histogram buckets and recording a request is
+//! a handful of relaxed atomic adds — no label hashing, no lock on the hot path. The
+//! gateway registers them with the appliance's one [`Registry`], which `/metrics`
+//! renders (only rows that saw traffic, to keep the page short).
+//!
+//! [`Registry`]: aicore_runtime::metrics::Registry
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use aicore_runtime::metrics::{Collect, Exposition, Histogram, Kind, Switch};
 
 /// HTTP statuses the gateway answers; anything else is counted as `other`.
 const STATUSES: [u16; 15] = [
     200, 400, 401, 403, 404, 405, 409, 412, 413, 415, 429, 500, 503, 504, 0,
 ];
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-#[derive(Default)]
 struct Row {
     by_status: [AtomicU64; STATUSES.len()],
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
+    latency: Histogram,
 }
 
 /// All of the gateway's figures.
 pub struct Metrics {
     routes: Vec<String>,
     rows: Vec<Row>,
+    switch: Switch,
     /// Requests being handled now (streams included while they are set up).
     pub in_flight: AtomicI64,
     /// SSE streams open now.
@@ -50,13 +47,21 @@ pub struct Metrics {
 pub const UNMATCHED: &str = "unmatched";
 
 impl Metrics {
-    /// Metrics for `routes` (their labels); one more row counts unmatched requests.
-    pub fn new(mut routes: Vec<String>) -> Self {
+    /// Metrics for `routes` (their labels), recording while `switch` is on; one more row
+    /// counts unmatched requests.
+    pub fn new(mut routes: Vec<String>, switch: Switch) -> Self {
         routes.push(UNMATCHED.to_string());
-        let rows = routes.iter().map(|_| Row::default()).collect();
+        let rows = routes
+            .iter()
+            .map(|_| Row {
+                by_status: Default::default(),
+                latency: Histogram::latency(),
+            })
+            .collect();
         Metrics {
             routes,
             rows,
+            switch,
             in_flight: AtomicI64::new(0),
             open_streams: AtomicI64::new(0),
             rate_limited: AtomicU64::new(0),
@@ -74,6 +79,9 @@ impl Metrics {
 
     /// Records one finished request of route `route`.
     pub fn record(&self, route: usize, status: u16, elapsed: Duration) {
+        if !self.switch.on() {
+            return;
+        }
         let Some(row) = self.rows.get(route) else {
             return;
         };
@@ -82,117 +90,87 @@ impl Metrics {
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len() - 1);
         row.by_status[i].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(b) = BUCKETS.iter().position(|b| secs <= *b) {
-            row.buckets[b].fetch_add(1, Ordering::Relaxed);
-        }
-        row.count.fetch_add(1, Ordering::Relaxed);
-        row.sum_ns
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        row.latency.observe_duration(elapsed);
     }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+impl Collect for Metrics {
+    fn collect(&self, out: &mut Exposition) {
         let r = Ordering::Relaxed;
-        out.push_str(
-            "# HELP aicore_gateway_requests_total HTTP requests answered, by route and status.\n",
+        const REQUESTS: &str = "aicore_gateway_requests_total";
+        const DURATION: &str = "aicore_gateway_request_duration_seconds";
+        out.family(
+            REQUESTS,
+            Kind::Counter,
+            "HTTP requests answered, by route and status.",
         );
-        out.push_str("# TYPE aicore_gateway_requests_total counter\n");
         for (route, row) in self.routes.iter().zip(&self.rows) {
             for (i, s) in STATUSES.iter().enumerate() {
                 let n = row.by_status[i].load(r);
                 if n > 0 {
-                    let status = if *s == 0 {
-                        "other".to_string()
-                    } else {
-                        s.to_string()
+                    let status = match s {
+                        0 => "other".to_string(),
+                        s => s.to_string(),
                     };
-                    let _ = writeln!(
-                        out,
-                        "aicore_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                    );
+                    out.sample(REQUESTS, &[("route", route), ("status", &status)], n);
                 }
             }
         }
-        out.push_str("# HELP aicore_gateway_request_duration_seconds Time from request to response headers (streams: to the first item).\n");
-        out.push_str("# TYPE aicore_gateway_request_duration_seconds histogram\n");
+        out.family(
+            DURATION,
+            Kind::Histogram,
+            "Time from request to response headers (streams: to the first item).",
+        );
         for (route, row) in self.routes.iter().zip(&self.rows) {
-            let count = row.count.load(r);
-            if count == 0 {
-                continue;
-            }
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                cumulative += row.buckets[i].load(r);
-                let _ = writeln!(
-                    out,
-                    "aicore_gateway_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "aicore_gateway_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "aicore_gateway_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                row.sum_ns.load(r) as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "aicore_gateway_request_duration_seconds_count{{route=\"{route}\"}} {count}"
-            );
+            out.histogram(DURATION, &[("route", route)], &row.latency);
         }
-        let mut scalar = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        scalar(
-            "aicore_gateway_in_flight",
-            "gauge",
-            "Requests being handled now.",
-            self.in_flight.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_open_streams",
-            "gauge",
-            "SSE streams open now.",
-            self.open_streams.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_rate_limited_total",
-            "counter",
-            "Requests refused by the per-client rate limit (429).",
-            self.rate_limited.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_overloaded_total",
-            "counter",
-            "Requests refused by the in-flight bound (503).",
-            self.overloaded.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_validate_cache_hits_total",
-            "counter",
-            "Bearer tokens answered from the Validate cache.",
-            self.validate_hits.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_validate_cache_misses_total",
-            "counter",
-            "Bearer tokens checked with auth.Validate.",
-            self.validate_misses.load(r).to_string(),
-        );
-        scalar(
-            "aicore_gateway_revocations_total",
-            "counter",
-            "Revocation notices received from auth.",
-            self.revocations.load(r).to_string(),
-        );
-        out
+        let scalars = [
+            (
+                "aicore_gateway_in_flight",
+                Kind::Gauge,
+                "Requests being handled now.",
+                self.in_flight.load(r),
+            ),
+            (
+                "aicore_gateway_open_streams",
+                Kind::Gauge,
+                "SSE streams open now.",
+                self.open_streams.load(r),
+            ),
+        ];
+        for (name, kind, help, v) in scalars {
+            out.scalar(name, kind, help, v);
+        }
+        let counters = [
+            (
+                "aicore_gateway_rate_limited_total",
+                "Requests refused by the per-client rate limit (429).",
+                &self.rate_limited,
+            ),
+            (
+                "aicore_gateway_overloaded_total",
+                "Requests refused by the in-flight bound (503).",
+                &self.overloaded,
+            ),
+            (
+                "aicore_gateway_validate_cache_hits_total",
+                "Bearer tokens answered from the Validate cache.",
+                &self.validate_hits,
+            ),
+            (
+                "aicore_gateway_validate_cache_misses_total",
+                "Bearer tokens checked with auth.Validate.",
+                &self.validate_misses,
+            ),
+            (
+                "aicore_gateway_revocations_total",
+                "Revocation notices received from auth.",
+                &self.revocations,
+            ),
+        ];
+        for (name, help, v) in counters {
+            out.scalar(name, Kind::Counter, help, v.load(r));
+        }
     }
 }
 
@@ -202,12 +180,14 @@ mod tests {
 
     #[test]
     fn exposition_has_counts_buckets_and_gauges() {
-        let m = Metrics::new(vec!["/v1/auth/login".into()]);
+        let m = Metrics::new(vec!["/v1/auth/login".into()], Switch::default());
         m.record(0, 200, Duration::from_millis(3));
         m.record(0, 401, Duration::from_millis(30));
         m.record(m.unmatched(), 404, Duration::from_micros(10));
         m.rate_limited.fetch_add(2, Ordering::Relaxed);
-        let text = m.render();
+        let mut out = Exposition::default();
+        m.collect(&mut out);
+        let text = out.finish();
         assert!(
             text.contains(
                 r#"aicore_gateway_requests_total{route="/v1/auth/login",status="200"} 1"#

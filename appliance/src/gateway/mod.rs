@@ -87,6 +87,8 @@ struct Gateway {
     in_flight: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Every part's figures; `/metrics` renders it.
+    registry: Arc<aicore_runtime::metrics::Registry>,
     ready: health::Ready,
     openapi: Bytes,
     config: HttpConfig,
@@ -156,6 +158,7 @@ async fn connect(
 
 /// Starts the gateway for `domains` on its own connection to `nats_url`, listening as
 /// configured, until [`Server::stop`] or `stop` is cancelled.
+#[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
 pub async fn start(
     config: &HttpConfig,
     max_body_bytes: u32,
@@ -163,6 +166,7 @@ pub async fn start(
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
+    registry: Arc<aicore_runtime::metrics::Registry>,
     stop: CancellationToken,
 ) -> Result<Server> {
     let (router, gateway) = build(
@@ -172,6 +176,7 @@ pub async fn start(
         nats_url,
         tls,
         domains,
+        registry,
         stop.clone(),
     )
     .await?;
@@ -212,6 +217,7 @@ pub async fn start(
 /// The gateway's router (with connect info needed: serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`), and the gateway's revocation
 /// listener task, which lives until `stop`.
+#[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
 pub async fn build(
     config: &HttpConfig,
     max_body_bytes: u32,
@@ -219,6 +225,7 @@ pub async fn build(
     nats_url: &str,
     tls: Option<&ClientTls>,
     domains: Vec<&'static str>,
+    registry: Arc<aicore_runtime::metrics::Registry>,
     stop: CancellationToken,
 ) -> Result<(Router, tokio::task::JoinHandle<()>)> {
     if max_body_bytes >= max_payload {
@@ -242,7 +249,9 @@ pub async fn build(
     }
     let metrics = Arc::new(Metrics::new(
         routes.iter().map(|r| canonical_path(r.method)).collect(),
+        registry.switch(),
     ));
+    registry.register(metrics.clone());
     let tokens = Arc::new(Tokens::new(
         Duration::from_millis(config.validate_cache_ttl_ms),
         config.validate_cache_capacity,
@@ -273,6 +282,7 @@ pub async fn build(
         in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize)),
         streams: Arc::new(Semaphore::new(config.max_streams.max(1) as usize)),
         metrics,
+        registry,
         ready: health::Ready::new(domains, Duration::from_millis(config.ready_cache_ms)),
         openapi,
         config: config.clone(),
@@ -792,7 +802,7 @@ async fn metrics_text(State(gw): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        gw.metrics.render(),
+        gw.registry.render().await,
     )
         .into_response()
 }

@@ -289,7 +289,7 @@ mod tests {
         Tokens::new(
             Duration::from_secs(10),
             1000,
-            Arc::new(Metrics::new(Vec::new())),
+            Arc::new(Metrics::new(Vec::new(), Default::default())),
         )
     }
 

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 mod binary;
 mod config;
+pub mod metrics;
 mod monitor;
 mod process;
 
@@ -365,6 +366,14 @@ impl NatsChild {
     )]
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    /// The child's figures for `/metrics`: its state and restarts.
+    pub fn metrics(&self) -> Arc<dyn aicore_runtime::metrics::Collect> {
+        Arc::new(metrics::ChildMetrics {
+            status: self.status.clone(),
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Stops the child (SIGTERM, SIGKILL after 10 s) and waits until it and the monitor

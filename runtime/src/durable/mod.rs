@@ -145,6 +145,10 @@ pub(crate) struct Durable {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     wal_bytes: u64,
     max_age: Duration,
+    /// Bytes written to the log (records as encoded), for metrics.
+    log_bytes: AtomicU64,
+    /// Flushes into redb completed, for metrics.
+    flushes: Arc<AtomicU64>,
 }
 
 impl Durable {
@@ -182,6 +186,7 @@ impl Durable {
             stop: Default::default(),
         });
         let committing = Arc::new(Mutex::new(()));
+        let flushes = Arc::new(AtomicU64::new(0));
         #[cfg(test)]
         let pause = options.flush_pause;
         #[cfg(test)]
@@ -227,6 +232,7 @@ impl Durable {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
             let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
             let committing = committing.clone();
+            let flushes = flushes.clone();
             // The database file, for paced write-back.
             let file = file.clone();
             let thread = std::thread::Builder::new()
@@ -262,6 +268,7 @@ impl Durable {
                             result = commit();
                         }
                         write(&layers).frozen = None;
+                        flushes.fetch_add(1, Ordering::Relaxed);
                         let mut st = lock(&flusher.state);
                         if st.failed.take().is_some() {
                             tracing::info!("store: a flush succeeded again; writes resume");
@@ -291,6 +298,8 @@ impl Durable {
             threads: Mutex::new(threads),
             wal_bytes: options.wal_bytes,
             max_age: options.checkpoint_tick * 30,
+            log_bytes: AtomicU64::new(0),
+            flushes,
         })
     }
 
@@ -469,6 +478,8 @@ impl Backend for Durable {
         }
         st.refused = None;
         st.seq = seq;
+        self.log_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         {
             let mut pending = lock(&self.syncer.pending);
             if let Some(e) = self.syncer.failed() {
@@ -531,6 +542,13 @@ impl Backend for Durable {
 
     fn flushing(&self) -> bool {
         lock(&self.flusher.state).running
+    }
+
+    fn log_counters(&self) -> (u64, u64) {
+        (
+            self.log_bytes.load(Ordering::Relaxed),
+            self.flushes.load(Ordering::Relaxed),
+        )
     }
 
     fn write_error(&self) -> Option<StoreError> {

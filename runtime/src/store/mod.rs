@@ -57,6 +57,9 @@ pub struct StoreOptions {
     /// one flushes what the memory layer holds; under load that never idles, a flush
     /// starts at least every 30 ticks.
     pub checkpoint_tick: Duration,
+    /// Whether the cache's hit and miss counters and the commit histograms are kept
+    /// ([`crate::metrics`]; the appliance passes its one switch).
+    pub metrics: crate::metrics::Switch,
     /// Tests: how long the flusher waits before each flush (keeps frozen layers around).
     #[cfg(test)]
     pub flush_pause: Duration,
@@ -83,6 +86,7 @@ impl Default for StoreOptions {
             wal: true,
             wal_bytes: 64 << 20,
             checkpoint_tick: Duration::from_secs(1),
+            metrics: Default::default(),
             #[cfg(test)]
             flush_pause: Duration::ZERO,
             #[cfg(test)]
@@ -153,6 +157,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     }
     fn flushing(&self) -> bool {
         false
+    }
+    /// Bytes written to the write-ahead log and flushes into the database completed
+    /// (zero for backends without them).
+    fn log_counters(&self) -> (u64, u64) {
+        (0, 0)
     }
     /// Runs `f` while no flush is writing to the database file (tests copy crash images).
     #[cfg(test)]
@@ -304,7 +313,30 @@ struct Inner {
     commits: AtomicU64,
     /// Write closures run (committed or refused).
     writes: AtomicU64,
+    /// Whether the counters below are kept.
+    metrics: crate::metrics::Switch,
+    /// Reads answered from the caches ([`Store::get_cached`], [`Store::get_derived`]).
+    cache_hits: AtomicU64,
+    /// Reads the caches could not answer.
+    cache_misses: AtomicU64,
+    /// Time from handing a batch to the backend to its being durable (nanoseconds).
+    commit_latency: crate::metrics::Histogram,
+    /// Write closures per durable commit.
+    batch_size: crate::metrics::Histogram,
 }
+
+impl Inner {
+    /// Counts one read in `counter`, while metrics are on.
+    #[inline]
+    fn count(&self, counter: &AtomicU64) {
+        if self.metrics.on() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Upper bounds of the batch size histogram (write closures per commit).
+const BATCH_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 
 /// Counters of the store's writer, for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -314,6 +346,14 @@ pub struct StoreStats {
     pub commits: u64,
     /// Write closures run; `writes / commits` is the mean group-commit batch size.
     pub writes: u64,
+    /// Bytes written to the write-ahead log.
+    pub log_bytes: u64,
+    /// Flushes of the memory layers into the database file completed.
+    pub flushes: u64,
+    /// Reads answered from the caches.
+    pub cache_hits: u64,
+    /// Reads the caches could not answer (read from the layers or redb).
+    pub cache_misses: u64,
 }
 
 /// The domains' store; cheap to clone.
@@ -387,6 +427,11 @@ impl Store {
             watches: Default::default(),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            metrics: options.metrics.clone(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            commit_latency: crate::metrics::Histogram::latency(),
+            batch_size: crate::metrics::Histogram::new(BATCH_BOUNDS, 1.0),
         });
         let writer = inner.clone();
         let max_batch = options.max_batch.max(1);
@@ -422,8 +467,10 @@ impl Store {
     pub fn get_cached(&self, table: &'static str, key: &[u8]) -> Result<Option<Bytes>, Status> {
         let k: Key = (table, key.to_vec());
         if let Some(v) = self.inner.cache.get(&k) {
+            self.inner.count(&self.inner.cache_hits);
             return Ok(v);
         }
+        self.inner.count(&self.inner.cache_misses);
         let before = self.inner.generation.load(Ordering::SeqCst);
         let v = self.inner.backend.get(table, key)?;
         insert_checked(&self.inner, &self.inner.cache, k, v.clone(), before);
@@ -444,8 +491,10 @@ impl Store {
     ) -> Result<Option<Arc<T>>, Status> {
         let k: Key = (table, key.to_vec());
         if let Some(d) = self.inner.derived.get(&k) {
+            self.inner.count(&self.inner.cache_hits);
             return Ok(d.value.downcast::<T>().ok());
         }
+        self.inner.count(&self.inner.cache_misses);
         // From the backend, not the row cache (which may still hold a value a commit
         // just replaced), under the same generation check as `get_cached`.
         let before = self.inner.generation.load(Ordering::SeqCst);
@@ -553,10 +602,20 @@ impl Store {
 
     /// The writer's counters so far.
     pub fn stats(&self) -> StoreStats {
+        let (log_bytes, flushes) = self.inner.backend.log_counters();
         StoreStats {
             commits: self.inner.commits.load(Ordering::Relaxed),
             writes: self.inner.writes.load(Ordering::Relaxed),
+            log_bytes,
+            flushes,
+            cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
+            cache_misses: self.inner.cache_misses.load(Ordering::Relaxed),
         }
+    }
+
+    /// The commit latency and batch size histograms, for [`crate::metrics`].
+    pub(crate) fn histograms(&self) -> (&crate::metrics::Histogram, &crate::metrics::Histogram) {
+        (&self.inner.commit_latency, &self.inner.batch_size)
     }
 
     /// Whether a flush of the memory layers to the database file is running (work left
@@ -678,7 +737,12 @@ fn run_batch(inner: &Arc<Inner>, jobs: Vec<Job>) {
     }
     let touched: Vec<Key> = batch.iter().map(|(t, k, _)| (t, k.to_vec())).collect();
     let store = inner.clone();
+    let submitted = std::time::Instant::now();
     let done: Done = Box::new(move |result| {
+        if result.is_ok() && !touched.is_empty() && store.metrics.on() {
+            store.commit_latency.observe_duration(submitted.elapsed());
+            store.batch_size.observe(n);
+        }
         if result.is_ok() && !touched.is_empty() {
             // The writes are visible now: a reader that raced them re-checks the
             // generation and drops what it cached.
