@@ -99,6 +99,8 @@ domains! {
     performance_mode => crate::performance_mode::PerformanceMode,
     /// body-broker-integration: the game client's facade, a player's session in one call.
     body_broker_integration => crate::body_broker_integration::BodyBrokerIntegration,
+    /// router: the public route table the gateway consults (paths to RPCs, limits, flags).
+    router => crate::router::Router,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).
