@@ -477,13 +477,13 @@ impl RouterHandler for Router {
             self.config.max_page_size,
         )?;
         let prefix = canonical_path(&req.path_prefix);
-        if prefix.len() > MAX_PATH {
+        if prefix.chars().count() > MAX_PATH {
             return Err(Status::invalid(
                 "path_prefix",
                 format!("must be at most {MAX_PATH} characters"),
             ));
         }
-        if req.domain.len() > MAX_NAME {
+        if req.domain.chars().count() > MAX_NAME {
             return Err(Status::invalid(
                 "domain",
                 format!("must be at most {MAX_NAME} characters"),
