@@ -146,7 +146,7 @@ impl RouteTable {
     /// through, the refusal otherwise.
     pub fn resolve(&self, path: &str) -> Result<Option<Routed>, ApiError> {
         let guard = self.snapshot.load();
-        let Some(snapshot) = guard.as_ref() else {
+        let Some(snapshot) = guard.as_ref().filter(|s| !s.routes.is_empty()) else {
             return Ok(None);
         };
         let found = if path.contains('-') {
