@@ -49,6 +49,8 @@ use super::limits::{Client, RateLimiter};
 
 /// Most routes a snapshot holds; a larger table is truncated (in path order) and logged.
 pub const MAX_ROUTES: usize = 100_000;
+/// Longest path the router stores (its `MAX_PATH`).
+const MAX_PATH: usize = 256;
 /// Page size of the gateway's ListRoutes calls.
 const PAGE: i32 = 1000;
 
@@ -149,6 +151,11 @@ impl RouteTable {
         let Some(snapshot) = guard.as_ref().filter(|s| !s.routes.is_empty()) else {
             return Ok(None);
         };
+        // Longer than any stored path (the router's limit): no route, and no copy of a
+        // client's long path made to find that out.
+        if path.len() > MAX_PATH {
+            return Ok(None);
+        }
         let found = if path.contains('-') {
             snapshot.routes.get(&path.replace('-', "_"))
         } else {
