@@ -37,7 +37,7 @@ use aicore_proto::{Code, MethodInfo, Request, Status};
 use prost::Message;
 
 use aicore_runtime::store::Tx;
-use aicore_runtime::{Ctx, paging};
+use aicore_runtime::{Ctx, millis, paging, timestamp_ms, validate};
 
 /// Where committed route-table changes are announced ([`RouteChange`]).
 pub const CHANGED_SUBJECT: &str = aicore_proto::subjects::ROUTER_CHANGED;
@@ -254,17 +254,6 @@ fn check_reason(reason: &str, enabled: bool) -> Result<(), Status> {
     Ok(())
 }
 
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms > 0).then(|| prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
-}
-
-fn ts_ms(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
 /// A stored route as the contract shows it.
 pub fn shown(path: &str, r: &RouteRecord) -> Route {
     let streaming = target(&r.domain, &r.rpc, &r.api_version).is_ok_and(|m| m.server_streaming);
@@ -283,20 +272,8 @@ pub fn shown(path: &str, r: &RouteRecord) -> Route {
         enabled: r.enabled,
         streaming,
         version: r.version,
-        updated_at: ts(r.updated_ms),
+        updated_at: timestamp_ms(r.updated_ms),
         disabled_reason: r.disabled_reason.clone(),
-    }
-}
-
-/// Checks `expected` (a request's `expected_version`) against the live `version`.
-fn check_version(expected: Option<u64>, version: u64) -> Result<(), Status> {
-    match expected {
-        Some(want) if want != version => Err(Status::with_field(
-            Code::Conflict,
-            "expected_version",
-            format!("the route is at version {version}, not {want}"),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -378,7 +355,7 @@ impl RouterHandler for Router {
             version: 0,
             updated_ms: 0,
         };
-        let now_ms = ts_ms(&self.ctx.now_ts());
+        let now_ms = millis(&self.ctx.now_ts());
         let (expected, max_routes) = (req.expected_version, self.config.max_routes);
         let key = path.clone();
         let (stored, revision, changed) = self
@@ -386,7 +363,11 @@ impl RouterHandler for Router {
             .store
             .write(move |tx| {
                 let live = tx.get_msg::<RouteRecord>(ROUTES, key.as_bytes())?;
-                check_version(expected, live.as_ref().map_or(0, |r| r.version))?;
+                validate::expected_version(
+                    expected,
+                    live.as_ref().map_or(0, |r| r.version),
+                    "route",
+                )?;
                 let mut table = read_table(tx)?;
                 if let Some(old) = &live {
                     let unchanged = RouteRecord {
@@ -443,7 +424,11 @@ impl RouterHandler for Router {
             .store
             .write(move |tx| {
                 let live = tx.get_msg::<RouteRecord>(ROUTES, key.as_bytes())?;
-                check_version(expected, live.as_ref().map_or(0, |r| r.version))?;
+                validate::expected_version(
+                    expected,
+                    live.as_ref().map_or(0, |r| r.version),
+                    "route",
+                )?;
                 let mut table = read_table(tx)?;
                 if live.is_none() {
                     return Ok((false, table.revision));
