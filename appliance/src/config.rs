@@ -153,6 +153,10 @@ pub struct HttpConfig {
     /// in the cache. The gateway's, not the client's: a client's short
     /// `X-Request-Timeout-Ms` bounds its RPC, never the token check every client shares.
     pub validate_timeout_ms: u64,
+    /// How often the gateway reloads the router domain's route table, in milliseconds.
+    /// Changes take effect at once regardless (router announces them); this bounds how
+    /// long a lost announcement goes unnoticed.
+    pub route_refresh_ms: u64,
     /// How long a `/readyz` answer is reused, in milliseconds.
     pub ready_cache_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish before they are cut, in
@@ -179,6 +183,7 @@ impl Default for HttpConfig {
             validate_cache_ttl_ms: 10_000,
             validate_cache_capacity: 100_000,
             validate_timeout_ms: 1000,
+            route_refresh_ms: 5000,
             ready_cache_ms: 1000,
             drain_timeout_secs: 10,
         }

@@ -22,7 +22,9 @@ pub const SERVER_NAME: &str = "nats";
 /// The principals `aicore run` issues for itself, each named after its role.
 pub const BUILT_IN: &[&str] = &["domains", "gateway", "admin"];
 /// The subject the auth domain announces revoked tokens on (the gateway listens).
-const AUTH_REVOKED: &str = "aicore.auth.revoked";
+const AUTH_REVOKED: &str = aicore_proto::subjects::AUTH_REVOKED;
+/// The subject the router domain announces route-table changes on (the gateway listens).
+const ROUTER_CHANGED: &str = aicore_proto::subjects::ROUTER_CHANGED;
 
 /// The files a NATS client presents: its certificate and key, and the CA it trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,10 +152,11 @@ fn permissions(role: &str, name: &str, imports: &[String]) -> Option<(Vec<String
             publish.extend(s(DISCOVERY));
             (publish, subscribe)
         }
-        // Requests to `svc.>` and their replies only; revocation notices; readiness.
+        // Requests to `svc.>` and their replies only; revocation notices and route-table
+        // changes; readiness.
         "gateway" => (
             s(&["svc.>", "$SRV.PING", "$SRV.PING.>"]),
-            vec![inbox, AUTH_REVOKED.to_string()],
+            vec![inbox, AUTH_REVOKED.to_string(), ROUTER_CHANGED.to_string()],
         ),
         // What its account imports: the allowed RPCs, and telemetry.
         "game-server" => (imports.to_vec(), vec![inbox]),

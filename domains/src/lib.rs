@@ -24,6 +24,7 @@ pub mod payment;
 pub mod performance_mode;
 pub mod quest_system;
 pub mod registry;
+pub mod router;
 pub mod settings;
 pub mod state_manager;
 pub mod story_teller;

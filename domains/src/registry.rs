@@ -105,6 +105,8 @@ domains! {
     /// orchestration: sagas, workflows of domain calls with compensations, resumed after
     /// a crash.
     orchestration => crate::orchestration::Orchestration,
+    /// router: the public route table the gateway consults (paths to RPCs, limits, flags).
+    router => crate::router::Router,
 }
 
 /// Finds a served domain by name (`state-manager` and `state_manager` both work).

@@ -128,6 +128,9 @@ pub mod subjects {
     /// auth's revocation notices and heartbeats
     /// ([`crate::aicore::auth::v1::RevocationNotice`]).
     pub const AUTH_REVOKED: &str = "aicore.auth.revoked";
+    /// router's announcements of committed route-table changes
+    /// ([`crate::aicore::router::v1::RouteChange`]).
+    pub const ROUTER_CHANGED: &str = "aicore.router.changed";
 }
 
 /// Who may call an RPC, from `(aicore.common.v1.policy)`.

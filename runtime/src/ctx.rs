@@ -126,6 +126,20 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
+/// An instant stored as milliseconds since the Unix epoch (how records keep instants) as a
+/// protobuf timestamp; `None` for 0 or less (never set).
+pub fn timestamp_ms(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+/// A protobuf timestamp as milliseconds since the Unix epoch (what [`timestamp_ms`] reads).
+pub fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
 /// A fresh random id with a readable prefix (`acc_3f9c…`), 128 bits of randomness.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())

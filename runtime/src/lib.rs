@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use aicore_proto::{Dispatch, Status};
 
-pub use ctx::{Clock, Ctx, ManualClock, SystemClock, new_id, timestamp};
+pub use ctx::{Clock, Ctx, ManualClock, SystemClock, millis, new_id, timestamp, timestamp_ms};
 pub use store::Store;
 
 /// A domain: its `[domains.<name>]` configuration section and how to build its server.

@@ -56,6 +56,19 @@ pub fn max_bytes(len: usize, max: usize, field: &str, what: &str) -> Result<(), 
     Ok(())
 }
 
+/// Checks a write's `expected_version` against the `version` of the live `what` (0: none
+/// yet): absent passes, a mismatch is Conflict naming `expected_version`.
+pub fn expected_version(expected: Option<u64>, version: u64, what: &str) -> Result<(), Status> {
+    match expected {
+        Some(want) if want != version => Err(Status::with_field(
+            aicore_proto::Code::Conflict,
+            "expected_version",
+            format!("the {what} is at version {version}, not {want}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Longest accepted `content_type`, in bytes.
 pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 

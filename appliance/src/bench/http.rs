@@ -1,4 +1,7 @@
 //! The HTTP rows: the gateway against a bare axum→NATS forwarder, same JSON in and out.
+//! The gateway runs with a route table of [`BENCH_ROUTES`] routes held by a real router
+//! domain, so its rows pay the table lookup every request makes; the routed row goes
+//! through an alias path whose route has its own (never biting) rate limit.
 
 use std::sync::Arc;
 
@@ -20,6 +23,9 @@ use super::*;
 /// Row names of the HTTP paths.
 pub(super) const HTTP_BARE: &str = "http bare axum->nats forwarder";
 pub(super) const HTTP_GATEWAY: &str = "http gateway (auth+json+limits+metrics)";
+pub(super) const HTTP_ROUTED: &str = "http gateway, routed alias with a route limit";
+/// Routes in the gateway's table during the HTTP rows.
+const BENCH_ROUTES: usize = 1000;
 /// The bare forwarder's echo subject.
 pub(super) const HTTP_ECHO: &str = "svc.bench.v1.http_echo";
 
@@ -159,6 +165,18 @@ pub(super) async fn measure_gateway(
         .map_err(|e| anyhow::anyhow!("logging in the bench player: {e}"))?;
     let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
 
+    // router, for real, with a table the gateway loads at start.
+    let router_store = Store::open(&dir.join("bench-router.redb"), StoreOptions::default())?;
+    let router_serving = serve_domain(
+        env,
+        "router",
+        router_store.clone(),
+        config,
+        stop.child_token(),
+    )
+    .await?;
+    seed_routes(load).await?;
+
     // The two servers.
     let forwarder_nats = env.connect("gateway", "bench-forwarder").await?;
     let forwarder = axum::Router::new().route(
@@ -199,8 +217,11 @@ pub(super) async fn measure_gateway(
             .build_http();
     let bare_uri: Arc<str> = format!("http://{bare_addr}/echo").into();
     let gw_uri: Arc<str> = format!("http://{gw_addr}/v1/state_manager/get").into();
-    if !post(&client, &gw_uri, Some(&bearer), json.clone()).await {
-        anyhow::bail!("the gateway did not answer the bench request");
+    let routed_uri: Arc<str> = format!("http://{gw_addr}{ROUTED_PATH}").into();
+    for uri in [&gw_uri, &routed_uri] {
+        if !post(&client, uri, Some(&bearer), json.clone()).await {
+            anyhow::bail!("the gateway did not answer the bench request on {uri}");
+        }
     }
     let mut cells = Vec::new();
     for &c in &args.concurrency {
@@ -211,17 +232,21 @@ pub(super) async fn measure_gateway(
             let (client, uri, body) = (bare.clone(), uri.clone(), body.clone());
             async move { post(&client, &uri, None, body).await }
         });
-        let (client, uri, body, bearer) =
-            (client.clone(), gw_uri.clone(), json.clone(), bearer.clone());
-        let gateway = op(move |_, _| {
+        let through = |uri: &Arc<str>| {
             let (client, uri, body, bearer) =
-                (client.clone(), uri.clone(), body.clone(), bearer.clone());
-            async move { post(&client, &uri, Some(&bearer), body).await }
-        });
+                (client.clone(), uri.clone(), json.clone(), bearer.clone());
+            op(move |_, _| {
+                let (client, uri, body, bearer) =
+                    (client.clone(), uri.clone(), body.clone(), bearer.clone());
+                async move { post(&client, &uri, Some(&bearer), body).await }
+            })
+        };
+        let (gateway, routed) = (through(&gw_uri), through(&routed_uri));
         let mut rows = Vec::new();
         if args.wants("http") {
             rows.push((HTTP_BARE, bare));
             rows.push((HTTP_GATEWAY, gateway.clone()));
+            rows.push((HTTP_ROUTED, routed));
         }
         if args.wants("metrics") {
             let switch = env.metrics.switch();
@@ -243,7 +268,53 @@ pub(super) async fn measure_gateway(
     }
     auth_serving.stop().await;
     auth_store.close().await;
+    router_serving.stop().await;
+    router_store.close().await;
     Ok(cells)
+}
+
+/// The alias path of the routed row.
+const ROUTED_PATH: &str = "/v2/bench/get";
+
+/// Fills the route table: [`BENCH_ROUTES`] − 1 routes the bench never calls, and the
+/// routed row's alias of `state_manager.Get` with a per-account limit that never bites.
+async fn seed_routes(load: &async_nats::Client) -> Result<()> {
+    use aicore_proto::aicore::router::v1 as router;
+    let r = router::RouterClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    let route = |path: String, limit: Option<router::RateLimit>| router::SetRouteRequest {
+        route: Some(router::Route {
+            path,
+            domain: "state_manager".into(),
+            rpc: "Get".into(),
+            api_version: "v1".into(),
+            enabled: true,
+            rate_limit: limit,
+            ..Default::default()
+        }),
+        expected_version: None,
+    };
+    let options = CallOptions::default();
+    ready("seeding the route table", || {
+        r.set_route(
+            route(
+                ROUTED_PATH.into(),
+                Some(router::RateLimit {
+                    requests: 1_000_000,
+                    period: None,
+                    burst: 1_000_000,
+                    key: router::RateLimitKey::Account as i32,
+                }),
+            ),
+            &options,
+        )
+    })
+    .await?;
+    for i in 1..BENCH_ROUTES {
+        r.set_route(route(format!("/v9/bench/other_{i}"), None), &options)
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding route {i}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The gateway's throughput as a share of the bare forwarder's, per concurrency.
@@ -259,6 +330,14 @@ pub(super) fn print_gateway_ratios(cells: &[Cell], args: &BenchArgs) {
             && b > 0.0
         {
             println!("gateway vs bare forwarder at C={c}: {:.0}%", 100.0 * g / b);
+        }
+        if let (Some(r), Some(g)) = (rps(HTTP_ROUTED, c), rps(HTTP_GATEWAY, c))
+            && g > 0.0
+        {
+            println!(
+                "routed alias vs descriptor route at C={c}: {:.0}%",
+                100.0 * r / g
+            );
         }
     }
 }

@@ -3,7 +3,8 @@
 //! compare-and-swap, with no lock and no timer. Buckets live in a size-bounded moka cache
 //! that also forgets idle ones (an idle bucket is a full bucket, so forgetting it changes
 //! nothing): a flood of new client addresses evicts old entries instead of growing memory.
-//! Keys are the account id for authenticated requests and the client IP otherwise.
+//! Keys are the account id for authenticated requests and the client IP otherwise; a
+//! route's own limit (see [`super::routes`]) may also keep one bucket for everybody.
 //! The global in-flight bound is a plain semaphore in the request path, not here.
 
 use std::net::IpAddr;
@@ -22,6 +23,8 @@ pub struct RateLimiter {
     epoch: Instant,
     accounts: Cache<String, Arc<AtomicU64>>,
     ips: Cache<IpAddr, Arc<AtomicU64>>,
+    /// The one bucket of [`Client::Everyone`].
+    everyone: Arc<AtomicU64>,
 }
 
 /// Whose bucket a request draws from.
@@ -31,6 +34,8 @@ pub enum Client<'a> {
     Account(&'a str),
     /// An anonymous client, by address.
     Ip(IpAddr),
+    /// Everybody at once: one bucket for all clients.
+    Everyone,
 }
 
 impl RateLimiter {
@@ -56,6 +61,7 @@ impl RateLimiter {
                 .max_capacity(max_clients)
                 .time_to_idle(idle)
                 .build(),
+            everyone: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -72,6 +78,7 @@ impl RateLimiter {
                     .get_with(a.to_string(), || Arc::new(AtomicU64::new(0))),
             },
             Client::Ip(ip) => self.ips.get_with(ip, || Arc::new(AtomicU64::new(0))),
+            Client::Everyone => self.everyone.clone(),
         };
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut current = tat.load(Ordering::Relaxed);
@@ -108,6 +115,16 @@ mod tests {
         assert!(l.check(Client::Ip("127.0.0.1".parse().unwrap())).is_ok());
         std::thread::sleep(Duration::from_millis(120));
         assert!(l.check(a).is_ok());
+    }
+
+    #[test]
+    fn everyone_shares_one_bucket() {
+        let l = RateLimiter::new(1.0, 2, 100);
+        assert!(l.check(Client::Everyone).is_ok());
+        assert!(l.check(Client::Everyone).is_ok());
+        assert!(l.check(Client::Everyone).is_err());
+        // Per-client buckets are not drawn from.
+        assert!(l.check(Client::Account("a")).is_ok());
     }
 
     #[test]

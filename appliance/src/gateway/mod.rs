@@ -8,6 +8,10 @@
 //! (`svc.state_manager.v1.list_sessions` ↔ `POST /v1/state_manager/list_sessions`);
 //! all-kebab-case (`/v1/state-manager/list-sessions`) is accepted as an alias.
 //!
+//! Before anything else, the router domain's route table ([`routes`]): a path with a
+//! disabled route is refused at once (404, or 410 with its reason), a path with an enabled
+//! one goes to the route's target with the route's own rate limit taken after the
+//! per-client one (429 + Retry-After), and a path without one is served as below.
 //! Per request, in order: the in-flight bound (503 + Retry-After when full, never a queue),
 //! the access policy of the RPC (public, or a bearer token checked through the cached
 //! `auth.Validate` — see [`tokens`] — plus its roles; a token not of auth's shape is 401
@@ -31,6 +35,7 @@ pub mod health;
 mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod routes;
 pub mod tokens;
 
 use std::convert::Infallible;
@@ -72,6 +77,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// One exposed RPC.
 struct Route {
     method: &'static MethodInfo,
+    /// `/v1/<domain>/<rpc>`, the key of its entry in the route table.
+    path: String,
     input: MessageDescriptor,
     output: MessageDescriptor,
 }
@@ -83,6 +90,7 @@ struct Gateway {
     auth: AuthClient<aicore_sdk::Client>,
     nats: async_nats::Client,
     tokens: Arc<Tokens>,
+    table: Arc<routes::RouteTable>,
     limiter: RateLimiter,
     in_flight: Arc<Semaphore>,
     streams: Arc<Semaphore>,
@@ -242,6 +250,7 @@ pub async fn build(
         for m in service.methods {
             routes.push(Route {
                 method: m,
+                path: canonical_path(m),
                 input: crate::json::descriptor(m.input).map_err(|e| anyhow::anyhow!("{e}"))?,
                 output: crate::json::descriptor(m.output).map_err(|e| anyhow::anyhow!("{e}"))?,
             });
@@ -268,12 +277,24 @@ pub async fn build(
         .context("flushing the gateway's subscriptions")?;
     let client = aicore_sdk::Client::new(nats.clone(), Default::default());
     let methods: Vec<&'static MethodInfo> = routes.iter().map(|r| r.method).collect();
+    let table = Arc::new(routes::RouteTable::new(&methods, config.rate_limit_clients));
+    table
+        .clone()
+        .keep_current(
+            client.clone(),
+            Duration::from_millis(config.route_refresh_ms),
+            Duration::from_millis(config.validate_timeout_ms),
+            stop.clone(),
+        )
+        .await
+        .context("subscribing to route table changes")?;
     let openapi = Bytes::from(openapi::document(&methods).to_string());
     let gateway = Arc::new(Gateway {
         auth: AuthClient::new(client.clone()),
         client,
         nats,
         tokens,
+        table,
         limiter: RateLimiter::new(
             config.rate_limit_per_sec,
             config.rate_limit_burst,
@@ -298,11 +319,13 @@ pub async fn build(
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs));
     for (i, r) in gateway.routes.iter().enumerate() {
-        let rpc =
-            move |State(gw): State<Shared>,
-                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                  headers: HeaderMap,
-                  body: Body| async move { handle(gw, i, peer, headers, body).await };
+        let rpc = move |State(gw): State<Shared>,
+                        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                        headers: HeaderMap,
+                        body: Body| async move {
+            let resolved = gw.table.resolve(&gw.routes[i].path);
+            handle(gw, Some(i), resolved, peer, headers, body).await
+        };
         let canonical = canonical_path(r.method);
         let kebab = canonical.replace('_', "-");
         let method_router = post(rpc).fallback(method_not_allowed);
@@ -458,9 +481,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Serves one request to descriptor route `descriptor` (none: a path only the route table
+/// knows), after the table's say on its path, `resolved`.
 async fn handle(
     gw: Shared,
-    route: usize,
+    descriptor: Option<usize>,
+    resolved: Result<Option<routes::Routed>, ApiError>,
     peer: SocketAddr,
     headers: HeaderMap,
     body: Body,
@@ -470,24 +496,37 @@ async fn handle(
     let trace = Trace::from_headers(&headers);
     gw.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(&gw.metrics);
-    let mut response = match call(&gw, route, peer, &headers, body, &trace).await {
+    let (route, outcome) = match resolved {
+        Ok(Some(r)) => (
+            Some(r.target),
+            call(&gw, r.target, r.limit, peer, &headers, body, &trace).await,
+        ),
+        Ok(None) => match descriptor {
+            Some(i) => (
+                Some(i),
+                call(&gw, i, None, peer, &headers, body, &trace).await,
+            ),
+            None => (None, Err(Status::not_found("no route").into())),
+        },
+        Err(refused) => (descriptor, Err(refused)),
+    };
+    let mut response = match outcome {
         Ok(r) => r,
         Err(e) => {
             if e.status.code == Code::Internal {
-                tracing::error!(request_id = %trace.request_id, route = gw.routes[route].method.subject, error = %e.status, "request failed");
+                let subject = route.map_or("", |r| gw.routes[r].method.subject);
+                tracing::error!(request_id = %trace.request_id, route = subject, error = %e.status, "request failed");
             }
             e.into_response()
         }
     };
     drop(guard);
     trace.stamp(response.headers_mut());
-    trace.record(
-        &format!("http {}", gw.routes[route].method.subject),
-        started,
-        response.status(),
-    );
+    let name = route.map_or("unrouted", |r| gw.routes[r].method.subject);
+    trace.record(&format!("http {name}"), started, response.status());
+    let metric = route.unwrap_or_else(|| gw.metrics.unmatched());
     gw.metrics
-        .record(route, response.status().as_u16(), start.elapsed());
+        .record(metric, response.status().as_u16(), start.elapsed());
     response
 }
 
@@ -564,6 +603,7 @@ fn access_token_shaped(token: &str) -> bool {
 async fn call(
     gw: &Gateway,
     route: usize,
+    route_limit: Option<Arc<routes::RouteLimit>>,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
@@ -635,6 +675,11 @@ async fn call(
         options.caller = Some(caller);
         options.caller_session = Some(bearer.session_id);
     }
+    if let Some(l) = route_limit {
+        let account = options.caller.as_ref().map(|c| c.account_id.as_str());
+        l.check(peer.ip(), account)
+            .inspect_err(|_| _ = gw.metrics.rate_limited.fetch_add(1, Ordering::Relaxed))?;
+    }
 
     let json = read_body(headers, body, gw.max_body).await?;
     let request = crate::json::to_protobuf(&r.input, &json)?;
@@ -645,6 +690,8 @@ async fn call(
         return Ok(sse(gw, r.output.clone(), upstream, permit));
     }
     let reply = gw.client.unary(m, request, &options).await?;
+    let bound = Duration::from_millis(gw.config.validate_timeout_ms);
+    gw.table.after_call(m, &reply, bound).await;
     let mut json = crate::json::from_protobuf(&r.output, reply, false)?;
     json.push(b'\n');
     Ok((
@@ -843,10 +890,19 @@ fn json_response(status: StatusCode, body: String) -> Response {
 
 async fn not_found(
     State(gw): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    // A path only the route table knows (an alias, a new version's path).
+    if method == Method::POST {
+        match gw.table.resolve(uri.path()) {
+            Ok(None) => {}
+            resolved => return handle(gw, None, resolved, peer, headers, body).await,
+        }
+    }
     let start = Instant::now();
     let mut r = ApiError::new(Status::not_found(format!(
         "no route {method} {}: unknown domain or rpc (routes are POST /v1/<domain>/<rpc>; see /openapi.json)",

@@ -438,7 +438,8 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
         };
         let mut responses = serde_json::Map::new();
         responses.insert("200".into(), ok);
-        let mut statuses = vec!["400", "404", "413", "429", "503", "504"];
+        // 410: any path may be retired in the route table (see `routes`).
+        let mut statuses = vec!["400", "404", "410", "413", "429", "503", "504"];
         if m.policy.access != Access::Public {
             statuses.push("401");
         }

@@ -37,7 +37,7 @@ use aicore_proto::internal::performance_mode::{DefaultRecord, PlayerRecord};
 use aicore_proto::{Code, Request, Status};
 
 use aicore_runtime::store::Tx;
-use aicore_runtime::{Ctx, paging, validate};
+use aicore_runtime::{Ctx, paging, timestamp_ms, validate};
 
 const PLAYERS: &str = "performance_mode.players";
 const META: &str = "performance_mode.meta";
@@ -193,22 +193,11 @@ fn millis(ms: u64) -> Option<prost_types::Duration> {
     (ms > 0).then(|| prost_types::Duration::try_from(Duration::from_millis(ms)).unwrap_or_default())
 }
 
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms > 0).then(|| prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
-}
-
-fn ts_ms(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
 fn shown_default(d: DefaultRecord) -> DefaultProfile {
     DefaultProfile {
         profile: d.profile,
         version: d.version,
-        updated_at: ts(d.updated_ms),
+        updated_at: timestamp_ms(d.updated_ms),
     }
 }
 
@@ -498,7 +487,7 @@ impl PerformanceMode {
             automatic: r.automatic,
             recommended_profile: r.recommended_profile,
             version: r.version,
-            updated_at: ts(r.updated_ms),
+            updated_at: timestamp_ms(r.updated_ms),
         }
     }
 
@@ -511,18 +500,6 @@ impl PerformanceMode {
 /// Reads a player's record inside a write.
 fn read_player(tx: &mut Tx<'_>, player_id: &str) -> Result<Option<PlayerRecord>, Status> {
     tx.get_msg::<PlayerRecord>(PLAYERS, player_id.as_bytes())
-}
-
-/// Checks `expected` (a request's `expected_version`) against the live `version`.
-fn check_version(expected: Option<u64>, version: u64, what: &str) -> Result<(), Status> {
-    match expected {
-        Some(want) if want != version => Err(Status::with_field(
-            Code::Conflict,
-            "expected_version",
-            format!("the {what} is at version {version}, not {want}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Stores `next` as the new state of `live` (version bumped, stamped `now_ms`) unless it
@@ -572,7 +549,7 @@ impl PerformanceModeHandler for PerformanceMode {
             (false, _) => Some(self.profiles.named(&req.profile, "profile")?),
         };
         let names = self.profiles.clone();
-        let now_ms = ts_ms(&self.ctx.now_ts());
+        let now_ms = aicore_runtime::millis(&self.ctx.now_ts());
         let (player_id, automatic, expected) = (req.player_id, req.automatic, req.expected_version);
         let shown_id = player_id.clone();
         let stored = self
@@ -580,7 +557,11 @@ impl PerformanceModeHandler for PerformanceMode {
             .store
             .write(move |tx| {
                 let live = read_player(tx, &player_id)?;
-                check_version(expected, live.as_ref().map_or(0, |m| m.version), "mode")?;
+                validate::expected_version(
+                    expected,
+                    live.as_ref().map_or(0, |m| m.version),
+                    "mode",
+                )?;
                 let mut next = live.clone().unwrap_or_else(|| PlayerRecord {
                     source: ProfileSource::Default as i32,
                     ..Default::default()
@@ -605,7 +586,7 @@ impl PerformanceModeHandler for PerformanceMode {
         let figures = Figures::from_request(&req)?;
         let default = self.default_index(self.stored_default()?.as_ref());
         let (profiles, config) = (self.profiles.clone(), self.config.clone());
-        let now_ms = ts_ms(&self.ctx.now_ts());
+        let now_ms = aicore_runtime::millis(&self.ctx.now_ts());
         let player_id = req.player_id;
         let shown_id = player_id.clone();
         let (stored, recommended, reasons, applied) = self
@@ -685,14 +666,14 @@ impl PerformanceModeHandler for PerformanceMode {
         if !req.profile.is_empty() {
             self.profiles.named(&req.profile, "profile")?;
         }
-        let now_ms = ts_ms(&self.ctx.now_ts());
+        let now_ms = aicore_runtime::millis(&self.ctx.now_ts());
         let stored = self
             .ctx
             .store
             .write(move |tx| {
                 let live = tx.get_msg::<DefaultRecord>(META, DEFAULT_KEY)?;
                 let version = live.as_ref().map_or(0, |d| d.version);
-                check_version(req.expected_version, version, "default")?;
+                validate::expected_version(req.expected_version, version, "default")?;
                 if let Some(d) = live.filter(|d| d.profile == req.profile) {
                     return Ok(d);
                 }

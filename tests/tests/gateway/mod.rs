@@ -14,29 +14,29 @@ use aicore_proto::aicore::auth::v1 as auth;
 
 use self::http::{Http, Reply};
 
-const PW: &str = "violet-otter-lantern";
+pub(crate) const PW: &str = "violet-otter-lantern";
 
 /// Registers and logs in `name` over HTTP; returns the login reply.
-async fn player(http: &Http, name: &str) -> serde_json::Value {
+pub(crate) async fn player(http: &Http, name: &str) -> serde_json::Value {
     let body = format!(r#"{{"username":"{name}","password":"{PW}"}}"#);
     let r = http.post("/v1/auth/register", &body, &[]).await;
     assert_eq!(r.status, 200, "register {name}: {}", r.json());
     login(http, name, PW).await
 }
 
-async fn login(http: &Http, name: &str, password: &str) -> serde_json::Value {
+pub(crate) async fn login(http: &Http, name: &str, password: &str) -> serde_json::Value {
     let body = format!(r#"{{"username":"{name}","password":"{password}"}}"#);
     let r = http.post("/v1/auth/login", &body, &[]).await;
     assert_eq!(r.status, 200, "login {name}: {}", r.json());
     r.json()
 }
 
-fn s(v: &serde_json::Value, field: &str) -> String {
+pub(crate) fn s(v: &serde_json::Value, field: &str) -> String {
     v[field].as_str().unwrap_or_default().to_string()
 }
 
 /// Makes `account_id` an admin through the SDK (a trusted NATS principal).
-async fn make_admin(app: &Appliance, account_id: &str) {
+pub(crate) async fn make_admin(app: &Appliance, account_id: &str) {
     auth::AuthClient::new(app.client().await)
         .grant_role(
             auth::GrantRoleRequest {
@@ -50,7 +50,7 @@ async fn make_admin(app: &Appliance, account_id: &str) {
         .expect("granting admin");
 }
 
-fn assert_error(r: &Reply, status: u16, code: &str) {
+pub(crate) fn assert_error(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("content-type"), "application/json");
     let j = r.json();
