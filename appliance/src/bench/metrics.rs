@@ -6,8 +6,7 @@
 //! gateway row (its per-route rows; the stub behind it records nothing). The ratio
 //! on/off is printed per concurrency.
 
-use aicore_proto::CallOptions;
-use aicore_proto::aicore::state_manager::v1::{GetRequest, StateManagerClient};
+use aicore_proto::aicore::state_manager::v1::StateManagerClient;
 use aicore_runtime::metrics::Switch;
 
 use super::load::*;
@@ -38,22 +37,7 @@ pub(super) async fn measure_get(
     let mut cells = Vec::new();
     let get = {
         let client = client.clone();
-        op(move |_, _| {
-            let client = client.clone();
-            async move {
-                client
-                    .get(
-                        GetRequest {
-                            player_id: "bench".into(),
-                            key: "hot".into(),
-                            version: 0,
-                        },
-                        &CallOptions::default(),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        })
+        op(move |_, _| super::get_hot(client.clone()))
     };
     let was = switch.on();
     for &c in concurrency {

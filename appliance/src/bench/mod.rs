@@ -372,34 +372,12 @@ async fn run_rows(
         )
         .await
         .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
-    let cached_get = |client: StateManagerClient<aicore_sdk::Client>| {
-        move |_: usize, _: u64| {
-            let client = client.clone();
-            async move {
-                client
-                    .get(
-                        GetRequest {
-                            player_id: "bench".into(),
-                            key: "hot".into(),
-                            version: 0,
-                        },
-                        &CallOptions::default(),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        }
-    };
     for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         cells.push(
-            measure(
-                base,
-                Some(&store),
-                traces::GET,
-                c,
-                args.seconds,
-                cached_get(client.clone()),
-            )
+            measure(base, Some(&store), traces::GET, c, args.seconds, {
+                let client = client.clone();
+                move |_, _| get_hot(client.clone())
+            })
             .await,
         );
     }
@@ -407,14 +385,10 @@ async fn run_rows(
         traces::start_once(stop.child_token()).await?;
         let _on = traces::Recording::on();
         cells.push(
-            measure(
-                base,
-                Some(&store),
-                traces::TRACED_GET,
-                c,
-                args.seconds,
-                cached_get(client.clone()),
-            )
+            measure(base, Some(&store), traces::TRACED_GET, c, args.seconds, {
+                let client = client.clone();
+                move |_, _| get_hot(client.clone())
+            })
             .await,
         );
     }
@@ -621,4 +595,21 @@ fn print_table(cells: &[Cell], plain: &[Cell], link: &[Cell], args: &BenchArgs) 
             g.rps / s.rps
         );
     }
+}
+
+/// One cached state-manager Get of the seeded key (`bench`/`hot`).
+pub(super) async fn get_hot(
+    client: StateManagerClient<aicore_sdk::Client>,
+) -> Result<(), aicore_proto::Status> {
+    client
+        .get(
+            GetRequest {
+                player_id: "bench".into(),
+                key: "hot".into(),
+                version: 0,
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map(|_| ())
 }

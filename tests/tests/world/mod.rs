@@ -139,6 +139,22 @@ async fn world_change_feed_is_observed_through_watch_in_order() {
     );
 }
 
+/// Registers an account (payment pays rewards only to accounts that exist); its id.
+async fn register(client: &aicore_sdk::Client, username: &str) -> String {
+    aicore_proto::aicore::auth::v1::AuthClient::new(client.clone())
+        .register(
+            aicore_proto::aicore::auth::v1::RegisterRequest {
+                username: username.into(),
+                password: "amber-walrus-quarry".into(),
+                display_name: String::new(),
+            },
+            &opts(),
+        )
+        .await
+        .unwrap()
+        .account_id
+}
+
 fn quest() -> qs::Quest {
     qs::Quest {
         quest_id: "wolf_hunt".into(),
@@ -180,18 +196,7 @@ async fn a_quest_completed_with_retries_pays_its_reward_once() {
     let world = ws::WorldStateClient::new(client.clone());
     let payment = pay::PaymentClient::new(client.clone());
     // The player has an account: payment pays rewards only to accounts that exist.
-    let p1 = aicore_proto::aicore::auth::v1::AuthClient::new(client.clone())
-        .register(
-            aicore_proto::aicore::auth::v1::RegisterRequest {
-                username: "questing-player".into(),
-                password: "amber-walrus-quarry".into(),
-                display_name: String::new(),
-            },
-            &opts(),
-        )
-        .await
-        .unwrap()
-        .account_id;
+    let p1 = register(&client, "questing-player").await;
     let nats = app.nats().await;
     let mut completed = nats.subscribe("evt.quest.completed").await.unwrap();
     nats.flush().await.unwrap();
@@ -374,18 +379,7 @@ async fn a_quest_completion_is_one_trace_from_quest_through_payment_to_the_outbo
     let client = app.client().await;
     let quests = qs::QuestSystemClient::new(client.clone());
     let world = ws::WorldStateClient::new(client.clone());
-    let p1 = aicore_proto::aicore::auth::v1::AuthClient::new(client.clone())
-        .register(
-            aicore_proto::aicore::auth::v1::RegisterRequest {
-                username: "traced-player".into(),
-                password: "amber-walrus-quarry".into(),
-                display_name: String::new(),
-            },
-            &opts(),
-        )
-        .await
-        .unwrap()
-        .account_id;
+    let p1 = register(&client, "traced-player").await;
     quests
         .define_quest(
             qs::DefineQuestRequest {
