@@ -30,11 +30,14 @@
 //! streams with an `error` event and lets in-flight requests finish (bounded by the drain
 //! timeout). TLS is not here (a later issue).
 
+mod body;
 mod error;
 pub mod health;
 mod limits;
 pub mod metrics;
 pub mod openapi;
+mod pages;
+mod request_trace;
 pub mod routes;
 pub mod tokens;
 
@@ -64,9 +67,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::HttpConfig;
 use crate::security::ClientTls;
+use body::*;
 pub use error::ApiError;
 use limits::{Client, RateLimiter};
 use metrics::Metrics;
+use pages::*;
+use request_trace::*;
 use tokens::Tokens;
 
 /// HTTP header carrying a request's deadline in milliseconds.
@@ -379,99 +385,6 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>> {
     ))
 }
 
-/// The request id and trace context of one request.
-struct Trace {
-    request_id: String,
-    traceparent: String,
-    /// This hop's span (its id is what `traceparent` names) and the client's, if any.
-    context: TraceParent,
-    parent: Option<u64>,
-}
-
-/// The longest `X-Request-Id` accepted (also in the OpenAPI document).
-pub const MAX_REQUEST_ID: usize = 128;
-
-/// Whether `id` is a request id the gateway carries: 1 to [`MAX_REQUEST_ID`] characters
-/// of `[A-Za-z0-9._:-]` (what the OpenAPI document says).
-fn request_id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
-
-/// Refuses a request whose `X-Request-Id` is present but not one the gateway carries
-/// (400 naming the header), rather than silently replacing it.
-fn check_request_id(h: &HeaderMap) -> Result<(), ApiError> {
-    match h.get(REQUEST_ID_HEADER) {
-        Some(v) if !v.to_str().is_ok_and(request_id_ok) => Err(Status::invalid(
-            "X-Request-Id",
-            format!("must be 1 to {MAX_REQUEST_ID} characters of A-Z a-z 0-9 . _ : -"),
-        )
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-impl Trace {
-    /// Takes the client's request id when sane and continues its trace (same trace id,
-    /// this hop's own span id) when its `traceparent` is valid; otherwise starts fresh
-    /// (an RPC with an unusable id is refused by [`check_request_id`]; this is what the
-    /// refusal carries).
-    fn from_headers(h: &HeaderMap) -> Trace {
-        let request_id = h
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| request_id_ok(s))
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        let (context, parent) =
-            TraceParent::continuing(h.get("traceparent").and_then(|v| v.to_str().ok()));
-        Trace {
-            request_id,
-            traceparent: context.to_string(),
-            context,
-            parent,
-        }
-    }
-
-    /// Records this hop's span (when traces are exported), named after the route.
-    fn record(&self, name: &str, start: SystemTime, status: StatusCode) {
-        if !self.context.recorded() {
-            return;
-        }
-        let error = (status.is_server_error() || status.is_client_error())
-            .then(|| ("HTTP_ERROR", format!("HTTP {}", status.as_u16())));
-        trace::record(trace::Span {
-            context: self.context,
-            parent: self.parent,
-            name: name.to_string().into(),
-            kind: trace::Kind::Server,
-            start,
-            end: SystemTime::now(),
-            error,
-            attributes: vec![
-                ("http.request.method", "POST".into()),
-                (
-                    "http.response.status_code",
-                    status.as_str().to_string().into(),
-                ),
-                ("http.request.id", self.request_id.clone().into()),
-            ],
-        });
-    }
-
-    fn stamp(&self, h: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            h.insert(REQUEST_ID_HEADER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&self.traceparent) {
-            h.insert("traceparent", v);
-        }
-    }
-}
-
 /// Keeps the in-flight gauge right even when the client goes away mid-request.
 struct InFlight<'a>(&'a Metrics);
 
@@ -703,230 +616,6 @@ async fn call(
         json,
     )
         .into_response())
-}
-
-/// Reads and discards up to `max` bytes of `body` for at most `time`.
-async fn drain(body: Body, max: usize, time: Duration) {
-    use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(time, async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > max {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// The request body, within the limit, with a JSON (or absent) content type.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::too_large(Status::invalid(
-            "(body)",
-            format!("the request body exceeds {limit} bytes"),
-        ))
-    };
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        if !(essence == "application/json" || essence.ends_with("+json")) {
-            return Err(ApiError::with_http(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Status::invalid("Content-Type", "must be application/json"),
-            ));
-        }
-    }
-    if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > limit)
-    {
-        // Read (and drop) a bounded amount of what the client is still sending, so it
-        // sees the 413 instead of a connection reset from closing on unread data.
-        drain(body, limit.saturating_mul(4), Duration::from_secs(2)).await;
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if over {
-            too_large()
-        } else {
-            ApiError::new(Status::invalid(
-                "(body)",
-                format!("the request body could not be read: {e}"),
-            ))
-        }
-    })
-}
-
-/// Decrements the open-streams gauge and frees the stream slot when the SSE body is
-/// dropped (stream end or client gone), together with the upstream subscription.
-struct StreamSlot {
-    metrics: Arc<Metrics>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn error_event(s: &Status) -> Event {
-    Event::default().event("error").data(error::body(s))
-}
-
-/// Server-Sent Events from an upstream stream: `message` per item, `end` at the end,
-/// `error` on failure or shutdown. Dropping the response (client gone) drops the upstream
-/// subscription with it.
-fn sse(
-    gw: &Gateway,
-    output: MessageDescriptor,
-    upstream: futures::stream::BoxStream<'static, Result<Bytes, Status>>,
-    permit: OwnedSemaphorePermit,
-) -> Response {
-    gw.metrics.open_streams.fetch_add(1, Ordering::Relaxed);
-    let slot = StreamSlot {
-        metrics: gw.metrics.clone(),
-        _permit: permit,
-    };
-    let stopping = gw.stopping.clone();
-    let events = futures::stream::unfold(Some((upstream, slot)), move |state| {
-        let output = output.clone();
-        let stopping = stopping.clone();
-        async move {
-            let (mut upstream, slot) = state?;
-            let next = tokio::select! {
-                _ = stopping.cancelled() => Some(Err(Status::new(
-                    Code::Unavailable,
-                    "the gateway is shutting down; reconnect",
-                ))),
-                n = upstream.next() => n,
-            };
-            let (event, more) = match next {
-                None => (Event::default().event("end").data("{}"), false),
-                Some(Ok(b)) => match crate::json::from_protobuf(&output, b, false) {
-                    Ok(json) => (
-                        Event::default()
-                            .event("message")
-                            .data(String::from_utf8_lossy(&json)),
-                        true,
-                    ),
-                    Err(s) => (error_event(&s), false),
-                },
-                Some(Err(s)) => (error_event(&s), false),
-            };
-            Some((Ok::<_, Infallible>(event), more.then_some((upstream, slot))))
-        }
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
-}
-
-async fn readyz(State(gw): State<Shared>) -> Response {
-    let r = gw.ready.check(&gw.nats).await;
-    let status = if r.ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_response(status, r.body() + "\n")
-}
-
-async fn metrics_text(State(gw): State<Shared>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        gw.registry.render().await,
-    )
-        .into_response()
-}
-
-async fn openapi_json(State(gw): State<Shared>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        gw.openapi.clone(),
-    )
-        .into_response()
-}
-
-async fn docs() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        )],
-        openapi::DOCS_HTML,
-    )
-        .into_response()
-}
-
-fn json_response(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-async fn not_found(
-    State(gw): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    // A path only the route table knows (an alias, a new version's path).
-    if method == Method::POST {
-        match gw.table.resolve(uri.path()) {
-            Ok(None) => {}
-            resolved => return handle(gw, None, resolved, peer, headers, body).await,
-        }
-    }
-    let start = Instant::now();
-    let mut r = ApiError::new(Status::not_found(format!(
-        "no route {method} {}: unknown domain or rpc (routes are POST /v1/<domain>/<rpc>; see /openapi.json)",
-        uri.path()
-    )))
-    .into_response();
-    Trace::from_headers(&headers).stamp(r.headers_mut());
-    gw.metrics
-        .record(gw.metrics.unmatched(), r.status().as_u16(), start.elapsed());
-    r
-}
-
-async fn method_not_allowed(method: Method) -> Response {
-    let mut r = ApiError::with_http(
-        StatusCode::METHOD_NOT_ALLOWED,
-        Status::new(
-            Code::InvalidArgument,
-            format!("{method} is not allowed: RPC routes take POST"),
-        ),
-    )
-    .into_response();
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
-    r
 }
 
 #[cfg(test)]
