@@ -277,6 +277,17 @@ pub fn shown(path: &str, r: &RouteRecord) -> Route {
     }
 }
 
+/// The stored route at `key`, once its version is the `expected` one (when given).
+fn live_route(
+    tx: &Tx<'_>,
+    key: &str,
+    expected: Option<u64>,
+) -> Result<Option<RouteRecord>, Status> {
+    let live = tx.get_msg::<RouteRecord>(ROUTES, key.as_bytes())?;
+    validate::expected_version(expected, live.as_ref().map_or(0, |r| r.version), "route")?;
+    Ok(live)
+}
+
 fn read_table(tx: &Tx<'_>) -> Result<TableRecord, Status> {
     Ok(tx.get_msg(META, TABLE_KEY)?.unwrap_or_default())
 }
@@ -362,12 +373,7 @@ impl RouterHandler for Router {
             .ctx
             .store
             .write(move |tx| {
-                let live = tx.get_msg::<RouteRecord>(ROUTES, key.as_bytes())?;
-                validate::expected_version(
-                    expected,
-                    live.as_ref().map_or(0, |r| r.version),
-                    "route",
-                )?;
+                let live = live_route(tx, &key, expected)?;
                 let mut table = read_table(tx)?;
                 if let Some(old) = &live {
                     let unchanged = RouteRecord {
@@ -423,12 +429,7 @@ impl RouterHandler for Router {
             .ctx
             .store
             .write(move |tx| {
-                let live = tx.get_msg::<RouteRecord>(ROUTES, key.as_bytes())?;
-                validate::expected_version(
-                    expected,
-                    live.as_ref().map_or(0, |r| r.version),
-                    "route",
-                )?;
+                let live = live_route(tx, &key, expected)?;
                 let mut table = read_table(tx)?;
                 if live.is_none() {
                     return Ok((false, table.revision));
