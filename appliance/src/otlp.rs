@@ -130,7 +130,8 @@ pub fn start(
 struct Exporter {
     http: reqwest::Client,
     url: String,
-    resource: Value,
+    /// The resource's JSON, rendered once.
+    resource: String,
     batch: usize,
     every: Duration,
     warned: Option<Instant>,
@@ -197,7 +198,7 @@ impl Exporter {
     }
 }
 
-fn resource(service_name: &str) -> Value {
+fn resource(service_name: &str) -> String {
     json!({
         "attributes": [
             attribute("service.name", service_name),
@@ -205,6 +206,7 @@ fn resource(service_name: &str) -> Value {
             attribute("service.instance.id", &format!("{}", std::process::id())),
         ]
     })
+    .to_string()
 }
 
 fn attribute(key: &str, value: &str) -> Value {
@@ -221,11 +223,11 @@ fn unix_nanos(t: SystemTime) -> String {
 /// One OTLP `ExportTraceServiceRequest` in its JSON form: ids as lowercase hex, times as
 /// decimal strings of Unix nanoseconds, enums as numbers. Written straight into one
 /// buffer (no JSON tree per span): the exporter shares the cores with the requests.
-pub fn encode(resource: &Value, spans: &[Span]) -> String {
+pub fn encode(resource: &str, spans: &[Span]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(256 + spans.len() * 400);
     out.push_str(r#"{"resourceSpans":[{"resource":"#);
-    out.push_str(&resource.to_string());
+    out.push_str(resource);
     out.push_str(r#","scopeSpans":[{"scope":{"name":"aicore","version":""#);
     out.push_str(env!("CARGO_PKG_VERSION"));
     out.push_str(r#""},"spans":["#);

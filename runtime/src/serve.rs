@@ -586,10 +586,12 @@ async fn handle(
                             // The caller went away: dropping `items` stops the work behind
                             // the stream; nobody is left to tell.
                             tracing::debug!(subject = info.subject, "the caller abandoned the stream");
+                            finished.abandoned();
                             return;
                         }
                         _ = stop.cancelled() => {
                             let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
+                            finished.fail(&s);
                             respond_error(nats, &reply, stats, received, &s).await;
                             return;
                         }

@@ -436,7 +436,7 @@ async fn handle(
     drop(guard);
     trace.stamp(response.headers_mut());
     let name = route.map_or("unrouted", |r| gw.routes[r].method.subject);
-    trace.record(&format!("http {name}"), started, response.status());
+    trace.record(name, started, response.status());
     let metric = route.unwrap_or_else(|| gw.metrics.unmatched());
     gw.metrics
         .record(metric, response.status().as_u16(), start.elapsed());

@@ -60,8 +60,9 @@ impl Trace {
         }
     }
 
-    /// Records this hop's span (when traces are exported), named after the route.
-    pub(super) fn record(&self, name: &str, start: SystemTime, status: StatusCode) {
+    /// Records this hop's span (when traces are exported), named `http <subject>` after
+    /// the route's RPC.
+    pub(super) fn record(&self, subject: &str, start: SystemTime, status: StatusCode) {
         if !self.context.recorded() {
             return;
         }
@@ -70,7 +71,7 @@ impl Trace {
         trace::record(trace::Span {
             context: self.context,
             parent: self.parent,
-            name: name.to_string().into(),
+            name: format!("http {subject}").into(),
             kind: trace::Kind::Server,
             start,
             end: SystemTime::now(),
