@@ -9,13 +9,20 @@
 //!
 //! # What is retried
 //!
-//! A call whose attempt failed in transit (no responders, a timeout, Unavailable) is sent
-//! again only when that is provably safe ([`MethodInfo::retry_safe`]): the RPC is a read
-//! (`read_only` in its proto policy), or the request carries an idempotency key, so a
-//! replay returns the first reply. A write without a key is sent once: its first attempt
-//! may have been applied with the reply lost, and a blind retry would apply it twice or
-//! answer Conflict to a create-only write that succeeded. A caller that wants such a
-//! write retried asks for a key with [`CallOptions::idempotency_key`]
+//! A call that finds nobody serving its subject (no responders) reached no one: any call,
+//! a write without a key too, is sent again until it has waited
+//! [`ClientConfig::outage_grace`] (or its deadline comes first). That rides out a
+//! service restarting or its connection reconnecting — nats-server closes connections
+//! whose certificate a rotation retired, and their subscriptions are gone until the
+//! client has reconnected — instead of failing every call in that blip.
+//!
+//! A call whose attempt may have been delivered (a timeout, Unavailable from the service)
+//! is sent again only when that is provably safe ([`MethodInfo::retry_safe`]): the RPC is
+//! a read (`read_only` in its proto policy), or the request carries an idempotency key,
+//! so a replay returns the first reply. A write without a key is sent once: its first
+//! attempt may have been applied with the reply lost, and a blind retry would apply it
+//! twice or answer Conflict to a create-only write that succeeded. A caller that wants
+//! such a write retried asks for a key with [`CallOptions::idempotency_key`]
 //! ([`IdempotencyKey::Fresh`]): the SDK then puts one key in every attempt.
 //!
 //! # What counts against a breaker
@@ -33,6 +40,10 @@
 //! - **neither**: an attempt cut short by the caller's own deadline (it had less than
 //!   `attempt_timeout`), and failures of the caller's own connection or request (max
 //!   payload, a connection that is down): the caller's outcome, not the service's.
+//!
+//! The circuit opens after `breaker_threshold` failures in a row that have lasted at least
+//! [`ClientConfig::outage_grace`]: a burst of failures inside a reconnect blip, however
+//! many callers see it, does not turn the blip into a `breaker_cooldown` of refusals.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -100,6 +111,10 @@ pub struct ClientConfig {
     pub breaker_threshold: u32,
     /// How long an open circuit refuses calls before letting a trial through.
     pub breaker_cooldown: Duration,
+    /// How long an outage must last before it is one: a call finding no responders is
+    /// re-sent for up to this long, and failures in a row open the circuit only once
+    /// they have lasted this long.
+    pub outage_grace: Duration,
 }
 
 impl Default for ClientConfig {
@@ -112,6 +127,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_millis(1000),
             breaker_threshold: 20,
             breaker_cooldown: Duration::from_secs(2),
+            outage_grace: Duration::from_secs(2),
         }
     }
 }
@@ -127,6 +143,8 @@ pub struct Client {
 #[derive(Default)]
 struct Breaker {
     failures: u32,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
     open_until: Option<Instant>,
 }
 
@@ -189,14 +207,17 @@ impl Client {
         }
         let mut all = self.breakers.write().unwrap_or_else(|e| e.into_inner());
         let b = all.entry(subject).or_default();
+        let now = Instant::now();
         if transport_failure {
             b.failures = b.failures.saturating_add(1);
-            if b.failures >= self.config.breaker_threshold {
-                b.open_until = Some(Instant::now() + self.config.breaker_cooldown);
+            let since = *b.failing_since.get_or_insert(now);
+            if b.failures >= self.config.breaker_threshold
+                && now.duration_since(since) >= self.config.outage_grace
+            {
+                b.open_until = Some(now + self.config.breaker_cooldown);
             }
         } else {
-            b.failures = 0;
-            b.open_until = None;
+            *b = Breaker::default();
         }
     }
 
@@ -217,6 +238,15 @@ enum Health {
     /// Nothing learnt about the service: the caller's deadline cut the attempt short, or
     /// the caller's own connection or request failed.
     Unknown,
+}
+
+/// Whether nobody served the subject (nats-server's no-responders status): the request
+/// reached no one.
+fn no_responders(reply: &Result<Message, async_nats::RequestError>) -> bool {
+    match reply {
+        Ok(msg) => msg.status == Some(async_nats::StatusCode::NO_RESPONDERS),
+        Err(e) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+    }
 }
 
 /// The health an attempt shows: `reply` is what came back (or the request error),
@@ -363,13 +393,18 @@ impl Transport for Client {
             IdempotencyKey::Fresh => body,
             IdempotencyKey::Use(key) => method.with_idempotency_key(body, key),
         };
-        // Sent again only when provably safe: a read, or a write carrying its key.
+        // Sent again after it may have been delivered only when provably safe: a read, or a
+        // write carrying its key.
         let attempts = if method.retry_safe(&body) {
             self.config.max_attempts.max(1)
         } else {
             1
         };
+        // Attempts that may have been delivered; sends that found no responders reached
+        // no one and do not count.
         let mut attempt = 0;
+        let mut retries = 0;
+        let mut unserved_since: Option<Instant> = None;
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -385,22 +420,35 @@ impl Transport for Client {
             } else {
                 remaining
             };
+            // The service is told this attempt's deadline, not the call's: past it the
+            // caller no longer waits for this attempt, so neither should the work.
             let request = async_nats::Request::new()
                 .payload(body.clone())
-                .headers(request_headers(options, remaining))
+                .headers(request_headers(options, this_try))
                 .timeout(Some(this_try));
             let reply = self.nats.send_request(method.subject, request).await;
             self.breaker_record(
                 method.subject,
                 attempt_health(&self.config, &reply, this_try),
             );
+            let unserved = no_responders(&reply);
             let result = match reply {
                 Ok(msg) => reply_result(&msg),
                 Err(e) => Err(map_request_error(method.subject, e)),
             };
+            let again = match &result {
+                Err(_) if unserved => {
+                    attempt -= 1;
+                    let since = *unserved_since.get_or_insert_with(Instant::now);
+                    since.elapsed() < self.config.outage_grace
+                }
+                Err(s) => s.is_retryable() && attempt < attempts,
+                Ok(_) => false,
+            };
             match result {
-                Err(s) if s.is_retryable() && attempt < attempts => {
-                    let pause = self.backoff(attempt - 1);
+                Err(s) if again => {
+                    let pause = self.backoff(retries);
+                    retries += 1;
                     if Instant::now() + pause >= deadline {
                         return Err(s);
                     }

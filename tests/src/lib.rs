@@ -501,8 +501,25 @@ impl Drop for Appliance {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A failing test shows what the appliance said (nextest prints a failed test's
+        // stderr), so a failure seen once in CI can be explained from its output.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            eprintln!(
+                "--- the last {} lines of {} ---",
+                tail.len(),
+                self.log_path.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
+
+/// Lines of the appliance's log a failing test prints.
+const LOG_TAIL_LINES: usize = 200;
 
 /// Runs `command` with its umask set to `mask`.
 pub fn with_umask(command: &mut Command, mask: u32) -> &mut Command {

@@ -17,7 +17,7 @@
 //! The shapes follow the servers' public documentation and source: OpenAI's chat
 //! streaming reference, Ollama's OpenAI compatibility (`openai/openai.go`), llama.cpp's
 //! `tools/server` and vLLM's `entrypoints/openai/protocol.py`. `/v1/embeddings` returns
-//! small deterministic vectors, `/v1/models` a list. The server counts requests per
+//! small deterministic vectors (`stall`: no answer), `/v1/models` a list. The server counts requests per
 //! model, streams finished, and streams whose client went away before the end — what the
 //! tests check cancellation with.
 
@@ -335,6 +335,10 @@ async fn embeddings(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Byt
             json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}),
             None,
         );
+    }
+    if model == "stall" {
+        // No answer until the client goes away (which drops this future).
+        std::future::pending::<()>().await;
     }
     let inputs: Vec<String> = req["input"]
         .as_array()

@@ -50,6 +50,8 @@ const IDEMPOTENCY: Idempotency = Idempotency::new("knowledge_base.idempotency");
 const LIST_TOKEN: u8 = b'K';
 const SEARCH_TOKEN: u8 = b'S';
 /// Longest title, query and tag, in characters; most tags.
+/// The most of a write's remaining time kept for its reply's way back to the caller.
+const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
 const MAX_TITLE: usize = 512;
 const MAX_QUERY: usize = 1024;
 const MAX_TAG: usize = 64;
@@ -340,7 +342,10 @@ impl KnowledgeBase {
             .chars()
             .take(self.config.embed_chars)
             .collect();
-        match self.embed(vec![text], deadline).await {
+        // Half the write's time at most: the rest is the store's and the index's, so a
+        // slow model costs the document its vector (it is still found by text), not the
+        // write its reply.
+        match self.embed(vec![text], deadline.map(|d| d / 2)).await {
             Ok(mut v) if v.len() == 1 => v.pop(),
             Ok(_) => None,
             Err(e) => {
@@ -388,9 +393,16 @@ impl KnowledgeBase {
         Ok(rev)
     }
 
+    /// Waits until searches see the write, but answers in time: past the caller's deadline
+    /// less a margin for the reply's way back, the write stands and is answered, and the
+    /// index catches up on its own.
     async fn after_write(&self, rev: u64, meta: &aicore_proto::Metadata) {
         if rev > 0 {
-            self.index.wait_applied(rev, meta.deadline).await;
+            let answer_by = meta.deadline.map(|d| {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                d - (left / 10).min(REPLY_MARGIN)
+            });
+            self.index.wait_applied(rev, answer_by).await;
         }
     }
 

@@ -92,3 +92,36 @@ async fn hybrid_search_with_offline_embeddings_survives_a_restart_and_a_deleted_
     assert_eq!(rebuilt, before);
     assert!(app.log().contains("knowledge-base index rebuilt"));
 }
+
+/// A model that never answers costs a document its vector, not the write its reply: the
+/// write is answered within the caller's deadline, unembedded, and is found by text.
+#[tokio::test]
+async fn a_stalled_embedding_model_costs_the_vector_not_the_write() {
+    use aicore_proto::aicore::model_management::v1 as mm;
+    let fake = aicore_e2e::openai::FakeOpenAi::start().await;
+    let (app, _keys) = super::with_provider(
+        &fake.base_url,
+        "",
+        "[domains.knowledge_base]\nembedding_model_id = \"e-stall\"\n",
+    )
+    .await;
+    super::register(&app, "e-stall", "stall", &[mm::Capability::Embedding]).await;
+    let c = kb::KnowledgeBaseClient::new(app.client().await);
+    let d = c
+        .add_document(
+            kb::AddDocumentRequest {
+                document_id: "slow".into(),
+                title: "The Slow Model".into(),
+                body: "Nobody embeds this dragon.".into(),
+                idempotency_key: "k-slow".into(),
+                ..Default::default()
+            },
+            &aicore_proto::CallOptions::timeout(Duration::from_secs(4)),
+        )
+        .await
+        .expect("the write is answered within its deadline");
+    assert!(!d.document.unwrap().embedded, "no vector from a stalled model");
+    assert_eq!(fake.seen.requests("stall"), 1, "the model was asked");
+    let text = search(&c, "dragon", kb::SearchMode::FullText).await;
+    assert_eq!(ids(&text), ["slow"]);
+}

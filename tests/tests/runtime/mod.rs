@@ -62,6 +62,8 @@ struct TestService {
     peak: AtomicUsize,
     /// Slow calls whose handler started.
     started: AtomicUsize,
+    /// Echo calls handled.
+    echoed: AtomicUsize,
 }
 
 struct Server(Arc<TestService>);
@@ -106,7 +108,10 @@ impl Dispatch for Server {
                     futures::stream::iter((0..3).map(|i| Ok(Bytes::from(format!("item{i}")))))
                         .boxed(),
                 )),
-                _ => Ok(Reply::Unary(request.body)),
+                _ => {
+                    this.echoed.fetch_add(1, Ordering::SeqCst);
+                    Ok(Reply::Unary(request.body))
+                }
             }
         })
     }
@@ -336,6 +341,7 @@ async fn no_responders_is_unavailable_and_the_breaker_opens() {
         aicore_sdk::ClientConfig {
             breaker_threshold: 2,
             breaker_cooldown: Duration::from_secs(60),
+            outage_grace: Duration::from_millis(300),
             ..Default::default()
         },
     );
@@ -409,6 +415,67 @@ async fn a_callers_own_short_deadlines_never_open_the_circuit_for_others() {
     }
     let open = open.expect("silence for whole attempts opens the circuit");
     assert_eq!(open.code, Code::Unavailable);
+}
+
+/// A blip with nobody serving (a service restarting, its connection reconnecting after a
+/// certificate rotation) is ridden out: a call that finds no responders reached no one,
+/// so even a write without an idempotency key is re-sent, and it is applied once. The
+/// failures of many callers inside the blip do not open the circuit.
+#[tokio::test]
+async fn calls_ride_out_a_blip_with_nobody_serving_and_are_applied_once() {
+    let nats = BareNats::start().await;
+    let client = aicore_sdk::Client::new(
+        async_nats::connect(&nats.url).await.unwrap(),
+        aicore_sdk::ClientConfig {
+            breaker_threshold: 2,
+            breaker_cooldown: Duration::from_secs(60),
+            outage_grace: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    assert!(!METHODS[3].retry_safe(b"w"), "echo is a write without a key");
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .unary(
+                    &METHODS[3],
+                    Bytes::from(format!("w{i}")),
+                    &CallOptions::timeout(Duration::from_secs(20)),
+                )
+                .await
+        }));
+    }
+    // Nobody serves the subject for a while: the callers (running while this task
+    // waits) are sent no-responders, each more than once.
+    let probe = async_nats::connect(&nats.url).await.unwrap();
+    let unserved = probe
+        .request(METHODS[3].subject, Bytes::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unserved.kind(),
+        async_nats::RequestErrorKind::NoResponders
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let svc = Arc::new(TestService::default());
+    let stop = CancellationToken::new();
+    serve(
+        async_nats::connect(&nats.url).await.unwrap(),
+        Arc::new(Server(svc.clone())),
+        ServeOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    for (i, c) in calls.into_iter().enumerate() {
+        let reply = c.await.unwrap().expect("served once the service is back");
+        assert_eq!(reply, Bytes::from(format!("w{i}")));
+    }
+    assert_eq!(svc.echoed.load(Ordering::SeqCst), 8, "each write applied once");
+
+    stop.cancel();
 }
 
 /// Asks `subject` and parses the one JSON answer.
