@@ -225,6 +225,48 @@ impl Authority {
         sans: &[String],
         out_dir: Option<&Path>,
     ) -> Result<Issued> {
+        let key = KeyPair::generate()?;
+        self.sign(name, role, (now, not_after), sans, out_dir, key)
+    }
+
+    /// Renews one of the appliance's own certificates (kept beside the CA key, in its
+    /// directory) for `now..not_after` with the key it already has, when it has a
+    /// readable one and is neither revoked nor changing role; else with a new key.
+    ///
+    /// nats-server pins public keys: a renewal that kept the key keeps the pin, so the
+    /// appliance's own connections, made with the old certificate, stay up when it
+    /// expires (a new key would have them closed at that moment, dropping the replies in
+    /// flight). A new key for these buys nothing here: whoever can read the old key file
+    /// can read the CA key beside it.
+    pub fn renew_own(
+        &self,
+        name: &str,
+        role: &str,
+        now: SystemTime,
+        not_after: SystemTime,
+        sans: &[String],
+    ) -> Result<Issued> {
+        let kept = self
+            .get(name)?
+            .filter(|c| !c.revoked && c.role == role)
+            .and_then(|c| std::fs::read_to_string(&c.key_path).ok())
+            .and_then(|pem| KeyPair::from_pem(&pem).ok());
+        let key = match kept {
+            Some(k) => k,
+            None => KeyPair::generate()?,
+        };
+        self.sign(name, role, (now, not_after), sans, None, key)
+    }
+
+    fn sign(
+        &self,
+        name: &str,
+        role: &str,
+        (now, not_after): (SystemTime, SystemTime),
+        sans: &[String],
+        out_dir: Option<&Path>,
+        key: KeyPair,
+    ) -> Result<Issued> {
         check_name(name)?;
         if role != "server" && !ROLES.contains(&role) {
             bail!("unknown role {role:?}: one of server, {}", ROLES.join(", "));
@@ -262,7 +304,6 @@ impl Authority {
         } else {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
-        let key = KeyPair::generate()?;
         let pin = spki_pin(&key);
         let ca = ca_params(now, not_after)?;
         let issuer = Issuer::new(ca, &self.key);
@@ -470,6 +511,30 @@ mod tests {
         );
         let admin = again.issue("admin", "admin", 30, &[], None).unwrap();
         verify_client(&ca, &admin.cert_path).expect("signed by the reopened CA");
+    }
+
+    #[test]
+    fn the_appliances_own_renewals_keep_their_key_unless_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(dir.path(), 3650).unwrap();
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(3600);
+        let first = ca.renew_own("domains", "domains", now, later, &[]).unwrap();
+        let renewed = ca.renew_own("domains", "domains", now, later, &[]).unwrap();
+        assert_ne!(renewed.serial, first.serial, "a new certificate");
+        assert_eq!(renewed.pin, first.pin, "the same key");
+        verify_client(&ca, &renewed.cert_path).expect("chains to our CA");
+        // Issued the usual way (the CLI), a certificate gets a new key.
+        let reissued = ca
+            .issue_between("domains", "domains", now, later, &[], None)
+            .unwrap();
+        assert_ne!(reissued.pin, renewed.pin);
+        // A revoked certificate's key is never reused, nor one under another role.
+        ca.revoke("domains", None).unwrap();
+        let after_revoke = ca.renew_own("domains", "domains", now, later, &[]).unwrap();
+        assert_ne!(after_revoke.pin, reissued.pin);
+        let other_role = ca.renew_own("domains", "gateway", now, later, &[]).unwrap();
+        assert_ne!(other_role.pin, after_revoke.pin);
     }
 
     #[test]

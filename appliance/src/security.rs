@@ -305,12 +305,12 @@ pub fn ensure_issued(
         .map(|s| now + Duration::from_secs(s))
         .unwrap_or_else(|| window(config.cert_days));
     if due(ca.get(SERVER_NAME)?.as_ref(), "server", now) {
-        ca.issue_between(SERVER_NAME, "server", now, until, sans, None)?;
+        ca.renew_own(SERVER_NAME, "server", now, until, sans)?;
         renewed.push(SERVER_NAME.to_string());
     }
     for name in BUILT_IN {
         if due(ca.get(name)?.as_ref(), name, now) {
-            ca.issue_between(name, name, now, until, &[], None)?;
+            ca.renew_own(name, name, now, until, &[])?;
             renewed.push(name.to_string());
         }
     }
