@@ -468,50 +468,70 @@ impl Transport for Client {
     ) -> Result<BoxStream<'static, Result<Bytes, Status>>, Status> {
         self.breaker_check(method.subject)?;
         let deadline = self.deadline(method, options);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let inbox = self.nats.new_inbox();
         let mut sub = self.nats.subscribe(inbox.clone()).await.map_err(|e| {
             Status::new(Code::Unavailable, format!("cannot open a reply inbox: {e}"))
         })?;
         let stream_id = format!("{:032x}", rand::random::<u128>());
-        let mut headers = request_headers(options, remaining);
-        headers.insert(header_names::STREAM_ID, stream_id.as_str());
-        self.nats
-            .publish_with_reply_and_headers(method.subject, inbox, headers, body)
-            .await
-            .map_err(|e| Status::new(Code::Unavailable, format!("cannot send request: {e}")))?;
         // From here on, a caller that goes away (drops the stream, or gives up waiting
         // for its start) tells the server, which stops the work behind the stream.
         let mut cancel = CancelOnDrop(Some((
             self.nats.clone(),
             aicore_proto::stream_cancel_subject(method.subject),
-            stream_id,
+            stream_id.clone(),
         )));
         // The first message must come within the deadline; after that the stream lives as
-        // long as the caller keeps it (dropping it unsubscribes).
-        let first = match tokio::time::timeout(remaining, sub.next()).await {
-            Err(_) => {
-                self.breaker_record(method.subject, silence_health(&self.config, remaining));
+        // long as the caller keeps it (dropping it unsubscribes). A start that found no
+        // responders reached no one and is sent again, as for unary calls.
+        let mut unserved_since: Option<Instant> = None;
+        let mut retries = 0;
+        let first = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut headers = request_headers(options, remaining);
+            headers.insert(header_names::STREAM_ID, stream_id.as_str());
+            self.nats
+                .publish_with_reply_and_headers(
+                    method.subject,
+                    inbox.clone(),
+                    headers,
+                    body.clone(),
+                )
+                .await
+                .map_err(|e| Status::new(Code::Unavailable, format!("cannot send request: {e}")))?;
+            let first = match tokio::time::timeout(remaining, sub.next()).await {
+                Err(_) => {
+                    self.breaker_record(method.subject, silence_health(&self.config, remaining));
+                    return Err(Status::new(
+                        Code::DeadlineExceeded,
+                        format!("{} did not start streaming in time", method.subject),
+                    ));
+                }
+                Ok(None) => return Err(Status::new(Code::Unavailable, "connection closed")),
+                Ok(Some(m)) => m,
+            };
+            if first.status != Some(async_nats::StatusCode::NO_RESPONDERS) {
+                break first;
+            }
+            self.breaker_record(method.subject, Health::Failed);
+            let since = *unserved_since.get_or_insert_with(Instant::now);
+            let pause = self.backoff(retries);
+            retries += 1;
+            if since.elapsed() >= self.config.outage_grace || Instant::now() + pause >= deadline {
+                cancel.disarm();
                 return Err(Status::new(
-                    Code::DeadlineExceeded,
-                    format!("{} did not start streaming in time", method.subject),
+                    Code::Unavailable,
+                    format!("no service is answering {}", method.subject),
                 ));
             }
-            Ok(None) => return Err(Status::new(Code::Unavailable, "connection closed")),
-            Ok(Some(m)) => m,
+            tokio::time::sleep(pause).await;
+            self.breaker_check(method.subject)?;
         };
         let first_result = reply_result(&first);
         if first_result.is_err() {
             // The server ended the stream itself.
             cancel.disarm();
         }
-        self.breaker_record(
-            method.subject,
-            match first.status {
-                Some(async_nats::StatusCode::NO_RESPONDERS) => Health::Failed,
-                _ => Health::Answered,
-            },
-        );
+        self.breaker_record(method.subject, Health::Answered);
         first_result.as_ref().map_err(Clone::clone)?;
         // Items until the end marker; an error item ends the stream too; heartbeats (a
         // quiet stream saying it is alive) are skipped.

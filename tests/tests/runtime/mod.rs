@@ -417,9 +417,9 @@ async fn a_callers_own_short_deadlines_never_open_the_circuit_for_others() {
     assert_eq!(open.code, Code::Unavailable);
 }
 
-/// A blip with nobody serving (a service restarting, its connection reconnecting after a
-/// certificate rotation) is ridden out: a call that finds no responders reached no one,
-/// so even a write without an idempotency key is re-sent, and it is applied once. The
+/// A blip with nobody serving (a service restarting, its connection reconnecting) is
+/// ridden out: a call that finds no responders reached no one, so even a write without
+/// an idempotency key is re-sent, and it is applied once; a stream's start likewise. The
 /// failures of many callers inside the blip do not open the circuit.
 #[tokio::test]
 async fn calls_ride_out_a_blip_with_nobody_serving_and_are_applied_once() {
@@ -447,6 +447,19 @@ async fn calls_ride_out_a_blip_with_nobody_serving_and_are_applied_once() {
                 .await
         }));
     }
+    let streamer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let stream = client
+                .server_stream(
+                    &METHODS[2],
+                    Bytes::new(),
+                    &CallOptions::timeout(Duration::from_secs(20)),
+                )
+                .await?;
+            stream.collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>()
+        })
+    };
     // Nobody serves the subject for a while: the callers (running while this task
     // waits) are sent no-responders, each more than once.
     let probe = async_nats::connect(&nats.url).await.unwrap();
@@ -474,6 +487,8 @@ async fn calls_ride_out_a_blip_with_nobody_serving_and_are_applied_once() {
         assert_eq!(reply, Bytes::from(format!("w{i}")));
     }
     assert_eq!(svc.echoed.load(Ordering::SeqCst), 8, "each write applied once");
+    let items = streamer.await.unwrap().expect("the stream starts once served");
+    assert_eq!(items, ["item0", "item1", "item2"].map(Bytes::from));
 
     stop.cancel();
 }
