@@ -523,32 +523,8 @@ async fn handle(
         trace_id = %format_args!("{:032x}", context.trace_id),
     );
     let served = async move {
-        let deadline = meta.deadline;
-        let call = dispatch.call(
-            method,
-            Request {
-                body: request.payload.clone(),
-                meta,
-            },
-        );
-        let call = AssertUnwindSafe(call).catch_unwind();
-        let outcome = match deadline {
-            Some(d) if d <= Instant::now() => Err(Status::new(
-                Code::DeadlineExceeded,
-                "the request's deadline passed before it was handled",
-            )),
-            Some(d) => match tokio::time::timeout_at(d.into(), call).await {
-                Ok(r) => flatten_panic(r),
-                Err(_) => Err(Status::new(
-                    Code::DeadlineExceeded,
-                    format!(
-                        "{} did not finish within the request's deadline",
-                        info.subject
-                    ),
-                )),
-            },
-            None => flatten_panic(call.await),
-        };
+        let body = request.payload.clone();
+        let outcome = run_handler(dispatch, method, info.subject, Request { body, meta }).await;
         if abandoned.is_cancelled() {
             tracing::debug!(subject = info.subject, "the caller abandoned the stream");
             finished.abandoned();
@@ -566,63 +542,19 @@ async fn handle(
                 }
                 stats.ok(received.elapsed());
             }
-            Ok(Reply::Stream(mut items)) => {
+            Ok(Reply::Stream(items)) => {
                 let Some(reply) = request.reply.clone() else {
                     return;
                 };
-                // What a stream's latency means: how long it took to start (a watch may
-                // then run for hours).
-                let started = received.elapsed();
-                // A stream (a watch, a replay) may run far longer than any unary call;
-                // shutdown must not wait for it, so it ends with Unavailable (not the end
-                // marker: the client can tell it was cut and resume). A quiet stream
-                // sends heartbeats.
-                let every = options.stream_heartbeat.max(Duration::from_millis(10));
-                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    let item = tokio::select! {
-                        biased;
-                        _ = abandoned.cancelled() => {
-                            // The caller went away: dropping `items` stops the work behind
-                            // the stream; nobody is left to tell.
-                            tracing::debug!(subject = info.subject, "the caller abandoned the stream");
-                            finished.abandoned();
-                            return;
-                        }
-                        _ = stop.cancelled() => {
-                            let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
-                            finished.fail(&s);
-                            respond_error(nats, &reply, stats, received, &s).await;
-                            return;
-                        }
-                        item = items.next() => match item { Some(i) => i, None => break },
-                        _ = beat.tick() => {
-                            let mut h = HeaderMap::new();
-                            h.insert(header_names::STREAM, "heartbeat");
-                            if nats.publish_with_headers(reply.clone(), h, Bytes::new()).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    };
-                    beat.reset();
-                    match item {
-                        Ok(b) => {
-                            if nats.publish(reply.clone(), b).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(s) => {
-                            finished.fail(&s);
-                            respond_error(nats, &reply, stats, received, &s).await;
-                            return;
-                        }
-                    }
-                }
-                let mut h = HeaderMap::new();
-                h.insert(header_names::STREAM, "end");
-                let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
-                stats.stream_ended(received.elapsed(), started);
+                let out = StreamOut {
+                    nats,
+                    reply,
+                    stats,
+                    received,
+                    subject: info.subject,
+                };
+                let ends = (&abandoned, stop);
+                send_stream(out, items, ends, options.stream_heartbeat, &mut finished).await;
             }
             Err(s) => {
                 if let Some(reply) = &request.reply {
@@ -632,6 +564,107 @@ async fn handle(
         }
     };
     trace::scope(context, served.instrument(span)).await
+}
+
+/// Runs the handler within the request's deadline (one already past is not started); a
+/// panic is answered Internal.
+async fn run_handler(
+    dispatch: &dyn Dispatch,
+    method: usize,
+    subject: &'static str,
+    request: Request<Bytes>,
+) -> Result<Reply, Status> {
+    let deadline = request.meta.deadline;
+    let call = AssertUnwindSafe(dispatch.call(method, request)).catch_unwind();
+    match deadline {
+        Some(d) if d <= Instant::now() => Err(Status::new(
+            Code::DeadlineExceeded,
+            "the request's deadline passed before it was handled",
+        )),
+        Some(d) => match tokio::time::timeout_at(d.into(), call).await {
+            Ok(r) => flatten_panic(r),
+            Err(_) => Err(Status::new(
+                Code::DeadlineExceeded,
+                format!("{subject} did not finish within the request's deadline"),
+            )),
+        },
+        None => flatten_panic(call.await),
+    }
+}
+
+/// Where a stream's messages go, and what they are counted in.
+struct StreamOut<'a> {
+    nats: &'a async_nats::Client,
+    reply: async_nats::Subject,
+    stats: &'a Record<'a>,
+    received: Instant,
+    subject: &'static str,
+}
+
+/// Sends a stream's items, heartbeats while it is quiet, then the end marker. It stops
+/// when the caller abandons it (`ends.0`: nobody is left to tell; dropping `items` stops
+/// the work behind it) and at shutdown (`ends.1`), which must not wait for a stream that
+/// may run for hours: that ends it with Unavailable, not the end marker, so the client
+/// can tell it was cut and resume. Its latency is how long it took to start.
+async fn send_stream(
+    out: StreamOut<'_>,
+    mut items: futures::stream::BoxStream<'static, Result<Bytes, Status>>,
+    (abandoned, stop): (&CancellationToken, &CancellationToken),
+    heartbeat: Duration,
+    finished: &mut Finished,
+) {
+    let StreamOut {
+        nats,
+        reply,
+        stats,
+        received,
+        subject,
+    } = out;
+    let started = received.elapsed();
+    let every = heartbeat.max(Duration::from_millis(10));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = abandoned.cancelled() => {
+                tracing::debug!(subject, "the caller abandoned the stream");
+                finished.abandoned();
+                return;
+            }
+            _ = stop.cancelled() => {
+                let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
+                finished.fail(&s);
+                respond_error(nats, &reply, stats, received, &s).await;
+                return;
+            }
+            item = items.next() => match item { Some(i) => i, None => break },
+            _ = beat.tick() => {
+                let mut h = HeaderMap::new();
+                h.insert(header_names::STREAM, "heartbeat");
+                if nats.publish_with_headers(reply.clone(), h, Bytes::new()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        beat.reset();
+        match item {
+            Ok(b) => {
+                if nats.publish(reply.clone(), b).await.is_err() {
+                    return;
+                }
+            }
+            Err(s) => {
+                finished.fail(&s);
+                respond_error(nats, &reply, stats, received, &s).await;
+                return;
+            }
+        }
+    }
+    let mut h = HeaderMap::new();
+    h.insert(header_names::STREAM, "end");
+    let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
+    stats.stream_ended(received.elapsed(), started);
 }
 
 /// A served request's span, recorded when the request is done (whichever way it ends);

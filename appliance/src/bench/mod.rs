@@ -279,51 +279,10 @@ async fn run_rows(
     stop: CancellationToken,
 ) -> Result<(Vec<Cell>, aicore_runtime::store::StoreStats)> {
     std::fs::create_dir_all(dir)?;
-    let (load, payload) = (&base.nats, &base.payload);
     let mut cells = Vec::new();
-    // The same echo through the domain runtime and the SDK (deadline header, micro
-    // service API, a task per request, retries/breaker bookkeeping): the framework's
-    // own share of every domain call, with no domain work.
     if args.wants("runtime") {
-        let runtime_nats = env.connect("domains", "bench-runtime-echo").await?;
-        let serving = serve::serve(
-            runtime_nats.clone(),
-            Arc::new(EchoService),
-            ServeOptions {
-                metrics: Some(env.metrics.clone()),
-                ..ServeOptions::default()
-            },
-            stop.child_token(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        runtime_nats.flush().await?;
-        let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
-        for &c in &args.concurrency {
-            let (sdk, p) = (sdk.clone(), payload.clone());
-            cells.push(
-                measure(
-                    base,
-                    None,
-                    "sdk+runtime echo (no domain work)",
-                    c,
-                    args.seconds,
-                    move |_, _| {
-                        let (sdk, p) = (sdk.clone(), p.clone());
-                        async move {
-                            use aicore_proto::Transport;
-                            sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
-                                .await
-                                .map(|_| ())
-                        }
-                    },
-                )
-                .await,
-            );
-        }
-        serving.stop().await;
+        cells.extend(measure_runtime_echo(env, base, args, stop.child_token()).await?);
     }
-
     // HTTP: the gateway against a bare axum→NATS forwarder, same JSON body in and out.
     if args.wants("http") || args.wants("metrics") {
         cells.extend(measure_gateway(env, config, base, args, dir, stop.child_token()).await?);
@@ -342,7 +301,102 @@ async fn run_rows(
         cells.extend(ai::measure_ai(env, config, base, args, dir, stop.child_token()).await?);
     }
 
-    // The domain path, group commit on.
+    let (state, stats) = measure_state(env, base, config, args, dir, &stop).await?;
+    cells.extend(state);
+    cells.extend(measure_store_baselines(env, base, config, args, dir, &stop).await?);
+    Ok((cells, stats))
+}
+
+/// The same echo through the domain runtime and the SDK (deadline header, micro service
+/// API, a task per request, retries/breaker bookkeeping): the framework's own share of
+/// every domain call, with no domain work.
+async fn measure_runtime_echo(
+    env: &Env,
+    base: &Baseline,
+    args: &BenchArgs,
+    stop: CancellationToken,
+) -> Result<Vec<Cell>> {
+    let (load, payload) = (&base.nats, &base.payload);
+    let mut cells = Vec::new();
+    let runtime_nats = env.connect("domains", "bench-runtime-echo").await?;
+    let serving = serve::serve(
+        runtime_nats.clone(),
+        Arc::new(EchoService),
+        ServeOptions {
+            metrics: Some(env.metrics.clone()),
+            ..ServeOptions::default()
+        },
+        stop,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime_nats.flush().await?;
+    let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
+    for &c in &args.concurrency {
+        let (sdk, p) = (sdk.clone(), payload.clone());
+        cells.push(
+            measure(
+                base,
+                None,
+                "sdk+runtime echo (no domain work)",
+                c,
+                args.seconds,
+                move |_, _| {
+                    let (sdk, p) = (sdk.clone(), p.clone());
+                    async move {
+                        use aicore_proto::Transport;
+                        sdk.unary(&ECHO_METHODS[0], p, &CallOptions::default())
+                            .await
+                            .map(|_| ())
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    serving.stop().await;
+    Ok(cells)
+}
+
+/// A state-manager Put of `payload` by `worker`, its `i`th: 64 keys per worker.
+fn put(
+    client: StateManagerClient<aicore_sdk::Client>,
+    payload: Bytes,
+) -> impl Fn(usize, u64) -> futures::future::BoxFuture<'static, Result<(), aicore_proto::Status>> + Clone
+{
+    move |worker: usize, i: u64| {
+        let (client, payload) = (client.clone(), payload.clone());
+        Box::pin(async move {
+            client
+                .put(
+                    PutRequest {
+                        player_id: format!("bench-{worker}"),
+                        key: format!("k{}", i % 64),
+                        data: payload,
+                        content_type: "application/octet-stream".into(),
+                        expected_version: None,
+                        idempotency_key: String::new(),
+                    },
+                    &CallOptions::default(),
+                )
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+/// The domain path, group commit on: state-manager Get and Put, and the rows that share
+/// its store (payment, world, game); also the store's statistics after them.
+async fn measure_state(
+    env: &Env,
+    base: &Baseline,
+    config: &Config,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    stop: &CancellationToken,
+) -> Result<(Vec<Cell>, aicore_runtime::store::StoreStats)> {
+    let (load, payload) = (&base.nats, &base.payload);
+    let mut cells = Vec::new();
     // The store as configured (`[store]` of `--config`), so a run shows what a setting does.
     let options = StoreOptions {
         metrics: env.metrics.switch(),
@@ -404,27 +458,6 @@ async fn run_rows(
             .await,
         );
     }
-    let put = |client: StateManagerClient<aicore_sdk::Client>, payload: Bytes| {
-        move |worker: usize, i: u64| {
-            let (client, payload) = (client.clone(), payload.clone());
-            async move {
-                client
-                    .put(
-                        PutRequest {
-                            player_id: format!("bench-{worker}"),
-                            key: format!("k{}", i % 64),
-                            data: payload,
-                            content_type: "application/octet-stream".into(),
-                            expected_version: None,
-                            idempotency_key: String::new(),
-                        },
-                        &CallOptions::default(),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        }
-    };
     for &c in args.concurrency.iter().filter(|_| args.wants("state")) {
         cells.push(
             measure(
@@ -457,8 +490,21 @@ async fn run_rows(
     let stats = store.stats();
     store.close().await;
 
-    // The same path without the write-ahead log (every batch a durable redb commit), and
-    // with one durable redb commit per request: the store's own baselines.
+    Ok((cells, stats))
+}
+
+/// The same path without the write-ahead log (every batch a durable redb commit), and
+/// with one durable redb commit per request: the store's own baselines.
+async fn measure_store_baselines(
+    env: &Env,
+    base: &Baseline,
+    config: &Config,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    stop: &CancellationToken,
+) -> Result<Vec<Cell>> {
+    let (load, payload) = (&base.nats, &base.payload);
+    let mut cells = Vec::new();
     let baselines = [
         (
             "sdk state_manager.put (group commit, no log)",
@@ -513,7 +559,7 @@ async fn run_rows(
         serving.stop().await;
         store.close().await;
     }
-    Ok((cells, stats))
+    Ok(cells)
 }
 
 /// A cell's throughput as a share of the raw slices interleaved with it.
