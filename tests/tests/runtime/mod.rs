@@ -333,18 +333,23 @@ async fn a_quiet_stream_sends_heartbeats_that_clients_skip() {
     assert_eq!(items, [Bytes::from("item0"), Bytes::from("item1")]);
 }
 
-#[tokio::test]
-async fn no_responders_is_unavailable_and_the_breaker_opens() {
-    let nats = BareNats::start().await;
-    let client = aicore_sdk::Client::new(
+/// A client whose circuits open after two failures that lasted `grace`, for a minute.
+async fn touchy_client(nats: &BareNats, grace: Duration) -> aicore_sdk::Client {
+    aicore_sdk::Client::new(
         async_nats::connect(&nats.url).await.unwrap(),
         aicore_sdk::ClientConfig {
             breaker_threshold: 2,
             breaker_cooldown: Duration::from_secs(60),
-            outage_grace: Duration::from_millis(300),
+            outage_grace: grace,
             ..Default::default()
         },
-    );
+    )
+}
+
+#[tokio::test]
+async fn no_responders_is_unavailable_and_the_breaker_opens() {
+    let nats = BareNats::start().await;
+    let client = touchy_client(&nats, Duration::from_millis(300)).await;
     let opts = CallOptions::timeout(Duration::from_secs(2));
     for _ in 0..2 {
         let e = client
@@ -424,15 +429,7 @@ async fn a_callers_own_short_deadlines_never_open_the_circuit_for_others() {
 #[tokio::test]
 async fn calls_ride_out_a_blip_with_nobody_serving_and_are_applied_once() {
     let nats = BareNats::start().await;
-    let client = aicore_sdk::Client::new(
-        async_nats::connect(&nats.url).await.unwrap(),
-        aicore_sdk::ClientConfig {
-            breaker_threshold: 2,
-            breaker_cooldown: Duration::from_secs(60),
-            outage_grace: Duration::from_secs(30),
-            ..Default::default()
-        },
-    );
+    let client = touchy_client(&nats, Duration::from_secs(30)).await;
     assert!(!METHODS[3].retry_safe(b"w"), "echo is a write without a key");
     let mut calls = Vec::new();
     for i in 0..8 {
