@@ -148,10 +148,13 @@ fn field_schema(
         kind_schema(&f.kind(), pending)
     };
     if let Some(obj) = s.as_object_mut()
-        && !f.is_list()
         && !f.is_map()
     {
-        field_rules(f, obj);
+        if f.is_list() {
+            list_rules(f, obj);
+        } else {
+            field_rules(f, obj);
+        }
     }
     // The proto3 JSON mapping reads `null` as the field's default, and the gateway does:
     // say so wherever the default is a valid value (a field its rules make required is
@@ -187,17 +190,50 @@ fn admit_null(schema: &mut serde_json::Map<String, Value>) {
     }
 }
 
-/// The field's `(aicore.common.v1.field)` rules as JSON Schema keywords.
-fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) {
-    let Some(ext) = descriptor_pool().get_extension_by_name("aicore.common.v1.field") else {
-        return;
-    };
+/// The field's `(aicore.common.v1.field)` rules, when it has any.
+fn rules_of(f: &FieldDescriptor) -> Option<prost_reflect::DynamicMessage> {
+    let ext = descriptor_pool().get_extension_by_name("aicore.common.v1.field")?;
     let options = f.options();
     if !options.has_extension(&ext) {
-        return;
+        return None;
     }
-    let rules = options.get_extension(&ext);
-    let Some(rules) = rules.as_message() else {
+    options.get_extension(&ext).as_message().cloned()
+}
+
+/// Fewest items the rules of repeated field `f` allow (0 when they say nothing).
+fn min_items(f: &FieldDescriptor) -> u32 {
+    rules_of(f)
+        .and_then(|r| r.get_field_by_name("min_items").and_then(|v| v.as_u32()))
+        .unwrap_or(0)
+}
+
+/// A repeated field's rules: its item counts on the array, the rest on each item.
+fn list_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) {
+    let Some(rules) = rules_of(f) else {
+        return;
+    };
+    let count = |name: &str| {
+        rules
+            .get_field_by_name(name)
+            .and_then(|v| v.as_u32())
+            .filter(|n| *n > 0)
+    };
+    if let Some(n) = count("min_items") {
+        schema.insert("minItems".into(), n.into());
+    }
+    if let Some(n) = count("max_items") {
+        schema.insert("maxItems".into(), n.into());
+    }
+    if let Some(Value::Object(items)) = schema.get_mut("items")
+        && !items.contains_key("$ref")
+    {
+        field_rules(f, items);
+    }
+}
+
+/// The field's `(aicore.common.v1.field)` rules as JSON Schema keywords.
+fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) {
+    let Some(rules) = rules_of(f) else {
         return;
     };
     let get = |name: &str| rules.get_field_by_name(name).map(|v| v.into_owned());
@@ -290,7 +326,13 @@ fn message_schema(
     let mut s = json!({"type": "object", "properties": properties, "additionalProperties": false});
     let required: Vec<String> = m
         .fields()
-        .filter(|f| !f.is_list() && !f.is_map() && required_by_rules(f))
+        .filter(|f| {
+            if f.is_list() {
+                min_items(f) > 0
+            } else {
+                !f.is_map() && required_by_rules(f)
+            }
+        })
         .map(|f| f.json_name().to_string())
         .collect();
     if !required.is_empty() {
@@ -426,7 +468,15 @@ pub fn document(methods: &[&'static MethodInfo]) -> Value {
         let input = kind_schema_of(m.input, &mut pending);
         let body_required = descriptor_pool()
             .get_message_by_name(m.input)
-            .is_some_and(|d| d.fields().any(|f| !f.is_list() && required_by_rules(&f)));
+            .is_some_and(|d| {
+                d.fields().any(|f| {
+                    if f.is_list() {
+                        min_items(&f) > 0
+                    } else {
+                        required_by_rules(&f)
+                    }
+                })
+            });
         let output = kind_schema_of(m.output, &mut pending);
         let ok = if m.server_streaming {
             json!({
@@ -588,6 +638,16 @@ mod tests {
         assert_eq!(scale["required"], json!(["scale"]));
         // proto3 JSON reads null as the default: optional scalars admit it, required don't.
         assert_eq!(scale["properties"]["scale"]["type"], json!("number"));
+        // A repeated field's rules: item counts on the array (a least count makes it
+        // required), the rest on each item.
+        let embed = &schemas["aicore.ai_integration.v1.EmbedRequest"];
+        let inputs = &embed["properties"]["inputs"];
+        assert_eq!(
+            (&inputs["minItems"], &inputs["maxItems"]),
+            (&json!(1), &json!(256))
+        );
+        assert_eq!(inputs["items"]["minLength"], json!(1));
+        assert_eq!(embed["required"], json!(["inputs"]));
         let profiles = &schemas["aicore.performance_mode.v1.ProfilesRequest"]["properties"];
         assert_eq!(profiles["pageSize"]["type"], json!(["integer", "null"]));
         assert_eq!(profiles["pageToken"]["type"], json!(["string", "null"]));
