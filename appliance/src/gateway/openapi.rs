@@ -266,6 +266,13 @@ fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>)
             schema.insert(keyword.into(), json_number(n));
         }
     }
+    if specified(&rules)
+        && let Kind::Enum(e) = f.kind()
+        && let Some(zero) = e.get_value(0)
+        && let Some(Value::Array(values)) = schema.get_mut("enum")
+    {
+        values.retain(|v| v.as_str() != Some(zero.name()));
+    }
     if get("no_control_chars").and_then(|v| v.as_bool()) == Some(true) {
         // Unanchored, so no `$` (which Python lets match before a final newline).
         schema.insert("not".into(), json!({"pattern": "[\\x00-\\x1f\\x7f-\\x9f]"}));
@@ -279,6 +286,14 @@ fn json_number(n: f64) -> Value {
     } else {
         json!(n)
     }
+}
+
+/// Whether `rules` refuse an enum's zero value.
+fn specified(rules: &prost_reflect::DynamicMessage) -> bool {
+    rules
+        .get_field_by_name("specified")
+        .and_then(|v| v.as_bool())
+        == Some(true)
 }
 
 /// Whether the field's rules refuse its default (the empty string, or a zero outside the
@@ -304,10 +319,11 @@ fn required_by_rules(f: &FieldDescriptor) -> bool {
     let zero_refused = num("minimum").is_some_and(|n| n > 0.0)
         || num("maximum").is_some_and(|n| n < 0.0)
         || num("exclusiveMinimum").is_some_and(|n| n >= 0.0);
+    let zero_enum = rules_of(f).is_some_and(|r| specified(&r));
     s.get("minLength")
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 0)
-        || (number && zero_refused && !f.supports_presence())
+        || (((number && zero_refused) || zero_enum) && !f.supports_presence())
 }
 
 fn message_schema(
@@ -648,6 +664,13 @@ mod tests {
         );
         assert_eq!(inputs["items"]["minLength"], json!(1));
         assert_eq!(embed["required"], json!(["inputs"]));
+        // An enum whose zero value is refused: left out, and the field required.
+        let message = &schemas["aicore.ai_integration.v1.ChatMessage"];
+        assert_eq!(
+            message["properties"]["role"]["enum"],
+            json!(["ROLE_SYSTEM", "ROLE_USER", "ROLE_ASSISTANT"])
+        );
+        assert_eq!(message["required"], json!(["role"]));
         let profiles = &schemas["aicore.performance_mode.v1.ProfilesRequest"]["properties"];
         assert_eq!(profiles["pageSize"]["type"], json!(["integer", "null"]));
         assert_eq!(profiles["pageToken"]["type"], json!(["string", "null"]));
