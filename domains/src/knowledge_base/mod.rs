@@ -412,17 +412,6 @@ impl KnowledgeBase {
     }
 }
 
-fn expected(want: Option<u64>, live: u64) -> Result<(), Status> {
-    match want {
-        Some(n) if n != live => Err(Status::with_field(
-            Code::Conflict,
-            "expected_version",
-            format!("the document is at version {live}, not {n}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl KnowledgeBaseHandler for KnowledgeBase {
     async fn add_document(
         &self,
@@ -513,7 +502,11 @@ impl KnowledgeBaseHandler for KnowledgeBase {
                                 format!("no document {}", req.document_id),
                             )
                         })?;
-                expected(req.expected_version, old.version)?;
+                aicore_runtime::validate::expected_version(
+                    req.expected_version,
+                    old.version,
+                    "document",
+                )?;
                 let doc = Document {
                     document_id: old.document_id.clone(),
                     title: req.title,
@@ -546,7 +539,11 @@ impl KnowledgeBaseHandler for KnowledgeBase {
                 let Some(old) = tx.get_msg::<Document>(DOCS, req.document_id.as_bytes())? else {
                     return Ok(0);
                 };
-                expected(req.expected_version, old.version)?;
+                aicore_runtime::validate::expected_version(
+                    req.expected_version,
+                    old.version,
+                    "document",
+                )?;
                 let rev = bump(tx)?;
                 tx.delete(DOCS, req.document_id.as_bytes());
                 tx.delete(BY_UPDATED, &by_updated_key(&old));

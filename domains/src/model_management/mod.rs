@@ -224,17 +224,6 @@ fn defaults_of(store: &Store, model_id: &str) -> Result<Vec<i32>, Status> {
     Ok(out)
 }
 
-fn expected(expected: Option<u64>, live: u64) -> Result<(), Status> {
-    match expected {
-        Some(n) if n != live => Err(Status::with_field(
-            Code::Conflict,
-            "expected_version",
-            format!("the model is at version {live}, not {n}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn not_found(id: &str) -> Status {
     Status::with_field(Code::NotFound, "model_id", format!("no model {id}"))
 }
@@ -342,7 +331,7 @@ impl ModelManagementHandler for ModelManagement {
                 let mut m: Model = tx
                     .get_msg(MODELS, id.as_bytes())?
                     .ok_or_else(|| not_found(&id))?;
-                expected(want, m.version)?;
+                validate::expected_version(want, m.version, "model")?;
                 let defaults = defaults_of_tx(tx, &id)?;
                 if let Some(c) = defaults.iter().find(|c| !spec.capabilities.contains(c)) {
                     return Err(Status::with_field(
@@ -382,7 +371,7 @@ impl ModelManagementHandler for ModelManagement {
                 let Some(m) = tx.get_msg::<Model>(MODELS, id.as_bytes())? else {
                     return Ok(false);
                 };
-                expected(want, m.version)?;
+                validate::expected_version(want, m.version, "model")?;
                 if !defaults_of_tx(tx, &id)?.is_empty() {
                     return Err(Status::with_field(
                         Code::FailedPrecondition,
