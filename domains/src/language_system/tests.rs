@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use aicore_proto::aicore::language_system::v1::*;
 use aicore_proto::{Code, Request};
 
+use futures::future::BoxFuture;
+
 use super::*;
 
 /// A translator that answers from a script: `text` → answer, else `[fr] text`.
