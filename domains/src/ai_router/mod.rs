@@ -156,6 +156,15 @@ fn duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
+/// What a Route asks, as every candidate model is judged against it.
+struct Ask<'a> {
+    req: &'a RouteRequest,
+    cap: Capability,
+    profile: &'a Profile,
+    budget: Option<Duration>,
+    now: SystemTime,
+}
+
 /// The profile and its largest tier a request is routed under.
 struct Profile {
     name: String,
@@ -331,6 +340,89 @@ impl AiRouter {
         named(&self.config.default_profile, "default", "profile")
     }
 
+    /// Whether model `m` may serve `ask` (else why not) and, if it may, its score and the
+    /// factors that make it up. `expected` is its expected latency.
+    fn judge(
+        &self,
+        ask: &Ask<'_>,
+        m: &mm::Model,
+        spec: &mm::ModelSpec,
+        h: &ModelHealth,
+        expected: Duration,
+    ) -> Result<(f64, Vec<String>), String> {
+        let tier = Tier::from_model(spec.tier);
+        let cost = spec.cost.clone().unwrap_or_default();
+        let micros = (cost.input_micros_per_million_tokens + cost.output_micros_per_million_tokens)
+            .max(0) as u64;
+        let reason = if spec.disabled || m.status == mm::ModelStatus::Disabled as i32 {
+            Some("disabled".to_string())
+        } else if ask.req.exclude_model_ids.contains(&m.model_id) {
+            Some("excluded by the request".to_string())
+        } else if ask.req.required_context > 0
+            && spec.context_length > 0
+            && spec.context_length < ask.req.required_context
+        {
+            Some(format!(
+                "context {} below the {} needed",
+                spec.context_length, ask.req.required_context
+            ))
+        } else if tier > ask.profile.max_tier {
+            Some(format!("tier above profile {}", ask.profile.name))
+        } else if ask.profile.max_cost_micros.is_some_and(|c| micros > c) {
+            Some(format!(
+                "cost {micros} micros per million tokens above profile {}'s ceiling",
+                ask.profile.name
+            ))
+        } else if let Some(b) = h.blocked() {
+            Some(b.to_string())
+        } else if ask.budget.is_some_and(|b| expected > b) {
+            Some(format!(
+                "over latency budget ({} ms expected)",
+                expected.as_millis()
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            return Err(r);
+        }
+        let micros = micros as f64;
+        let f_latency = 1.0 / (1.0 + expected.as_secs_f64());
+        let f_cost = 1.0 / (1.0 + micros / 1e6);
+        let f_rel = 1.0 - h.error_rate(ask.now, self.tuning.half_life);
+        let f_tier = 1.0 - 0.2 * f64::from(ask.profile.max_tier.rank() - tier.rank());
+        let mut score = 0.35 * f_latency + 0.25 * f_cost + 0.25 * f_rel + 0.15 * f_tier;
+        let mut factors = vec![
+            format!("latency: {f_latency:.3}"),
+            format!("cost: {f_cost:.3}"),
+            format!("reliability: {f_rel:.3}"),
+            format!("tier: {f_tier:.3}"),
+        ];
+        let mut bonus = |v: f64, why: &str| {
+            score += v;
+            factors.push(format!("{why}: {v:+.1}"));
+        };
+        if ask.req.preferred_model_id == m.model_id {
+            bonus(1.0, "preferred");
+        }
+        if m.default_for.contains(&(ask.cap as i32)) {
+            bonus(0.2, "default");
+        }
+        if m.status == mm::ModelStatus::Degraded as i32 {
+            bonus(-0.2, "degraded");
+        }
+        if h.state() == CircuitState::HalfOpen {
+            bonus(-0.2, "half-open");
+        }
+        if m.status == mm::ModelStatus::Unavailable as i32 {
+            bonus(-0.5, "last probe failed");
+        }
+        if spec.provider_id == "offline" {
+            bonus(-1.0, "offline provider (last resort)");
+        }
+        Ok((score, factors))
+    }
+
     /// Scores every model of the request's capability; returns the decision and the
     /// candidates (eligible best first, then the excluded), without recording anything.
     async fn decide(&self, req: &RouteRequest) -> Result<(RouteResponse, Vec<Candidate>), Status> {
@@ -348,6 +440,13 @@ impl AiRouter {
             .or(profile.latency_budget);
         let mut eligible: Vec<(Candidate, String)> = Vec::new();
         let mut excluded: Vec<Candidate> = Vec::new();
+        let ask = Ask {
+            req,
+            cap,
+            profile: &profile,
+            budget,
+            now,
+        };
         {
             let mut health = self.health();
             for m in models.iter() {
@@ -367,80 +466,17 @@ impl AiRouter {
                     expected_latency: duration(expected),
                     circuit: h.state() as i32,
                 };
-                let tier = Tier::from_model(spec.tier);
-                let cost = spec.cost.unwrap_or_default();
-                let micros = (cost.input_micros_per_million_tokens
-                    + cost.output_micros_per_million_tokens)
-                    .max(0) as u64;
-                let reason = if spec.disabled || m.status == mm::ModelStatus::Disabled as i32 {
-                    Some("disabled".to_string())
-                } else if req.exclude_model_ids.contains(&m.model_id) {
-                    Some("excluded by the request".to_string())
-                } else if req.required_context > 0
-                    && spec.context_length > 0
-                    && spec.context_length < req.required_context
-                {
-                    Some(format!(
-                        "context {} below the {} needed",
-                        spec.context_length, req.required_context
-                    ))
-                } else if tier > profile.max_tier {
-                    Some(format!("tier above profile {}", profile.name))
-                } else if profile.max_cost_micros.is_some_and(|c| micros > c) {
-                    Some(format!(
-                        "cost {micros} micros per million tokens above profile {}'s ceiling",
-                        profile.name
-                    ))
-                } else if let Some(b) = h.blocked() {
-                    Some(b.to_string())
-                } else if budget.is_some_and(|b| expected > b) {
-                    Some(format!(
-                        "over latency budget ({} ms expected)",
-                        expected.as_millis()
-                    ))
-                } else {
-                    None
-                };
-                if let Some(r) = reason {
-                    c.excluded_reason = r;
-                    excluded.push(c);
-                    continue;
+                match self.judge(&ask, m, &spec, h, expected) {
+                    Err(reason) => {
+                        c.excluded_reason = reason;
+                        excluded.push(c);
+                        continue;
+                    }
+                    Ok((score, factors)) => {
+                        c.score = score;
+                        c.score_factors = factors;
+                    }
                 }
-                let micros = micros as f64;
-                let f_latency = 1.0 / (1.0 + expected.as_secs_f64());
-                let f_cost = 1.0 / (1.0 + micros / 1e6);
-                let f_rel = 1.0 - h.error_rate(now, self.tuning.half_life);
-                let f_tier = 1.0 - 0.2 * f64::from(profile.max_tier.rank() - tier.rank());
-                let mut score = 0.35 * f_latency + 0.25 * f_cost + 0.25 * f_rel + 0.15 * f_tier;
-                c.score_factors = vec![
-                    format!("latency: {f_latency:.3}"),
-                    format!("cost: {f_cost:.3}"),
-                    format!("reliability: {f_rel:.3}"),
-                    format!("tier: {f_tier:.3}"),
-                ];
-                let mut bonus = |v: f64, why: &str| {
-                    score += v;
-                    c.score_factors.push(format!("{why}: {v:+.1}"));
-                };
-                if req.preferred_model_id == m.model_id {
-                    bonus(1.0, "preferred");
-                }
-                if m.default_for.contains(&(cap as i32)) {
-                    bonus(0.2, "default");
-                }
-                if m.status == mm::ModelStatus::Degraded as i32 {
-                    bonus(-0.2, "degraded");
-                }
-                if h.state() == CircuitState::HalfOpen {
-                    bonus(-0.2, "half-open");
-                }
-                if m.status == mm::ModelStatus::Unavailable as i32 {
-                    bonus(-0.5, "last probe failed");
-                }
-                if spec.provider_id == "offline" {
-                    bonus(-1.0, "offline provider (last resort)");
-                }
-                c.score = score;
                 c.eligible = true;
                 eligible.push((c, spec.provider_id));
             }
