@@ -56,17 +56,26 @@ pub fn max_bytes(len: usize, max: usize, field: &str, what: &str) -> Result<(), 
     Ok(())
 }
 
-/// Checks a write's `expected_version` against the `version` of the live `what` (0: none
-/// yet): absent passes, a mismatch is Conflict naming `expected_version`.
+/// Optimistic concurrency of every versioned write: checks its `expected_version`
+/// against the `version` of the live `what` (0: none yet, so `Some(0)` means "create
+/// only"). Absent passes; a mismatch is Conflict naming `expected_version`.
 pub fn expected_version(expected: Option<u64>, version: u64, what: &str) -> Result<(), Status> {
-    match expected {
-        Some(want) if want != version => Err(Status::with_field(
-            aicore_proto::Code::Conflict,
-            "expected_version",
-            format!("the {what} is at version {version}, not {want}"),
-        )),
-        _ => Ok(()),
-    }
+    let message = match expected {
+        None => return Ok(()),
+        Some(want) if want == version => return Ok(()),
+        Some(0) => {
+            format!("the {what} exists at version {version}; expected_version 0 only creates")
+        }
+        Some(want) if version == 0 => {
+            format!("the {what} does not exist (expected version {want})")
+        }
+        Some(want) => format!("the {what} is at version {version}, not the expected {want}"),
+    };
+    Err(Status::with_field(
+        aicore_proto::Code::Conflict,
+        "expected_version",
+        message,
+    ))
 }
 
 /// Longest accepted `content_type`, in bytes.

@@ -231,6 +231,13 @@ fn list_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) 
     }
 }
 
+/// The range rules of a number and their JSON Schema keywords.
+const RANGES: [(&str, &str); 3] = [
+    ("minimum", "minimum"),
+    ("maximum", "maximum"),
+    ("exclusive_minimum", "exclusiveMinimum"),
+];
+
 /// The field's `(aicore.common.v1.field)` rules as JSON Schema keywords.
 fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>) {
     let Some(rules) = rules_of(f) else {
@@ -248,17 +255,20 @@ fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>)
     {
         schema.insert("pattern".into(), p.into());
     }
-    // Ranges of numbers. Only where the schema is a plain number (the 64-bit kinds are a
-    // oneOf that also admits strings, which JSON Schema cannot range-check).
+    // Ranges of numbers. A 64-bit integer is a oneOf of its decimal-string and number
+    // forms, and JSON Schema cannot range-check a string: a ranged one is documented as
+    // its number form (the server reads the string form too, as proto3 JSON says).
+    if RANGES.iter().any(|(rule, _)| rules.has_field_by_name(rule))
+        && let Some(Value::Array(forms)) = schema.remove("oneOf")
+        && let Some(Value::Object(number)) = forms.into_iter().find(|v| v["type"] == "integer")
+    {
+        schema.extend(number);
+    }
     let is_number = matches!(
         schema.get("type").and_then(Value::as_str),
         Some("integer" | "number")
     );
-    for (rule, keyword) in [
-        ("minimum", "minimum"),
-        ("maximum", "maximum"),
-        ("exclusive_minimum", "exclusiveMinimum"),
-    ] {
+    for (rule, keyword) in RANGES {
         if is_number
             && rules.has_field_by_name(rule)
             && let Some(n) = get(rule).and_then(|v| v.as_f64())
@@ -310,6 +320,11 @@ fn required_by_rules(f: &FieldDescriptor) -> bool {
             | Kind::Sfixed32
             | Kind::Uint32
             | Kind::Fixed32
+            | Kind::Int64
+            | Kind::Sint64
+            | Kind::Sfixed64
+            | Kind::Uint64
+            | Kind::Fixed64
     );
     if number {
         s.insert("type".into(), "number".into());

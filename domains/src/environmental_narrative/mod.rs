@@ -442,23 +442,9 @@ impl EnvironmentalNarrativeHandler for EnvironmentalNarrative {
             .store
             .write(move |tx| {
                 let live = tx.get_msg::<Fragment>(FRAGMENTS, f.fragment_id.as_bytes())?;
-                match (expected, &live) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(l)) if n == l.version => {}
-                    (Some(0), Some(l)) => {
-                        return Err(Status::conflict(format!(
-                            "fragment `{}` exists at version {}; expected_version 0 only creates",
-                            f.fragment_id, l.version
-                        )));
-                    }
-                    (Some(n), live) => {
-                        return Err(Status::conflict(format!(
-                            "fragment `{}` is at version {}, not the expected {n}",
-                            f.fragment_id,
-                            live.as_ref().map_or(0, |l| l.version)
-                        )));
-                    }
-                }
+                let version = live.as_ref().map_or(0, |l| l.version);
+                let what = format!("fragment `{}`", f.fragment_id);
+                validate::expected_version(expected, version, &what)?;
                 let moved = live.as_ref().is_none_or(|l| l.location_id != f.location_id);
                 if moved {
                     let here = prefix(&f.location_id);
@@ -501,14 +487,8 @@ impl EnvironmentalNarrativeHandler for EnvironmentalNarrative {
                             format!("no fragment `{id}`"),
                         )
                     })?;
-                if let Some(n) = expected
-                    && n != live.version
-                {
-                    return Err(Status::conflict(format!(
-                        "fragment `{id}` is at version {}, not the expected {n}",
-                        live.version
-                    )));
-                }
+                let what = format!("fragment `{id}`");
+                validate::expected_version(expected, live.version, &what)?;
                 tx.delete(AT, &pair(&live.location_id, &id));
                 tx.delete(FRAGMENTS, id.as_bytes());
                 Ok(DeleteFragmentResponse {

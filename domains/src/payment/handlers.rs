@@ -377,21 +377,8 @@ impl PaymentHandler for Payment {
             .write(move |tx| {
                 let existing = tx.get_msg::<Item>(ITEMS, req.item_id.as_bytes())?;
                 let current = existing.as_ref().map_or(0, |i| i.version);
-                match req.expected_version {
-                    Some(n) if n != current && current == 0 => {
-                        return Err(Status::conflict(format!(
-                            "item {} does not exist (expected version {n})",
-                            req.item_id
-                        )));
-                    }
-                    Some(n) if n != current => {
-                        return Err(Status::conflict(format!(
-                            "item {} is at version {current}, not the expected {n}",
-                            req.item_id
-                        )));
-                    }
-                    _ => {}
-                }
+                let what = format!("item {}", req.item_id);
+                validate::expected_version(req.expected_version, current, &what)?;
                 let item = Item {
                     item_id: req.item_id,
                     name: req.name,

@@ -21,16 +21,7 @@ impl QuestSystemHandler for QuestSystem {
                 let id = quest.quest_id.clone();
                 let live = tx.get_msg::<Quest>(QUESTS, id.as_bytes())?;
                 let current = live.as_ref().map(|q| q.version);
-                match (expected, current) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(v)) if n == v => {}
-                    (Some(n), v) => {
-                        return Err(Status::conflict(format!(
-                            "the quest is at version {}, not the expected {n}",
-                            v.unwrap_or(0)
-                        )));
-                    }
-                }
+                validate::expected_version(expected, current.unwrap_or(0), "quest")?;
                 quest.version = current.unwrap_or(0) + 1;
                 quest.updated_at = Some(now);
                 tx.put_msg(QUESTS, id.as_bytes(), &quest);

@@ -174,10 +174,5 @@ pub(super) fn check_expected(
     expected: Option<u64>,
     what: &str,
 ) -> Result<(), Status> {
-    match expected {
-        Some(n) if n != current => Err(Status::conflict(format!(
-            "the {what} is at version {current}, not the expected {n}"
-        ))),
-        _ => Ok(()),
-    }
+    aicore_runtime::validate::expected_version(expected, current, what)
 }

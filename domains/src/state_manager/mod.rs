@@ -145,28 +145,7 @@ const HISTORY_TOKEN: u8 = b'H';
 /// Put's optimistic concurrency: `expected` (None: any; 0: create only) against the live
 /// head, if any.
 fn check_expected(expected: Option<u64>, live: Option<&Head>) -> Result<(), Status> {
-    match (expected, live) {
-        (None, _) | (Some(0), None) => {}
-        (Some(n), Some(h)) if h.version == n => {}
-        (Some(0), Some(h)) => {
-            return Err(Status::conflict(format!(
-                "the object exists at version {}; expected_version 0 only creates",
-                h.version
-            )));
-        }
-        (Some(n), Some(h)) => {
-            return Err(Status::conflict(format!(
-                "the object is at version {}, not the expected {n}",
-                h.version
-            )));
-        }
-        (Some(n), None) => {
-            return Err(Status::conflict(format!(
-                "the object does not exist (expected version {n})"
-            )));
-        }
-    }
-    Ok(())
+    validate::expected_version(expected, live.map_or(0, |h| h.version), "object")
 }
 
 impl StateManagerHandler for StateManager {
@@ -332,14 +311,7 @@ impl StateManagerHandler for StateManager {
                 let head = tx
                     .get_msg::<Head>(OBJECTS, &okey)?
                     .ok_or_else(|| Status::not_found("the object does not exist"))?;
-                if let Some(n) = expected
-                    && n != head.version
-                {
-                    return Err(Status::conflict(format!(
-                        "the object is at version {}, not the expected {n}",
-                        head.version
-                    )));
-                }
+                validate::expected_version(expected, head.version, "object")?;
                 let tombstone = head
                     .version
                     .checked_add(1)

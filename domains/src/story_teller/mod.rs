@@ -262,17 +262,8 @@ impl StoryTellerHandler for StoryTeller {
                 let live = tx
                     .get_msg::<Arc>(ARCS, arc.arc_id.as_bytes())?
                     .map(|a| a.version);
-                match (expected, live) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(v)) if n == v => {}
-                    (Some(n), v) => {
-                        return Err(Status::conflict(format!(
-                            "arc `{}` is at version {}, not the expected {n}",
-                            arc.arc_id,
-                            v.unwrap_or(0)
-                        )));
-                    }
-                }
+                let what = format!("arc `{}`", arc.arc_id);
+                validate::expected_version(expected, live.unwrap_or(0), &what)?;
                 arc.version = live.unwrap_or(0) + 1;
                 arc.updated_at = Some(now);
                 tx.put_msg(ARCS, arc.arc_id.as_bytes(), &arc);

@@ -164,22 +164,8 @@ impl WeatherManagerHandler for WeatherManager {
             .write(move |tx| {
                 let key = region.region_id.clone();
                 let live = tx.get_msg::<Region>(REGIONS, key.as_bytes())?;
-                match (expected, &live) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(l)) if n == l.version => {}
-                    (Some(0), Some(l)) => {
-                        return Err(Status::conflict(format!(
-                            "region `{key}` exists at version {}; expected_version 0 only creates",
-                            l.version
-                        )));
-                    }
-                    (Some(n), live) => {
-                        return Err(Status::conflict(format!(
-                            "region `{key}` is at version {}, not the expected {n}",
-                            live.as_ref().map_or(0, |l| l.version)
-                        )));
-                    }
-                }
+                let version = live.as_ref().map_or(0, |l| l.version);
+                validate::expected_version(expected, version, &format!("region `{key}`"))?;
                 if let (Some(old), Some(g)) = (&live, game_s) {
                     // Close the old chain's account before the new one takes over.
                     observe(tx, old, &Chain::new(old, dps), max_catch_up, g)?;

@@ -259,19 +259,7 @@ fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Re
 
 /// Checks `expected_version` against the live version (`None`: no live fact).
 fn check_expected(expected: Option<u64>, live: Option<u64>) -> Result<(), Status> {
-    match (expected, live) {
-        (None, _) | (Some(0), None) => Ok(()),
-        (Some(n), Some(v)) if n == v => Ok(()),
-        (Some(0), Some(v)) => Err(Status::conflict(format!(
-            "the fact exists at version {v}; expected_version 0 only creates"
-        ))),
-        (Some(n), Some(v)) => Err(Status::conflict(format!(
-            "the fact is at version {v}, not the expected {n}"
-        ))),
-        (Some(n), None) => Err(Status::conflict(format!(
-            "the fact does not exist (expected version {n})"
-        ))),
-    }
+    validate::expected_version(expected, live.unwrap_or(0), "fact")
 }
 
 impl aicore_runtime::Domain for WorldState {
