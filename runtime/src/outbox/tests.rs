@@ -1,7 +1,10 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use tokio_util::sync::CancellationToken;
+
 use super::*;
+use crate::store::{self, Store};
 
 /// Stores by msg id (like JetStream's de-duplication) and fails chosen subjects.
 #[derive(Default)]

@@ -9,88 +9,29 @@
 //! mid-stream, by an Unavailable error, so shutdown never waits on a long stream). It
 //! does not decide placement or connect to NATS: the appliance hands it a connected client.
 
-use std::panic::AssertUnwindSafe;
+mod cancel;
+mod metadata;
+mod record;
+mod reply;
+mod request;
+mod stream;
+mod trust;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use aicore_proto::{Caller, Code, Dispatch, Metadata, Reply, Request, Status};
-use aicore_sdk::header_names;
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
-use prost::Message;
+use aicore_proto::{Code, Dispatch, ServiceInfo, Status};
+use futures::StreamExt;
+use futures::stream::{BoxStream, FuturesUnordered};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::micro;
-use crate::trace::{self, TraceParent};
+use cancel::{Streams, listen_for_cancels};
+use record::Record;
+use request::handle;
 
-/// The NATS account external principals (game servers) connect to, apart from the
-/// appliance's own account. It imports the services they may call with `share`, so
-/// nats-server stamps every request crossing over with the sender's account and its
-/// certificate-mapped user ([`aicore_proto::headers::REQUEST_INFO`]), replacing anything
-/// the sender put there: a domain knows which principal sent a request and the principal
-/// cannot say otherwise. (One account for all of them, present from the start, because
-/// nats-server does not wire the imports of an account added by a configuration reload.)
-pub const EXTERNAL_ACCOUNT: &str = "EXTERNAL";
-
-/// Who may act for whom over NATS.
-///
-/// Requests without a `Nats-Request-Info` stamp come from the appliance's own account
-/// (the domains, the gateway, the admin CLI): trusted principals whose `Aicore-Caller`
-/// headers are taken as they are (the gateway sets them only from a validated token).
-/// Requests stamped with an external principal's account may act for any end user but
-/// only with roles within that principal's ceiling; without a caller header they act as
-/// the principal itself (`principal:<name>`) holding its ceiling's roles.
-#[derive(Debug, Clone)]
-pub struct Trust {
-    /// The roles an external principal may claim when it has no entry in `ceilings`.
-    pub default_ceiling: Vec<String>,
-    /// Per external principal (certificate name): the roles it may claim.
-    pub ceilings: std::collections::HashMap<String, Vec<String>>,
-}
-
-impl Default for Trust {
-    fn default() -> Self {
-        Trust {
-            default_ceiling: vec!["player".to_string()],
-            ceilings: Default::default(),
-        }
-    }
-}
-
-impl Trust {
-    /// The roles external principal `name` may claim.
-    pub fn ceiling(&self, name: &str) -> &[String] {
-        self.ceilings
-            .get(name)
-            .unwrap_or(&self.default_ceiling)
-            .as_slice()
-    }
-
-    /// The caller a request from external principal `principal` acts as, given the
-    /// caller it claimed; PermissionDenied when it claims a role beyond its ceiling.
-    fn bound(&self, principal: &str, claimed: Option<Caller>) -> Result<Caller, Status> {
-        let ceiling = self.ceiling(principal);
-        match claimed {
-            Some(c) => match c.roles.iter().find(|r| !ceiling.contains(r)) {
-                Some(role) => Err(Status::new(
-                    Code::PermissionDenied,
-                    format!(
-                        "principal {principal:?} may not act with role {role:?} (its ceiling is {ceiling:?})"
-                    ),
-                )),
-                None => Ok(c),
-            },
-            None => Ok(Caller {
-                account_id: format!("principal:{principal}"),
-                roles: ceiling.to_vec(),
-            }),
-        }
-    }
-}
+pub use trust::{EXTERNAL_ACCOUNT, Trust};
 
 /// How often a quiet stream says it is alive ([`aicore_proto::headers::STREAM`]
 /// `heartbeat`). nats-server forgets a streamed reply's route across accounts two
@@ -196,29 +137,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ServiceHandle, Status> {
     let info = dispatch.service();
-    let unavailable = |what: String| Status::new(Code::Unavailable, what);
-    let mut endpoints = Vec::with_capacity(info.methods.len());
-    for (i, m) in info.methods.iter().enumerate() {
-        let sub = nats
-            .queue_subscribe(m.subject, info.domain.to_string())
-            .await
-            .map_err(|e| unavailable(format!("cannot subscribe to {}: {e}", m.subject)))?;
-        endpoints.push(sub.map(move |r| (i, r)).boxed());
-    }
-    let service = Arc::new(micro::Service::with_store(
-        options.store.clone(),
-        info.domain,
-        options.version.clone(),
-        info.description,
-        info.methods
-            .iter()
-            .map(|m| micro::Endpoint {
-                name: m.rpc,
-                subject: m.subject,
-                stats: Default::default(),
-            })
-            .collect(),
-    ));
+    let endpoints = subscribe(&nats, info).await?;
+    let service = Arc::new(micro_service(info, &options));
     let cancel = shutdown.child_token();
     let discovery = micro::serve_discovery(nats.clone(), service.clone(), cancel.clone())
         .await
@@ -226,29 +146,7 @@ pub async fn serve(
     // Streams callers abandoned: every replica hears the cancel of a stream; the one
     // running it stops it (see `Streams`).
     let streams = Streams::default();
-    for m in info.methods.iter().filter(|m| m.server_streaming) {
-        let subject = aicore_proto::stream_cancel_subject(m.subject);
-        let mut sub = nats
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| unavailable(format!("cannot subscribe to {subject}: {e}")))?;
-        let (streams, stop) = (streams.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = sub.next() => match m {
-                        Some(m) => {
-                            if let Some(id) = m.headers.as_ref().and_then(|h| h.get(header_names::STREAM_ID)) {
-                                streams.cancel(id.as_str());
-                            }
-                        }
-                        None => return,
-                    },
-                }
-            }
-        });
-    }
+    listen_for_cancels(&nats, info, &streams, &shutdown).await?;
     let mut requests = futures::stream::select_all(endpoints);
     let limit = options.max_in_flight.max(1);
     let served = Arc::new(AtomicU64::new(0));
@@ -309,496 +207,44 @@ pub async fn serve(
     })
 }
 
-/// The streams running on this replica that their callers may cancel, by the id the
-/// caller gave ([`aicore_proto::headers::STREAM_ID`]). A cancel for an id not here (another
-/// replica's stream, one already ended) is ignored. The ids are random and travel only in
-/// the request's headers, so one caller cannot guess another's.
-#[derive(Clone, Default)]
-struct Streams(Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>);
-
-/// Longest stream id read.
-const MAX_STREAM_ID: usize = 64;
-
-impl Streams {
-    /// Registers stream `id`; the token is cancelled when its caller cancels, and the
-    /// entry goes when the guard drops.
-    fn register(&self, id: String) -> Option<(CancellationToken, StreamEntry)> {
-        if id.is_empty() || id.len() > MAX_STREAM_ID {
-            return None;
-        }
-        let token = CancellationToken::new();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(&id) {
-            return None;
-        }
-        map.insert(id.clone(), token.clone());
-        Some((
-            token,
-            StreamEntry {
-                streams: self.clone(),
-                id,
-            },
-        ))
-    }
-
-    fn cancel(&self, id: &str) {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = map.get(id) {
-            t.cancel();
-        }
-    }
+/// Serving could not start: NATS refused a subscription.
+fn unavailable(what: String) -> Status {
+    Status::new(Code::Unavailable, what)
 }
 
-/// Removes a stream from [`Streams`] when it ends, however it ends.
-struct StreamEntry {
-    streams: Streams,
-    id: String,
-}
-
-impl Drop for StreamEntry {
-    fn drop(&mut self) {
-        let mut map = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&self.id);
-    }
-}
-
-/// Longest `Aicore-Client-Addr` value read; an IPv6 address with a zone fits.
-const MAX_CLIENT_ADDR: usize = 64;
-/// Longest `Aicore-Caller-Session` value read (auth's session ids are 36 characters).
-const MAX_CALLER_SESSION: usize = 64;
-
-/// The client address header's value as a canonical IP address, or `None` when it is not
-/// one (too long, or not an address): a bad value is ignored, never trusted as a name.
-fn client_addr(v: Option<String>) -> Option<String> {
-    let v = v.filter(|v| v.len() <= MAX_CLIENT_ADDR)?;
-    let ip: std::net::IpAddr = v.trim().parse().ok()?;
-    Some(ip.to_canonical().to_string())
-}
-
-/// Reads deadline, caller, trace, request id and client address from the request
-/// headers, and bounds the caller by [`Trust`] when nats-server says the request came
-/// from an external principal.
-fn metadata(h: Option<&HeaderMap>, received: Instant, trust: &Trust) -> Result<Metadata, Status> {
-    let get =
-        |name: async_nats::HeaderName| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
-    // The caller's remaining time counts from pick-up; its absolute deadline also counts
-    // the time the request waited in the queue. The earlier of the two wins.
-    let relative = get(header_names::TIMEOUT_MS)
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| received + Duration::from_millis(ms));
-    let absolute = get(header_names::DEADLINE)
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-            match at.duration_since(SystemTime::now()) {
-                Ok(left) => received + left,
-                Err(_) => received,
-            }
-        });
-    let deadline = match (relative, absolute) {
-        (Some(r), Some(a)) => Some(r.min(a)),
-        (r, a) => r.or(a),
-    };
-    let caller = get(header_names::CALLER)
-        .filter(|c| !c.is_empty())
-        .map(|account_id| Caller {
-            account_id,
-            roles: get(header_names::CALLER_ROLES)
-                .map(|r| {
-                    r.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
-    let (caller, principal) = match get(header_names::REQUEST_INFO) {
-        None => (caller, None),
-        Some(info) => {
-            let principal = external_principal(&info)?;
-            (Some(trust.bound(&principal, caller)?), Some(principal))
-        }
-    };
-    // A session only means something with the caller it belongs to.
-    let caller_session = get(header_names::CALLER_SESSION).filter(|s| {
-        caller.is_some()
-            && !s.is_empty()
-            && s.len() <= MAX_CALLER_SESSION
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    });
-    Ok(Metadata {
-        deadline,
-        caller,
-        caller_session,
-        principal,
-        traceparent: get(header_names::TRACEPARENT),
-        request_id: get(header_names::REQUEST_ID),
-        client_addr: client_addr(get(header_names::CLIENT_ADDR)),
-    })
-}
-
-/// The external principal named by a `Nats-Request-Info` stamp: the certificate name
-/// (`CN`) of the user nats-server mapped the sender's certificate to. PermissionDenied for
-/// any other account or user (nothing else imports our services).
-fn external_principal(info: &str) -> Result<String, Status> {
-    let v = serde_json::from_str::<serde_json::Value>(info).unwrap_or_default();
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default();
-    let (account, user) = (field("acc"), field("user"));
-    let name = (account == EXTERNAL_ACCOUNT)
-        .then(|| principal_of_user(user))
-        .flatten();
-    name.map(str::to_string).ok_or_else(|| {
-        Status::new(
-            Code::PermissionDenied,
-            format!("requests from NATS account {account:?} user {user:?} are not accepted"),
-        )
-    })
-}
-
-/// The principal name of a certificate-mapped NATS user (`CN=<name>,OU=<role>,O=AI Core`)
-/// of an external role.
-fn principal_of_user(user: &str) -> Option<&str> {
-    let mut name = None;
-    let mut external = false;
-    for part in user.split(',') {
-        match part.split_once('=') {
-            Some(("CN", n)) if !n.is_empty() => name = Some(n),
-            Some(("OU", "game-server")) => external = true,
-            _ => {}
-        }
-    }
-    name.filter(|_| external)
-}
-
-#[allow(clippy::too_many_arguments)] // one request's whole context, passed down from `serve`
-async fn handle(
-    dispatch: &dyn Dispatch,
+/// One subscription per RPC, in the domain's queue group, each request tagged with the
+/// index of its RPC.
+async fn subscribe(
     nats: &async_nats::Client,
-    record: Record<'_>,
-    options: &ServeOptions,
-    stop: &CancellationToken,
-    streams: &Streams,
-    method: usize,
-    request: async_nats::Message,
-) {
-    let info = &dispatch.service().methods[method];
-    // A stream its caller can cancel: the work stops when the caller says it went away.
-    let cancellable = info
-        .server_streaming
-        .then(|| {
-            let id = request.headers.as_ref()?.get(header_names::STREAM_ID)?;
-            streams.register(id.as_str().to_string())
-        })
-        .flatten();
-    let (abandoned, _entry) = match cancellable {
-        Some((token, entry)) => (token, Some(entry)),
-        None => (CancellationToken::new(), None),
-    };
-    let received = Instant::now();
-    let stats = &record;
-    // Who is calling, bounded by what its principal may claim, then the RPC's policy:
-    // one check for every caller, whatever the transport, before the handler runs.
-    let meta = metadata(request.headers.as_ref(), received, &options.trust)
-        .and_then(|meta| info.policy.permits(meta.caller.as_ref()).map(|()| meta));
-    let meta = match meta {
-        Ok(meta) => meta,
-        Err(s) => {
-            if let Some(reply) = &request.reply {
-                respond_error(nats, reply, stats, received, &s).await;
-            }
-            return;
-        }
-    };
-    // This request's own span, a child of the caller's; the handler's calls and the
-    // events its writes queue are children of it.
-    let mut meta = meta;
-    let (context, parent) = TraceParent::continuing(meta.traceparent.as_deref());
-    meta.traceparent = Some(context.to_string());
-    let mut finished = Finished::start(context, parent, info.subject);
-    let span = tracing::info_span!(
-        "rpc",
-        subject = info.subject,
-        request_id = meta.request_id.as_deref().unwrap_or(""),
-        trace_id = %format_args!("{:032x}", context.trace_id),
-    );
-    let served = async move {
-        let body = request.payload.clone();
-        let outcome = run_handler(dispatch, method, info.subject, Request { body, meta }).await;
-        if abandoned.is_cancelled() {
-            tracing::debug!(subject = info.subject, "the caller abandoned the stream");
-            finished.abandoned();
-            return;
-        }
-        if let Err(s) = &outcome {
-            finished.fail(s);
-        }
-        match outcome {
-            Ok(Reply::Unary(body)) => {
-                if let Some(reply) = &request.reply
-                    && let Err(e) = nats.publish(reply.clone(), body).await
-                {
-                    tracing::warn!(error = %e, "reply not sent");
-                }
-                stats.ok(received.elapsed());
-            }
-            Ok(Reply::Stream(items)) => {
-                let Some(reply) = request.reply.clone() else {
-                    return;
-                };
-                let out = StreamOut {
-                    nats,
-                    reply,
-                    stats,
-                    received,
-                    subject: info.subject,
-                };
-                let ends = (&abandoned, stop);
-                send_stream(out, items, ends, options.stream_heartbeat, &mut finished).await;
-            }
-            Err(s) => {
-                if let Some(reply) = &request.reply {
-                    respond_error(nats, reply, stats, received, &s).await;
-                }
-            }
-        }
-    };
-    trace::scope(context, served.instrument(span)).await
+    info: &'static ServiceInfo,
+) -> Result<Vec<BoxStream<'static, (usize, async_nats::Message)>>, Status> {
+    let mut endpoints = Vec::with_capacity(info.methods.len());
+    for (i, m) in info.methods.iter().enumerate() {
+        let sub = nats
+            .queue_subscribe(m.subject, info.domain.to_string())
+            .await
+            .map_err(|e| unavailable(format!("cannot subscribe to {}: {e}", m.subject)))?;
+        endpoints.push(sub.map(move |r| (i, r)).boxed());
+    }
+    Ok(endpoints)
 }
 
-/// Runs the handler within the request's deadline (one already past is not started); a
-/// panic is answered Internal.
-async fn run_handler(
-    dispatch: &dyn Dispatch,
-    method: usize,
-    subject: &'static str,
-    request: Request<Bytes>,
-) -> Result<Reply, Status> {
-    let deadline = request.meta.deadline;
-    let call = AssertUnwindSafe(dispatch.call(method, request)).catch_unwind();
-    match deadline {
-        Some(d) if d <= Instant::now() => Err(Status::new(
-            Code::DeadlineExceeded,
-            "the request's deadline passed before it was handled",
-        )),
-        Some(d) => match tokio::time::timeout_at(d.into(), call).await {
-            Ok(r) => flatten_panic(r),
-            Err(_) => Err(Status::new(
-                Code::DeadlineExceeded,
-                format!("{subject} did not finish within the request's deadline"),
-            )),
-        },
-        None => flatten_panic(call.await),
-    }
-}
-
-/// Where a stream's messages go, and what they are counted in.
-struct StreamOut<'a> {
-    nats: &'a async_nats::Client,
-    reply: async_nats::Subject,
-    stats: &'a Record<'a>,
-    received: Instant,
-    subject: &'static str,
-}
-
-/// Sends a stream's items, heartbeats while it is quiet, then the end marker. It stops
-/// when the caller abandons it (`ends.0`: nobody is left to tell; dropping `items` stops
-/// the work behind it) and at shutdown (`ends.1`), which must not wait for a stream that
-/// may run for hours: that ends it with Unavailable, not the end marker, so the client
-/// can tell it was cut and resume. Its latency is how long it took to start.
-async fn send_stream(
-    out: StreamOut<'_>,
-    mut items: futures::stream::BoxStream<'static, Result<Bytes, Status>>,
-    (abandoned, stop): (&CancellationToken, &CancellationToken),
-    heartbeat: Duration,
-    finished: &mut Finished,
-) {
-    let StreamOut {
-        nats,
-        reply,
-        stats,
-        received,
-        subject,
-    } = out;
-    let started = received.elapsed();
-    let every = heartbeat.max(Duration::from_millis(10));
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = abandoned.cancelled() => {
-                tracing::debug!(subject, "the caller abandoned the stream");
-                finished.abandoned();
-                return;
-            }
-            _ = stop.cancelled() => {
-                let s = Status::new(Code::Unavailable, "the service is shutting down; resume the stream");
-                finished.fail(&s);
-                respond_error(nats, &reply, stats, received, &s).await;
-                return;
-            }
-            item = items.next() => match item { Some(i) => i, None => break },
-            _ = beat.tick() => {
-                let mut h = HeaderMap::new();
-                h.insert(header_names::STREAM, "heartbeat");
-                if nats.publish_with_headers(reply.clone(), h, Bytes::new()).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        beat.reset();
-        match item {
-            Ok(b) => {
-                if nats.publish(reply.clone(), b).await.is_err() {
-                    return;
-                }
-            }
-            Err(s) => {
-                finished.fail(&s);
-                respond_error(nats, &reply, stats, received, &s).await;
-                return;
-            }
-        }
-    }
-    let mut h = HeaderMap::new();
-    h.insert(header_names::STREAM, "end");
-    let _ = nats.publish_with_headers(reply, h, Bytes::new()).await;
-    stats.stream_ended(received.elapsed(), started);
-}
-
-/// A served request's span, recorded when the request is done (whichever way it ends);
-/// nothing when no trace sink is installed.
-struct Finished {
-    span: Option<trace::Span>,
-}
-
-impl Finished {
-    fn start(context: TraceParent, parent: Option<u64>, subject: &'static str) -> Finished {
-        let span = context.recorded().then(|| {
-            let mut parts = subject.split('.');
-            let domain = parts.nth(1).unwrap_or_default();
-            let rpc = parts.nth(1).unwrap_or_default();
-            let now = SystemTime::now();
-            trace::Span {
-                context,
-                parent,
-                name: subject.into(),
-                kind: trace::Kind::Server,
-                start: now,
-                end: now,
-                error: None,
-                attributes: vec![
-                    ("rpc.system", "nats".into()),
-                    ("rpc.service", domain.into()),
-                    ("rpc.method", rpc.into()),
-                ],
-            }
-        });
-        Finished { span }
-    }
-
-    fn fail(&mut self, status: &Status) {
-        if let Some(span) = &mut self.span {
-            span.error = Some((status.code.as_str_name(), status.message.clone()));
-        }
-    }
-
-    fn abandoned(&mut self) {
-        if let Some(span) = &mut self.span {
-            span.error = Some(("CANCELLED", "the caller went away".into()));
-        }
-    }
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        if let Some(mut span) = self.span.take() {
-            span.end = SystemTime::now();
-            let code = span.error.as_ref().map_or("OK", |e| e.0);
-            span.attributes.push(("rpc.status", code.into()));
-            trace::record(span);
-        }
-    }
-}
-
-fn flatten_panic(
-    r: Result<Result<Reply, Status>, Box<dyn std::any::Any + Send>>,
-) -> Result<Reply, Status> {
-    match r {
-        Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "handler panicked; answered as Internal");
-            Err(Status::internal("internal error"))
-        }
-    }
-}
-
-/// Where one request's outcome is counted: the micro protocol's endpoint stats
-/// (`$SRV.STATS`) and the Prometheus rows ([`crate::metrics`]).
-struct Record<'a> {
-    stats: &'a micro::EndpointStats,
-    rpc: Option<&'a crate::metrics::RpcMetrics>,
-    method: usize,
-}
-
-impl Record<'_> {
-    fn ok(&self, elapsed: Duration) {
-        self.stream_ended(elapsed, elapsed)
-    }
-
-    /// A call answered in full after `elapsed`; its latency is `started` (the time a
-    /// stream took to start, the whole call for a unary one).
-    fn stream_ended(&self, elapsed: Duration, started: Duration) {
-        self.stats.record(elapsed);
-        if let Some(rpc) = self.rpc {
-            rpc.record(self.method, Ok(()), started);
-        }
-    }
-
-    fn error(&self, elapsed: Duration, status: &Status) {
-        self.stats.error(elapsed, status.to_string());
-        if let Some(rpc) = self.rpc {
-            rpc.record(self.method, Err(status.code), elapsed);
-        }
-    }
-}
-
-async fn respond_error(
-    nats: &async_nats::Client,
-    reply: &async_nats::Subject,
-    stats: &Record<'_>,
-    received: Instant,
-    status: &Status,
-) {
-    if status.code == Code::Internal {
-        tracing::error!(error = %status, "request failed");
-    } else {
-        tracing::debug!(error = %status, "request refused");
-    }
-    stats.error(received.elapsed(), status);
-    let mut h = HeaderMap::new();
-    // Header values must stay on one line.
-    let msg: String = status
-        .message
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(512)
-        .collect();
-    h.insert(header_names::SERVICE_ERROR, msg.as_str());
-    h.insert(
-        header_names::SERVICE_ERROR_CODE,
-        status.http_status().to_string().as_str(),
-    );
-    let body = Bytes::from(status.to_proto().encode_to_vec());
-    if let Err(e) = nats.publish_with_headers(reply.clone(), h, body).await {
-        tracing::warn!(error = %e, "error reply not sent");
-    }
+/// The domain as the micro protocol describes it: one endpoint per RPC.
+fn micro_service(info: &'static ServiceInfo, options: &ServeOptions) -> micro::Service {
+    micro::Service::with_store(
+        options.store.clone(),
+        info.domain,
+        options.version.clone(),
+        info.description,
+        info.methods
+            .iter()
+            .map(|m| micro::Endpoint {
+                name: m.rpc,
+                subject: m.subject,
+                stats: Default::default(),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -1,3 +1,7 @@
+use aicore_sdk::header_names;
+use async_nats::HeaderMap;
+
+use super::metadata::metadata;
 use super::*;
 
 #[test]

@@ -5,6 +5,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use std::time::Duration;
 
 const TABLES: [&str; 2] = ["model.a", "model.b"];
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use aicore_proto::Code;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const T: &str = "test.items";
 
