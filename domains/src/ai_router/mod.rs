@@ -21,108 +21,32 @@
 //! plus 1.0 for the caller's preferred model, 0.2 for the capability's default, −0.2 for
 //! a DEGRADED or half-open model, −0.5 for one whose last probe failed, and −1.0 for the
 //! offline provider, which so stays the last resort while anything else is eligible.
+//!
+//! This file holds the domain type and its handlers; beside it are `config`, `profile`
+//! (the profile a request is routed under), `decide` (judging and ranking the models) and
+//! [`health`] (the averages and circuits).
 
+mod config;
+mod decide;
 mod health;
+mod profile;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aicore_proto::aicore::ai_router::v1::{
-    AiRouterHandler, Candidate, Capability, CircuitState, ExplainRequest, ExplainResponse,
-    ModelStats, ReportOutcomeRequest, ReportOutcomeResponse, RouteRequest, RouteResponse,
-    StatsRequest, StatsResponse, explain_request,
+    AiRouterHandler, Capability, ExplainRequest, ExplainResponse, ModelStats, ReportOutcomeRequest,
+    ReportOutcomeResponse, RouteRequest, RouteResponse, StatsRequest, StatsResponse,
+    explain_request,
 };
 use aicore_proto::aicore::model_management::v1 as mm;
-use aicore_proto::aicore::performance_mode::v1 as pm;
-use aicore_proto::{CallOptions, Code, Request, Status};
-use aicore_runtime::{Ctx, new_id, validate};
+use aicore_proto::{Code, Request, Status};
+use aicore_runtime::Ctx;
+
+pub use config::{AiRouterConfig, Tier};
 
 use self::health::{ModelHealth, Sample, Tuning};
-
-/// A model size class in configuration.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    /// Small models.
-    Small,
-    /// Medium models.
-    Medium,
-    /// Large models.
-    Large,
-}
-
-impl Tier {
-    fn from_model(t: i32) -> Tier {
-        match mm::ModelTier::try_from(t) {
-            Ok(mm::ModelTier::Large) => Tier::Large,
-            Ok(mm::ModelTier::Medium) => Tier::Medium,
-            _ => Tier::Small,
-        }
-    }
-
-    fn rank(self) -> i32 {
-        self as i32
-    }
-}
-
-/// Configuration of ai-router (`[domains.ai_router]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AiRouterConfig {
-    /// The profile of a player performance-mode says nothing about (or when it is not
-    /// served).
-    pub default_profile: String,
-    /// Ask performance-mode for the player's profile when it is served.
-    pub ask_performance_mode: bool,
-    /// How long the answer to "is performance-mode served?" is kept, in seconds.
-    pub performance_mode_check_secs: u64,
-    /// Failures in a row that open a model's circuit.
-    pub failure_threshold: u32,
-    /// How long an open circuit skips its model before a trial call, in seconds.
-    pub open_secs: u64,
-    /// How long a trial call may go unreported before another is allowed, in seconds.
-    pub trial_timeout_secs: u64,
-    /// Half-life of the latency and error-rate averages, in seconds.
-    pub half_life_secs: u64,
-    /// Latency assumed for a model never measured (no report, no probe), in milliseconds.
-    pub unknown_latency_ms: u64,
-    /// Most fallback models in a decision.
-    pub max_fallbacks: usize,
-    /// How long decisions are kept for Explain, in seconds.
-    pub decision_ttl_secs: u64,
-    /// How long model-management's model list is reused, in milliseconds.
-    pub models_cache_ms: u64,
-    /// The largest model tier each performance profile allows.
-    pub profile_tiers: std::collections::BTreeMap<String, Tier>,
-}
-
-impl Default for AiRouterConfig {
-    fn default() -> Self {
-        AiRouterConfig {
-            default_profile: "balanced".into(),
-            ask_performance_mode: true,
-            performance_mode_check_secs: 10,
-            failure_threshold: 3,
-            open_secs: 30,
-            trial_timeout_secs: 30,
-            half_life_secs: 300,
-            unknown_latency_ms: 1_000,
-            max_fallbacks: 3,
-            decision_ttl_secs: 600,
-            models_cache_ms: 1_000,
-            profile_tiers: [
-                ("battery".to_string(), Tier::Small),
-                ("balanced".to_string(), Tier::Medium),
-                ("quality".to_string(), Tier::Large),
-            ]
-            .into_iter()
-            .collect(),
-        }
-    }
-}
 
 /// A decision kept for Explain, with the models already reported on.
 struct Decision {
@@ -142,6 +66,7 @@ pub struct AiRouter {
     performance_mode: Mutex<Option<(std::time::Instant, bool)>>,
 }
 
+/// The capability a request names; InvalidArgument unless it is a known one.
 fn capability(n: i32) -> Result<Capability, Status> {
     match Capability::try_from(n) {
         Ok(Capability::Unspecified) | Err(_) => Err(Status::invalid(
@@ -152,28 +77,9 @@ fn capability(n: i32) -> Result<Capability, Status> {
     }
 }
 
+/// `d` as a protobuf duration (none if it does not fit).
 fn duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
-}
-
-/// What a Route asks, as every candidate model is judged against it.
-struct Ask<'a> {
-    req: &'a RouteRequest,
-    cap: Capability,
-    profile: &'a Profile,
-    budget: Option<Duration>,
-    now: SystemTime,
-}
-
-/// The profile and its largest tier a request is routed under.
-struct Profile {
-    name: String,
-    max_tier: Tier,
-    source: &'static str,
-    /// performance-mode's latency budget for the profile, used when the request has none.
-    latency_budget: Option<Duration>,
-    /// performance-mode's cost ceiling (input + output micros per million tokens).
-    max_cost_micros: Option<u64>,
 }
 
 impl AiRouter {
@@ -202,335 +108,9 @@ impl AiRouter {
         }
     }
 
+    /// The models' health, locked (a poisoned lock is taken over: the figures stay usable).
     fn health(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelHealth>> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every model of `cap`, from model-management (cached briefly).
-    async fn models(&self, cap: Capability) -> Result<Arc<Vec<mm::Model>>, Status> {
-        if let Some(m) = self.models.get(&(cap as i32)) {
-            return Ok(m);
-        }
-        let client = mm::ModelManagementClient::new(self.ctx.client()?.clone());
-        let mut out = Vec::new();
-        let mut token = String::new();
-        for _ in 0..100 {
-            let page = client
-                .list(
-                    mm::ListRequest {
-                        capabilities: vec![cap as i32],
-                        provider_id: String::new(),
-                        page_size: 500,
-                        page_token: token,
-                    },
-                    &CallOptions::timeout(Duration::from_secs(2)),
-                )
-                .await
-                .map_err(|e| Status {
-                    message: format!("model-management: {}", e.message),
-                    ..e
-                })?;
-            out.extend(page.models);
-            token = page.next_page_token;
-            if token.is_empty() {
-                break;
-            }
-        }
-        let out = Arc::new(out);
-        self.models.insert(cap as i32, out.clone());
-        Ok(out)
-    }
-
-    /// Whether performance-mode is served (`$SRV.PING.performance_mode`), checked at most
-    /// every `performance_mode_check_secs`.
-    async fn performance_mode_served(&self) -> bool {
-        if !self.config.ask_performance_mode {
-            return false;
-        }
-        let every = Duration::from_secs(self.config.performance_mode_check_secs);
-        if let Some((at, served)) = *self
-            .performance_mode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            && at.elapsed() < every
-        {
-            return served;
-        }
-        let served = match self.ctx.client() {
-            Ok(c) => tokio::time::timeout(
-                Duration::from_millis(250),
-                c.nats()
-                    .request("$SRV.PING.performance_mode", bytes::Bytes::new()),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok_and(|m| m.status.is_none())),
-            Err(_) => false,
-        };
-        *self
-            .performance_mode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), served));
-        served
-    }
-
-    /// The profile `req` is routed under: its own override, the player's from
-    /// performance-mode (when served), else the configured default.
-    async fn profile(&self, req: &RouteRequest) -> Result<Profile, Status> {
-        let named = |name: &str, source: &'static str, field: &str| {
-            self.config
-                .profile_tiers
-                .get(name)
-                .map(|t| Profile {
-                    name: name.to_string(),
-                    max_tier: *t,
-                    source,
-                    latency_budget: None,
-                    max_cost_micros: None,
-                })
-                .ok_or_else(|| {
-                    Status::invalid(
-                        field,
-                        format!(
-                            "unknown profile {name:?}; known: {:?}",
-                            self.config.profile_tiers.keys().collect::<Vec<_>>()
-                        ),
-                    )
-                })
-        };
-        if !req.profile.is_empty() {
-            return named(&req.profile, "request", "profile");
-        }
-        if !req.player_id.is_empty() && self.performance_mode_served().await {
-            let asked = pm::PerformanceModeClient::new(self.ctx.client()?.clone())
-                .get(
-                    pm::GetRequest {
-                        player_id: req.player_id.clone(),
-                    },
-                    &CallOptions::timeout(Duration::from_millis(500)),
-                )
-                .await;
-            match asked {
-                Ok(r) => {
-                    let profile = r.mode.and_then(|m| m.profile).unwrap_or_default();
-                    let max_tier = match pm::ModelTier::try_from(profile.max_model_tier) {
-                        Ok(pm::ModelTier::Small) => Some(Tier::Small),
-                        Ok(pm::ModelTier::Medium) => Some(Tier::Medium),
-                        Ok(pm::ModelTier::Large) => Some(Tier::Large),
-                        _ => None,
-                    };
-                    if let Some(max_tier) = max_tier {
-                        return Ok(Profile {
-                            name: profile.name,
-                            max_tier,
-                            source: "performance-mode",
-                            latency_budget: profile
-                                .ai_latency_budget
-                                .and_then(|d| Duration::try_from(d).ok())
-                                .filter(|d| !d.is_zero()),
-                            max_cost_micros: Some(profile.ai_max_cost_micros_per_million_tokens)
-                                .filter(|c| *c > 0),
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "performance-mode did not answer; using the default profile")
-                }
-            }
-        }
-        named(&self.config.default_profile, "default", "profile")
-    }
-
-    /// Whether model `m` may serve `ask` (else why not) and, if it may, its score and the
-    /// factors that make it up. `expected` is its expected latency.
-    fn judge(
-        &self,
-        ask: &Ask<'_>,
-        m: &mm::Model,
-        spec: &mm::ModelSpec,
-        h: &ModelHealth,
-        expected: Duration,
-    ) -> Result<(f64, Vec<String>), String> {
-        let tier = Tier::from_model(spec.tier);
-        let cost = spec.cost.clone().unwrap_or_default();
-        let micros = (cost.input_micros_per_million_tokens + cost.output_micros_per_million_tokens)
-            .max(0) as u64;
-        let reason = if spec.disabled || m.status == mm::ModelStatus::Disabled as i32 {
-            Some("disabled".to_string())
-        } else if ask.req.exclude_model_ids.contains(&m.model_id) {
-            Some("excluded by the request".to_string())
-        } else if ask.req.required_context > 0
-            && spec.context_length > 0
-            && spec.context_length < ask.req.required_context
-        {
-            Some(format!(
-                "context {} below the {} needed",
-                spec.context_length, ask.req.required_context
-            ))
-        } else if tier > ask.profile.max_tier {
-            Some(format!("tier above profile {}", ask.profile.name))
-        } else if ask.profile.max_cost_micros.is_some_and(|c| micros > c) {
-            Some(format!(
-                "cost {micros} micros per million tokens above profile {}'s ceiling",
-                ask.profile.name
-            ))
-        } else if let Some(b) = h.blocked() {
-            Some(b.to_string())
-        } else if ask.budget.is_some_and(|b| expected > b) {
-            Some(format!(
-                "over latency budget ({} ms expected)",
-                expected.as_millis()
-            ))
-        } else {
-            None
-        };
-        if let Some(r) = reason {
-            return Err(r);
-        }
-        let micros = micros as f64;
-        let f_latency = 1.0 / (1.0 + expected.as_secs_f64());
-        let f_cost = 1.0 / (1.0 + micros / 1e6);
-        let f_rel = 1.0 - h.error_rate(ask.now, self.tuning.half_life);
-        let f_tier = 1.0 - 0.2 * f64::from(ask.profile.max_tier.rank() - tier.rank());
-        let mut score = 0.35 * f_latency + 0.25 * f_cost + 0.25 * f_rel + 0.15 * f_tier;
-        let mut factors = vec![
-            format!("latency: {f_latency:.3}"),
-            format!("cost: {f_cost:.3}"),
-            format!("reliability: {f_rel:.3}"),
-            format!("tier: {f_tier:.3}"),
-        ];
-        let mut bonus = |v: f64, why: &str| {
-            score += v;
-            factors.push(format!("{why}: {v:+.1}"));
-        };
-        if ask.req.preferred_model_id == m.model_id {
-            bonus(1.0, "preferred");
-        }
-        if m.default_for.contains(&(ask.cap as i32)) {
-            bonus(0.2, "default");
-        }
-        if m.status == mm::ModelStatus::Degraded as i32 {
-            bonus(-0.2, "degraded");
-        }
-        if h.state() == CircuitState::HalfOpen {
-            bonus(-0.2, "half-open");
-        }
-        if m.status == mm::ModelStatus::Unavailable as i32 {
-            bonus(-0.5, "last probe failed");
-        }
-        if spec.provider_id == "offline" {
-            bonus(-1.0, "offline provider (last resort)");
-        }
-        Ok((score, factors))
-    }
-
-    /// Scores every model of the request's capability; returns the decision and the
-    /// candidates (eligible best first, then the excluded), without recording anything.
-    async fn decide(&self, req: &RouteRequest) -> Result<(RouteResponse, Vec<Candidate>), Status> {
-        let cap = capability(req.capability)?;
-        if !req.player_id.is_empty() {
-            validate::player_id(&req.player_id, "player_id")?;
-        }
-        let profile = self.profile(req).await?;
-        let models = self.models(cap).await?;
-        let now = self.ctx.clock.now();
-        let budget = req
-            .latency_budget
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero())
-            .or(profile.latency_budget);
-        let mut eligible: Vec<(Candidate, String)> = Vec::new();
-        let mut excluded: Vec<Candidate> = Vec::new();
-        let ask = Ask {
-            req,
-            cap,
-            profile: &profile,
-            budget,
-            now,
-        };
-        {
-            let mut health = self.health();
-            for m in models.iter() {
-                let spec = m.spec.clone().unwrap_or_default();
-                let h = health.entry(m.model_id.clone()).or_default();
-                h.tick(now, &self.tuning);
-                let expected = h
-                    .latency()
-                    .or_else(|| m.last_latency.and_then(|d| Duration::try_from(d).ok()))
-                    .unwrap_or(Duration::from_millis(self.config.unknown_latency_ms));
-                let mut c = Candidate {
-                    model_id: m.model_id.clone(),
-                    eligible: false,
-                    score: 0.0,
-                    excluded_reason: String::new(),
-                    score_factors: Vec::new(),
-                    expected_latency: duration(expected),
-                    circuit: h.state() as i32,
-                };
-                match self.judge(&ask, m, &spec, h, expected) {
-                    Err(reason) => {
-                        c.excluded_reason = reason;
-                        excluded.push(c);
-                        continue;
-                    }
-                    Ok((score, factors)) => {
-                        c.score = score;
-                        c.score_factors = factors;
-                    }
-                }
-                c.eligible = true;
-                eligible.push((c, spec.provider_id));
-            }
-        }
-        eligible.sort_by(|a, b| {
-            b.0.score
-                .total_cmp(&a.0.score)
-                .then_with(|| a.0.model_id.cmp(&b.0.model_id))
-        });
-        excluded.sort_by(|a, b| a.model_id.cmp(&b.model_id));
-        let Some((best, provider_id)) = eligible.first().cloned() else {
-            let why: Vec<String> = excluded
-                .iter()
-                .map(|c| format!("{}: {}", c.model_id, c.excluded_reason))
-                .collect();
-            return Err(Status::with_field(
-                Code::FailedPrecondition,
-                "capability",
-                format!(
-                    "no eligible model for {} under profile {}{}",
-                    cap.as_str_name(),
-                    profile.name,
-                    if why.is_empty() {
-                        " (none registered)".to_string()
-                    } else {
-                        format!(" ({})", why.join("; "))
-                    }
-                ),
-            ));
-        };
-        let decision = RouteResponse {
-            decision_id: new_id("rte"),
-            model_id: best.model_id.clone(),
-            provider_id,
-            fallback_model_ids: eligible
-                .iter()
-                .skip(1)
-                .take(self.config.max_fallbacks)
-                .map(|(c, _)| c.model_id.clone())
-                .collect(),
-            reason: format!(
-                "best of {} eligible {} models under profile {} ({}); score {:.3}",
-                eligible.len(),
-                cap.as_str_name()
-                    .trim_start_matches("CAPABILITY_")
-                    .to_lowercase(),
-                profile.name,
-                profile.source,
-                best.score
-            ),
-        };
-        let mut candidates: Vec<Candidate> = eligible.into_iter().map(|(c, _)| c).collect();
-        candidates.extend(excluded);
-        Ok((decision, candidates))
     }
 }
 

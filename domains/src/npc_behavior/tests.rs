@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use aicore_proto::aicore::npc_behavior::v1::*;
 use aicore_proto::{Code, Request};
+use futures::future::BoxFuture;
 use proptest::prelude::*;
 
 use super::*;

@@ -8,15 +8,27 @@
 //!
 //! The executor stops at shutdown without writing: the run stays active and resumes when
 //! the domain starts again.
+//!
+//! This file holds the loop and the forward path (running steps); undoing them is
+//! `compensate.rs`.
 
 use std::time::Duration;
 
-use aicore_proto::{Caller, IdempotencyKey};
+use aicore_proto::aicore::orchestration::v1::{Binding, Call, RunState, Step, StepState, Workflow};
+use aicore_proto::internal::orchestration::RunRecord;
+use aicore_proto::{CallOptions, Caller, Code, IdempotencyKey, MethodInfo, Status};
+use aicore_runtime::store::Tx;
+use aicore_runtime::{Ctx, validate};
+use bytes::Bytes;
+use serde_json::Value;
 
-use super::*;
+use super::check::{duration, method_of};
+use super::config::{DEFAULT_STEP_TIMEOUT, MAX_OUTPUT_BYTES, MAX_STEP_TIMEOUT, retries};
+use super::records::{is_final, ms, output_key, read_run, version_key};
+use super::{ACTIVE, OUTPUTS, Orchestration, RUNS, VERSIONS, json};
 
 /// What the executor does after one transition.
-enum Next {
+pub(super) enum Next {
     /// Take the next transition now.
     Continue,
     /// Pause (a retry's backoff), then continue.
@@ -25,29 +37,11 @@ enum Next {
     Done,
 }
 
-/// The production [`Invoker`]: the SDK client over NATS.
-pub struct OverNats {
-    pub(super) ctx: Ctx,
-}
-
-impl Invoker for OverNats {
-    fn call(
-        &self,
-        method: &'static MethodInfo,
-        body: Bytes,
-        options: CallOptions,
-    ) -> BoxFuture<'static, Result<Bytes, Status>> {
-        use aicore_proto::Transport;
-        let client = self.ctx.client().cloned();
-        Box::pin(async move { client?.unary(method, body, &options).await })
-    }
-}
-
-const SUCCEEDED: i32 = StepState::Succeeded as i32;
-const COMPENSATING: i32 = StepState::Compensating as i32;
+pub(super) const SUCCEEDED: i32 = StepState::Succeeded as i32;
+pub(super) const COMPENSATING: i32 = StepState::Compensating as i32;
 
 /// The run's context for bindings: its input and the outputs of steps `0..upto`.
-fn context(r: &RunRecord, outputs: &[Option<Value>], upto: usize) -> Value {
+pub(super) fn context(r: &RunRecord, outputs: &[Option<Value>], upto: usize) -> Value {
     let input = serde_json::from_str::<Value>(&r.input_json)
         .unwrap_or_else(|_| Value::Object(Default::default()));
     let steps: serde_json::Map<String, Value> = r
@@ -64,7 +58,7 @@ fn context(r: &RunRecord, outputs: &[Option<Value>], upto: usize) -> Value {
 }
 
 /// The encoded request of `call` with its bindings applied from `context`.
-fn build(
+pub(super) fn build(
     call: &Call,
     context: &Value,
     field: &str,
@@ -108,17 +102,39 @@ fn blame(r: &mut RunRecord, i: usize, id: &str, e: &Status) {
 }
 
 /// `body` carrying `key` as its idempotency key (Define refused requests setting one).
-fn keyed(method: &MethodInfo, body: Bytes, key: Option<&str>) -> Bytes {
+pub(super) fn keyed(method: &MethodInfo, body: Bytes, key: Option<&str>) -> Bytes {
     match key {
         Some(k) => method.with_idempotency_key(body, k),
         None => body,
     }
 }
 
-fn now_ms(ctx: &Ctx) -> i64 {
+pub(super) fn now_ms(ctx: &Ctx) -> i64 {
     ms(ctx.clock.now())
 }
 
+/// A step's attempt timeout as its workflow gives it (Define checked it).
+pub(super) fn step_timeout(step: &Step) -> Duration {
+    duration(
+        &step.timeout,
+        DEFAULT_STEP_TIMEOUT,
+        MAX_STEP_TIMEOUT,
+        "timeout",
+    )
+    .unwrap_or(DEFAULT_STEP_TIMEOUT)
+}
+
+/// The timeout of an attempt at `now`: the step's, cut to the time left before the run's
+/// deadline (`deadline_ms`); the step's own once past it.
+fn attempt_timeout(step: &Step, deadline_ms: i64, now: i64) -> Duration {
+    let t = step_timeout(step);
+    let left = deadline_ms.saturating_sub(now);
+    if left > 0 {
+        t.min(Duration::from_millis(left as u64))
+    } else {
+        t
+    }
+}
 impl Orchestration {
     /// Makes sure run `run_id` has an executor (one at most).
     pub(super) fn execute(&self, run_id: String) {
@@ -187,7 +203,7 @@ impl Orchestration {
 
     /// Applies `f` to the stored run inside one write (nothing is written when `f` says
     /// false: the run moved on meanwhile). True when written.
-    async fn update<F>(&self, run_id: &str, f: F) -> Result<bool, Status>
+    pub(super) async fn update<F>(&self, run_id: &str, f: F) -> Result<bool, Status>
     where
         F: FnOnce(&mut RunRecord, &mut Tx<'_>) -> bool + Send + 'static,
     {
@@ -250,7 +266,7 @@ impl Orchestration {
     }
 
     /// The identity and bounds of one call of the run.
-    fn options(r: &RunRecord, timeout: Duration, key: Option<String>) -> CallOptions {
+    pub(super) fn options(r: &RunRecord, timeout: Duration, key: Option<String>) -> CallOptions {
         CallOptions {
             timeout: Some(timeout),
             caller: r.has_caller.then(|| Caller {
@@ -264,7 +280,7 @@ impl Orchestration {
     }
 
     /// Sends one call; `None` when shutdown came first (nothing is recorded then).
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: &'static MethodInfo,
         body: Bytes,
@@ -285,72 +301,19 @@ impl Orchestration {
     async fn forward(&self, r: RunRecord, w: &Workflow) -> Result<Next, Status> {
         let run_id = r.run_id.clone();
         let Some(i) = r.steps.iter().position(|s| s.state != SUCCEEDED) else {
-            let now = now_ms(self.ctx());
-            self.update(&run_id, move |r, tx| {
-                if r.state != RunState::Running as i32 {
-                    return false;
-                }
-                r.state = RunState::Succeeded as i32;
-                r.finished_ms = now;
-                tx.delete(ACTIVE, r.run_id.as_bytes());
-                true
-            })
-            .await?;
-            return Ok(Next::Continue);
+            return self.succeed(&run_id).await;
         };
         let step = &w.steps[i];
         let now = now_ms(self.ctx());
         let in_flight = r.steps[i].state == StepState::Running as i32;
         if !in_flight && now >= r.deadline_ms {
-            let id = step.step_id.clone();
-            self.update(&run_id, move |r, _| {
-                if r.state != RunState::Running as i32 {
-                    return false;
-                }
-                r.state = RunState::Compensating as i32;
-                r.error_code = Code::DeadlineExceeded as i32;
-                r.error_message = format!("the run passed its deadline before step `{id}`");
-                true
-            })
-            .await?;
-            return Ok(Next::Continue);
+            return self.pass_deadline(&run_id, step.step_id.clone()).await;
         }
         let attempt = r.steps[i].attempts + 1;
-        let marked = self
-            .update(&run_id, move |r, _| {
-                let s = &mut r.steps[i];
-                if r.state != RunState::Running as i32
-                    || !(s.state == StepState::Pending as i32
-                        || s.state == StepState::Running as i32)
-                {
-                    return false;
-                }
-                s.state = StepState::Running as i32;
-                s.attempts = attempt;
-                if s.started_ms == 0 {
-                    s.started_ms = now;
-                }
-                true
-            })
-            .await?;
-        if !marked {
+        if !self.mark_running(&run_id, i, attempt, now).await? {
             return Ok(Next::Continue);
         }
-        let timeout = {
-            let t = duration(
-                &step.timeout,
-                DEFAULT_STEP_TIMEOUT,
-                MAX_STEP_TIMEOUT,
-                "timeout",
-            )
-            .unwrap_or(DEFAULT_STEP_TIMEOUT);
-            let left = r.deadline_ms.saturating_sub(now);
-            if left > 0 {
-                t.min(Duration::from_millis(left as u64))
-            } else {
-                t
-            }
-        };
+        let timeout = attempt_timeout(step, r.deadline_ms, now);
         // Past the run's deadline a step is only re-sent to learn its outcome: no retries.
         let past = now >= r.deadline_ms;
         let Some(result) = self.call_step(&r, step, i, timeout).await? else {
@@ -360,22 +323,91 @@ impl Orchestration {
             Ok((method, reply)) => self.record_success(&run_id, i, step, method, reply).await?,
             Err(e) if e.is_retryable() && attempt <= retries(step) && !past => {
                 tracing::debug!(run_id, step = step.step_id, attempt, error = %e, "step attempt failed; retrying");
-                self.update(&run_id, move |r, _| {
-                    let s = &mut r.steps[i];
-                    (s.error_code, s.error_message) = (e.code as i32, e.message);
-                    true
-                })
-                .await?;
-                return Ok(Next::Wait(self.backoff(attempt)));
+                return self.retry_later(&run_id, i, attempt, e).await;
             }
             Err(e) => self.record_failure(&run_id, i, step, e).await?,
         }
         Ok(Next::Continue)
     }
 
+    /// Ends a running run whose steps all succeeded.
+    async fn succeed(&self, run_id: &str) -> Result<Next, Status> {
+        let now = now_ms(self.ctx());
+        self.update(run_id, move |r, tx| {
+            if r.state != RunState::Running as i32 {
+                return false;
+            }
+            r.state = RunState::Succeeded as i32;
+            r.finished_ms = now;
+            tx.delete(ACTIVE, r.run_id.as_bytes());
+            true
+        })
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// Starts compensating a running run that passed its deadline before step `id`.
+    async fn pass_deadline(&self, run_id: &str, id: String) -> Result<Next, Status> {
+        self.update(run_id, move |r, _| {
+            if r.state != RunState::Running as i32 {
+                return false;
+            }
+            r.state = RunState::Compensating as i32;
+            r.error_code = Code::DeadlineExceeded as i32;
+            r.error_message = format!("the run passed its deadline before step `{id}`");
+            true
+        })
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// Marks step `i` running for attempt `attempt` (started at `now` if it had not
+    /// started); false when the run or the step moved on meanwhile.
+    async fn mark_running(
+        &self,
+        run_id: &str,
+        i: usize,
+        attempt: u32,
+        now: i64,
+    ) -> Result<bool, Status> {
+        self.update(run_id, move |r, _| {
+            let s = &mut r.steps[i];
+            if r.state != RunState::Running as i32
+                || !(s.state == StepState::Pending as i32 || s.state == StepState::Running as i32)
+            {
+                return false;
+            }
+            s.state = StepState::Running as i32;
+            s.attempts = attempt;
+            if s.started_ms == 0 {
+                s.started_ms = now;
+            }
+            true
+        })
+        .await
+    }
+
+    /// Records the retryable error `e` of attempt `attempt` on step `i` (its call, or its
+    /// compensation's) and waits the attempt's backoff before the next.
+    pub(super) async fn retry_later(
+        &self,
+        run_id: &str,
+        i: usize,
+        attempt: u32,
+        e: Status,
+    ) -> Result<Next, Status> {
+        self.update(run_id, move |r, _| {
+            let s = &mut r.steps[i];
+            (s.error_code, s.error_message) = (e.code as i32, e.message);
+            true
+        })
+        .await?;
+        Ok(Next::Wait(self.backoff(attempt)))
+    }
+
     /// One attempt of step `i`'s call, with the run's context up to it; `None` when
     /// shutdown came first.
-    async fn call_step(
+    pub(super) async fn call_step(
         &self,
         r: &RunRecord,
         step: &Step,
@@ -401,7 +433,7 @@ impl Orchestration {
     /// Records that step `i`'s call took effect. The step succeeded whatever happens to its
     /// output, so a reply that cannot be kept (undecodable, too large) still has the step
     /// compensated, with the run compensating.
-    async fn record_success(
+    pub(super) async fn record_success(
         &self,
         run_id: &str,
         i: usize,
@@ -443,7 +475,7 @@ impl Orchestration {
     }
 
     /// Records that step `i` failed for good; a running run starts compensating.
-    async fn record_failure(
+    pub(super) async fn record_failure(
         &self,
         run_id: &str,
         i: usize,
@@ -465,168 +497,5 @@ impl Orchestration {
         })
         .await?;
         Ok(())
-    }
-
-    /// Undoes the newest completed step of a compensating run, or ends the run.
-    async fn backward(&self, r: RunRecord, w: &Workflow) -> Result<Next, Status> {
-        let run_id = r.run_id.clone();
-        let now = now_ms(self.ctx());
-        // A step whose outcome is unknown (in flight at a crash, or cancelled between
-        // retries after a timeout) is sent once more with its key first: the domain
-        // answers with its first reply if it applied it, so it is compensated if and only
-        // if it took effect.
-        if let Some(i) = r
-            .steps
-            .iter()
-            .position(|s| s.state == StepState::Running as i32)
-        {
-            let step = &w.steps[i];
-            let attempt = r.steps[i].attempts + 1;
-            let marked = self
-                .update(&run_id, move |r, _| {
-                    let s = &mut r.steps[i];
-                    if s.state != StepState::Running as i32 {
-                        return false;
-                    }
-                    s.attempts = attempt;
-                    true
-                })
-                .await?;
-            if !marked {
-                return Ok(Next::Continue);
-            }
-            let timeout = duration(
-                &step.timeout,
-                DEFAULT_STEP_TIMEOUT,
-                MAX_STEP_TIMEOUT,
-                "timeout",
-            )
-            .unwrap_or(DEFAULT_STEP_TIMEOUT);
-            match self.call_step(&r, step, i, timeout).await? {
-                None => return Ok(Next::Done),
-                Some(Ok((method, reply))) => {
-                    self.record_success(&run_id, i, step, method, reply).await?
-                }
-                Some(Err(e)) => self.record_failure(&run_id, i, step, e).await?,
-            }
-            return Ok(Next::Continue);
-        }
-        let Some(j) = r
-            .steps
-            .iter()
-            .rposition(|s| s.state == SUCCEEDED || s.state == COMPENSATING)
-        else {
-            self.update(&run_id, move |r, tx| {
-                if r.state != RunState::Compensating as i32 {
-                    return false;
-                }
-                for s in &mut r.steps {
-                    if s.state == StepState::Pending as i32 {
-                        s.state = StepState::Skipped as i32;
-                    }
-                }
-                r.state = if r.undo_failed {
-                    RunState::Failed
-                } else if r.cancelled {
-                    RunState::Cancelled
-                } else {
-                    RunState::Compensated
-                } as i32;
-                r.finished_ms = now;
-                tx.delete(ACTIVE, r.run_id.as_bytes());
-                true
-            })
-            .await?;
-            return Ok(Next::Continue);
-        };
-        let step = &w.steps[j];
-        let Some(undo) = step.compensation.clone() else {
-            self.update(&run_id, move |r, _| {
-                let s = &mut r.steps[j];
-                if s.state != SUCCEEDED {
-                    return false;
-                }
-                s.state = StepState::Compensated as i32;
-                true
-            })
-            .await?;
-            return Ok(Next::Continue);
-        };
-        let attempt = r.steps[j].undo_attempts + 1;
-        let marked = self
-            .update(&run_id, move |r, _| {
-                let s = &mut r.steps[j];
-                if s.state != SUCCEEDED && s.state != COMPENSATING {
-                    return false;
-                }
-                s.state = COMPENSATING;
-                s.undo_attempts = attempt;
-                true
-            })
-            .await?;
-        if !marked {
-            return Ok(Next::Continue);
-        }
-        let outputs = self.outputs(&r)?;
-        let field = format!("steps.{}.compensation", step.step_id);
-        let built = build(&undo, &context(&r, &outputs, j + 1), &field);
-        let timeout = duration(
-            &step.timeout,
-            DEFAULT_STEP_TIMEOUT,
-            MAX_STEP_TIMEOUT,
-            "timeout",
-        )
-        .unwrap_or(DEFAULT_STEP_TIMEOUT);
-        let result = match built {
-            Err(e) => Err(e),
-            Ok((method, body)) => {
-                let key =
-                    (method.idempotency_key != 0).then(|| step_key(&run_id, &step.step_id, true));
-                let body = keyed(method, body, key.as_deref());
-                let Some(result) = self
-                    .send(method, body, Self::options(&r, timeout, key))
-                    .await
-                else {
-                    return Ok(Next::Done);
-                };
-                result.map(|_| ())
-            }
-        };
-        let now = now_ms(self.ctx());
-        let id = step.step_id.clone();
-        match result {
-            Ok(()) => {
-                self.update(&run_id, move |r, _| {
-                    let s = &mut r.steps[j];
-                    s.state = StepState::Compensated as i32;
-                    s.finished_ms = now;
-                    true
-                })
-                .await?;
-                Ok(Next::Continue)
-            }
-            Err(e) if e.is_retryable() && attempt <= retries(step) => {
-                self.update(&run_id, move |r, _| {
-                    let s = &mut r.steps[j];
-                    (s.error_code, s.error_message) = (e.code as i32, e.message);
-                    true
-                })
-                .await?;
-                Ok(Next::Wait(self.backoff(attempt)))
-            }
-            Err(e) => {
-                tracing::warn!(run_id, step = id, error = %e, "compensation failed; the run needs an operator");
-                self.update(&run_id, move |r, _| {
-                    let s = &mut r.steps[j];
-                    s.state = StepState::CompensationFailed as i32;
-                    s.finished_ms = now;
-                    (s.error_code, s.error_message) = (e.code as i32, e.message);
-                    r.undo_failed = true;
-                    true
-                })
-                .await?;
-                Ok(Next::Continue)
-            }
-        }
     }
 }

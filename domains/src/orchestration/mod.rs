@@ -48,30 +48,43 @@
 //! - `orchestration.active`: run id → empty, for runs not yet final; the executor resumes
 //!   these when the domain starts;
 //! - `orchestration.idempotency`: Start's idempotency records.
+//!
+//! This file holds the domain type and its handlers; beside it are `config` (the bounds),
+//! `check` (Define's and the run RPCs' input checks), `records` (stored runs and keys),
+//! `invoker` (how a step reaches its domain), `engine` and `compensate` (the executor)
+//! and [`json`] (bindings and the JSON form of requests).
 
+mod check;
+mod compensate;
+mod config;
 mod engine;
+mod invoker;
 pub mod json;
+mod records;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aicore_proto::aicore::orchestration::v1::{
-    Binding, Call, CancelRequest, CancelResponse, DefineRequest, DefineResponse, ListRunsRequest,
-    ListRunsResponse, OrchestrationHandler, Run, RunState, StartRequest, StartResponse,
-    StatusRequest, StatusResponse, Step, StepRun, StepState, Workflow,
+    CancelRequest, CancelResponse, DefineRequest, DefineResponse, ListRunsRequest,
+    ListRunsResponse, OrchestrationHandler, RunState, StartRequest, StartResponse, StatusRequest,
+    StatusResponse, StepState, Workflow,
 };
 use aicore_proto::internal::orchestration::{RunRecord, StepRecord};
-use aicore_proto::{CallOptions, Code, MethodInfo, Request, Status};
+use aicore_proto::{Code, Request, Status};
 use aicore_runtime::idempotency::Idempotency;
-use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, validate};
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use prost::Message;
 use serde_json::Value;
 
-pub use engine::OverNats;
+pub use config::OrchestrationConfig;
+pub use invoker::{Invoker, OverNats};
+
+use check::{check_run_id, check_workflow, duration};
+use config::{
+    DEFAULT_RUN_TIMEOUT, MAX_INPUT_BYTES, MAX_REASON_CHARS, MAX_RUN_TIMEOUT, MAX_WORKFLOW_ID,
+};
+use records::{is_final, ms, output_key, read_run, shown, version_key};
 
 const WORKFLOWS: &str = "orchestration.workflows";
 const VERSIONS: &str = "orchestration.versions";
@@ -79,76 +92,7 @@ const RUNS: &str = "orchestration.runs";
 const OUTPUTS: &str = "orchestration.outputs";
 const ACTIVE: &str = "orchestration.active";
 const IDEMPOTENCY: Idempotency = Idempotency::new("orchestration.idempotency");
-
-/// Longest workflow id.
-const MAX_WORKFLOW_ID: usize = 64;
-/// Longest step id (the key `orch.<run_id>.<step_id>.undo` stays within 128 characters).
-const MAX_STEP_ID: usize = 40;
-/// Most steps in a workflow.
-const MAX_STEPS: usize = 50;
-/// Most bindings per call.
-const MAX_BINDINGS: usize = 32;
-/// Largest literal request of a call, encoded.
-const MAX_CALL_INPUT_BYTES: usize = 8 * 1024;
-/// Largest workflow, encoded.
-const MAX_WORKFLOW_BYTES: usize = 256 * 1024;
-/// Longest description.
-const MAX_DESCRIPTION_CHARS: usize = 1024;
-/// Largest run input, encoded.
-const MAX_INPUT_BYTES: usize = 64 * 1024;
-/// Largest step output kept, as JSON text; a larger one fails the run (see engine).
-const MAX_OUTPUT_BYTES: usize = 64 * 1024;
-/// Longest cancel reason.
-const MAX_REASON_CHARS: usize = 256;
-/// Longest run id accepted (server-made ids are 36 characters).
-const MAX_RUN_ID: usize = 64;
-/// Step attempt timeout when the workflow gives none, and the largest allowed.
-const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(300);
-/// Run timeout when the workflow gives none, and the largest allowed (below the domains'
-/// shortest idempotency record life, a day).
-const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(600);
-const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
-/// Retries when the step gives none (an unset field reads 0: see `retries`), and the most.
-const MAX_RETRIES: u32 = 10;
 const LIST_TOKEN: u8 = b'R';
-
-/// Configuration of orchestration (`[domains.orchestration]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OrchestrationConfig {
-    /// Pause before the first retry of a step, in milliseconds; doubled per retry.
-    pub retry_backoff_ms: u64,
-    /// Longest pause between retries, in milliseconds.
-    pub max_backoff_ms: u64,
-    /// Page size of ListRuns when the request asks for none.
-    pub default_page_size: u32,
-    /// Largest page of ListRuns.
-    pub max_page_size: u32,
-}
-
-impl Default for OrchestrationConfig {
-    fn default() -> Self {
-        OrchestrationConfig {
-            retry_backoff_ms: 200,
-            max_backoff_ms: 5000,
-            default_page_size: 50,
-            max_page_size: 200,
-        }
-    }
-}
-
-/// Sends one encoded request to a domain RPC: the domains over NATS in production
-/// ([`OverNats`]), a stand-in in unit tests.
-pub trait Invoker: Send + Sync + 'static {
-    /// Calls `method` with `body` and `options` (the run's caller, the attempt's timeout).
-    fn call(
-        &self,
-        method: &'static MethodInfo,
-        body: Bytes,
-        options: CallOptions,
-    ) -> BoxFuture<'static, Result<Bytes, Status>>;
-}
 
 /// The domain. Cheap to clone: the executors hold it.
 #[derive(Clone)]
@@ -162,307 +106,6 @@ struct Inner {
     invoker: Arc<dyn Invoker>,
     /// Runs with an executor now, so a run never has two.
     executing: Mutex<HashSet<String>>,
-}
-
-fn ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms > 0).then(|| prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
-}
-
-/// A protobuf duration as a std one; InvalidArgument naming `field` unless it is positive,
-/// well-formed and at most `max`.
-fn duration(
-    d: &Option<prost_types::Duration>,
-    default: Duration,
-    max: Duration,
-    field: &str,
-) -> Result<Duration, Status> {
-    let Some(d) = d else { return Ok(default) };
-    let ok =
-        d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) && (d.seconds, d.nanos) != (0, 0);
-    let value = ok.then(|| Duration::new(d.seconds as u64, d.nanos as u32));
-    match value {
-        Some(v) if v <= max => Ok(v),
-        _ => Err(Status::invalid(
-            field,
-            format!("must be positive and at most {} s", max.as_secs()),
-        )),
-    }
-}
-
-/// The retries of a step: its `max_retries`, and 2 when unset (0 means unset in proto3;
-/// a step that must not be retried is rare for calls that carry their key).
-fn retries(step: &Step) -> u32 {
-    if step.max_retries == 0 {
-        2
-    } else {
-        step.max_retries
-    }
-}
-
-/// The RPC a call names; InvalidArgument naming `field` when it is not one a step may call.
-fn method_of(call: &Call, field: &str) -> Result<&'static MethodInfo, Status> {
-    let domain = call.domain.replace('-', "_");
-    if domain == "orchestration" {
-        return Err(Status::invalid(
-            &format!("{field}.domain"),
-            "a workflow may not call orchestration itself",
-        ));
-    }
-    let service = aicore_proto::find_service(&domain).ok_or_else(|| {
-        Status::invalid(
-            &format!("{field}.domain"),
-            format!(
-                "`{}` is not a domain",
-                call.domain.chars().take(64).collect::<String>()
-            ),
-        )
-    })?;
-    let (_, method) = service.method(&call.rpc).ok_or_else(|| {
-        Status::invalid(
-            &format!("{field}.rpc"),
-            format!(
-                "`{}` is not an RPC of {}",
-                call.rpc.chars().take(64).collect::<String>(),
-                service.domain
-            ),
-        )
-    })?;
-    if method.server_streaming {
-        return Err(Status::invalid(
-            &format!("{field}.rpc"),
-            "is a streaming RPC; a step calls unary RPCs",
-        ));
-    }
-    if !method.policy.read_only && method.idempotency_key == 0 {
-        return Err(Status::invalid(
-            &format!("{field}.rpc"),
-            "writes without an idempotency_key cannot be made exactly once after a crash; \
-             a step calls read-only RPCs or RPCs whose request has an idempotency_key",
-        ));
-    }
-    Ok(method)
-}
-
-/// Checks one call of step `index` (`own` for a compensation, which may read its own
-/// step's output): its RPC, its literal request and its bindings.
-fn check_call(call: &Call, field: &str, earlier: &[&str], own: Option<&str>) -> Result<(), Status> {
-    let method = method_of(call, field)?;
-    let literal = call.input.clone().unwrap_or_default();
-    validate::max_bytes(
-        literal.encoded_len(),
-        MAX_CALL_INPUT_BYTES,
-        &format!("{field}.input"),
-        "per-call input",
-    )?;
-    if let Some(k) = literal
-        .fields
-        .keys()
-        .find(|k| json::is_key_field(method, k))
-    {
-        return Err(Status::invalid(
-            &format!("{field}.input.{k}"),
-            "is set by the run (from the run and step ids); a workflow may not set it",
-        ));
-    }
-    json::request(
-        method,
-        json::from_struct(&literal),
-        &format!("{field}.input"),
-    )?;
-    if call.bindings.len() > MAX_BINDINGS {
-        return Err(Status::invalid(
-            &format!("{field}.bindings"),
-            format!("at most {MAX_BINDINGS} bindings per call"),
-        ));
-    }
-    for (i, b) in call.bindings.iter().enumerate() {
-        let f = format!("{field}.bindings[{i}]");
-        let to = json::parse_pointer(&b.target, &format!("{f}.target"))?;
-        let first = &to[0];
-        if json::is_key_field(method, first) {
-            return Err(Status::invalid(
-                &format!("{f}.target"),
-                "the idempotency key is set by the run; a binding may not set it",
-            ));
-        }
-        if !json::has_field(method, first) {
-            return Err(Status::invalid(
-                &format!("{f}.target"),
-                format!("`{first}` is not a field of {}", method.input),
-            ));
-        }
-        let from = json::parse_pointer(&b.source, &format!("{f}.source"))?;
-        let ok = match from.as_slice() {
-            [input, ..] if input == "input" => true,
-            [steps, id, output, ..] if steps == "steps" && output == "output" => {
-                earlier.contains(&id.as_str()) || own == Some(id.as_str())
-            }
-            _ => false,
-        };
-        if !ok {
-            return Err(Status::invalid(
-                &format!("{f}.source"),
-                "must start with /input or /steps/<an earlier step's id>/output",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a workflow as Define receives it.
-fn check_workflow(w: &Workflow) -> Result<(), Status> {
-    validate::slug(&w.workflow_id, "workflow.workflow_id", MAX_WORKFLOW_ID)?;
-    if w.description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(Status::invalid(
-            "workflow.description",
-            format!("at most {MAX_DESCRIPTION_CHARS} characters"),
-        ));
-    }
-    validate::max_bytes(
-        w.encoded_len(),
-        MAX_WORKFLOW_BYTES,
-        "workflow",
-        "per-workflow",
-    )?;
-    if w.steps.is_empty() || w.steps.len() > MAX_STEPS {
-        return Err(Status::invalid(
-            "workflow.steps",
-            format!("must hold 1 to {MAX_STEPS} steps"),
-        ));
-    }
-    duration(
-        &w.run_timeout,
-        DEFAULT_RUN_TIMEOUT,
-        MAX_RUN_TIMEOUT,
-        "workflow.run_timeout",
-    )?;
-    let mut ids: Vec<&str> = Vec::with_capacity(w.steps.len());
-    for (i, s) in w.steps.iter().enumerate() {
-        let f = format!("workflow.steps[{i}]");
-        let id_ok = !s.step_id.is_empty()
-            && s.step_id.len() <= MAX_STEP_ID
-            && s.step_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !id_ok {
-            return Err(Status::invalid(
-                &format!("{f}.step_id"),
-                format!("must be 1 to {MAX_STEP_ID} characters of [a-z0-9_]"),
-            ));
-        }
-        if ids.contains(&s.step_id.as_str()) {
-            return Err(Status::invalid(
-                &format!("{f}.step_id"),
-                format!("`{}` names an earlier step too", s.step_id),
-            ));
-        }
-        let call = s
-            .call
-            .as_ref()
-            .ok_or_else(|| Status::invalid(&format!("{f}.call"), "is required"))?;
-        check_call(call, &format!("{f}.call"), &ids, None)?;
-        if let Some(c) = &s.compensation {
-            check_call(c, &format!("{f}.compensation"), &ids, Some(&s.step_id))?;
-        }
-        duration(
-            &s.timeout,
-            DEFAULT_STEP_TIMEOUT,
-            MAX_STEP_TIMEOUT,
-            &format!("{f}.timeout"),
-        )?;
-        if s.max_retries > MAX_RETRIES {
-            return Err(Status::invalid(
-                &format!("{f}.max_retries"),
-                format!("at most {MAX_RETRIES}"),
-            ));
-        }
-        ids.push(&s.step_id);
-    }
-    Ok(())
-}
-
-fn version_key(workflow_id: &str, version: u64) -> Vec<u8> {
-    let mut k = workflow_id.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-fn output_key(run_id: &str, index: usize) -> Vec<u8> {
-    let mut k = run_id.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&(index as u32).to_be_bytes());
-    k
-}
-
-fn check_run_id(run_id: &str) -> Result<(), Status> {
-    if run_id.is_empty()
-        || run_id.len() > MAX_RUN_ID
-        || !run_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(Status::invalid(
-            "run_id",
-            format!("must be 1 to {MAX_RUN_ID} characters of [A-Za-z0-9_]"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether a run in state `s` is over.
-fn is_final(s: i32) -> bool {
-    matches!(
-        RunState::try_from(s),
-        Ok(RunState::Succeeded | RunState::Compensated | RunState::Cancelled | RunState::Failed)
-    )
-}
-
-fn error_of(code: i32, message: &str) -> Option<aicore_proto::aicore::common::v1::Error> {
-    (code != 0).then(|| aicore_proto::aicore::common::v1::Error {
-        code,
-        message: message.to_string(),
-        ..Default::default()
-    })
-}
-
-/// A stored run as the contract shows it; `outputs` by step index (absent when not read).
-fn shown(r: &RunRecord, outputs: &[Option<Value>]) -> Run {
-    Run {
-        run_id: r.run_id.clone(),
-        workflow_id: r.workflow_id.clone(),
-        workflow_version: r.workflow_version,
-        state: r.state,
-        input: serde_json::from_str::<Value>(&r.input_json)
-            .ok()
-            .map(|v| json::to_struct(&v)),
-        steps: r
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StepRun {
-                step_id: s.step_id.clone(),
-                state: s.state,
-                attempts: s.attempts,
-                output: outputs.get(i).and_then(Option::as_ref).map(json::to_struct),
-                error: error_of(s.error_code, &s.error_message),
-                started_at: ts(s.started_ms),
-                finished_at: ts(s.finished_ms),
-            })
-            .collect(),
-        error: error_of(r.error_code, &r.error_message),
-        started_at: ts(r.started_ms),
-        finished_at: ts(r.finished_ms),
-    }
 }
 
 impl Orchestration {
@@ -534,11 +177,6 @@ impl Orchestration {
             })
             .collect()
     }
-}
-
-fn read_run(tx: &mut Tx<'_>, run_id: &str) -> Result<RunRecord, Status> {
-    tx.get_msg::<RunRecord>(RUNS, run_id.as_bytes())?
-        .ok_or_else(|| Status::not_found(format!("no run `{run_id}`")))
 }
 
 impl OrchestrationHandler for Orchestration {

@@ -5,9 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
-use aicore_proto::aicore::orchestration::v1::Binding;
+use aicore_proto::aicore::orchestration::v1::{Binding, Call, Run, Step};
 use aicore_proto::aicore::payment::v1 as pay;
+use aicore_proto::{CallOptions, MethodInfo};
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -24,20 +24,31 @@
 //! Set and SetDefault are idempotent: repeating a request that changes nothing writes
 //! nothing and keeps the version, so a client retrying after a lost answer does not see a
 //! spurious Conflict on its next conditional write.
+//!
+//! This file holds the domain type and its handlers; beside it are `config`, `profiles`
+//! (the configured profiles, checked) and `recommend` (Report's rules).
+
+mod config;
+mod profiles;
+mod recommend;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aicore_proto::aicore::performance_mode::v1::{
-    DefaultProfile, GetRequest, GetResponse, ModelTier, PerformanceModeHandler, PlayerMode,
-    Profile, ProfileSource, ProfilesRequest, ProfilesResponse, ReportRequest, ReportResponse,
-    SetDefaultRequest, SetDefaultResponse, SetRequest, SetResponse,
+    DefaultProfile, GetRequest, GetResponse, PerformanceModeHandler, PlayerMode, ProfileSource,
+    ProfilesRequest, ProfilesResponse, ReportRequest, ReportResponse, SetDefaultRequest,
+    SetDefaultResponse, SetRequest, SetResponse,
 };
 use aicore_proto::internal::performance_mode::{DefaultRecord, PlayerRecord};
-use aicore_proto::{Code, Request, Status};
+use aicore_proto::{Request, Status};
 
 use aicore_runtime::store::Tx;
 use aicore_runtime::{Ctx, paging, timestamp_ms, validate};
+
+pub use config::{PerformanceModeConfig, ProfileConfig};
+
+use profiles::Profiles;
+use recommend::{Figures, recommend};
 
 const PLAYERS: &str = "performance_mode.players";
 const META: &str = "performance_mode.meta";
@@ -45,154 +56,8 @@ const DEFAULT_KEY: &[u8] = b"default";
 /// Roles that may act for any player and set the global default.
 const PRIVILEGED: &[&str] = &["service", "admin"];
 const PROFILES_TOKEN: u8 = b'P';
-/// Longest profile name, in characters of `[a-z0-9_.-]`.
-const MAX_PROFILE_NAME: usize = 64;
-/// Longest `device_class`, in characters.
-const MAX_DEVICE_CLASS_CHARS: usize = 64;
-/// Longest duration a Report figure may hold; more is a client's bug, not a measurement.
-const MAX_FIGURE: Duration = Duration::from_secs(60);
 
-/// One profile (`[[domains.performance_mode.profiles]]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProfileConfig {
-    /// Its name, 1–64 characters of `[a-z0-9_.-]`, unique.
-    pub name: String,
-    /// One line for players and tools.
-    pub description: String,
-    /// Largest AI output per request, in tokens.
-    pub max_tokens_per_request: u32,
-    /// AI tokens a player may use per real hour; 0 for no limit.
-    pub tokens_per_hour: u32,
-    /// Largest model tier AI requests may use: `small`, `medium` or `large`.
-    pub max_model_tier: String,
-    /// How often the client should refresh world state, in milliseconds.
-    pub world_tick_ms: u64,
-    /// How often the client should refresh NPC state, in milliseconds.
-    pub npc_tick_ms: u64,
-    /// Whether to stream AI narration (otherwise templates only).
-    pub ai_narration: bool,
-    /// Frames per second the profile targets on the client (its frame-time target).
-    pub target_fps: u32,
-    /// The AI router's latency budget for requests under this profile when the caller
-    /// gives none, in milliseconds; 0 for no limit.
-    pub ai_latency_budget_ms: u64,
-    /// The dearest model the AI router may choose, in micro-units per million tokens
-    /// (input + output price); 0 for no ceiling.
-    pub ai_max_cost_micros_per_million_tokens: u64,
-}
-
-impl Default for ProfileConfig {
-    fn default() -> Self {
-        ProfileConfig {
-            name: String::new(),
-            description: String::new(),
-            max_tokens_per_request: 512,
-            tokens_per_hour: 0,
-            max_model_tier: "medium".into(),
-            world_tick_ms: 1000,
-            npc_tick_ms: 2000,
-            ai_narration: true,
-            target_fps: 60,
-            ai_latency_budget_ms: 0,
-            ai_max_cost_micros_per_million_tokens: 0,
-        }
-    }
-}
-
-/// Configuration of performance-mode (`[domains.performance_mode]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PerformanceModeConfig {
-    /// The profile players follow until they choose, unless SetDefault set another.
-    pub default_profile: String,
-    /// Battery level (0–1) below which Report recommends the lightest profile.
-    pub low_battery: f64,
-    /// Report recommends one profile lighter when the p95 frame time exceeds the current
-    /// target by this factor (> 1).
-    pub step_down_above: f64,
-    /// Report recommends one profile richer when the p95 frame time is below the richer
-    /// profile's target times this factor (0–1): headroom, so it does not flap.
-    pub step_up_below: f64,
-    /// A network p50 latency above this (milliseconds) holds back a step up.
-    pub high_network_latency_ms: u64,
-    /// Page size of Profiles when the request asks for none.
-    pub default_page_size: u32,
-    /// Largest page of Profiles.
-    pub max_page_size: u32,
-    /// The profiles, lightest first.
-    pub profiles: Vec<ProfileConfig>,
-}
-
-impl Default for PerformanceModeConfig {
-    fn default() -> Self {
-        PerformanceModeConfig {
-            default_profile: "balanced".into(),
-            low_battery: 0.2,
-            step_down_above: 1.15,
-            step_up_below: 0.7,
-            high_network_latency_ms: 150,
-            default_page_size: 50,
-            max_page_size: 100,
-            profiles: vec![
-                ProfileConfig {
-                    name: "battery".into(),
-                    description: "Small models, short answers, slow ticks, no narration, 30 fps."
-                        .into(),
-                    max_tokens_per_request: 256,
-                    tokens_per_hour: 20_000,
-                    max_model_tier: "small".into(),
-                    world_tick_ms: 2000,
-                    npc_tick_ms: 5000,
-                    ai_narration: false,
-                    target_fps: 30,
-                    ai_latency_budget_ms: 2000,
-                    ai_max_cost_micros_per_million_tokens: 1_000_000,
-                },
-                ProfileConfig {
-                    name: "balanced".into(),
-                    description: "Medium models, narration on, 60 fps.".into(),
-                    max_tokens_per_request: 512,
-                    tokens_per_hour: 60_000,
-                    max_model_tier: "medium".into(),
-                    world_tick_ms: 1000,
-                    npc_tick_ms: 2000,
-                    ai_narration: true,
-                    target_fps: 60,
-                    ai_latency_budget_ms: 5000,
-                    ai_max_cost_micros_per_million_tokens: 5_000_000,
-                },
-                ProfileConfig {
-                    name: "quality".into(),
-                    description: "Any model, long answers, fast ticks, 60 fps.".into(),
-                    max_tokens_per_request: 1024,
-                    tokens_per_hour: 0,
-                    max_model_tier: "large".into(),
-                    world_tick_ms: 500,
-                    npc_tick_ms: 1000,
-                    ai_narration: true,
-                    target_fps: 60,
-                    ai_latency_budget_ms: 0,
-                    ai_max_cost_micros_per_million_tokens: 0,
-                },
-            ],
-        }
-    }
-}
-
-fn tier(name: &str) -> Option<ModelTier> {
-    match name {
-        "small" => Some(ModelTier::Small),
-        "medium" => Some(ModelTier::Medium),
-        "large" => Some(ModelTier::Large),
-        _ => None,
-    }
-}
-
-fn millis(ms: u64) -> Option<prost_types::Duration> {
-    (ms > 0).then(|| prost_types::Duration::try_from(Duration::from_millis(ms)).unwrap_or_default())
-}
-
+/// The global default as the contract shows it.
 fn shown_default(d: DefaultRecord) -> DefaultProfile {
     DefaultProfile {
         profile: d.profile,
@@ -201,251 +66,11 @@ fn shown_default(d: DefaultRecord) -> DefaultProfile {
     }
 }
 
-fn frame_time(fps: u32) -> Duration {
-    Duration::from_secs(1) / fps.max(1)
-}
-
-/// The profiles as the contract shows them, checked once at start.
-struct Profiles {
-    list: Vec<Profile>,
-    /// Frame-time target per profile, same order.
-    targets: Vec<Duration>,
-}
-
-impl Profiles {
-    fn from_config(config: &PerformanceModeConfig) -> Result<Self, Status> {
-        let bad = |m: String| {
-            Status::new(
-                Code::InvalidArgument,
-                format!("[domains.performance_mode] {m}"),
-            )
-        };
-        if config.profiles.is_empty() {
-            return Err(bad("profiles: at least one profile is needed".into()));
-        }
-        let (mut list, mut targets) = (Vec::new(), Vec::new());
-        for (i, p) in config.profiles.iter().enumerate() {
-            validate::slug(&p.name, "name", MAX_PROFILE_NAME)
-                .map_err(|e| bad(format!("profiles[{i}].{}", e.message)))?;
-            if list.iter().any(|q: &Profile| q.name == p.name) {
-                return Err(bad(format!(
-                    "profiles[{i}].name: {:?} appears twice",
-                    p.name
-                )));
-            }
-            let max_tier = tier(&p.max_model_tier).ok_or_else(|| {
-                bad(format!(
-                    "profiles[{i}].max_model_tier: {:?} is not small, medium or large",
-                    p.max_model_tier
-                ))
-            })?;
-            if p.target_fps == 0 || p.target_fps > 1000 {
-                return Err(bad(format!("profiles[{i}].target_fps: must be 1 to 1000")));
-            }
-            targets.push(frame_time(p.target_fps));
-            list.push(Profile {
-                name: p.name.clone(),
-                description: p.description.clone(),
-                max_tokens_per_request: p.max_tokens_per_request,
-                tokens_per_hour: p.tokens_per_hour,
-                max_model_tier: max_tier as i32,
-                world_tick_interval: millis(p.world_tick_ms),
-                npc_tick_interval: millis(p.npc_tick_ms),
-                ai_narration: p.ai_narration,
-                target_frame_time: prost_types::Duration::try_from(frame_time(p.target_fps)).ok(),
-                ai_latency_budget: millis(p.ai_latency_budget_ms),
-                ai_max_cost_micros_per_million_tokens: p.ai_max_cost_micros_per_million_tokens,
-            });
-        }
-        if !list.iter().any(|p| p.name == config.default_profile) {
-            return Err(bad(format!(
-                "default_profile: {:?} is not one of the profiles",
-                config.default_profile
-            )));
-        }
-        let ratios_ok = config.step_down_above > 1.0
-            && config.step_down_above.is_finite()
-            && config.step_up_below > 0.0
-            && config.step_up_below < 1.0
-            && (0.0..=1.0).contains(&config.low_battery);
-        if !ratios_ok {
-            return Err(bad(
-                "step_down_above must be > 1, step_up_below in (0, 1), low_battery in [0, 1]"
-                    .into(),
-            ));
-        }
-        Ok(Profiles { list, targets })
-    }
-
-    fn index(&self, name: &str) -> Option<usize> {
-        self.list.iter().position(|p| p.name == name)
-    }
-
-    /// The profile named `name`, or InvalidArgument naming `field` with the known names.
-    fn named(&self, name: &str, field: &str) -> Result<usize, Status> {
-        self.index(name).ok_or_else(|| {
-            Status::invalid(
-                field,
-                format!(
-                    "unknown profile {name:?}; known: {:?}",
-                    self.list
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                ),
-            )
-        })
-    }
-}
-
 /// The domain.
 pub struct PerformanceMode {
     ctx: Ctx,
     config: PerformanceModeConfig,
     profiles: Arc<Profiles>,
-}
-
-/// The figures of a Report, checked.
-#[derive(Debug, Clone, Copy)]
-struct Figures {
-    p95: Duration,
-    network_p50: Option<Duration>,
-    battery: Option<f64>,
-}
-
-fn figure(d: &Option<prost_types::Duration>, field: &str) -> Result<Option<Duration>, Status> {
-    let Some(d) = d else {
-        return Ok(None);
-    };
-    let d = Duration::try_from(*d)
-        .map_err(|_| Status::invalid(field, "must be a non-negative duration"))?;
-    if d > MAX_FIGURE {
-        return Err(Status::invalid(
-            field,
-            format!("must be at most {}s", MAX_FIGURE.as_secs()),
-        ));
-    }
-    Ok(Some(d))
-}
-
-impl Figures {
-    fn from_request(req: &ReportRequest) -> Result<Self, Status> {
-        let p95 = figure(&req.frame_time_p95, "frame_time_p95")?
-            .ok_or_else(|| Status::invalid("frame_time_p95", "is required"))?;
-        if p95.is_zero() {
-            return Err(Status::invalid("frame_time_p95", "must be positive"));
-        }
-        if let Some(p50) = figure(&req.frame_time_p50, "frame_time_p50")?
-            && p50 > p95
-        {
-            return Err(Status::invalid(
-                "frame_time_p50",
-                "must not exceed frame_time_p95",
-            ));
-        }
-        let network_p50 = figure(&req.network_latency_p50, "network_latency_p50")?;
-        figure(&req.window, "window")?;
-        if let Some(b) = req.battery_level
-            && !(0.0..=1.0).contains(&b)
-        {
-            return Err(Status::invalid("battery_level", "must be between 0 and 1"));
-        }
-        if req.device_class.chars().count() > MAX_DEVICE_CLASS_CHARS
-            || req.device_class.chars().any(char::is_control)
-        {
-            return Err(Status::invalid(
-                "device_class",
-                format!(
-                    "must be at most {MAX_DEVICE_CLASS_CHARS} characters without control characters"
-                ),
-            ));
-        }
-        Ok(Figures {
-            p95,
-            network_p50,
-            battery: req.battery_level,
-        })
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// The profile (index) to recommend to a client on profile `current`, and why.
-fn recommend(
-    profiles: &Profiles,
-    config: &PerformanceModeConfig,
-    current: usize,
-    f: Figures,
-) -> (usize, Vec<String>) {
-    let name = |i: usize| profiles.list[i].name.as_str();
-    if let Some(b) = f.battery
-        && b < config.low_battery
-    {
-        return (
-            0,
-            vec![format!(
-                "battery {:.0}% below {:.0}%: the lightest profile, {}",
-                b * 100.0,
-                config.low_battery * 100.0,
-                name(0)
-            )],
-        );
-    }
-    let target = profiles.targets[current];
-    if f.p95.as_secs_f64() > target.as_secs_f64() * config.step_down_above {
-        if current == 0 {
-            return (
-                0,
-                vec![format!(
-                    "p95 frame time {} above {} target, already on the lightest profile",
-                    ms(f.p95),
-                    ms(target)
-                )],
-            );
-        }
-        return (
-            current - 1,
-            vec![format!(
-                "p95 frame time {} above {} target of {}: one profile lighter",
-                ms(f.p95),
-                ms(target),
-                name(current)
-            )],
-        );
-    }
-    let mut reasons = vec![format!(
-        "p95 frame time {} within {} target of {}",
-        ms(f.p95),
-        ms(target),
-        name(current)
-    )];
-    if let Some(richer) = (current + 1 < profiles.list.len()).then_some(current + 1) {
-        let room = profiles.targets[richer].as_secs_f64() * config.step_up_below;
-        if f.p95.as_secs_f64() < room {
-            let slow_net = f
-                .network_p50
-                .filter(|n| n.as_millis() > u128::from(config.high_network_latency_ms));
-            if let Some(n) = slow_net {
-                reasons.push(format!(
-                    "room for {}, but network p50 {} above {} ms",
-                    name(richer),
-                    ms(n),
-                    config.high_network_latency_ms
-                ));
-            } else {
-                reasons.push(format!(
-                    "p95 frame time below {} ({:.0}% of {} target): one profile richer",
-                    ms(Duration::from_secs_f64(room)),
-                    config.step_up_below * 100.0,
-                    name(richer)
-                ));
-                return (richer, reasons);
-            }
-        }
-    }
-    (current, reasons)
 }
 
 impl PerformanceMode {

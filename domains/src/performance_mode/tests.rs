@@ -1,5 +1,10 @@
 //! performance-mode's unit tests, on an in-memory store and a manual clock.
 
+use std::time::Duration;
+
+use aicore_proto::Code;
+use aicore_proto::aicore::performance_mode::v1::ModelTier;
+
 use super::*;
 
 fn domain() -> PerformanceMode {
