@@ -256,26 +256,18 @@ fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>)
         schema.insert("pattern".into(), p.into());
     }
     // Ranges of numbers. A 64-bit integer is a oneOf of its decimal-string and number
-    // forms, and JSON Schema cannot range-check a string: a ranged one is documented as
-    // its number form (the server reads the string form too, as proto3 JSON says).
-    if RANGES.iter().any(|(rule, _)| rules.has_field_by_name(rule))
-        && let Some(Value::Array(forms)) = schema.remove("oneOf")
-        && let Some(Value::Object(number)) = forms.into_iter().find(|v| v["type"] == "integer")
+    // forms (responses use the string), and JSON Schema cannot range-check a string: the
+    // range goes on its number form.
+    if let Some(Value::Array(forms)) = schema.get_mut("oneOf")
+        && let Some(Value::Object(number)) = forms.iter_mut().find(|v| v["type"] == "integer")
     {
-        schema.extend(number);
+        range_rules(&rules, number, true);
     }
     let is_number = matches!(
         schema.get("type").and_then(Value::as_str),
         Some("integer" | "number")
     );
-    for (rule, keyword) in RANGES {
-        if is_number
-            && rules.has_field_by_name(rule)
-            && let Some(n) = get(rule).and_then(|v| v.as_f64())
-        {
-            schema.insert(keyword.into(), json_number(n));
-        }
-    }
+    range_rules(&rules, schema, is_number);
     if specified(&rules)
         && let Kind::Enum(e) = f.kind()
         && let Some(zero) = e.get_value(0)
@@ -286,6 +278,22 @@ fn field_rules(f: &FieldDescriptor, schema: &mut serde_json::Map<String, Value>)
     if get("no_control_chars").and_then(|v| v.as_bool()) == Some(true) {
         // Unanchored, so no `$` (which Python lets match before a final newline).
         schema.insert("not".into(), json!({"pattern": "[\\x00-\\x1f\\x7f-\\x9f]"}));
+    }
+}
+
+/// Puts the range rules on a number's schema (nothing when it is not one).
+fn range_rules(
+    rules: &prost_reflect::DynamicMessage,
+    schema: &mut serde_json::Map<String, Value>,
+    is_number: bool,
+) {
+    for (rule, keyword) in RANGES {
+        if is_number
+            && rules.has_field_by_name(rule)
+            && let Some(n) = rules.get_field_by_name(rule).and_then(|v| v.as_f64())
+        {
+            schema.insert(keyword.into(), json_number(n));
+        }
     }
 }
 
