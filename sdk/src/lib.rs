@@ -33,13 +33,17 @@
 //! circuit for everyone. Per attempt:
 //! - **counts**: no responders (nobody serves the subject), and an attempt that timed out
 //!   although it had at least [`ClientConfig::attempt_timeout`] to get an answer — the
-//!   service had a reasonable time and said nothing;
-//! - **resets**: any reply from the service, success or error (it is alive and answering;
-//!   a refusal such as Unavailable or DeadlineExceeded comes back fast and eats no
-//!   deadline, which is what the breaker protects);
+//!   service had a reasonable time and said nothing. A DeadlineExceeded *reply* is
+//!   judged the same way: the service saying it did not finish within the attempt's
+//!   deadline is silence with a receipt, and whether that reply or the caller's own
+//!   timer comes first is a race of microseconds;
+//! - **resets**: any other reply from the service, success or error (it is alive and
+//!   answering; a refusal such as Unavailable comes back fast and eats no deadline,
+//!   which is what the breaker protects);
 //! - **neither**: an attempt cut short by the caller's own deadline (it had less than
-//!   `attempt_timeout`), and failures of the caller's own connection or request (max
-//!   payload, a connection that is down): the caller's outcome, not the service's.
+//!   `attempt_timeout`), whether it timed out or the service answered DeadlineExceeded,
+//!   and failures of the caller's own connection or request (max payload, a connection
+//!   that is down): the caller's outcome, not the service's.
 //!
 //! The circuit opens after `breaker_threshold` failures in a row that have lasted at least
 //! [`ClientConfig::outage_grace`]: a burst of failures inside a reconnect blip, however
@@ -259,7 +263,10 @@ fn attempt_health(
     use async_nats::RequestErrorKind;
     match reply {
         Ok(msg) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => Health::Failed,
-        Ok(_) => Health::Answered,
+        Ok(msg) => match reply_result(msg) {
+            Err(s) if s.code == Code::DeadlineExceeded => silence_health(config, attempt),
+            _ => Health::Answered,
+        },
         Err(e) => match e.kind() {
             RequestErrorKind::NoResponders => Health::Failed,
             RequestErrorKind::TimedOut => silence_health(config, attempt),
@@ -629,6 +636,48 @@ mod tests {
         assert_eq!(parts[1].len(), 32);
         assert_eq!(parts[2].len(), 16);
         assert_eq!(parts[3], "01");
+    }
+
+    fn reply(error: Option<Code>) -> Message {
+        let headers = error.map(|code| {
+            let mut h = HeaderMap::new();
+            let status = Status::new(code, "x");
+            h.insert(header_names::SERVICE_ERROR, "x");
+            h.insert(
+                header_names::SERVICE_ERROR_CODE,
+                status.http_status().to_string().as_str(),
+            );
+            h
+        });
+        Message {
+            subject: "_INBOX.x".into(),
+            reply: None,
+            payload: Bytes::new(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    /// A DeadlineExceeded reply is judged as silence: it counts only when the attempt had
+    /// a reasonable time, and it never resets a breaker (the service's reply and the
+    /// caller's timer race, so the outcome must not depend on which comes first).
+    #[test]
+    fn a_deadline_exceeded_reply_is_judged_like_silence() {
+        let c = ClientConfig::default();
+        let whole = c.attempt_timeout;
+        let short = c.attempt_timeout / 10;
+        let late = Ok(reply(Some(Code::DeadlineExceeded)));
+        assert_eq!(attempt_health(&c, &late, whole), Health::Failed);
+        assert_eq!(attempt_health(&c, &late, short), Health::Unknown);
+        for other in [None, Some(Code::Unavailable), Some(Code::InvalidArgument)] {
+            assert_eq!(
+                attempt_health(&c, &Ok(reply(other)), whole),
+                Health::Answered,
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
