@@ -22,6 +22,24 @@ struct Policy {
 }
 
 fn main() {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let compiler = compile_contracts(&out);
+    let pool = compiler.descriptor_pool();
+    let (generator, services) = read_services(&pool);
+    prost_build::Config::new()
+        .bytes(["."])
+        .service_generator(Box::new(generator))
+        .include_file("_includes.rs")
+        .compile_fds(compiler.file_descriptor_set())
+        .expect("prost-build");
+    write_service_list(&out, &services);
+    write_keyed(&out, &pool);
+    write_events(&out, &pool);
+    compile_internal(&out);
+}
+
+/// Compiles every `proto/*.proto` and writes the encoded descriptor set to `out`.
+fn compile_contracts(out: &std::path::Path) -> protox::Compiler {
     let proto_dir = PathBuf::from("proto");
     println!("cargo:rerun-if-changed=proto");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&proto_dir)
@@ -40,15 +58,17 @@ fn main() {
     if let Err(e) = compiler.open_files(&file_names) {
         panic!("proto compile error: {e:?}");
     }
-    let fds = compiler.file_descriptor_set();
-    let pool: DescriptorPool = compiler.descriptor_pool();
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::write(
         out.join("descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )
     .expect("write descriptor set");
+    compiler
+}
 
+/// Reads every service's description and every RPC's policy (checking that each is
+/// declared), for the service generator; also returns the services' full names.
+fn read_services(pool: &DescriptorPool) -> (ServiceGen, Vec<String>) {
     let policy_ext = pool
         .get_extension_by_name("aicore.common.v1.policy")
         .expect("common.proto declares the policy option");
@@ -80,89 +100,102 @@ fn main() {
         descriptions.insert(svc.full_name().to_string(), desc);
         services.push(svc.full_name().to_string());
         for m in svc.methods() {
-            let mo = m.options();
-            assert!(
-                mo.has_extension(&policy_ext),
-                "rpc {} lacks option (aicore.common.v1.policy)",
-                m.full_name()
-            );
-            let p = mo.get_extension(&policy_ext);
-            let p = p.as_message().expect("policy is a message");
-            let policy = Policy {
-                access: msg_field(p, "access")
-                    .and_then(|v| v.as_enum_number())
-                    .unwrap_or(0),
-                roles: msg_field(p, "roles")
-                    .and_then(|v| {
-                        v.as_list().map(|l| {
-                            l.iter()
-                                .filter_map(|x| x.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                    })
-                    .unwrap_or_default(),
-                read_only: msg_field(p, "read_only")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false),
-                default_deadline_ms: msg_field(p, "default_deadline_ms")
-                    .and_then(|v| v.as_u32())
-                    .unwrap_or(0),
-                idempotency_key: idempotency_key_field(&m.input()),
-            };
-            assert!(
-                !(policy.read_only && policy.idempotency_key != 0),
-                "rpc {} is read_only but its request has an idempotency_key: a read needs none",
-                m.full_name()
-            );
-            assert!(
-                policy.access != 0,
-                "rpc {} has ACCESS_UNSPECIFIED",
-                m.full_name()
-            );
-            policies.insert(m.full_name().to_string(), policy);
+            policies.insert(m.full_name().to_string(), read_policy(&m, &policy_ext));
         }
     }
-
     let generator = ServiceGen {
         policies,
         descriptions,
     };
-    prost_build::Config::new()
-        .bytes(["."])
-        .service_generator(Box::new(generator))
-        .include_file("_includes.rs")
-        .compile_fds(fds)
-        .expect("prost-build");
+    (generator, services)
+}
 
-    // The list of every service, for the runtime, the CLI and the gateway.
+/// The policy of RPC `m`, from its `(aicore.common.v1.policy)` option (`ext`).
+fn read_policy(
+    m: &prost_reflect::MethodDescriptor,
+    ext: &prost_reflect::ExtensionDescriptor,
+) -> Policy {
+    let mo = m.options();
+    assert!(
+        mo.has_extension(ext),
+        "rpc {} lacks option (aicore.common.v1.policy)",
+        m.full_name()
+    );
+    let p = mo.get_extension(ext);
+    let p = p.as_message().expect("policy is a message");
+    let policy = Policy {
+        access: msg_field(p, "access")
+            .and_then(|v| v.as_enum_number())
+            .unwrap_or(0),
+        roles: msg_field(p, "roles")
+            .and_then(|v| {
+                v.as_list().map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default(),
+        read_only: msg_field(p, "read_only")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        default_deadline_ms: msg_field(p, "default_deadline_ms")
+            .and_then(|v| v.as_u32())
+            .unwrap_or(0),
+        idempotency_key: idempotency_key_field(&m.input()),
+    };
+    assert!(
+        !(policy.read_only && policy.idempotency_key != 0),
+        "rpc {} is read_only but its request has an idempotency_key: a read needs none",
+        m.full_name()
+    );
+    assert!(
+        policy.access != 0,
+        "rpc {} has ACCESS_UNSPECIFIED",
+        m.full_name()
+    );
+    policy
+}
+
+/// The list of every service, for the runtime, the CLI and the gateway.
+fn write_service_list(out: &std::path::Path, services: &[String]) {
     let mut list = String::from("/// Every service declared in `proto/`, in name order.\n");
     list.push_str("pub static SERVICES: &[&crate::ServiceInfo] = &[\n");
-    for full in &services {
+    for full in services {
         let pkg = full.rsplit_once('.').unwrap().0;
         let _ = writeln!(list, "    &crate::{}::SERVICE,", pkg.replace('.', "::"));
     }
     list.push_str("];\n");
     std::fs::write(out.join("services.rs"), list).expect("write services.rs");
+}
 
-    // Every request that carries an idempotency key, for the runtime's keyed writes.
+/// The Rust path of message `m` from the crate root.
+fn rust_path(m: &prost_reflect::MessageDescriptor) -> String {
+    format!(
+        "crate::{}::{}",
+        m.package_name().replace('.', "::"),
+        m.name()
+    )
+}
+
+/// Every request that carries an idempotency key, for the runtime's keyed writes.
+fn write_keyed(out: &std::path::Path, pool: &DescriptorPool) {
     let mut keyed = String::new();
     for m in pool.all_messages() {
         if m.parent_message().is_some() || idempotency_key_field(&m) == 0 {
             continue;
         }
-        let path = format!(
-            "crate::{}::{}",
-            m.package_name().replace('.', "::"),
-            m.name()
-        );
+        let path = rust_path(&m);
         let _ = writeln!(
             keyed,
             "impl crate::Keyed for {path} {{\n    fn idempotency_key(&self) -> &str {{\n        &self.idempotency_key\n    }}\n    fn clear_idempotency_key(&mut self) {{\n        self.idempotency_key.clear();\n    }}\n}}"
         );
     }
     std::fs::write(out.join("keyed.rs"), keyed).expect("write keyed.rs");
+}
 
-    // Every message declared as an event, with its subject, for the outbox.
+/// Every message declared as an event, with its subject, for the outbox.
+fn write_events(out: &std::path::Path, pool: &DescriptorPool) {
     let event_ext = pool
         .get_extension_by_name("aicore.common.v1.event")
         .expect("common.proto declares the event option");
@@ -183,55 +216,55 @@ fn main() {
             .and_then(|o| msg_field(o, "subject"))
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        let path = format!(
-            "crate::{}::{}",
-            m.package_name().replace('.', "::"),
-            m.name()
-        );
         assert!(
             !subject.is_empty(),
             "event {} has no subject",
             m.full_name()
         );
-        // `{field}` placeholders name string fields of the message.
-        let (mut template, mut args, mut rest) = (String::new(), Vec::new(), subject.as_str());
-        while let Some(a) = rest.find('{') {
-            let b = rest[a..].find('}').map(|b| a + b).unwrap_or_else(|| {
-                panic!("event {}: malformed subject {subject:?}", m.full_name())
-            });
-            let field = &rest[a + 1..b];
-            let f = m.get_field_by_name(field).unwrap_or_else(|| {
-                panic!("event {}: no field {field} for its subject", m.full_name())
-            });
-            assert!(
-                matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list(),
-                "event {}: subject field {field} must be a string",
-                m.full_name()
-            );
-            template.push_str(&rest[..a]);
-            template.push_str("{}");
-            args.push(format!("self.{field}"));
-            rest = &rest[b + 1..];
-        }
-        assert!(
-            !rest.contains('}'),
-            "event {}: malformed subject {subject:?}",
-            m.full_name()
-        );
-        template.push_str(rest);
-        let body = if args.is_empty() {
-            format!("{subject:?}.to_string()")
-        } else {
-            format!("format!({template:?}, {})", args.join(", "))
-        };
+        let body = subject_expr(&m, &subject);
         let _ = writeln!(
             events,
-            "impl crate::Event for {path} {{\n    fn subject(&self) -> String {{\n        {body}\n    }}\n}}"
+            "impl crate::Event for {} {{\n    fn subject(&self) -> String {{\n        {body}\n    }}\n}}",
+            rust_path(&m)
         );
     }
     std::fs::write(out.join("events.rs"), events).expect("write events.rs");
+}
 
-    compile_internal(&out);
+/// The Rust expression giving event `m`'s subject: `subject` itself, or a `format!` of it
+/// when it has `{field}` placeholders (each naming a string field of the message).
+fn subject_expr(m: &prost_reflect::MessageDescriptor, subject: &str) -> String {
+    let (mut template, mut args, mut rest) = (String::new(), Vec::new(), subject);
+    while let Some(a) = rest.find('{') {
+        let b = rest[a..]
+            .find('}')
+            .map(|b| a + b)
+            .unwrap_or_else(|| panic!("event {}: malformed subject {subject:?}", m.full_name()));
+        let field = &rest[a + 1..b];
+        let f = m
+            .get_field_by_name(field)
+            .unwrap_or_else(|| panic!("event {}: no field {field} for its subject", m.full_name()));
+        assert!(
+            matches!(f.kind(), prost_reflect::Kind::String) && !f.is_list(),
+            "event {}: subject field {field} must be a string",
+            m.full_name()
+        );
+        template.push_str(&rest[..a]);
+        template.push_str("{}");
+        args.push(format!("self.{field}"));
+        rest = &rest[b + 1..];
+    }
+    assert!(
+        !rest.contains('}'),
+        "event {}: malformed subject {subject:?}",
+        m.full_name()
+    );
+    template.push_str(rest);
+    if args.is_empty() {
+        format!("{subject:?}.to_string()")
+    } else {
+        format!("format!({template:?}, {})", args.join(", "))
+    }
 }
 
 /// Compiles the domains' on-disk records, `internal/<domain>.proto` (package
@@ -322,19 +355,40 @@ fn doc(buf: &mut String, indent: &str, lines: &[String]) {
     }
 }
 
+/// What the writers of one service's generated code share.
+struct Svc<'a> {
+    svc: &'a prost_build::Service,
+    /// `aicore.<domain>.v1.<Service>`.
+    full: String,
+    /// The Rust name of the service.
+    name: &'a str,
+}
+
 impl prost_build::ServiceGenerator for ServiceGen {
     fn generate(&mut self, svc: prost_build::Service, buf: &mut String) {
+        let s = Svc {
+            full: format!("{}.{}", svc.package, svc.proto_name),
+            name: &svc.name,
+            svc: &svc,
+        };
+        self.write_table(&s, buf);
+        write_handler_trait(&s, buf);
+        write_server(&s, buf);
+        write_client(&s, buf);
+    }
+}
+
+impl ServiceGen {
+    /// The RPC table (`METHODS`) and the service (`SERVICE`).
+    fn write_table(&self, s: &Svc, buf: &mut String) {
+        let (svc, full) = (s.svc, &s.full);
         let domain = svc
             .package
             .strip_prefix("aicore.")
             .and_then(|p| p.strip_suffix(".v1"))
             .expect("package aicore.<domain>.v1")
             .to_string();
-        let full = format!("{}.{}", svc.package, svc.proto_name);
-        let description = self.descriptions.get(&full).cloned().unwrap_or_default();
-        let name = &svc.name;
-
-        // The RPC table.
+        let description = self.descriptions.get(full).cloned().unwrap_or_default();
         let _ = writeln!(
             buf,
             "/// The RPCs of `{full}`, in declaration order; indexes match the handler dispatch."
@@ -374,104 +428,113 @@ impl prost_build::ServiceGenerator for ServiceGen {
             "pub static SERVICE: crate::ServiceInfo = crate::ServiceInfo {{ domain: {domain:?}, name: {:?}, full_name: {full:?}, description: {description:?}, methods: METHODS }};",
             svc.proto_name
         );
-
-        // Handler trait.
-        doc(buf, "", &svc.comments.leading);
-        let _ = writeln!(buf, "///");
-        let _ = writeln!(
-            buf,
-            "/// Implemented by the domain that serves `{full}`; wrap it in [`{name}Server`] to serve it."
-        );
-        let _ = writeln!(buf, "pub trait {name}Handler: Send + Sync + 'static {{");
-        for m in &svc.methods {
-            doc(buf, "    ", &m.comments.leading);
-            let out = if m.server_streaming {
-                format!("crate::Streaming<{}>", m.output_type)
-            } else {
-                m.output_type.clone()
-            };
-            let _ = writeln!(
-                buf,
-                "    fn {}(&self, request: crate::Request<{}>) -> impl ::core::future::Future<Output = Result<{out}, crate::Status>> + Send;",
-                m.name, m.input_type
-            );
-        }
-        let _ = writeln!(buf, "}}");
-
-        // Server wrapper: decoding, dispatch by RPC index, encoding.
-        let _ = writeln!(
-            buf,
-            "/// Serves a [`{name}Handler`]: decodes requests, dispatches by RPC, encodes replies."
-        );
-        let _ = writeln!(buf, "pub struct {name}Server<T>(pub ::std::sync::Arc<T>);");
-        let _ = writeln!(
-            buf,
-            "impl<T: {name}Handler> crate::Dispatch for {name}Server<T> {{"
-        );
-        let _ = writeln!(
-            buf,
-            "    fn service(&self) -> &'static crate::ServiceInfo {{ &SERVICE }}"
-        );
-        let _ = writeln!(
-            buf,
-            "    fn call(&self, method: usize, request: crate::Request<::bytes::Bytes>) -> ::futures::future::BoxFuture<'static, Result<crate::Reply, crate::Status>> {{"
-        );
-        let _ = writeln!(buf, "        let handler = self.0.clone();");
-        let _ = writeln!(buf, "        match method {{");
-        for (i, m) in svc.methods.iter().enumerate() {
-            let body = if m.server_streaming {
-                "crate::Reply::stream(handler.".to_string()
-                    + &m.name
-                    + "(request.decode::<"
-                    + &m.input_type
-                    + ">()?).await?)"
-            } else {
-                "crate::Reply::unary(&handler.".to_string()
-                    + &m.name
-                    + "(request.decode::<"
-                    + &m.input_type
-                    + ">()?).await?)"
-            };
-            let _ = writeln!(
-                buf,
-                "            {i} => Box::pin(async move {{ Ok({body}) }}),"
-            );
-        }
-        let _ = writeln!(
-            buf,
-            "            _ => Box::pin(async move {{ Err(crate::Status::not_found(format!(\"no rpc #{{method}} in {full}\"))) }}),"
-        );
-        let _ = writeln!(buf, "        }}\n    }}\n}}");
-
-        // Typed client.
-        let _ = writeln!(
-            buf,
-            "/// Typed client of `{full}` over any [`crate::Transport`] (the SDK's NATS client)."
-        );
-        let _ = writeln!(buf, "#[derive(Clone)]");
-        let _ = writeln!(buf, "pub struct {name}Client<T> {{ transport: T }}");
-        let _ = writeln!(buf, "impl<T: crate::Transport> {name}Client<T> {{");
-        let _ = writeln!(
-            buf,
-            "    /// A client sending over `transport`.\n    pub fn new(transport: T) -> Self {{ Self {{ transport }} }}"
-        );
-        for (i, m) in svc.methods.iter().enumerate() {
-            doc(buf, "    ", &m.comments.leading);
-            let fname = m.name.trim_start_matches("r#");
-            if m.server_streaming {
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<crate::Streaming<{}>, crate::Status> {{ crate::client_stream(&self.transport, &METHODS[{i}], &request, options).await }}",
-                    m.input_type, m.output_type
-                );
-            } else {
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<{}, crate::Status> {{ crate::client_unary(&self.transport, &METHODS[{i}], &request, options).await }}",
-                    m.input_type, m.output_type
-                );
-            }
-        }
-        let _ = writeln!(buf, "}}");
     }
+}
+
+/// The handler trait a domain implements.
+fn write_handler_trait(s: &Svc, buf: &mut String) {
+    let (svc, full, name) = (s.svc, &s.full, s.name);
+    doc(buf, "", &svc.comments.leading);
+    let _ = writeln!(buf, "///");
+    let _ = writeln!(
+        buf,
+        "/// Implemented by the domain that serves `{full}`; wrap it in [`{name}Server`] to serve it."
+    );
+    let _ = writeln!(buf, "pub trait {name}Handler: Send + Sync + 'static {{");
+    for m in &svc.methods {
+        doc(buf, "    ", &m.comments.leading);
+        let out = if m.server_streaming {
+            format!("crate::Streaming<{}>", m.output_type)
+        } else {
+            m.output_type.clone()
+        };
+        let _ = writeln!(
+            buf,
+            "    fn {}(&self, request: crate::Request<{}>) -> impl ::core::future::Future<Output = Result<{out}, crate::Status>> + Send;",
+            m.name, m.input_type
+        );
+    }
+    let _ = writeln!(buf, "}}");
+}
+
+/// The server wrapper: decoding, dispatch by RPC index, encoding.
+fn write_server(s: &Svc, buf: &mut String) {
+    let (svc, full, name) = (s.svc, &s.full, s.name);
+    let _ = writeln!(
+        buf,
+        "/// Serves a [`{name}Handler`]: decodes requests, dispatches by RPC, encodes replies."
+    );
+    let _ = writeln!(buf, "pub struct {name}Server<T>(pub ::std::sync::Arc<T>);");
+    let _ = writeln!(
+        buf,
+        "impl<T: {name}Handler> crate::Dispatch for {name}Server<T> {{"
+    );
+    let _ = writeln!(
+        buf,
+        "    fn service(&self) -> &'static crate::ServiceInfo {{ &SERVICE }}"
+    );
+    let _ = writeln!(
+        buf,
+        "    fn call(&self, method: usize, request: crate::Request<::bytes::Bytes>) -> ::futures::future::BoxFuture<'static, Result<crate::Reply, crate::Status>> {{"
+    );
+    let _ = writeln!(buf, "        let handler = self.0.clone();");
+    let _ = writeln!(buf, "        match method {{");
+    for (i, m) in svc.methods.iter().enumerate() {
+        let body = if m.server_streaming {
+            "crate::Reply::stream(handler.".to_string()
+                + &m.name
+                + "(request.decode::<"
+                + &m.input_type
+                + ">()?).await?)"
+        } else {
+            "crate::Reply::unary(&handler.".to_string()
+                + &m.name
+                + "(request.decode::<"
+                + &m.input_type
+                + ">()?).await?)"
+        };
+        let _ = writeln!(
+            buf,
+            "            {i} => Box::pin(async move {{ Ok({body}) }}),"
+        );
+    }
+    let _ = writeln!(
+        buf,
+        "            _ => Box::pin(async move {{ Err(crate::Status::not_found(format!(\"no rpc #{{method}} in {full}\"))) }}),"
+    );
+    let _ = writeln!(buf, "        }}\n    }}\n}}");
+}
+
+/// The typed client.
+fn write_client(s: &Svc, buf: &mut String) {
+    let (svc, full, name) = (s.svc, &s.full, s.name);
+    let _ = writeln!(
+        buf,
+        "/// Typed client of `{full}` over any [`crate::Transport`] (the SDK's NATS client)."
+    );
+    let _ = writeln!(buf, "#[derive(Clone)]");
+    let _ = writeln!(buf, "pub struct {name}Client<T> {{ transport: T }}");
+    let _ = writeln!(buf, "impl<T: crate::Transport> {name}Client<T> {{");
+    let _ = writeln!(
+        buf,
+        "    /// A client sending over `transport`.\n    pub fn new(transport: T) -> Self {{ Self {{ transport }} }}"
+    );
+    for (i, m) in svc.methods.iter().enumerate() {
+        doc(buf, "    ", &m.comments.leading);
+        let fname = m.name.trim_start_matches("r#");
+        if m.server_streaming {
+            let _ = writeln!(
+                buf,
+                "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<crate::Streaming<{}>, crate::Status> {{ crate::client_stream(&self.transport, &METHODS[{i}], &request, options).await }}",
+                m.input_type, m.output_type
+            );
+        } else {
+            let _ = writeln!(
+                buf,
+                "    pub async fn {fname}(&self, request: {}, options: &crate::CallOptions) -> Result<{}, crate::Status> {{ crate::client_unary(&self.transport, &METHODS[{i}], &request, options).await }}",
+                m.input_type, m.output_type
+            );
+        }
+    }
+    let _ = writeln!(buf, "}}");
 }
