@@ -179,18 +179,7 @@ pub(super) async fn measure_ai(
     dir: &std::path::Path,
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
-    use aicore_proto::aicore::auth::v1 as auth;
-    // The test server: every answer at once.
-    let body = answer();
-    let server = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move || {
-            let body = body.clone();
-            async move { ([("content-type", "text/event-stream")], body).into_response() }
-        }),
-    );
-    let addr = serve_http(server, stop.child_token()).await?;
-    let base_url = format!("http://{addr}/v1");
+    let base_url = start_provider(&stop).await?;
     let direct_url: Arc<str> = format!("{base_url}/chat/completions").into();
 
     // The AI domains on their own store, with the server as provider `bench`.
@@ -207,6 +196,82 @@ pub(super) async fn measure_ai(
         serving.push(serve_domain(env, d, store.clone(), &config, stop.child_token()).await?);
     }
     let sdk = aicore_sdk::Client::new(base.nats.clone(), Default::default());
+    register_model(&sdk).await?;
+    let client = ai::AiIntegrationClient::new(sdk.clone());
+    check_first_chat(&client).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let rows = ai_rows(&http, &direct_url, &client);
+        cells.extend(measure_rows(base, Some(&store), c, args.seconds, rows).await);
+    }
+
+    // Time to the first token, one call at a time, the paths alternating.
+    let bearer = login(&sdk).await?;
+    let gateway = gateway(env, &config, &stop).await?;
+    let gw = serve_http(gateway, stop.child_token()).await?;
+    let sse_url = format!("http://{gw}/v1/ai_integration/chat");
+    let (mut d, mut n, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..TTFT_CALLS {
+        d.push(
+            direct(&http, &direct_url)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        );
+        n.push(via_appliance(&client).await.map_err(anyhow::Error::msg)?);
+        s.push(
+            via_sse(&http, &sse_url, &bearer)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    print_ttft(env.label, &mut d, &mut n, &mut s);
+    for s in serving {
+        s.stop().await;
+    }
+    store.close().await;
+    Ok(cells)
+}
+
+/// The two AI rows: the test server called directly, and the same chat through the
+/// appliance.
+fn ai_rows(
+    http: &reqwest::Client,
+    direct_url: &Arc<str>,
+    client: &ai::AiIntegrationClient<aicore_sdk::Client>,
+) -> Vec<(&'static str, Op)> {
+    let (h, url) = (http.clone(), direct_url.clone());
+    let direct_op = op(move |_, _| {
+        let (h, url) = (h.clone(), url.clone());
+        async move { direct(&h, &url).await.map(|_| ()) }
+    });
+    let cl = client.clone();
+    let appliance_op = op(move |_, _| {
+        let cl = cl.clone();
+        async move { via_appliance(&cl).await.map(|_| ()) }
+    });
+    vec![(AI_DIRECT, direct_op), (AI_APPLIANCE, appliance_op)]
+}
+
+/// Starts the test server (every answer at once) until `stop`; returns its base URL.
+async fn start_provider(stop: &CancellationToken) -> Result<String> {
+    let body = answer();
+    let server = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { ([("content-type", "text/event-stream")], body).into_response() }
+        }),
+    );
+    let addr = serve_http(server, stop.child_token()).await?;
+    Ok(format!("http://{addr}/v1"))
+}
+
+/// Registers the test server's model `bench-chat` with model-management.
+async fn register_model(sdk: &aicore_sdk::Client) -> Result<()> {
     let models = mm::ModelManagementClient::new(sdk.clone());
     let options = CallOptions::default();
     ready("registering the bench model", || {
@@ -225,8 +290,11 @@ pub(super) async fn measure_ai(
             &options,
         )
     })
-    .await?;
-    let client = ai::AiIntegrationClient::new(sdk.clone());
+    .await
+}
+
+/// One chat through the appliance, which must be served by the bench model.
+async fn check_first_chat(client: &ai::AiIntegrationClient<aicore_sdk::Client>) -> Result<()> {
     let served = client
         .chat(chat_request(), &CallOptions::default())
         .await
@@ -241,37 +309,16 @@ pub(super) async fn measure_ai(
             .is_some_and(|b| b.model_id == "bench-chat") => {}
         other => anyhow::bail!("the bench chat was not served by the bench model: {other:?}"),
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    Ok(())
+}
 
-    let mut cells = Vec::new();
-    for &c in &args.concurrency {
-        let (h, url) = (http.clone(), direct_url.clone());
-        let direct_op = op(move |_, _| {
-            let (h, url) = (h.clone(), url.clone());
-            async move { direct(&h, &url).await.map(|_| ()) }
-        });
-        let cl = client.clone();
-        let appliance_op = op(move |_, _| {
-            let cl = cl.clone();
-            async move { via_appliance(&cl).await.map(|_| ()) }
-        });
-        cells.extend(
-            measure_rows(
-                base,
-                Some(&store),
-                c,
-                args.seconds,
-                vec![(AI_DIRECT, direct_op), (AI_APPLIANCE, appliance_op)],
-            )
-            .await,
-        );
-    }
-
-    // Time to the first token, one call at a time, the paths alternating.
+/// Registers the AI bench player with auth and logs it in; returns its `Bearer` header
+/// value.
+async fn login(sdk: &aicore_sdk::Client) -> Result<String> {
+    use aicore_proto::aicore::auth::v1 as auth;
     let a = auth::AuthClient::new(sdk.clone());
     let password = "bench-violet-otter-lantern";
+    let options = CallOptions::default();
     ready("registering the AI bench player", || {
         a.register(
             auth::RegisterRequest {
@@ -294,7 +341,11 @@ pub(super) async fn measure_ai(
         )
         .await
         .map_err(|e| anyhow::anyhow!("logging in the AI bench player: {e}"))?;
-    let bearer = format!("Bearer {}", login.access_token);
+    Ok(format!("Bearer {}", login.access_token))
+}
+
+/// The real gateway exposing auth and ai_integration, its limits out of the way.
+async fn gateway(env: &Env, config: &Config, stop: &CancellationToken) -> Result<axum::Router> {
     let http_config = crate::config::HttpConfig {
         // Checked on every request but never biting: one account, calls back to back.
         rate_limit_per_sec: 1e9,
@@ -312,48 +363,30 @@ pub(super) async fn measure_ai(
         stop.child_token(),
     )
     .await?;
-    let gw = serve_http(gateway, stop.child_token()).await?;
-    let sse_url = format!("http://{gw}/v1/ai_integration/chat");
-    let (mut d, mut n, mut s) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..TTFT_CALLS {
-        d.push(
-            direct(&http, &direct_url)
-                .await
-                .map_err(anyhow::Error::msg)?,
-        );
-        n.push(via_appliance(&client).await.map_err(anyhow::Error::msg)?);
-        s.push(
-            via_sse(&http, &sse_url, &bearer)
-                .await
-                .map_err(anyhow::Error::msg)?,
-        );
-    }
+    Ok(gateway)
+}
+
+/// Prints the time to the first token of each path (`d` direct, `n` NATS chat, `s`
+/// gateway SSE) and what the appliance's paths add to the direct one.
+fn print_ttft(label: &str, d: &mut [Duration], n: &mut [Duration], s: &mut [Duration]) {
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
-    println!(
-        "AI time to first token ({TTFT_CALLS} calls each, one at a time, {}):",
-        env.label
-    );
+    println!("AI time to first token ({TTFT_CALLS} calls each, one at a time, {label}):");
     for (name, v) in [
-        ("direct", &mut d),
-        ("NATS chat", &mut n),
-        ("gateway SSE", &mut s),
+        ("direct", &mut *d),
+        ("NATS chat", &mut *n),
+        ("gateway SSE", &mut *s),
     ] {
         let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
         println!("  {name:12} p50 {:.3} ms  p99 {:.3} ms", ms(p50), ms(p99));
     }
-    let (dp50, dp99) = (percentile(&mut d, 0.5), percentile(&mut d, 0.99));
-    for (name, v) in [("NATS chat", &mut n), ("gateway SSE", &mut s)] {
+    let (dp50, dp99) = (percentile(d, 0.5), percentile(d, 0.99));
+    for (name, v) in [("NATS chat", n), ("gateway SSE", s)] {
         println!(
             "  added by {name}: p50 +{:.3} ms, p99 +{:.3} ms",
             ms(percentile(v, 0.5)) - ms(dp50),
             ms(percentile(v, 0.99)) - ms(dp99)
         );
     }
-    for s in serving {
-        s.stop().await;
-    }
-    store.close().await;
-    Ok(cells)
 }
 
 /// The appliance's AI throughput as a share of the direct calls, and the latency it adds,

@@ -89,9 +89,6 @@ pub(super) async fn measure_gateway(
     dir: &std::path::Path,
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
-    use aicore_proto::aicore::auth::v1 as auth;
-    use aicore_proto::aicore::state_manager::v1::{GetResponse, ObjectMetadata};
-    use prost::Message;
     let load = &base.nats;
 
     // The JSON request, padded to the payload size.
@@ -99,7 +96,72 @@ pub(super) async fn measure_gateway(
     let pad = args.payload.saturating_sub(head.len() + 2).max(1);
     let json = Bytes::from(format!("{head}{}\"}}", "k".repeat(pad)));
 
-    // Responders: an echo for the forwarder, a fixed GetResponse for the gateway.
+    let responders = start_responders(env, args, pad).await?;
+
+    // auth, for real, and one player's token.
+    let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
+    let auth_serving =
+        serve_domain(env, "auth", auth_store.clone(), config, stop.child_token()).await?;
+    let bearer = login(load).await?;
+
+    // router, for real, with a table the gateway loads at start.
+    let router_store = Store::open(&dir.join("bench-router.redb"), StoreOptions::default())?;
+    let router_serving = serve_domain(
+        env,
+        "router",
+        router_store.clone(),
+        config,
+        stop.child_token(),
+    )
+    .await?;
+    seed_routes(load).await?;
+
+    // The two servers.
+    let forwarder = forwarder(env).await?;
+    let gateway = gateway(env, config, &stop).await?;
+    let bare_addr = serve_http(forwarder, stop.child_token()).await?;
+    let gw_addr = serve_http(gateway, stop.child_token()).await?;
+
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+    let uris = Uris {
+        bare: format!("http://{bare_addr}/echo").into(),
+        gateway: format!("http://{gw_addr}/v1/state_manager/get").into(),
+        routed: format!("http://{gw_addr}{ROUTED_PATH}").into(),
+    };
+    for uri in [&uris.gateway, &uris.routed] {
+        if !post(&client, uri, Some(&bearer), json.clone()).await {
+            anyhow::bail!("the gateway did not answer the bench request on {uri}");
+        }
+    }
+    let mut cells = Vec::new();
+    for &c in &args.concurrency {
+        let rows = gateway_rows(env, args, &client, &uris, &json, &bearer);
+        cells.extend(measure_rows(base, None, c, args.seconds, rows).await);
+    }
+    env.metrics.switch().set(config.metrics.enabled);
+    stop.cancel();
+    for r in responders {
+        r.abort();
+    }
+    auth_serving.stop().await;
+    auth_store.close().await;
+    router_serving.stop().await;
+    router_store.close().await;
+    Ok(cells)
+}
+
+/// Starts the responders on their own connection: an echo for the forwarder, a fixed
+/// GetResponse (sized from `pad` and the payload) for the gateway.
+async fn start_responders(
+    env: &Env,
+    args: &BenchArgs,
+    pad: usize,
+) -> Result<[tokio::task::JoinHandle<()>; 2]> {
+    use aicore_proto::aicore::state_manager::v1::{GetResponse, ObjectMetadata};
+    use prost::Message;
     let responder = env.connect("domains", "bench-http-responders").await?;
     let reply = Bytes::from(
         GetResponse {
@@ -133,11 +195,12 @@ pub(super) async fn measure_gateway(
         }),
     ];
     responder.flush().await?;
+    Ok(responders)
+}
 
-    // auth, for real, and one player's token.
-    let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
-    let auth_serving =
-        serve_domain(env, "auth", auth_store.clone(), config, stop.child_token()).await?;
+/// Registers the bench player with auth and logs it in; returns its `Bearer` header value.
+async fn login(load: &async_nats::Client) -> Result<Arc<str>> {
+    use aicore_proto::aicore::auth::v1 as auth;
     let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
     let password = "bench-violet-otter-lantern";
     let options = CallOptions::default();
@@ -163,23 +226,13 @@ pub(super) async fn measure_gateway(
         )
         .await
         .map_err(|e| anyhow::anyhow!("logging in the bench player: {e}"))?;
-    let bearer: Arc<str> = format!("Bearer {}", login.access_token).into();
+    Ok(format!("Bearer {}", login.access_token).into())
+}
 
-    // router, for real, with a table the gateway loads at start.
-    let router_store = Store::open(&dir.join("bench-router.redb"), StoreOptions::default())?;
-    let router_serving = serve_domain(
-        env,
-        "router",
-        router_store.clone(),
-        config,
-        stop.child_token(),
-    )
-    .await?;
-    seed_routes(load).await?;
-
-    // The two servers.
+/// The bare forwarder: `POST /echo` sends the body to [`HTTP_ECHO`] and answers the reply.
+async fn forwarder(env: &Env) -> Result<axum::Router> {
     let forwarder_nats = env.connect("gateway", "bench-forwarder").await?;
-    let forwarder = axum::Router::new().route(
+    Ok(axum::Router::new().route(
         "/echo",
         axum::routing::post(move |body: Bytes| {
             let nats = forwarder_nats.clone();
@@ -190,7 +243,11 @@ pub(super) async fn measure_gateway(
                 }
             }
         }),
-    );
+    ))
+}
+
+/// The real gateway exposing auth and state_manager, its limits out of the way.
+async fn gateway(env: &Env, config: &Config, stop: &CancellationToken) -> Result<axum::Router> {
     let http_config = crate::config::HttpConfig {
         // Limits are checked on every request but never bite: one account at full speed.
         rate_limit_per_sec: 1e9,
@@ -208,69 +265,63 @@ pub(super) async fn measure_gateway(
         stop.child_token(),
     )
     .await?;
-    let bare_addr = serve_http(forwarder, stop.child_token()).await?;
-    let gw_addr = serve_http(gateway, stop.child_token()).await?;
+    Ok(gateway)
+}
 
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(1024)
-            .build_http();
-    let bare_uri: Arc<str> = format!("http://{bare_addr}/echo").into();
-    let gw_uri: Arc<str> = format!("http://{gw_addr}/v1/state_manager/get").into();
-    let routed_uri: Arc<str> = format!("http://{gw_addr}{ROUTED_PATH}").into();
-    for uri in [&gw_uri, &routed_uri] {
-        if !post(&client, uri, Some(&bearer), json.clone()).await {
-            anyhow::bail!("the gateway did not answer the bench request on {uri}");
-        }
-    }
-    let mut cells = Vec::new();
-    for &c in &args.concurrency {
-        // Both HTTP paths and the raw baseline take turns, so the gateway's share of the
-        // forwarder compares slices of the same seconds.
-        let (bare, uri, body) = (client.clone(), bare_uri.clone(), json.clone());
-        let bare = op(move |_, _| {
-            let (client, uri, body) = (bare.clone(), uri.clone(), body.clone());
-            async move { post(&client, &uri, None, body).await }
-        });
-        let through = |uri: &Arc<str>| {
+/// The URIs the HTTP rows post to.
+struct Uris {
+    /// The bare forwarder's echo.
+    bare: Arc<str>,
+    /// The gateway's descriptor route of state_manager.get.
+    gateway: Arc<str>,
+    /// The gateway's alias route ([`ROUTED_PATH`]).
+    routed: Arc<str>,
+}
+
+/// The rows of one concurrency level that `--only` asks for.
+fn gateway_rows(
+    env: &Env,
+    args: &BenchArgs,
+    client: &HttpClient,
+    uris: &Uris,
+    json: &Bytes,
+    bearer: &Arc<str>,
+) -> Vec<(&'static str, Op)> {
+    // Both HTTP paths and the raw baseline take turns, so the gateway's share of the
+    // forwarder compares slices of the same seconds.
+    let (bare, uri, body) = (client.clone(), uris.bare.clone(), json.clone());
+    let bare = op(move |_, _| {
+        let (client, uri, body) = (bare.clone(), uri.clone(), body.clone());
+        async move { post(&client, &uri, None, body).await }
+    });
+    let through = |uri: &Arc<str>| {
+        let (client, uri, body, bearer) =
+            (client.clone(), uri.clone(), json.clone(), bearer.clone());
+        op(move |_, _| {
             let (client, uri, body, bearer) =
-                (client.clone(), uri.clone(), json.clone(), bearer.clone());
-            op(move |_, _| {
-                let (client, uri, body, bearer) =
-                    (client.clone(), uri.clone(), body.clone(), bearer.clone());
-                async move { post(&client, &uri, Some(&bearer), body).await }
-            })
-        };
-        let (gateway, routed) = (through(&gw_uri), through(&routed_uri));
-        let mut rows = Vec::new();
-        if args.wants("http") {
-            rows.push((HTTP_BARE, bare));
-            rows.push((HTTP_GATEWAY, gateway.clone()));
-            rows.push((HTTP_ROUTED, routed));
-        }
-        if args.wants("metrics") {
-            let switch = env.metrics.switch();
-            rows.push((
-                super::metrics::GATEWAY_OFF,
-                super::metrics::switched(&switch, false, gateway.clone()),
-            ));
-            rows.push((
-                super::metrics::GATEWAY_ON,
-                super::metrics::switched(&switch, true, gateway),
-            ));
-        }
-        cells.extend(measure_rows(base, None, c, args.seconds, rows).await);
+                (client.clone(), uri.clone(), body.clone(), bearer.clone());
+            async move { post(&client, &uri, Some(&bearer), body).await }
+        })
+    };
+    let (gateway, routed) = (through(&uris.gateway), through(&uris.routed));
+    let mut rows = Vec::new();
+    if args.wants("http") {
+        rows.push((HTTP_BARE, bare));
+        rows.push((HTTP_GATEWAY, gateway.clone()));
+        rows.push((HTTP_ROUTED, routed));
     }
-    env.metrics.switch().set(config.metrics.enabled);
-    stop.cancel();
-    for r in responders {
-        r.abort();
+    if args.wants("metrics") {
+        let switch = env.metrics.switch();
+        rows.push((
+            super::metrics::GATEWAY_OFF,
+            super::metrics::switched(&switch, false, gateway.clone()),
+        ));
+        rows.push((
+            super::metrics::GATEWAY_ON,
+            super::metrics::switched(&switch, true, gateway),
+        ));
     }
-    auth_serving.stop().await;
-    auth_store.close().await;
-    router_serving.stop().await;
-    router_store.close().await;
-    Ok(cells)
+    rows
 }
 
 /// The alias path of the routed row.

@@ -37,7 +37,7 @@ pub(super) async fn measure_get(
     let mut cells = Vec::new();
     let get = {
         let client = client.clone();
-        op(move |_, _| super::get_hot(client.clone()))
+        op(move |_, _| super::state::get_hot(client.clone()))
     };
     let was = switch.on();
     for &c in concurrency {

@@ -91,7 +91,7 @@ pub(super) fn print_trace_ratios(cells: &[Cell], args: &BenchArgs) {
         cells
             .iter()
             .find(|x| x.name == name && x.concurrency == c)
-            .and_then(super::share)
+            .and_then(super::table::share)
     };
     for &c in &args.concurrency {
         for (with, without) in [(TRACED_GET, GET), (TRACED_GATEWAY, HTTP_GATEWAY)] {

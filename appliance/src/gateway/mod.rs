@@ -29,8 +29,12 @@
 //! Server-streaming RPCs answer Server-Sent Events. Shutdown stops accepting, ends open
 //! streams with an `error` event and lets in-flight requests finish (bounded by the drain
 //! timeout). TLS is not here (a later issue).
+//!
+//! This file holds the shared state and starts the server; `setup` puts the gateway
+//! together, `call` serves one request.
 
 mod body;
+mod call;
 mod error;
 pub mod health;
 mod limits;
@@ -39,6 +43,7 @@ pub mod openapi;
 mod pages;
 mod request_trace;
 pub mod routes;
+mod setup;
 pub mod tokens;
 
 use std::convert::Infallible;
@@ -68,11 +73,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::HttpConfig;
 use crate::security::ClientTls;
 use body::*;
+use call::*;
 pub use error::ApiError;
 use limits::{Client, RateLimiter};
 use metrics::Metrics;
 use pages::*;
 use request_trace::*;
+pub use setup::build;
 use tokens::Tokens;
 
 /// HTTP header carrying a request's deadline in milliseconds.
@@ -142,34 +149,6 @@ impl Server {
     }
 }
 
-/// Connects to NATS as the gateway (its own connection: revocation notices arrive on it,
-/// and a reconnect drops the Validate cache since notices may have been missed).
-async fn connect(
-    url: &str,
-    tls: Option<&ClientTls>,
-    tokens: Arc<Tokens>,
-) -> Result<async_nats::Client> {
-    crate::security::with_tls(async_nats::ConnectOptions::new(), tls)
-        .name("aicore-gateway")
-        .custom_inbox_prefix(crate::security::inbox_prefix("gateway"))
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64 * 100).min(1000))
-        })
-        .event_callback(move |event| {
-            let tokens = tokens.clone();
-            async move {
-                if matches!(event, async_nats::Event::Connected) {
-                    tokens.clear();
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .with_context(|| format!("gateway connecting to NATS at {url}"))
-}
-
 /// Starts the gateway for `domains` on its own connection to `nats_url`, listening as
 /// configured, until [`Server::stop`] or `stop` is cancelled.
 #[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
@@ -228,394 +207,9 @@ pub async fn start(
     })
 }
 
-/// The gateway's router (with connect info needed: serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()`), and the gateway's revocation
-/// listener task, which lives until `stop`.
-#[allow(clippy::too_many_arguments)] // the gateway's whole start-up context, from the supervisor
-pub async fn build(
-    config: &HttpConfig,
-    max_body_bytes: u32,
-    max_payload: u32,
-    nats_url: &str,
-    tls: Option<&ClientTls>,
-    domains: Vec<&'static str>,
-    registry: Arc<aicore_runtime::metrics::Registry>,
-    stop: CancellationToken,
-) -> Result<(Router, tokio::task::JoinHandle<()>)> {
-    if max_body_bytes >= max_payload {
-        bail!(
-            "the HTTP body limit ({max_body_bytes} bytes: http.max_body_bytes, or when unset \
-             the largest object a domain accepts as base64) must be below nats.max_payload \
-             ({max_payload})"
-        );
-    }
-    let mut routes = Vec::new();
-    for d in &domains {
-        let service = aicore_proto::find_service(d)
-            .with_context(|| format!("no contract for domain {d:?}"))?;
-        for m in service.methods {
-            routes.push(Route {
-                method: m,
-                path: canonical_path(m),
-                input: crate::json::descriptor(m.input).map_err(|e| anyhow::anyhow!("{e}"))?,
-                output: crate::json::descriptor(m.output).map_err(|e| anyhow::anyhow!("{e}"))?,
-            });
-        }
-    }
-    let metrics = Arc::new(Metrics::new(
-        routes.iter().map(|r| canonical_path(r.method)).collect(),
-        registry.switch(),
-    ));
-    registry.register(metrics.clone());
-    let tokens = Arc::new(Tokens::new(
-        Duration::from_millis(config.validate_cache_ttl_ms),
-        config.validate_cache_capacity,
-        metrics.clone(),
-    ));
-    let nats = connect(nats_url, tls, tokens.clone()).await?;
-    let listener = tokens
-        .clone()
-        .listen(nats.clone(), stop.clone())
-        .await
-        .context("subscribing to revocation notices")?;
-    nats.flush()
-        .await
-        .context("flushing the gateway's subscriptions")?;
-    let client = aicore_sdk::Client::new(nats.clone(), Default::default());
-    let methods: Vec<&'static MethodInfo> = routes.iter().map(|r| r.method).collect();
-    let table = Arc::new(routes::RouteTable::new(&methods, config.rate_limit_clients));
-    table
-        .clone()
-        .keep_current(
-            client.clone(),
-            Duration::from_millis(config.route_refresh_ms),
-            Duration::from_millis(config.validate_timeout_ms),
-            stop.clone(),
-        )
-        .await
-        .context("subscribing to route table changes")?;
-    let openapi = Bytes::from(openapi::document(&methods).to_string());
-    let gateway = Arc::new(Gateway {
-        auth: AuthClient::new(client.clone()),
-        client,
-        nats,
-        tokens,
-        table,
-        limiter: RateLimiter::new(
-            config.rate_limit_per_sec,
-            config.rate_limit_burst,
-            config.rate_limit_clients,
-        ),
-        in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize)),
-        streams: Arc::new(Semaphore::new(config.max_streams.max(1) as usize)),
-        metrics,
-        registry,
-        ready: health::Ready::new(domains, Duration::from_millis(config.ready_cache_ms)),
-        openapi,
-        config: config.clone(),
-        max_body: max_body_bytes as usize,
-        stopping: stop,
-        routes,
-    });
-
-    let mut router: Router<Shared> = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs));
-    for (i, r) in gateway.routes.iter().enumerate() {
-        let rpc = move |State(gw): State<Shared>,
-                        ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                        headers: HeaderMap,
-                        body: Body| async move {
-            let resolved = gw.table.resolve(&gw.routes[i].path);
-            handle(gw, Some(i), resolved, peer, headers, body).await
-        };
-        let canonical = canonical_path(r.method);
-        let kebab = canonical.replace('_', "-");
-        let method_router = post(rpc).fallback(method_not_allowed);
-        if kebab != canonical {
-            router = router.route(&kebab, method_router.clone());
-        }
-        router = router.route(&canonical, method_router);
-    }
-    let mut router = router.fallback(not_found).with_state(gateway.clone());
-    if let Some(cors) = cors(&config.cors_origins)? {
-        router = router.layer(cors);
-    }
-    Ok((router, listener))
-}
-
 /// `/v1/<domain>/<rpc>`.
 fn canonical_path(m: &MethodInfo) -> String {
     format!("/v1/{}/{}", m.domain, m.rpc)
-}
-
-fn cors(origins: &[String]) -> Result<Option<CorsLayer>> {
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o).with_context(|| format!("http.cors_origins: {o:?}")))
-            .collect::<Result<Vec<_>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                HeaderName::from_static(TIMEOUT_HEADER),
-                HeaderName::from_static(REQUEST_ID_HEADER),
-                HeaderName::from_static("traceparent"),
-            ])
-            .expose_headers([
-                HeaderName::from_static(REQUEST_ID_HEADER),
-                HeaderName::from_static("traceparent"),
-                header::RETRY_AFTER,
-            ])
-            .max_age(Duration::from_secs(600)),
-    ))
-}
-
-/// Keeps the in-flight gauge right even when the client goes away mid-request.
-struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Serves one request to descriptor route `descriptor` (none: a path only the route table
-/// knows), after the table's say on its path, `resolved`.
-async fn handle(
-    gw: Shared,
-    descriptor: Option<usize>,
-    resolved: Result<Option<routes::Routed>, ApiError>,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let start = Instant::now();
-    let started = SystemTime::now();
-    let trace = Trace::from_headers(&headers);
-    gw.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(&gw.metrics);
-    let (route, outcome) = match resolved {
-        Ok(Some(r)) => (
-            Some(r.target),
-            call(&gw, r.target, r.limit, peer, &headers, body, &trace).await,
-        ),
-        Ok(None) => match descriptor {
-            Some(i) => (
-                Some(i),
-                call(&gw, i, None, peer, &headers, body, &trace).await,
-            ),
-            None => (None, Err(Status::not_found("no route").into())),
-        },
-        Err(refused) => (descriptor, Err(refused)),
-    };
-    let mut response = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.code == Code::Internal {
-                let subject = route.map_or("", |r| gw.routes[r].method.subject);
-                tracing::error!(request_id = %trace.request_id, route = subject, error = %e.status, "request failed");
-            }
-            e.into_response()
-        }
-    };
-    drop(guard);
-    trace.stamp(response.headers_mut());
-    let name = route.map_or("unrouted", |r| gw.routes[r].method.subject);
-    trace.record(name, started, response.status());
-    let metric = route.unwrap_or_else(|| gw.metrics.unmatched());
-    gw.metrics
-        .record(metric, response.status().as_u16(), start.elapsed());
-    response
-}
-
-fn overloaded(what: &str) -> ApiError {
-    ApiError::new(
-        Status::new(
-            Code::Unavailable,
-            format!("the gateway is at its limit of {what}; retry shortly"),
-        )
-        .with_retry_after(Duration::from_secs(1)),
-    )
-}
-
-impl Gateway {
-    fn limit(&self, client: Client<'_>) -> Result<(), ApiError> {
-        self.limiter.check(client).map_err(|wait| {
-            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(
-                Status::new(Code::ResourceExhausted, "rate limit exceeded; slow down")
-                    .with_retry_after(wait),
-            )
-        })
-    }
-
-    /// The deadline: the client's header (capped), else the RPC's default, else ours.
-    fn deadline(&self, headers: &HeaderMap, m: &MethodInfo) -> Result<Duration, ApiError> {
-        if let Some(v) = headers.get(TIMEOUT_HEADER) {
-            // Any positive whole number (as the OpenAPI document says); more than the
-            // longest deadline is the longest deadline, however many digits it has.
-            let ms = v
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
-                .filter(|ms| *ms > 0)
-                .ok_or_else(|| {
-                    Status::invalid(
-                        "X-Request-Timeout-Ms",
-                        "must be a positive whole number of milliseconds",
-                    )
-                })?;
-            return Ok(Duration::from_millis(ms.min(self.config.max_deadline_ms)));
-        }
-        Ok(Duration::from_millis(match m.policy.default_deadline_ms {
-            0 => self.config.default_deadline_ms,
-            ms => u64::from(ms),
-        }))
-    }
-}
-
-/// The bearer token of `Authorization`, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether `token` has the shape of the access tokens auth issues: `at_` and 256 random
-/// bits in unpadded base64url (43 characters; `domains/src/auth.rs`, `new_token`).
-/// Anything else cannot validate, so it is refused without asking auth.
-fn access_token_shaped(token: &str) -> bool {
-    token.strip_prefix("at_").is_some_and(|secret| {
-        secret.len() == 43
-            && secret
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
-}
-
-async fn call(
-    gw: &Gateway,
-    route: usize,
-    route_limit: Option<Arc<routes::RouteLimit>>,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Body,
-    trace: &Trace,
-) -> Result<Response, ApiError> {
-    let r = &gw.routes[route];
-    let m = r.method;
-    check_request_id(headers)?;
-    let _permit = gw.in_flight.clone().try_acquire_owned().map_err(|_| {
-        gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
-        overloaded("requests in flight")
-    })?;
-    let stream_permit = match m.server_streaming {
-        true => Some(gw.streams.clone().try_acquire_owned().map_err(|_| {
-            gw.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
-            overloaded("open streams")
-        })?),
-        false => None,
-    };
-    // The client's deadline counts from here, token check included.
-    let deadline = Instant::now() + gw.deadline(headers, m)?;
-    let mut options = CallOptions {
-        timeout: None,
-        caller: None,
-        traceparent: Some(trace.traceparent.clone()),
-        request_id: Some(trace.request_id.clone()),
-        // From the TCP peer, never from a request header: auth throttles logins by it.
-        client_addr: Some(peer.ip().to_canonical().to_string()),
-        caller_session: None,
-        // A client's write is retried inside the appliance only with its own key.
-        idempotency_key: aicore_proto::IdempotencyKey::AsIs,
-    };
-
-    // Who is calling, by the RPC's policy; then their rate limit.
-    if m.policy.access == Access::Public {
-        gw.limit(Client::Ip(peer.ip()))?;
-    } else {
-        let token = bearer(headers).ok_or_else(|| {
-            Status::unauthenticated("this call needs an `Authorization: Bearer <access token>`")
-        })?;
-        if !access_token_shaped(token) {
-            // Not something auth issues: refused here, without a NATS call.
-            return Err(Status::unauthenticated("the bearer token is not an access token").into());
-        }
-        let bearer = match gw.tokens.cached(token) {
-            Some(c) => c,
-            None => {
-                // Unknown tokens cost the client address too, so a flood of made-up
-                // tokens cannot reach auth unbounded. The check runs under the gateway's
-                // own deadline: it is shared by every client (one breaker, one cache),
-                // so a client's short deadline must not make auth look unresponsive.
-                gw.limit(Client::Ip(peer.ip()))?;
-                let check = CallOptions {
-                    timeout: Some(Duration::from_millis(gw.config.validate_timeout_ms)),
-                    ..options.clone()
-                };
-                gw.tokens.fetch(&gw.auth, token, &check).await?
-            }
-        };
-        let caller = bearer.caller;
-        if m.policy.access == Access::Roles && !m.policy.roles.iter().any(|r| caller.has_role(r)) {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                format!("this call needs one of the roles {:?}", m.policy.roles),
-            )
-            .into());
-        }
-        gw.limit(Client::Account(&caller.account_id))?;
-        options.caller = Some(caller);
-        options.caller_session = Some(bearer.session_id);
-    }
-    if let Some(l) = route_limit {
-        let account = options.caller.as_ref().map(|c| c.account_id.as_str());
-        l.check(peer.ip(), account)
-            .inspect_err(|_| _ = gw.metrics.rate_limited.fetch_add(1, Ordering::Relaxed))?;
-    }
-
-    let json = read_body(headers, body, gw.max_body).await?;
-    let request = crate::json::to_protobuf(&r.input, &json)?;
-    options.timeout = Some(deadline.saturating_duration_since(Instant::now()));
-
-    if let Some(permit) = stream_permit {
-        let upstream = gw.client.server_stream(m, request, &options).await?;
-        return Ok(sse(gw, r.output.clone(), upstream, permit));
-    }
-    let reply = gw.client.unary(m, request, &options).await?;
-    let bound = Duration::from_millis(gw.config.validate_timeout_ms);
-    gw.table.after_call(m, &reply, bound).await;
-    let mut json = crate::json::from_protobuf(&r.output, reply, false)?;
-    json.push(b'\n');
-    Ok((
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        json,
-    )
-        .into_response())
 }
 
 #[cfg(test)]
