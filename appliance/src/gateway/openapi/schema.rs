@@ -136,7 +136,27 @@ fn field_schema(
         // Beside a $ref too: OpenAPI 3.1 allows the sibling.
         obj.insert("description".into(), c.into());
     }
+    if is_page_token(f)
+        && let Some(obj) = s.as_object_mut()
+    {
+        obj.insert("format".into(), PAGE_TOKEN_FORMAT.into());
+        obj.insert("description".into(), PAGE_TOKEN_DESCRIPTION.into());
+    }
     s
+}
+
+/// The string format of a list request's page token (API.md's paging convention).
+pub const PAGE_TOKEN_FORMAT: &str = "aicore-page-token";
+
+const PAGE_TOKEN_DESCRIPTION: &str = "Opaque: empty for the first page, else the `next_page_token` of the previous page of the same listing. Any other value is refused with INVALID_ARGUMENT naming `page_token`.";
+
+/// Whether `f` is a list request's page token: a string `page_token` in a message that
+/// also asks for a `page_size`.
+fn is_page_token(f: &FieldDescriptor) -> bool {
+    f.name() == "page_token"
+        && matches!(f.kind(), Kind::String)
+        && !f.is_list()
+        && f.parent_message().get_field_by_name("page_size").is_some()
 }
 
 /// Widens a scalar's schema to admit JSON `null` too.

@@ -54,6 +54,12 @@ fn every_route_and_referenced_schema_is_present() {
     let profiles = &schemas["aicore.performance_mode.v1.ProfilesRequest"]["properties"];
     assert_eq!(profiles["pageSize"]["type"], json!(["integer", "null"]));
     assert_eq!(profiles["pageToken"]["type"], json!(["string", "null"]));
+    // A list request's page token is opaque: its own format, for generators.
+    assert_eq!(
+        profiles["pageToken"]["format"],
+        json!(super::schema::PAGE_TOKEN_FORMAT)
+    );
+    assert_eq!(profiles["pageSize"]["format"], json!("int32"));
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
         methods.len() + 2,
