@@ -4,12 +4,15 @@
 //! concurrent calls; refusals that name the field and write nothing; listing and who may
 //! act for whom. The NATS wiring is covered by the e2e suite `narrative`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use aicore_proto::aicore::common::v1::{Value, value};
 use aicore_proto::aicore::environmental_narrative::v1::*;
+use aicore_proto::aicore::world_state::v1::Fact;
 use aicore_proto::{Code, Request};
 use aicore_runtime::outbox::{OUTBOX, OutboxEvent};
+use futures::future::BoxFuture;
 
 use super::*;
 

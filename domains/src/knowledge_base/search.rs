@@ -3,15 +3,18 @@
 //! mode, pages by offset, and hits read from the store with highlighted snippets.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aicore_proto::aicore::knowledge_base::v1::{
     Document, RankSignal, SearchHit, SearchMode, SearchRequest, SearchResponse,
 };
 use aicore_proto::{Code, Request, Status};
 use aicore_runtime::paging;
+use tantivy::snippet::SnippetGenerator;
 
+use super::check::{MAX_QUERY, check_tags};
 use super::index;
-use super::{DOCS, KnowledgeBase, MAX_QUERY, SEARCH_TOKEN, check_tags};
+use super::{DOCS, KnowledgeBase, SEARCH_TOKEN};
 
 impl KnowledgeBase {
     /// Search (the handler).
@@ -29,7 +32,55 @@ impl KnowledgeBase {
         }
         check_tags(&req.all_tags, "all_tags")?;
         check_tags(&req.any_tags, "any_tags")?;
-        let mode = match req.mode {
+        let mode = self.search_mode(req.mode)?;
+        let size = paging::page_size(
+            req.page_size,
+            self.config.default_page_size,
+            self.config.max_page_size,
+        )?;
+        let offset = self.offset(&req.page_token, size)?;
+        self.index.wait_ready(meta.deadline).await?;
+        let want = offset + size + 1;
+        let depth = match mode {
+            SearchMode::Hybrid => want.max(self.config.fusion_candidates),
+            _ => want,
+        };
+        let query = match mode {
+            SearchMode::Vector => None,
+            _ => Some(self.index.query(&req.query, &req.all_tags, &req.any_tags)?),
+        };
+        let text = match &query {
+            Some(q) => self.index.search(q.as_ref(), depth)?,
+            None => Vec::new(),
+        };
+        let vector = if mode == SearchMode::FullText {
+            Vec::new()
+        } else {
+            self.vector_ranking(&req, depth, meta.remaining()).await?
+        };
+        let ranked = fuse(mode, &text, &vector, self.config.rrf_k);
+        let more = ranked.len() > offset + size;
+        let page: Vec<Ranked> = ranked.into_iter().skip(offset).take(size).collect();
+        let snippets = match &query {
+            Some(q) => Some(self.index.snippets(q.as_ref())?),
+            None => None,
+        };
+        Ok(SearchResponse {
+            hits: self.hits(page, snippets.as_ref())?,
+            next_page_token: if more {
+                paging::encode_token(SEARCH_TOKEN, &((offset + size) as u32).to_be_bytes())
+            } else {
+                String::new()
+            },
+            mode: mode as i32,
+        })
+    }
+
+    /// The mode Search runs in: FULL_TEXT when none is asked; HYBRID falls back to
+    /// FULL_TEXT without an embedding model, and VECTOR without one is
+    /// FailedPrecondition.
+    fn search_mode(&self, mode: Option<i32>) -> Result<SearchMode, Status> {
+        let mode = match mode {
             None => SearchMode::FullText,
             Some(m) => match SearchMode::try_from(m) {
                 Ok(SearchMode::Unspecified) | Err(_) => {
@@ -52,15 +103,16 @@ impl KnowledgeBase {
             SearchMode::Hybrid if !self.embedding() => SearchMode::FullText,
             m => m,
         };
-        let size = paging::page_size(
-            req.page_size,
-            self.config.default_page_size,
-            self.config.max_page_size,
-        )?;
-        let offset = if req.page_token.is_empty() {
+        Ok(mode)
+    }
+
+    /// Where the page of `page_token` starts (0 without one), refused past the deepest
+    /// result Search pages to.
+    fn offset(&self, page_token: &str, size: usize) -> Result<usize, Status> {
+        let offset = if page_token.is_empty() {
             0
         } else {
-            let raw = paging::decode_token(SEARCH_TOKEN, &req.page_token)?;
+            let raw = paging::decode_token(SEARCH_TOKEN, page_token)?;
             u32::from_be_bytes(raw.try_into().map_err(|_| paging::bad_token())?) as usize
         };
         if offset + size > self.config.max_results {
@@ -69,49 +121,42 @@ impl KnowledgeBase {
                 format!("results go at most {} deep", self.config.max_results),
             ));
         }
-        self.index.wait_ready(meta.deadline).await?;
-        let want = offset + size + 1;
-        let depth = match mode {
-            SearchMode::Hybrid => want.max(self.config.fusion_candidates),
-            _ => want,
-        };
-        let query = match mode {
-            SearchMode::Vector => None,
-            _ => Some(self.index.query(&req.query, &req.all_tags, &req.any_tags)?),
-        };
-        let text = match &query {
-            Some(q) => self.index.search(q.as_ref(), depth)?,
-            None => Vec::new(),
-        };
-        let vector = if mode == SearchMode::FullText {
-            Vec::new()
-        } else {
-            let q = self
-                .embed(vec![req.query.clone()], meta.remaining())
-                .await?
-                .pop()
-                .ok_or_else(|| Status::internal("the embedding model returned no vector"))?;
-            let map = self.vectors.read().unwrap_or_else(|p| p.into_inner());
-            let mut scored: Vec<(String, f32)> = map
-                .iter()
-                .filter(|(_, (_, tags))| {
-                    req.all_tags.iter().all(|t| tags.contains(t))
-                        && (req.any_tags.is_empty()
-                            || req.any_tags.iter().any(|t| tags.contains(t)))
-                })
-                .map(|(id, (v, _))| (id.clone(), cosine(&q, v)))
-                .collect();
-            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            scored.truncate(depth);
-            scored
-        };
-        let ranked = fuse(mode, &text, &vector, self.config.rrf_k);
-        let more = ranked.len() > offset + size;
-        let page: Vec<Ranked> = ranked.into_iter().skip(offset).take(size).collect();
-        let snippets = match &query {
-            Some(q) => Some(self.index.snippets(q.as_ref())?),
-            None => None,
-        };
+        Ok(offset)
+    }
+
+    /// The vector ranking: the `depth` documents (with the request's tags) whose vectors
+    /// are nearest the query's embedding by cosine.
+    async fn vector_ranking(
+        &self,
+        req: &SearchRequest,
+        depth: usize,
+        deadline: Option<Duration>,
+    ) -> Result<Vec<(String, f32)>, Status> {
+        let q = self
+            .embed(vec![req.query.clone()], deadline)
+            .await?
+            .pop()
+            .ok_or_else(|| Status::internal("the embedding model returned no vector"))?;
+        let map = self.vectors.read().unwrap_or_else(|p| p.into_inner());
+        let mut scored: Vec<(String, f32)> = map
+            .iter()
+            .filter(|(_, (_, tags))| {
+                req.all_tags.iter().all(|t| tags.contains(t))
+                    && (req.any_tags.is_empty() || req.any_tags.iter().any(|t| tags.contains(t)))
+            })
+            .map(|(id, (v, _))| (id.clone(), cosine(&q, v)))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        scored.truncate(depth);
+        Ok(scored)
+    }
+
+    /// The hits of a page, each document read from the store with its snippet.
+    fn hits(
+        &self,
+        page: Vec<Ranked>,
+        snippets: Option<&SnippetGenerator>,
+    ) -> Result<Vec<SearchHit>, Status> {
         let mut hits = Vec::with_capacity(page.len());
         for r in page {
             // A document removed since the index answered is left out.
@@ -119,7 +164,6 @@ impl KnowledgeBase {
                 continue;
             };
             let snippet = snippets
-                .as_ref()
                 .map(|g| g.snippet(&d.body))
                 .filter(|s| !s.is_empty())
                 .map(|s| s.to_html())
@@ -140,15 +184,7 @@ impl KnowledgeBase {
                 signals: r.signals,
             });
         }
-        Ok(SearchResponse {
-            hits,
-            next_page_token: if more {
-                paging::encode_token(SEARCH_TOKEN, &((offset + size) as u32).to_be_bytes())
-            } else {
-                String::new()
-            },
-            mode: mode as i32,
-        })
+        Ok(hits)
     }
 }
 

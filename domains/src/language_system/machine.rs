@@ -11,10 +11,9 @@ use aicore_runtime::Ctx;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
-use super::{
-    LOCALES, LanguageSystem, LocaleRow, STRINGS, TRANSLATE_CONCURRENCY, check_key, format,
-    own_authority, string_key,
-};
+use super::check::check_key;
+use super::records::{LocaleRow, string_key};
+use super::{LOCALES, LanguageSystem, STRINGS, TRANSLATE_CONCURRENCY, format, own_authority};
 
 /// A machine translation of one string.
 #[derive(Debug, Clone)]

@@ -14,94 +14,47 @@
 //!
 //! Translate and the listings read committed rows (Translate through the store's cache);
 //! the CLDR data of each locale is loaded once and kept ([`format::LocaleCache`]).
+//!
+//! This file holds the domain type and its handlers; beside it are `config` (the
+//! configuration), `records` (the locale rows and the string keys), `check` (input
+//! checks), `strings` (PutStrings' write), `translate` (resolving one item), `missing`
+//! (MissingKeys and coverage), `machine` (MachineTranslate) and [`format`] (CLDR plural
+//! rules and placeholders).
 
+mod check;
+mod config;
 pub mod format;
 mod machine;
+mod missing;
+mod records;
+mod strings;
+mod translate;
 
+pub use config::LanguageSystemConfig;
 pub use machine::{MachineText, OverNats, Translator};
+pub use records::LocaleRow;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aicore_proto::aicore::language_system::v1::{
-    LanguageSystemHandler, ListLocalesRequest, ListLocalesResponse, Locale, LocalizedString,
+    LanguageSystemHandler, ListLocalesRequest, ListLocalesResponse, Locale,
     MachineTranslateRequest, MachineTranslateResponse, MissingKeysRequest, MissingKeysResponse,
-    PutStringsRequest, PutStringsResponse, TranslateRequest, TranslateResponse, Translation,
-    argument,
+    PutStringsRequest, PutStringsResponse, TranslateRequest, TranslateResponse,
 };
-use aicore_proto::{CallOptions, Code, Metadata, Request, Status};
+use aicore_proto::{CallOptions, Metadata, Request, Status};
 
 use aicore_runtime::{Ctx, paging};
 
-use format::{FillError, LocaleCache, Segment};
+use config::config_error;
+use format::LocaleCache;
 
 const STRINGS: &str = "language_system.strings";
 const LOCALES: &str = "language_system.locales";
-const MAX_KEY_CHARS: usize = 256;
-const PLURAL_CATEGORIES: [&str; 5] = ["zero", "one", "two", "few", "many"];
 const LOCALES_TOKEN: u8 = b'L';
 const MISSING_TOKEN: u8 = b'M';
 /// Machine translations asked of ai-integration at once.
 const TRANSLATE_CONCURRENCY: usize = 4;
-
-/// Configuration of language-system (`[domains.language_system]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LanguageSystemConfig {
-    /// The default locale (a BCP 47 tag): the end of every fallback chain and the base
-    /// of MissingKeys and coverage.
-    pub default_locale: String,
-    /// Fallback chains that differ from dropping subtags, by locale: `"pt-BR" = ["pt-PT",
-    /// "pt"]` tries pt-BR, pt-PT, pt, then the default locale.
-    pub fallbacks: BTreeMap<String, Vec<String>>,
-    /// Most strings one locale holds; a PutStrings past it is ResourceExhausted.
-    pub max_strings_per_locale: usize,
-    /// Longest text (of any form), in characters.
-    pub max_text_chars: usize,
-    /// Page size of ListLocales when the request asks for none.
-    pub default_locales_page_size: u32,
-    /// Largest page of ListLocales.
-    pub max_locales_page_size: u32,
-    /// Page size of MissingKeys when the request asks for none.
-    pub default_missing_page_size: u32,
-    /// Largest page of MissingKeys.
-    pub max_missing_page_size: u32,
-    /// Most keys one MachineTranslate call translates.
-    pub machine_translate_max_keys: u32,
-}
-
-impl Default for LanguageSystemConfig {
-    fn default() -> Self {
-        LanguageSystemConfig {
-            default_locale: "en".into(),
-            fallbacks: BTreeMap::new(),
-            max_strings_per_locale: 50_000,
-            max_text_chars: 4000,
-            default_locales_page_size: 100,
-            max_locales_page_size: 500,
-            default_missing_page_size: 100,
-            max_missing_page_size: 1000,
-            machine_translate_max_keys: 100,
-        }
-    }
-}
-
-/// A locale's version and counts (value of `language_system.locales`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LocaleRow {
-    /// One more per write that changed the locale.
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
-    /// Strings of the locale, machine translations included.
-    #[prost(uint32, tag = "2")]
-    pub string_count: u32,
-    /// Of those, unreviewed machine translations.
-    #[prost(uint32, tag = "3")]
-    pub machine_count: u32,
-    /// Last write.
-    #[prost(message, optional, tag = "4")]
-    pub updated_at: Option<prost_types::Timestamp>,
-}
 
 /// The language-system domain.
 pub struct LanguageSystem {
@@ -128,66 +81,6 @@ impl aicore_runtime::Domain for LanguageSystem {
                 LanguageSystem::new(ctx.clone(), config.clone(), translator)?,
             )),
         ))
-    }
-}
-
-/// A configuration error, for the operator.
-fn config_error(what: String) -> Status {
-    Status::new(
-        Code::InvalidArgument,
-        format!("[domains.language_system] {what}"),
-    )
-}
-
-fn string_key(locale: &str, key: &str) -> Vec<u8> {
-    [locale.as_bytes(), b"\0", key.as_bytes()].concat()
-}
-
-fn locale_prefix(locale: &str) -> Vec<u8> {
-    [locale.as_bytes(), b"\0"].concat()
-}
-
-/// The key part of a `language_system.strings` row key.
-fn key_of(row_key: &[u8]) -> String {
-    let at = row_key.iter().position(|b| *b == 0).map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&row_key[at..]).into_owned()
-}
-
-fn check_key(key: &str, field: &str) -> Result<(), Status> {
-    let n = key.chars().count();
-    if n == 0 || n > MAX_KEY_CHARS {
-        return Err(Status::invalid(
-            field,
-            format!("must be 1 to {MAX_KEY_CHARS} characters"),
-        ));
-    }
-    if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Status::invalid(
-            field,
-            "must not contain whitespace or control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// Every form of a stored string with the field path it came from.
-fn forms<'a>(s: &'a LocalizedString, field: &str) -> Vec<(String, &'a str)> {
-    let mut out = vec![(format!("{field}.text"), s.text.as_str())];
-    for (c, t) in &s.plural_forms {
-        out.push((format!("{field}.plural_forms.{c}"), t.as_str()));
-    }
-    for (v, t) in &s.select_forms {
-        out.push((format!("{field}.select_forms.{v}"), t.as_str()));
-    }
-    out
-}
-
-/// The string with its output-only fields cleared, to tell a real change from a rewrite.
-fn content(s: &LocalizedString) -> LocalizedString {
-    LocalizedString {
-        machine_translated: false,
-        updated_at: None,
-        ..s.clone()
     }
 }
 
@@ -248,228 +141,6 @@ impl LanguageSystem {
             .get(tag)
             .map_err(|e| Status::internal(format!("CLDR data for {tag}: {e}")))
     }
-
-    /// Checks one string of a PutStrings for `locale`.
-    fn check_string(
-        &self,
-        s: &LocalizedString,
-        field: &str,
-        locale: &format::LocaleData,
-    ) -> Result<(), Status> {
-        check_key(&s.key, &format!("{field}.key"))?;
-        for (f, text) in forms(s, field) {
-            if text.chars().count() > self.config.max_text_chars {
-                return Err(Status::invalid(
-                    &f,
-                    format!("must be at most {} characters", self.config.max_text_chars),
-                ));
-            }
-            format::parse(text).map_err(|e| Status::invalid(&f, e))?;
-        }
-        let used: Vec<&str> = locale.categories().map(format::category_name).collect();
-        for c in s.plural_forms.keys() {
-            let f = format!("{field}.plural_forms.{c}");
-            if !PLURAL_CATEGORIES.contains(&c.as_str()) {
-                return Err(Status::invalid(
-                    &f,
-                    "must be a CLDR plural category: zero, one, two, few or many (`other` is `text`)",
-                ));
-            }
-            if !used.contains(&c.as_str()) {
-                return Err(Status::invalid(
-                    &f,
-                    format!("this locale's plural rules have no `{c}` (it uses {used:?})"),
-                ));
-            }
-        }
-        if s.select.is_empty() != s.select_forms.is_empty() {
-            return Err(Status::invalid(
-                &format!("{field}.select"),
-                "`select` and `select_forms` go together",
-            ));
-        }
-        if !s.select.is_empty() {
-            if !s.plural_forms.is_empty() {
-                return Err(Status::invalid(
-                    &format!("{field}.select"),
-                    "a string has plural forms or select forms, not both",
-                ));
-            }
-            if !format::is_name(&s.select) {
-                return Err(Status::invalid(
-                    &format!("{field}.select"),
-                    "must be an argument name of letters, digits and `_`",
-                ));
-            }
-            if let Some(v) = s.select_forms.keys().find(|v| v.is_empty() || v.len() > 64) {
-                return Err(Status::invalid(
-                    &format!("{field}.select_forms.{v}"),
-                    "a select value must be 1 to 64 bytes",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Resolves one item: the first string along the chain, its form, its arguments.
-    fn translate_one(
-        &self,
-        chain: &[String],
-        item: &aicore_proto::aicore::language_system::v1::TranslateItem,
-        field: &str,
-        allow_machine: bool,
-    ) -> Result<Translation, Status> {
-        let key_field = format!("{field}.key");
-        check_key(&item.key, &key_field)?;
-        let mut found = None;
-        for tag in chain {
-            if let Some(s) = self
-                .ctx
-                .store
-                .get_msg_cached::<LocalizedString>(STRINGS, &string_key(tag, &item.key))?
-                && (allow_machine || !s.machine_translated)
-            {
-                found = Some((tag.clone(), s));
-                break;
-            }
-        }
-        let Some((resolved, s)) = found else {
-            return Err(Status::with_field(
-                Code::NotFound,
-                &key_field,
-                format!("no string `{}` in {}", item.key, chain.join(" → ")),
-            ));
-        };
-        let data = self.cldr(&resolved)?;
-        let (text, plural_category) = if !s.plural_forms.is_empty() {
-            let n = item.count.ok_or_else(|| {
-                Status::invalid(
-                    &format!("{field}.count"),
-                    format!("`{}` has plural forms: give a count", item.key),
-                )
-            })?;
-            let c = format::category_name(data.plural(n));
-            (
-                s.plural_forms.get(c).unwrap_or(&s.text).clone(),
-                c.to_string(),
-            )
-        } else if !s.select.is_empty() {
-            let arg_field = format!("{field}.args.{}", s.select);
-            let v = match item.args.get(&s.select).and_then(|a| a.value.as_ref()) {
-                Some(argument::Value::Text(v)) => v,
-                Some(_) => return Err(Status::invalid(&arg_field, "selects a form: must be text")),
-                None => {
-                    return Err(Status::invalid(
-                        &arg_field,
-                        format!("`{}` selects its form by this argument: give it", item.key),
-                    ));
-                }
-            };
-            (
-                s.select_forms.get(v).unwrap_or(&s.text).clone(),
-                String::new(),
-            )
-        } else {
-            (s.text.clone(), String::new())
-        };
-        let segments: Vec<Segment> =
-            format::parse(&text).map_err(|e| Status::internal(format!("stored template: {e}")))?;
-        let text = format::fill(&segments, &item.args, item.count, &data).map_err(|e| match e {
-            FillError::Missing(n) => Status::invalid(
-                &format!("{field}.args.{n}"),
-                format!("`{}` needs the argument `{n}`", item.key),
-            ),
-            FillError::WrongType(n, want) => Status::invalid(
-                &format!("{field}.args.{n}"),
-                format!("`{{{n}:{want}}}` needs a {want} argument"),
-            ),
-            FillError::Unformattable(n) => Status::invalid(
-                &format!("{field}.args.{n}"),
-                "cannot be formatted (not a finite number, or a time out of range)",
-            ),
-        })?;
-        Ok(Translation {
-            key: item.key.clone(),
-            text,
-            resolved_locale: resolved,
-            machine_translated: s.machine_translated,
-            plural_category,
-        })
-    }
-
-    /// Keys of `base` with no reviewed string in `locale`, from `from` on: at most
-    /// `limit` of them, examining at most `max_scan` base rows. Returns them with whether
-    /// each has a machine translation, and the key to resume from (empty at the end).
-    fn missing(
-        &self,
-        locale: &str,
-        base: &str,
-        page_token: &str,
-        limit: usize,
-        max_scan: usize,
-    ) -> Result<(Vec<(String, bool)>, String), Status> {
-        let prefix = locale_prefix(base);
-        let mut page = paging::Page::start(
-            paging::Listing {
-                store: &self.ctx.store,
-                table: STRINGS,
-                prefix: &prefix,
-                kind: MISSING_TOKEN,
-                limit,
-                max_scan,
-            },
-            page_token,
-        )?;
-        while let Some((k, v)) = page.next_row()? {
-            let s: LocalizedString = aicore_runtime::store::decode(STRINGS, v)?;
-            if s.machine_translated {
-                continue;
-            }
-            let key = key_of(&k);
-            match self
-                .ctx
-                .store
-                .get_msg::<LocalizedString>(STRINGS, &string_key(locale, &key))?
-            {
-                Some(t) if !t.machine_translated => {}
-                Some(_) => page.keep((key, true)),
-                None => page.keep((key, false)),
-            }
-        }
-        Ok(page.finish())
-    }
-
-    /// How many of `base`'s reviewed keys `locale` has reviewed strings for, over how
-    /// many `base` has.
-    fn coverage(&self, locale: &str, base: &str) -> Result<f64, Status> {
-        let reviewed = |tag: &str| -> Result<HashSet<String>, Status> {
-            let rows = self.ctx.store.scan(
-                STRINGS,
-                &locale_prefix(tag),
-                &locale_prefix(tag),
-                self.config.max_strings_per_locale + 1,
-            )?;
-            let mut out = HashSet::new();
-            for (k, v) in rows {
-                let s: LocalizedString = aicore_runtime::store::decode(STRINGS, v)?;
-                if !s.machine_translated {
-                    out.insert(key_of(&k));
-                }
-            }
-            Ok(out)
-        };
-        let base_keys = reviewed(base)?;
-        if base_keys.is_empty() {
-            return Ok(0.0);
-        }
-        let have = if locale == base {
-            base_keys.len()
-        } else {
-            let mine = reviewed(locale)?;
-            base_keys.iter().filter(|k| mine.contains(*k)).count()
-        };
-        Ok(have as f64 / base_keys.len() as f64)
-    }
 }
 
 impl LanguageSystemHandler for LanguageSystem {
@@ -499,70 +170,7 @@ impl LanguageSystemHandler for LanguageSystem {
         let (strings, replace_all) = (req.strings, req.replace_all);
         self.ctx
             .store
-            .write(move |tx| {
-                let prefix = locale_prefix(&locale);
-                let existing: HashMap<String, LocalizedString> = tx
-                    .scan(STRINGS, &prefix, &prefix, max + 1)?
-                    .into_iter()
-                    .map(|(k, v)| Ok((key_of(&k), aicore_runtime::store::decode(STRINGS, v)?)))
-                    .collect::<Result<_, Status>>()?;
-                let mut row = tx
-                    .get_msg::<LocaleRow>(LOCALES, locale.as_bytes())?
-                    .unwrap_or_default();
-                let (mut written, mut removed) = (0u32, 0u32);
-                let mut count = existing.len();
-                let mut machine = existing.values().filter(|s| s.machine_translated).count();
-                let wanted: HashSet<&str> = strings.iter().map(|s| s.key.as_str()).collect();
-                for s in &strings {
-                    let old = existing.get(&s.key);
-                    if old.is_some_and(|o| !o.machine_translated && content(o) == content(s)) {
-                        continue;
-                    }
-                    match old {
-                        None => count += 1,
-                        Some(o) if o.machine_translated => machine -= 1,
-                        Some(_) => {}
-                    }
-                    let stored = LocalizedString {
-                        machine_translated: false,
-                        updated_at: Some(now),
-                        ..s.clone()
-                    };
-                    tx.put_msg(STRINGS, &string_key(&locale, &s.key), &stored);
-                    written += 1;
-                }
-                if replace_all {
-                    for (k, o) in &existing {
-                        if !wanted.contains(k.as_str()) {
-                            tx.delete(STRINGS, &string_key(&locale, k));
-                            removed += 1;
-                            count -= 1;
-                            if o.machine_translated {
-                                machine -= 1;
-                            }
-                        }
-                    }
-                }
-                if count > max {
-                    return Err(Status::with_field(
-                        Code::ResourceExhausted,
-                        "strings",
-                        format!("the locale would hold {count} strings; the limit is {max}"),
-                    ));
-                }
-                if written + removed > 0 {
-                    row.version += 1;
-                    row.string_count = count as u32;
-                    row.machine_count = machine as u32;
-                    row.updated_at = Some(now);
-                    tx.put_msg(LOCALES, locale.as_bytes(), &row);
-                }
-                Ok(PutStringsResponse {
-                    written,
-                    removed,
-                    version: row.version,
-                })
-            })
+            .write(move |tx| strings::write_strings(tx, &locale, &strings, replace_all, now, max))
             .await
     }
 

@@ -19,209 +19,43 @@
 //! A model's `version` counts changes of its spec (Register, Update); probes change its
 //! status, latency and error without a new version, so an operator's `expected_version`
 //! is not defeated by a probe.
+//!
+//! This file holds the tables, the domain type and its handlers; beside it are `config`
+//! (the configuration), `check` (input checks), `defaults` (the defaults table),
+//! `offline` (the built-in offline model) and `probe` (Probe).
+
+mod check;
+mod config;
+mod defaults;
+mod offline;
+mod probe;
+
+pub use config::ModelManagementConfig;
+pub use offline::{OFFLINE, offline_spec};
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use aicore_proto::aicore::ai_integration::v1 as ai;
 use aicore_proto::aicore::model_management::v1::{
     Capability, GetRequest, GetResponse, ListRequest, ListResponse, Model, ModelManagementHandler,
-    ModelSpec, ModelStatus, ModelTier, ProbeRequest, ProbeResponse, RegisterRequest,
-    RegisterResponse, RemoveRequest, RemoveResponse, SetDefaultRequest, SetDefaultResponse,
-    TokenCost, UpdateRequest, UpdateResponse,
+    ModelStatus, ProbeRequest, ProbeResponse, RegisterRequest, RegisterResponse, RemoveRequest,
+    RemoveResponse, SetDefaultRequest, SetDefaultResponse, UpdateRequest, UpdateResponse,
 };
-use aicore_proto::{CallOptions, Code, Request, Status};
-use aicore_runtime::store::{Store, Tx};
+use aicore_proto::{Code, Request, Status};
 use aicore_runtime::{Ctx, paging, validate};
+
+use check::{capability, check_id, check_spec};
+use defaults::{default_key, defaults_of, defaults_of_tx};
 
 const MODELS: &str = "model_management.models";
 const DEFAULTS: &str = "model_management.defaults";
 const META: &str = "model_management.meta";
 const SEEDED: &[u8] = b"seeded";
 const LIST_TOKEN: u8 = b'M';
-/// Longest model id.
-const MAX_ID: usize = 64;
-/// The built-in offline model's id (and its provider's).
-pub const OFFLINE: &str = "offline";
-
-/// Configuration of model-management (`[domains.model_management]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelManagementConfig {
-    /// Register the built-in offline model on first start.
-    pub builtin_offline_model: bool,
-    /// A probe answered slower than this (in milliseconds) marks the model DEGRADED.
-    pub degraded_latency_ms: u64,
-    /// Longest a probe waits for the model, in milliseconds (within the caller's deadline).
-    pub probe_timeout_ms: u64,
-    /// Page size of List when the request asks for none.
-    pub default_page_size: u32,
-    /// Largest page of List.
-    pub max_page_size: u32,
-}
-
-impl Default for ModelManagementConfig {
-    fn default() -> Self {
-        ModelManagementConfig {
-            builtin_offline_model: true,
-            degraded_latency_ms: 5_000,
-            probe_timeout_ms: 20_000,
-            default_page_size: 50,
-            max_page_size: 500,
-        }
-    }
-}
 
 /// The model-management domain.
 pub struct ModelManagement {
     ctx: Ctx,
     config: ModelManagementConfig,
-}
-
-/// The built-in offline model's spec.
-pub fn offline_spec() -> ModelSpec {
-    ModelSpec {
-        display_name: "Offline (built-in, deterministic templates)".into(),
-        provider_id: OFFLINE.into(),
-        endpoint: String::new(),
-        provider_model: OFFLINE.into(),
-        capabilities: vec![
-            Capability::Chat as i32,
-            Capability::Completion as i32,
-            Capability::Embedding as i32,
-        ],
-        context_length: 0,
-        cost: Some(TokenCost::default()),
-        tier: ModelTier::Small as i32,
-        disabled: false,
-        embedding_dimensions: 0,
-    }
-}
-
-fn check_id(id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid(
-            "model_id",
-            format!("must be 1 to {MAX_ID} characters of [a-z0-9_.:-]"),
-        ))
-    }
-}
-
-fn capability(n: i32, field: &str) -> Result<Capability, Status> {
-    match Capability::try_from(n) {
-        Ok(Capability::Unspecified) | Err(_) => Err(Status::invalid(
-            field,
-            "must be CAPABILITY_CHAT, CAPABILITY_COMPLETION or CAPABILITY_EMBEDDING",
-        )),
-        Ok(c) => Ok(c),
-    }
-}
-
-/// Checks a spec, normalising it (capabilities sorted and deduplicated, an empty
-/// provider model name becoming the model id, a missing cost zero).
-fn check_spec(spec: Option<ModelSpec>, model_id: &str) -> Result<ModelSpec, Status> {
-    let mut s = spec.ok_or_else(|| Status::invalid("spec", "is required"))?;
-    if s.display_name.chars().count() > 128 || s.display_name.chars().any(char::is_control) {
-        return Err(Status::invalid(
-            "spec.display_name",
-            "at most 128 characters without control characters",
-        ));
-    }
-    validate::slug(&s.provider_id, "spec.provider_id", 64)?;
-    let url = s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://");
-    if !(s.endpoint.is_empty() || url) {
-        return Err(Status::invalid(
-            "spec.endpoint",
-            "must be empty or an http:// or https:// URL",
-        ));
-    }
-    if s.provider_model.is_empty() {
-        s.provider_model = model_id.to_string();
-    }
-    if s.provider_model.chars().count() > 256 || s.provider_model.chars().any(char::is_control) {
-        return Err(Status::invalid(
-            "spec.provider_model",
-            "at most 256 characters without control characters",
-        ));
-    }
-    if s.capabilities.is_empty() {
-        return Err(Status::invalid("spec.capabilities", "at least one"));
-    }
-    for (i, c) in s.capabilities.iter().enumerate() {
-        capability(*c, &format!("spec.capabilities[{i}]"))?;
-    }
-    s.capabilities.sort_unstable();
-    s.capabilities.dedup();
-    if s.context_length > 10_000_000 {
-        return Err(Status::invalid("spec.context_length", "at most 10000000"));
-    }
-    let cost = s.cost.get_or_insert_with(Default::default);
-    if cost.input_micros_per_million_tokens < 0 || cost.output_micros_per_million_tokens < 0 {
-        return Err(Status::invalid("spec.cost", "costs must not be negative"));
-    }
-    let priced =
-        cost.input_micros_per_million_tokens > 0 || cost.output_micros_per_million_tokens > 0;
-    let code_ok = cost.currency.len() == 3 && cost.currency.bytes().all(|b| b.is_ascii_uppercase());
-    if (priced || !cost.currency.is_empty()) && !code_ok {
-        return Err(Status::invalid(
-            "spec.cost.currency",
-            "an ISO 4217 code such as USD when a cost is set",
-        ));
-    }
-    match ModelTier::try_from(s.tier) {
-        Ok(ModelTier::Unspecified) | Err(_) => {
-            return Err(Status::invalid(
-                "spec.tier",
-                "must be MODEL_TIER_SMALL, MODEL_TIER_MEDIUM or MODEL_TIER_LARGE",
-            ));
-        }
-        Ok(_) => {}
-    }
-    if s.embedding_dimensions > 65_536 {
-        return Err(Status::invalid(
-            "spec.embedding_dimensions",
-            "at most 65536",
-        ));
-    }
-    Ok(s)
-}
-
-fn default_key(c: Capability) -> Vec<u8> {
-    (c as i32).to_string().into_bytes()
-}
-
-const CAPABILITIES: [Capability; 3] = [
-    Capability::Chat,
-    Capability::Completion,
-    Capability::Embedding,
-];
-
-/// The capabilities `model_id` is the default for, read in a transaction.
-fn defaults_of_tx(tx: &Tx<'_>, model_id: &str) -> Result<Vec<i32>, Status> {
-    let mut out = Vec::new();
-    for c in CAPABILITIES {
-        if tx.get(DEFAULTS, &default_key(c))?.as_deref() == Some(model_id.as_bytes()) {
-            out.push(c as i32);
-        }
-    }
-    Ok(out)
-}
-
-fn defaults_of(store: &Store, model_id: &str) -> Result<Vec<i32>, Status> {
-    let mut out = Vec::new();
-    for c in CAPABILITIES {
-        if store.get(DEFAULTS, &default_key(c))?.as_deref() == Some(model_id.as_bytes()) {
-            out.push(c as i32);
-        }
-    }
-    Ok(out)
 }
 
 fn not_found(id: &str) -> Status {
@@ -242,35 +76,6 @@ impl ModelManagement {
             .ok_or_else(|| not_found(id))?;
         m.default_for = defaults_of(&self.ctx.store, id)?;
         Ok(m)
-    }
-
-    /// Registers the built-in offline model once (never again after a removal).
-    pub async fn seed(&self) -> Result<(), Status> {
-        if !self.config.builtin_offline_model {
-            return Ok(());
-        }
-        let now = self.ctx.now_ts();
-        self.ctx
-            .store
-            .write(move |tx| {
-                if tx.get(META, SEEDED)?.is_some() {
-                    return Ok(());
-                }
-                tx.put(META, SEEDED, b"1".to_vec());
-                if tx.get(MODELS, OFFLINE.as_bytes())?.is_none() {
-                    let m = Model {
-                        model_id: OFFLINE.into(),
-                        spec: Some(offline_spec()),
-                        status: ModelStatus::Ready as i32,
-                        version: 1,
-                        updated_at: Some(now),
-                        ..Default::default()
-                    };
-                    tx.put_msg(MODELS, OFFLINE.as_bytes(), &m);
-                }
-                Ok(())
-            })
-            .await
     }
 }
 
@@ -486,99 +291,7 @@ impl ModelManagementHandler for ModelManagement {
     }
 
     async fn probe(&self, request: Request<ProbeRequest>) -> Result<ProbeResponse, Status> {
-        let Request { body: req, meta } = request;
-        check_id(&req.model_id)?;
-        let model = self.read(&req.model_id)?;
-        let spec = model.spec.clone().unwrap_or_default();
-        if spec.disabled {
-            return Err(Status::with_field(
-                Code::FailedPrecondition,
-                "model_id",
-                format!("model {} is disabled; enable it to probe it", req.model_id),
-            ));
-        }
-        let client = self.ctx.client()?.clone();
-        let mut wait = Duration::from_millis(self.config.probe_timeout_ms);
-        if let Some(left) = meta.remaining() {
-            // Keep time to record the outcome.
-            wait = wait.min(left.saturating_sub(Duration::from_millis(500)));
-        }
-        let options = CallOptions::timeout(wait.max(Duration::from_millis(1)));
-        let ai = ai::AiIntegrationClient::new(client);
-        let text_capable = spec
-            .capabilities
-            .iter()
-            .any(|c| *c == Capability::Chat as i32 || *c == Capability::Completion as i32);
-        let started = tokio::time::Instant::now();
-        let outcome = if text_capable {
-            ai.complete(
-                ai::CompleteRequest {
-                    prompt: "ping".into(),
-                    model_id: req.model_id.clone(),
-                    params: Some(ai::GenerationParams {
-                        max_tokens: 1,
-                        temperature: Some(0.0),
-                        ..Default::default()
-                    }),
-                    no_cache: true,
-                    ..Default::default()
-                },
-                &options,
-            )
-            .await
-            .map(|_| ())
-        } else {
-            ai.embed(
-                ai::EmbedRequest {
-                    inputs: vec!["ping".into()],
-                    model_id: req.model_id.clone(),
-                    player_id: String::new(),
-                },
-                &options,
-            )
-            .await
-            .map(|_| ())
-        };
-        let latency = started.elapsed();
-        let status = match &outcome {
-            Ok(()) if latency > Duration::from_millis(self.config.degraded_latency_ms) => {
-                ModelStatus::Degraded
-            }
-            Ok(()) => ModelStatus::Ready,
-            Err(_) => ModelStatus::Unavailable,
-        };
-        let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
-        let now = self.ctx.now_ts();
-        let (id, err) = (req.model_id, error.clone());
-        let latency_pb = prost_types::Duration::try_from(latency).ok();
-        let written = latency_pb;
-        self.ctx
-            .store
-            .write(move |tx| {
-                // The model may have been removed or disabled meanwhile: record nothing.
-                let Some(mut m) = tx.get_msg::<Model>(MODELS, id.as_bytes())? else {
-                    return Ok(());
-                };
-                if m.spec.as_ref().is_some_and(|s| s.disabled) {
-                    return Ok(());
-                }
-                m.status = status as i32;
-                m.last_probed_at = Some(now);
-                if err.is_empty() {
-                    m.last_latency = written;
-                }
-                m.last_error = err;
-                tx.put_msg(MODELS, id.as_bytes(), &m);
-                Ok(())
-            })
-            .await?;
-        Ok(ProbeResponse {
-            ok: error.is_empty(),
-            latency: latency_pb,
-            error,
-            status: status as i32,
-            probed_at: Some(now),
-        })
+        self.probe_model(request).await
     }
 }
 

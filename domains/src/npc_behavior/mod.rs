@@ -136,16 +136,7 @@ impl NpcBehaviorHandler for NpcBehavior {
                 let id = npc.npc_id.clone();
                 let live = tx.get_msg::<NpcDefinition>(NPCS, id.as_bytes())?;
                 let have = live.as_ref().map(|l| l.version);
-                match (expected, have) {
-                    (None, _) | (Some(0), None) => {}
-                    (Some(n), Some(v)) if n == v => {}
-                    (Some(n), v) => {
-                        return Err(Status::conflict(format!(
-                            "NPC `{id}` is at version {}, not the expected {n}",
-                            v.unwrap_or(0)
-                        )));
-                    }
-                }
+                validate::expected_version(expected, have.unwrap_or(0), &format!("NPC `{id}`"))?;
                 // Current levels of needs that stay; new needs start at their value.
                 let mut state = tx
                     .get_msg::<NpcState>(STATE, id.as_bytes())?

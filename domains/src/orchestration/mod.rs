@@ -194,14 +194,8 @@ impl OrchestrationHandler for Orchestration {
             .write(move |tx| {
                 let live = tx.get_msg::<Workflow>(WORKFLOWS, w.workflow_id.as_bytes())?;
                 let version = live.as_ref().map_or(0, |l| l.version);
-                if let Some(e) = expected
-                    && e != version
-                {
-                    return Err(Status::conflict(format!(
-                        "workflow `{}` is at version {version}, not {e}",
-                        w.workflow_id
-                    )));
-                }
+                let what = format!("workflow `{}`", w.workflow_id);
+                validate::expected_version(expected, version, &what)?;
                 w.version = version + 1;
                 tx.put_msg(WORKFLOWS, w.workflow_id.as_bytes(), &w);
                 tx.put_msg(VERSIONS, &version_key(&w.workflow_id, w.version), &w);

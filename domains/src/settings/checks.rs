@@ -167,12 +167,3 @@ pub(super) fn check_value(
         }
     }
 }
-
-/// Checks that a version counter is at `expected` (if given); 0 means never written.
-pub(super) fn check_expected(
-    current: u64,
-    expected: Option<u64>,
-    what: &str,
-) -> Result<(), Status> {
-    aicore_runtime::validate::expected_version(expected, current, what)
-}

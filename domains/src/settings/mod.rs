@@ -192,7 +192,7 @@ impl SettingsHandler for Settings {
                 let current = tx
                     .get_msg::<StoredValue>(VALUES, &vkey)?
                     .unwrap_or_default();
-                check_expected(current.version, expected, "setting")?;
+                validate::expected_version(expected, current.version, "setting")?;
                 let stored = StoredValue {
                     value,
                     version: current.version + 1,
@@ -269,7 +269,7 @@ impl SettingsHandler for Settings {
                 let vkey = target.value_key(&key);
                 let current = tx.get_msg::<StoredValue>(VALUES, &vkey)?;
                 let version = current.as_ref().map_or(0, |c| c.version);
-                check_expected(version, expected, "setting")?;
+                validate::expected_version(expected, version, "setting")?;
                 let stored = match current {
                     // Nothing stored: already the default, nothing changes.
                     None | Some(StoredValue { value: None, .. }) => current,
@@ -303,7 +303,7 @@ impl SettingsHandler for Settings {
             .write(move |tx| {
                 let existing = tx.get_msg::<Schema>(SCHEMAS, schema.key.as_bytes())?;
                 let version = existing.as_ref().map_or(0, |e| e.version);
-                check_expected(version, expected, "schema")?;
+                validate::expected_version(expected, version, "schema")?;
                 if let Some(e) = existing {
                     if e.r#type != schema.r#type {
                         return Err(Status::new(

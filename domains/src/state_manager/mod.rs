@@ -142,12 +142,6 @@ impl StateManager {
 const LIST_TOKEN: u8 = b'L';
 const HISTORY_TOKEN: u8 = b'H';
 
-/// Put's optimistic concurrency: `expected` (None: any; 0: create only) against the live
-/// head, if any.
-fn check_expected(expected: Option<u64>, live: Option<&Head>) -> Result<(), Status> {
-    validate::expected_version(expected, live.map_or(0, |h| h.version), "object")
-}
-
 impl StateManagerHandler for StateManager {
     async fn put(&self, request: Request<PutRequest>) -> Result<PutResponse, Status> {
         let Request { body: req, meta } = request;
@@ -172,7 +166,11 @@ impl StateManagerHandler for StateManager {
                 let okey = head_key(&player_id, &key);
                 let prefix = versions_prefix(&player_id, &key);
                 let live = tx.get_msg::<Head>(OBJECTS, &okey)?;
-                check_expected(expected, live.as_ref())?;
+                validate::expected_version(
+                    expected,
+                    live.as_ref().map_or(0, |h| h.version),
+                    "object",
+                )?;
                 let last = match &live {
                     Some(h) => h.version,
                     None => newest_version(tx, &prefix)?.unwrap_or(0),

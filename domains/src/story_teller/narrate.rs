@@ -66,6 +66,9 @@ fn item(i: narrate_response::Item) -> NarrateResponse {
     NarrateResponse { item: Some(i) }
 }
 
+/// A model's narration as it streams: its start, text pieces, its end.
+type Generated = BoxStream<'static, Result<Gen, Status>>;
+
 impl StoryTeller {
     /// Narrate, from its request.
     pub(super) async fn narrate_request(
@@ -77,48 +80,9 @@ impl StoryTeller {
         let p = self.play(&req.player_id, &req.arc_id)?;
         let arc = self.arc_version(&req.arc_id, p.arc_version)?;
         let current = p.current_node.clone().unwrap_or_default();
-        let node_id = if req.node_id.is_empty() {
-            current.node_id.clone()
-        } else {
-            req.node_id.clone()
-        };
-        let visited = node_id == current.node_id || p.path.iter().any(|s| s.node_id == node_id);
-        let scene = match node(&arc, &node_id) {
-            Some(n) if visited => n.clone(),
-            _ => {
-                return Err(Status::invalid(
-                    "node_id",
-                    format!(
-                        "`{node_id}` is not a node the player has reached in this play-through"
-                    ),
-                ));
-            }
-        };
-        if scene.template.contains("{player_name}") && req.player_name.is_empty() {
-            return Err(Status::invalid(
-                "player_name",
-                "the scene's template uses {player_name}: give it",
-            ));
-        }
+        let scene = scene(&arc, &p, &current, &req)?;
         let options = own_authority(&meta);
-        let lore = if scene.knowledge_tags.is_empty() {
-            Vec::new()
-        } else {
-            let query = if scene.title.is_empty() {
-                scene.node_id.clone()
-            } else {
-                scene.title.clone()
-            };
-            self.sources
-                .lore(
-                    query,
-                    scene.knowledge_tags.clone(),
-                    self.config.max_facts,
-                    self.config.fact_chars,
-                    options.clone(),
-                )
-                .await?
-        };
+        let lore = self.scene_lore(&scene, &options).await?;
         let filled = render(&scene.template, &req.player_name, &lore)?;
         let choices = if scene.node_id == current.node_id && p.state == ArcState::Active as i32 {
             self.offered(&req.player_id, &scene, &options).await?
@@ -139,78 +103,84 @@ impl StoryTeller {
             "player_name": req.player_name,
             "choices_that_follow": choices.iter().map(|c| &c.label).collect::<Vec<_>>(),
         });
-        let started = async {
-            let mut generated = self
-                .sources
-                .generate(
-                    narrator_system(
-                        &arc,
-                        &scene,
-                        if req.locale.is_empty() {
-                            "en"
-                        } else {
-                            &req.locale
-                        },
-                    ),
-                    user.to_string(),
-                    max_tokens,
-                    req.player_id.clone(),
-                    options,
-                )
-                .await?;
-            match generated.next().await.transpose()? {
-                Some(Gen::Started { model_id, offline }) => Ok((model_id, offline, generated)),
-                other => Err(Status::internal(format!(
-                    "ai-integration's stream began with {other:?}"
-                ))),
-            }
-        }
-        .await;
+        let started = self
+            .start_generation(&arc, &scene, &req, user.to_string(), max_tokens, options)
+            .await;
         // The template filled with the facts is the narration when there is no model
         // (offline provider) or when ai-integration failed before any text: the scene
         // is still told, and the header says why.
         let (model_id, generated) = match started {
             Ok((model_id, false, generated)) => (model_id, generated),
             fell => {
-                let fallback_reason = match fell {
-                    Err(e) => {
-                        tracing::warn!(error = %e, arc_id = %req.arc_id, node_id = %scene.node_id,
-                        "narration falls back to its template");
-                        aicore_proto::code_name(e.code).to_string()
-                    }
-                    Ok(_) => String::new(),
-                };
                 let header = NarrationHeader {
-                    fallback_reason,
+                    fallback_reason: fallback_reason(fell, &req.arc_id, &scene.node_id),
                     ..header(String::new(), true)
                 };
                 return Ok(template_narration(header, &filled, choices));
             }
         };
-        let head = futures::stream::iter([Ok(item(narrate_response::Item::Header(header(
-            model_id, false,
-        ))))]);
-        let rest = generated.filter_map(move |g| {
-            let choices = choices.clone();
-            async move {
-                match g {
-                    Ok(Gen::Delta(t)) => Some(Ok(item(narrate_response::Item::Text(t)))),
-                    Ok(Gen::Done {
-                        prompt_tokens,
-                        completion_tokens,
-                        truncated,
-                    }) => Some(Ok(item(narrate_response::Item::Footer(NarrationFooter {
-                        choices,
-                        prompt_tokens,
-                        completion_tokens,
-                        truncated,
-                    })))),
-                    Ok(Gen::Started { .. }) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            }
-        });
-        Ok(head.chain(rest).boxed())
+        Ok(model_narration(header(model_id, false), generated, choices))
+    }
+
+    /// The lore a scene is grounded on: up to the configured number of knowledge-base
+    /// documents with its knowledge tags matching its title (else its id); none when it
+    /// has no knowledge tags.
+    async fn scene_lore(&self, scene: &Node, options: &CallOptions) -> Result<Vec<Lore>, Status> {
+        if scene.knowledge_tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = if scene.title.is_empty() {
+            scene.node_id.clone()
+        } else {
+            scene.title.clone()
+        };
+        self.sources
+            .lore(
+                query,
+                scene.knowledge_tags.clone(),
+                self.config.max_facts,
+                self.config.fact_chars,
+                options.clone(),
+            )
+            .await
+    }
+
+    /// Asks ai-integration for the scene's narration and reads its first item: the
+    /// model that took it, whether that is the offline provider, and the rest of the
+    /// stream.
+    async fn start_generation(
+        &self,
+        arc: &Arc,
+        scene: &Node,
+        req: &NarrateRequest,
+        user: String,
+        max_tokens: u32,
+        options: CallOptions,
+    ) -> Result<(String, bool, Generated), Status> {
+        let mut generated = self
+            .sources
+            .generate(
+                narrator_system(
+                    arc,
+                    scene,
+                    if req.locale.is_empty() {
+                        "en"
+                    } else {
+                        &req.locale
+                    },
+                ),
+                user,
+                max_tokens,
+                req.player_id.clone(),
+                options,
+            )
+            .await?;
+        match generated.next().await.transpose()? {
+            Some(Gen::Started { model_id, offline }) => Ok((model_id, offline, generated)),
+            other => Err(Status::internal(format!(
+                "ai-integration's stream began with {other:?}"
+            ))),
+        }
     }
 
     /// Narrate's input checks; the token limit it may use.
@@ -248,6 +218,82 @@ impl StoryTeller {
             n => n,
         })
     }
+}
+
+/// The node Narrate tells: the one asked for, else the player's current node; it must
+/// be one the player has reached, and its template may use `{player_name}` only when
+/// the request gives one.
+fn scene(arc: &Arc, p: &PlayerArc, current: &Node, req: &NarrateRequest) -> Result<Node, Status> {
+    let node_id = if req.node_id.is_empty() {
+        current.node_id.clone()
+    } else {
+        req.node_id.clone()
+    };
+    let visited = node_id == current.node_id || p.path.iter().any(|s| s.node_id == node_id);
+    let scene = match node(arc, &node_id) {
+        Some(n) if visited => n.clone(),
+        _ => {
+            return Err(Status::invalid(
+                "node_id",
+                format!("`{node_id}` is not a node the player has reached in this play-through"),
+            ));
+        }
+    };
+    if scene.template.contains("{player_name}") && req.player_name.is_empty() {
+        return Err(Status::invalid(
+            "player_name",
+            "the scene's template uses {player_name}: give it",
+        ));
+    }
+    Ok(scene)
+}
+
+/// Why a narration falls back to its template: the code of ai-integration's error
+/// (logged), or nothing when the model is the offline provider.
+fn fallback_reason(
+    fell: Result<(String, bool, Generated), Status>,
+    arc_id: &str,
+    node_id: &str,
+) -> String {
+    match fell {
+        Err(e) => {
+            tracing::warn!(error = %e, arc_id = %arc_id, node_id = %node_id,
+            "narration falls back to its template");
+            aicore_proto::code_name(e.code).to_string()
+        }
+        Ok(_) => String::new(),
+    }
+}
+
+/// The narration from a model: the header, the text as it is generated, the footer
+/// with the choices.
+fn model_narration(
+    header: NarrationHeader,
+    generated: Generated,
+    choices: Vec<Choice>,
+) -> Streaming<NarrateResponse> {
+    let head = futures::stream::iter([Ok(item(narrate_response::Item::Header(header)))]);
+    let rest = generated.filter_map(move |g| {
+        let choices = choices.clone();
+        async move {
+            match g {
+                Ok(Gen::Delta(t)) => Some(Ok(item(narrate_response::Item::Text(t)))),
+                Ok(Gen::Done {
+                    prompt_tokens,
+                    completion_tokens,
+                    truncated,
+                }) => Some(Ok(item(narrate_response::Item::Footer(NarrationFooter {
+                    choices,
+                    prompt_tokens,
+                    completion_tokens,
+                    truncated,
+                })))),
+                Ok(Gen::Started { .. }) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }
+    });
+    head.chain(rest).boxed()
 }
 
 /// The narration without a model: the header, the filled template in pieces, the footer.

@@ -33,7 +33,11 @@ impl WorldStateHandler for WorldState {
         let reply = keyed
             .write(move |tx| {
                 let live = tx.get_msg::<Fact>(FACTS, key.as_bytes())?;
-                check_expected(expected, live.as_ref().map(|f| f.version))?;
+                validate::expected_version(
+                    expected,
+                    live.as_ref().map_or(0, |f| f.version),
+                    "fact",
+                )?;
                 let last = match &live {
                     Some(f) => f.version,
                     None => tx
@@ -89,7 +93,7 @@ impl WorldStateHandler for WorldState {
                 let live = tx
                     .get_msg::<Fact>(FACTS, key.as_bytes())?
                     .ok_or_else(|| Status::not_found(format!("no fact `{key}`")))?;
-                check_expected(expected, Some(live.version))?;
+                validate::expected_version(expected, live.version, "fact")?;
                 let version = live
                     .version
                     .checked_add(1)

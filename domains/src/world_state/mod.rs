@@ -257,11 +257,6 @@ fn record_change(tx: &mut Tx<'_>, change: &mut FactChange, retention: u64) -> Re
     tx.emit(&event)
 }
 
-/// Checks `expected_version` against the live version (`None`: no live fact).
-fn check_expected(expected: Option<u64>, live: Option<u64>) -> Result<(), Status> {
-    validate::expected_version(expected, live.unwrap_or(0), "fact")
-}
-
 impl aicore_runtime::Domain for WorldState {
     type Config = WorldStateConfig;
 
