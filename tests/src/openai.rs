@@ -242,49 +242,55 @@ async fn chat(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) ->
     let model = req["model"].as_str().unwrap_or_default().to_string();
     count(&seen, &model, &headers);
     let with_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
-    match model.as_str() {
-        "err-400" => {
-            return error(
-                400,
-                json!({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens.", "type": "BadRequestError", "param": null, "code": 400}),
-                None,
-            );
-        }
-        "err-401" => {
-            return error(
-                401,
-                json!({"error": {"message": "Incorrect API key provided: sk-te****.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
-                None,
-            );
-        }
-        "err-404" => {
-            return error(
-                404,
-                json!({"error": {"message": "model \"nope\" not found, try pulling it first", "type": "api_error", "param": null, "code": null}}),
-                None,
-            );
-        }
-        "err-429" => {
-            return error(
-                429,
-                json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
-                Some("1"),
-            );
-        }
-        "err-503" => {
-            return error(
-                503,
-                json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}),
-                None,
-            );
-        }
-        _ => {}
+    if let Some(r) = error_scenario(&model) {
+        return r;
     }
     let watch = Watch {
         seen: seen.clone(),
         done: false,
     };
-    let frames: Vec<String> = match model.as_str() {
+    let frames = frames(&model, with_usage);
+    let endless = model == "endless";
+    let stall = model == "stall";
+    sse(stream_body(frames, watch, endless, stall))
+}
+
+/// The error answer of an `err-*` scenario; `None` for the others.
+fn error_scenario(model: &str) -> Option<Response> {
+    match model {
+        "err-400" => Some(error(
+            400,
+            json!({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens.", "type": "BadRequestError", "param": null, "code": 400}),
+            None,
+        )),
+        "err-401" => Some(error(
+            401,
+            json!({"error": {"message": "Incorrect API key provided: sk-te****.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+            None,
+        )),
+        "err-404" => Some(error(
+            404,
+            json!({"error": {"message": "model \"nope\" not found, try pulling it first", "type": "api_error", "param": null, "code": null}}),
+            None,
+        )),
+        "err-429" => Some(error(
+            429,
+            json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            Some("1"),
+        )),
+        "err-503" => Some(error(
+            503,
+            json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}),
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// The frames of a scenario that answers: the events of its model (what `cut` and
+/// `garbage` make of OpenAI's), then `[DONE]` where it has one.
+fn frames(model: &str, with_usage: bool) -> Vec<String> {
+    match model {
         "cut" => events("openai", false).into_iter().take(3).collect(),
         "garbage" => vec![events("openai", false)[1].clone(), "{not json".to_string()],
         "stall" | "endless" => Vec::new(),
@@ -293,9 +299,12 @@ async fn chat(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) ->
             e.push("[DONE]".to_string());
             e
         }
-    };
-    let endless = model == "endless";
-    let stall = model == "stall";
+    }
+}
+
+/// The body of a streamed answer: `frames` as SSE events (`stall`: none, ever; `endless`:
+/// a content chunk every 20 ms); `watch` counts how it ended.
+fn stream_body(frames: Vec<String>, watch: Watch, endless: bool, stall: bool) -> Body {
     let stream = futures::stream::unfold(
         (frames.into_iter(), watch, 0usize),
         move |(mut frames, mut watch, n)| async move {
@@ -322,7 +331,7 @@ async fn chat(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) ->
             }
         },
     );
-    sse(Body::from_stream(stream))
+    Body::from_stream(stream)
 }
 
 async fn embeddings(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {

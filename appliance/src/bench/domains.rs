@@ -5,11 +5,15 @@
 use std::sync::Arc;
 
 use anyhow::Result;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::auth::v1::{AuthClient, RegisterRequest};
+use aicore_proto::aicore::language_system::v1 as ls;
+use aicore_proto::aicore::npc_behavior::v1 as npc;
 use aicore_proto::aicore::payment::v1::{CreditRequest, PaymentClient, TransferRequest};
+use aicore_proto::aicore::world_state::v1 as ws;
 use aicore_runtime::store::Store;
 
 use crate::config::Config;
@@ -39,39 +43,9 @@ pub(super) async fn measure_transfers(
     let auth_serving = serve_domain(env, "auth", store.clone(), config, stop).await?;
     let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
     let auth = AuthClient::new(sdk.clone());
-    let mut wallets = Vec::with_capacity(BENCH_WALLETS);
-    for w in 0..BENCH_WALLETS {
-        let r = auth
-            .register(
-                RegisterRequest {
-                    username: format!("bench-wallet-{w}"),
-                    password: "bench-wallet-passphrase".into(),
-                    display_name: String::new(),
-                },
-                &CallOptions::default(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("registering the bench wallets' owners: {e}"))?;
-        wallets.push(r.account_id);
-    }
-    let wallets = Arc::new(wallets);
+    let wallets = Arc::new(register_wallet_owners(&auth).await?);
     let client = PaymentClient::new(sdk);
-    // One unit per transfer out of the largest allowed credit: no wallet runs dry.
-    for w in 0..BENCH_WALLETS {
-        client
-            .credit(
-                CreditRequest {
-                    player_id: wallets[w].clone(),
-                    currency: "GOLD".into(),
-                    amount: config.domains.payment.max_amount,
-                    reason: "bench seed".into(),
-                    idempotency_key: format!("bench-seed-{w}"),
-                },
-                &CallOptions::default(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("seeding wallets: {e}"))?;
-    }
+    fund_wallets(&client, &wallets, config).await?;
     let mut cells = Vec::new();
     for &c in &args.concurrency {
         let (client, wallets) = (client.clone(), wallets.clone());
@@ -111,6 +85,51 @@ pub(super) async fn measure_transfers(
     Ok(cells)
 }
 
+/// Registers the bench wallets' owners with auth; returns their account ids.
+async fn register_wallet_owners(auth: &AuthClient<aicore_sdk::Client>) -> Result<Vec<String>> {
+    let mut wallets = Vec::with_capacity(BENCH_WALLETS);
+    for w in 0..BENCH_WALLETS {
+        let r = auth
+            .register(
+                RegisterRequest {
+                    username: format!("bench-wallet-{w}"),
+                    password: "bench-wallet-passphrase".into(),
+                    display_name: String::new(),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the bench wallets' owners: {e}"))?;
+        wallets.push(r.account_id);
+    }
+    Ok(wallets)
+}
+
+/// Credits each of the bench wallets (all [`BENCH_WALLETS`] of them).
+async fn fund_wallets(
+    client: &PaymentClient<aicore_sdk::Client>,
+    wallets: &[String],
+    config: &Config,
+) -> Result<()> {
+    // One unit per transfer out of the largest allowed credit: no wallet runs dry.
+    for (w, wallet) in wallets.iter().enumerate() {
+        client
+            .credit(
+                CreditRequest {
+                    player_id: wallet.clone(),
+                    currency: "GOLD".into(),
+                    amount: config.domains.payment.max_amount,
+                    reason: "bench seed".into(),
+                    idempotency_key: format!("bench-seed-{w}"),
+                },
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding wallets: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Serves world-state over `store`, writes one fact, and measures Get of it (served
 /// from the store's cache) at every concurrency level.
 pub(super) async fn measure_world_gets(
@@ -121,24 +140,11 @@ pub(super) async fn measure_world_gets(
     args: &BenchArgs,
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
-    use aicore_proto::aicore::world_state::v1 as ws;
     let (load, payload) = (&base.nats, &base.payload);
     let serving = serve_domain(env, "world_state", store.clone(), config, stop).await?;
     let client =
         ws::WorldStateClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
-    client
-        .set(
-            ws::SetRequest {
-                key: "bench.hot".into(),
-                data: payload.clone(),
-                content_type: "application/octet-stream".into(),
-                expected_version: None,
-                idempotency_key: String::new(),
-            },
-            &CallOptions::default(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("seeding the world fact: {e}"))?;
+    seed_world_fact(&client, payload).await?;
     let mut cells = Vec::new();
     for &c in &args.concurrency {
         let client = client.clone();
@@ -168,6 +174,41 @@ pub(super) async fn measure_world_gets(
             .await,
         );
     }
+    cells.extend(measure_world_sets(base, &store, &client, payload, args).await);
+    serving.stop().await;
+    Ok(cells)
+}
+
+/// Sets the fact the cached Gets read (`bench.hot`).
+async fn seed_world_fact(
+    client: &ws::WorldStateClient<aicore_sdk::Client>,
+    payload: &Bytes,
+) -> Result<()> {
+    client
+        .set(
+            ws::SetRequest {
+                key: "bench.hot".into(),
+                data: payload.clone(),
+                content_type: "application/octet-stream".into(),
+                expected_version: None,
+                idempotency_key: String::new(),
+            },
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the world fact: {e}"))?;
+    Ok(())
+}
+
+/// Measures world-state Set at every concurrency level.
+async fn measure_world_sets(
+    base: &Baseline,
+    store: &Store,
+    client: &ws::WorldStateClient<aicore_sdk::Client>,
+    payload: &Bytes,
+    args: &BenchArgs,
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
     // Sets of 4096 facts: each a durable write that appends to the change log (pruned
     // to its retention) and queues an event in the outbox.
     for &c in &args.concurrency {
@@ -194,7 +235,7 @@ pub(super) async fn measure_world_gets(
         cells.push(
             measure(
                 base,
-                Some(&store),
+                Some(store),
                 "sdk world_state.set (durable, change log)",
                 c,
                 args.seconds,
@@ -203,8 +244,7 @@ pub(super) async fn measure_world_gets(
             .await,
         );
     }
-    serving.stop().await;
-    Ok(cells)
+    cells
 }
 
 /// Serves npc-behavior and language-system over `store`, defines one NPC and a few
@@ -219,8 +259,6 @@ pub(super) async fn measure_game_reads(
     args: &BenchArgs,
     stop: CancellationToken,
 ) -> Result<Vec<Cell>> {
-    use aicore_proto::aicore::language_system::v1 as ls;
-    use aicore_proto::aicore::npc_behavior::v1 as npc;
     let load = &base.nats;
     let npc_serving =
         serve_domain(env, "npc_behavior", store.clone(), config, stop.clone()).await?;
@@ -228,6 +266,18 @@ pub(super) async fn measure_game_reads(
     let sdk = aicore_sdk::Client::new(load.clone(), Default::default());
     let npcs = npc::NpcBehaviorClient::new(sdk.clone());
     let strings = ls::LanguageSystemClient::new(sdk);
+    define_bench_npc(&npcs).await?;
+    put_bench_strings(&strings).await?;
+    let mut cells = measure_decides(base, &store, &npcs, args).await;
+    cells.extend(measure_translates(base, &store, &strings, args).await);
+    npc_serving.stop().await;
+    ls_serving.stop().await;
+    Ok(cells)
+}
+
+/// Defines the NPC the Decide row asks for (`bench`): a trait, a need, a schedule and
+/// four actions.
+async fn define_bench_npc(npcs: &npc::NpcBehaviorClient<aicore_sdk::Client>) -> Result<()> {
     let consider = |input: &str, curve: npc::Curve| npc::Consideration {
         input: input.into(),
         curve: curve as i32,
@@ -279,6 +329,11 @@ pub(super) async fn measure_game_reads(
     )
     .await
     .map_err(|e| anyhow::anyhow!("defining the bench NPC: {e}"))?;
+    Ok(())
+}
+
+/// Puts the string the Translate row asks for (`shop.apples`) in English and French.
+async fn put_bench_strings(strings: &ls::LanguageSystemClient<aicore_sdk::Client>) -> Result<()> {
     for (locale, text) in [
         ("en", "{count} apples for {name}"),
         ("fr", "{count} pommes pour {name}"),
@@ -300,6 +355,16 @@ pub(super) async fn measure_game_reads(
             .await
             .map_err(|e| anyhow::anyhow!("putting the bench strings: {e}"))?;
     }
+    Ok(())
+}
+
+/// Measures npc-behavior Decide at every concurrency level.
+async fn measure_decides(
+    base: &Baseline,
+    store: &Store,
+    npcs: &npc::NpcBehaviorClient<aicore_sdk::Client>,
+    args: &BenchArgs,
+) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &c in &args.concurrency {
         let npcs = npcs.clone();
@@ -323,7 +388,7 @@ pub(super) async fn measure_game_reads(
         cells.push(
             measure(
                 base,
-                Some(&store),
+                Some(store),
                 "sdk npc_behavior.decide (4 actions)",
                 c,
                 args.seconds,
@@ -332,6 +397,17 @@ pub(super) async fn measure_game_reads(
             .await,
         );
     }
+    cells
+}
+
+/// Measures language-system Translate at every concurrency level.
+async fn measure_translates(
+    base: &Baseline,
+    store: &Store,
+    strings: &ls::LanguageSystemClient<aicore_sdk::Client>,
+    args: &BenchArgs,
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
     for &c in &args.concurrency {
         let strings = strings.clone();
         let op = move |_: usize, i: u64| {
@@ -363,7 +439,7 @@ pub(super) async fn measure_game_reads(
         cells.push(
             measure(
                 base,
-                Some(&store),
+                Some(store),
                 "sdk language_system.translate (plural, fallback)",
                 c,
                 args.seconds,
@@ -372,7 +448,5 @@ pub(super) async fn measure_game_reads(
             .await,
         );
     }
-    npc_serving.stop().await;
-    ls_serving.stop().await;
-    Ok(cells)
+    cells
 }

@@ -77,89 +77,14 @@ pub(super) async fn measure_kb(dir: &std::path::Path, stop: CancellationToken) -
     for (n, label) in [(10_000usize, "10K"), (100_000, "100K")] {
         let dir = dir.join(format!("kb-{label}"));
         std::fs::create_dir_all(&dir)?;
-        let store = Store::open(&dir.join("kb.redb"), StoreOptions::default())?;
-        let ctx = Ctx {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            client: None,
-            idempotency_ttl: aicore_runtime::idempotency::MIN_TTL,
-            tasks: Default::default(),
-            shutdown: stop.child_token(),
-            data_dir: Some(dir.clone()),
-        };
-        let kb = Arc::new(
-            KnowledgeBase::new(ctx, KnowledgeBaseConfig::default())
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        let (store, kb) = open_kb(&dir, &stop)?;
         let mut rng = StdRng::seed_from_u64(7);
         let words = Arc::new(vocabulary(&mut rng));
         let tags: Vec<String> = (0..20).map(|i| format!("tag:{i}")).collect();
-        let docs: Vec<AddDocumentRequest> = (0..n)
-            .map(|i| AddDocumentRequest {
-                document_id: format!("d{i}"),
-                title: text(&mut rng, &words, 5),
-                body: text(&mut rng, &words, 120),
-                tags: vec![
-                    tags[rng.random_range(0..10)].clone(),
-                    tags[rng.random_range(10..20)].clone(),
-                ],
-                metadata: None,
-                idempotency_key: format!("k{i}"),
-            })
-            .collect();
-        let phrases: Vec<String> = docs
-            .iter()
-            .take(SEARCHES)
-            .map(|d| {
-                d.body
-                    .split(' ')
-                    .skip(10)
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        let started = Instant::now();
-        let mut pending = futures::stream::FuturesUnordered::new();
-        let mut docs = docs.into_iter();
-        loop {
-            while pending.len() < IN_FLIGHT {
-                let Some(d) = docs.next() else { break };
-                let kb = kb.clone();
-                pending.push(async move { kb.add_document(Request::new(d)).await });
-            }
-            use futures::StreamExt;
-            match pending.next().await {
-                Some(r) => {
-                    r.map_err(|e| anyhow::anyhow!("adding a document: {e}"))?;
-                }
-                None => break,
-            }
-        }
-        let took = started.elapsed();
-        let mut lat = Vec::with_capacity(SEARCHES);
-        let mut hits = 0usize;
-        for (i, phrase) in phrases.iter().enumerate() {
-            let w = |rng: &mut StdRng| words[zipf(rng).max(20)].clone();
-            let (query, all_tags) = match i % 5 {
-                0 => (w(&mut rng), vec![]),
-                1 => (format!("{} {}", w(&mut rng), w(&mut rng)), vec![]),
-                2 => (format!("\"{phrase}\""), vec![]),
-                3 => (format!("{}*", &w(&mut rng)[..3]), vec![]),
-                _ => (w(&mut rng), vec![tags[rng.random_range(0..10)].clone()]),
-            };
-            let t0 = Instant::now();
-            let r = kb
-                .search(Request::new(SearchRequest {
-                    query,
-                    all_tags,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| anyhow::anyhow!("searching: {e}"))?;
-            lat.push(t0.elapsed());
-            hits += r.hits.len();
-        }
+        let docs = documents(&mut rng, &words, &tags, n);
+        let phrases = phrases(&docs);
+        let took = add_all(&kb, docs).await?;
+        let (mut lat, hits) = search_all(&kb, &mut rng, &words, &tags, &phrases).await?;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "knowledge-base {label} documents: indexed at {:.0} docs/s ({:.1} s, {IN_FLIGHT} in flight); search p50 {:.3} ms, p99 {:.3} ms ({SEARCHES} searches, {:.1} hits each); index {:.1} MiB, store {:.1} MiB",
@@ -175,6 +100,120 @@ pub(super) async fn measure_kb(dir: &std::path::Path, stop: CancellationToken) -
         store.close().await;
     }
     Ok(())
+}
+
+/// Opens a store in `dir` and the knowledge base over it (its index in `dir` too).
+fn open_kb(dir: &std::path::Path, stop: &CancellationToken) -> Result<(Store, Arc<KnowledgeBase>)> {
+    let store = Store::open(&dir.join("kb.redb"), StoreOptions::default())?;
+    let ctx = Ctx {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        client: None,
+        idempotency_ttl: aicore_runtime::idempotency::MIN_TTL,
+        tasks: Default::default(),
+        shutdown: stop.child_token(),
+        data_dir: Some(dir.to_path_buf()),
+    };
+    let kb = Arc::new(
+        KnowledgeBase::new(ctx, KnowledgeBaseConfig::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    Ok((store, kb))
+}
+
+/// `n` documents of the synthetic corpus, each with one tag of the first ten and one of
+/// the last ten.
+fn documents(
+    rng: &mut StdRng,
+    words: &[String],
+    tags: &[String],
+    n: usize,
+) -> Vec<AddDocumentRequest> {
+    (0..n)
+        .map(|i| AddDocumentRequest {
+            document_id: format!("d{i}"),
+            title: text(rng, words, 5),
+            body: text(rng, words, 120),
+            tags: vec![
+                tags[rng.random_range(0..10)].clone(),
+                tags[rng.random_range(10..20)].clone(),
+            ],
+            metadata: None,
+            idempotency_key: format!("k{i}"),
+        })
+        .collect()
+}
+
+/// A two-word phrase from each of the first [`SEARCHES`] documents.
+fn phrases(docs: &[AddDocumentRequest]) -> Vec<String> {
+    docs.iter()
+        .take(SEARCHES)
+        .map(|d| {
+            d.body
+                .split(' ')
+                .skip(10)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// Adds `docs`, [`IN_FLIGHT`] at a time; returns how long it took.
+async fn add_all(kb: &Arc<KnowledgeBase>, docs: Vec<AddDocumentRequest>) -> Result<Duration> {
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut docs = docs.into_iter();
+    loop {
+        while pending.len() < IN_FLIGHT {
+            let Some(d) = docs.next() else { break };
+            let kb = kb.clone();
+            pending.push(async move { kb.add_document(Request::new(d)).await });
+        }
+        use futures::StreamExt;
+        match pending.next().await {
+            Some(r) => {
+                r.map_err(|e| anyhow::anyhow!("adding a document: {e}"))?;
+            }
+            None => break,
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the searches, one at a time, the 5 kinds in turn; returns each one's latency and
+/// the hits of all.
+async fn search_all(
+    kb: &KnowledgeBase,
+    rng: &mut StdRng,
+    words: &[String],
+    tags: &[String],
+    phrases: &[String],
+) -> Result<(Vec<Duration>, usize)> {
+    let mut lat = Vec::with_capacity(SEARCHES);
+    let mut hits = 0usize;
+    for (i, phrase) in phrases.iter().enumerate() {
+        let w = |rng: &mut StdRng| words[zipf(rng).max(20)].clone();
+        let (query, all_tags) = match i % 5 {
+            0 => (w(rng), vec![]),
+            1 => (format!("{} {}", w(rng), w(rng)), vec![]),
+            2 => (format!("\"{phrase}\""), vec![]),
+            3 => (format!("{}*", &w(rng)[..3]), vec![]),
+            _ => (w(rng), vec![tags[rng.random_range(0..10)].clone()]),
+        };
+        let t0 = Instant::now();
+        let r = kb
+            .search(Request::new(SearchRequest {
+                query,
+                all_tags,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!("searching: {e}"))?;
+        lat.push(t0.elapsed());
+        hits += r.hits.len();
+    }
+    Ok((lat, hits))
 }
 
 fn dir_bytes(p: &std::path::Path) -> u64 {

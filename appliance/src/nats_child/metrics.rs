@@ -165,6 +165,15 @@ impl Scrape for NatsMonitor {
 
 /// The figures of one answer of `/varz`, `/connz` and `/jsz`.
 fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
+    render_gauges(out, varz, connz, jsz);
+    render_counters(out, varz, jsz);
+    let streams = account_streams(jsz);
+    render_streams(out, &streams);
+    render_consumers(out, &streams);
+}
+
+/// The server-wide gauges, unlabelled.
+fn render_gauges(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
     let gauges = [
         (
             "aicore_nats_connections",
@@ -209,6 +218,10 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
     for (name, help, v) in gauges {
         out.scalar(name, Kind::Gauge, help, v);
     }
+}
+
+/// The server-wide counters, unlabelled.
+fn render_counters(out: &mut Exposition, varz: &Value, jsz: &Value) {
     let counters = [
         (
             "aicore_nats_slow_consumers_total",
@@ -234,9 +247,11 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
     for (name, help, v) in counters {
         out.scalar(name, Kind::Counter, help, v);
     }
+}
 
-    let streams: Vec<(&str, &Value)> = jsz
-        .get("account_details")
+/// Every stream of every account, with its account's name.
+fn account_streams(jsz: &Value) -> Vec<(&str, &Value)> {
+    jsz.get("account_details")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -248,14 +263,22 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
                 .flatten()
                 .map(move |s| (account, s))
         })
-        .collect();
-    let name = |v: &Value| {
-        v.get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    type Figure = fn(&Value) -> u64;
+        .collect()
+}
+
+/// A stream's or consumer's name ("" when it has none).
+fn name(v: &Value) -> String {
+    v.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// One figure of a stream or consumer.
+type Figure = fn(&Value) -> u64;
+
+/// The figures of each stream, labelled by account and stream.
+fn render_streams(out: &mut Exposition, streams: &[(&str, &Value)]) {
     let stream_figures: [(&str, Kind, &str, Figure); 3] = [
         (
             "aicore_nats_stream_messages",
@@ -278,14 +301,20 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
     ];
     for (metric, kind, help, f) in stream_figures {
         out.family(metric, kind, help);
-        for (account, s) in &streams {
+        for (account, s) in streams {
             out.sample(metric, &[("account", account), ("stream", &name(s))], f(s));
         }
     }
+}
 
+/// The durable consumers listed (at most [`MAX_CONSUMERS`]), each with its account and
+/// stream, and how many consumers are not listed.
+fn listed_consumers<'a>(
+    streams: &[(&'a str, &'a Value)],
+) -> (Vec<(&'a str, String, &'a Value)>, u64) {
     let mut consumers = Vec::new();
     let mut unlisted = 0u64;
-    for (account, s) in &streams {
+    for (account, s) in streams {
         for c in s
             .get("consumer_detail")
             .and_then(Value::as_array)
@@ -304,6 +333,13 @@ fn render(out: &mut Exposition, varz: &Value, connz: &Value, jsz: &Value) {
             }
         }
     }
+    (consumers, unlisted)
+}
+
+/// The figures of each durable consumer listed, labelled by account, stream and consumer,
+/// and the count of those not listed.
+fn render_consumers(out: &mut Exposition, streams: &[(&str, &Value)]) {
+    let (consumers, unlisted) = listed_consumers(streams);
     let consumer_figures: [(&str, &str, Figure); 3] = [
         (
             "aicore_nats_consumer_pending_messages",

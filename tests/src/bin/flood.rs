@@ -278,63 +278,14 @@ async fn bogus_flood(app: &Appliance, to: SocketAddr, seconds: f64) {
     let login = player_login(to).await;
     let token = format!("Bearer {}", login.0);
     let account = login.1;
-    let player = |seconds: f64| {
-        let token = token.clone();
-        let account = account.clone();
-        async move {
-            let mut c = Conn::new(IpAddr::V4(Ipv4Addr::LOCALHOST), to);
-            let (mut ok, mut all) = (0u64, 0u64);
-            let end = Instant::now() + Duration::from_secs_f64(seconds);
-            while Instant::now() < end {
-                let s = c
-                    .post(
-                        "/v1/auth/get_account",
-                        format!(r#"{{"accountId":"{account}"}}"#),
-                        &[("authorization", &token)],
-                    )
-                    .await;
-                all += 1;
-                ok += (s == 200) as u64;
-                let s = c
-                    .post("/v1/auth/login", login_body("player0", PW), &[])
-                    .await;
-                all += 1;
-                ok += (s == 200) as u64;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, all)
-        }
-    };
-    let quiet = player(seconds).await;
+    let quiet = player_calls(to, &token, &account, seconds).await;
     let (rss_quiet, _) = rss_and_threads(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let peaks = sample_peaks(pid, stop.clone());
     let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
-    // Eight addresses at 10 req/s each: each under the per-address limit.
-    let bots: Vec<_> = (0..8u8)
-        .map(|i| {
-            let (stop, statuses) = (stop.clone(), statuses.clone());
-            tokio::spawn(async move {
-                let mut c = Conn::new(IpAddr::V4(Ipv4Addr::new(127, 2, 0, i + 1)), to);
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let bogus = format!("Bearer at_{i}_{n}_{:032x}", rand_u128(n));
-                    let s = c
-                        .post(
-                            "/v1/auth/get_account",
-                            r#"{"accountId":"acc_x"}"#.to_string(),
-                            &[("authorization", &bogus), ("x-request-timeout-ms", "1")],
-                        )
-                        .await;
-                    *statuses.lock().unwrap().entry(s).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        })
-        .collect();
+    let bots = bogus_bots(to, &stop, &statuses);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let during = player(seconds).await;
+    let during = player_calls(to, &token, &account, seconds).await;
     stop.store(true, Ordering::Relaxed);
     for b in bots {
         b.abort();
@@ -358,6 +309,63 @@ async fn bogus_flood(app: &Appliance, to: SocketAddr, seconds: f64) {
         rss_quiet / 1024,
         rss_peak / 1024
     );
+}
+
+/// The player reads its account and logs in again, every 20 ms for `seconds`; its
+/// successful calls and all of them.
+async fn player_calls(to: SocketAddr, token: &str, account: &str, seconds: f64) -> (u64, u64) {
+    let mut c = Conn::new(IpAddr::V4(Ipv4Addr::LOCALHOST), to);
+    let (mut ok, mut all) = (0u64, 0u64);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let s = c
+            .post(
+                "/v1/auth/get_account",
+                format!(r#"{{"accountId":"{account}"}}"#),
+                &[("authorization", token)],
+            )
+            .await;
+        all += 1;
+        ok += (s == 200) as u64;
+        let s = c
+            .post("/v1/auth/login", login_body("player0", PW), &[])
+            .await;
+        all += 1;
+        ok += (s == 200) as u64;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ok, all)
+}
+
+/// Starts the bogus-token bots; they count their answers in `statuses` until `stop`.
+fn bogus_bots(
+    to: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    statuses: &Statuses,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    // Eight addresses at 10 req/s each: each under the per-address limit.
+    (0..8u8)
+        .map(|i| {
+            let (stop, statuses) = (stop.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let mut c = Conn::new(IpAddr::V4(Ipv4Addr::new(127, 2, 0, i + 1)), to);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let bogus = format!("Bearer at_{i}_{n}_{:032x}", rand_u128(n));
+                    let s = c
+                        .post(
+                            "/v1/auth/get_account",
+                            r#"{"accountId":"acc_x"}"#.to_string(),
+                            &[("authorization", &bogus), ("x-request-timeout-ms", "1")],
+                        )
+                        .await;
+                    *statuses.lock().unwrap().entry(s).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect()
 }
 
 /// A pseudo-random 128-bit number (no rand dependency needed for made-up tokens).
