@@ -143,115 +143,129 @@ pub fn chat(inner: Arc<Inner>, job: Job) -> Streaming<ChatResponse> {
     futures::stream::unfold(state, |state| async move {
         match state {
             ChatState::Over => None,
-            ChatState::Begin(inner, job, arrived) => {
-                let mut recorder = Recorder::new(inner.clone(), &job);
-                match inner.start(&job, arrived).await {
-                    Err((status, served_by)) => {
-                        let o = recorder.outcome();
-                        o.served_by = served_by;
-                        o.error = status.to_string();
-                        recorder.finish("error").await;
-                        Some((Err(status), ChatState::Over))
-                    }
-                    Ok(s) => {
-                        let first_token = arrived.elapsed();
-                        let o = recorder.outcome();
-                        o.served_by = s.served_by.clone();
-                        o.first_token = Some(first_token);
-                        o.provider_called = !s.served_by.cached;
-                        let live = Live {
-                            inner,
-                            pending: Some(s.first),
-                            rest: s.rest,
-                            text: String::new(),
-                            recorder,
-                            decision_id: s.served_by.decision_id.clone(),
-                            served_by: s.served_by.clone(),
-                            target: s.target,
-                            cache_key: s.cache_key,
-                            finish: FinishReason::Stop,
-                            prompt: job.prompt_text(),
-                        };
-                        let started = item(chat_response::Item::Started(ChatStarted {
-                            served_by: Some(s.served_by),
-                        }));
-                        Some((Ok(started), ChatState::Live(Box::new(live))))
-                    }
-                }
-            }
-            ChatState::Live(mut live) => {
-                let next = match live.pending.take() {
-                    Some(p) => Some(Ok(p)),
-                    None => live.rest.next().await,
-                };
-                match next {
-                    Some(Ok(Piece::Text(t))) => {
-                        live.text.push_str(&t);
-                        // So a record written on cancellation counts what was generated.
-                        live.recorder.outcome().answer.push_str(&t);
-                        Some((
-                            Ok(item(chat_response::Item::Delta(t))),
-                            ChatState::Live(live),
-                        ))
-                    }
-                    Some(Ok(Piece::Done { finish, usage })) => {
-                        let usage = if live.served_by.cached {
-                            Usage::default()
-                        } else {
-                            usage_of(usage, &live.prompt, &live.text)
-                        };
-                        live.finish = finish;
-                        live.recorder.outcome().usage = Some(usage);
-                        let summary = item(chat_response::Item::Summary(ChatSummary {
-                            finish_reason: finish as i32,
-                            usage: Some(usage),
-                        }));
-                        Some((Ok(summary), ChatState::Finishing(live)))
-                    }
-                    Some(Err(e)) => {
-                        live.inner
-                            .report(&live.decision_id, &live.target.model_id, Err(&e));
-                        let status = Status::from(e);
-                        let estimate = usage_of(None, &live.prompt, &live.text);
-                        let o = live.recorder.outcome();
-                        o.error = status.to_string();
-                        o.usage = Some(estimate);
-                        live.recorder.finish("error").await;
-                        Some((Err(status), ChatState::Over))
-                    }
-                    None => {
-                        live.recorder.finish("error").await;
-                        Some((
-                            Err(Status::internal("the answer ended without a summary")),
-                            ChatState::Over,
-                        ))
-                    }
-                }
-            }
-            ChatState::Finishing(mut live) => {
-                let usage = live.recorder.outcome().usage.unwrap_or_default();
-                if !live.served_by.cached {
-                    live.inner.report(
-                        &live.decision_id,
-                        &live.target.model_id,
-                        Ok((live.recorder.started.elapsed(), usage)),
-                    );
-                }
-                if let Some(k) = live.cache_key {
-                    live.inner.cache.insert(
-                        k,
-                        Arc::new(Cached::Text {
-                            text: live.text.clone(),
-                            finish: live.finish,
-                        }),
-                    );
-                }
-                live.recorder.finish("ok").await;
+            ChatState::Begin(inner, job, arrived) => begin(inner, job, arrived).await,
+            ChatState::Live(live) => next_piece(live).await,
+            ChatState::Finishing(live) => {
+                finishing(live).await;
                 None
             }
         }
     })
     .boxed()
+}
+
+/// One turn of the Chat stream: the item it yields and the state after it.
+type Turn = Option<(Result<ChatResponse, Status>, ChatState)>;
+
+/// The start of a Chat: `started` once a provider (or the cache) answers, or its error.
+async fn begin(inner: Arc<Inner>, job: Box<Job>, arrived: tokio::time::Instant) -> Turn {
+    let mut recorder = Recorder::new(inner.clone(), &job);
+    match inner.start(&job, arrived).await {
+        Err((status, served_by)) => {
+            let o = recorder.outcome();
+            o.served_by = served_by;
+            o.error = status.to_string();
+            recorder.finish("error").await;
+            Some((Err(status), ChatState::Over))
+        }
+        Ok(s) => {
+            let first_token = arrived.elapsed();
+            let o = recorder.outcome();
+            o.served_by = s.served_by.clone();
+            o.first_token = Some(first_token);
+            o.provider_called = !s.served_by.cached;
+            let live = Live {
+                inner,
+                pending: Some(s.first),
+                rest: s.rest,
+                text: String::new(),
+                recorder,
+                decision_id: s.served_by.decision_id.clone(),
+                served_by: s.served_by.clone(),
+                target: s.target,
+                cache_key: s.cache_key,
+                finish: FinishReason::Stop,
+                prompt: job.prompt_text(),
+            };
+            let started = item(chat_response::Item::Started(ChatStarted {
+                served_by: Some(s.served_by),
+            }));
+            Some((Ok(started), ChatState::Live(Box::new(live))))
+        }
+    }
+}
+
+/// The next piece of a live Chat: a `delta`, the `summary`, or the error that ends it.
+async fn next_piece(mut live: Box<Live>) -> Turn {
+    let next = match live.pending.take() {
+        Some(p) => Some(Ok(p)),
+        None => live.rest.next().await,
+    };
+    match next {
+        Some(Ok(Piece::Text(t))) => {
+            live.text.push_str(&t);
+            // So a record written on cancellation counts what was generated.
+            live.recorder.outcome().answer.push_str(&t);
+            Some((
+                Ok(item(chat_response::Item::Delta(t))),
+                ChatState::Live(live),
+            ))
+        }
+        Some(Ok(Piece::Done { finish, usage })) => {
+            let usage = if live.served_by.cached {
+                Usage::default()
+            } else {
+                usage_of(usage, &live.prompt, &live.text)
+            };
+            live.finish = finish;
+            live.recorder.outcome().usage = Some(usage);
+            let summary = item(chat_response::Item::Summary(ChatSummary {
+                finish_reason: finish as i32,
+                usage: Some(usage),
+            }));
+            Some((Ok(summary), ChatState::Finishing(live)))
+        }
+        Some(Err(e)) => {
+            live.inner
+                .report(&live.decision_id, &live.target.model_id, Err(&e));
+            let status = Status::from(e);
+            let estimate = usage_of(None, &live.prompt, &live.text);
+            let o = live.recorder.outcome();
+            o.error = status.to_string();
+            o.usage = Some(estimate);
+            live.recorder.finish("error").await;
+            Some((Err(status), ChatState::Over))
+        }
+        None => {
+            live.recorder.finish("error").await;
+            Some((
+                Err(Status::internal("the answer ended without a summary")),
+                ChatState::Over,
+            ))
+        }
+    }
+}
+
+/// After the `summary`: the provider's report, the cache entry and the record.
+async fn finishing(mut live: Box<Live>) {
+    let usage = live.recorder.outcome().usage.unwrap_or_default();
+    if !live.served_by.cached {
+        live.inner.report(
+            &live.decision_id,
+            &live.target.model_id,
+            Ok((live.recorder.started.elapsed(), usage)),
+        );
+    }
+    if let Some(k) = live.cache_key {
+        live.inner.cache.insert(
+            k,
+            Arc::new(Cached::Text {
+                text: live.text.clone(),
+                finish: live.finish,
+            }),
+        );
+    }
+    live.recorder.finish("ok").await;
 }
 
 /// A Complete: the same generation, collected.

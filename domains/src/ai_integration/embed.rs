@@ -9,9 +9,10 @@ use aicore_proto::{Metadata, Status};
 use sha2::{Digest, Sha256};
 
 use super::chat::Recorder;
-use super::generate::{Cached, Inner, Job, Tried, not_configured};
+use super::generate::{Cached, Inner, Job, Target, Tried, not_configured};
 use super::offline;
-use super::provider::{Params, estimate_tokens};
+use super::openai::Deadlines;
+use super::provider::{Embeddings, Params, ProviderError, estimate_tokens};
 /// An Embed: plan, cache, provider, record.
 pub async fn embed(
     inner: Arc<Inner>,
@@ -80,29 +81,7 @@ async fn embed_inner(
             pinned,
             by.first,
             |target, mut served_by| async move {
-                let key = {
-                    let mut h = Sha256::new();
-                    for part in [&target.model_id, &target.provider_model, &target.endpoint] {
-                        h.update(part.as_bytes());
-                        h.update([0]);
-                    }
-                    for t in inputs {
-                        h.update((t.len() as u64).to_le_bytes());
-                        h.update(t.as_bytes());
-                    }
-                    let k: [u8; 32] = h.finalize().into();
-                    k
-                };
-                let respond =
-                    |vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy| EmbedResponse {
-                        dimensions: vectors.first().map_or(0, Vec::len) as u32,
-                        embeddings: vectors
-                            .into_iter()
-                            .map(|values| Embedding { values })
-                            .collect(),
-                        usage: Some(usage),
-                        served_by: Some(served_by),
-                    };
+                let key = cache_key(&target, inputs);
                 if target.provider_id != offline::ID
                     && let Some(hit) = inner.cache.get(&key)
                     && let Cached::Vectors(v) = hit.as_ref()
@@ -110,35 +89,11 @@ async fn embed_inner(
                     served_by.cached = true;
                     return Tried::Served(respond(v.clone(), Usage::default(), served_by));
                 }
-                let outcome = if target.provider_id == offline::ID {
-                    let dims = match target.embedding_dimensions {
-                        0 => inner.config.offline_embedding_dimensions,
-                        d => d,
-                    };
-                    Ok(offline::embed(inputs, dims as usize))
-                } else {
-                    match inner.providers.get(&target.provider_id) {
-                        Some(p) => {
-                            p.embed(&target.provider_model, &target.endpoint, inputs, by)
-                                .await
-                        }
-                        None => Err(not_configured(&target.provider_id)),
-                    }
-                };
-                let e = match outcome {
+                let e = match call_provider(inner, &target, inputs, by).await {
                     Ok(e) => e,
                     Err(e) => return Tried::Failed(e, served_by),
                 };
-                let (prompt_tokens, estimated) = match e.prompt_tokens {
-                    Some(p) => (p, false),
-                    None => (estimate_tokens(text), true),
-                };
-                let usage = Usage {
-                    prompt_tokens,
-                    completion_tokens: 0,
-                    total_tokens: prompt_tokens,
-                    estimated,
-                };
+                let usage = embed_usage(e.prompt_tokens, text);
                 inner.report(
                     decision_id,
                     &target.model_id,
@@ -153,4 +108,69 @@ async fn embed_inner(
             },
         )
         .await
+}
+
+/// The cache key of `inputs` embedded by `target` (its model, provider model and endpoint).
+fn cache_key(target: &Target, inputs: &[String]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [&target.model_id, &target.provider_model, &target.endpoint] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for t in inputs {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The response carrying `vectors`.
+fn respond(vectors: Vec<Vec<f32>>, usage: Usage, served_by: ServedBy) -> EmbedResponse {
+    EmbedResponse {
+        dimensions: vectors.first().map_or(0, Vec::len) as u32,
+        embeddings: vectors
+            .into_iter()
+            .map(|values| Embedding { values })
+            .collect(),
+        usage: Some(usage),
+        served_by: Some(served_by),
+    }
+}
+
+/// The vectors of `inputs` from `target`'s provider (the offline one computes them here).
+async fn call_provider(
+    inner: &Inner,
+    target: &Target,
+    inputs: &[String],
+    by: Deadlines,
+) -> Result<Embeddings, ProviderError> {
+    if target.provider_id == offline::ID {
+        let dims = match target.embedding_dimensions {
+            0 => inner.config.offline_embedding_dimensions,
+            d => d,
+        };
+        Ok(offline::embed(inputs, dims as usize))
+    } else {
+        match inner.providers.get(&target.provider_id) {
+            Some(p) => {
+                p.embed(&target.provider_model, &target.endpoint, inputs, by)
+                    .await
+            }
+            None => Err(not_configured(&target.provider_id)),
+        }
+    }
+}
+
+/// Usage of an Embed: the prompt tokens as reported, or estimated from `text`.
+fn embed_usage(prompt_tokens: Option<u32>, text: &str) -> Usage {
+    let (prompt_tokens, estimated) = match prompt_tokens {
+        Some(p) => (p, false),
+        None => (estimate_tokens(text), true),
+    };
+    Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+        total_tokens: prompt_tokens,
+        estimated,
+    }
 }

@@ -390,73 +390,69 @@ impl Inner {
             .map_err(fail)?;
         let by = self.deadlines(&job.meta, arrived);
         let pinned = !job.model_id.is_empty();
-        self.follow_plan(&plan, pinned, by.first, |target, mut served_by| async move {
-            if target.context_length > 0
-                && prompt_tokens.saturating_add(job.params.max_tokens) > target.context_length
-                && pinned
-            {
-                return Tried::Refused(
-                    Status::invalid(
-                        "params.max_tokens",
-                        format!(
-                            "the prompt (about {prompt_tokens} tokens) and max_tokens exceed model {}'s context of {} tokens",
-                            target.model_id, target.context_length
-                        ),
-                    ),
-                    served_by,
-                );
-            }
-            let call = ChatCall {
-                model: target.provider_model.clone(),
-                endpoint: target.endpoint.clone(),
-                messages: job.messages.clone(),
-                params: job.params.clone(),
-            };
-            let cache_key = (job.deterministic() && target.provider_id != offline::ID)
-                .then(|| cache_key("chat", &target, &call));
-            if let Some(k) = cache_key
-                && let Some(hit) = self.cache.get(&k)
-                && let Cached::Text { text, finish } = hit.as_ref()
-            {
-                served_by.cached = true;
-                let rest = futures::stream::iter([Ok(Piece::Done {
-                    finish: *finish,
-                    usage: Some(Default::default()),
-                })]);
-                return Tried::Served(Started {
-                    served_by,
-                    first: Piece::Text(text.clone()),
-                    rest: rest.boxed(),
-                    target,
-                    cache_key: None,
-                });
-            }
-            let outcome = if target.provider_id == offline::ID {
-                // Never empty: it ends with its `Done`.
-                let mut pieces = offline::pieces(&call);
-                let first = pieces.remove(0);
-                Ok(super::provider::ChatStart {
-                    first,
-                    rest: futures::stream::iter(pieces.into_iter().map(Ok)).boxed(),
-                })
-            } else {
-                match self.providers.get(&target.provider_id) {
-                    Some(p) => p.chat(&call, by).await,
-                    None => Err(not_configured(&target.provider_id)),
+        self.follow_plan(
+            &plan,
+            pinned,
+            by.first,
+            |target, mut served_by| async move {
+                if target.context_length > 0
+                    && prompt_tokens.saturating_add(job.params.max_tokens) > target.context_length
+                    && pinned
+                {
+                    return Tried::Refused(too_long(&target, prompt_tokens), served_by);
                 }
-            };
-            match outcome {
-                Ok(start) => Tried::Served(Started {
-                    served_by,
-                    first: start.first,
-                    rest: start.rest,
-                    target,
-                    cache_key,
-                }),
-                Err(e) => Tried::Failed(e, served_by),
-            }
-        })
+                let call = ChatCall {
+                    model: target.provider_model.clone(),
+                    endpoint: target.endpoint.clone(),
+                    messages: job.messages.clone(),
+                    params: job.params.clone(),
+                };
+                let cache_key = (job.deterministic() && target.provider_id != offline::ID)
+                    .then(|| cache_key("chat", &target, &call));
+                if let Some(k) = cache_key
+                    && let Some(hit) = self.cache.get(&k)
+                    && let Cached::Text { text, finish } = hit.as_ref()
+                {
+                    served_by.cached = true;
+                    return Tried::Served(replayed(text.clone(), *finish, served_by, target));
+                }
+                let outcome = self.call_provider(&target, &call, by).await;
+                match outcome {
+                    Ok(start) => Tried::Served(Started {
+                        served_by,
+                        first: start.first,
+                        rest: start.rest,
+                        target,
+                        cache_key,
+                    }),
+                    Err(e) => Tried::Failed(e, served_by),
+                }
+            },
+        )
         .await
+    }
+
+    /// The first piece of `call` from `target`'s provider (the offline one answers here).
+    async fn call_provider(
+        &self,
+        target: &Target,
+        call: &ChatCall,
+        by: Deadlines,
+    ) -> Result<super::provider::ChatStart, ProviderError> {
+        if target.provider_id == offline::ID {
+            // Never empty: it ends with its `Done`.
+            let mut pieces = offline::pieces(call);
+            let first = pieces.remove(0);
+            Ok(super::provider::ChatStart {
+                first,
+                rest: futures::stream::iter(pieces.into_iter().map(Ok)).boxed(),
+            })
+        } else {
+            match self.providers.get(&target.provider_id) {
+                Some(p) => p.chat(call, by).await,
+                None => Err(not_configured(&target.provider_id)),
+            }
+        }
     }
 
     /// Follows the router's `plan`: each model in turn is resolved and given to
@@ -524,6 +520,32 @@ pub(super) enum Tried<T> {
     /// The request cannot be served by this model nor any other (e.g. it does not fit
     /// the pinned model's context): no fallback.
     Refused(Status, ServedBy),
+}
+
+/// The refusal of a prompt (about `prompt_tokens`) and max_tokens beyond `target`'s context.
+fn too_long(target: &Target, prompt_tokens: u32) -> Status {
+    Status::invalid(
+        "params.max_tokens",
+        format!(
+            "the prompt (about {prompt_tokens} tokens) and max_tokens exceed model {}'s context of {} tokens",
+            target.model_id, target.context_length
+        ),
+    )
+}
+
+/// A start replaying a cached answer: its whole text as the first piece, then `Done`.
+fn replayed(text: String, finish: FinishReason, served_by: ServedBy, target: Target) -> Started {
+    let rest = futures::stream::iter([Ok(Piece::Done {
+        finish,
+        usage: Some(Default::default()),
+    })]);
+    Started {
+        served_by,
+        first: Piece::Text(text),
+        rest: rest.boxed(),
+        target,
+        cache_key: None,
+    }
 }
 
 /// The error for a model whose provider is not configured.

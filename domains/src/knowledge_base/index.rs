@@ -473,27 +473,7 @@ fn indexer(
 ) {
     if !fresh {
         let started = std::time::Instant::now();
-        let mut rebuilt = || -> Result<usize, String> {
-            writer.delete_all_documents().map_err(|e| e.to_string())?;
-            let mut n = 0;
-            let mut after = None;
-            loop {
-                let (page, next) = source(after).map_err(|e| e.to_string())?;
-                for e in &page {
-                    writer
-                        .add_document(document(f, e))
-                        .map_err(|e| e.to_string())?;
-                    n += 1;
-                }
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-            commit(&mut writer, &reader, revision).map_err(|e| e.to_string())?;
-            Ok(n)
-        };
-        match rebuilt() {
+        match rebuild(&mut writer, &reader, f, revision, &mut source, &commit) {
             Ok(n) => {
                 tracing::info!(
                     documents = n,
@@ -516,33 +496,75 @@ fn indexer(
                 break;
             }
         }
-        let mut latest = 0;
-        let mut ok = true;
-        for job in batch {
-            latest = latest.max(job.revision);
-            let id_term = |id: &str| Term::from_field_text(f.id, id);
-            match job.op {
-                Op::Upsert(e) => {
-                    writer.delete_term(id_term(&e.id));
-                    if let Err(err) = writer.add_document(document(f, &e)) {
-                        tracing::error!(error = %err, "indexing a document failed");
-                        ok = false;
-                    }
-                }
-                Op::Delete(id) => {
-                    writer.delete_term(id_term(&id));
-                }
-            }
-        }
-        if let Err(e) = commit(&mut writer, &reader, latest) {
-            tracing::error!(error = %e, "knowledge-base index commit failed; it is rebuilt at the next start");
-            ok = false;
-        }
-        if !ok {
-            tracing::warn!("the search index may miss changes until the next start rebuilds it");
-        }
+        let latest = apply(&mut writer, &reader, f, batch, &commit);
         applied.send_modify(|r| *r = (*r).max(latest));
     }
+}
+
+/// Empties the index and adds every document of `source`, then commits at `revision`:
+/// the number of documents added.
+fn rebuild(
+    writer: &mut IndexWriter,
+    reader: &IndexReader,
+    f: Fields,
+    revision: u64,
+    source: &mut Source,
+    commit: &impl Fn(&mut IndexWriter, &IndexReader, u64) -> tantivy::Result<()>,
+) -> Result<usize, String> {
+    writer.delete_all_documents().map_err(|e| e.to_string())?;
+    let mut n = 0;
+    let mut after = None;
+    loop {
+        let (page, next) = source(after).map_err(|e| e.to_string())?;
+        for e in &page {
+            writer
+                .add_document(document(f, e))
+                .map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    commit(writer, reader, revision).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// Applies one batch of operations and commits it: the latest revision in the batch.
+fn apply(
+    writer: &mut IndexWriter,
+    reader: &IndexReader,
+    f: Fields,
+    batch: Vec<Job>,
+    commit: &impl Fn(&mut IndexWriter, &IndexReader, u64) -> tantivy::Result<()>,
+) -> u64 {
+    let mut latest = 0;
+    let mut ok = true;
+    for job in batch {
+        latest = latest.max(job.revision);
+        let id_term = |id: &str| Term::from_field_text(f.id, id);
+        match job.op {
+            Op::Upsert(e) => {
+                writer.delete_term(id_term(&e.id));
+                if let Err(err) = writer.add_document(document(f, &e)) {
+                    tracing::error!(error = %err, "indexing a document failed");
+                    ok = false;
+                }
+            }
+            Op::Delete(id) => {
+                writer.delete_term(id_term(&id));
+            }
+        }
+    }
+    if let Err(e) = commit(writer, reader, latest) {
+        tracing::error!(error = %e, "knowledge-base index commit failed; it is rebuilt at the next start");
+        ok = false;
+    }
+    if !ok {
+        tracing::warn!("the search index may miss changes until the next start rebuilds it");
+    }
+    latest
 }
 
 /// An `Arc` handle, for the domain.

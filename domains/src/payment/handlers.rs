@@ -228,32 +228,7 @@ impl PaymentHandler for Payment {
         let (id, reason) = (req.transaction_id, req.reason);
         keyed
             .write(move |tx| {
-                let original = tx
-                    .get_msg::<Transaction>(LEDGER, &seq.to_be_bytes())?
-                    .ok_or_else(|| {
-                        Status::not_found(format!("transaction_id: no transaction {id}"))
-                    })?;
-                let kind = TransactionKind::try_from(original.kind).unwrap_or_default();
-                if !matches!(kind, TransactionKind::Purchase | TransactionKind::Debit) {
-                    return Err(Status::with_field(
-                        Code::FailedPrecondition,
-                        "transaction_id",
-                        format!(
-                            "{id} is a {}; only purchases and debits are refunded",
-                            kind.as_str_name()
-                        ),
-                    ));
-                }
-                if let Some(by) = tx.get(REFUNDS, &seq.to_be_bytes())? {
-                    return Err(Status::with_field(
-                        Code::FailedPrecondition,
-                        "transaction_id",
-                        format!(
-                            "{id} was already refunded by {}",
-                            String::from_utf8_lossy(&by)
-                        ),
-                    ));
-                }
+                let original = refundable(tx, seq, &id)?;
                 let amount = original
                     .amount
                     .checked_neg()
@@ -430,4 +405,34 @@ impl PaymentHandler for Payment {
             next_page_token,
         })
     }
+}
+
+/// The transaction `id` (sequence `seq`) when it may be refunded: NotFound when there is
+/// none, FailedPrecondition when it is neither a purchase nor a debit or was refunded.
+fn refundable(tx: &mut Tx<'_>, seq: u64, id: &str) -> Result<Transaction, Status> {
+    let original = tx
+        .get_msg::<Transaction>(LEDGER, &seq.to_be_bytes())?
+        .ok_or_else(|| Status::not_found(format!("transaction_id: no transaction {id}")))?;
+    let kind = TransactionKind::try_from(original.kind).unwrap_or_default();
+    if !matches!(kind, TransactionKind::Purchase | TransactionKind::Debit) {
+        return Err(Status::with_field(
+            Code::FailedPrecondition,
+            "transaction_id",
+            format!(
+                "{id} is a {}; only purchases and debits are refunded",
+                kind.as_str_name()
+            ),
+        ));
+    }
+    if let Some(by) = tx.get(REFUNDS, &seq.to_be_bytes())? {
+        return Err(Status::with_field(
+            Code::FailedPrecondition,
+            "transaction_id",
+            format!(
+                "{id} was already refunded by {}",
+                String::from_utf8_lossy(&by)
+            ),
+        ));
+    }
+    Ok(original)
 }

@@ -242,6 +242,54 @@ impl StoryTeller {
         validate::player_id(player, "player_id")?;
         meta.authorize_owner(player, &["service", "admin"])
     }
+
+    /// The fields of an Advance request, and the caller's right to the play-through.
+    fn check_advance(meta: &Metadata, req: &AdvanceRequest) -> Result<(), Status> {
+        Self::check_player(meta, &req.player_id)?;
+        validate::slug(&req.arc_id, "arc_id", 64)?;
+        validate::slug(&req.from_node_id, "from_node_id", 64)?;
+        validate::slug(&req.choice_id, "choice_id", 64)?;
+        if req.idempotency_key.is_empty() {
+            return Err(Status::invalid("idempotency_key", "is required"));
+        }
+        Ok(())
+    }
+
+    /// The node the request's choice of `current` leads to in `arc`: InvalidArgument when
+    /// `current` has no such choice, FailedPrecondition when it is not offered now.
+    async fn chosen_target(
+        &self,
+        req: &AdvanceRequest,
+        current: &Node,
+        arc: &Arc,
+        options: &CallOptions,
+    ) -> Result<Option<Node>, Status> {
+        let choice = current
+            .choices
+            .iter()
+            .find(|c| c.choice_id == req.choice_id)
+            .ok_or_else(|| {
+                Status::invalid(
+                    "choice_id",
+                    format!(
+                        "node `{}` has no choice `{}`",
+                        current.node_id, req.choice_id
+                    ),
+                )
+            })?;
+        let offered = self.offered(&req.player_id, current, options).await?;
+        if !offered.iter().any(|c| c.choice_id == req.choice_id) {
+            return Err(Status::with_field(
+                Code::FailedPrecondition,
+                "choice_id",
+                format!(
+                    "choice `{}` is not offered now: its conditions do not hold",
+                    req.choice_id
+                ),
+            ));
+        }
+        Ok(node(arc, &choice.target_node_id).cloned())
+    }
 }
 
 impl StoryTellerHandler for StoryTeller {
@@ -323,13 +371,7 @@ impl StoryTellerHandler for StoryTeller {
 
     async fn advance(&self, request: Request<AdvanceRequest>) -> Result<AdvanceResponse, Status> {
         let Request { body: req, meta } = request;
-        Self::check_player(&meta, &req.player_id)?;
-        validate::slug(&req.arc_id, "arc_id", 64)?;
-        validate::slug(&req.from_node_id, "from_node_id", 64)?;
-        validate::slug(&req.choice_id, "choice_id", 64)?;
-        if req.idempotency_key.is_empty() {
-            return Err(Status::invalid("idempotency_key", "is required"));
-        }
+        Self::check_advance(&meta, &req)?;
         let scope = String::from_utf8_lossy(&pair(&req.player_id, &req.arc_id)).into_owned();
         let keyed = IDEMPOTENCY.prepare(&self.ctx, "advance", &scope, &req)?;
         let options = own_authority(&meta);
@@ -340,31 +382,7 @@ impl StoryTellerHandler for StoryTeller {
         let fresh = p.state == ArcState::Active as i32 && current.node_id == req.from_node_id;
         let mut target = None;
         if fresh {
-            let choice = current
-                .choices
-                .iter()
-                .find(|c| c.choice_id == req.choice_id)
-                .ok_or_else(|| {
-                    Status::invalid(
-                        "choice_id",
-                        format!(
-                            "node `{}` has no choice `{}`",
-                            current.node_id, req.choice_id
-                        ),
-                    )
-                })?;
-            let offered = self.offered(&req.player_id, &current, &options).await?;
-            if !offered.iter().any(|c| c.choice_id == req.choice_id) {
-                return Err(Status::with_field(
-                    Code::FailedPrecondition,
-                    "choice_id",
-                    format!(
-                        "choice `{}` is not offered now: its conditions do not hold",
-                        req.choice_id
-                    ),
-                ));
-            }
-            target = node(&arc, &choice.target_node_id).cloned();
+            target = self.chosen_target(&req, &current, &arc, &options).await?;
         }
         let now = self.ctx.now_ts();
         let (player, arc_id, from, choice_id, started) = (

@@ -112,6 +112,36 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Removes the log's segments (`paths`) that exist: the log is off.
+fn remove_log(fs: &dyn StoreFs, paths: &[PathBuf]) -> Result<(), StoreError> {
+    for p in paths {
+        if fs.exists(p) {
+            fs.remove(p)
+                .map_err(|e| StoreError::io("removing the write-ahead log", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the flusher thread (committing the layers `rx` brings) and the log's syncer
+/// thread.
+fn spawn_threads(
+    flush: FlushThread,
+    rx: std::sync::mpsc::Receiver<FlushJob>,
+    syncer: &Arc<Syncer>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, StoreError> {
+    let thread = std::thread::Builder::new()
+        .name("aicore-store-flush".into())
+        .spawn(move || flush.run(rx))
+        .map_err(|e| StoreError::io("starting the store's flusher thread", e))?;
+    let s = syncer.clone();
+    let sync_thread = std::thread::Builder::new()
+        .name("aicore-store-sync".into())
+        .spawn(move || s.run())
+        .map_err(|e| StoreError::io("starting the store's syncer thread", e))?;
+    Ok(vec![thread, sync_thread])
+}
+
 /// What the writer thread keeps about the log.
 struct LogState {
     /// The two segments (empty when the log is off); batches go to `current`.
@@ -129,6 +159,21 @@ struct LogState {
     /// The last batch was refused (the log could not grow or be written: a full disk,
     /// an I/O error); cleared by the next batch written, or by the tick's probe.
     refused: Option<StoreError>,
+}
+
+impl LogState {
+    /// The state of a log of `wals` whose last batch written is `seq`.
+    fn new(wals: Vec<Wal>, seq: u64) -> LogState {
+        LogState {
+            wals,
+            current: 0,
+            seq,
+            oldest: None,
+            busy_since_tick: false,
+            failed: None,
+            refused: None,
+        }
+    }
 }
 
 pub(crate) struct Durable {
@@ -171,12 +216,7 @@ impl Durable {
         } = opened;
         if !options.wal && !wals.is_empty() {
             wals.clear();
-            for p in &paths {
-                if fs.exists(p) {
-                    fs.remove(p)
-                        .map_err(|e| StoreError::io("removing the write-ahead log", e))?;
-                }
-            }
+            remove_log(&*fs, &paths)?;
         }
         let db = Arc::new(db::DbSlot::new(db, file.clone(), options.redb_cache_bytes));
         let layers = Arc::new(RwLock::new(Layers::default()));
@@ -187,19 +227,7 @@ impl Durable {
         });
         let committing = Arc::new(Mutex::new(()));
         let flushes = Arc::new(AtomicU64::new(0));
-        #[cfg(test)]
-        let pause = options.flush_pause;
-        #[cfg(test)]
-        let stage_pause = options.stage_pause;
-        let log = Arc::new(Mutex::new(LogState {
-            wals,
-            current: 0,
-            seq,
-            oldest: None,
-            busy_since_tick: false,
-            failed: None,
-            refused: None,
-        }));
+        let log = Arc::new(Mutex::new(LogState::new(wals, seq)));
         let retry = options.checkpoint_tick.max(Duration::from_millis(10));
         let reopen = options.wal.then(|| reopen::Reopen {
             fs: fs.clone(),
@@ -211,79 +239,24 @@ impl Durable {
             retry,
         });
         // Everything up to the recovered sequence number is durable already.
-        let syncer = Arc::new(Syncer {
-            state: Mutex::new(SyncState {
-                durable: seq,
-                ..SyncState::default()
-            }),
-            changed: Condvar::new(),
-            pending: Mutex::new(VecDeque::new()),
-            layers: layers.clone(),
-            durable_seq: AtomicU64::new(seq),
-            #[cfg(test)]
-            pause: options.sync_pause,
-            #[cfg(test)]
-            settle_pause: options.settle_pause,
-            #[cfg(test)]
-            fail_next: Default::default(),
-            reopen,
-        });
+        let syncer = Arc::new(Syncer::new(seq, layers.clone(), reopen, options));
         let (jobs, threads) = if options.wal {
             let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
-            let (db, layers, flusher) = (db.clone(), layers.clone(), flusher.clone());
-            let committing = committing.clone();
-            let flushes = flushes.clone();
-            // The database file, for paced write-back.
-            let file = file.clone();
-            let thread = std::thread::Builder::new()
-                .name("aicore-store-flush".into())
-                .spawn(move || {
-                    crate::sched::background();
-                    for job in rx {
-                        #[cfg(test)]
-                        std::thread::sleep(pause);
-                        let commit = || {
-                            let _held = lock(&committing);
-                            let db = db.get()?;
-                            commit_layer(&db, &job.layer, job.seq, Some(&*file), || {
-                                #[cfg(test)]
-                                std::thread::sleep(stage_pause);
-                            })
-                        };
-                        // A failed flush (a full disk, an I/O error) is tried again
-                        // after each retry period, on the database opened again (redb
-                        // refuses everything after an I/O error); meanwhile writes are
-                        // refused and reads keep working from the layers and redb.
-                        let mut result = commit();
-                        while let Err(e) = result {
-                            let e = StoreError::Stopped(Box::new(e));
-                            tracing::error!(error = %crate::store::chain(&e), "store: flushing to redb failed; writes are refused until a retry succeeds");
-                            lock(&flusher.state).failed = Some(e);
-                            flusher.done.notify_all();
-                            let _ = db.reopen();
-                            std::thread::sleep(retry);
-                            if flusher.stop.load(Ordering::Acquire) {
-                                return;
-                            }
-                            result = commit();
-                        }
-                        write(&layers).frozen = None;
-                        flushes.fetch_add(1, Ordering::Relaxed);
-                        let mut st = lock(&flusher.state);
-                        if st.failed.take().is_some() {
-                            tracing::info!("store: a flush succeeded again; writes resume");
-                        }
-                        st.running = false;
-                        flusher.done.notify_all();
-                    }
-                })
-                .map_err(|e| StoreError::io("starting the store's flusher thread", e))?;
-            let s = syncer.clone();
-            let sync_thread = std::thread::Builder::new()
-                .name("aicore-store-sync".into())
-                .spawn(move || s.run())
-                .map_err(|e| StoreError::io("starting the store's syncer thread", e))?;
-            (Some(tx), vec![thread, sync_thread])
+            let flush = FlushThread {
+                db: db.clone(),
+                layers: layers.clone(),
+                flusher: flusher.clone(),
+                committing: committing.clone(),
+                flushes: flushes.clone(),
+                // The database file, for paced write-back.
+                file: file.clone(),
+                retry,
+                #[cfg(test)]
+                pause: options.flush_pause,
+                #[cfg(test)]
+                stage_pause: options.stage_pause,
+            };
+            (Some(tx), spawn_threads(flush, rx, &syncer)?)
         } else {
             (None, Vec::new())
         };

@@ -34,12 +34,12 @@ use std::time::Duration;
 use redb::Durability;
 
 use super::{
-    Flusher, Layers, LogState, Syncer, apply, db, lock, read_meta, recovery, write,
+    Flusher, Layers, LogState, Plan, Syncer, apply, db, lock, read_meta, recovery, write,
     write_checkpoint,
 };
 use crate::fs::{StoreFs, sync};
 use crate::store::{Corruption, StoreError, db_err};
-use crate::wal::Wal;
+use crate::wal::{Scan, Wal};
 
 /// What the syncer needs to open the log again.
 pub(super) struct Reopen {
@@ -131,55 +131,15 @@ impl Reopen {
         self.db.reopen().map_err(Failed::Again)?;
         let database = self.db.get().map_err(Failed::Again)?;
         let (checkpoint, key) = read_meta(&database).map_err(Failed::Again)?;
-        let mut wals = Vec::new();
-        let mut scans = Vec::new();
-        for p in &self.paths {
-            let (w, scan) = Wal::open(&*self.fs, p, key)
-                .map_err(|e| again("reading the write-ahead log", e))?;
-            wals.push(w);
-            scans.push(scan);
-        }
+        let (wals, scans) = self.read_log(key)?;
         let mut plan =
             recovery::plan(scans, checkpoint, false).map_err(|c| Failed::Lost(c.into()))?;
-        let reached = plan
-            .apply
-            .iter()
-            .map(|r| r.seq)
-            .take_while(|s| *s <= durable)
-            .last()
-            .unwrap_or(checkpoint);
-        if reached < durable {
-            return Err(Failed::Lost(
-                Corruption {
-                    file: self.paths[0].clone(),
-                    offset: None,
-                    what: format!(
-                        "batches up to {durable} were synced and acknowledged, but reading the \
-                         log back after a failed sync finds them only up to {reached}"
-                    ),
-                }
-                .into(),
-            ));
-        }
+        self.check_reached(&plan, checkpoint, durable)?;
         let dropped = plan.apply.iter().filter(|r| r.seq > durable).count();
         plan.apply.retain(|r| r.seq <= durable);
         // Past every number found in the log or handed out by the writer.
         let seq = plan.checkpoint.max(st.seq).max(durable);
-        let commit = || -> Result<(), StoreError> {
-            let mut txn = database.begin_write().map_err(db_err)?;
-            txn.set_durability(Durability::Immediate).map_err(db_err)?;
-            apply(
-                &txn,
-                plan.apply.iter().flat_map(|r| {
-                    r.ops
-                        .iter()
-                        .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
-                }),
-            )?;
-            write_checkpoint(&txn, seq)?;
-            txn.commit().map_err(db_err)
-        };
-        commit().map_err(Failed::Again)?;
+        commit(&database, &plan, seq).map_err(Failed::Again)?;
         tracing::info!(
             applied = plan.apply.len(),
             dropped,
@@ -205,4 +165,62 @@ impl Reopen {
         syncer.changed.notify_all();
         Ok(seq)
     }
+
+    /// Both log segments read again from disk (`key`: the log's checksum key): the
+    /// segments, and what was found in them.
+    fn read_log(&self, key: u64) -> Result<(Vec<Wal>, Vec<Scan>), Failed> {
+        let again = |what, e| Failed::Again(StoreError::io(what, e));
+        let mut wals = Vec::new();
+        let mut scans = Vec::new();
+        for p in &self.paths {
+            let (w, scan) = Wal::open(&*self.fs, p, key)
+                .map_err(|e| again("reading the write-ahead log", e))?;
+            wals.push(w);
+            scans.push(scan);
+        }
+        Ok((wals, scans))
+    }
+
+    /// Every batch up to `durable` (the last good sync) is in `plan` or in redb (at
+    /// `checkpoint`); otherwise an acknowledged batch is lost.
+    fn check_reached(&self, plan: &Plan, checkpoint: u64, durable: u64) -> Result<(), Failed> {
+        let reached = plan
+            .apply
+            .iter()
+            .map(|r| r.seq)
+            .take_while(|s| *s <= durable)
+            .last()
+            .unwrap_or(checkpoint);
+        if reached < durable {
+            return Err(Failed::Lost(
+                Corruption {
+                    file: self.paths[0].clone(),
+                    offset: None,
+                    what: format!(
+                        "batches up to {durable} were synced and acknowledged, but reading the \
+                         log back after a failed sync finds them only up to {reached}"
+                    ),
+                }
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Applies the batches of `plan` to `database` and moves its checkpoint to `seq`, in one
+/// durable commit.
+fn commit(database: &redb::Database, plan: &Plan, seq: u64) -> Result<(), StoreError> {
+    let mut txn = database.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    apply(
+        &txn,
+        plan.apply.iter().flat_map(|r| {
+            r.ops
+                .iter()
+                .map(|o| (o.table.as_str(), o.key.as_slice(), o.value.as_deref()))
+        }),
+    )?;
+    write_checkpoint(&txn, seq)?;
+    txn.commit().map_err(db_err)
 }

@@ -52,6 +52,32 @@ pub(super) struct Syncer {
 }
 
 impl Syncer {
+    /// A syncer for a log whose batches up to `seq` are durable already.
+    pub(super) fn new(
+        seq: u64,
+        layers: Arc<RwLock<Layers>>,
+        reopen: Option<reopen::Reopen>,
+        #[cfg_attr(not(test), allow(unused_variables))] options: &StoreOptions,
+    ) -> Syncer {
+        Syncer {
+            state: Mutex::new(SyncState {
+                durable: seq,
+                ..SyncState::default()
+            }),
+            changed: Condvar::new(),
+            pending: Mutex::new(VecDeque::new()),
+            layers,
+            durable_seq: AtomicU64::new(seq),
+            #[cfg(test)]
+            pause: options.sync_pause,
+            #[cfg(test)]
+            settle_pause: options.settle_pause,
+            #[cfg(test)]
+            fail_next: Default::default(),
+            reopen,
+        }
+    }
+
     pub(super) fn run(&self) {
         let mut st = lock(&self.state);
         loop {

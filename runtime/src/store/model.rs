@@ -106,43 +106,7 @@ async fn session(steps: Vec<Step>) {
                 let b = write(&real, ops, refuse).await;
                 assert_eq!(a, b, "step {i}: write");
             }
-            Step::Concurrent(groups) => {
-                // Each closure writes its own keys (k mod the number of closures), so
-                // any commit order gives the same end state; both stores must reach it.
-                let n = groups.len();
-                let mut handles = Vec::new();
-                for (g, ops) in groups.into_iter().enumerate() {
-                    let ops: Vec<_> = ops
-                        .into_iter()
-                        .filter(|(_, k, _)| *k as usize % n == g)
-                        .collect();
-                    for s in [model.clone(), real.clone()] {
-                        let ops = ops.clone();
-                        handles.push(tokio::spawn(async move {
-                            s.write(move |tx| {
-                                for (t, k, v) in &ops {
-                                    match v {
-                                        Some(v) => tx.put(TABLES[*t], &key(*k), vec![*v]),
-                                        None => tx.delete(TABLES[*t], &key(*k)),
-                                    }
-                                }
-                                Ok(())
-                            })
-                            .await
-                        }));
-                    }
-                }
-                for h in handles {
-                    h.await.unwrap().unwrap();
-                }
-                for table in TABLES {
-                    assert_eq!(
-                        model.scan(table, &[], &[], 1000).unwrap(),
-                        real.scan(table, &[], &[], 1000).unwrap(),
-                        "step {i}: after concurrent writes to {table}"
-                    );
-                }
-            }
+            Step::Concurrent(groups) => concurrent(&model, &real, groups, i).await,
             Step::Get(t, k) => {
                 let a = model.get(TABLES[t], &key(k)).unwrap();
                 let b = real.get(TABLES[t], &key(k)).unwrap();
@@ -163,29 +127,7 @@ async fn session(steps: Vec<Step>) {
                 assert_eq!(a, b, "step {i}: scan from");
             }
             Step::Crash | Step::Reopen => {
-                let next = tempfile::tempdir().unwrap();
-                if matches!(step, Step::Crash) {
-                    // What a kill at this instant leaves: the files as they are, a
-                    // flush pending or not, layers lost.
-                    real.between_flushes(|| {
-                        for f in ["s.redb", "s.redb.wal0", "s.redb.wal1"] {
-                            if dir.path().join(f).exists() {
-                                std::fs::copy(dir.path().join(f), next.path().join(f)).unwrap();
-                            }
-                        }
-                    });
-                }
-                real.close().await;
-                drop(real);
-                if matches!(step, Step::Reopen) {
-                    for f in ["s.redb", "s.redb.wal0", "s.redb.wal1"] {
-                        if dir.path().join(f).exists() {
-                            std::fs::copy(dir.path().join(f), next.path().join(f)).unwrap();
-                        }
-                    }
-                }
-                dir = next;
-                real = Store::open(&dir.path().join("s.redb"), options()).unwrap();
+                (real, dir) = restart(real, dir, matches!(step, Step::Crash)).await;
             }
             Step::Idle => tokio::time::sleep(Duration::from_millis(10)).await,
         }
@@ -197,6 +139,79 @@ async fn session(steps: Vec<Step>) {
             "end state of {t}"
         );
     }
+}
+
+/// Several write closures at once (one or more batches) on both stores (`i`: the step).
+async fn concurrent(
+    model: &Store,
+    real: &Store,
+    groups: Vec<Vec<(usize, u8, Option<u8>)>>,
+    i: usize,
+) {
+    // Each closure writes its own keys (k mod the number of closures), so
+    // any commit order gives the same end state; both stores must reach it.
+    let n = groups.len();
+    let mut handles = Vec::new();
+    for (g, ops) in groups.into_iter().enumerate() {
+        let ops: Vec<_> = ops
+            .into_iter()
+            .filter(|(_, k, _)| *k as usize % n == g)
+            .collect();
+        for s in [model.clone(), real.clone()] {
+            let ops = ops.clone();
+            handles.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    for (t, k, v) in &ops {
+                        match v {
+                            Some(v) => tx.put(TABLES[*t], &key(*k), vec![*v]),
+                            None => tx.delete(TABLES[*t], &key(*k)),
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    for table in TABLES {
+        assert_eq!(
+            model.scan(table, &[], &[], 1000).unwrap(),
+            real.scan(table, &[], &[], 1000).unwrap(),
+            "step {i}: after concurrent writes to {table}"
+        );
+    }
+}
+
+/// Closes the durable store in `dir` and opens it again from a copy of its files in a
+/// new folder: what a kill left (`crash`) or what a clean close left.
+async fn restart(real: Store, dir: tempfile::TempDir, crash: bool) -> (Store, tempfile::TempDir) {
+    let next = tempfile::tempdir().unwrap();
+    if crash {
+        // What a kill at this instant leaves: the files as they are, a
+        // flush pending or not, layers lost.
+        real.between_flushes(|| {
+            for f in ["s.redb", "s.redb.wal0", "s.redb.wal1"] {
+                if dir.path().join(f).exists() {
+                    std::fs::copy(dir.path().join(f), next.path().join(f)).unwrap();
+                }
+            }
+        });
+    }
+    real.close().await;
+    drop(real);
+    if !crash {
+        for f in ["s.redb", "s.redb.wal0", "s.redb.wal1"] {
+            if dir.path().join(f).exists() {
+                std::fs::copy(dir.path().join(f), next.path().join(f)).unwrap();
+            }
+        }
+    }
+    drop(dir);
+    let real = Store::open(&next.path().join("s.redb"), options()).unwrap();
+    (real, next)
 }
 
 proptest! {
