@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::http::{gateway, login};
 use aicore_domains::ai_integration::ProviderConfig;
 use aicore_proto::CallOptions;
 use aicore_proto::aicore::ai_integration::v1 as ai;
@@ -210,8 +211,8 @@ pub(super) async fn measure_ai(
     }
 
     // Time to the first token, one call at a time, the paths alternating.
-    let bearer = login(&sdk).await?;
-    let gateway = gateway(env, &config, &stop).await?;
+    let bearer = login(&sdk, "bench-ai").await?;
+    let gateway = gateway(env, &config, &stop, &["auth", "ai_integration"]).await?;
     let gw = serve_http(gateway, stop.child_token()).await?;
     let sse_url = format!("http://{gw}/v1/ai_integration/chat");
     let (mut d, mut n, mut s) = (Vec::new(), Vec::new(), Vec::new());
@@ -310,60 +311,6 @@ async fn check_first_chat(client: &ai::AiIntegrationClient<aicore_sdk::Client>) 
         other => anyhow::bail!("the bench chat was not served by the bench model: {other:?}"),
     }
     Ok(())
-}
-
-/// Registers the AI bench player with auth and logs it in; returns its `Bearer` header
-/// value.
-async fn login(sdk: &aicore_sdk::Client) -> Result<String> {
-    use aicore_proto::aicore::auth::v1 as auth;
-    let a = auth::AuthClient::new(sdk.clone());
-    let password = "bench-violet-otter-lantern";
-    let options = CallOptions::default();
-    ready("registering the AI bench player", || {
-        a.register(
-            auth::RegisterRequest {
-                username: "bench-ai".into(),
-                password: password.into(),
-                display_name: String::new(),
-            },
-            &options,
-        )
-    })
-    .await?;
-    let login = a
-        .login(
-            auth::LoginRequest {
-                username: "bench-ai".into(),
-                password: password.into(),
-                user_agent: "aicore bench".into(),
-            },
-            &CallOptions::default(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("logging in the AI bench player: {e}"))?;
-    Ok(format!("Bearer {}", login.access_token))
-}
-
-/// The real gateway exposing auth and ai_integration, its limits out of the way.
-async fn gateway(env: &Env, config: &Config, stop: &CancellationToken) -> Result<axum::Router> {
-    let http_config = crate::config::HttpConfig {
-        // Checked on every request but never biting: one account, calls back to back.
-        rate_limit_per_sec: 1e9,
-        rate_limit_burst: 1_000_000,
-        ..config.http.clone()
-    };
-    let (gateway, _listener) = crate::gateway::build(
-        &http_config,
-        config.http_max_body_bytes(),
-        config.nats.max_payload,
-        &env.url,
-        env.tls("gateway").as_ref(),
-        vec!["auth", "ai_integration"],
-        env.metrics.clone(),
-        stop.child_token(),
-    )
-    .await?;
-    Ok(gateway)
 }
 
 /// Prints the time to the first token of each path (`d` direct, `n` NATS chat, `s`

@@ -102,7 +102,12 @@ pub(super) async fn measure_gateway(
     let auth_store = Store::open(&dir.join("bench-auth.redb"), StoreOptions::default())?;
     let auth_serving =
         serve_domain(env, "auth", auth_store.clone(), config, stop.child_token()).await?;
-    let bearer = login(load).await?;
+    let bearer: Arc<str> = login(
+        &aicore_sdk::Client::new(load.clone(), Default::default()),
+        "bench",
+    )
+    .await?
+    .into();
 
     // router, for real, with a table the gateway loads at start.
     let router_store = Store::open(&dir.join("bench-router.redb"), StoreOptions::default())?;
@@ -118,7 +123,7 @@ pub(super) async fn measure_gateway(
 
     // The two servers.
     let forwarder = forwarder(env).await?;
-    let gateway = gateway(env, config, &stop).await?;
+    let gateway = gateway(env, config, &stop, &["auth", "state_manager"]).await?;
     let bare_addr = serve_http(forwarder, stop.child_token()).await?;
     let gw_addr = serve_http(gateway, stop.child_token()).await?;
 
@@ -198,16 +203,17 @@ async fn start_responders(
     Ok(responders)
 }
 
-/// Registers the bench player with auth and logs it in; returns its `Bearer` header value.
-async fn login(load: &async_nats::Client) -> Result<Arc<str>> {
+/// Registers bench player `username` with auth and logs it in; returns its `Bearer`
+/// header value.
+pub(super) async fn login(sdk: &aicore_sdk::Client, username: &str) -> Result<String> {
     use aicore_proto::aicore::auth::v1 as auth;
-    let a = auth::AuthClient::new(aicore_sdk::Client::new(load.clone(), Default::default()));
+    let a = auth::AuthClient::new(sdk.clone());
     let password = "bench-violet-otter-lantern";
     let options = CallOptions::default();
-    ready("registering the bench player", || {
+    ready(&format!("registering the bench player {username}"), || {
         a.register(
             auth::RegisterRequest {
-                username: "bench".into(),
+                username: username.into(),
                 password: password.into(),
                 display_name: String::new(),
             },
@@ -218,15 +224,15 @@ async fn login(load: &async_nats::Client) -> Result<Arc<str>> {
     let login = a
         .login(
             auth::LoginRequest {
-                username: "bench".into(),
+                username: username.into(),
                 password: password.into(),
                 user_agent: "aicore bench".into(),
             },
             &CallOptions::default(),
         )
         .await
-        .map_err(|e| anyhow::anyhow!("logging in the bench player: {e}"))?;
-    Ok(format!("Bearer {}", login.access_token).into())
+        .map_err(|e| anyhow::anyhow!("logging in the bench player {username}: {e}"))?;
+    Ok(format!("Bearer {}", login.access_token))
 }
 
 /// The bare forwarder: `POST /echo` sends the body to [`HTTP_ECHO`] and answers the reply.
@@ -246,8 +252,13 @@ async fn forwarder(env: &Env) -> Result<axum::Router> {
     ))
 }
 
-/// The real gateway exposing auth and state_manager, its limits out of the way.
-async fn gateway(env: &Env, config: &Config, stop: &CancellationToken) -> Result<axum::Router> {
+/// The real gateway exposing `domains`, its limits out of the way.
+pub(super) async fn gateway(
+    env: &Env,
+    config: &Config,
+    stop: &CancellationToken,
+    domains: &[&'static str],
+) -> Result<axum::Router> {
     let http_config = crate::config::HttpConfig {
         // Limits are checked on every request but never bite: one account at full speed.
         rate_limit_per_sec: 1e9,
@@ -260,7 +271,7 @@ async fn gateway(env: &Env, config: &Config, stop: &CancellationToken) -> Result
         config.nats.max_payload,
         &env.url,
         env.tls("gateway").as_ref(),
-        vec!["auth", "state_manager"],
+        domains.to_vec(),
         env.metrics.clone(),
         stop.child_token(),
     )
