@@ -24,7 +24,9 @@
 //! peers: each domain applies its own access rules, and a workflow can do nothing its
 //! starter could not do directly. A trusted principal of the appliance (no caller) runs
 //! steps as a trusted principal. The `domains` NATS principal may publish to `svc.>`, so
-//! the calls are permitted by the server's account rules.
+//! the calls are permitted by the server's account rules. A run is its starter's too:
+//! Status, Cancel and ListRuns show a service only the runs it started; an admin or a
+//! trusted principal sees every run.
 //!
 //! Deadlines: each attempt of a call is bounded by its step's `timeout`; the run by the
 //! workflow's `run_timeout`, checked before each step starts and cutting each attempt to
@@ -285,12 +287,14 @@ impl OrchestrationHandler for Orchestration {
     async fn status(&self, request: Request<StatusRequest>) -> Result<StatusResponse, Status> {
         check_run_id(&request.body.run_id)?;
         let (r, outputs) = self.load(&request.body.run_id)?;
+        authorize_run(&request.meta, &r)?;
         Ok(StatusResponse {
             run: Some(shown(&r, &outputs)),
         })
     }
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<CancelResponse, Status> {
+        let meta = request.meta;
         let req = request.body;
         check_run_id(&req.run_id)?;
         if req.reason.chars().count() > MAX_REASON_CHARS || req.reason.chars().any(char::is_control)
@@ -306,6 +310,7 @@ impl OrchestrationHandler for Orchestration {
             .store
             .write(move |tx| {
                 let mut r = read_run(tx, &run_id)?;
+                authorize_run(&meta, &r)?;
                 if r.state == RunState::Running as i32 {
                     r.cancelled = true;
                     r.state = RunState::Compensating as i32;
@@ -333,6 +338,7 @@ impl OrchestrationHandler for Orchestration {
         &self,
         request: Request<ListRunsRequest>,
     ) -> Result<ListRunsResponse, Status> {
+        let owner = run_owner_filter(&request.meta);
         let req = request.body;
         if !req.workflow_id.is_empty() {
             validate::slug(&req.workflow_id, "workflow_id", MAX_WORKFLOW_ID)?;
@@ -359,6 +365,7 @@ impl OrchestrationHandler for Orchestration {
             let r: RunRecord = aicore_runtime::store::decode(RUNS, value)?;
             if (!req.workflow_id.is_empty() && r.workflow_id != req.workflow_id)
                 || (state != RunState::Unspecified && r.state != state as i32)
+                || owner.is_some_and(|o| !r.has_caller || r.caller_account != o)
             {
                 continue;
             }
@@ -369,6 +376,26 @@ impl OrchestrationHandler for Orchestration {
             runs,
             next_page_token,
         })
+    }
+}
+
+/// A run is its starter's: a caller sees and cancels only the runs it started, unless it
+/// is an admin or a trusted principal of the appliance (no caller). Refused runs answer
+/// PermissionDenied, as every owner check does.
+fn authorize_run(meta: &aicore_proto::Metadata, r: &RunRecord) -> Result<(), Status> {
+    if meta.caller.is_some() && !r.has_caller {
+        // Started by a trusted principal: only admins and trusted callers may see it.
+        return meta.authorize_roles(&["admin"]);
+    }
+    meta.authorize_owner(&r.caller_account, &["admin"])
+}
+
+/// The account whose runs ListRuns may show (`None`: every run, for an admin or a trusted
+/// principal).
+fn run_owner_filter(meta: &aicore_proto::Metadata) -> Option<&str> {
+    match &meta.caller {
+        Some(c) if !c.has_role("admin") => Some(c.account_id.as_str()),
+        _ => None,
     }
 }
 

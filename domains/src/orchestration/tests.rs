@@ -1165,3 +1165,70 @@ async fn past_its_deadline_a_run_stops_retrying_and_compensates() {
     assert!(run.steps[1].attempts < 11, "{:?}", run.steps[1]);
     assert_eq!(wallet.balance("p1", "gems"), 0);
 }
+
+/// A run is its starter's: another service can neither see it, nor list it, nor cancel
+/// it; an admin and a trusted principal can.
+#[tokio::test]
+async fn a_service_sees_and_cancels_only_the_runs_it_started() {
+    let (ctx, _) = Ctx::for_tests();
+    let wallet = Arc::new(Wallet::default());
+    let o = Orchestration::new(ctx, config(), Arc::new(Fake(wallet))).unwrap();
+    define(&o, workflow("w", vec![credit_step("a", "gold", 1)]))
+        .await
+        .unwrap();
+    let run = o
+        .start(
+            Request::new(StartRequest {
+                workflow_id: "w".into(),
+                input: obj(json!({"player": "p1"})),
+                idempotency_key: "k".into(),
+            })
+            .on_behalf_of("svc_a", &["service"]),
+        )
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    let done = finished(&o, &run.run_id).await;
+    let status_as = |who: &'static str, role: &'static str| {
+        o.status(
+            Request::new(StatusRequest {
+                run_id: run.run_id.clone(),
+            })
+            .on_behalf_of(who, &[role]),
+        )
+    };
+    assert_eq!(
+        status_as("svc_b", "service").await.unwrap_err().code,
+        Code::PermissionDenied
+    );
+    assert!(status_as("svc_a", "service").await.is_ok());
+    assert!(status_as("root", "admin").await.is_ok());
+    let cancel = o
+        .cancel(
+            Request::new(CancelRequest {
+                run_id: run.run_id.clone(),
+                reason: String::new(),
+            })
+            .on_behalf_of("svc_b", &["service"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code, Code::PermissionDenied);
+    assert_eq!(status(&o, &run.run_id).await.state, done.state);
+    let listed = |who: &'static str, role: &'static str| {
+        o.list_runs(Request::new(ListRunsRequest::default()).on_behalf_of(who, &[role]))
+    };
+    let ids = |r: ListRunsResponse| r.runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    assert!(ids(listed("svc_b", "service").await.unwrap()).is_empty());
+    assert_eq!(
+        ids(listed("svc_a", "service").await.unwrap()),
+        [run.run_id.clone()]
+    );
+    assert_eq!(
+        ids(listed("root", "admin").await.unwrap()),
+        [run.run_id.clone()]
+    );
+    let trusted = o.list_runs(Request::new(ListRunsRequest::default())).await;
+    assert_eq!(ids(trusted.unwrap()), [run.run_id.clone()]);
+}
