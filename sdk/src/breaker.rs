@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use aicore_proto::{Code, Status};
 use async_nats::Message;
+use bytes::Bytes;
 
-use crate::{Client, ClientConfig, reply_result};
+use crate::{Client, ClientConfig, map_request_error, reply_result};
 
 #[derive(Default)]
 pub(crate) struct Breaker {
@@ -78,36 +79,53 @@ pub(crate) enum Health {
     Unknown,
 }
 
-/// Whether nobody served the subject (nats-server's no-responders status): the request
-/// reached no one.
-pub(crate) fn no_responders(reply: &Result<Message, async_nats::RequestError>) -> bool {
-    match reply {
-        Ok(msg) => msg.status == Some(async_nats::StatusCode::NO_RESPONDERS),
-        Err(e) => e.kind() == async_nats::RequestErrorKind::NoResponders,
-    }
+/// What one attempt came to: its result, the health it shows, and whether nobody served
+/// the subject (nats-server's no-responders status: the request reached no one).
+pub(crate) struct Outcome {
+    pub(crate) result: Result<Bytes, Status>,
+    pub(crate) health: Health,
+    pub(crate) unserved: bool,
 }
 
-/// The health an attempt shows: `reply` is what came back (or the request error),
-/// `attempt` how long the attempt was allowed to wait.
-pub(crate) fn attempt_health(
+/// Reads `reply` (what came back to a request to `subject`, or the request error) once;
+/// `attempt` is how long the attempt was allowed to wait.
+pub(crate) fn attempt_outcome(
     config: &ClientConfig,
-    reply: &Result<Message, async_nats::RequestError>,
+    subject: &str,
+    reply: Result<Message, async_nats::RequestError>,
     attempt: Duration,
-) -> Health {
+) -> Outcome {
     use async_nats::RequestErrorKind;
     match reply {
-        Ok(msg) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => Health::Failed,
-        Ok(msg) => match reply_result(msg) {
-            Err(s) if s.code == Code::DeadlineExceeded => silence_health(config, attempt),
-            _ => Health::Answered,
-        },
-        Err(e) => match e.kind() {
-            RequestErrorKind::NoResponders => Health::Failed,
-            RequestErrorKind::TimedOut => silence_health(config, attempt),
-            RequestErrorKind::MaxPayloadExceeded
-            | RequestErrorKind::InvalidSubject
-            | RequestErrorKind::Other => Health::Unknown,
-        },
+        Ok(msg) => {
+            let unserved = msg.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+            let result = reply_result(&msg);
+            let health = match &result {
+                _ if unserved => Health::Failed,
+                Err(s) if s.code == Code::DeadlineExceeded => silence_health(config, attempt),
+                _ => Health::Answered,
+            };
+            Outcome {
+                result,
+                health,
+                unserved,
+            }
+        }
+        Err(e) => {
+            let kind = e.kind();
+            let health = match kind {
+                RequestErrorKind::NoResponders => Health::Failed,
+                RequestErrorKind::TimedOut => silence_health(config, attempt),
+                RequestErrorKind::MaxPayloadExceeded
+                | RequestErrorKind::InvalidSubject
+                | RequestErrorKind::Other => Health::Unknown,
+            };
+            Outcome {
+                result: Err(map_request_error(subject, e)),
+                health,
+                unserved: kind == RequestErrorKind::NoResponders,
+            }
+        }
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use aicore_proto::{CallOptions, Code, IdempotencyKey, MethodInfo, Status};
 use bytes::Bytes;
 
-use crate::breaker::{attempt_health, no_responders};
-use crate::{Client, map_request_error, new_idempotency_key, reply_result, request_headers};
+use crate::breaker::attempt_outcome;
+use crate::{Client, new_idempotency_key, request_headers};
 
 /// `body` with the idempotency key `options` asks for (see [`IdempotencyKey`]).
 fn keyed_body(method: &MethodInfo, body: Bytes, options: &CallOptions) -> Bytes {
@@ -100,15 +100,8 @@ impl Client {
             .headers(request_headers(options, this_try))
             .timeout(Some(this_try));
         let reply = self.nats.send_request(method.subject, request).await;
-        self.breaker_record(
-            method.subject,
-            attempt_health(&self.config, &reply, this_try),
-        );
-        let unserved = no_responders(&reply);
-        let result = match reply {
-            Ok(msg) => reply_result(&msg),
-            Err(e) => Err(map_request_error(method.subject, e)),
-        };
-        (result, unserved)
+        let outcome = attempt_outcome(&self.config, method.subject, reply, this_try);
+        self.breaker_record(method.subject, outcome.health);
+        (outcome.result, outcome.unserved)
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::breaker::{Health, attempt_health};
+use crate::breaker::{Health, attempt_outcome};
 
 #[test]
 fn traceparent_has_w3c_shape() {
@@ -42,12 +42,13 @@ fn a_deadline_exceeded_reply_is_judged_like_silence() {
     let c = ClientConfig::default();
     let whole = c.attempt_timeout;
     let short = c.attempt_timeout / 10;
-    let late = Ok(reply(Some(Code::DeadlineExceeded)));
-    assert_eq!(attempt_health(&c, &late, whole), Health::Failed);
-    assert_eq!(attempt_health(&c, &late, short), Health::Unknown);
+    let late = || Ok(reply(Some(Code::DeadlineExceeded)));
+    let health = |r, attempt| attempt_outcome(&c, "svc.x.v1.y", r, attempt).health;
+    assert_eq!(health(late(), whole), Health::Failed);
+    assert_eq!(health(late(), short), Health::Unknown);
     for other in [None, Some(Code::Unavailable), Some(Code::InvalidArgument)] {
         assert_eq!(
-            attempt_health(&c, &Ok(reply(other)), whole),
+            health(Ok(reply(other)), whole),
             Health::Answered,
             "{other:?}"
         );
