@@ -232,14 +232,19 @@ async fn define(o: &Orchestration, w: Workflow) -> Result<Workflow, Status> {
     .map(|r| r.workflow.unwrap())
 }
 
-async fn start(o: &Orchestration, workflow_id: &str, key: &str) -> Result<Run, Status> {
-    o.start(Request::new(StartRequest {
+/// A Start of `workflow_id` for player p1 with idempotency key `key`.
+fn start_request(workflow_id: &str, key: &str) -> Request<StartRequest> {
+    Request::new(StartRequest {
         workflow_id: workflow_id.into(),
         input: obj(json!({ "player": "p1" })),
         idempotency_key: key.into(),
-    }))
-    .await
-    .map(|r| r.run.unwrap())
+    })
+}
+
+async fn start(o: &Orchestration, workflow_id: &str, key: &str) -> Result<Run, Status> {
+    o.start(start_request(workflow_id, key))
+        .await
+        .map(|r| r.run.unwrap())
 }
 
 async fn status(o: &Orchestration, run_id: &str) -> Run {
@@ -1099,14 +1104,7 @@ async fn steps_run_on_the_identity_of_the_caller_of_start() {
         .await
         .unwrap();
     let run = o
-        .start(
-            Request::new(StartRequest {
-                workflow_id: "w".into(),
-                input: obj(json!({"player": "p1"})),
-                idempotency_key: "k".into(),
-            })
-            .on_behalf_of("svc_1", &["service"]),
-        )
+        .start(start_request("w", "k").on_behalf_of("svc_1", &["service"]))
         .await
         .unwrap()
         .run
@@ -1177,14 +1175,7 @@ async fn a_service_sees_and_cancels_only_the_runs_it_started() {
         .await
         .unwrap();
     let run = o
-        .start(
-            Request::new(StartRequest {
-                workflow_id: "w".into(),
-                input: obj(json!({"player": "p1"})),
-                idempotency_key: "k".into(),
-            })
-            .on_behalf_of("svc_a", &["service"]),
-        )
+        .start(start_request("w", "k").on_behalf_of("svc_a", &["service"]))
         .await
         .unwrap()
         .run
